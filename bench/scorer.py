@@ -1,0 +1,146 @@
+"""Scorer latency and throughput on this machine, against the baseline every user tries first.
+
+Rows, same run, same inputs:
+  hf_pipeline_fp32      transformers `pipeline("text-classification")` on torch fp32, the 6-layer
+                        MiniLM architecture the model is trained from (the baseline)
+  onnx_fp32_6l          that model exported to ONNX, fused, ONNX Runtime fp32
+  onnx_int8_6l          the same, dynamic INT8
+  onnx_int8_shipped     the model the package ships (`scorer_service/model/model.int8.onnx`),
+                        through `SentimentModel` exactly as the scorer serves it
+Latency: batch 1, one thread, tokenise + forward, at about 20 and about 128 tokens (p50/p95 ms).
+Throughput: utterances/s over a mixed set, batch 32, length-bucketed, one thread.
+
+The last line: `speedup_int8_vs_hf_pipeline=<x> p95_ms_int8_20tok=<y>` where x is the ratio of the
+baseline's p50 to the shipped model's p50 at 20 tokens, and y the shipped model's p95.
+
+Run: `.venv/bin/python bench/scorer.py` (needs torch and transformers for the baseline rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+SHORT = "Honestly the price you quoted is a lot higher than what we budgeted for this year."
+LONG = (
+    "Look, I have been going back and forth with my finance team for three weeks now about this renewal, "
+    "and every time we get close to an agreement the number changes, the implementation timeline slips, "
+    "and nobody on your side can tell me who will actually support us after go-live, so before we talk "
+    "about another discount I need a straight answer on the onboarding plan, the named contacts, and "
+    "whether the reporting module is included or is yet another add-on that we will be billed for later "
+    "because that is exactly what happened last year."
+)
+MIXED = [
+    "Sounds good.",
+    "Can you send me the contract by Friday?",
+    SHORT,
+    "I really like what you showed us in the demo, the team was impressed.",
+    "That is way too expensive for a company of our size, I'm not sure this works.",
+    LONG,
+    "We are also talking to one of your competitors at the moment.",
+    "Who else would need to sign off on this on your side?",
+]
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(int(round(q / 100 * (len(ordered) - 1))), len(ordered) - 1)]
+
+
+def time_calls(call: Callable[[], object], repeats: int, warmup: int = 10) -> tuple[float, float]:
+    for _ in range(warmup):
+        call()
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples), percentile(samples, 95)
+
+
+def throughput(score_many: Callable[[list[str]], object], texts: list[str], rounds: int) -> float:
+    score_many(texts)
+    started = time.perf_counter()
+    for _ in range(rounds):
+        score_many(texts)
+    return rounds * len(texts) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=300)
+    parser.add_argument("--hf-model", default="", help="HF checkpoint for the baseline (default: MiniLM-L6 + 3-class head)")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+    from scorer_service.backends.onnx import OnnxBackend
+    from scorer_service.inference import DEFAULT_MODEL, ModelInfo, SentimentInput, SentimentModel
+    from scorer_service.tokenization import SentimentTokenizer
+    from scorer_service.training.export import export_all
+    from scorer_service.training.train import default_base_model
+
+    hf_path = args.hf_model or default_base_model()
+    tokenizer_file = DEFAULT_MODEL.parent / "tokenizer.json"
+    counter = SentimentTokenizer(tokenizer_file)
+    print(f"inputs: short {counter.count(SHORT)} tokens, long {counter.count(LONG)} tokens; one thread")
+
+    rows: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = Path(tmp) / "hf"
+        model = AutoModelForSequenceClassification.from_pretrained(hf_path, num_labels=3, attn_implementation="eager")
+        model.save_pretrained(checkpoint)
+        AutoTokenizer.from_pretrained(hf_path).save_pretrained(checkpoint)
+        files, _ = export_all(checkpoint, Path(tmp) / "onnx")
+
+        classifier = pipeline("text-classification", model=str(checkpoint), device="cpu", top_k=None)
+        rows["hf_pipeline_fp32"] = measure(
+            lambda text: classifier(text), lambda texts: classifier(texts, batch_size=32), args.repeats
+        )
+        for name, path in (("onnx_fp32_6l", files.fused), ("onnx_int8_6l", files.int8)):
+            candidate = SentimentModel(OnnxBackend(path, threads=1), SentimentTokenizer(tokenizer_file), ModelInfo(name, False))
+            rows[name] = measure_model(candidate, args.repeats)
+    shipped = SentimentModel.load(DEFAULT_MODEL, threads=1, backend="onnx")
+    rows["onnx_int8_shipped"] = measure_model(shipped, args.repeats)
+
+    print(f"\n{'backend':<20} {'p50_20':>8} {'p95_20':>8} {'p50_128':>8} {'p95_128':>8} {'utt/s':>8}")
+    for name, row in rows.items():
+        print(
+            f"{name:<20} {row['p50_short']:8.2f} {row['p95_short']:8.2f} {row['p50_long']:8.2f} "
+            f"{row['p95_long']:8.2f} {row['throughput']:8.1f}"
+        )
+    base, ours = rows["hf_pipeline_fp32"], rows["onnx_int8_shipped"]
+    print(f"shipped model: {shipped.info.version} ({DEFAULT_MODEL.stat().st_size / 1e6:.1f} MB)")
+    print(f"speedup_int8_vs_hf_pipeline={base['p50_short'] / ours['p50_short']:.2f} p95_ms_int8_20tok={ours['p95_short']:.2f}")
+
+
+def measure(one: Callable[[str], object], many: Callable[[list[str]], object], repeats: int) -> dict[str, float]:
+    p50_short, p95_short = time_calls(lambda: one(SHORT), repeats)
+    p50_long, p95_long = time_calls(lambda: one(LONG), max(repeats // 3, 30))
+    rate = throughput(many, MIXED * 8, rounds=3)
+    return {"p50_short": p50_short, "p95_short": p95_short, "p50_long": p50_long, "p95_long": p95_long, "throughput": rate}
+
+
+def measure_model(model: object, repeats: int) -> dict[str, float]:
+    from scorer_service.inference import SentimentInput, SentimentModel
+
+    assert isinstance(model, SentimentModel)
+    return measure(
+        lambda text: model.predict_encoded([model.encode(SentimentInput(text))]),
+        lambda texts: model.predict([SentimentInput(t) for t in texts], max_batch=32),
+        repeats,
+    )
+
+
+if __name__ == "__main__":
+    main()

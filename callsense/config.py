@@ -1,0 +1,98 @@
+"""Where each part of the mesh listens, read once from the environment.
+
+Every setting has a default that runs the whole mesh on one machine; a deployment overrides them with
+environment variables (the ``CALLSENSE_`` prefix, plus the conventional ``DATABASE_URL``):
+
+variable                    default                     meaning
+--------------------------  --------------------------  -------------------------------------------
+CALLSENSE_ASR_ADDR          127.0.0.1:50051             ASR gRPC server (bind address and target)
+CALLSENSE_CHOPPER_ADDR      127.0.0.1:50052             chopper gRPC server
+CALLSENSE_SCORER_ADDR       127.0.0.1:50053             scorer gRPC server
+CALLSENSE_GATEWAY_GRPC      127.0.0.1:50050             gateway's public ``Sentiment`` gRPC server
+CALLSENSE_GATEWAY_HTTP      127.0.0.1:8000              gateway's HTTP + WebSocket server
+CALLSENSE_ENVOY_PORT        8080                        Envoy's one public port
+CALLSENSE_ENVOY_ADMIN_PORT  9901                        Envoy's admin port
+DATABASE_URL                (unset: embedded Postgres)  PostgreSQL URL; CALLSENSE_DATABASE_URL wins
+CALLSENSE_DATA_DIR          ./var                       runtime state: embedded database, logs, ...
+
+An address is used both to bind a server and to reach it; in a cluster, set it to the service's name
+(e.g. ``scorer:50053``) for clients and let the server bind ``0.0.0.0`` with the same port
+(``Config.bind_address``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+PREFIX = "CALLSENSE_"
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value that cannot be used; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """The mesh's addresses and paths. Build it with ``load_config()``, not by hand, outside tests."""
+
+    asr_addr: str = "127.0.0.1:50051"
+    chopper_addr: str = "127.0.0.1:50052"
+    scorer_addr: str = "127.0.0.1:50053"
+    gateway_grpc: str = "127.0.0.1:50050"
+    gateway_http: str = "127.0.0.1:8000"
+    envoy_port: int = 8080
+    envoy_admin_port: int = 9901
+    database_url: str | None = None
+    """None means: start the embedded PostgreSQL under data_dir."""
+    data_dir: Path = Path("var")
+
+    @staticmethod
+    def bind_address(addr: str, host: str = "0.0.0.0") -> str:
+        """The same port on all interfaces (or ``host``): what a server in a container binds."""
+        return f"{host}:{split_host_port(addr)[1]}"
+
+
+def split_host_port(addr: str) -> tuple[str, int]:
+    """Split "host:port" (IPv6 as "[::1]:50051"); raise ConfigError when the port is missing or bad."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"address {addr!r} is not host:port")
+    return host, _port(port, addr)
+
+
+def _port(text: str, what: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise ConfigError(f"{what}: port {text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{what}: port {port} is out of range 0..65535")
+    return port
+
+
+def _addr(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(PREFIX + name, "").strip() or default
+    split_host_port(value)  # validate early: a typo should stop start-up, not the first call
+    return value
+
+
+def load_config(env: Mapping[str, str] | None = None) -> Config:
+    """Read the configuration from ``env`` (default: ``os.environ``); raise ConfigError on bad values."""
+    env = os.environ if env is None else env
+    d = Config()
+    return Config(
+        asr_addr=_addr(env, "ASR_ADDR", d.asr_addr),
+        chopper_addr=_addr(env, "CHOPPER_ADDR", d.chopper_addr),
+        scorer_addr=_addr(env, "SCORER_ADDR", d.scorer_addr),
+        gateway_grpc=_addr(env, "GATEWAY_GRPC", d.gateway_grpc),
+        gateway_http=_addr(env, "GATEWAY_HTTP", d.gateway_http),
+        envoy_port=_port(env.get(PREFIX + "ENVOY_PORT") or str(d.envoy_port), PREFIX + "ENVOY_PORT"),
+        envoy_admin_port=_port(
+            env.get(PREFIX + "ENVOY_ADMIN_PORT") or str(d.envoy_admin_port), PREFIX + "ENVOY_ADMIN_PORT"
+        ),
+        database_url=env.get(PREFIX + "DATABASE_URL") or env.get("DATABASE_URL") or None,
+        data_dir=Path(env.get(PREFIX + "DATA_DIR") or d.data_dir),
+    )

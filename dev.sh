@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The two commands of the README, and the set-up they share.
+#   ./dev.sh up     installs what is missing, then runs the whole mesh on embedded defaults
+#   ./dev.sh test   installs what is missing, then runs the test suite
+# Anything after the verb is passed on (to `callsense up` or to pytest).
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$PWD
+VENV=$ROOT/.venv
+PY=${PYTHON:-python3}
+
+apt_install() {
+    # System packages: espeak-ng and sox make the test speech. Installed only where missing.
+    local missing=()
+    for pkg in "$@"; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    ((${#missing[@]} == 0)) && return 0
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "dev.sh: please install: ${missing[*]} (apt-get install ${missing[*]})" >&2
+        return 1
+    fi
+    echo "dev.sh: apt-get install ${missing[*]}" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+python_env() {
+    # The environment lives in .venv/; it is rebuilt only when pyproject.toml changes.
+    local extras=$1 stamp="$VENV/.callsense-$1"
+    [[ -x $VENV/bin/python ]] || "$PY" -m venv "$VENV"
+    if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
+        "$VENV/bin/pip" install -q --upgrade pip wheel
+        if [[ $extras == *train* ]]; then
+            # torch first: 2.13.0 is a local CPU build; anything else pulls a multi-GB CUDA build.
+            "$VENV/bin/pip" install -q "torch==2.13.0"
+        fi
+        "$VENV/bin/pip" install -q -e ".[$extras]"
+        touch "$stamp"
+    fi
+}
+
+verb=${1:-}
+shift || true
+case "$verb" in
+    up)
+        python_env dev
+        exec "$VENV/bin/callsense" up "$@"
+        ;;
+    test)
+        apt_install espeak-ng sox
+        python_env train,dev
+        set +e
+        "$VENV/bin/python" -m pytest -ra "$@"
+        rc=$?
+        # pytest's 5 means "no test ran": that is a failure for CI, never a pass.
+        exit $rc
+        ;;
+    *)
+        echo "usage: ./dev.sh up [callsense up options] | ./dev.sh test [pytest options]" >&2
+        exit 2
+        ;;
+esac

@@ -1,0 +1,397 @@
+"""The gateway's HTTP face: REST, the live WebSocket, health, metrics (FastAPI; OpenAPI at /docs).
+
+Thin on purpose: requests are parsed here (``gateway.schemas``) and handed to the ``Gateway`` and its
+CallSessions (``gateway.session``), which the public gRPC API shares.
+
+WebSocket protocol (``/v1/sentiment/stream``), JSON text frames:
+
+  client -> server   {"type": "start", "call_id": "...", "metadata": {tenant, agent, team, region, language}}
+                     {"type": "utterance", "text": "...", "channel": "customer"|"agent", "start_ms", "end_ms"}
+                     {"type": "stop"}
+                     {"type": "watch", "call_id": "..."}  (or ?watch=CALL_ID): follow a call, send nothing
+  server -> client   {"type": "started"}, {"type": "score", ...}, {"type": "error", "code", "message",
+                     "fatal"}, {"type": "summary", ...}
+
+A bad message gets an error event and the connection and its call go on; nothing accepted is lost. After
+the summary the connection may start another call. Binary frames are reserved for audio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+import grpc.aio
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from opentelemetry.trace import SpanKind
+
+from callsense.config import Config, load_config
+from callsense.telemetry import call_context, tracer
+from gateway.schemas import (
+    MESSAGE_TYPES,
+    BatchRequest,
+    BatchResponse,
+    CallOut,
+    CallStatsOut,
+    ErrorResponse,
+    Health,
+    ReadinessOut,
+    ScoredUtteranceOut,
+    StartedEvent,
+    StartMessage,
+    StopMessage,
+    UtteranceMessage,
+    WatchingEvent,
+    WatchMessage,
+    event_json,
+    input_error_json,
+    parse_message,
+)
+from gateway.session import (
+    CallDriver,
+    ErrorCode,
+    Gateway,
+    InputError,
+    NotFoundError,
+    SessionSettings,
+    Subscription,
+    validate_call_id,
+)
+from gateway.stats import compute_call_stats
+from gateway.store import StoreRouter
+
+log = logging.getLogger(__name__)
+
+STREAM_PATH = "/v1/sentiment/stream"
+API_DESCRIPTION = f"""Live and after-the-fact sentiment of sales calls.
+
+**Live calls: WebSocket `{STREAM_PATH}`** (JSON text frames; binary frames are reserved for audio).
+
+Client to server, in this order:
+`{{"type": "start", "call_id": "...", "metadata": {{"tenant", "agent", "team", "region", "language"}}}}`,
+then any number of
+`{{"type": "utterance", "text": "...", "channel": "customer", "start_ms": 0, "end_ms": 900}}`
+(channel: customer, agent or mixed),
+then `{{"type": "stop"}}`. Watch a call driven elsewhere with `{{"type": "watch", "call_id": "..."}}` or
+`?watch=CALL_ID`.
+
+Server to client: `started`, `score` (call_id, seq, utterance_id, text (PII masked), channel, start_ms,
+end_ms, label, p_negative, p_neutral, p_positive, score, model_version), `error` (code, message, fatal) and,
+last, `summary` (status, reason, utterance_count, avg/min sentiment, customer and agent averages, lines).
+
+A bad message gets an `error` event and the call goes on; what was accepted is always scored and stored,
+also when the client vanishes (the call then ends with reason `client_gone` after a grace period). After
+the summary the connection may start another call. The same API over gRPC: `callsense.v1.Sentiment`.
+"""
+_HTTP_STATUS = {
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.CALL_CONFLICT: 409,
+    ErrorCode.CALL_ACTIVE: 409,
+    ErrorCode.INVALID_CALL_ID: 400,
+}
+_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse},
+    404: {"model": ErrorResponse},
+    409: {"model": ErrorResponse},
+    422: {"model": ErrorResponse},
+    503: {"model": ErrorResponse},
+}
+
+
+def create_app(
+    config: Config | None = None,
+    *,
+    gateway: Gateway | None = None,
+    store_router: StoreRouter | None = None,
+    database_url: str | None = None,
+    settings: SessionSettings | None = None,
+) -> FastAPI:
+    """The FastAPI app. With ``gateway`` it serves that one (owned by the caller, e.g. ``__main__``
+    which shares it with the gRPC server); otherwise its lifespan opens a Gateway from ``config``
+    (stores from ``store_router``, else ``database_url``, else DATABASE_URL, else embedded PostgreSQL)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if gateway is not None:
+            app.state.gateway = gateway
+            yield
+            return
+        opened = await Gateway.open(
+            config or load_config(), stores=store_router, database_url=database_url, settings=settings
+        )
+        app.state.gateway = opened
+        try:
+            yield
+        finally:
+            await opened.close()
+
+    app = FastAPI(
+        title="callsense gateway",
+        version="1.0",
+        description=API_DESCRIPTION,
+        lifespan=lifespan,
+    )
+    _add_error_handlers(app)
+    _add_routes(app)
+    return app
+
+
+def _gateway(request: Request | WebSocket) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+def _error(status: int, code: str, message: str, details: list[dict[str, Any]] | None = None) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "details": details or []}}
+    return JSONResponse(body, status_code=status)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Never echo the input back (a rejected 1 MB text, or PII), only where and why.
+        details: list[dict[str, Any]] = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            for e in exc.errors()
+        ]
+        first: dict[str, Any] = details[0] if details else {"loc": [], "msg": "invalid request", "type": ""}
+        known = first["type"] in vars(ErrorCode).values()
+        code = first["type"] if known else ErrorCode.INVALID_MESSAGE
+        where = ".".join(str(p) for p in first["loc"] if p != "body")
+        message = first["msg"] if known or not where else f"{where}: {first['msg']}"
+        return _error(422, code, message, details)
+
+    @app.exception_handler(InputError)
+    async def input_error(request: Request, exc: InputError) -> JSONResponse:
+        return _error(_HTTP_STATUS.get(exc.code, 422), exc.code, exc.message)
+
+    @app.exception_handler(grpc.aio.AioRpcError)
+    async def stage_error(request: Request, exc: grpc.aio.AioRpcError) -> JSONResponse:
+        log.warning("pipeline stage failed: %s %s", exc.code().name, exc.details())
+        return _error(503, ErrorCode.STAGE_FAILED, f"a pipeline stage is unavailable ({exc.code().name})")
+
+
+def _add_routes(app: FastAPI) -> None:
+    @app.post("/v1/sentiment/batch", response_model=BatchResponse, responses=_ERROR_RESPONSES)
+    async def analyze_batch(body: BatchRequest, request: Request) -> BatchResponse:
+        """Score a finished call's utterances (split and PII-masked by the chopper) and summarise it.
+
+        Idempotent: the same call_id with the same utterances returns the same result and stores nothing
+        twice; a call_id that already holds different utterances answers 409.
+        """
+        with call_context(body.call_id):
+            result = await _gateway(request).analyze_batch(
+                body.call_id, body.metadata.to_domain(), [u.to_domain() for u in body.utterances]
+            )
+        return BatchResponse(
+            call_id=result.call_id,
+            utterances=[ScoredUtteranceOut.of(e) for e in result.events],
+            stats=CallStatsOut.of(result.summary.stats),
+            summary=list(result.summary.lines),
+        )
+
+    @app.get("/v1/calls/{call_id}", response_model=CallOut, responses=_ERROR_RESPONSES)
+    async def get_call(call_id: str, request: Request) -> CallOut | JSONResponse:
+        """A stored call: metadata, status, statistics and scored utterances."""
+        gateway = _gateway(request)
+        row = await gateway.get_call(validate_call_id(call_id))
+        if row is None:
+            return _error(404, ErrorCode.NOT_FOUND, f"no call with id {call_id!r}")
+        live_here = gateway.registry.get(call_id) is not None
+        return CallOut.of(row, compute_call_stats(row.events), live_here=live_here)
+
+    @app.get("/healthz", response_model=Health)
+    async def healthz() -> Health:
+        """The process is up (liveness)."""
+        return Health()
+
+    @app.get("/readyz", response_model=ReadinessOut, responses={503: {"model": ReadinessOut}})
+    async def readyz(request: Request) -> JSONResponse:
+        """The database, the chopper and the scorer are reachable (readiness); 503 otherwise."""
+        readiness = await _gateway(request).readiness()
+        body = ReadinessOut(ready=readiness.ready, checks=dict(readiness.checks))
+        return JSONResponse(body.model_dump(), status_code=200 if readiness.ready else 503)
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics(request: Request) -> PlainTextResponse:
+        """Prometheus text format: active calls, stage latencies, counters."""
+        text = _gateway(request).metrics.render()
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.websocket(STREAM_PATH)
+    async def stream(websocket: WebSocket, watch: str | None = None) -> None:
+        """Live call: see the module docs for the protocol."""
+        await websocket.accept()
+        await StreamConnection(websocket, _gateway(websocket)).run(watch)
+
+
+# --------------------------------------------------------------------------------------------- WebSocket
+
+
+class StreamConnection:
+    """One WebSocket: reads client messages in order, forwards the events of its call."""
+
+    def __init__(self, websocket: WebSocket, gateway: Gateway) -> None:
+        self._ws = websocket
+        self._gateway = gateway
+        self._driver = CallDriver(gateway.registry)
+        self._send_lock = asyncio.Lock()
+        self._forwarder: asyncio.Task[None] | None = None
+        self._subscription: Subscription | None = None
+        self._watching: str | None = None
+        self._background: set[asyncio.Future[Any]] = set()
+        self._handlers: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
+            "start": self._on_start,
+            "utterance": self._on_utterance,
+            "stop": self._on_stop,
+            "watch": self._on_watch,
+        }
+
+    async def run(self, watch: str | None) -> None:
+        try:
+            if watch is not None:
+                await self._handle({"type": "watch", "call_id": watch})
+            while True:
+                message = await self._ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                if message.get("bytes") is not None:
+                    await self._on_binary(message["bytes"])
+                elif message.get("text") is not None:
+                    await self._on_text(message["text"])
+        except WebSocketDisconnect:
+            pass
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        # A call still running is left to its grace period: everything accepted is scored and stored.
+        self._driver.disconnect()
+        self._end_forwarding()
+
+    async def _on_text(self, text: str) -> None:
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            await self._send_error(InputError(ErrorCode.BAD_JSON, f"the message is not valid JSON: {exc}"))
+            return
+        if not isinstance(data, dict):
+            await self._send_error(
+                InputError(ErrorCode.INVALID_MESSAGE, 'a message must be a JSON object with a "type"')
+            )
+            return
+        await self._handle(data)
+
+    async def _handle(self, data: dict[str, Any]) -> None:
+        kind = data.get("type")
+        handler = self._handlers.get(kind) if isinstance(kind, str) else None
+        try:
+            if handler is None:
+                raise InputError(
+                    ErrorCode.UNKNOWN_TYPE,
+                    f"unknown message type {kind!r}: use {', '.join(repr(t) for t in MESSAGE_TYPES)}",
+                )
+            call_id = self._driver.call_id or _maybe_call_id(data)
+            with contextlib.ExitStack() as stack:
+                if call_id:
+                    stack.enter_context(call_context(call_id))
+                stack.enter_context(tracer().start_as_current_span(f"WS {kind}", kind=SpanKind.SERVER))
+                await handler(data)
+        except InputError as err:
+            self._gateway.metrics.count("callsense_gateway_input_errors_total", code=err.code)
+            await self._send_error(err)
+
+    async def _on_binary(self, data: bytes) -> None:
+        try:
+            await self._driver.audio(data)
+        except InputError as err:
+            await self._send_error(err)
+
+    async def _on_start(self, data: dict[str, Any]) -> None:
+        if self._watching is not None:
+            raise InputError(ErrorCode.ALREADY_STARTED, f"this connection watches call {self._watching}")
+        message = parse_message(StartMessage, data)
+        if self._forwarder is not None and not self._forwarder.done():
+            # The previous call's last events (its summary) go out before the next call's first.
+            await asyncio.wait({self._forwarder}, timeout=5.0)
+        session, resumed = await self._driver.start(message.call_id, message.metadata.to_domain())
+        await self._send(StartedEvent(call_id=session.call_id, resumed=resumed).model_dump())
+        self._forward(session.subscribe(replay=resumed), close_after=False)
+
+    async def _on_utterance(self, data: dict[str, Any]) -> None:
+        if self._watching is not None:
+            raise InputError(ErrorCode.NOT_STARTED, f"this connection watches call {self._watching}")
+        message = parse_message(UtteranceMessage, data)
+        await self._driver.utterance(message.to_domain())
+
+    async def _on_stop(self, data: dict[str, Any]) -> None:
+        message = parse_message(StopMessage, data)
+        # Not awaited: the reader goes on (answering late messages) while the call flushes; the summary
+        # reaches this client through its subscription.
+        task = self._driver.stop(message.reason)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _on_watch(self, data: dict[str, Any]) -> None:
+        message = parse_message(WatchMessage, data)
+        if self._driver.session is not None or self._watching is not None:
+            raise InputError(ErrorCode.ALREADY_STARTED, "this connection already drives or watches a call")
+        try:
+            subscription = self._gateway.registry.subscribe(message.call_id)
+        except NotFoundError as exc:
+            err = InputError(ErrorCode.NOT_FOUND, str(exc))
+            await self._send(input_error_json(err, message.call_id, fatal=True))
+            await self._ws.close(code=1000)
+            return
+        self._watching = message.call_id
+        await self._send(WatchingEvent(call_id=message.call_id).model_dump())
+        self._forward(subscription, close_after=True)
+
+    # -- sending
+
+    def _forward(self, subscription: Subscription, *, close_after: bool) -> None:
+        self._end_forwarding()
+        self._subscription = subscription
+        self._forwarder = asyncio.create_task(self._pump(subscription, close_after))
+
+    async def _pump(self, subscription: Subscription, close_after: bool) -> None:
+        try:
+            async for event in subscription:
+                await self._send(event_json(event))
+            if close_after:
+                await self._ws.close(code=1000)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            pass  # the client is gone; the call does not depend on it
+
+    def _end_forwarding(self) -> None:
+        if self._subscription is not None:
+            session = self._gateway.registry.get(self._subscription.call_id)
+            if session is not None:
+                session.unsubscribe(self._subscription)
+            self._subscription.close()
+        if self._forwarder is not None and not self._forwarder.done():
+            self._forwarder.cancel()
+
+    async def _send(self, payload: dict[str, Any]) -> None:
+        async with self._send_lock:
+            await self._ws.send_text(json.dumps(payload))
+
+    async def _send_error(self, err: InputError) -> None:
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+            await self._send(input_error_json(err, self._driver.call_id or self._watching))
+
+
+def _maybe_call_id(data: dict[str, Any]) -> str | None:
+    value = data.get("call_id")
+    try:
+        return validate_call_id(value)
+    except InputError:
+        return None

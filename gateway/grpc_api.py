@@ -1,0 +1,362 @@
+"""The public gRPC API, ``callsense.v1.Sentiment``: the WebSocket API's mirror for backend clients.
+
+Thin on purpose: every method maps protobuf to the same ``Gateway`` / CallSession machinery the
+WebSocket uses. Problems before a call exists (first message not a start, a missing or malformed
+call_id, bad metadata, a call driven elsewhere) end the RPC with a status (INVALID_ARGUMENT, ...);
+problems with one message of a running call (empty or oversized text, a message after end) become a
+non-fatal ``Error`` event and the call goes on, exactly like the WebSocket's error events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, NoReturn
+
+import grpc
+import grpc.aio
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from callsense.telemetry import call_context
+from callsense.v1 import audio_pb2, chopper_pb2, scorer_pb2, sentiment_pb2, sentiment_pb2_grpc
+from gateway.session import (
+    CHANNELS,
+    CallDriver,
+    CallEvent,
+    CallMetadata,
+    CallSummary,
+    ErrorCode,
+    ErrorEvent,
+    Gateway,
+    InputError,
+    NotFoundError,
+    ScoreEvent,
+    Subscription,
+    SummaryEvent,
+    TextUtterance,
+    channel_from_role,
+    client_error,
+    validate_call_id,
+    validate_metadata,
+    validate_utterance,
+)
+from gateway.stats import CallStatistics, compute_call_stats
+from gateway.store import CallRow, ScoredEvent
+
+log = logging.getLogger(__name__)
+
+_LABELS = {"negative": scorer_pb2.NEGATIVE, "neutral": scorer_pb2.NEUTRAL, "positive": scorer_pb2.POSITIVE}
+_STATUS = {"live": sentiment_pb2.ACTIVE, "ended": sentiment_pb2.COMPLETED, "failed": sentiment_pb2.FAILED}
+
+
+class SentimentServicer(sentiment_pb2_grpc.SentimentServicer):
+    """Serves one Gateway (shared with the HTTP app of the same process)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+
+    async def StreamCall(
+        self,
+        request_iterator: AsyncIterator[sentiment_pb2.StreamCallRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[sentiment_pb2.CallEvent]:
+        first = await anext(aiter(request_iterator), None)
+        if first is None:
+            return  # the client opened and closed without a word: nothing to do
+        call_id, metadata = await _start_of(first, context)
+        driver = CallDriver(self._gateway.registry)
+        with call_context(call_id):
+            try:
+                session, resumed = await driver.start(call_id, metadata)
+            except InputError as err:
+                await _abort(context, err)
+            subscription = session.subscribe(replay=resumed)
+            reader = _StreamReader(driver, call_id, subscription)
+            reading = reader.start(request_iterator)
+        try:
+            async for event in subscription:
+                yield event_proto(event)
+        finally:
+            reading.cancel()
+            driver.disconnect()  # the client vanished before the end: the grace period takes over
+            session.unsubscribe(subscription)
+
+    async def WatchCall(
+        self, request: sentiment_pb2.WatchCallRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[sentiment_pb2.CallEvent]:
+        call_id = await _checked(context, validate_call_id, request.call_id)
+        try:
+            subscription = self._gateway.registry.subscribe(call_id)
+        except NotFoundError as exc:
+            await _abort_with(context, grpc.StatusCode.NOT_FOUND, str(exc))
+        try:
+            async for event in subscription:
+                yield event_proto(event)
+        finally:
+            session = self._gateway.registry.get(call_id)
+            if session is not None:
+                session.unsubscribe(subscription)
+
+    async def AnalyzeBatch(
+        self, request: sentiment_pb2.AnalyzeBatchRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> sentiment_pb2.AnalyzeBatchResponse:
+        call_id = await _checked(context, validate_call_id, request.call_id)
+        metadata = await _checked(context, metadata_of, request.metadata)
+        utterances = await _checked(context, _utterances_of, request.utterances)
+        with call_context(call_id):
+            try:
+                result = await self._gateway.analyze_batch(call_id, metadata, utterances)
+            except InputError as err:
+                await _abort(context, err)
+            except grpc.aio.AioRpcError as exc:
+                log.warning("batch %s: stage failed: %s %s", call_id, exc.code().name, exc.details())
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE, f"a pipeline stage failed: {exc.code().name}"
+                )
+        return sentiment_pb2.AnalyzeBatchResponse(
+            call_id=call_id,
+            utterances=[scored_utterance_proto(e) for e in result.events],
+            summary=summary_proto(result.summary.stats, result.summary.lines, result.summary.objection_tags),
+        )
+
+    async def GetCall(
+        self, request: sentiment_pb2.GetCallRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> sentiment_pb2.CallRecord:
+        call_id = await _checked(context, validate_call_id, request.call_id)
+        row = await self._gateway.get_call(call_id)
+        if row is None:
+            await _abort_with(context, grpc.StatusCode.NOT_FOUND, f"no call with id {call_id!r}")
+        return call_record_proto(row)
+
+
+def add_to_server(gateway: Gateway) -> Any:
+    """For ``grpc_runtime.start_server``: registers the servicer, returns its service name."""
+
+    def add(server: grpc.aio.Server) -> list[str]:
+        sentiment_pb2_grpc.add_SentimentServicer_to_server(SentimentServicer(gateway), server)
+        return [sentiment_pb2.DESCRIPTOR.services_by_name["Sentiment"].full_name]
+
+    return add
+
+
+# --------------------------------------------------------------------------------------------- StreamCall
+
+
+class _StreamReader:
+    """Reads a StreamCall's messages after its start, in order, and drives the call with them.
+
+    A message's problem goes to this client alone as a non-fatal Error event; the call goes on. The
+    request stream ending without ``end`` (the client half-closed) ends the call as ``client_closed``.
+    """
+
+    def __init__(self, driver: CallDriver, call_id: str, subscription: Subscription) -> None:
+        self._driver = driver
+        self._call_id = call_id
+        self._subscription = subscription
+
+    def start(self, requests: AsyncIterator[sentiment_pb2.StreamCallRequest]) -> asyncio.Task[None]:
+        return asyncio.create_task(self._read(requests), name=f"StreamCall reader {self._call_id}")
+
+    async def _read(self, requests: AsyncIterator[sentiment_pb2.StreamCallRequest]) -> None:
+        try:
+            async for request in requests:
+                await self._handle(request)
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError):
+            return  # the client is gone: the servicer's finally hands the call to the grace period
+        if self._driver.live:
+            self._driver.stop("client_closed")
+
+    async def _handle(self, request: sentiment_pb2.StreamCallRequest) -> None:
+        try:
+            if request.call_id and request.call_id != self._call_id:
+                raise InputError(
+                    ErrorCode.INVALID_CALL_ID,
+                    f"call_id {request.call_id!r} is not the call of this stream ({self._call_id}); ignored",
+                )
+            await self._dispatch(request)
+        except InputError as err:
+            self._subscription.offer(client_error(self._call_id, err))
+
+    async def _dispatch(self, request: sentiment_pb2.StreamCallRequest) -> None:
+        kind = request.WhichOneof("payload")
+        if kind == "text":
+            await self._driver.utterance(utterance_of(request.text))
+        elif kind == "end":
+            self._driver.stop(request.end.reason or "hangup")
+        elif kind == "audio":
+            await self._driver.audio(request.audio.audio)
+        elif kind == "start":
+            raise InputError(
+                ErrorCode.ALREADY_STARTED,
+                f"call {self._call_id} is already started on this stream",
+                grpc.StatusCode.FAILED_PRECONDITION,
+            )
+        else:
+            raise InputError(
+                ErrorCode.INVALID_MESSAGE, "the message carries no payload (start, audio, text, end)"
+            )
+
+
+async def _start_of(
+    request: sentiment_pb2.StreamCallRequest, context: grpc.aio.ServicerContext[Any, Any]
+) -> tuple[str, CallMetadata]:
+    """The call id and metadata of a stream's first message, which must be a start."""
+    kind = request.WhichOneof("payload")
+    if kind != "start":
+        await _abort_with(
+            context,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the first message of StreamCall must be start, not {kind or 'an empty message'}",
+        )
+    start = request.start
+    if request.call_id and start.call_id and request.call_id != start.call_id:
+        await _abort_with(
+            context,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"call_id {request.call_id!r} and start.call_id {start.call_id!r} differ",
+        )
+    call_id = await _checked(context, validate_call_id, start.call_id or request.call_id)
+    metadata = await _checked(context, metadata_of, start.metadata)
+    return call_id, metadata
+
+
+async def _checked(context: grpc.aio.ServicerContext[Any, Any], check: Any, value: Any) -> Any:
+    """``check(value)``, or the RPC ends with the InputError's status and message."""
+    try:
+        return check(value)
+    except InputError as err:
+        await _abort(context, err)
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], err: InputError) -> NoReturn:
+    await _abort_with(context, err.status, err.message)
+
+
+async def _abort_with(
+    context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, message: str
+) -> NoReturn:
+    await context.abort(code, message)
+    raise AssertionError("context.abort returned")  # it raises; this tells type checkers so
+
+
+# --------------------------------------------------------------------------------------------- conversions
+
+
+def metadata_of(metadata: audio_pb2.CallMetadata) -> CallMetadata:
+    return validate_metadata(
+        tenant=metadata.tenant,
+        agent=metadata.agent,
+        team=metadata.team,
+        region=metadata.region,
+        language=metadata.language,
+        labels=dict(metadata.labels),
+    )
+
+
+def utterance_of(text: sentiment_pb2.TextUtterance) -> TextUtterance:
+    return validate_utterance(text.text, channel_from_role(text.channel), text.start_ms, text.end_ms)
+
+
+def _utterances_of(texts: Sequence[sentiment_pb2.TextUtterance]) -> list[TextUtterance]:
+    utterances = []
+    for i, text in enumerate(texts):
+        try:
+            utterances.append(utterance_of(text))
+        except InputError as err:
+            raise InputError(err.code, f"utterances[{i}]: {err.message}", err.status) from None
+    return utterances
+
+
+def scored_utterance_proto(event: ScoredEvent) -> sentiment_pb2.ScoredUtterance:
+    utterance = chopper_pb2.Utterance(
+        call_id=event.call_id,
+        utterance_id=event.utterance_id,
+        channel=CHANNELS[event.channel],  # type: ignore[arg-type]  # an int of the ChannelRole enum
+        start_ms=event.start_ms,
+        end_ms=event.end_ms,
+        text=event.text,
+    )
+    score = scorer_pb2.SentimentScore(
+        call_id=event.call_id,
+        utterance_id=event.utterance_id,
+        p_negative=event.p_negative,
+        p_neutral=event.p_neutral,
+        p_positive=event.p_positive,
+        score=event.score,
+        label=_LABELS[event.label],
+        model_version=event.model_version,
+        inference_ms=event.inference_ms or 0.0,
+    )
+    return sentiment_pb2.ScoredUtterance(utterance=utterance, score=score)
+
+
+def summary_proto(
+    stats: CallStatistics, lines: Sequence[str], objection_tags: Sequence[str]
+) -> sentiment_pb2.CallSummary:
+    # sentiment.proto's CallSummary follows the customer (the badge's speaker); 0 when none spoke.
+    return sentiment_pb2.CallSummary(
+        avg_sentiment=stats.customer_avg_sentiment or 0.0,
+        min_sentiment=stats.customer_min_sentiment or 0.0,
+        utterance_count=stats.utterance_count,
+        lines=list(lines),
+        objection_tags=list(dict.fromkeys(objection_tags)),
+    )
+
+
+def _call_summary_proto(summary: CallSummary) -> sentiment_pb2.CallSummary:
+    return summary_proto(summary.stats, summary.lines, summary.objection_tags)
+
+
+def event_proto(event: CallEvent) -> sentiment_pb2.CallEvent:
+    """A call event as sentiment.proto's CallEvent (client-only errors carry seq 0: not in the call's
+    sequence, see ErrorEvent)."""
+    if isinstance(event, ScoreEvent):
+        return sentiment_pb2.CallEvent(
+            call_id=event.call_id, seq=event.seq, score=scored_utterance_proto(event.scored)
+        )
+    if isinstance(event, SummaryEvent):
+        return sentiment_pb2.CallEvent(
+            call_id=event.call_id, seq=event.seq, summary=_call_summary_proto(event.summary)
+        )
+    return error_proto(event)
+
+
+def error_proto(event: ErrorEvent) -> sentiment_pb2.CallEvent:
+    error = sentiment_pb2.Error(
+        code=event.status, message=f"{event.message} ({event.code})", fatal=event.fatal
+    )
+    return sentiment_pb2.CallEvent(call_id=event.call_id, seq=event.seq or 0, error=error)
+
+
+def call_record_proto(row: CallRow) -> sentiment_pb2.CallRecord:
+    record = sentiment_pb2.CallRecord(
+        call_id=row.call_id,
+        metadata=audio_pb2.CallMetadata(
+            tenant=row.tenant,
+            agent=row.agent,
+            team=row.team,
+            region=row.region,
+            language=row.language,
+            labels=_labels(row.metadata),
+        ),
+        status=_STATUS.get(row.status, sentiment_pb2.CALL_STATUS_UNSPECIFIED),
+        events=[scored_utterance_proto(e) for e in row.events],
+    )
+    started = Timestamp()
+    started.FromDatetime(row.started_at)
+    record.started_at.CopyFrom(started)
+    if row.ended_at is not None:
+        ended = Timestamp()
+        ended.FromDatetime(row.ended_at)
+        record.ended_at.CopyFrom(ended)
+        lines = (row.summary or {}).get("lines") or []
+        record.summary.CopyFrom(
+            summary_proto(compute_call_stats(row.events), [str(x) for x in lines], row.objection_tags)
+        )
+    return record
+
+
+def _labels(metadata: dict[str, Any]) -> dict[str, str]:
+    labels = metadata.get("labels")
+    return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}

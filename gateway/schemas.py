@@ -1,0 +1,423 @@
+"""The JSON shapes of the gateway's HTTP and WebSocket API, as Pydantic models (they make /docs).
+
+Validation rules live in ``gateway.session`` (one set for every transport); the validators here call
+them and turn an ``InputError`` into a Pydantic error whose ``type`` is the error code, so a 422 body
+and a WebSocket error event name the same problem the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from gateway.session import (
+    MAX_BATCH_UTTERANCES,
+    MAX_TEXT_CHARS,
+    CallEvent,
+    CallMetadata,
+    CallSummary,
+    ErrorCode,
+    ErrorEvent,
+    InputError,
+    ScoreEvent,
+    SummaryEvent,
+    TextUtterance,
+    validate_call_id,
+    validate_metadata,
+    validate_utterance,
+)
+from gateway.stats import CallStatistics
+from gateway.store import CallRow, ScoredEvent
+
+ChannelName = Literal["customer", "agent", "mixed"]
+LabelName = Literal["negative", "neutral", "positive"]
+
+
+def _custom_error(err: InputError) -> PydanticCustomError:
+    # The message is a template: braces in client text must not be read as placeholders.
+    return PydanticCustomError(err.code, err.message.replace("{", "{{").replace("}", "}}"))
+
+
+# --------------------------------------------------------------------------------------------- input
+
+
+class Metadata(BaseModel):
+    """Who and where a call belongs to; stored with the call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: str = Field(
+        default="", description="Tenant (customer organisation) that owns the call; <= 128 chars."
+    )
+    agent: str = Field(default="", description="Identifier of the sales agent on the call; <= 128 chars.")
+    team: str = Field(default="", description="Team of the agent, for daily roll-ups; <= 128 chars.")
+    region: str = Field(
+        default="",
+        description='Data-residency region, e.g. "eu": an EU call is stored only in the EU database.',
+    )
+    language: str = Field(
+        default="", description='Spoken language as a BCP-47 tag, e.g. "en"; empty: detect.'
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="Free-form labels (campaign, CRM ids), stored unchanged."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Metadata:
+        try:
+            validate_metadata(**self.model_dump())
+        except InputError as err:
+            raise _custom_error(err) from None
+        return self
+
+    def to_domain(self) -> CallMetadata:
+        return validate_metadata(**self.model_dump())
+
+
+class UtteranceIn(BaseModel):
+    """One utterance as text, with its speaker and times."""
+
+    text: str = Field(
+        description=f"What was said, unmasked (PII is masked before storage); 1..{MAX_TEXT_CHARS:,} chars."
+    )
+    channel: str = Field(
+        description='Who said it: "customer", "agent" or "mixed".',
+        json_schema_extra={"enum": ["customer", "agent", "mixed"]},
+    )
+    start_ms: int = Field(description="Start, in milliseconds from the start of the call.")
+    end_ms: int = Field(description="End, in milliseconds from the start of the call; >= start_ms.")
+
+    @model_validator(mode="after")
+    def _check(self) -> UtteranceIn:
+        try:
+            validate_utterance(self.text, self.channel, self.start_ms, self.end_ms)
+        except InputError as err:
+            raise _custom_error(err) from None
+        return self
+
+    def to_domain(self) -> TextUtterance:
+        return validate_utterance(self.text, self.channel, self.start_ms, self.end_ms)
+
+
+class _CallIdMixin(BaseModel):
+    # Defaults to "" so that a missing call_id gets the same clear invalid_call_id as a malformed one.
+    call_id: str = Field(
+        default="",
+        validate_default=True,
+        description="Id of the call, chosen by the client: 1-128 chars of [A-Za-z0-9._:-].",
+    )
+
+    @field_validator("call_id", mode="after")
+    @classmethod
+    def _check_call_id(cls, value: str) -> str:
+        try:
+            return validate_call_id(value)
+        except InputError as err:
+            raise _custom_error(err) from None
+
+
+class StartMessage(_CallIdMixin):
+    """WebSocket, client -> server: opens a call (or resumes it after a reconnect)."""
+
+    type: Literal["start"]
+    metadata: Metadata = Field(
+        default_factory=lambda: Metadata(), description="Who and where the call belongs to."
+    )
+
+
+class UtteranceMessage(UtteranceIn):
+    """WebSocket, client -> server: one utterance of the running call."""
+
+    type: Literal["utterance"]
+
+
+class StopMessage(BaseModel):
+    """WebSocket, client -> server: the call ended; the summary follows once everything is scored."""
+
+    type: Literal["stop"]
+    reason: str = Field(default="hangup", max_length=64, description='Why the call ended, e.g. "hangup".')
+
+
+class WatchMessage(_CallIdMixin):
+    """WebSocket, client -> server: follow a live call driven by another client (a second screen)."""
+
+    type: Literal["watch"]
+
+
+ClientMessage = StartMessage | UtteranceMessage | StopMessage | WatchMessage
+MESSAGE_TYPES: Mapping[str, type[BaseModel]] = {
+    "start": StartMessage,
+    "utterance": UtteranceMessage,
+    "stop": StopMessage,
+    "watch": WatchMessage,
+}
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_message(model: type[M], data: Mapping[str, Any]) -> M:
+    """Validate a decoded message; the first problem becomes an InputError with a stable code."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise input_error_from(exc) from None
+
+
+def input_error_from(exc: ValidationError) -> InputError:
+    first = exc.errors(include_input=False, include_url=False)[0]
+    code = first["type"]
+    if code not in vars(ErrorCode).values():
+        where = ".".join(str(part) for part in first["loc"])
+        return InputError(ErrorCode.INVALID_MESSAGE, f"{where}: {first['msg']}" if where else first["msg"])
+    return InputError(code, first["msg"])
+
+
+class BatchRequest(_CallIdMixin):
+    """A finished call's utterances to score; idempotent on call_id."""
+
+    metadata: Metadata = Field(
+        default_factory=lambda: Metadata(), description="Who and where the call belongs to."
+    )
+    utterances: list[UtteranceIn] = Field(
+        description=f"The call's utterances in any order (sorted by start_ms); 1..{MAX_BATCH_UTTERANCES:,}."
+    )
+
+    @field_validator("utterances", mode="after")
+    @classmethod
+    def _check_count(cls, value: list[UtteranceIn]) -> list[UtteranceIn]:
+        if not value:
+            raise PydanticCustomError(ErrorCode.EMPTY_TEXT, "utterances is empty: a batch needs at least one")
+        if len(value) > MAX_BATCH_UTTERANCES:
+            raise PydanticCustomError(
+                ErrorCode.TOO_MANY_UTTERANCES,
+                f"{len(value):,} utterances; the limit is {MAX_BATCH_UTTERANCES:,} per request",
+            )
+        return value
+
+
+# --------------------------------------------------------------------------------------------- output
+
+
+class ScoredUtteranceOut(BaseModel):
+    """An utterance as the chopper emitted it (split, PII masked), with its sentiment."""
+
+    utterance_id: int = Field(description="Id within the call, from 0 in emission order; stable.")
+    text: str = Field(description='The text with PII masked, e.g. "[EMAIL]".')
+    channel: ChannelName = Field(description="Who said it.")
+    start_ms: int = Field(description="Start, in milliseconds from the start of the call.")
+    end_ms: int = Field(description="End, in milliseconds from the start of the call.")
+    label: LabelName = Field(description="The most probable class.")
+    p_negative: float = Field(description="Probability of negative, in [0, 1].")
+    p_neutral: float = Field(description="Probability of neutral, in [0, 1].")
+    p_positive: float = Field(description="Probability of positive, in [0, 1].")
+    score: float = Field(description="p_positive + 0.5 * p_neutral, in [0, 1]: 0 most negative.")
+    model_version: str = Field(description="Version of the model that scored it.")
+
+    @classmethod
+    def of(cls, event: ScoredEvent) -> ScoredUtteranceOut:
+        return cls(
+            utterance_id=event.utterance_id,
+            text=event.text,
+            channel=event.channel,
+            start_ms=event.start_ms,
+            end_ms=event.end_ms,
+            label=event.label,
+            p_negative=event.p_negative,
+            p_neutral=event.p_neutral,
+            p_positive=event.p_positive,
+            score=event.score,
+            model_version=event.model_version,
+        )
+
+
+class CallStatsOut(BaseModel):
+    """Aggregates of a call's scores; averages are null when there was no (such) utterance."""
+
+    utterance_count: int = Field(description="Number of scored utterances (all speakers).")
+    avg_sentiment: float | None = Field(description="Mean score over all utterances.")
+    min_sentiment: float | None = Field(description="Lowest score over all utterances.")
+    customer_avg_sentiment: float | None = Field(description="Mean score of the customer's utterances.")
+    customer_min_sentiment: float | None = Field(description="Lowest score of the customer's utterances.")
+    agent_avg_sentiment: float | None = Field(description="Mean score of the agent's utterances.")
+    label_counts: dict[str, int] = Field(description="Utterances per label.")
+
+    @classmethod
+    def of(cls, stats: CallStatistics) -> CallStatsOut:
+        return cls(
+            utterance_count=stats.utterance_count,
+            avg_sentiment=stats.avg_sentiment,
+            min_sentiment=stats.min_sentiment,
+            customer_avg_sentiment=stats.customer_avg_sentiment,
+            customer_min_sentiment=stats.customer_min_sentiment,
+            agent_avg_sentiment=stats.agent_avg_sentiment,
+            label_counts=dict(stats.label_counts),
+        )
+
+
+class BatchResponse(BaseModel):
+    """Scores and statistics of a batch-analysed call."""
+
+    call_id: str
+    utterances: list[ScoredUtteranceOut] = Field(description="One per emitted utterance, by utterance_id.")
+    stats: CallStatsOut
+    summary: list[str] = Field(description="Lines a manager can scan.")
+
+
+class CallOut(BaseModel):
+    """Everything stored about a call."""
+
+    call_id: str
+    status: Literal["live", "ended", "failed"] = Field(description="Lifecycle state.")
+    live_here: bool = Field(description="True while this gateway holds the call's live session.")
+    metadata: Metadata
+    started_at: datetime
+    ended_at: datetime | None
+    duration_s: float | None
+    stats: CallStatsOut = Field(description="Computed from the stored events (so live calls have them too).")
+    objection_tags: list[str]
+    summary: dict[str, Any] | None = Field(description="Stored at the end: reason, summary lines.")
+    events: list[ScoredUtteranceOut] = Field(description="Scored utterances by utterance_id.")
+
+    @classmethod
+    def of(cls, row: CallRow, stats: CallStatistics, *, live_here: bool) -> CallOut:
+        labels = row.metadata.get("labels") if isinstance(row.metadata.get("labels"), dict) else {}
+        return cls(
+            call_id=row.call_id,
+            status=row.status,
+            live_here=live_here,
+            metadata=Metadata.model_construct(
+                tenant=row.tenant,
+                agent=row.agent,
+                team=row.team,
+                region=row.region,
+                language=row.language,
+                labels=labels or {},
+            ),
+            started_at=row.started_at,
+            ended_at=row.ended_at,
+            duration_s=row.duration_s,
+            stats=CallStatsOut.of(stats),
+            objection_tags=list(row.objection_tags),
+            summary=row.summary,
+            events=[ScoredUtteranceOut.of(e) for e in row.events],
+        )
+
+
+class ErrorDetail(BaseModel):
+    loc: list[str | int] = Field(description="Where in the request the problem is.")
+    msg: str
+    type: str = Field(description="An error code (see ErrorBody.code) or Pydantic's error type.")
+
+
+class ErrorBody(BaseModel):
+    """What every error response of the HTTP API holds under "error"."""
+
+    code: str = Field(description='Stable machine-readable code, e.g. "text_too_long", "not_found".')
+    message: str = Field(description="Human-readable explanation, safe to show.")
+    details: list[ErrorDetail] = Field(default_factory=list, description="Each validation problem.")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ReadinessOut(BaseModel):
+    ready: bool
+    checks: dict[str, str] = Field(description='Component -> "ok" or why it is not ready.')
+
+
+# --------------------------------------------------------------------------------------------- events
+
+
+class StartedEvent(BaseModel):
+    """WebSocket, server -> client: the call is open; send utterances."""
+
+    type: Literal["started"] = "started"
+    call_id: str
+    resumed: bool = Field(description="True when this start re-attached to a call that was already live.")
+    max_text_chars: int = Field(default=MAX_TEXT_CHARS, description="Longest utterance text accepted.")
+
+
+class WatchingEvent(BaseModel):
+    """WebSocket, server -> client: this connection now follows a live call."""
+
+    type: Literal["watching"] = "watching"
+    call_id: str
+
+
+class ScoreEventOut(ScoredUtteranceOut):
+    """WebSocket, server -> client: an utterance was scored (and stored)."""
+
+    type: Literal["score"] = "score"
+    call_id: str
+    seq: int = Field(description="Sequence number of the event within the call, from 0; gaps mean loss.")
+
+
+class ErrorEventOut(BaseModel):
+    """WebSocket, server -> client: a problem; the connection goes on unless fatal."""
+
+    type: Literal["error"] = "error"
+    call_id: str | None = None
+    seq: int | None = Field(
+        default=None, description="Set for events of the call; null for errors to you only."
+    )
+    code: str = Field(description='Stable code, e.g. "bad_json", "text_too_long", "not_started".')
+    message: str
+    fatal: bool = Field(description="True: the call cannot go on (its summary follows).")
+
+
+class SummaryEventOut(CallStatsOut):
+    """WebSocket, server -> client: the call ended; its last event."""
+
+    type: Literal["summary"] = "summary"
+    call_id: str
+    seq: int
+    status: Literal["ended", "failed"]
+    reason: str = Field(description='Why it ended: "hangup", "client_gone", "stage_failed", ...')
+    lines: list[str] = Field(description="Lines a manager can scan.")
+    objection_tags: list[str]
+
+
+def summary_json(summary: CallSummary, seq: int) -> dict[str, Any]:
+    stats = CallStatsOut.of(summary.stats).model_dump()
+    return SummaryEventOut(
+        **stats,
+        call_id=summary.call_id,
+        seq=seq,
+        status=summary.status,
+        reason=summary.reason,
+        lines=list(summary.lines),
+        objection_tags=list(summary.objection_tags),
+    ).model_dump()
+
+
+def event_json(event: CallEvent) -> dict[str, Any]:
+    """A call event as the WebSocket sends it."""
+    if isinstance(event, ScoreEvent):
+        scored = ScoredUtteranceOut.of(event.scored).model_dump()
+        return ScoreEventOut(**scored, call_id=event.call_id, seq=event.seq).model_dump()
+    if isinstance(event, SummaryEvent):
+        return summary_json(event.summary, event.seq)
+    return error_json(event)
+
+
+def error_json(event: ErrorEvent) -> dict[str, Any]:
+    return ErrorEventOut(
+        call_id=event.call_id or None,
+        seq=event.seq,
+        code=event.code,
+        message=event.message,
+        fatal=event.fatal,
+    ).model_dump()
+
+
+def input_error_json(err: InputError, call_id: str | None = None, *, fatal: bool = False) -> dict[str, Any]:
+    return ErrorEventOut(call_id=call_id, code=err.code, message=err.message, fatal=fatal).model_dump()

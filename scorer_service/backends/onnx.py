@@ -1,0 +1,29 @@
+"""ONNX Runtime on the CPU: the default backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+
+class OnnxBackend:
+    """One ONNX Runtime session; `threads` intra-op threads (1 is best when processes share cores)."""
+
+    name = "onnxruntime-cpu"
+
+    def __init__(self, model_path: Path, threads: int = 1) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.model_path = model_path
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        feed = {name: inputs[name] for name in self.input_names}
+        (logits,) = self.session.run(["logits"], feed)
+        return np.asarray(logits, dtype=np.float32)

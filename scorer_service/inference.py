@@ -1,0 +1,110 @@
+"""The sentiment model as the serving path sees it: text in, class probabilities out.
+
+Plain Python, no gRPC and no torch: the scorer service, the `callsense score` command and the
+benchmarks all score through `SentimentModel`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from scorer_service.backends.base import Backend, softmax
+from scorer_service.tokenization import MODEL_DIR, EncodedText, SentimentTokenizer, TextRejected, pad_batch
+
+LABELS = ("negative", "neutral", "positive")
+DEFAULT_MODEL = MODEL_DIR / "model.int8.onnx"
+
+
+@dataclass(frozen=True)
+class SentimentInput:
+    text: str
+    previous_text: str = ""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    p_negative: float
+    p_neutral: float
+    p_positive: float
+
+    @property
+    def score(self) -> float:
+        """One number in [0, 1] for charts and badges: p_positive + 0.5 * p_neutral."""
+        return self.p_positive + 0.5 * self.p_neutral
+
+    @property
+    def label(self) -> str:
+        probs = (self.p_negative, self.p_neutral, self.p_positive)
+        return LABELS[int(np.argmax(probs))]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    version: str
+    uses_context: bool
+
+
+def read_model_info(model_dir: Path) -> ModelInfo:
+    """The model's version and whether it was trained with the previous utterance as context."""
+    card = model_dir / "model_card.json"
+    if card.exists():
+        data = json.loads(card.read_text())
+        return ModelInfo(str(data.get("version", "unknown")), bool(data.get("uses_context", False)))
+    return ModelInfo("unversioned", False)
+
+
+class SentimentModel:
+    """Tokenizer + backend. Not thread-safe: call it from one thread (the scorer's inference thread)."""
+
+    def __init__(self, backend: Backend, tokenizer: SentimentTokenizer, info: ModelInfo) -> None:
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.info = info
+
+    @classmethod
+    def load(cls, model_path: Path | None = None, threads: int = 1, backend: str = "auto") -> SentimentModel:
+        from scorer_service.backends import select_backend
+
+        path = model_path or DEFAULT_MODEL
+        model_dir = path.parent
+        return cls(select_backend(path, threads=threads, preference=backend), SentimentTokenizer(model_dir / "tokenizer.json"), read_model_info(model_dir))
+
+    def encode(self, item: SentimentInput) -> EncodedText:
+        """Raises TextRejected with a message that says what to fix."""
+        previous = item.previous_text if self.info.uses_context else ""
+        return self.tokenizer.encode(item.text, previous)
+
+    def predict_encoded(self, batch: Sequence[EncodedText]) -> list[Prediction]:
+        """One forward pass over a batch (padded to its longest item)."""
+        probs = softmax(self.backend.predict(pad_batch(list(batch))))
+        return [Prediction(float(p[0]), float(p[1]), float(p[2])) for p in probs]
+
+    def predict(
+        self, items: Sequence[SentimentInput], max_batch: int = 32
+    ) -> list[Prediction | TextRejected]:
+        """Score many inputs, batched by length; a rejected input gets its TextRejected in its slot."""
+        results: list[Prediction | TextRejected] = [TextRejected("not scored")] * len(items)
+        encoded: list[tuple[int, EncodedText]] = []
+        for index, item in enumerate(items):
+            try:
+                encoded.append((index, self.encode(item)))
+            except TextRejected as exc:
+                results[index] = exc
+        encoded.sort(key=lambda pair: len(pair[1]))
+        for start in range(0, len(encoded), max_batch):
+            chunk = encoded[start : start + max_batch]
+            for (index, _), prediction in zip(chunk, self.predict_encoded([e for _, e in chunk]), strict=True):
+                results[index] = prediction
+        return results
+
+    def timed_predict_one(self, item: SentimentInput) -> tuple[Prediction, float]:
+        """Score one input; returns the prediction and the milliseconds spent (tokenise + forward)."""
+        started = time.perf_counter()
+        prediction = self.predict_encoded([self.encode(item)])[0]
+        return prediction, (time.perf_counter() - started) * 1000

@@ -1,0 +1,316 @@
+"""The Scorer gRPC service: a thin layer over ``SentimentModel`` and the ``MicroBatcher``.
+
+``Score`` (bidi stream) answers each ScoreRequest with one SentimentScore, in request order. A stream's
+requests are read as they come and scored concurrently (so they join forward passes with each other and
+with every other stream), then emitted in the order they were sent: a call's scores never overtake each
+other. At most ``max_in_flight`` requests of one stream are being scored at a time; past that, reading
+pauses and HTTP/2 flow control pushes back on the client.
+
+``ScoreBatch`` (unary) checks and tokenises the whole list first, then scores it through the same batcher,
+so after-the-fact batches share forward passes with live calls.
+
+Bad input, and why it ends the stream: ``SentimentScore`` has no error field, and a made-up score for a
+rejected utterance (a 0 would read as "most negative") would be worse than no score. So a request without
+``call_id``, with empty text or with text over the model's 128 tokens ends the stream with
+INVALID_ARGUMENT whose message names the call, the utterance id and what to fix. Every utterance sent
+before the bad one still gets its score first (results are emitted in order; the abort comes in the bad
+utterance's slot). Only that stream ends: other streams on the same server and channel go on. The chopper
+guarantees non-empty text under 128 tokens, so a rejection means a client bug, which should be loud.
+(If the contract gains a per-utterance error, the stream could go on instead.) ``ScoreBatch`` fails as a
+whole with INVALID_ARGUMENT naming the index of the first bad utterance.
+
+Text longer than ``MAX_TEXT_CHARS`` is rejected without tokenising it: tokenising runs on the event loop
+(about 0.2 ms for an utterance) and a 1 MB text would hold every stream up for half a second.
+
+Telemetry: each utterance is scored in a ``scorer.score_utterance`` span opened inside
+``call_context(call_id)``, so it carries ``call.id`` (a shared stream may carry several calls); metrics are
+the forward-pass latency (``callsense.scorer.inference``), batch sizes (``callsense.scorer.batch_size``),
+time from request to score (``callsense.scorer.latency``) and the queue depth
+(``callsense.scorer.queue_depth``, an observable gauge over every batcher in the process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import weakref
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import grpc.aio
+from opentelemetry import metrics
+
+from callsense import telemetry
+from callsense.v1 import chopper_pb2, scorer_pb2, scorer_pb2_grpc
+from scorer_service.batcher import BatcherClosed, BatchReport, MicroBatcher, Scored
+from scorer_service.inference import SentimentInput, SentimentModel
+from scorer_service.tokenization import EncodedText, TextRejected
+
+SERVICE_NAME = "callsense.v1.Scorer"
+MAX_TEXT_CHARS = 8192
+"""Longer texts are refused before tokenising; 128 tokens of speech are well under 1,000 characters."""
+MAX_PREVIOUS_CHARS = 2048
+"""Only the end of previous_text can fit in the 128-token context anyway; the rest is not tokenised."""
+DEFAULT_MAX_IN_FLIGHT = 64
+
+_LABELS = {
+    "negative": scorer_pb2.NEGATIVE,
+    "neutral": scorer_pb2.NEUTRAL,
+    "positive": scorer_pb2.POSITIVE,
+}
+BATCH_SIZE_BUCKETS: Sequence[float] = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class Rejected(ValueError):
+    """A request that cannot be scored as sent; the message says which one and what to fix."""
+
+
+# ------------------------------------------------------------------------------------------- metrics
+
+
+@dataclass(frozen=True)
+class _Metrics:
+    inference: metrics.Histogram
+    batch_size: metrics.Histogram
+    latency: metrics.Histogram
+
+
+def _metrics() -> _Metrics:
+    return _Metrics(
+        inference=telemetry.histogram(
+            "callsense.scorer.inference", description="Forward-pass time of one micro-batch"
+        ),
+        batch_size=telemetry.histogram(
+            "callsense.scorer.batch_size",
+            unit="1",
+            description="Utterances per forward pass",
+            boundaries=BATCH_SIZE_BUCKETS,
+        ),
+        latency=telemetry.histogram(
+            "callsense.scorer.latency", description="Request received to score ready (queueing included)"
+        ),
+    )
+
+
+# Every live batcher of the process reports into one gauge (observable gauges are registered once).
+_batchers: weakref.WeakSet[MicroBatcher] = weakref.WeakSet()
+_gauge_lock = threading.Lock()
+_gauge_registered = False
+
+
+def _observe_queue_depth(_options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+    yield metrics.Observation(sum(b.queue_depth for b in list(_batchers)))
+
+
+def _register_queue_gauge(batcher: MicroBatcher) -> None:
+    global _gauge_registered
+    with _gauge_lock:
+        _batchers.add(batcher)
+        if not _gauge_registered:
+            metrics.get_meter("callsense").create_observable_gauge(
+                "callsense.scorer.queue_depth",
+                callbacks=[_observe_queue_depth],
+                unit="1",
+                description="Utterances waiting for a forward pass",
+            )
+            _gauge_registered = True
+
+
+# ------------------------------------------------------------------------------------------ servicer
+
+
+class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
+    """Scores utterances with ``model`` through ``batcher`` (which must wrap the same model).
+
+    Construct it, and use it, on the server's event loop. ``close()`` drains the batcher.
+    """
+
+    def __init__(
+        self, model: SentimentModel, batcher: MicroBatcher, *, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    ) -> None:
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+        self.model = model
+        self.batcher = batcher
+        self.max_in_flight = max_in_flight
+        self._metrics = _metrics()
+        previous_hook = batcher.on_batch
+
+        def on_batch(report: BatchReport) -> None:
+            self._metrics.inference.record(report.inference_ms)
+            self._metrics.batch_size.record(report.size)
+            if previous_hook is not None:
+                previous_hook(report)
+
+        batcher.on_batch = on_batch
+        _register_queue_gauge(batcher)
+
+    @classmethod
+    def create(
+        cls,
+        model: SentimentModel,
+        *,
+        max_batch: int = 32,
+        max_wait_ms: float = 5.0,
+        max_queue: int = 1024,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    ) -> ScorerServicer:
+        """A servicer with its own batcher over ``model``."""
+        batcher = MicroBatcher(model, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue)
+        return cls(model, batcher, max_in_flight=max_in_flight)
+
+    async def close(self) -> None:
+        """Finish every queued utterance and stop the inference thread (after the server stopped)."""
+        await self.batcher.close()
+
+    # ------------------------------------------------------------------------------------------- RPCs
+
+    async def Score(
+        self, request_iterator: AsyncIterator[scorer_pb2.ScoreRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[scorer_pb2.SentimentScore]:
+        # Tasks in request order; None marks the end of the requests. The semaphore bounds the tasks.
+        pending: asyncio.Queue[asyncio.Task[scorer_pb2.SentimentScore] | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(self.max_in_flight)
+        reader = asyncio.create_task(self._read_stream(request_iterator, pending, slots))
+        try:
+            while (task := await pending.get()) is not None:
+                try:
+                    score = await task
+                except Exception as exc:
+                    await self._abort(context, exc)
+                    raise  # abort raises; not reached
+                finally:
+                    slots.release()
+                yield score
+            await reader  # surfaces a failure to read the requests
+        finally:
+            # The stream ended early (abort, client cancel): drop the work of the requests not emitted.
+            reader.cancel()
+            leftovers: list[asyncio.Future[Any]] = [reader]
+            while not pending.empty():
+                leftover = pending.get_nowait()
+                if leftover is not None:
+                    leftover.cancel()
+                    leftovers.append(leftover)
+            # Retrieve their outcomes, or asyncio logs "exception was never retrieved" for each.
+            await asyncio.gather(*leftovers, return_exceptions=True)
+
+    async def ScoreBatch(
+        self, request: scorer_pb2.ScoreBatchRequest, context: grpc.aio.ServicerContext
+    ) -> scorer_pb2.ScoreBatchResponse:
+        encoded: list[EncodedText] = []
+        for index, utterance in enumerate(request.utterances):
+            where = f"utterances[{index}]"
+            try:
+                if not utterance.call_id:
+                    raise Rejected(f"{where}: call_id is required: set utterance.call_id")
+                encoded.append(self._encode(utterance, where))
+            except Rejected as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                raise  # abort raises; not reached
+        tasks = []
+        for utterance, item in zip(request.utterances, encoded, strict=True):
+            with telemetry.call_context(utterance.call_id):  # the task copies the context: its spans too
+                tasks.append(asyncio.create_task(self._score_encoded(utterance, item)))
+        try:
+            scores = await asyncio.gather(*tasks)
+        except Exception as exc:
+            await self._abort(context, exc)
+            raise  # abort raises; not reached
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return scorer_pb2.ScoreBatchResponse(scores=scores)
+
+    @staticmethod
+    async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
+        """End the RPC with the status that fits ``exc`` (raises)."""
+        if isinstance(exc, Rejected):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if isinstance(exc, BatcherClosed):
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        await context.abort(grpc.StatusCode.INTERNAL, f"scoring failed: {type(exc).__name__}: {exc}")
+
+    # -------------------------------------------------------------------------------------- internals
+
+    async def _read_stream(
+        self,
+        request_iterator: AsyncIterator[scorer_pb2.ScoreRequest],
+        pending: asyncio.Queue[asyncio.Task[scorer_pb2.SentimentScore] | None],
+        slots: asyncio.Semaphore,
+    ) -> None:
+        try:
+            index = 0
+            async for request in request_iterator:
+                await slots.acquire()  # at most max_in_flight of this stream's requests at once
+                call_id = request.call_id or request.utterance.call_id
+                # Each request's task starts inside its own call context (tasks copy the context).
+                with telemetry.call_context(call_id) if call_id else contextlib.nullcontext():
+                    pending.put_nowait(asyncio.create_task(self._score_request(request, index)))
+                index += 1
+        finally:
+            pending.put_nowait(None)  # unbounded queue: never blocks, also when cancelled
+
+    async def _score_request(self, request: scorer_pb2.ScoreRequest, index: int) -> scorer_pb2.SentimentScore:
+        utterance = request.utterance
+        where = f"request {index} (utterance_id {utterance.utterance_id})"
+        if not request.call_id:
+            raise Rejected(f"{where}: call_id is required: set ScoreRequest.call_id to the call's id")
+        if utterance.call_id and utterance.call_id != request.call_id:
+            raise Rejected(
+                f"{where}: call_id {request.call_id!r} differs from utterance.call_id "
+                f"{utterance.call_id!r}: they must be equal"
+            )
+        where = f"call {request.call_id}, utterance_id {utterance.utterance_id}"
+        return await self._score_encoded(utterance, self._encode(utterance, where), request.call_id)
+
+    def _encode(self, utterance: chopper_pb2.Utterance, where: str) -> EncodedText:
+        text = utterance.text
+        if len(text) > MAX_TEXT_CHARS:
+            raise Rejected(
+                f"{where}: text is {len(text)} characters; the model takes at most 128 tokens (a few "
+                "hundred characters): split it into utterances (the chopper service does this)"
+            )
+        try:
+            return self.model.encode(SentimentInput(text, utterance.previous_text[-MAX_PREVIOUS_CHARS:]))
+        except TextRejected as exc:
+            raise Rejected(f"{where}: {exc}") from None
+
+    async def _score_encoded(
+        self, utterance: chopper_pb2.Utterance, encoded: EncodedText, call_id: str | None = None
+    ) -> scorer_pb2.SentimentScore:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with telemetry.tracer("callsense.scorer").start_as_current_span("scorer.score_utterance") as span:
+            span.set_attribute("utterance.id", utterance.utterance_id)
+            span.set_attribute("scorer.tokens", len(encoded))
+            scored = await self.batcher.submit(encoded)
+            span.set_attribute("scorer.batch_size", scored.batch_size)
+            span.set_attribute("scorer.inference_ms", scored.inference_ms)
+        self._metrics.latency.record((loop.time() - started) * 1000.0)
+        return self._to_proto(call_id or utterance.call_id, utterance.utterance_id, scored)
+
+    def _to_proto(self, call_id: str, utterance_id: int, scored: Scored) -> scorer_pb2.SentimentScore:
+        p = scored.prediction
+        return scorer_pb2.SentimentScore(
+            call_id=call_id,
+            utterance_id=utterance_id,
+            p_negative=p.p_negative,
+            p_neutral=p.p_neutral,
+            p_positive=p.p_positive,
+            score=p.score,
+            label=_LABELS[p.label],
+            model_version=self.model.info.version,
+            inference_ms=scored.inference_ms,
+            batch_size=scored.batch_size,
+        )
+
+
+def add_scorer(server: grpc.aio.Server, servicer: ScorerServicer) -> list[str]:
+    """Register ``servicer`` on ``server``; returns the service names (for ``grpc_runtime``)."""
+    scorer_pb2_grpc.add_ScorerServicer_to_server(servicer, server)
+    return [SERVICE_NAME]

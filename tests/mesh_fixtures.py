@@ -1,0 +1,208 @@
+"""Real mesh parts for the gateway tests: embedded PostgreSQL, chopper and scorer as subprocesses, and a
+gateway (HTTP on uvicorn + public gRPC) running in the test's event loop.
+
+Import the fixtures into a test module with ``from tests.mesh_fixtures import *`` (names in __all__).
+The scorer serves the shipped model, or the ONNX file named by CALLSENSE_TEST_SCORER_MODEL; without
+either the mesh tests skip, saying so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import psycopg
+import pytest
+import pytest_asyncio
+import uvicorn
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from psycopg import sql
+
+from callsense import grpc_runtime
+from callsense.config import Config
+from callsense.database import EmbeddedPostgres, default_data_dir, start_embedded_postgres
+from gateway.__main__ import _Server
+from gateway.app import create_app
+from gateway.grpc_api import add_to_server
+from gateway.session import Gateway, SessionSettings
+
+__all__ = [
+    "MeshServices",
+    "RunningGateway",
+    "gateway_db_url",
+    "gateway_pg",
+    "mesh_services",
+    "running_gateway",
+]
+
+ROOT = Path(__file__).resolve().parents[1]
+SCORER_MODEL_ENV = "CALLSENSE_TEST_SCORER_MODEL"
+READY_TIMEOUT_S = 120.0  # the scorer loads and warms its model first; the test box is often busy
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# --------------------------------------------------------------------------------------------- database
+
+
+@pytest.fixture(scope="session")
+def gateway_pg() -> Iterator[EmbeddedPostgres]:
+    # The test data dir (not the one of `callsense up`), shared with the store tests.
+    data_dir = default_data_dir().with_name(default_data_dir().name + "-test")
+    with start_embedded_postgres(data_dir, database="postgres") as pg:
+        yield pg
+
+
+@pytest.fixture(scope="session")
+def gateway_db_url(gateway_pg: EmbeddedPostgres) -> Iterator[str]:
+    """A fresh database for this test session, dropped at its end."""
+    name = f"gateway_test_{uuid.uuid4().hex[:12]}"
+    url = gateway_pg.create_database(name)
+    yield url
+    with psycopg.connect(gateway_pg.database_uri("postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+# --------------------------------------------------------------------------------------------- services
+
+
+@dataclass(frozen=True)
+class MeshServices:
+    chopper_addr: str
+    scorer_addr: str
+
+
+def _scorer_model() -> Path:
+    from scorer_service.inference import DEFAULT_MODEL
+
+    override = os.environ.get(SCORER_MODEL_ENV)
+    path = Path(override) if override else DEFAULT_MODEL
+    if not path.is_file():
+        pytest.skip(f"SCORER MODEL ABSENT: {path} not found; ship a model or set {SCORER_MODEL_ENV}")
+    return path
+
+
+def _spawn(module: str, env_name: str, addr: str, args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update({env_name: addr, "CALLSENSE_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"})
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: a Ctrl-C of pytest does not reach it twice
+        )
+
+
+def _wait_serving(name: str, addr: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    with grpc.insecure_channel(addr) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                pytest.fail(f"{name} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    pytest.fail(f"{name} not SERVING on {addr} within {READY_TIMEOUT_S:g} s:\n{log.read_text()[-3000:]}")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def mesh_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshServices]:
+    """The real chopper and scorer, each a `python -m` subprocess on a free port."""
+    model = _scorer_model()
+    logs = tmp_path_factory.mktemp("mesh")
+    chopper_addr = f"127.0.0.1:{free_port()}"
+    scorer_addr = f"127.0.0.1:{free_port()}"
+    chopper = _spawn("chopper_service", "CALLSENSE_CHOPPER_ADDR", chopper_addr, [], logs / "chopper.log")
+    scorer = _spawn(
+        "scorer_service",
+        "CALLSENSE_SCORER_ADDR",
+        scorer_addr,
+        ["--model", str(model), "--threads", "1"],
+        logs / "scorer.log",
+    )
+    try:
+        _wait_serving("chopper", chopper_addr, chopper, logs / "chopper.log")
+        _wait_serving("scorer", scorer_addr, scorer, logs / "scorer.log")
+        yield MeshServices(chopper_addr, scorer_addr)
+    finally:
+        _stop(chopper)
+        _stop(scorer)
+
+
+# --------------------------------------------------------------------------------------------- gateway
+
+
+@dataclass(frozen=True)
+class RunningGateway:
+    gateway: Gateway
+    http_url: str
+    ws_url: str
+    grpc_target: str
+
+
+@pytest_asyncio.fixture
+async def running_gateway(mesh_services: MeshServices, gateway_db_url: str) -> AsyncIterator[RunningGateway]:
+    """A gateway in this test's loop: uvicorn on a free port, the gRPC API on another, one Gateway."""
+    config = Config(
+        chopper_addr=mesh_services.chopper_addr,
+        scorer_addr=mesh_services.scorer_addr,
+        database_url=gateway_db_url,
+    )
+    settings = SessionSettings(grace_s=0.5, finish_timeout_s=30.0)
+    gateway = await Gateway.open(config, settings=settings)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    http = _Server(uvicorn.Config(create_app(config, gateway=gateway), log_config=None, lifespan="on"))
+    serving = asyncio.create_task(http.serve(sockets=[sock]))
+    grpc_server = await grpc_runtime.start_server(add_to_server(gateway), "127.0.0.1:0")
+    try:
+        while not http.started:
+            if serving.done():
+                serving.result()
+            await asyncio.sleep(0.01)
+        yield RunningGateway(
+            gateway,
+            http_url=f"http://127.0.0.1:{port}",
+            ws_url=f"ws://127.0.0.1:{port}/v1/sentiment/stream",
+            grpc_target=f"127.0.0.1:{grpc_runtime.server_info(grpc_server).port}",
+        )
+    finally:
+        http.should_exit = True
+        await serving
+        await grpc_runtime.stop_server(grpc_server, 0.5)
+        await gateway.close()
+        sock.close()

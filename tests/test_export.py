@@ -1,0 +1,100 @@
+"""Export to ONNX (dynamic axes), fusion, INT8 quantisation, and the gate that refuses a damaged model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from scorer_service.inference import DEFAULT_MODEL, SentimentModel
+from scorer_service.tokenization import MODEL_DIR
+from scorer_service.training.data import load_jsonl
+from scorer_service.training.evaluate import evaluate_examples, onnx_model
+from scorer_service.training.export import QuantisationRejected, quantisation_gate
+
+TEST_SET = Path(__file__).parent / "data" / "sales_sentiment.jsonl"
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small random BERT with the real tokenizer: the export path without a long training run."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=30522,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        num_labels=3,
+    )
+    model = transformers.BertForSequenceClassification(config)
+    path = tmp_path_factory.mktemp("tiny")
+    model.save_pretrained(path)
+    (path / "tokenizer.json").write_bytes((MODEL_DIR / "tokenizer.json").read_bytes())
+    return path
+
+
+def test_export_fuse_quantise_keeps_the_model(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from transformers import BertForSequenceClassification
+
+    from scorer_service.backends.onnx import OnnxBackend
+    from scorer_service.training.export import export_all
+
+    files, stats = export_all(tiny_checkpoint, tmp_path)
+    assert stats.get("Attention", 0) + stats.get("MultiHeadAttention", 0) == 2, stats  # one per layer
+    reference = BertForSequenceClassification.from_pretrained(
+        tiny_checkpoint, attn_implementation="eager"
+    ).eval()
+    rng = np.random.default_rng(0)
+    for batch, length in ((1, 5), (3, 17)):  # dynamic batch and sequence axes
+        ids = rng.integers(1000, 20000, size=(batch, length)).astype(np.int64)
+        mask = np.ones_like(ids)
+        mask[1:, length // 2 :] = 0  # padded rows, as a length-bucketed batch has
+        ids[mask == 0] = 0
+        inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        with torch.no_grad():
+            expected = reference(**{k: torch.from_numpy(v) for k, v in inputs.items()}).logits.numpy()
+        for path, tolerance in ((files.fp32, 1e-4), (files.fused, 1e-3), (files.int8, 0.1)):
+            got = OnnxBackend(path).predict(inputs)
+            assert got.shape == (batch, 3)
+            np.testing.assert_allclose(got, expected, atol=tolerance, err_msg=str(path))
+    assert files.int8.stat().st_size < files.fp32.stat().st_size * 0.5
+
+
+def _damaged_copy(source: Path, destination: Path) -> Path:
+    """The shipped INT8 model with its quantisation scales scrambled: a quantisation gone wrong."""
+    model = onnx.load(str(source))
+    rng = np.random.default_rng(0)
+    for initializer in model.graph.initializer:
+        if initializer.name.endswith("_scale") and initializer.data_type == onnx.TensorProto.FLOAT:
+            values = numpy_helper.to_array(initializer)
+            scrambled = values * rng.uniform(0.0, 3.0, size=values.shape).astype(values.dtype)
+            initializer.CopyFrom(numpy_helper.from_array(scrambled.astype(values.dtype), initializer.name))
+    onnx.save(model, str(destination))
+    return destination
+
+
+@pytest.mark.skipif(not DEFAULT_MODEL.exists(), reason="no shipped model yet")
+def test_gate_refuses_a_damaged_quantised_model(tmp_path: Path) -> None:
+    examples = load_jsonl(TEST_SET).examples
+    tokenizer = MODEL_DIR / "tokenizer.json"
+    good = evaluate_examples(onnx_model(DEFAULT_MODEL, tokenizer, False), examples)
+    damaged = evaluate_examples(
+        onnx_model(_damaged_copy(DEFAULT_MODEL, tmp_path / "bad.onnx"), tokenizer, False), examples
+    )
+    assert quantisation_gate(good, good, max_f1_drop=0.5) == pytest.approx(0.0)
+    with pytest.raises(QuantisationRejected, match="macro-F1 points"):
+        quantisation_gate(good, damaged, max_f1_drop=0.5)
+
+
+def test_shipped_model_loads_and_names_its_version() -> None:
+    if not DEFAULT_MODEL.exists():
+        pytest.fail("scorer_service/model/model.int8.onnx is missing: the package must ship its model")
+    model = SentimentModel.load()
+    assert model.info.version not in ("", "unversioned")

@@ -1,0 +1,219 @@
+"""The process supervisor: order, readiness, clear start-up errors, and nothing left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import signal
+import socket
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from callsense.supervisor import (
+    HttpReady,
+    ProcessSpec,
+    StartupError,
+    Supervisor,
+    dependency_layers,
+    envoy_shm_files,
+)
+
+PY = sys.executable
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie (exited, not yet reaped by a container's init) counts as gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _http_server(name: str, port: int, depends_on: tuple[str, ...] = ()) -> ProcessSpec:
+    return ProcessSpec(
+        name,
+        [PY, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        ready=HttpReady(f"http://127.0.0.1:{port}/"),
+        depends_on=depends_on,
+        ready_timeout_s=20,
+        urls=[f"http://127.0.0.1:{port}/"],
+    )
+
+
+# A child that starts a grandchild which ignores SIGTERM, prints the grandchild's pid, then serves HTTP:
+# stopping the child must still take the grandchild down.
+_WITH_STUBBORN_GRANDCHILD = textwrap.dedent(
+    """
+    import subprocess, sys
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"
+    grandchild = subprocess.Popen([sys.executable, "-c", code])
+    print(f"grandchild {grandchild.pid}", flush=True)
+    import http.server, functools
+    http.server.test(HandlerClass=http.server.SimpleHTTPRequestHandler, port=int(sys.argv[1]),
+                     bind="127.0.0.1")
+    """
+)
+
+
+@pytest.mark.slow
+async def test_starts_in_dependency_order_forwards_logs_and_stops_everything() -> None:
+    port_a, port_b = _free_port(), _free_port()
+    b = ProcessSpec(
+        "b",
+        [PY, "-c", _WITH_STUBBORN_GRANDCHILD, str(port_b)],
+        ready=HttpReady(f"http://127.0.0.1:{port_b}/"),
+        depends_on=["a"],
+        ready_timeout_s=20,
+        stop_timeout_s=2,
+    )
+    out = io.StringIO()
+    supervisor = Supervisor([b, _http_server("a", port_a)], out=out)
+    await supervisor.start()
+    try:
+        pids = [child.pid for child in supervisor.children.values()]
+        assert all(_alive(pid) for pid in pids)
+        grandchild = int(re.search(r"^b +\| grandchild (\d+)$", out.getvalue(), re.M).group(1))  # type: ignore[union-attr]
+        assert _alive(grandchild)
+    finally:
+        await supervisor.stop()
+
+    log = out.getvalue()
+    assert log.index("a ready in") < log.index("starting b:")
+    assert re.search(r"^a +\| .*GET / HTTP/1.1\" 200", log, re.M), log  # a's own log, prefixed
+    assert f"http://127.0.0.1:{port_a}/  (a)" in log
+    await asyncio.sleep(0.1)  # the grandchild was SIGKILLed; give the kernel a moment to reap it
+    assert not any(_alive(pid) for pid in [*pids, grandchild])
+
+
+@pytest.mark.parametrize(
+    ("script", "reason"),
+    [
+        # Alive but never ready: the timeout names the probe and what it last saw.
+        (
+            "print('loading model'); print('error: no such device'); import time; time.sleep(60)",
+            r"not ready after 1 s \(HTTP GET http://127\.0\.0\.1:\d+/healthz: ConnectionRefusedError",
+        ),
+        # Dead before ready: the exit code.
+        (
+            "print('loading model'); print('error: no such device'); raise SystemExit(3)",
+            r"exited with code 3 before it was ready",
+        ),
+    ],
+    ids=["timeout", "exit"],
+)
+async def test_reports_the_process_that_fails_with_its_log_tail(script: str, reason: str) -> None:
+    port = _free_port()
+    broken = ProcessSpec(
+        "scorer", [PY, "-c", script], ready=HttpReady(f"http://127.0.0.1:{port}/healthz"), ready_timeout_s=1
+    )
+    # Starts beside the broken one and would wait 60 s: the failure must cut its wait short.
+    sibling = ProcessSpec(
+        "chopper",
+        [PY, "-c", "import time; time.sleep(60)"],
+        ready=HttpReady(f"http://127.0.0.1:{_free_port()}/"),
+    )
+    never = ProcessSpec("gateway", [PY, "-c", "print('must not start')"], depends_on=["scorer", "chopper"])
+    out = io.StringIO()
+    supervisor = Supervisor([broken, sibling, never], out=out)
+    with pytest.raises(StartupError) as caught:
+        async with asyncio.timeout(10):
+            await supervisor.start()
+
+    error = caught.value
+    assert error.name == "scorer"
+    assert re.search(reason, str(error)), str(error)
+    assert error.tail[-2:] == ["loading model", "error: no such device"]
+    assert "error: no such device" in str(error)
+    assert "gateway" not in supervisor.children
+    assert not any(_alive(child.pid) for child in supervisor.children.values())
+
+
+async def test_a_child_that_dies_later_ends_the_wait() -> None:
+    out = io.StringIO()
+    spec = ProcessSpec("flaky", [PY, "-c", "import time; time.sleep(0.6); print('bye'); raise SystemExit(2)"])
+    async with Supervisor([spec], out=out) as supervisor:
+        assert await asyncio.wait_for(supervisor.wait(), 10) == 1
+    assert "flaky exited with code 2" in out.getvalue()
+
+
+def test_dependency_layers() -> None:
+    def spec(name: str, *deps: str) -> ProcessSpec:
+        return ProcessSpec(name, ["true"], depends_on=deps)
+
+    layers = dependency_layers(
+        [spec("envoy", "gateway"), spec("gateway", "scorer", "chopper"), spec("scorer"), spec("chopper")]
+    )
+    assert [[s.name for s in layer] for layer in layers] == [["scorer", "chopper"], ["gateway"], ["envoy"]]
+    with pytest.raises(ValueError, match="cycle"):
+        dependency_layers([spec("a", "b"), spec("b", "a")])
+    with pytest.raises(ValueError, match="unknown"):
+        dependency_layers([spec("a", "postgres")])
+
+
+# `callsense up` as a user runs it: a supervisor process with an HTTP server and Envoy, stopped by Ctrl-C.
+_UP_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, sys
+    from callsense.envoy_config import MeshLayout, write
+    from callsense.supervisor import HttpReady, ProcessSpec, Supervisor, envoy_spec
+
+    http_port, envoy_port, admin_port = map(int, sys.argv[1:4])
+    config = sys.argv[4]
+    write(MeshLayout(listener_host="127.0.0.1", listener_port=envoy_port, admin_port=admin_port,
+                     gateway_http=[f"127.0.0.1:{http_port}"], access_log=False), config)
+    web = ProcessSpec("web", [sys.executable, "-m", "http.server", str(http_port), "--bind", "127.0.0.1"],
+                      ready=HttpReady(f"http://127.0.0.1:{http_port}/"))
+    envoy = envoy_spec("envoy", config, admin_port=admin_port, depends_on=["web"], concurrency=1,
+                       urls=[f"http://127.0.0.1:{envoy_port}/"])
+    sys.exit(asyncio.run(Supervisor([web, envoy]).run()))
+    """
+)
+
+
+@pytest.mark.slow
+async def test_ctrl_c_stops_every_child_and_envoy_leaves_no_shared_memory(tmp_path: Path) -> None:
+    shm_before = envoy_shm_files()
+    ports = [_free_port() for _ in range(3)]
+    up = await asyncio.create_subprocess_exec(
+        PY,
+        "-c",
+        _UP_SCRIPT,
+        *map(str, ports),
+        str(tmp_path / "envoy.yaml"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert up.stdout is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(60):
+            while not lines or "press Ctrl-C to stop" not in lines[-1]:
+                line = (await up.stdout.readline()).decode()
+                assert line, "the supervisor exited early:\n" + "".join(lines)
+                lines.append(line)
+        pids = [int(p) for p in re.findall(r"ready in .* \(pid (\d+)\)", "".join(lines))]
+        assert len(pids) == 2 and all(_alive(pid) for pid in pids)
+        assert not envoy_shm_files() - shm_before
+
+        up.send_signal(signal.SIGINT)
+        async with asyncio.timeout(30):
+            rest = (await up.stdout.read()).decode()
+            assert await up.wait() == 0, "".join(lines) + rest
+    finally:
+        if up.returncode is None:
+            up.kill()
+            await up.wait()
+    assert "stopped" in rest
+    assert not any(_alive(pid) for pid in pids)
+    assert envoy_shm_files() <= shm_before
