@@ -74,9 +74,13 @@ def throughput(score_many: Callable[[list[str]], object], texts: list[str], roun
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=300)
-    parser.add_argument("--hf-model", default="", help="HF checkpoint for the baseline (default: MiniLM-L6 + 3-class head)")
+    parser.add_argument(
+        "--hf-model", default="", help="HF checkpoint for the baseline (default: MiniLM-L6 + 3-class head)"
+    )
     args = parser.parse_args()
 
     import torch
@@ -85,7 +89,7 @@ def main() -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
     from scorer_service.backends.onnx import OnnxBackend
-    from scorer_service.inference import DEFAULT_MODEL, ModelInfo, SentimentInput, SentimentModel
+    from scorer_service.inference import DEFAULT_MODEL, ModelInfo, SentimentModel
     from scorer_service.tokenization import SentimentTokenizer
     from scorer_service.training.export import export_all
     from scorer_service.training.train import default_base_model
@@ -98,7 +102,9 @@ def main() -> None:
     rows: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / "hf"
-        model = AutoModelForSequenceClassification.from_pretrained(hf_path, num_labels=3, attn_implementation="eager")
+        model = AutoModelForSequenceClassification.from_pretrained(
+            hf_path, num_labels=3, attn_implementation="eager"
+        )
         model.save_pretrained(checkpoint)
         AutoTokenizer.from_pretrained(hf_path).save_pretrained(checkpoint)
         files, _ = export_all(checkpoint, Path(tmp) / "onnx")
@@ -108,7 +114,9 @@ def main() -> None:
             lambda text: classifier(text), lambda texts: classifier(texts, batch_size=32), args.repeats
         )
         for name, path in (("onnx_fp32_6l", files.fused), ("onnx_int8_6l", files.int8)):
-            candidate = SentimentModel(OnnxBackend(path, threads=1), SentimentTokenizer(tokenizer_file), ModelInfo(name, False))
+            candidate = SentimentModel(
+                OnnxBackend(path, threads=1), SentimentTokenizer(tokenizer_file), ModelInfo(name, False)
+            )
             rows[name] = measure_model(candidate, args.repeats)
     shipped = SentimentModel.load(DEFAULT_MODEL, threads=1, backend="onnx")
     rows["onnx_int8_shipped"] = measure_model(shipped, args.repeats)
@@ -121,14 +129,25 @@ def main() -> None:
         )
     base, ours = rows["hf_pipeline_fp32"], rows["onnx_int8_shipped"]
     print(f"shipped model: {shipped.info.version} ({DEFAULT_MODEL.stat().st_size / 1e6:.1f} MB)")
-    print(f"speedup_int8_vs_hf_pipeline={base['p50_short'] / ours['p50_short']:.2f} p95_ms_int8_20tok={ours['p95_short']:.2f}")
+    print(
+        f"speedup_int8_vs_hf_pipeline={base['p50_short'] / ours['p50_short']:.2f} "
+        f"p95_ms_int8_20tok={ours['p95_short']:.2f}"
+    )
 
 
-def measure(one: Callable[[str], object], many: Callable[[list[str]], object], repeats: int) -> dict[str, float]:
+def measure(
+    one: Callable[[str], object], many: Callable[[list[str]], object], repeats: int
+) -> dict[str, float]:
     p50_short, p95_short = time_calls(lambda: one(SHORT), repeats)
     p50_long, p95_long = time_calls(lambda: one(LONG), max(repeats // 3, 30))
     rate = throughput(many, MIXED * 8, rounds=3)
-    return {"p50_short": p50_short, "p95_short": p95_short, "p50_long": p50_long, "p95_long": p95_long, "throughput": rate}
+    return {
+        "p50_short": p50_short,
+        "p95_short": p95_short,
+        "p50_long": p50_long,
+        "p95_long": p95_long,
+        "throughput": rate,
+    }
 
 
 def measure_model(model: object, repeats: int) -> dict[str, float]:

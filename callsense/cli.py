@@ -26,6 +26,9 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--teacher", default="", help="a fine-tuned model to distil from")
     p.add_argument("--layers", type=int, default=0, help="keep this many encoder layers (a student)")
     p.add_argument("--context", action="store_true", help="feed the previous utterance as a sentence pair")
+    p.add_argument(
+        "--emotion-weight", type=float, default=0.0, help="weight of an auxiliary emotion loss (0: off)"
+    )
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--learning-rate", type=float, default=0.0, help="0: choose by the range test")
@@ -36,7 +39,7 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from scorer_service.training.train import Trainer, TrainConfig
+    from scorer_service.training.train import TrainConfig, Trainer
 
     config = TrainConfig(output=args.output)
     for name in (
@@ -44,6 +47,7 @@ def _run_train(args: argparse.Namespace) -> int:
         "teacher",
         "layers",
         "context",
+        "emotion_weight",
         "epochs",
         "batch_size",
         "learning_rate",
@@ -58,6 +62,38 @@ def _run_train(args: argparse.Namespace) -> int:
         config.dev = args.dev
     summary = Trainer(config).run(resume=args.resume)
     print(f"best dev macro-F1 {summary['best_dev_macro_f1']:.4f}; model in {args.output}/best")
+    return 0
+
+
+def _add_soup(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("soup", help="average fine-tuned runs of one base model (greedy model soup on dev)")
+    p.add_argument("checkpoints", nargs="+", help="train outputs' best/ folders")
+    p.add_argument("--output", required=True)
+    p.add_argument("--dev", nargs="+", default=["meld:dev"])
+    p.add_argument("--threads", type=int, default=2)
+
+
+def _run_soup(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from scorer_service.training.data import load_sources
+    from scorer_service.training.metrics import classification_report
+    from scorer_service.training.soup import greedy_soup
+    from scorer_service.training.train import predict_probs
+
+    torch.set_num_threads(args.threads)
+    dev = load_sources(args.dev).examples
+    tokenizer = AutoTokenizer.from_pretrained(args.checkpoints[0])
+
+    def score(model: object) -> float:
+        probs = predict_probs(model, tokenizer, dev, context=False)
+        return float(classification_report([e.label for e in dev], probs)["macro_f1"])
+
+    chosen, best = greedy_soup([Path(c) for c in args.checkpoints], Path(args.output), score)
+    print(f"soup of {len(chosen)}: dev macro-F1 {best:.4f}; saved to {args.output}")
     return 0
 
 
@@ -160,8 +196,9 @@ def _run_score(args: argparse.Namespace) -> int:
 
     from scorer_service.score_cli import score_stream
 
-    source = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8", errors="replace")
-    sink = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")
+    # stdin/stdout or files: closed below only when opened here.
+    source = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8", errors="replace")  # noqa: SIM115
+    sink = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
     try:
         counts = score_stream(
             source, sink, Path(args.model) if args.model else None, args.threads, args.batch_size
@@ -175,19 +212,44 @@ def _run_score(args: argparse.Namespace) -> int:
     return 0 if counts.scored or not counts.rejected else 1
 
 
+def _add_up(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("up", help="run the whole mesh here: PostgreSQL, chopper, scorer(s), gateway, Envoy")
+    p.add_argument("--scorer-replicas", type=int, default=1, help="scorer processes behind Envoy")
+    p.add_argument("--scorer-max-batch", type=int, default=16, help="largest micro-batch (1: no batching)")
+    p.add_argument("--scorer-max-wait-ms", type=float, default=5.0, help="longest wait to fill a micro-batch")
+
+
+def _run_up(args: argparse.Namespace) -> int:
+    from callsense.up import UpOptions, main
+
+    if args.scorer_replicas < 1:
+        print("--scorer-replicas must be at least 1", file=sys.stderr)
+        return 2
+    return main(UpOptions(args.scorer_replicas, args.scorer_max_batch, args.scorer_max_wait_ms))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="callsense", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
+    _add_soup(sub)
     _add_export(sub)
     _add_evaluate(sub)
     _add_score(sub)
+    _add_up(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": _run_train, "export": _run_export, "evaluate": _run_evaluate, "score": _run_score}
+    handlers = {
+        "train": _run_train,
+        "soup": _run_soup,
+        "export": _run_export,
+        "evaluate": _run_evaluate,
+        "score": _run_score,
+        "up": _run_up,
+    }
     return handlers[args.command](args)
 
 

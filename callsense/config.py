@@ -14,6 +14,8 @@ CALLSENSE_ENVOY_PORT        8080                        Envoy's one public port
 CALLSENSE_ENVOY_ADMIN_PORT  9901                        Envoy's admin port
 DATABASE_URL                (unset: embedded Postgres)  PostgreSQL URL; CALLSENSE_DATABASE_URL wins
 CALLSENSE_DATA_DIR          ./var                       runtime state: embedded database, logs, ...
+CALLSENSE_MESH_PROXY        (unset: dial directly)      Envoy's host:port; the gateway then reaches the
+                                                        services through it (load-balanced, traced)
 
 An address is used both to bind a server and to reach it; in a cluster, set it to the service's name
 (e.g. ``scorer:50053``) for clients and let the server bind ``0.0.0.0`` with the same port
@@ -48,6 +50,8 @@ class Config:
     database_url: str | None = None
     """None means: start the embedded PostgreSQL under data_dir."""
     data_dir: Path = Path("var")
+    mesh_proxy: str | None = None
+    """Envoy's "host:port": internal calls go through it, naming the service as the authority."""
 
     @staticmethod
     def bind_address(addr: str, host: str = "0.0.0.0") -> str:
@@ -95,4 +99,5 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         ),
         database_url=env.get(PREFIX + "DATABASE_URL") or env.get("DATABASE_URL") or None,
         data_dir=Path(env.get(PREFIX + "DATA_DIR") or d.data_dir),
+        mesh_proxy=_addr(env, "MESH_PROXY", "") if env.get(PREFIX + "MESH_PROXY", "").strip() else None,
     )

@@ -85,7 +85,10 @@ class MeshLayout:
     chopper: Sequence[str] = ("127.0.0.1:50052",)
     scorer: Sequence[str] = ("127.0.0.1:50053",)
     otlp_endpoint: str | None = None
-    """An OpenTelemetry collector's OTLP/gRPC "host:port" (an http:// prefix is dropped); None: no tracing."""
+    """An OpenTelemetry collector's OTLP/gRPC "host:port" (an http:// prefix is dropped); None: no tracing.
+    Plaintext HTTP/2 only: a TLS collector needs a transport_socket on its cluster."""
+    trace_sampling_percent: float = 100.0
+    """Share of requests without a caller's trace decision that Envoy traces (a caller's traceparent wins)."""
     stream_idle_timeout_s: int = 3600
     """How long a stream may move no bytes at all before Envoy resets it (0 disables the timeout)."""
     health_check_interval_s: float = 5.0
@@ -161,6 +164,10 @@ _ROUTES: tuple[tuple[str, str], ...] = (
     ("/grpc.reflection.", "gateway_grpc"),  # v1alpha and v1 ServerReflection
     ("/", "gateway_http"),
 )
+
+# Internal callers (the gateway) reach a service through Envoy by naming it as the HTTP/2 authority:
+# every path, health checks and reflection included, then goes to that service's replicas.
+_INTERNAL_SERVICES: tuple[str, ...] = ("chopper", "scorer", "asr")
 
 _OTEL_CLUSTER = "opentelemetry_collector"
 
@@ -314,7 +321,11 @@ def _route_config(layout: MeshLayout) -> Json:
     }
     if layout.cors_allow_origins:
         virtual_host["typed_per_filter_config"] = {"envoy.filters.http.cors": _cors_policy(layout)}
-    return {"name": "callsense", "virtual_hosts": [virtual_host]}
+    internal = [
+        {"name": service, "domains": [service, f"{service}:*"], "routes": [_route("/", service, layout)]}
+        for service in _INTERNAL_SERVICES
+    ]
+    return {"name": "callsense", "virtual_hosts": [*internal, virtual_host]}
 
 
 def _http_filters() -> list[Json]:
@@ -349,6 +360,7 @@ def _tracing(layout: MeshLayout) -> Json:
             {"tag": "call.id", "request_header": {"name": CALL_ID_HEADER}},
             {"tag": "request.id", "request_header": {"name": "x-request-id"}},
         ],
+        "random_sampling": {"value": layout.trace_sampling_percent},
         "spawn_upstream_span": False,
     }
 

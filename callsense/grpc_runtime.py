@@ -202,17 +202,26 @@ def insecure_channel(
     max_receive_bytes: int = DEFAULT_MAX_RECEIVE_BYTES,
     max_send_bytes: int = DEFAULT_MAX_RECEIVE_BYTES,
     interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+    authority: str | None = None,
 ) -> grpc.aio.Channel:
     """A plaintext grpc.aio channel to ``target`` ("host:port" or "dns:///name:port") with keepalive.
 
+    ``authority`` replaces the HTTP/2 ``:authority`` the peer sees: Envoy routes internal calls by it.
     Looked up through ``grpc.aio`` at call time so telemetry's client instrumentation applies. Close it
     with ``await channel.close()`` (or ``async with``).
     """
-    return grpc.aio.insecure_channel(
-        target,
-        options=channel_options(max_receive_bytes, max_send_bytes),
-        interceptors=list(interceptors) or None,
-    )
+    options = channel_options(max_receive_bytes, max_send_bytes)
+    if authority:
+        options.append(("grpc.default_authority", authority))
+    return grpc.aio.insecure_channel(target, options=options, interceptors=list(interceptors) or None)
+
+
+def service_channel(address: str, service: str, mesh_proxy: str | None = None) -> grpc.aio.Channel:
+    """A channel to one of the mesh's services: straight to ``address``, or through the mesh proxy
+    (Envoy) naming ``service`` as the authority, so Envoy balances across the service's replicas."""
+    if mesh_proxy:
+        return insecure_channel(mesh_proxy, authority=service)
+    return insecure_channel(address)
 
 
 async def wait_for_serving(channel: grpc.aio.Channel, service: str = "", timeout_s: float = 10.0) -> None:

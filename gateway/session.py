@@ -33,7 +33,7 @@ import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from callsense.config import Config
-from callsense.grpc_runtime import insecure_channel, service_name
+from callsense.grpc_runtime import service_channel, service_name
 from callsense.telemetry import call_context
 from callsense.v1 import asr_pb2, audio_pb2, chopper_pb2, chopper_pb2_grpc, scorer_pb2, scorer_pb2_grpc
 from gateway.stats import CallStatistics, GatewayMetrics, compute_call_stats, summary_lines
@@ -1025,8 +1025,8 @@ class Gateway:
                     url = await _start_embedded_database(config, cleanups)
                 stores = await StoreRouter.open(url)
                 cleanups.append(stores.close)
-            chopper_channel = insecure_channel(config.chopper_addr)
-            scorer_channel = insecure_channel(config.scorer_addr)
+            chopper_channel = service_channel(config.chopper_addr, "chopper", config.mesh_proxy)
+            scorer_channel = service_channel(config.scorer_addr, "scorer", config.mesh_proxy)
             cleanups += [chopper_channel.close, scorer_channel.close]
         except BaseException:
             await _run_cleanups(cleanups)

@@ -73,7 +73,11 @@ class SentimentModel:
 
         path = model_path or DEFAULT_MODEL
         model_dir = path.parent
-        return cls(select_backend(path, threads=threads, preference=backend), SentimentTokenizer(model_dir / "tokenizer.json"), read_model_info(model_dir))
+        return cls(
+            select_backend(path, threads=threads, preference=backend),
+            SentimentTokenizer(model_dir / "tokenizer.json"),
+            read_model_info(model_dir),
+        )
 
     def encode(self, item: SentimentInput) -> EncodedText:
         """Raises TextRejected with a message that says what to fix."""
@@ -99,7 +103,9 @@ class SentimentModel:
         encoded.sort(key=lambda pair: len(pair[1]))
         for start in range(0, len(encoded), max_batch):
             chunk = encoded[start : start + max_batch]
-            for (index, _), prediction in zip(chunk, self.predict_encoded([e for _, e in chunk]), strict=True):
+            for (index, _), prediction in zip(
+                chunk, self.predict_encoded([e for _, e in chunk]), strict=True
+            ):
                 results[index] = prediction
         return results
 

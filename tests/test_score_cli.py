@@ -97,4 +97,6 @@ def test_batching_does_not_change_scores() -> None:
     batched = list(score_lines(model, texts, batch_size=8))
     for a, b in zip(one_by_one, batched, strict=True):
         assert a["label"] == b["label"]
-        assert a["p_positive"] == pytest.approx(b["p_positive"], abs=1e-4)
+        # Dynamic INT8 quantises activations with one scale per tensor, so a batch's other rows
+        # nudge each row's probabilities a little; the class never changes.
+        assert a["p_positive"] == pytest.approx(b["p_positive"], abs=0.02)

@@ -289,7 +289,9 @@ async def test_score_batch(scorer: Scorer) -> None:
     ]
     assert reply.scores[0].score > reply.scores[1].score
     streamed = [s async for s in scorer.stub.Score(stream_of([request("c0", 0, TEXTS[0])]))]
-    assert abs(streamed[0].score - reply.scores[0].score) < 1e-4  # same model, same answer
+    # Same model, nearly the same answer: dynamic INT8 quantises activations with one scale per tensor,
+    # computed over the whole batch, so a score moves slightly (about 1e-3 here) with its batch-mates.
+    assert abs(streamed[0].score - reply.scores[0].score) < 0.01
     empty = await scorer.stub.ScoreBatch(scorer_pb2.ScoreBatchRequest())
     assert list(empty.scores) == []
 

@@ -85,7 +85,8 @@ def test_label_spellings() -> None:
 def test_meld_mojibake_is_repaired_and_dialogues_become_calls(tmp_path: Path) -> None:
     path = tmp_path / "train.csv"
     path.write_text(
-        "Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode,StartTime,EndTime\n"
+        "Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,"
+        "Season,Episode,StartTime,EndTime\n"
         '1,You mustâ€™ve had your hands full.,A,neutral,neutral,0,0,8,21,"00:16:16,059","00:16:21,731"\n'
         '2,That I did.,B,joy,positive,0,1,8,21,"00:16:22,000","00:16:26,000"\n'
         '3,Oh no.,C,sadness,negative,1,0,8,21,"00:01:00,000","00:01:02,000"\n',

@@ -23,6 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
+# Fine-grained emotions some corpora carry (MELD, DailyDialog): an auxiliary training signal only.
+EMOTIONS: tuple[str, ...] = ("neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear")
+_EMOTION_ALIASES: dict[str, int] = {
+    **{name: i for i, name in enumerate(EMOTIONS)},
+    "happiness": 1,
+    "happy": 1,
+    "excited": 1,
+    "surprised": 2,
+    "angry": 3,
+    "sad": 4,
+}
 LABEL_IDS: dict[str, int] = {name: i for i, name in enumerate(LABELS)}
 _LABEL_ALIASES: dict[str, int] = {
     **LABEL_IDS,
@@ -74,6 +85,12 @@ class LabelledUtterance:
     previous_text: str = ""
     why: str = ""
     annotator: str = ""
+    emotion: int = -1  # index into EMOTIONS, -1 where the source has none
+
+
+def parse_emotion(raw: str | None) -> int:
+    """An emotion name as an index into EMOTIONS; -1 when unknown or absent."""
+    return _EMOTION_ALIASES.get((raw or "").strip().lower(), -1)
 
 
 @dataclass(frozen=True)
@@ -231,6 +248,7 @@ def _with_context(rows: list[LabelledUtterance]) -> list[LabelledUtterance]:
                 call_id=row.call_id,
                 call_duration_s=row.call_duration_s,
                 previous_text=previous,
+                emotion=row.emotion,
             )
         )
         previous_by_call[row.call_id] = row.text
@@ -255,14 +273,20 @@ def load_meld(path: Path) -> LoadResult:
                 result.errors.append(RowError(str(path), number, str(exc)))
                 continue
             call_id = f"meld-{path.stem}-{record['Dialogue_ID']}"
-            rows.append((LabelledUtterance(text, label, "meld", call_id), start, end))
+            emotion = parse_emotion(record.get("Emotion"))
+            rows.append((LabelledUtterance(text, label, "meld", call_id, emotion=emotion), start, end))
     spans: dict[str, tuple[float, float]] = {}
     for row, start, end in rows:
         low, high = spans.get(row.call_id, (start, end))
         spans[row.call_id] = (min(low, start), max(high, end))
     ordered = [
         LabelledUtterance(
-            row.text, row.label, row.source, row.call_id, spans[row.call_id][1] - spans[row.call_id][0]
+            row.text,
+            row.label,
+            row.source,
+            row.call_id,
+            spans[row.call_id][1] - spans[row.call_id][0],
+            emotion=row.emotion,
         )
         for row, _, _ in rows
     ]
@@ -288,11 +312,21 @@ def load_dailydialog(path: Path) -> LoadResult:
                 result.errors.append(RowError(str(path), number, "empty utterance"))
                 continue
             try:
-                rows.append(LabelledUtterance(text, parse_label(valence), "dailydialog", call_id))
+                emotion = parse_emotion(record.get("emotion"))
+                rows.append(
+                    LabelledUtterance(text, parse_label(valence), "dailydialog", call_id, emotion=emotion)
+                )
             except ValueError as exc:
                 result.errors.append(RowError(str(path), number, str(exc)))
     timed = [
-        LabelledUtterance(r.text, r.label, r.source, r.call_id, words_by_call[r.call_id] / _WORDS_PER_SECOND)
+        LabelledUtterance(
+            r.text,
+            r.label,
+            r.source,
+            r.call_id,
+            words_by_call[r.call_id] / _WORDS_PER_SECOND,
+            emotion=r.emotion,
+        )
         for r in rows
     ]
     result.examples.extend(_with_context(timed))
@@ -334,7 +368,9 @@ def load_source(spec: str, data_dir: Path | None = None) -> LoadResult:
         kind, relative = CORPORA[spec]
         path = (data_dir or shared_data_dir()) / relative
         if not path.exists():
-            raise FileNotFoundError(f"{spec}: {path} not found (set CALLSENSE_SHARED_DATA to the data folder)")
+            raise FileNotFoundError(
+                f"{spec}: {path} not found (set CALLSENSE_SHARED_DATA to the data folder)"
+            )
         if kind == "meld":
             return load_meld(path)
         if kind == "dailydialog":

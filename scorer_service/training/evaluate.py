@@ -22,7 +22,9 @@ from scorer_service.training.metrics import classification_report
 
 
 def onnx_model(path: Path, tokenizer: Path, uses_context: bool, threads: int = 2) -> SentimentModel:
-    return SentimentModel(OnnxBackend(path, threads=threads), SentimentTokenizer(tokenizer), ModelInfo("eval", uses_context))
+    return SentimentModel(
+        OnnxBackend(path, threads=threads), SentimentTokenizer(tokenizer), ModelInfo("eval", uses_context)
+    )
 
 
 def evaluate_examples(model: SentimentModel, examples: list[LabelledUtterance]) -> dict[str, Any]:
@@ -97,7 +99,8 @@ def render_markdown(card: dict[str, Any]) -> str:
             auc = report["roc_auc_ovr"].get(name)
             auc_text = f"{auc:.4f}" if auc is not None else "n/a"
             lines.append(
-                f"| {name} | {pc['precision']:.4f} | {pc['recall']:.4f} | {pc['f1']:.4f} | {pc['support']} | {auc_text} |"
+                f"| {name} | {pc['precision']:.4f} | {pc['recall']:.4f} | {pc['f1']:.4f} "
+                f"| {pc['support']} | {auc_text} |"
             )
         lines += ["", "Confusion matrix (rows: truth, columns: predicted; negative, neutral, positive):", ""]
         lines += ["    " + " ".join(f"{v:5d}" for v in row) for row in report["confusion_matrix"]]

@@ -11,8 +11,11 @@ import copy
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
+
+Batch = TypeVar("Batch")
 
 
 @dataclass(frozen=True)
@@ -25,8 +28,8 @@ class LrFinderResult:
 def find_learning_rate(
     model: torch.nn.Module,
     make_optimizer: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer],
-    batches: Iterator[object],
-    loss_of: Callable[[torch.nn.Module, object], torch.Tensor],
+    batches: Iterator[Batch],
+    loss_of: Callable[[torch.nn.Module, Batch], torch.Tensor],
     *,
     start_lr: float = 1e-7,
     end_lr: float = 1e-2,

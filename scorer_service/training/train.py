@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from scorer_service.training.data import LABELS, LabelledUtterance, load_sources
+from scorer_service.training.data import EMOTIONS, LABELS, LabelledUtterance, load_sources
 from scorer_service.training.lr_finder import find_learning_rate
 from scorer_service.training.metrics import classification_report
 from scorer_service.training.sampler import class_weights, epoch_order, length_buckets, sampling_weights
@@ -49,6 +49,7 @@ class TrainConfig:
     distill_alpha: float = 0.7
     distill_temperature: float = 2.0
     context: bool = False  # the previous utterance of the same call as the first segment of a pair
+    emotion_weight: float = 0.0  # >0: an auxiliary 7-emotion head on the same features (not exported)
     epochs: int = 3
     batch_size: int = 32
     learning_rate: float = 0.0  # 0: let the range test choose
@@ -173,7 +174,27 @@ class Trainer:
         )
         # Bucketing can cut a few more batches than len/batch_size; count the real ones.
         self.steps_per_epoch = len(self.epoch_batches(0))
+        self.emotion_head: torch.nn.Module | None = None
+        self._features: list[torch.Tensor] = []
+        if config.emotion_weight > 0:
+            self._attach_emotion_head()
         self.total_steps = self.steps_per_epoch * config.epochs
+
+    def _attach_emotion_head(self) -> None:
+        """A linear 7-emotion head reading what the sentiment classifier reads (its input, via a hook).
+
+        Emotions are a finer signal than valence (anger and sadness are both "negative" but sound
+        different); learning both shapes the shared features. The head is dropped at export.
+        """
+        classifier = self.model.classifier
+        hidden = self.model.config.hidden_size
+        self.emotion_head = torch.nn.Linear(hidden, len(EMOTIONS))
+
+        def keep_features(_module: Any, inputs: tuple[torch.Tensor, ...]) -> None:
+            features = inputs[0]
+            self._features.append(features[:, 0] if features.dim() == 3 else features)
+
+        classifier.register_forward_pre_hook(keep_features)
 
     # -- batches -------------------------------------------------------------------------------------
 
@@ -187,8 +208,15 @@ class Trainer:
         examples = [self.train_set[i] for i in index]
         batch = encode(self.tokenizer, examples, self.config.context, self.config.max_tokens)
         target = torch.tensor([e.label for e in examples])
+        self._features.clear()
         logits = model(**batch).logits
         hard = F.cross_entropy(logits, target, weight=self.class_weights)
+        if self.emotion_head is not None and model is self.model and self._features:
+            emotions = torch.tensor([e.emotion for e in examples])
+            known = emotions >= 0
+            if known.any():
+                emotion_logits = self.emotion_head(self._features[-1][known])
+                hard = hard + self.config.emotion_weight * F.cross_entropy(emotion_logits, emotions[known])
         if self.teacher is None:
             return hard
         with torch.no_grad():
@@ -253,7 +281,10 @@ class Trainer:
             print(f"resuming from step {state['step']} (epoch {state['epoch']})")
         else:
             learning_rate = self.choose_learning_rate()
-        optimizer = self.make_optimizer(list(self.model.parameters()))
+        parameters = list(self.model.parameters())
+        if self.emotion_head is not None:
+            parameters += list(self.emotion_head.parameters())
+        optimizer = self.make_optimizer(parameters)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate
         warmup = int(self.total_steps * self.config.warmup_fraction)
@@ -285,12 +316,17 @@ class Trainer:
                 step += 1
                 window_examples += len(index)
                 rate = window_examples / (time.perf_counter() - window_start)
-                bar.set_postfix(loss=f"{float(loss):.3f}", ex_s=f"{rate:.0f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
+                bar.set_postfix(
+                    loss=f"{float(loss):.3f}", ex_s=f"{rate:.0f}", lr=f"{scheduler.get_last_lr()[0]:.1e}"
+                )
                 end_of_epoch = step % self.steps_per_epoch == 0
                 if step % eval_every == 0 or end_of_epoch:
                     report = self.evaluate_dev()
                     history.append({"step": step, "macro_f1": report["macro_f1"], "loss": float(loss)})
-                    print(f"\nstep {step}: dev macro-F1 {report['macro_f1']:.4f} weighted-F1 {report['weighted_f1']:.4f}")
+                    print(
+                        f"\nstep {step}: dev macro-F1 {report['macro_f1']:.4f} "
+                        f"weighted-F1 {report['weighted_f1']:.4f}"
+                    )
                     if report["macro_f1"] > best_f1:
                         best_f1, stale = report["macro_f1"], 0
                         self.save_best(report, learning_rate)

@@ -1,0 +1,50 @@
+"""The shipped model on the shared dev sets: its card tells the truth, and quality does not regress.
+
+Reads ../shared/data; skipped loudly where it is absent. The issue's targets on MELD dev are
+macro-F1 >= 0.67 and weighted-F1 >= 0.68; the floors below are what the shipped model measured when
+it was made (see MODEL_CARD.md), so a retrain that does worse fails here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from scorer_service.inference import DEFAULT_MODEL, read_model_info
+from scorer_service.training.data import load_source
+from scorer_service.training.evaluate import evaluate_examples, onnx_model
+
+pytestmark = pytest.mark.evaluation
+
+FLOORS = {"meld:dev": {"macro_f1": 0.65, "weighted_f1": 0.67}, "dailydialog:valid": {"macro_f1": 0.68}}
+
+
+@pytest.fixture(scope="module")
+def card() -> dict:
+    return json.loads((DEFAULT_MODEL.parent / "model_card.json").read_text())
+
+
+@pytest.mark.parametrize("spec", sorted(FLOORS))
+def test_shipped_model_matches_its_card_and_floors(shared_data: Path, card: dict, spec: str) -> None:
+    model_dir = DEFAULT_MODEL.parent
+    model = onnx_model(DEFAULT_MODEL, model_dir / "tokenizer.json", read_model_info(model_dir).uses_context)
+    report = evaluate_examples(model, load_source(spec, shared_data).examples)
+    recorded = card["metrics"][spec]
+    # Same model, same data: the card's figures must be reproducible (batch composition moves
+    # dynamic-INT8 probabilities a hair, so allow a sliver).
+    assert report["macro_f1"] == pytest.approx(recorded["macro_f1"], abs=0.003)
+    assert report["weighted_f1"] == pytest.approx(recorded["weighted_f1"], abs=0.003)
+    for metric, floor in FLOORS[spec].items():
+        assert report[metric] >= floor, f"{spec} {metric} {report[metric]:.4f} is below the floor {floor}"
+
+
+def test_card_records_the_quantisation_gate_and_file_hashes(card: dict) -> None:
+    from scorer_service.training.evaluate import sha256
+
+    gate = card["quantisation"]
+    assert gate["macro_f1_drop_points"] <= gate["max_allowed_drop_points"] == 0.5
+    for name, entry in card["files"].items():
+        assert sha256(DEFAULT_MODEL.parent / name) == entry["sha256"], f"{name} differs from its card"
+    assert DEFAULT_MODEL.stat().st_size < 30_000_000
