@@ -103,13 +103,19 @@ def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument(
         "--destination", default="", help="where the shipped files go (default: the package's model/)"
     )
-    p.add_argument("--workdir", default="", help="intermediate ONNX files (default: CHECKPOINT/../onnx)")
+    p.add_argument("--workdir", default="", help="intermediate ONNX files (default: CHECKPOINT/onnx)")
     p.add_argument("--dev", default="meld:dev", help="the set the quantisation gate compares on")
     p.add_argument(
         "--report", nargs="+", default=["meld:dev", "dailydialog:valid"], help="sets the card reports"
     )
     p.add_argument(
         "--max-f1-drop", type=float, default=0.5, help="macro-F1 points INT8 may lose (default 0.5)"
+    )
+    p.add_argument(
+        "--keep-fp32-layers",
+        type=int,
+        default=0,
+        help="keep the N most quantisation-sensitive layers in fp32",
     )
     p.add_argument("--notes", default="", help="free text for the model card")
 
@@ -125,10 +131,11 @@ def _run_export(args: argparse.Namespace) -> int:
     config = ShipConfig(
         checkpoint=checkpoint,
         destination=Path(args.destination) if args.destination else MODEL_DIR,
-        workdir=Path(args.workdir) if args.workdir else checkpoint.parent / "onnx",
+        workdir=Path(args.workdir) if args.workdir else checkpoint / "onnx",
         dev=args.dev,
         report_sets=args.report,
         max_f1_drop=args.max_f1_drop,
+        keep_fp32_layers=args.keep_fp32_layers,
         notes=args.notes,
     )
     try:

@@ -30,7 +30,16 @@ from typing import Any
 
 from opentelemetry import baggage, context, metrics, propagate, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.context import Context, get_current
 from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.propagators.textmap import (
+    CarrierT,
+    Getter,
+    Setter,
+    TextMapPropagator,
+    default_getter,
+    default_setter,
+)
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
@@ -43,6 +52,8 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.trace import format_span_id, format_trace_id
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from callsense.ids import is_valid_call_id
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +104,44 @@ class CallIdSpanProcessor(SpanProcessor):
         call_id = baggage.get_baggage(CALL_ID_KEY, parent_context)  # None context: the current one
         if call_id:
             span.set_attribute(CALL_ID_KEY, str(call_id))
+
+
+CALL_ID_HEADER = "x-call-id"
+"""The header Envoy hashes on (pins a call to one gateway replica) and copies into its spans' call.id."""
+
+
+class CallIdHeaderPropagator(TextMapPropagator):
+    """Carries the call id as the ``x-call-id`` header next to W3C baggage, both ways.
+
+    Out: every instrumented outgoing call of a call's context names the call in ``x-call-id``, so Envoy's
+    spans of internal hops (gateway -> Envoy -> scorer) carry ``call.id`` too (Envoy reads no baggage).
+    In: a request that names its call only in ``x-call-id`` (what Envoy asks of clients) gets it as
+    baggage before its first span starts, so the server span of a WebSocket or gRPC stream, opened
+    before the first message says which call it is, carries ``call.id`` as well.
+    """
+
+    def extract(
+        self, carrier: CarrierT, context: Context | None = None, getter: Getter[CarrierT] = default_getter
+    ) -> Context:
+        ctx = context if context is not None else get_current()
+        if baggage.get_baggage(CALL_ID_KEY, ctx):
+            return ctx  # the caller's baggage wins
+        values = getter.get(carrier, CALL_ID_HEADER)
+        value = values[0].strip() if values else ""
+        if not is_valid_call_id(value):
+            return ctx  # absent, or not a call id: never let a header put junk into every span
+        return baggage.set_baggage(CALL_ID_KEY, value, context=ctx)
+
+    def inject(
+        self, carrier: CarrierT, context: Context | None = None, setter: Setter[CarrierT] = default_setter
+    ) -> None:
+        call_id = baggage.get_baggage(CALL_ID_KEY, context)
+        if call_id:
+            setter.set(carrier, CALL_ID_HEADER, str(call_id))
+
+    @property
+    def fields(self) -> set[str]:
+        return {CALL_ID_HEADER}
 
 
 def span_record(span: ReadableSpan) -> dict[str, Any]:
@@ -333,7 +382,9 @@ def setup_telemetry(service_name: str, *, configure_logging: bool = True) -> Tel
         metrics.set_meter_provider(meter_provider)
 
         propagate.set_global_textmap(
-            CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
+            CompositePropagator(
+                [TraceContextTextMapPropagator(), W3CBaggagePropagator(), CallIdHeaderPropagator()]
+            )
         )
         _instrument_grpc(tracer_provider)
         if configure_logging:

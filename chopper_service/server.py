@@ -29,7 +29,6 @@ the cutting time per segment (``callsense.chopper.segment``) and the utterances 
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ import grpc.aio
 from opentelemetry import metrics
 
 from callsense import grpc_runtime, telemetry
+from callsense.ids import is_valid_call_id
 from callsense.v1 import asr_pb2, audio_pb2, chopper_pb2, chopper_pb2_grpc, prosody_pb2
 from chopper_service.pii import PiiKind
 from chopper_service.segmenter import (
@@ -67,7 +67,6 @@ MAX_WORDS = 2_000
 MAX_CALLS_PER_STREAM = 10_000
 """Calls one stream may carry (ended ones included): each costs a little state until the stream ends."""
 
-_CALL_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _PII_KINDS = {
     PiiKind.EMAIL: chopper_pb2.EMAIL,
     PiiKind.PHONE: chopper_pb2.PHONE,
@@ -225,7 +224,7 @@ def _checked_call_id(request: chopper_pb2.ChopRequest) -> str:
         raise Rejected(
             grpc.StatusCode.INVALID_ARGUMENT, "ChopRequest.call_id is empty: every message must name its call"
         )
-    if not _CALL_ID.fullmatch(call_id):
+    if not is_valid_call_id(call_id):
         raise Rejected(
             grpc.StatusCode.INVALID_ARGUMENT,
             f"ChopRequest.call_id {call_id[:140]!r} is not 1..128 characters of [A-Za-z0-9._:-]",

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -34,6 +33,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from callsense.config import Config
 from callsense.grpc_runtime import service_channel, service_name
+from callsense.ids import is_valid_call_id
 from callsense.telemetry import call_context
 from callsense.v1 import asr_pb2, audio_pb2, chopper_pb2, chopper_pb2_grpc, scorer_pb2, scorer_pb2_grpc
 from gateway.stats import CallStatistics, GatewayMetrics, compute_call_stats, summary_lines
@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------- input rules
 
-CALL_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 """What a call_id may look like: what audio.proto's CallStart allows; safe in URLs, logs and span tags."""
 MAX_TEXT_CHARS = 8_000
 """Longest utterance text accepted; longer text is rejected here, before it reaches the chopper, which
@@ -149,7 +148,7 @@ class TextUtterance:
 def validate_call_id(call_id: object) -> str:
     if not isinstance(call_id, str) or not call_id:
         raise InputError(ErrorCode.INVALID_CALL_ID, "call_id is required")
-    if not CALL_ID_PATTERN.fullmatch(call_id):
+    if not is_valid_call_id(call_id):
         shown = call_id[:40] + ("..." if len(call_id) > 40 else "")
         raise InputError(
             ErrorCode.INVALID_CALL_ID,

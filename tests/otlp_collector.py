@@ -229,14 +229,18 @@ class OtlpCollector:
             grouped.setdefault(span.trace_id, []).append(span)
         return grouped
 
-    def wait_for(self, condition: Callable[[list[ExportedSpan]], bool], timeout_s: float) -> list[ExportedSpan]:
+    def wait_for(
+        self, condition: Callable[[list[ExportedSpan]], bool], timeout_s: float
+    ) -> list[ExportedSpan]:
         """Block until ``condition(all spans)`` holds; return the spans. TimeoutError after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         with self._changed:
             while not condition(list(self._spans)):
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TimeoutError(f"the collector's {len(self._spans)} spans did not satisfy the condition")
+                    raise TimeoutError(
+                        f"the collector's {len(self._spans)} spans did not satisfy the condition"
+                    )
                 self._changed.wait(min(left, 0.5))
             return list(self._spans)
 

@@ -98,3 +98,17 @@ def test_shipped_model_loads_and_names_its_version() -> None:
         pytest.fail("scorer_service/model/model.int8.onnx is missing: the package must ship its model")
     model = SentimentModel.load()
     assert model.info.version not in ("", "unversioned")
+
+
+def test_mixed_precision_keeps_the_chosen_layer_in_fp32(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from scorer_service.training.export import export_all, layer_nodes, quantise
+
+    files, _ = export_all(tiny_checkpoint, tmp_path)
+    layers = layer_nodes(files.fused)
+    assert sorted(layers) == [0, 1]
+    assert all(len(nodes) == 4 for nodes in layers.values())  # attention + 3 dense MatMuls per layer
+    mixed = quantise(files.fused, tmp_path / "mixed.onnx", keep_fp32=layers[1])
+    ops = {node.name: node.op_type for node in onnx.load(str(mixed)).graph.node}
+    assert ops["Attention_1"] == "Attention"  # kept in fp32
+    assert "QAttention" in ops.values()  # layer 0's attention quantised
+    assert files.int8.stat().st_size < mixed.stat().st_size < files.fused.stat().st_size

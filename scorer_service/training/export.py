@@ -9,6 +9,7 @@ quantisation that damages the model never reaches the package.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,8 +70,11 @@ def fuse(onnx_path: Path, out: Path, num_heads: int, hidden_size: int) -> dict[s
     return stats
 
 
-def quantise(onnx_path: Path, out: Path) -> Path:
-    """Dynamic INT8: per-channel, reduced range (fewer flipped predictions than plain QInt8 here)."""
+def quantise(onnx_path: Path, out: Path, keep_fp32: Sequence[str] = ()) -> Path:
+    """Dynamic INT8: per-channel, reduced range (fewer flipped predictions than plain QInt8 here).
+
+    Nodes named in `keep_fp32` stay in full precision.
+    """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -80,9 +84,44 @@ def quantise(onnx_path: Path, out: Path) -> Path:
         weight_type=QuantType.QInt8,
         per_channel=True,
         reduce_range=True,
+        nodes_to_exclude=list(keep_fp32),
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # fused graphs lack some type info
     )
     return out
+
+
+def layer_nodes(onnx_path: Path) -> dict[int, list[str]]:
+    """The quantisable nodes of each encoder layer of a fused graph, by layer index.
+
+    Unfused nodes carry the layer in their name ("/bert/encoder/layer.3/..."); fused Attention nodes
+    do not, but the fuser emits them in graph order, one per layer, so the k-th belongs to layer k.
+    """
+    import re
+
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    layers: dict[int, list[str]] = {}
+    attention_seen = 0
+    for node in graph.node:
+        if node.op_type == "Attention":
+            layers.setdefault(attention_seen, []).append(node.name)
+            attention_seen += 1
+        elif node.op_type in ("MatMul", "Gemm") and (match := re.search(r"layer\.(\d+)/", node.name)):
+            layers.setdefault(int(match.group(1)), []).append(node.name)
+    return dict(sorted(layers.items()))
+
+
+def most_sensitive_layers(
+    fused: Path, workdir: Path, score: Callable[[Path], float], count: int
+) -> tuple[list[int], dict[int, float]]:
+    """The `count` encoder layers whose quantisation costs the most, by `score` (higher is better)
+    of the model quantised with everything but that layer."""
+    scores: dict[int, float] = {}
+    for layer, nodes in layer_nodes(fused).items():
+        scores[layer] = score(quantise(fused, workdir / f"model.int8.fp32-layer{layer}.onnx", nodes))
+    ranked = sorted(scores, key=lambda layer: scores[layer], reverse=True)
+    return sorted(ranked[:count]), scores
 
 
 def export_all(checkpoint: Path, workdir: Path) -> tuple[ExportedFiles, dict[str, int]]:

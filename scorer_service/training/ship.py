@@ -22,7 +22,14 @@ from scorer_service.training.evaluate import (
     version_stamp,
     write_model_card,
 )
-from scorer_service.training.export import copy_tokenizer, export_all, quantisation_gate
+from scorer_service.training.export import (
+    copy_tokenizer,
+    export_all,
+    layer_nodes,
+    most_sensitive_layers,
+    quantisation_gate,
+    quantise,
+)
 
 
 @dataclass
@@ -33,6 +40,7 @@ class ShipConfig:
     dev: str = "meld:dev"
     report_sets: list[str] = field(default_factory=lambda: ["meld:dev", "dailydialog:valid"])
     max_f1_drop: float = 0.5
+    keep_fp32_layers: int = 0  # keep this many of the most quantisation-sensitive layers in fp32
     notes: str = ""
 
 
@@ -43,6 +51,18 @@ def ship(config: ShipConfig) -> dict[str, Any]:
     tokenizer = config.checkpoint / "tokenizer.json"
     dev = load_source(config.dev).examples
     fp32_report = evaluate_examples(onnx_model(files.fp32, tokenizer, uses_context), dev)
+    mixed: dict[str, Any] = {}
+    if config.keep_fp32_layers > 0:
+
+        def dev_macro_f1(path: Path) -> float:
+            return float(evaluate_examples(onnx_model(path, tokenizer, uses_context), dev)["macro_f1"])
+
+        kept, sensitivity = most_sensitive_layers(
+            files.fused, config.workdir, dev_macro_f1, config.keep_fp32_layers
+        )
+        nodes = [name for layer, names in layer_nodes(files.fused).items() if layer in kept for name in names]
+        quantise(files.fused, files.int8, keep_fp32=nodes)
+        mixed = {"fp32_layers": kept, "dev_macro_f1_with_layer_kept_fp32": sensitivity}
     int8_model = onnx_model(files.int8, tokenizer, uses_context)
     int8_report = evaluate_examples(int8_model, dev)
     drop = quantisation_gate(fp32_report, int8_report, config.max_f1_drop)  # raises when refused
@@ -68,6 +88,7 @@ def ship(config: ShipConfig) -> dict[str, Any]:
             "int8_macro_f1": int8_report["macro_f1"],
             "macro_f1_drop_points": drop,
             "max_allowed_drop_points": config.max_f1_drop,
+            **mixed,
             "fused_operators": fusion_stats,
         },
         "files": {
