@@ -117,6 +117,11 @@ def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         default=0,
         help="keep the N most quantisation-sensitive layers in fp32",
     )
+    p.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="skip fitting a temperature on dev (probabilities as trained)",
+    )
     p.add_argument("--notes", default="", help="free text for the model card")
 
 
@@ -136,6 +141,7 @@ def _run_export(args: argparse.Namespace) -> int:
         report_sets=args.report,
         max_f1_drop=args.max_f1_drop,
         keep_fp32_layers=args.keep_fp32_layers,
+        calibrate=not args.no_calibrate,
         notes=args.notes,
     )
     try:

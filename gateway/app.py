@@ -11,6 +11,9 @@ WebSocket protocol (``/v1/sentiment/stream``), JSON text frames:
                      {"type": "watch", "call_id": "..."}  (or ?watch=CALL_ID): follow a call, send nothing
   server -> client   {"type": "started"}, {"type": "score", ...}, {"type": "error", "code", "message",
                      "fatal"}, {"type": "summary", ...}
+                     {"type": "badge", "call_id", "seq", "state": "green"|"amber"|"red", "rolling_score",
+                      "at_ms"}: the customer-sentiment badge changed colour (gateway/live.py)
+                     {"type": "cue", "call_id", "seq", "topic", "text", "at_ms"}: a coaching hint
 
 A bad message gets an error event and the connection and its call go on; nothing accepted is lost. After
 the summary the connection may start another call. Binary frames are reserved for audio.
@@ -84,8 +87,19 @@ then `{{"type": "stop"}}`. Watch a call driven elsewhere with `{{"type": "watch"
 `?watch=CALL_ID`.
 
 Server to client: `started`, `score` (call_id, seq, utterance_id, text (PII masked), channel, start_ms,
-end_ms, label, p_negative, p_neutral, p_positive, score, model_version), `error` (code, message, fatal) and,
-last, `summary` (status, reason, utterance_count, avg/min sentiment, customer and agent averages, lines).
+end_ms, label, p_negative, p_neutral, p_positive, score, model_version), `badge`, `cue`, `error` (code,
+message, fatal) and, last, `summary` (status, reason, utterance_count, avg/min sentiment, customer and agent
+averages, lines, badge: the final colour).
+
+The live badge and coaching cues follow the customer's time-weighted rolling sentiment (call time, from
+the utterances' own start_ms / end_ms). Each comes right after the score that caused it, in the call's
+`seq` sequence, to the driver and every watcher:
+`{{"type": "badge", "call_id": "...", "seq": 9, "state": "red", "rolling_score": 0.21, "at_ms": 24000}}`
+(state green, amber or red; every call starts amber without an event; red once the rolling average has
+stayed below 0.30 for more than 5 s, and back only with hysteresis),
+`{{"type": "cue", "call_id": "...", "seq": 10, "topic": "pricing", "text": "...", "at_ms": 24000}}`
+(topic pricing, timeline, competitor, authority, need or general; on a sustained negative trend, never on a
+single low sentence, and throttled). Thresholds can differ per tenant.
 
 A bad message gets an `error` event and the call goes on; what was accepted is always scored and stored,
 also when the client vanishes (the call then ends with reason `client_gone` after a grace period). After

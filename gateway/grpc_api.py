@@ -20,12 +20,15 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from callsense.telemetry import call_context
 from callsense.v1 import audio_pb2, chopper_pb2, scorer_pb2, sentiment_pb2, sentiment_pb2_grpc
+from gateway.live import BadgeState
 from gateway.session import (
     CHANNELS,
+    BadgeEvent,
     CallDriver,
     CallEvent,
     CallMetadata,
     CallSummary,
+    CueEvent,
     ErrorCode,
     ErrorEvent,
     Gateway,
@@ -47,6 +50,11 @@ from gateway.store import CallRow, ScoredEvent
 log = logging.getLogger(__name__)
 
 _LABELS = {"negative": scorer_pb2.NEGATIVE, "neutral": scorer_pb2.NEUTRAL, "positive": scorer_pb2.POSITIVE}
+_BADGE_STATES = {
+    BadgeState.GREEN: sentiment_pb2.GREEN,
+    BadgeState.AMBER: sentiment_pb2.AMBER,
+    BadgeState.RED: sentiment_pb2.RED,
+}
 _STATUS = {"live": sentiment_pb2.ACTIVE, "ended": sentiment_pb2.COMPLETED, "failed": sentiment_pb2.FAILED}
 
 
@@ -315,6 +323,16 @@ def event_proto(event: CallEvent) -> sentiment_pb2.CallEvent:
         return sentiment_pb2.CallEvent(
             call_id=event.call_id, seq=event.seq, score=scored_utterance_proto(event.scored)
         )
+    if isinstance(event, BadgeEvent):
+        badge = sentiment_pb2.BadgeChange(
+            state=_BADGE_STATES[event.change.state],
+            rolling_score=event.change.rolling_score,
+            at_ms=event.change.at_ms,
+        )
+        return sentiment_pb2.CallEvent(call_id=event.call_id, seq=event.seq, badge=badge)
+    if isinstance(event, CueEvent):
+        cue = sentiment_pb2.CoachingCue(topic=event.cue.topic, text=event.cue.text, at_ms=event.cue.at_ms)
+        return sentiment_pb2.CallEvent(call_id=event.call_id, seq=event.seq, cue=cue)
     if isinstance(event, SummaryEvent):
         return sentiment_pb2.CallEvent(
             call_id=event.call_id, seq=event.seq, summary=_call_summary_proto(event.summary)

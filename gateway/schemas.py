@@ -14,12 +14,15 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from gateway.live import Topic
 from gateway.session import (
     MAX_BATCH_UTTERANCES,
     MAX_TEXT_CHARS,
+    BadgeEvent,
     CallEvent,
     CallMetadata,
     CallSummary,
+    CueEvent,
     ErrorCode,
     ErrorEvent,
     InputError,
@@ -35,6 +38,7 @@ from gateway.store import CallRow, ScoredEvent
 
 ChannelName = Literal["customer", "agent", "mixed"]
 LabelName = Literal["negative", "neutral", "positive"]
+BadgeName = Literal["green", "amber", "red"]
 
 
 def _custom_error(err: InputError) -> PydanticCustomError:
@@ -361,6 +365,34 @@ class ScoreEventOut(ScoredUtteranceOut):
     seq: int = Field(description="Sequence number of the event within the call, from 0; gaps mean loss.")
 
 
+class BadgeEventOut(BaseModel):
+    """WebSocket, server -> client: the live badge changed colour (after the score that changed it)."""
+
+    type: Literal["badge"] = "badge"
+    call_id: str
+    seq: int = Field(description="Sequence number of the event within the call (shared with scores).")
+    state: BadgeName = Field(
+        description="The new colour. Red: the customer's rolling sentiment has stayed below 0.30 for more "
+        "than 5 s; it leaves red only with hysteresis. Every call starts amber (no event for that)."
+    )
+    rolling_score: float = Field(
+        description="Time-weighted rolling average of the customer's score at the change, in [0, 1]."
+    )
+    at_ms: int = Field(description="Call time of the change (end of the utterance that caused it), in ms.")
+
+
+class CueEventOut(BaseModel):
+    """WebSocket, server -> client: a coaching hint for the rep, on a sustained negative trend (never on
+    a single low sentence) and throttled."""
+
+    type: Literal["cue"] = "cue"
+    call_id: str
+    seq: int = Field(description="Sequence number of the event within the call (shared with scores).")
+    topic: Topic = Field(description='What the call is about when the cue fires, e.g. "pricing".')
+    text: str = Field(description="The hint as shown to the rep, one short sentence.")
+    at_ms: int = Field(description="Call time the cue fired, in ms.")
+
+
 class ErrorEventOut(BaseModel):
     """WebSocket, server -> client: a problem; the connection goes on unless fatal."""
 
@@ -384,6 +416,7 @@ class SummaryEventOut(CallStatsOut):
     reason: str = Field(description='Why it ended: "hangup", "client_gone", "stage_failed", ...')
     lines: list[str] = Field(description="Lines a manager can scan.")
     objection_tags: list[str]
+    badge: BadgeName | None = Field(default=None, description="The live badge's colour at the end.")
 
 
 def summary_json(summary: CallSummary, seq: int) -> dict[str, Any]:
@@ -396,6 +429,7 @@ def summary_json(summary: CallSummary, seq: int) -> dict[str, Any]:
         reason=summary.reason,
         lines=list(summary.lines),
         objection_tags=list(summary.objection_tags),
+        badge=summary.badge.value if summary.badge is not None else None,
     ).model_dump()
 
 
@@ -404,6 +438,20 @@ def event_json(event: CallEvent) -> dict[str, Any]:
     if isinstance(event, ScoreEvent):
         scored = ScoredUtteranceOut.of(event.scored).model_dump()
         return ScoreEventOut(**scored, call_id=event.call_id, seq=event.seq).model_dump()
+    if isinstance(event, BadgeEvent):
+        change = event.change
+        return BadgeEventOut(
+            call_id=event.call_id,
+            seq=event.seq,
+            state=change.state.value,
+            rolling_score=change.rolling_score,
+            at_ms=change.at_ms,
+        ).model_dump()
+    if isinstance(event, CueEvent):
+        cue = event.cue
+        return CueEventOut(
+            call_id=event.call_id, seq=event.seq, topic=cue.topic, text=cue.text, at_ms=cue.at_ms
+        ).model_dump()
     if isinstance(event, SummaryEvent):
         return summary_json(event.summary, event.seq)
     return error_json(event)

@@ -5,6 +5,10 @@ A CallSession opens ONE ``Chopper.Chop`` stream and ONE ``Scorer.Score`` stream 
 
     submit() -> inbox -> Chopper.Chop -> utterances -> Scorer.Score -> store.record_score -> publish
 
+Each scored utterance also goes through the call's ``LiveCoach`` (gateway/live.py, settings per tenant):
+the badge changes and coaching cues it returns are call events like the scores, in the same sequence,
+each right after the score that caused it.
+
 Every hop is a bounded asyncio queue: a client that sends faster than the mesh scores waits in
 ``submit`` (and through it its socket), memory never grows without limit. Events go out through
 Subscriptions that never block the call: a subscriber that reads too slowly has its backlog trimmed and
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
@@ -36,6 +41,16 @@ from callsense.grpc_runtime import service_channel, service_name
 from callsense.ids import is_valid_call_id
 from callsense.telemetry import call_context
 from callsense.v1 import asr_pb2, audio_pb2, chopper_pb2, chopper_pb2_grpc, scorer_pb2, scorer_pb2_grpc
+from gateway.live import (
+    BadgeChange,
+    BadgeSettings,
+    BadgeState,
+    CoachingCue,
+    LiveCoach,
+    LiveEvent,
+    ScoredUtteranceView,
+    settings_for,
+)
 from gateway.stats import CallStatistics, GatewayMetrics, compute_call_stats, summary_lines
 from gateway.store import CallRow, ScoredEvent, Store, StoreRouter
 
@@ -255,15 +270,20 @@ class CallSummary:
     stats: CallStatistics
     lines: tuple[str, ...]
     objection_tags: tuple[str, ...] = ()
+    badge: BadgeState | None = None
+    """The live badge's colour at the end of the call; None for a batch (it had no live badge)."""
 
     def for_store(self) -> dict[str, Any]:
         """What goes into calls.summary (jsonb)."""
-        return {
+        stored: dict[str, Any] = {
             "reason": self.reason,
             "lines": list(self.lines),
             "customer_min_sentiment": self.stats.customer_min_sentiment,
             "label_counts": dict(self.stats.label_counts),
         }
+        if self.badge is not None:
+            stored["badge"] = self.badge.value
+        return stored
 
 
 @dataclass(frozen=True)
@@ -271,6 +291,24 @@ class ScoreEvent:
     call_id: str
     seq: int
     scored: ScoredEvent
+
+
+@dataclass(frozen=True)
+class BadgeEvent:
+    """The live badge changed colour (``change.at_ms`` is call time)."""
+
+    call_id: str
+    seq: int
+    change: BadgeChange
+
+
+@dataclass(frozen=True)
+class CueEvent:
+    """A coaching cue for the rep (``cue.at_ms`` is call time)."""
+
+    call_id: str
+    seq: int
+    cue: CoachingCue
 
 
 @dataclass(frozen=True)
@@ -293,7 +331,7 @@ class ErrorEvent:
     status: str = "INVALID_ARGUMENT"  # gRPC status code name, for sentiment.proto's Error.code
 
 
-CallEvent = ScoreEvent | SummaryEvent | ErrorEvent
+CallEvent = ScoreEvent | BadgeEvent | CueEvent | SummaryEvent | ErrorEvent
 
 
 def client_error(call_id: str, err: InputError, *, fatal: bool = False) -> ErrorEvent:
@@ -381,6 +419,8 @@ class SessionSettings:
     stage_timeout_s: float = 60.0
     """Deadline of one batch request to the chopper or the scorer."""
     store_attempts: int = 3
+    badge_settings: Mapping[str, BadgeSettings] = field(default_factory=dict)
+    """Live-rule settings (badge and cues) per tenant id; a tenant not named gets live.DEFAULT_SETTINGS."""
 
 
 @dataclass(frozen=True)
@@ -440,6 +480,7 @@ class CallSession:
         self._pipeline: asyncio.Task[None] | None = None
         self._runner: asyncio.Task[None] | None = None
         self._grace: asyncio.Task[None] | None = None
+        self._coach = LiveCoach(settings_for(metadata.tenant, settings.badge_settings))
         self._done: asyncio.Future[CallSummary] = asyncio.get_running_loop().create_future()
         self.driver_attached = False
         self.accepted = 0
@@ -633,6 +674,31 @@ class CallSession:
             self._metrics.observe_latency("end_to_end", (time.perf_counter() - started) * 1000)
         self._metrics.count("callsense_gateway_scores_total", label=event.label)
         self._publish(lambda seq: ScoreEvent(self.call_id, seq, event))
+        self._coach_on(event)
+
+    def _coach_on(self, event: ScoredEvent) -> None:
+        """Feed a published score to the live rules and publish what they answer, after the score that
+        caused it (so every subscriber, and a replay, sees cause before effect)."""
+        view = ScoredUtteranceView(
+            event.utterance_id, event.channel, event.start_ms, event.end_ms, event.text, event.score
+        )
+        try:
+            live_events = self._coach.observe(view)
+        except Exception:
+            # A fault in the coaching rules must cost the call its badge, never its scores.
+            log.exception("call %s: the live rules failed on utterance %d", self.call_id, event.utterance_id)
+            return
+        for live in live_events:
+            if isinstance(live, BadgeChange):
+                self._metrics.count("callsense_gateway_badge_changes_total", state=live.state.value)
+            else:
+                self._metrics.count("callsense_gateway_cues_total", topic=live.topic)
+            self._publish(functools.partial(self._live_event, live))
+
+    def _live_event(self, live: LiveEvent, seq: int) -> CallEvent:
+        if isinstance(live, BadgeChange):
+            return BadgeEvent(self.call_id, seq, live)
+        return CueEvent(self.call_id, seq, live)
 
     async def _store_score(self, event: ScoredEvent) -> None:
         started = time.perf_counter()
@@ -682,7 +748,14 @@ class CallSession:
         self._state = "closed"
         self._cancel_grace()
         stats = compute_call_stats(self._scored)
-        summary = CallSummary(self.call_id, status, reason, stats, tuple(summary_lines(self._scored, stats)))
+        summary = CallSummary(
+            self.call_id,
+            status,
+            reason,
+            stats,
+            tuple(summary_lines(self._scored, stats)),
+            badge=self._coach.badge_state,
+        )
         try:
             await self._store.end_call(
                 self.call_id, stats.to_store(), status=status, summary=summary.for_store()

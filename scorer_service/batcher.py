@@ -12,8 +12,9 @@ Why this shape:
   ``TextRejected`` for that request alone and never occupies a batch slot.
 - While one batch is on the inference thread, new requests queue up; the next batch takes them all at
   once (up to ``max_batch``), so batches grow with load and stay at 1 when the service is idle.
-  ``max_wait_ms`` is counted from the oldest queued request's arrival, not from when the collector looks,
-  so a request never waits for batch-mates longer than that.
+  A request that finds the queue empty is sent alone at once; when others are already queued with it (a
+  burst), the collector waits for more up to ``max_wait_ms`` from the oldest one's arrival, so a request
+  never waits for batch-mates longer than that.
 - The queue is bounded: when it is full, ``submit`` waits. That pushes back on the gRPC streams (HTTP/2
   flow control) instead of letting memory and latency grow without limit.
 - ``max_batch=1`` or ``max_wait_ms=0`` turns micro-batching off (one request per forward pass, never a
@@ -276,7 +277,10 @@ class MicroBatcher:
                     item = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     remaining = deadline - loop.time()
-                    if remaining <= 0:
+                    if remaining <= 0 or len(batch) == 1:
+                        # A request that finds no company goes at once: at low load waiting is pure
+                        # latency, and under load requests pile up behind the running forward pass and
+                        # batch themselves. Only a burst already under way is worth waiting for.
                         break
                     try:
                         # Queue.get is cancellation-safe and wait_for returns an item that won the race

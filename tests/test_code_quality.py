@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ["callsense", "chopper_service", "scorer_service", "gateway", "bench"]
+PACKAGES = ["callsense", "asr_service", "chopper_service", "scorer_service", "gateway", "bench"]
 
 
 def _run(*argv: str) -> subprocess.CompletedProcess[str]:

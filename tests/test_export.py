@@ -112,3 +112,29 @@ def test_mixed_precision_keeps_the_chosen_layer_in_fp32(tiny_checkpoint: Path, t
     assert ops["Attention_1"] == "Attention"  # kept in fp32
     assert "QAttention" in ops.values()  # layer 0's attention quantised
     assert files.int8.stat().st_size < mixed.stat().st_size < files.fused.stat().st_size
+
+
+def test_temperature_fit_sharpens_an_underconfident_model_and_softens_an_overconfident_one() -> None:
+    from scorer_service.training.export import fit_temperature
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, size=3000)
+    true_logits = rng.normal(size=(3000, 3))
+    true_logits[np.arange(3000), labels] += 2.0  # a model whose logits are calibrated as they are
+    # Sample labels from the calibrated probabilities so T=1 is the truth for `true_logits`.
+    probs = np.exp(true_logits) / np.exp(true_logits).sum(axis=1, keepdims=True)
+    sampled = np.array([rng.choice(3, p=p) for p in probs])
+    assert fit_temperature(true_logits, sampled) == pytest.approx(1.0, abs=0.15)
+    assert fit_temperature(true_logits * 0.5, sampled) == pytest.approx(0.5, abs=0.1)  # under-confident
+    assert fit_temperature(true_logits * 2.0, sampled) == pytest.approx(2.0, abs=0.3)  # over-confident
+
+
+def test_folded_temperature_divides_the_exported_logits(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from scorer_service.backends.onnx import OnnxBackend
+    from scorer_service.training.export import export_onnx
+
+    plain = OnnxBackend(export_onnx(tiny_checkpoint, tmp_path / "plain.onnx"))
+    cooled = OnnxBackend(export_onnx(tiny_checkpoint, tmp_path / "cooled.onnx", temperature=0.5))
+    ids = np.array([[101, 2023, 2003, 2307, 102]], dtype=np.int64)
+    inputs = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    np.testing.assert_allclose(cooled.predict(inputs), plain.predict(inputs) * 2.0, rtol=1e-4, atol=1e-5)

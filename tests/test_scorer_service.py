@@ -99,24 +99,26 @@ async def test_max_batch_respected_and_results_matched() -> None:
     assert len(model.threads) == 1 and next(iter(model.threads)).startswith("scorer-inference")
 
 
-async def test_max_wait_respected() -> None:
+async def test_a_lone_request_goes_at_once_and_a_burst_waits_for_company() -> None:
     model = FakeModel()
     async with MicroBatcher(model, max_batch=32, max_wait_ms=150) as batcher:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        first = asyncio.create_task(batcher.submit(enc(1)))
-        await asyncio.sleep(0.03)
-        second = asyncio.create_task(batcher.submit(enc(2)))  # arrives within the first one's wait
-        one, two = await asyncio.gather(first, second)
-        waited = loop.time() - started
-        assert one.batch_size == two.batch_size == 2
-        # The batch closes max_wait after the FIRST request, not after the last one.
-        assert 0.14 <= waited < 0.14 + 1.0, waited
-        started = loop.time()
-        alone = await batcher.submit(enc(3))
+        alone = await batcher.submit(enc(1))
         assert alone.batch_size == 1
-        assert 0.14 <= loop.time() - started < 0.14 + 1.0
-    assert model.batches == [[1, 2], [3]]
+        assert loop.time() - started < 0.1  # no max_wait for a request that finds no company
+
+        # A burst: two requests queued together make the collector wait for more, up to max_wait
+        # counted from the FIRST of them; a third arriving within that joins their batch.
+        started = loop.time()
+        burst = [asyncio.create_task(batcher.submit(enc(tag))) for tag in (2, 3)]
+        await asyncio.sleep(0.03)
+        late = asyncio.create_task(batcher.submit(enc(4)))
+        results = await asyncio.gather(*burst, late)
+        waited = loop.time() - started
+        assert {r.batch_size for r in results} == {3}
+        assert 0.14 <= waited < 0.14 + 1.0, waited
+    assert model.batches == [[1], [2, 3, 4]]
 
 
 @pytest.mark.parametrize(("max_batch", "max_wait_ms"), [(1, 50.0), (32, 0.0)])

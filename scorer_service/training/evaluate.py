@@ -27,9 +27,9 @@ def onnx_model(path: Path, tokenizer: Path, uses_context: bool, threads: int = 2
     )
 
 
-def evaluate_examples(model: SentimentModel, examples: list[LabelledUtterance]) -> dict[str, Any]:
-    """The classification report of `model` on `examples`. Over-long texts are scored on their
-    first 128 tokens' worth of words, as the chopper would have cut them."""
+def predict_examples(model: SentimentModel, examples: list[LabelledUtterance]) -> np.ndarray:
+    """Class probabilities, one row per example. Over-long texts are scored on their first 128
+    tokens' worth of words, as the chopper would have cut them."""
     inputs = [SentimentInput(_fit(model, e.text), e.previous_text) for e in examples]
     results = model.predict(inputs, max_batch=64)
     probs = np.zeros((len(examples), len(LABELS)))
@@ -37,7 +37,12 @@ def evaluate_examples(model: SentimentModel, examples: list[LabelledUtterance]) 
         if isinstance(result, TextRejected):
             raise result
         probs[row] = (result.p_negative, result.p_neutral, result.p_positive)
-    return classification_report([e.label for e in examples], probs)
+    return probs
+
+
+def evaluate_examples(model: SentimentModel, examples: list[LabelledUtterance]) -> dict[str, Any]:
+    """The classification report of `model` on `examples`."""
+    return classification_report([e.label for e in examples], predict_examples(model, examples))
 
 
 def _fit(model: SentimentModel, text: str) -> str:

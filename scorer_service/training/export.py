@@ -28,13 +28,54 @@ class ExportedFiles:
     int8: Path
 
 
-def export_onnx(checkpoint: Path, out: Path, opset: int = 17) -> Path:
-    """Trace the checkpoint to ONNX with dynamic batch and sequence axes."""
+def fit_temperature(log_probs: Any, labels: Sequence[int]) -> float:
+    """The temperature T that makes softmax(logits / T) best calibrated (lowest NLL) on a dev set.
+
+    Post-hoc calibration (Guo et al., 2017): it never changes a prediction, only how sure it is.
+    Weight-averaged and class-weighted models come out under-confident (T < 1 sharpens them), and the
+    live badge reads probabilities, not just labels. Log-probabilities serve as logits here: softmax
+    ignores a per-row constant.
+    """
+    import numpy as np
+
+    logits = np.asarray(log_probs, dtype=np.float64)
+    truth = np.asarray(labels, dtype=np.int64)
+
+    def nll(temperature: float) -> float:
+        scaled = logits / temperature
+        scaled -= scaled.max(axis=1, keepdims=True)
+        log_softmax = scaled - np.log(np.exp(scaled).sum(axis=1, keepdims=True))
+        return float(-log_softmax[np.arange(len(truth)), truth].mean())
+
+    grid = np.arange(0.25, 3.001, 0.01)
+    return float(grid[int(np.argmin([nll(t) for t in grid]))])
+
+
+def fold_temperature(model: Any, temperature: float) -> None:
+    """Divide the classifier's output layer by `temperature`, so the exported logits come calibrated."""
+    import torch
+
+    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]  # the layer giving the logits
+    if head.out_features != model.config.num_labels:
+        raise ValueError(
+            f"the last linear layer has {head.out_features} outputs, not {model.config.num_labels}"
+        )
+    with torch.no_grad():
+        head.weight.div_(temperature)
+        if head.bias is not None:
+            head.bias.div_(temperature)
+
+
+def export_onnx(checkpoint: Path, out: Path, opset: int = 17, temperature: float = 1.0) -> Path:
+    """Trace the checkpoint to ONNX with dynamic batch and sequence axes (logits divided by
+    `temperature`)."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(checkpoint, attn_implementation="eager")
     model.eval()
+    if temperature != 1.0:
+        fold_temperature(model, temperature)
     model.config.return_dict = False
     sample = {
         "input_ids": torch.tensor([[101, 7592, 2088, 102]], dtype=torch.long),
@@ -124,12 +165,14 @@ def most_sensitive_layers(
     return sorted(ranked[:count]), scores
 
 
-def export_all(checkpoint: Path, workdir: Path) -> tuple[ExportedFiles, dict[str, int]]:
+def export_all(
+    checkpoint: Path, workdir: Path, temperature: float = 1.0
+) -> tuple[ExportedFiles, dict[str, int]]:
     import json
 
     config = json.loads((checkpoint / "config.json").read_text())
     workdir.mkdir(parents=True, exist_ok=True)
-    fp32 = export_onnx(checkpoint, workdir / "model.fp32.onnx")
+    fp32 = export_onnx(checkpoint, workdir / "model.fp32.onnx", temperature=temperature)
     fused_path = workdir / "model.fused.onnx"
     stats = fuse(fp32, fused_path, config["num_attention_heads"], config["hidden_size"])
     int8 = quantise(fused_path, workdir / "model.int8.onnx")

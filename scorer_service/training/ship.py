@@ -13,23 +13,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from scorer_service.training.data import load_source
 from scorer_service.training.evaluate import (
     evaluate_examples,
     evaluate_sets,
     file_entry,
     onnx_model,
+    predict_examples,
     version_stamp,
     write_model_card,
 )
 from scorer_service.training.export import (
     copy_tokenizer,
     export_all,
+    fit_temperature,
     layer_nodes,
     most_sensitive_layers,
     quantisation_gate,
     quantise,
 )
+from scorer_service.training.metrics import expected_calibration_error
 
 
 @dataclass
@@ -40,6 +45,7 @@ class ShipConfig:
     dev: str = "meld:dev"
     report_sets: list[str] = field(default_factory=lambda: ["meld:dev", "dailydialog:valid"])
     max_f1_drop: float = 0.5
+    calibrate: bool = True  # fit a temperature on dev and fold it into the classifier
     keep_fp32_layers: int = 0  # keep this many of the most quantisation-sensitive layers in fp32
     notes: str = ""
 
@@ -50,6 +56,17 @@ def ship(config: ShipConfig) -> dict[str, Any]:
     files, fusion_stats = export_all(config.checkpoint, config.workdir)
     tokenizer = config.checkpoint / "tokenizer.json"
     dev = load_source(config.dev).examples
+    calibration: dict[str, Any] = {"temperature": 1.0}
+    if config.calibrate:
+        probs = predict_examples(onnx_model(files.fp32, tokenizer, uses_context), dev)
+        labels = [e.label for e in dev]
+        temperature = fit_temperature(np.log(np.clip(probs, 1e-12, 1.0)), labels)
+        files, fusion_stats = export_all(config.checkpoint, config.workdir, temperature)
+        calibration = {
+            "temperature": temperature,
+            "fitted_on": config.dev,
+            "dev_ece_before": expected_calibration_error(np.asarray(labels), probs),
+        }
     fp32_report = evaluate_examples(onnx_model(files.fp32, tokenizer, uses_context), dev)
     mixed: dict[str, Any] = {}
     if config.keep_fp32_layers > 0:
@@ -81,6 +98,7 @@ def ship(config: ShipConfig) -> dict[str, Any]:
         "score": "p_positive + 0.5 * p_neutral",
         "training": training,
         "metrics": evaluate_sets(int8_model, config.report_sets),
+        "calibration": calibration,
         "quantisation": {
             "method": "dynamic INT8, per-channel, reduced range, after ONNX Runtime BERT fusions",
             "dev_set": config.dev,

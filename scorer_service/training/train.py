@@ -317,12 +317,12 @@ class Trainer:
                 window_examples += len(index)
                 rate = window_examples / (time.perf_counter() - window_start)
                 bar.set_postfix(
-                    loss=f"{float(loss):.3f}", ex_s=f"{rate:.0f}", lr=f"{scheduler.get_last_lr()[0]:.1e}"
+                    loss=f"{loss.item():.3f}", ex_s=f"{rate:.0f}", lr=f"{scheduler.get_last_lr()[0]:.1e}"
                 )
                 end_of_epoch = step % self.steps_per_epoch == 0
                 if step % eval_every == 0 or end_of_epoch:
                     report = self.evaluate_dev()
-                    history.append({"step": step, "macro_f1": report["macro_f1"], "loss": float(loss)})
+                    history.append({"step": step, "macro_f1": report["macro_f1"], "loss": loss.item()})
                     print(
                         f"\nstep {step}: dev macro-F1 {report['macro_f1']:.4f} "
                         f"weighted-F1 {report['weighted_f1']:.4f}"

