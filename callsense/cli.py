@@ -241,6 +241,48 @@ def _run_up(args: argparse.Namespace) -> int:
     return main(UpOptions(args.scorer_replicas, args.scorer_max_batch, args.scorer_max_wait_ms))
 
 
+def _add_transcribe(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "transcribe", help="transcribe an audio file (wav, flac, mp3, ogg) through the streaming ASR, as JSON"
+    )
+    p.add_argument("file", help="the audio file; any sample rate, mono or stereo")
+    p.add_argument(
+        "--channels",
+        default="",
+        help="role of each channel, comma-separated: agent,customer (stereo default), customer,agent, "
+        "or mixed (downmix to one channel; the mono default)",
+    )
+    p.add_argument(
+        "--model-dir",
+        default="",
+        help="CTranslate2 Whisper directory (default: CALLSENSE_ASR_MODEL_DIR or tiny.en)",
+    )
+    p.add_argument("--partials", action="store_true", help="also run the partial decodes a live call gets")
+
+
+def _run_transcribe(args: argparse.Namespace) -> int:
+    import json
+
+    from asr_service.transcribe_file import channel_roles, load_audio, transcribe_file
+
+    roles = [r for r in args.channels.split(",") if r.strip()] or None
+    try:
+        audio = load_audio(args.file)
+        channel_roles(audio.channels, roles)
+    except ValueError as exc:
+        print(f"callsense transcribe: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = transcribe_file(
+            args.file, channels=roles, model_dir=args.model_dir or None, partials=args.partials
+        )
+    except (OSError, RuntimeError) as exc:  # missing or unreadable model directory
+        print(f"callsense transcribe: cannot load the Whisper model: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result.as_json(), ensure_ascii=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="callsense", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -250,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_score(sub)
     _add_up(sub)
+    _add_transcribe(sub)
     return parser
 
 
@@ -262,6 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "evaluate": _run_evaluate,
         "score": _run_score,
         "up": _run_up,
+        "transcribe": _run_transcribe,
     }
     return handlers[args.command](args)
 
