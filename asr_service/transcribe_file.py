@@ -229,7 +229,26 @@ def transcribe_file(
     chunk_ms: int = DEFAULT_CHUNK_MS,
 ) -> FileTranscript:
     """Transcribe a file through the streaming path (see the module docstring)."""
-    audio = load_audio(path)
+    return transcribe_audio(
+        load_audio(path),
+        channels=channels,
+        recognizer=recognizer,
+        model_dir=model_dir,
+        partials=partials,
+        chunk_ms=chunk_ms,
+    )
+
+
+def transcribe_audio(
+    audio: LoadedAudio,
+    *,
+    channels: Sequence[str] | None = None,
+    recognizer: WhisperRecognizer | None = None,
+    model_dir: str | Path | None = None,
+    partials: bool = False,
+    chunk_ms: int = DEFAULT_CHUNK_MS,
+) -> FileTranscript:
+    """Transcribe decoded audio (``load_audio``) through the streaming path, as PCM16."""
     roles = channel_roles(audio.channels, channels)
     samples = audio.samples if len(roles) == audio.channels else audio.mono()[:, None]
     spec = AudioSpec(Encoding.PCM16, audio.sample_rate_hz, samples.shape[1])

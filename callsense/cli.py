@@ -263,7 +263,7 @@ def _add_transcribe(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _run_transcribe(args: argparse.Namespace) -> int:
     import json
 
-    from asr_service.transcribe_file import channel_roles, load_audio, transcribe_file
+    from asr_service.transcribe_file import channel_roles, load_audio, transcribe_audio
 
     roles = [r for r in args.channels.split(",") if r.strip()] or None
     try:
@@ -273,8 +273,8 @@ def _run_transcribe(args: argparse.Namespace) -> int:
         print(f"callsense transcribe: {exc}", file=sys.stderr)
         return 2
     try:
-        result = transcribe_file(
-            args.file, channels=roles, model_dir=args.model_dir or None, partials=args.partials
+        result = transcribe_audio(
+            audio, channels=roles, model_dir=args.model_dir or None, partials=args.partials
         )
     except (OSError, RuntimeError) as exc:  # missing or unreadable model directory
         print(f"callsense transcribe: cannot load the Whisper model: {exc}", file=sys.stderr)
