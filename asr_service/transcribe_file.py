@@ -126,7 +126,7 @@ def load_audio(path: str | Path) -> LoadedAudio:
             layout = "mono" if channels == 1 else "stereo" if channels == 2 else None
             resampler = av.AudioResampler(format="s16p", layout=layout, rate=out_rate)
             expected = _expected_frames(stream)
-            parts: list[Int16Array] = []
+            parts: list[npt.NDArray[Any]] = []
             for frame in container.decode(stream):
                 for out in resampler.resample(frame):
                     parts.append(out.to_ndarray())
