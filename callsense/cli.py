@@ -112,10 +112,11 @@ def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--max-f1-drop", type=float, default=0.5, help="macro-F1 points INT8 may lose (default 0.5)"
     )
     p.add_argument(
-        "--keep-fp32-layers",
+        "--keep-fp32-blocks",
         type=int,
         default=0,
-        help="keep the N most quantisation-sensitive layers in fp32",
+        help="keep the N most quantisation-sensitive blocks (a layer's attention, attention output "
+        "or feed-forward) in fp32, ranked by dev macro-F1",
     )
     p.add_argument(
         "--no-calibrate",
@@ -140,7 +141,7 @@ def _run_export(args: argparse.Namespace) -> int:
         dev=args.dev,
         report_sets=args.report,
         max_f1_drop=args.max_f1_drop,
-        keep_fp32_layers=args.keep_fp32_layers,
+        keep_fp32_blocks=args.keep_fp32_blocks,
         calibrate=not args.no_calibrate,
         notes=args.notes,
     )

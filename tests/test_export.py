@@ -100,18 +100,28 @@ def test_shipped_model_loads_and_names_its_version() -> None:
     assert model.info.version not in ("", "unversioned")
 
 
-def test_mixed_precision_keeps_the_chosen_layer_in_fp32(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    from scorer_service.training.export import export_all, layer_nodes, quantise
+def test_mixed_precision_keeps_the_chosen_block_in_fp32(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from scorer_service.training.export import export_all, most_sensitive_blocks, quantisable_blocks, quantise
 
     files, _ = export_all(tiny_checkpoint, tmp_path)
-    layers = layer_nodes(files.fused)
-    assert sorted(layers) == [0, 1]
-    assert all(len(nodes) == 4 for nodes in layers.values())  # attention + 3 dense MatMuls per layer
-    mixed = quantise(files.fused, tmp_path / "mixed.onnx", keep_fp32=layers[1])
+    blocks = quantisable_blocks(files.fused)
+    assert sorted(blocks) == [
+        f"layer{i}.{part}" for i in (0, 1) for part in ("attention", "attention_output", "ffn")
+    ]
+    assert blocks["layer1.attention"] == ["Attention_1"] and len(blocks["layer1.ffn"]) == 2
+    mixed = quantise(files.fused, tmp_path / "mixed.onnx", keep_fp32=blocks["layer1.attention"])
     ops = {node.name: node.op_type for node in onnx.load(str(mixed)).graph.node}
     assert ops["Attention_1"] == "Attention"  # kept in fp32
     assert "QAttention" in ops.values()  # layer 0's attention quantised
     assert files.int8.stat().st_size < mixed.stat().st_size < files.fused.stat().st_size
+
+    # The sweep ranks blocks by the score of the model with that block alone in fp32.
+    def size_score(path: Path) -> float:
+        return float(path.stat().st_size)  # a stand-in score: the biggest fp32 block ranks first
+
+    kept, scores = most_sensitive_blocks(files.fused, tmp_path, size_score, count=2)
+    assert set(scores) == set(blocks)
+    assert kept == sorted(scores, key=lambda b: scores[b], reverse=True)[:2]
 
 
 def test_temperature_fit_sharpens_an_underconfident_model_and_softens_an_overconfident_one() -> None:

@@ -131,38 +131,41 @@ def quantise(onnx_path: Path, out: Path, keep_fp32: Sequence[str] = ()) -> Path:
     return out
 
 
-def layer_nodes(onnx_path: Path) -> dict[int, list[str]]:
-    """The quantisable nodes of each encoder layer of a fused graph, by layer index.
+def quantisable_blocks(onnx_path: Path) -> dict[str, list[str]]:
+    """The quantisable nodes of a fused graph, grouped in blocks: for each encoder layer i,
+    "layer{i}.attention" (the fused QKV projection and attention), "layer{i}.attention_output" and
+    "layer{i}.ffn" (the two feed-forward matrices).
 
-    Unfused nodes carry the layer in their name ("/bert/encoder/layer.3/..."); fused Attention nodes
-    do not, but the fuser emits them in graph order, one per layer, so the k-th belongs to layer k.
+    Unfused nodes carry their layer in their name ("/bert/encoder/layer.3/..."); fused Attention
+    nodes do not, but the fuser emits them in graph order, one per layer, so the k-th is layer k's.
     """
     import re
 
     import onnx
 
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    layers: dict[int, list[str]] = {}
+    blocks: dict[str, list[str]] = {}
     attention_seen = 0
     for node in graph.node:
         if node.op_type == "Attention":
-            layers.setdefault(attention_seen, []).append(node.name)
+            blocks.setdefault(f"layer{attention_seen}.attention", []).append(node.name)
             attention_seen += 1
         elif node.op_type in ("MatMul", "Gemm") and (match := re.search(r"layer\.(\d+)/", node.name)):
-            layers.setdefault(int(match.group(1)), []).append(node.name)
-    return dict(sorted(layers.items()))
+            part = "attention_output" if "/attention/" in node.name else "ffn"
+            blocks.setdefault(f"layer{match.group(1)}.{part}", []).append(node.name)
+    return blocks
 
 
-def most_sensitive_layers(
+def most_sensitive_blocks(
     fused: Path, workdir: Path, score: Callable[[Path], float], count: int
-) -> tuple[list[int], dict[int, float]]:
-    """The `count` encoder layers whose quantisation costs the most, by `score` (higher is better)
-    of the model quantised with everything but that layer."""
-    scores: dict[int, float] = {}
-    for layer, nodes in layer_nodes(fused).items():
-        scores[layer] = score(quantise(fused, workdir / f"model.int8.fp32-layer{layer}.onnx", nodes))
-    ranked = sorted(scores, key=lambda layer: scores[layer], reverse=True)
-    return sorted(ranked[:count]), scores
+) -> tuple[list[str], dict[str, float]]:
+    """The `count` blocks whose quantisation costs the most: each block in turn is kept in fp32 with
+    everything else quantised, and `score` (higher is better, e.g. dev macro-F1) ranks the results."""
+    scores: dict[str, float] = {}
+    for block, nodes in quantisable_blocks(fused).items():
+        scores[block] = score(quantise(fused, workdir / f"model.int8.fp32-{block}.onnx", nodes))
+    ranked = sorted(scores, key=lambda block: scores[block], reverse=True)
+    return ranked[:count], scores
 
 
 def export_all(

@@ -29,8 +29,8 @@ from scorer_service.training.export import (
     copy_tokenizer,
     export_all,
     fit_temperature,
-    layer_nodes,
-    most_sensitive_layers,
+    most_sensitive_blocks,
+    quantisable_blocks,
     quantisation_gate,
     quantise,
 )
@@ -46,7 +46,7 @@ class ShipConfig:
     report_sets: list[str] = field(default_factory=lambda: ["meld:dev", "dailydialog:valid"])
     max_f1_drop: float = 0.5
     calibrate: bool = True  # fit a temperature on dev and fold it into the classifier
-    keep_fp32_layers: int = 0  # keep this many of the most quantisation-sensitive layers in fp32
+    keep_fp32_blocks: int = 0  # keep this many of the most quantisation-sensitive blocks in fp32
     notes: str = ""
 
 
@@ -69,17 +69,17 @@ def ship(config: ShipConfig) -> dict[str, Any]:
         }
     fp32_report = evaluate_examples(onnx_model(files.fp32, tokenizer, uses_context), dev)
     mixed: dict[str, Any] = {}
-    if config.keep_fp32_layers > 0:
+    if config.keep_fp32_blocks > 0:
 
         def dev_macro_f1(path: Path) -> float:
             return float(evaluate_examples(onnx_model(path, tokenizer, uses_context), dev)["macro_f1"])
 
-        kept, sensitivity = most_sensitive_layers(
-            files.fused, config.workdir, dev_macro_f1, config.keep_fp32_layers
+        kept, sensitivity = most_sensitive_blocks(
+            files.fused, config.workdir, dev_macro_f1, config.keep_fp32_blocks
         )
-        nodes = [name for layer, names in layer_nodes(files.fused).items() if layer in kept for name in names]
-        quantise(files.fused, files.int8, keep_fp32=nodes)
-        mixed = {"fp32_layers": kept, "dev_macro_f1_with_layer_kept_fp32": sensitivity}
+        blocks = quantisable_blocks(files.fused)
+        quantise(files.fused, files.int8, keep_fp32=[name for block in kept for name in blocks[block]])
+        mixed = {"fp32_blocks": kept, "dev_macro_f1_with_block_kept_fp32": sensitivity}
     int8_model = onnx_model(files.int8, tokenizer, uses_context)
     int8_report = evaluate_examples(int8_model, dev)
     drop = quantisation_gate(fp32_report, int8_report, config.max_f1_drop)  # raises when refused
