@@ -178,10 +178,13 @@ class WhisperRecognizer:
         avg_logprob = float(result.scores[0]) * len(tokens) / (len(tokens) + 1)
 
         deduplicated, loop, dropped = self._strip_loops(tokens)
-        # The compression ratio is taken before the loop is cut: a loop is what it is there to reveal.
-        ratio = compression_ratio(tok.decode(deduplicated).strip())
         text_tokens = deduplicated[:loop] if loop is not None else deduplicated
+        text_tokens = self._strip_repeated_tail(text_tokens)
         text = tok.decode(text_tokens).strip()
+        # The compression ratio is taken on what is left once loops are cut: without the 30 s pad the
+        # decoder tends to say the end of real speech twice, and the words before the loop are good.
+        # A hallucination on noise is still caught: what survives the cut is short, unsure stock text.
+        ratio = compression_ratio(text)
         words: tuple[RecognizedWord, ...] = ()
         if word_timestamps and text_tokens:
             content_frames = min(int(round(audio_s * 100)), features.shape[-1])
@@ -195,6 +198,18 @@ class WhisperRecognizer:
             audio_s=audio_s,
             loop_trimmed=dropped or loop is not None,
         )
+
+    def _strip_repeated_tail(self, tokens: list[int]) -> list[int]:
+        """Drop a final run of words that repeats the run just before it ("by a similar process,
+        by a similar process."), compared without case or punctuation."""
+        tok = self._tokenizer
+        words = [_normalise(tok.decode([t])) for t in tokens]
+        spans = [i for i, w in enumerate(words) if w]  # token indices that carry a word
+        for n in range(min(12, len(spans) // 2), 1, -1):
+            tail, before = spans[-n:], spans[-2 * n : -n]
+            if [words[i] for i in tail] == [words[i] for i in before]:
+                return tokens[: before[-1] + 1] + [t for t in tokens[tail[-1] + 1 :]]
+        return tokens
 
     def _strip_loops(self, tokens: list[int]) -> tuple[list[int], int | None, bool]:
         """Text tokens without repeated sub-segments, where an n-gram loop starts in them (or None),

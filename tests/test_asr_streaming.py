@@ -336,3 +336,18 @@ async def test_call_transcriber_streams_two_channels(recognizer: WhisperRecogniz
         before = [e for e in events[: events.index(final)] if e.channel == channel]
         assert all(not e.is_final and e.segment_id == final.segment_id for e in before)
     assert sum(r.request.is_final for r in seen) == 2
+
+
+@pytest.mark.parametrize(
+    ("said", "kept"),
+    [
+        (" by a similar process, by a similar process.", "by a similar process."),
+        (" And so my fellow Americans. and so my fellow Americans.", "And so my fellow Americans."),
+        (" It is very very good.", "It is very very good."),  # a single repeated word is speech
+        (" ask what you can do for your country.", "ask what you can do for your country."),
+    ],
+)
+def test_a_repeated_tail_is_cut_once(recognizer: WhisperRecognizer, said: str, kept: str) -> None:
+    tokenizer = recognizer._tokenizer
+    out = recognizer._strip_repeated_tail(tokenizer.encode(said))
+    assert tokenizer.decode(out).strip() == kept
