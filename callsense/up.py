@@ -1,8 +1,9 @@
 """`callsense up`: the whole mesh on one machine, on embedded defaults.
 
 Start order: the embedded PostgreSQL (unless DATABASE_URL is set) in this process, then Envoy (it
-needs no upstream to be up: it health-checks them), then the chopper and N scorer replicas, then the
-gateway. The gateway reaches the chopper and the scorers through Envoy, so scorer replicas are
+needs no upstream to be up: it health-checks them), then the chopper, N scorer replicas and the ASR
+service (Whisper; audio calls), then the gateway. The gateway reaches the chopper, the scorers and the
+ASR through Envoy, so scorer replicas are
 load-balanced and Envoy's spans sit between the gateway's and the services' in each trace.
 Ctrl-C stops everything in reverse order and leaves no process or shared-memory file behind.
 """
@@ -82,6 +83,13 @@ def mesh_specs(config: Config, options: UpOptions, database_url: str, envoy_yaml
                 ready=GrpcReady(address),
             )
         )
+    specs.append(
+        ProcessSpec(
+            "asr",
+            [python, "-m", "asr_service", "--bind", config.asr_addr],
+            ready=GrpcReady(config.asr_addr),
+        )
+    )
     specs.append(
         ProcessSpec(
             "gateway",

@@ -15,8 +15,16 @@ WebSocket protocol (``/v1/sentiment/stream``), JSON text frames:
                       "at_ms"}: the customer-sentiment badge changed colour (gateway/live.py)
                      {"type": "cue", "call_id", "seq", "topic", "text", "at_ms"}: a coaching hint
 
+Audio calls: a start with ``"audio": {"encoding": "pcm16"|"mulaw"|"alaw", "sample_rate_hz", "channels",
+"channel_roles"}``, then binary frames of audio (any size up to 1 MB; about 50 ms is typical). The call's
+one Asr.Transcribe stream answers with
+                     {"type": "transcript", "call_id", "seq", "segment_id", "is_final", "text", "channel",
+                      "start_ms", "end_ms"}
+and every final is chopped and scored like a text utterance. Errors: audio_not_enabled (binary frames
+without audio in start), invalid_audio_format, frame_too_large.
+
 A bad message gets an error event and the connection and its call go on; nothing accepted is lost. After
-the summary the connection may start another call. Binary frames are reserved for audio.
+the summary the connection may start another call.
 """
 
 from __future__ import annotations
@@ -336,7 +344,9 @@ class StreamConnection:
         if self._forwarder is not None and not self._forwarder.done():
             # The previous call's last events (its summary) go out before the next call's first.
             await asyncio.wait({self._forwarder}, timeout=5.0)
-        session, resumed = await self._driver.start(message.call_id, message.metadata.to_domain())
+        session, resumed = await self._driver.start(
+            message.call_id, message.metadata.to_domain(), message.audio_format()
+        )
         await self._send(StartedEvent(call_id=session.call_id, resumed=resumed).model_dump())
         self._forward(session.subscribe(replay=resumed), close_after=False)
 

@@ -38,6 +38,7 @@ from gateway.session import (
     Subscription,
     SummaryEvent,
     TextUtterance,
+    TranscriptEvent,
     channel_from_role,
     client_error,
     validate_call_id,
@@ -319,6 +320,8 @@ def _call_summary_proto(summary: CallSummary) -> sentiment_pb2.CallSummary:
 def event_proto(event: CallEvent) -> sentiment_pb2.CallEvent:
     """A call event as sentiment.proto's CallEvent (client-only errors carry seq 0: not in the call's
     sequence, see ErrorEvent)."""
+    if isinstance(event, TranscriptEvent):
+        return sentiment_pb2.CallEvent(call_id=event.call_id, seq=event.seq, transcript=event.source)
     if isinstance(event, ScoreEvent):
         return sentiment_pb2.CallEvent(
             call_id=event.call_id, seq=event.seq, score=scored_utterance_proto(event.scored)

@@ -18,6 +18,7 @@ from gateway.live import Topic
 from gateway.session import (
     MAX_BATCH_UTTERANCES,
     MAX_TEXT_CHARS,
+    AudioFormat,
     BadgeEvent,
     CallEvent,
     CallMetadata,
@@ -29,6 +30,8 @@ from gateway.session import (
     ScoreEvent,
     SummaryEvent,
     TextUtterance,
+    TranscriptEvent,
+    validate_audio_format,
     validate_call_id,
     validate_metadata,
     validate_utterance,
@@ -131,6 +134,25 @@ class StartMessage(_CallIdMixin):
     metadata: Metadata = Field(
         default_factory=lambda: Metadata(), description="Who and where the call belongs to."
     )
+    audio: dict[str, Any] | None = Field(
+        default=None,
+        description='The audio the client will send as binary frames: {"encoding": "pcm16"|"mulaw"|"alaw", '
+        '"sample_rate_hz": 8000..48000, "channels": 1|2, "channel_roles": ["agent", "customer"]}. '
+        "Without it binary frames are refused (audio_not_enabled).",
+    )
+
+    @field_validator("audio", mode="before")
+    @classmethod
+    def _check_audio(cls, value: object) -> object:
+        if value is not None:
+            try:
+                validate_audio_format(value)
+            except InputError as err:
+                raise _custom_error(err) from None
+        return value
+
+    def audio_format(self) -> AudioFormat | None:
+        return None if self.audio is None else validate_audio_format(self.audio)
 
 
 class UtteranceMessage(UtteranceIn):
@@ -365,6 +387,35 @@ class ScoreEventOut(ScoredUtteranceOut):
     seq: int = Field(description="Sequence number of the event within the call, from 0; gaps mean loss.")
 
 
+class TranscriptEventOut(BaseModel):
+    """WebSocket, server -> client: a partial or final transcript segment of an audio call. Partials of a
+    segment are replaced by later ones; its one final is then scored like a text utterance."""
+
+    type: Literal["transcript"] = "transcript"
+    call_id: str
+    seq: int = Field(description="Sequence number of the event within the call (shared with scores).")
+    segment_id: int = Field(description="Segment within the call and channel; partials and final share it.")
+    is_final: bool
+    text: str = Field(description="The segment's text as recognised (not PII-masked).")
+    channel: ChannelName
+    start_ms: int
+    end_ms: int
+
+    @classmethod
+    def of(cls, event: TranscriptEvent) -> TranscriptEventOut:
+        t = event.source
+        return cls(
+            call_id=event.call_id,
+            seq=event.seq,
+            segment_id=t.segment_id,
+            is_final=t.is_final,
+            text=t.text,
+            channel=event.channel,
+            start_ms=t.start_ms,
+            end_ms=t.end_ms,
+        )
+
+
 class BadgeEventOut(BaseModel):
     """WebSocket, server -> client: the live badge changed colour (after the score that changed it)."""
 
@@ -435,6 +486,8 @@ def summary_json(summary: CallSummary, seq: int) -> dict[str, Any]:
 
 def event_json(event: CallEvent) -> dict[str, Any]:
     """A call event as the WebSocket sends it."""
+    if isinstance(event, TranscriptEvent):
+        return TranscriptEventOut.of(event).model_dump()
     if isinstance(event, ScoreEvent):
         scored = ScoredUtteranceOut.of(event.scored).model_dump()
         return ScoreEventOut(**scored, call_id=event.call_id, seq=event.seq).model_dump()

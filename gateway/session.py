@@ -40,7 +40,15 @@ from callsense.config import Config
 from callsense.grpc_runtime import service_channel, service_name
 from callsense.ids import is_valid_call_id
 from callsense.telemetry import call_context
-from callsense.v1 import asr_pb2, audio_pb2, chopper_pb2, chopper_pb2_grpc, scorer_pb2, scorer_pb2_grpc
+from callsense.v1 import (
+    asr_pb2,
+    asr_pb2_grpc,
+    audio_pb2,
+    chopper_pb2,
+    chopper_pb2_grpc,
+    scorer_pb2,
+    scorer_pb2_grpc,
+)
 from gateway.live import (
     BadgeChange,
     BadgeSettings,
@@ -67,6 +75,17 @@ MAX_LABELS = 32
 MAX_MS = 2**31 - 1
 """Times are stored as PostgreSQL integers: about 24 days of call time is the ceiling."""
 MAX_BATCH_UTTERANCES = 5_000
+MAX_AUDIO_FRAME_BYTES = 1 << 20
+"""Largest binary (audio) frame accepted; the gateway cuts frames into chunks the ASR service takes."""
+AUDIO_CHUNK_MS = 100
+"""Longest AudioChunk sent to the ASR (it refuses chunks over 1 s of audio)."""
+AUDIO_ENCODINGS: Mapping[str, int] = {
+    "pcm16": audio_pb2.PCM16,
+    "mulaw": audio_pb2.MULAW,
+    "alaw": audio_pb2.ALAW,
+}
+_BYTES_PER_SAMPLE: Mapping[str, int] = {"pcm16": 2, "mulaw": 1, "alaw": 1}
+MIN_SAMPLE_RATE_HZ, MAX_SAMPLE_RATE_HZ = 8_000, 48_000
 
 Channel = Literal["customer", "agent", "mixed"]
 CHANNELS: Mapping[str, int] = {
@@ -108,6 +127,8 @@ class ErrorCode:
     CALL_FAILED = "call_failed"
     NOT_FOUND = "not_found"
     AUDIO_NOT_ENABLED = "audio_not_enabled"
+    INVALID_AUDIO_FORMAT = "invalid_audio_format"
+    FRAME_TOO_LARGE = "frame_too_large"
     TOO_MANY_UTTERANCES = "too_many_utterances"
     SLOW_CONSUMER = "slow_consumer"
     STAGE_FAILED = "stage_failed"
@@ -240,6 +261,85 @@ def validate_utterance(text: object, channel: object, start_ms: object, end_ms: 
     return TextUtterance(checked_text, checked_channel, start, end)
 
 
+@dataclass(frozen=True)
+class AudioFormat:
+    """The audio layout a call declared in its start message, validated."""
+
+    encoding: str
+    sample_rate_hz: int
+    channels: int
+    channel_roles: tuple[Channel, ...]
+
+    @property
+    def frame_bytes(self) -> int:
+        """Bytes of one sample of every channel: audio is cut only at multiples of this."""
+        return _BYTES_PER_SAMPLE[self.encoding] * self.channels
+
+    def bytes_for_ms(self, ms: int) -> int:
+        return self.frame_bytes * self.sample_rate_hz * ms // 1000
+
+    def call_start(self, call_id: str, metadata: CallMetadata) -> audio_pb2.CallStart:
+        return audio_pb2.CallStart(
+            call_id=call_id,
+            format=audio_pb2.AudioFormat(
+                encoding=AUDIO_ENCODINGS[self.encoding],  # type: ignore[arg-type]  # an AudioEncoding int
+                sample_rate_hz=self.sample_rate_hz,
+                channels=self.channels,
+            ),
+            channel_roles=[CHANNELS[r] for r in self.channel_roles],  # type: ignore[misc]
+            metadata=audio_pb2.CallMetadata(
+                tenant=metadata.tenant,
+                agent=metadata.agent,
+                team=metadata.team,
+                region=metadata.region,
+                language=metadata.language,
+                labels=dict(metadata.labels),
+            ),
+        )
+
+
+def _bad_audio(message: str) -> InputError:
+    return InputError(ErrorCode.INVALID_AUDIO_FORMAT, f"audio: {message}")
+
+
+def validate_audio_format(audio: object) -> AudioFormat:
+    """``{"encoding", "sample_rate_hz", "channels", "channel_roles"}`` of a start message."""
+    if not isinstance(audio, Mapping):
+        raise _bad_audio(
+            'must be an object: {"encoding": "pcm16"|"mulaw"|"alaw", "sample_rate_hz": 16000, '
+            '"channels": 1|2, "channel_roles": ["customer"]}'
+        )
+    unknown = sorted(set(audio) - {"encoding", "sample_rate_hz", "channels", "channel_roles"})
+    if unknown:
+        raise _bad_audio(f"unknown field(s) {', '.join(map(repr, unknown))}")
+    encoding = audio.get("encoding")
+    if encoding not in AUDIO_ENCODINGS:
+        raise _bad_audio(f"encoding {encoding!r} is unsupported: use pcm16, mulaw or alaw")
+    rate = audio.get("sample_rate_hz")
+    if (
+        isinstance(rate, bool)
+        or not isinstance(rate, int)
+        or not MIN_SAMPLE_RATE_HZ <= rate <= MAX_SAMPLE_RATE_HZ
+    ):
+        raise _bad_audio(
+            f"sample_rate_hz {rate!r} is unsupported: use an integer in "
+            f"{MIN_SAMPLE_RATE_HZ}..{MAX_SAMPLE_RATE_HZ} (e.g. 8000 or 16000)"
+        )
+    channels = audio.get("channels", 1)
+    if isinstance(channels, bool) or channels not in (1, 2):
+        raise _bad_audio(f"channels {channels!r} is unsupported: use 1 (mono or mixed) or 2 (stereo)")
+    roles = audio.get("channel_roles")
+    if roles is None:
+        roles = ["mixed"] if channels == 1 else ["agent", "customer"]
+    if not isinstance(roles, list) or any(r not in CHANNELS for r in roles):
+        raise _bad_audio("channel_roles must be a list of customer, agent or mixed, one per channel")
+    if len(roles) != channels:
+        raise _bad_audio(f"channel_roles has {len(roles)} role(s) for {channels} channel(s): give one each")
+    if len(set(roles)) != len(roles):
+        raise _bad_audio("channel_roles repeats a role: give each channel its own")
+    return AudioFormat(str(encoding), rate, channels, tuple(roles))
+
+
 def channel_from_role(role: int) -> Channel:
     return _ROLE_TO_CHANNEL.get(role, "mixed")
 
@@ -331,7 +431,20 @@ class ErrorEvent:
     status: str = "INVALID_ARGUMENT"  # gRPC status code name, for sentiment.proto's Error.code
 
 
-CallEvent = ScoreEvent | BadgeEvent | CueEvent | SummaryEvent | ErrorEvent
+@dataclass(frozen=True)
+class TranscriptEvent:
+    """A partial or final transcript segment from the ASR (``source`` has words and prosody too)."""
+
+    call_id: str
+    seq: int
+    source: asr_pb2.TranscriptEvent
+
+    @property
+    def channel(self) -> Channel:
+        return channel_from_role(self.source.channel)
+
+
+CallEvent = TranscriptEvent | ScoreEvent | BadgeEvent | CueEvent | SummaryEvent | ErrorEvent
 
 
 def client_error(call_id: str, err: InputError, *, fatal: bool = False) -> ErrorEvent:
@@ -417,6 +530,8 @@ class SessionSettings:
     finish_timeout_s: float = 120.0
     """How long stop() waits for outstanding scores before the call is ended as failed."""
     stage_timeout_s: float = 60.0
+    audio_queue_size: int = 64
+    """Audio chunks (<= AUDIO_CHUNK_MS each) not yet sent to the ASR; a full queue makes audio wait."""
     """Deadline of one batch request to the chopper or the scorer."""
     store_attempts: int = 3
     badge_settings: Mapping[str, BadgeSettings] = field(default_factory=dict)
@@ -429,7 +544,8 @@ class Stages:
 
     chopper: chopper_pb2_grpc.ChopperStub
     scorer: scorer_pb2_grpc.ScorerStub
-    asr: Any = None  # hook for audio calls (a later issue): asr_pb2_grpc.AsrStub
+    asr: asr_pb2_grpc.AsrStub | None = None
+    """Only calls that declare audio open a Transcribe stream (at their first audio frame)."""
 
 
 _SessionState = Literal["live", "stopping", "closed"]
@@ -455,9 +571,13 @@ class CallSession:
         metrics: GatewayMetrics,
         settings: SessionSettings,
         on_closed: Callable[[CallSession], None] = lambda _: None,
+        audio: AudioFormat | None = None,
     ) -> None:
         self.call_id = call_id
         self.metadata = metadata
+        self.audio = audio
+        self._audio: asyncio.Queue[bytes | None] = asyncio.Queue(settings.audio_queue_size)
+        self._audio_rest = b""  # the part of the last frame short of a whole sample of every channel
         self._store = store
         self._stages = stages
         self._metrics = metrics
@@ -515,13 +635,34 @@ class CallSession:
         self.accepted += 1
         self._metrics.count("callsense_gateway_utterances_accepted_total")
 
-    async def submit_audio(self, chunk: bytes) -> None:
-        """Hook for audio calls (a later issue: Asr.Transcribe feeds the chopper with its finals)."""
-        raise InputError(
-            ErrorCode.AUDIO_NOT_ENABLED,
-            "audio is not enabled on this gateway yet: send text utterances",
-            grpc.StatusCode.UNIMPLEMENTED,
-        )
+    async def submit_audio(self, frame: bytes) -> None:
+        """Accept one frame of audio (any size up to MAX_AUDIO_FRAME_BYTES); it goes to the ASR in
+        chunks of at most AUDIO_CHUNK_MS. Waits while the audio queue is full (back-pressure)."""
+        if self.audio is None or self._stages.asr is None:
+            raise InputError(
+                ErrorCode.AUDIO_NOT_ENABLED,
+                f"audio is not enabled for call {self.call_id}: declare it in start, e.g. "
+                '"audio": {"encoding": "pcm16", "sample_rate_hz": 16000, "channels": 1, '
+                '"channel_roles": ["customer"]}',
+                grpc.StatusCode.FAILED_PRECONDITION,
+            )
+        if len(frame) > MAX_AUDIO_FRAME_BYTES:
+            raise InputError(
+                ErrorCode.FRAME_TOO_LARGE,
+                f"an audio frame of {len(frame):,} bytes; the limit is {MAX_AUDIO_FRAME_BYTES:,} "
+                "(send about 20-100 ms per frame)",
+            )
+        if self._state != "live":
+            raise InputError(
+                ErrorCode.STOPPED, f"call {self.call_id} was stopped; nothing more is accepted for it"
+            )
+        data = self._audio_rest + frame
+        usable = len(data) - len(data) % self.audio.frame_bytes
+        self._audio_rest = data[usable:]
+        step = max(self.audio.frame_bytes, self.audio.bytes_for_ms(AUDIO_CHUNK_MS))
+        for offset in range(0, usable, step):
+            await self._put(self._audio, data[offset : min(offset + step, usable)])
+        self._metrics.count("callsense_gateway_audio_bytes_total", len(frame))
 
     async def stop(self, reason: str = "hangup") -> CallSummary:
         """Flush, wait for outstanding scores, store and publish the summary; idempotent."""
@@ -530,7 +671,8 @@ class CallSession:
             self._stop_reason = reason
             self._cancel_grace()
             with contextlib.suppress(InputError):  # a pipeline that already died needs no end marker
-                await self._enqueue(None)
+                # An audio call ends its ASR stream first; its last finals then flush the chopper.
+                await self._put(self._audio if self.audio is not None else self._inbox, None)
             self._metrics.count("callsense_gateway_calls_stopped_total", reason=_reason_label(reason))
             assert self._pipeline is not None
             _, pending = await asyncio.wait({self._pipeline}, timeout=self._settings.finish_timeout_s)
@@ -586,15 +728,19 @@ class CallSession:
 
     async def _enqueue(self, item: asr_pb2.TranscriptEvent | None) -> None:
         """Put into the inbox, waiting while it is full, unless the pipeline dies meanwhile."""
+        await self._put(self._inbox, item)
+
+    async def _put(self, queue: asyncio.Queue[Any], item: object) -> None:
+        """Put into one of the call's input queues, waiting while it is full, unless the pipeline dies."""
         assert self._pipeline is not None
         if self._pipeline.done():
             raise InputError(
                 ErrorCode.CALL_FAILED, f"call {self.call_id} has failed", grpc.StatusCode.FAILED_PRECONDITION
             )
-        if not self._inbox.full():
-            self._inbox.put_nowait(item)
+        if not queue.full():
+            queue.put_nowait(item)
             return
-        put = asyncio.ensure_future(self._inbox.put(item))
+        put = asyncio.ensure_future(queue.put(item))
         await asyncio.wait({put, self._pipeline}, return_when=asyncio.FIRST_COMPLETED)
         if not put.done():
             put.cancel()
@@ -604,8 +750,51 @@ class CallSession:
 
     async def _run_pipeline(self) -> None:
         async with asyncio.TaskGroup() as group:
+            if self.audio is not None:
+                group.create_task(self._run_asr(self.audio))
             group.create_task(self._run_chopper())
             group.create_task(self._run_scorer())
+
+    async def _run_asr(self, audio: AudioFormat) -> None:
+        """Opens the call's one Transcribe stream at its first audio, publishes every transcript event,
+        feeds the finals to the chopper and, once the ASR has flushed its last finals, ends the chopper's
+        stream."""
+        first = await self._audio.get()
+        if first is not None:
+            assert self._stages.asr is not None
+            stream = self._stages.asr.Transcribe(self._transcribe_requests(audio, first))
+            try:
+                async for event in stream:
+                    await self._on_transcript(event)
+            except grpc.aio.AioRpcError as exc:
+                raise StageError("asr", exc) from exc
+            finally:
+                stream.cancel()
+        await self._inbox.put(None)
+
+    async def _transcribe_requests(
+        self, audio: AudioFormat, first: bytes
+    ) -> AsyncIterator[asr_pb2.TranscribeRequest]:
+        call_id = self.call_id
+        yield asr_pb2.TranscribeRequest(call_id=call_id, start=audio.call_start(call_id, self.metadata))
+        seq = 0
+        chunk: bytes | None = first
+        while chunk is not None:
+            yield asr_pb2.TranscribeRequest(
+                call_id=call_id, chunk=audio_pb2.AudioChunk(call_id=call_id, seq=seq, audio=chunk)
+            )
+            seq += 1
+            chunk = await self._audio.get()
+        end = audio_pb2.CallEnd(call_id=call_id, reason=self._stop_reason)
+        yield asr_pb2.TranscribeRequest(call_id=call_id, end=end)
+
+    async def _on_transcript(self, event: asr_pb2.TranscriptEvent) -> None:
+        self._publish(lambda seq: TranscriptEvent(self.call_id, seq, event))
+        self._metrics.count("callsense_gateway_transcripts_total", final=str(event.is_final).lower())
+        if event.is_final and event.text.strip():
+            self._accepted_at[(channel_from_role(event.channel), event.segment_id)] = time.perf_counter()
+            self.accepted += 1
+            await self._inbox.put(event)
 
     async def _chop_requests(self) -> AsyncIterator[chopper_pb2.ChopRequest]:
         while True:
@@ -885,7 +1074,9 @@ class SessionRegistry:
     def get(self, call_id: str) -> CallSession | None:
         return self._sessions.get(call_id)
 
-    async def start_call(self, call_id: str, metadata: CallMetadata) -> tuple[CallSession, bool]:
+    async def start_call(
+        self, call_id: str, metadata: CallMetadata, audio: AudioFormat | None = None
+    ) -> tuple[CallSession, bool]:
         """The session of a call for a driving client; True when it resumes one (a reconnect)."""
         validate_call_id(call_id)  # transports check too; a bad id must never reach the mesh
         existing = self._sessions.get(call_id)
@@ -907,6 +1098,7 @@ class SessionRegistry:
             metrics=self.metrics,
             settings=self.settings,
             on_closed=self._forget,
+            audio=audio,
         )
         session.driver_attached = True
         self._sessions[call_id] = session  # claimed before the first await: a racing start sees it
@@ -974,7 +1166,9 @@ class CallDriver:
     def live(self) -> bool:
         return self.session is not None and not self._stopping and self.session.state == "live"
 
-    async def start(self, call_id: str, metadata: CallMetadata) -> tuple[CallSession, bool]:
+    async def start(
+        self, call_id: str, metadata: CallMetadata, audio: AudioFormat | None = None
+    ) -> tuple[CallSession, bool]:
         if self.session is not None and self.session.state != "closed":
             if self._stopping:
                 raise InputError(
@@ -987,7 +1181,7 @@ class CallDriver:
                 f"call {self.session.call_id} is already running on this connection; stop it first",
                 grpc.StatusCode.FAILED_PRECONDITION,
             )
-        session, resumed = await self._registry.start_call(call_id, metadata)
+        session, resumed = await self._registry.start_call(call_id, metadata, audio)
         self.session, self._stopping = session, False
         return session, resumed
 
@@ -1019,8 +1213,10 @@ class CallDriver:
         if self.session is None:
             raise InputError(
                 ErrorCode.AUDIO_NOT_ENABLED,
-                "audio is not enabled on this gateway yet: send text utterances",
-                grpc.StatusCode.UNIMPLEMENTED,
+                "audio is not enabled: no call is running; send start with the audio format first, e.g. "
+                '"audio": {"encoding": "pcm16", "sample_rate_hz": 16000, "channels": 1, '
+                '"channel_roles": ["customer"]}',
+                grpc.StatusCode.FAILED_PRECONDITION,
             )
         await self._require_live().submit_audio(chunk)
 
@@ -1099,13 +1295,15 @@ class Gateway:
                 cleanups.append(stores.close)
             chopper_channel = service_channel(config.chopper_addr, "chopper", config.mesh_proxy)
             scorer_channel = service_channel(config.scorer_addr, "scorer", config.mesh_proxy)
-            cleanups += [chopper_channel.close, scorer_channel.close]
+            asr_channel = service_channel(config.asr_addr, "asr", config.mesh_proxy)  # connects when used
+            cleanups += [chopper_channel.close, scorer_channel.close, asr_channel.close]
         except BaseException:
             await _run_cleanups(cleanups)
             raise
         stages = Stages(
             chopper=chopper_pb2_grpc.ChopperStub(chopper_channel),
             scorer=scorer_pb2_grpc.ScorerStub(scorer_channel),
+            asr=asr_pb2_grpc.AsrStub(asr_channel),
         )
         registry = SessionRegistry(stores, stages, metrics=metrics, settings=settings)
         targets = {

@@ -1,5 +1,6 @@
-"""Real mesh parts for the gateway tests: embedded PostgreSQL, chopper and scorer as subprocesses, and a
-gateway (HTTP on uvicorn + public gRPC) running in the test's event loop.
+"""Real mesh parts for the gateway tests: embedded PostgreSQL, chopper, scorer and (for audio calls, only
+when a test asks for it) the ASR service as subprocesses, and a gateway (HTTP on uvicorn + public gRPC)
+running in the test's event loop.
 
 Import the fixtures into a test module with ``from tests.mesh_fixtures import *`` (names in __all__).
 The scorer serves the shipped model, or the ONNX file named by CALLSENSE_TEST_SCORER_MODEL; without
@@ -9,6 +10,7 @@ either the mesh tests skip, saying so.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -38,6 +40,8 @@ from gateway.session import Gateway, SessionSettings
 
 __all__ = [
     "MeshServices",
+    "asr_addr",
+    "audio_gateway",
     "RunningGateway",
     "gateway_db_url",
     "gateway_pg",
@@ -162,6 +166,23 @@ def mesh_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshServ
         _stop(scorer)
 
 
+@pytest.fixture(scope="session")
+def asr_addr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The real ASR service (Whisper tiny.en), a `python -m asr_service` subprocess on a free port."""
+    from asr_service.recognizer import default_model_dir
+
+    if not (default_model_dir() / "model.bin").is_file():
+        pytest.skip(f"WHISPER MODEL ABSENT: {default_model_dir()} has no model.bin")
+    logs = tmp_path_factory.mktemp("asr")
+    addr = f"127.0.0.1:{free_port()}"
+    asr = _spawn("asr_service", "CALLSENSE_ASR_ADDR", addr, ["--bind", addr], logs / "asr.log")
+    try:
+        _wait_serving("asr", addr, asr, logs / "asr.log")
+        yield addr
+    finally:
+        _stop(asr)
+
+
 # --------------------------------------------------------------------------------------------- gateway
 
 
@@ -181,6 +202,27 @@ async def running_gateway(mesh_services: MeshServices, gateway_db_url: str) -> A
         scorer_addr=mesh_services.scorer_addr,
         database_url=gateway_db_url,
     )
+    async with _serve_gateway(config) as running:
+        yield running
+
+
+@pytest_asyncio.fixture
+async def audio_gateway(
+    mesh_services: MeshServices, asr_addr: str, gateway_db_url: str
+) -> AsyncIterator[RunningGateway]:
+    """Like running_gateway, with the real ASR service behind it (audio calls)."""
+    config = Config(
+        chopper_addr=mesh_services.chopper_addr,
+        scorer_addr=mesh_services.scorer_addr,
+        asr_addr=asr_addr,
+        database_url=gateway_db_url,
+    )
+    async with _serve_gateway(config) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def _serve_gateway(config: Config) -> AsyncIterator[RunningGateway]:
     settings = SessionSettings(grace_s=0.5, finish_timeout_s=30.0)
     gateway = await Gateway.open(config, settings=settings)
     sock = socket.socket()

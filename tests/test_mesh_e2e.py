@@ -192,7 +192,7 @@ def _mesh_env(data_dir: Path, collector: OtlpCollector, scorer_port: int) -> tup
         CALLSENSE_GATEWAY_GRPC=f"127.0.0.1:{_free_port()}",
         CALLSENSE_CHOPPER_ADDR=f"127.0.0.1:{_free_port()}",
         CALLSENSE_SCORER_ADDR=f"127.0.0.1:{scorer_port}",
-        CALLSENSE_ASR_ADDR=f"127.0.0.1:{_free_port()}",  # not started by `up`; Envoy health-checks it
+        CALLSENSE_ASR_ADDR=f"127.0.0.1:{_free_port()}",
         CALLSENSE_DATA_DIR=str(data_dir),  # absolute: the embedded database lives in data_dir/postgres
         OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint,
         OTEL_BSP_SCHEDULE_DELAY="200",  # services flush spans every 200 ms instead of 5 s
