@@ -25,6 +25,9 @@ without audio in start), invalid_audio_format, frame_too_large.
 
 A bad message gets an error event and the connection and its call go on; nothing accepted is lost. After
 the summary the connection may start another call.
+
+Twilio Media Streams (``/v1/twilio/stream``): a phone call's two tracks as 8 kHz mu-law, protocol in
+gateway/twilio.py; its events reach watchers of the call like any other.
 """
 
 from __future__ import annotations
@@ -78,6 +81,8 @@ from gateway.session import (
 )
 from gateway.stats import compute_call_stats
 from gateway.store import StoreRouter
+from gateway.twilio import STREAM_PATH as TWILIO_STREAM_PATH
+from gateway.twilio import TwilioStream
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +258,23 @@ def _add_routes(app: FastAPI) -> None:
         """Live call: see the module docs for the protocol."""
         await websocket.accept()
         await StreamConnection(websocket, _gateway(websocket)).run(watch)
+
+    @app.websocket(TWILIO_STREAM_PATH)
+    async def twilio_stream(websocket: WebSocket) -> None:
+        """A Twilio Media Stream (see gateway/twilio.py): inbound track = customer, outbound = agent."""
+        await websocket.accept()
+        stream = TwilioStream(_gateway(websocket).registry)
+        try:
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                if message.get("text") is not None:
+                    await stream.on_text(message["text"])
+        except WebSocketDisconnect:
+            pass
+        finally:
+            stream.close()
 
 
 # --------------------------------------------------------------------------------------------- WebSocket

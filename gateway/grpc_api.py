@@ -23,6 +23,7 @@ from callsense.v1 import audio_pb2, chopper_pb2, scorer_pb2, sentiment_pb2, sent
 from gateway.live import BadgeState
 from gateway.session import (
     CHANNELS,
+    AudioFormat,
     BadgeEvent,
     CallDriver,
     CallEvent,
@@ -41,6 +42,7 @@ from gateway.session import (
     TranscriptEvent,
     channel_from_role,
     client_error,
+    validate_audio_format,
     validate_call_id,
     validate_metadata,
     validate_utterance,
@@ -73,11 +75,11 @@ class SentimentServicer(sentiment_pb2_grpc.SentimentServicer):
         first = await anext(aiter(request_iterator), None)
         if first is None:
             return  # the client opened and closed without a word: nothing to do
-        call_id, metadata = await _start_of(first, context)
+        call_id, metadata, audio = await _start_of(first, context)
         driver = CallDriver(self._gateway.registry)
         with call_context(call_id):
             try:
-                session, resumed = await driver.start(call_id, metadata)
+                session, resumed = await driver.start(call_id, metadata, audio)
             except InputError as err:
                 await _abort(context, err)
             subscription = session.subscribe(replay=resumed)
@@ -194,7 +196,13 @@ class _StreamReader:
         elif kind == "end":
             self._driver.stop(request.end.reason or "hangup")
         elif kind == "audio":
-            await self._driver.audio(request.audio.audio)
+            chunk = request.audio
+            role = (
+                None
+                if chunk.channel == audio_pb2.CHANNEL_ROLE_UNSPECIFIED
+                else channel_from_role(chunk.channel)
+            )
+            await self._driver.audio(chunk.audio, role=role, timestamp_ms=chunk.timestamp_ms or None)
         elif kind == "start":
             raise InputError(
                 ErrorCode.ALREADY_STARTED,
@@ -209,8 +217,9 @@ class _StreamReader:
 
 async def _start_of(
     request: sentiment_pb2.StreamCallRequest, context: grpc.aio.ServicerContext[Any, Any]
-) -> tuple[str, CallMetadata]:
-    """The call id and metadata of a stream's first message, which must be a start."""
+) -> tuple[str, CallMetadata, AudioFormat | None]:
+    """The call id, metadata and audio format (when ``format`` is set) of a stream's first message,
+    which must be a start."""
     kind = request.WhichOneof("payload")
     if kind != "start":
         await _abort_with(
@@ -227,7 +236,8 @@ async def _start_of(
         )
     call_id = await _checked(context, validate_call_id, start.call_id or request.call_id)
     metadata = await _checked(context, metadata_of, start.metadata)
-    return call_id, metadata
+    audio = await _checked(context, audio_format_of, start) if start.HasField("format") else None
+    return call_id, metadata, audio
 
 
 async def _checked(context: grpc.aio.ServicerContext[Any, Any], check: Any, value: Any) -> Any:
@@ -250,6 +260,23 @@ async def _abort_with(
 
 
 # --------------------------------------------------------------------------------------------- conversions
+
+
+_ENCODING_NAMES = {audio_pb2.PCM16: "pcm16", audio_pb2.MULAW: "mulaw", audio_pb2.ALAW: "alaw"}
+
+
+def audio_format_of(start: audio_pb2.CallStart) -> AudioFormat:
+    """CallStart.format and channel_roles, checked by the same rules as the WebSocket's start.audio."""
+    fmt = start.format
+    roles = [channel_from_role(r) for r in start.channel_roles] or None
+    return validate_audio_format(
+        {
+            "encoding": _ENCODING_NAMES.get(fmt.encoding, "unspecified"),
+            "sample_rate_hz": fmt.sample_rate_hz,
+            "channels": fmt.channels or 1,
+            "channel_roles": roles,
+        }
+    )
 
 
 def metadata_of(metadata: audio_pb2.CallMetadata) -> CallMetadata:

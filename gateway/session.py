@@ -551,6 +551,15 @@ class Stages:
 _SessionState = Literal["live", "stopping", "closed"]
 
 
+@dataclass(frozen=True)
+class _AudioPiece:
+    """One AudioChunk's worth of a call's audio, on its way to the ASR."""
+
+    audio: bytes
+    role: int  # audio_pb2.ChannelRole; CHANNEL_ROLE_UNSPECIFIED: all channels interleaved
+    timestamp_ms: int | None = None
+
+
 class CallSession:
     """One live call: its two streams, its bounded queues, its subscribers, its statistics.
 
@@ -576,8 +585,10 @@ class CallSession:
         self.call_id = call_id
         self.metadata = metadata
         self.audio = audio
-        self._audio: asyncio.Queue[bytes | None] = asyncio.Queue(settings.audio_queue_size)
-        self._audio_rest = b""  # the part of the last frame short of a whole sample of every channel
+        self._audio: asyncio.Queue[_AudioPiece | None] = asyncio.Queue(settings.audio_queue_size)
+        # Per source (None: interleaved frames; a role: that channel's mono frames), the part of the last
+        # frame short of a whole sample.
+        self._audio_rest: dict[Channel | None, bytes] = {}
         self._store = store
         self._stages = stages
         self._metrics = metrics
@@ -635,9 +646,16 @@ class CallSession:
         self.accepted += 1
         self._metrics.count("callsense_gateway_utterances_accepted_total")
 
-    async def submit_audio(self, frame: bytes) -> None:
+    async def submit_audio(
+        self, frame: bytes, *, role: Channel | None = None, timestamp_ms: int | None = None
+    ) -> None:
         """Accept one frame of audio (any size up to MAX_AUDIO_FRAME_BYTES); it goes to the ASR in
-        chunks of at most AUDIO_CHUNK_MS. Waits while the audio queue is full (back-pressure)."""
+        chunks of at most AUDIO_CHUNK_MS. Waits while the audio queue is full (back-pressure).
+
+        Without ``role`` the frame holds every channel interleaved as the start declared; with ``role``
+        (one of the call's channel_roles) it is that one channel's mono audio, tagged with its role for
+        the ASR (e.g. the two tracks of a phone call arriving separately). ``timestamp_ms`` (call time of
+        the frame's first sample) lets the ASR notice lost audio."""
         if self.audio is None or self._stages.asr is None:
             raise InputError(
                 ErrorCode.AUDIO_NOT_ENABLED,
@@ -652,17 +670,35 @@ class CallSession:
                 f"an audio frame of {len(frame):,} bytes; the limit is {MAX_AUDIO_FRAME_BYTES:,} "
                 "(send about 20-100 ms per frame)",
             )
+        if role is not None and role not in self.audio.channel_roles:
+            raise InputError(
+                ErrorCode.INVALID_CHANNEL,
+                f"audio for channel {role!r}, which is not one of the call's channel_roles "
+                f"({', '.join(self.audio.channel_roles)})",
+            )
         if self._state != "live":
             raise InputError(
                 ErrorCode.STOPPED, f"call {self.call_id} was stopped; nothing more is accepted for it"
             )
-        data = self._audio_rest + frame
-        usable = len(data) - len(data) % self.audio.frame_bytes
-        self._audio_rest = data[usable:]
-        step = max(self.audio.frame_bytes, self.audio.bytes_for_ms(AUDIO_CHUNK_MS))
+        unit = self.audio.frame_bytes if role is None else _BYTES_PER_SAMPLE[self.audio.encoding]
+        data = self._audio_rest.get(role, b"") + frame
+        usable = len(data) - len(data) % unit
+        self._audio_rest[role] = data[usable:]
+        step = max(unit, unit * self.audio.sample_rate_hz * AUDIO_CHUNK_MS // 1000)
+        proto_role = audio_pb2.CHANNEL_ROLE_UNSPECIFIED if role is None else CHANNELS[role]
         for offset in range(0, usable, step):
-            await self._put(self._audio, data[offset : min(offset + step, usable)])
+            at_ms = None
+            if timestamp_ms is not None:
+                at_ms = timestamp_ms + (offset // unit) * 1000 // self.audio.sample_rate_hz
+            piece = _AudioPiece(data[offset : min(offset + step, usable)], proto_role, at_ms)
+            await self._put(self._audio, piece)
         self._metrics.count("callsense_gateway_audio_bytes_total", len(frame))
+
+    def report_error(self, err: InputError) -> None:
+        """Publish a client's bad input as a (non-fatal) event of the call, for its watchers: for
+        transports whose client reads nothing back (e.g. a telephony media stream)."""
+        status = err.status.name
+        self._publish(lambda seq: ErrorEvent(self.call_id, seq, err.code, err.message, False, status))
 
     async def stop(self, reason: str = "hangup") -> CallSummary:
         """Flush, wait for outstanding scores, store and publish the summary; idempotent."""
@@ -773,18 +809,23 @@ class CallSession:
         await self._inbox.put(None)
 
     async def _transcribe_requests(
-        self, audio: AudioFormat, first: bytes
+        self, audio: AudioFormat, first: _AudioPiece
     ) -> AsyncIterator[asr_pb2.TranscribeRequest]:
         call_id = self.call_id
         yield asr_pb2.TranscribeRequest(call_id=call_id, start=audio.call_start(call_id, self.metadata))
         seq = 0
-        chunk: bytes | None = first
-        while chunk is not None:
-            yield asr_pb2.TranscribeRequest(
-                call_id=call_id, chunk=audio_pb2.AudioChunk(call_id=call_id, seq=seq, audio=chunk)
+        piece: _AudioPiece | None = first
+        while piece is not None:
+            chunk = audio_pb2.AudioChunk(
+                call_id=call_id,
+                seq=seq,
+                channel=piece.role,  # type: ignore[arg-type]  # an int of the ChannelRole enum
+                timestamp_ms=piece.timestamp_ms or 0,
+                audio=piece.audio,
             )
+            yield asr_pb2.TranscribeRequest(call_id=call_id, chunk=chunk)
             seq += 1
-            chunk = await self._audio.get()
+            piece = await self._audio.get()
         end = audio_pb2.CallEnd(call_id=call_id, reason=self._stop_reason)
         yield asr_pb2.TranscribeRequest(call_id=call_id, end=end)
 
@@ -1209,7 +1250,9 @@ class CallDriver:
     async def utterance(self, utterance: TextUtterance) -> None:
         await self._require_live().submit(utterance)
 
-    async def audio(self, chunk: bytes) -> None:
+    async def audio(
+        self, chunk: bytes, *, role: Channel | None = None, timestamp_ms: int | None = None
+    ) -> None:
         if self.session is None:
             raise InputError(
                 ErrorCode.AUDIO_NOT_ENABLED,
@@ -1218,7 +1261,7 @@ class CallDriver:
                 '"channel_roles": ["customer"]}',
                 grpc.StatusCode.FAILED_PRECONDITION,
             )
-        await self._require_live().submit_audio(chunk)
+        await self._require_live().submit_audio(chunk, role=role, timestamp_ms=timestamp_ms)
 
     def stop(self, reason: str = "hangup") -> asyncio.Future[CallSummary]:
         """Stop the call; the returned future holds its summary. Later messages get ``stopped`` at once,
