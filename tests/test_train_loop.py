@@ -61,3 +61,16 @@ def test_learns_saves_best_and_resumes(tiny_base: Path, tmp_path: Path) -> None:
     assert [h["step"] for h in resumed["history"][:20]] == [h["step"] for h in history]
     assert len(resumed["history"]) == 24
     assert resumed["history"][-1]["step"] == history[-1]["step"] * 24 // 20
+
+
+def test_distils_a_shallower_student_from_a_teacher(tiny_base: Path, tmp_path: Path) -> None:
+    teacher_run = Trainer(_config(tiny_base, tmp_path / "teacher", epochs=20)).run()
+    config = _config(tiny_base, tmp_path / "student", epochs=20)
+    config.teacher, config.layers = str(tmp_path / "teacher" / "best"), 1
+    trainer = Trainer(config)
+    assert trainer.teacher is not None and len(trainer.model.base_model.encoder.layer) == 1
+    student_run = trainer.run()
+    saved = json.loads((tmp_path / "student" / "best" / "config.json").read_text())
+    assert saved["num_hidden_layers"] == 1
+    # A one-layer student of a fitted teacher still learns the 30 sentences well past chance.
+    assert student_run["best_dev_macro_f1"] > 0.6, (student_run, teacher_run["best_dev_macro_f1"])
