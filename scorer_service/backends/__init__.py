@@ -8,19 +8,15 @@ from scorer_service.backends.base import Backend
 
 
 def select_backend(model_path: Path, threads: int = 1, preference: str = "auto") -> Backend:
-    """`onnx`, `tensorrt`, or `auto` (TensorRT where a GPU and the tensorrt package are present)."""
-    if preference not in ("auto", "onnx", "tensorrt"):
-        raise ValueError(f"unknown backend {preference!r}: use auto, onnx or tensorrt")
-    if preference in ("auto", "tensorrt"):
-        try:
-            from scorer_service.backends import tensorrt as trt_backend
+    """`onnx`, `tensorrt`, or `auto` (TensorRT where a GPU and the tensorrt package are present).
 
-            if trt_backend.available():
-                return trt_backend.TensorRtBackend.from_onnx(model_path)
-        except ImportError:
-            pass
-        if preference == "tensorrt":
-            raise RuntimeError("backend tensorrt asked for, but no GPU with the tensorrt package is present")
+    The choice itself is `tensorrt.choose_backend` (pure logic, tested without a GPU); this only acts
+    on it. The tensorrt module imports nothing heavy at load, so importing it here is cheap.
+    """
+    from scorer_service.backends import tensorrt as trt_backend
+
+    if trt_backend.choose_backend(preference, trt_backend.available()) == "tensorrt":
+        return trt_backend.TensorRtBackend.from_onnx(model_path)
     from scorer_service.backends.onnx import OnnxBackend
 
     return OnnxBackend(model_path, threads=threads)

@@ -28,6 +28,7 @@ from scorer_service.training.evaluate import (
 from scorer_service.training.export import (
     copy_tokenizer,
     export_all,
+    export_onnx,
     fit_temperature,
     most_sensitive_blocks,
     quantisable_blocks,
@@ -53,20 +54,23 @@ class ShipConfig:
 def ship(config: ShipConfig) -> dict[str, Any]:
     training = json.loads((config.checkpoint / "training.json").read_text())
     uses_context = bool(training["config"].get("context", False))
-    files, fusion_stats = export_all(config.checkpoint, config.workdir)
     tokenizer = config.checkpoint / "tokenizer.json"
     dev = load_source(config.dev).examples
     calibration: dict[str, Any] = {"temperature": 1.0}
+    temperature = 1.0
     if config.calibrate:
-        probs = predict_examples(onnx_model(files.fp32, tokenizer, uses_context), dev)
+        # The temperature is fitted on the plain fp32 export; fusion and quantisation run once, after.
+        config.workdir.mkdir(parents=True, exist_ok=True)
+        uncalibrated = export_onnx(config.checkpoint, config.workdir / "model.uncalibrated.onnx")
+        probs = predict_examples(onnx_model(uncalibrated, tokenizer, uses_context), dev)
         labels = [e.label for e in dev]
         temperature = fit_temperature(np.log(np.clip(probs, 1e-12, 1.0)), labels)
-        files, fusion_stats = export_all(config.checkpoint, config.workdir, temperature)
         calibration = {
             "temperature": temperature,
             "fitted_on": config.dev,
             "dev_ece_before": expected_calibration_error(np.asarray(labels), probs),
         }
+    files, fusion_stats = export_all(config.checkpoint, config.workdir, temperature)
     fp32_report = evaluate_examples(onnx_model(files.fp32, tokenizer, uses_context), dev)
     mixed: dict[str, Any] = {}
     if config.keep_fp32_blocks > 0:
