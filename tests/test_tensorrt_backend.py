@@ -259,3 +259,17 @@ def test_select_backend_tensorrt_raises_clearly_here(tmp_path: Path) -> None:
         select_backend(path, preference="tensorrt")
     with pytest.raises(ValueError, match="unknown backend"):
         select_backend(path, preference="gpu")
+
+
+def test_auto_falls_back_when_the_engine_build_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A GPU machine whose engine build fails (no GPU here: availability and the build are forced).
+    path = tiny_onnx(tmp_path / "model.int8.onnx")
+
+    def failing_build(model_path: Path) -> None:
+        raise RuntimeError("engine build failed: out of memory")
+
+    monkeypatch.setattr(trt_backend, "available", lambda: True)
+    monkeypatch.setattr(trt_backend.TensorRtBackend, "from_onnx", staticmethod(failing_build))
+    assert select_backend(path, preference="auto").name == "onnxruntime-cpu"
+    with pytest.raises(RuntimeError, match="engine build failed"):
+        select_backend(path, preference="tensorrt")
