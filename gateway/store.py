@@ -7,6 +7,11 @@
 - Migrations: `gateway/migrations/NNNN_name.sql`, applied in order at start-up and recorded in
   `schema_migrations`. Every pending migration runs in one transaction under an advisory lock, so two
   replicas starting together apply each migration once and a failed one leaves nothing half-done.
+- Outbox (`webhook_outbox`): webhooks to deliver, inserted in the same transaction as what caused them
+  (`end_call(..., outbox=...)`, `enqueue`), unique on a dedupe key, claimed by dispatchers with
+  `FOR UPDATE SKIP LOCKED` plus a lease, never deleted. gateway/enrichment/webhooks.py delivers them.
+- Roll-ups (`daily_rollups`): `rollup_day` recomputes one UTC day per agent and team (see
+  gateway/enrichment/rollup.py for what the figures mean).
 """
 
 from __future__ import annotations
@@ -16,9 +21,9 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -34,10 +39,13 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Key of the advisory lock that serialises migrations; any constant works as long as nothing else uses it.
 MIGRATION_LOCK_KEY = 0x63616C6C73656E73  # "callsens"
 REGION_URL_PREFIX = "DATABASE_URL_"
+# Class of the advisory locks that serialise roll-ups of one day (the second key is the day's ordinal).
+ROLLUP_LOCK_CLASS = 0x726F6C6C  # "roll"
 
 Channel = Literal["customer", "agent", "mixed"]
 Label = Literal["negative", "neutral", "positive"]
 CallStatus = Literal["live", "ended", "failed"]
+OutboxKind = Literal["crm", "slack"]
 
 # CallStart metadata keys that have their own column; everything else lands in calls.metadata.
 _CALL_COLUMNS = ("tenant", "region", "agent", "team", "language")
@@ -105,6 +113,58 @@ class CallRow:
     summary: dict[str, Any] | None
     metadata: dict[str, Any]
     events: tuple[ScoredEvent, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """A webhook to deliver. Enqueued once per `dedupe_key`: enqueuing the same key again does nothing."""
+
+    kind: OutboxKind
+    tenant: str
+    url: str
+    payload: Mapping[str, Any]
+    dedupe_key: str
+    call_id: str | None = None
+
+
+# What `end_call(outbox=...)` takes: the messages, or a function of the call as just ended (its ended_at,
+# duration, tags and summary as stored), run inside the same transaction.
+OutboxSource = Sequence[OutboxMessage] | Callable[[CallRow], Iterable[OutboxMessage]]
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """A row of webhook_outbox. A claimed row's `attempts` already counts the attempt it was claimed for."""
+
+    id: int
+    kind: OutboxKind
+    tenant: str
+    call_id: str | None
+    url: str
+    payload: dict[str, Any]
+    dedupe_key: str
+    attempts: int
+    next_attempt_at: datetime
+    last_status: int | None
+    last_error: str | None
+    delivered_at: datetime | None
+    dead_at: datetime | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RollupRow:
+    """A row of daily_rollups: one agent's day (`agent` set) or one team's day (`agent` == "")."""
+
+    day: date
+    tenant: str
+    team: str
+    agent: str
+    calls: int
+    utterances: int
+    customer_utterances: int
+    avg_sentiment: float | None
+    negative_rate: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,10 +271,76 @@ _END_CALL = """
         objection_tags = COALESCE(%(objection_tags)s, objection_tags),
         summary = COALESCE(%(summary)s, summary)
     WHERE call_id = %(call_id)s
-"""
+    RETURNING {columns}
+""".format(columns=", ".join(f.name for f in fields(CallRow) if f.name != "events"))
 _SELECT_CALL = (
     f"SELECT {', '.join(f.name for f in fields(CallRow) if f.name != 'events')} FROM calls WHERE call_id = %s"
 )
+
+_OUTBOX_COLUMNS = ", ".join(f.name for f in fields(OutboxRow))
+_INSERT_OUTBOX = """
+    INSERT INTO webhook_outbox (kind, tenant, call_id, url, payload, dedupe_key)
+    VALUES (%s, %s, %s, %s, %s, %s)
+    ON CONFLICT (dedupe_key) DO NOTHING
+"""
+_PENDING = "delivered_at IS NULL AND dead_at IS NULL AND (%(kinds)s::text[] IS NULL OR kind = ANY(%(kinds)s))"
+# Claim: lock due rows that no other dispatcher holds, count the attempt and push next_attempt_at past the
+# lease, all in one statement; the row locks go at its commit, the lease keeps the row ours meanwhile.
+_CLAIM_OUTBOX = f"""
+    WITH due AS (
+        SELECT id FROM webhook_outbox
+        WHERE {_PENDING} AND next_attempt_at <= now()
+        ORDER BY next_attempt_at, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE webhook_outbox AS o
+    SET attempts = o.attempts + 1, next_attempt_at = now() + make_interval(secs => %(lease_s)s)
+    FROM due WHERE o.id = due.id
+    RETURNING {", ".join(f"o.{f.name}" for f in fields(OutboxRow))}
+"""
+_NEXT_ATTEMPT_IN = f"""
+    SELECT EXTRACT(EPOCH FROM min(next_attempt_at) - now())::double precision
+    FROM webhook_outbox WHERE {_PENDING}
+"""
+
+# One UTC day of calls, per agent and per team (GROUPING SETS; the team's row has agent ''). Calls without
+# an agent count in their team's row only: an agent row keyed '' would collide with the team's.
+# negative_rate is over customer-side utterances ('customer', and 'mixed': a mono line carries the
+# customer's voice); utterances and avg_sentiment over every scored utterance, like calls.avg_sentiment.
+_ROLLUP_DAY = """
+    WITH per_call AS (
+        SELECT c.tenant, c.team, c.agent, c.call_id,
+               count(e.id) AS utterances,
+               sum(e.score) AS score_sum,
+               count(e.id) FILTER (WHERE e.channel IN ('customer', 'mixed')) AS customer_utterances,
+               count(e.id) FILTER (WHERE e.channel IN ('customer', 'mixed') AND e.label = 'negative')
+                   AS negative_utterances
+        FROM calls c LEFT JOIN nlp_events e ON e.call_id = c.call_id
+        WHERE c.started_at >= %(start)s AND c.started_at < %(end)s
+        GROUP BY c.tenant, c.team, c.agent, c.call_id
+    ), grouped AS (
+        SELECT tenant, team, CASE WHEN GROUPING(agent) = 1 THEN '' ELSE agent END AS agent,
+               count(*) AS calls,
+               sum(utterances) AS utterances,
+               sum(customer_utterances) AS customer_utterances,
+               sum(score_sum) / NULLIF(sum(utterances), 0) AS avg_sentiment,
+               sum(negative_utterances) / NULLIF(sum(customer_utterances), 0) AS negative_rate
+        FROM per_call
+        GROUP BY GROUPING SETS ((tenant, team, agent), (tenant, team))
+        HAVING GROUPING(agent) = 1 OR agent <> ''
+    )
+    INSERT INTO daily_rollups
+        (day, tenant, team, agent, calls, utterances, customer_utterances, avg_sentiment, negative_rate)
+    SELECT %(day)s, tenant, team, agent, calls::integer, utterances::integer, customer_utterances::integer,
+           avg_sentiment::double precision, negative_rate::double precision
+    FROM grouped
+    RETURNING day, tenant, team, agent, calls, utterances, customer_utterances, avg_sentiment, negative_rate
+"""
+_SELECT_ROLLUPS = f"""
+    SELECT {", ".join(f.name for f in fields(RollupRow))} FROM daily_rollups
+    WHERE day = %s ORDER BY tenant, team, agent
+"""
 
 
 def _call_params(call_id: str, metadata: Mapping[str, Any], started_at: datetime | None) -> dict[str, Any]:
@@ -332,11 +458,14 @@ class Store:
         ended_at: datetime | None = None,
         objection_tags: Sequence[str] | None = None,
         summary: Mapping[str, Any] | None = None,
+        outbox: OutboxSource = (),
     ) -> bool:
         """Close the call and store its aggregates (computed from its events when `stats` is None).
 
         Safe to repeat: ended_at keeps its first value; tags and summary left None keep what is stored.
-        Returns False when the call is unknown.
+        `outbox` (messages, or a function of the ended call's row that returns them) is enqueued in the same
+        transaction, so a crash cannot end the call and lose its CRM push; a message whose dedupe key is
+        already enqueued (a repeated end) is not enqueued again. Returns False when the call is unknown.
         """
         async with self._pool.connection() as conn, conn.transaction():
             if stats is None:
@@ -349,8 +478,13 @@ class Store:
                 "objection_tags": None if objection_tags is None else Jsonb(list(objection_tags)),
                 "summary": None if summary is None else Jsonb(dict(summary)),
             }
-            cur = await conn.execute(_END_CALL, params)
-        return cur.rowcount == 1
+            cur = await conn.cursor(row_factory=dict_row).execute(_END_CALL, params)
+            row = await cur.fetchone()
+            if row is None:
+                return False
+            messages = outbox(_call_from_row(row, ())) if callable(outbox) else outbox
+            await _insert_outbox(conn, messages)
+        return True
 
     async def get_call(self, call_id: str) -> CallRow | None:
         """The call with its events in utterance order, or None."""
@@ -360,6 +494,122 @@ class Store:
             if row is None:
                 return None
             return _call_from_row(row, await _fetch_events(conn, call_id))
+
+    # -- outbox
+
+    async def enqueue(self, messages: Iterable[OutboxMessage]) -> int:
+        """Enqueue webhooks in one transaction; returns how many were new (a known dedupe key is skipped)."""
+        async with self._pool.connection() as conn, conn.transaction():
+            return await _insert_outbox(conn, messages)
+
+    async def claim_due(
+        self, limit: int, lease_s: float, kinds: Sequence[OutboxKind] | None = None
+    ) -> list[OutboxRow]:
+        """Take up to `limit` due messages for one attempt each, oldest due first.
+
+        Each is leased for `lease_s`: no other dispatcher gets it before that, unless it is marked failed
+        (then at its next attempt); a dispatcher that dies holding it leaves it due again after the lease.
+        """
+        params = {"limit": limit, "lease_s": lease_s, "kinds": None if kinds is None else list(kinds)}
+        async with self._pool.connection() as conn:
+            cur = await conn.cursor(row_factory=class_row(OutboxRow)).execute(_CLAIM_OUTBOX, params)
+            return await cur.fetchall()
+
+    async def mark_delivered(self, message_id: int, status: int) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "UPDATE webhook_outbox SET delivered_at = now(), last_status = %s, last_error = NULL"
+                " WHERE id = %s AND delivered_at IS NULL",
+                (status, message_id),
+            )
+
+    async def mark_failed(
+        self, message_id: int, *, status: int | None, error: str, retry_in_s: float | None
+    ) -> None:
+        """Record a failed attempt: due again in `retry_in_s`, or given up (dead) when it is None."""
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "UPDATE webhook_outbox SET last_status = %(status)s, last_error = %(error)s,"
+                " next_attempt_at = CASE WHEN %(retry)s::double precision IS NULL THEN next_attempt_at"
+                "   ELSE now() + make_interval(secs => %(retry)s) END,"
+                " dead_at = CASE WHEN %(retry)s::double precision IS NULL THEN now() END"
+                " WHERE id = %(id)s AND delivered_at IS NULL",
+                {"status": status, "error": error, "retry": retry_in_s, "id": message_id},
+            )
+
+    async def requeue_dead(self, *, tenant: str | None = None, kind: OutboxKind | None = None) -> int:
+        """Make given-up messages due again (after fixing a receiver or a secret); returns how many."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "UPDATE webhook_outbox SET dead_at = NULL, next_attempt_at = now()"
+                " WHERE dead_at IS NOT NULL AND delivered_at IS NULL"
+                " AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)"
+                " AND (%(kind)s::text IS NULL OR kind = %(kind)s)",
+                {"tenant": tenant, "kind": kind},
+            )
+            return cur.rowcount
+
+    async def seconds_until_next_attempt(self, kinds: Sequence[OutboxKind] | None = None) -> float | None:
+        """How long until the earliest pending message is due (<= 0: now); None when none is pending."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(_NEXT_ATTEMPT_IN, {"kinds": None if kinds is None else list(kinds)})
+            row = await cur.fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    async def outbox_message(self, dedupe_key: str) -> OutboxRow | None:
+        """The message enqueued under `dedupe_key`, with its delivery state."""
+        async with self._pool.connection() as conn:
+            cur = await conn.cursor(row_factory=class_row(OutboxRow)).execute(
+                f"SELECT {_OUTBOX_COLUMNS} FROM webhook_outbox WHERE dedupe_key = %s", (dedupe_key,)
+            )
+            return await cur.fetchone()
+
+    # -- daily roll-ups
+
+    async def rollup_day(self, day: date) -> list[RollupRow]:
+        """Recompute `day`'s (UTC) rows of daily_rollups from its calls and return them.
+
+        The day's old rows are replaced in one transaction, under an advisory lock per day, so a re-run
+        (or two replicas at once) gives the same rows and leaves none from an earlier, different run.
+        """
+        start = datetime.combine(day, time.min, UTC)
+        params = {"day": day, "start": start, "end": start + timedelta(days=1)}
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (ROLLUP_LOCK_CLASS, day.toordinal()))
+            await conn.execute("DELETE FROM daily_rollups WHERE day = %s", (day,))
+            cur = await conn.cursor(row_factory=class_row(RollupRow)).execute(_ROLLUP_DAY, params)
+            rows = await cur.fetchall()
+        return sorted(rows, key=lambda r: (r.tenant, r.team, r.agent))
+
+    async def daily_rollups(self, day: date) -> list[RollupRow]:
+        """The stored roll-up rows of `day`, by tenant, team, agent (the team's row first)."""
+        async with self._pool.connection() as conn:
+            cur = await conn.cursor(row_factory=class_row(RollupRow)).execute(_SELECT_ROLLUPS, (day,))
+            return await cur.fetchall()
+
+    async def mark_rollup_ran(self, day: date, rows: int) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO rollup_runs (day, rows) VALUES (%s, %s)"
+                " ON CONFLICT (day) DO UPDATE SET rows = EXCLUDED.rows, ran_at = now()",
+                (day, rows),
+            )
+
+    async def rollup_ran_at(self, day: date) -> datetime | None:
+        """When `day` was last rolled up (None: never)."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute("SELECT ran_at FROM rollup_runs WHERE day = %s", (day,))
+            row = await cur.fetchone()
+        return None if row is None else row[0]
+
+
+async def _insert_outbox(conn: AsyncConnection[Any], messages: Iterable[OutboxMessage]) -> int:
+    params = [(m.kind, m.tenant, m.call_id, m.url, Jsonb(dict(m.payload)), m.dedupe_key) for m in messages]
+    if not params:
+        return 0
+    async with conn.cursor() as cur:
+        await cur.executemany(_INSERT_OUTBOX, params)
+        return cur.rowcount
 
 
 def _event_params(event: ScoredEvent) -> tuple[Any, ...]:
@@ -424,6 +674,11 @@ class StoreRouter:
 
     def for_region(self, region: str | None) -> Store:
         return self.regional.get(normalize_region(region), self.default)
+
+    @property
+    def stores(self) -> list[Store]:
+        """Every database: the default first. Each has its own outbox and roll-ups."""
+        return self._stores()
 
     async def get_call(self, call_id: str) -> CallRow | None:
         """Find a call whose region is not known to the caller (GET /v1/calls/{id}) in every database."""

@@ -35,6 +35,7 @@ from callsense.config import Config
 from callsense.database import EmbeddedPostgres, default_data_dir, start_embedded_postgres
 from gateway.__main__ import _Server
 from gateway.app import create_app
+from gateway.enrichment.postcall import AfterCall
 from gateway.grpc_api import add_to_server
 from gateway.session import Gateway, SessionSettings
 
@@ -222,9 +223,11 @@ async def audio_gateway(
 
 
 @contextlib.asynccontextmanager
-async def _serve_gateway(config: Config) -> AsyncIterator[RunningGateway]:
-    settings = SessionSettings(grace_s=0.5, finish_timeout_s=30.0)
-    gateway = await Gateway.open(config, settings=settings)
+async def _serve_gateway(
+    config: Config, settings: SessionSettings | None = None, after_call: AfterCall | None = None
+) -> AsyncIterator[RunningGateway]:
+    settings = settings or SessionSettings(grace_s=0.5, finish_timeout_s=30.0)
+    gateway = await Gateway.open(config, settings=settings, after_call=after_call)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

@@ -1,0 +1,332 @@
+"""Per-tenant settings: the live badge and cue rules, the daily alert, the CRM and Slack webhooks.
+
+Read once at start-up from the TOML file named by ``CALLSENSE_TENANTS_FILE`` (example:
+gateway/tenants.example.toml)::
+
+    [default]                          # every tenant, unless its own section says otherwise
+    negative_rate_alert = 0.30
+    slack_webhook_url = "https://hooks.slack.com/services/..."
+    [default.live]                     # fields of gateway.live.BadgeSettings
+    window_s = 30.0
+    [tenants.acme]                     # the tenant id, as in a call's metadata ("tenant")
+    crm_webhook_url = "https://crm.example.com/hooks/callsense"
+    crm_webhook_secret_env = "ACME_CRM_SECRET"
+    [tenants.acme.live]
+    red_enter = 0.25
+
+Each layer overrides the one before it, key by key (``live`` too): the built-in defaults; the environment
+(``CALLSENSE_CRM_WEBHOOK_URL``, ``CALLSENSE_CRM_WEBHOOK_SECRET``, ``CALLSENSE_SLACK_WEBHOOK_URL``,
+``CALLSENSE_NEGATIVE_RATE_ALERT``); the file's ``[default]``; the tenant's own section. A tenant that is not
+named (and a call without a tenant) gets ``[default]``. An empty URL switches an inherited webhook off.
+
+Keys of a section:
+  negative_rate_alert     0..1: post the daily Slack alert when a team's negative rate is above it (0.30)
+  alert_min_utterances    the least customer utterances in a team's day for an alert (10): one bad call of
+                          three sentences is not a trend
+  slack_webhook_url       a Slack incoming webhook for the daily alert (none: no alert)
+  crm_webhook_url         where each ended call's CRM fields are POSTed (none: no push)
+  crm_webhook_secret      the HMAC key that signs the CRM pushes; or, better, crm_webhook_secret_env: the name
+                          of an environment variable that holds it. A CRM URL without a secret is an error.
+  live                    a table of gateway.live.BadgeSettings fields (window_s, red_enter, ...)
+
+Any other key, a value of the wrong type or out of range, or an unreadable file raises
+``TenantConfigError`` naming the file, the section and the key.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from functools import partial
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from callsense.config import ConfigError
+from gateway.live import DEFAULT_SETTINGS, BadgeSettings
+
+TENANTS_FILE_ENV = "CALLSENSE_TENANTS_FILE"
+DEFAULT_NEGATIVE_RATE_ALERT = 0.30
+DEFAULT_ALERT_MIN_UTTERANCES = 10
+
+# Environment variable -> the key it sets in the environment layer.
+_ENV_KEYS = {
+    "CALLSENSE_CRM_WEBHOOK_URL": "crm_webhook_url",
+    "CALLSENSE_CRM_WEBHOOK_SECRET": "crm_webhook_secret",
+    "CALLSENSE_SLACK_WEBHOOK_URL": "slack_webhook_url",
+    "CALLSENSE_NEGATIVE_RATE_ALERT": "negative_rate_alert",
+}
+_SECTION_KEYS = (
+    "negative_rate_alert",
+    "alert_min_utterances",
+    "slack_webhook_url",
+    "crm_webhook_url",
+    "crm_webhook_secret",
+    "crm_webhook_secret_env",
+    "live",
+)
+_BADGE_TYPES: dict[str, Any] = typing.get_type_hints(BadgeSettings)
+
+
+class TenantConfigError(ConfigError):
+    """The tenants file or a webhook variable holds something unusable; the message says where and what."""
+
+
+@dataclass(frozen=True)
+class TenantSettings:
+    """One tenant's settings, resolved (defaults applied, secret read)."""
+
+    live: BadgeSettings = DEFAULT_SETTINGS
+    negative_rate_alert: float = DEFAULT_NEGATIVE_RATE_ALERT
+    alert_min_utterances: int = DEFAULT_ALERT_MIN_UTTERANCES
+    # A Slack incoming webhook's URL is its credential: kept out of repr (and so out of logs).
+    slack_webhook_url: str | None = field(default=None, repr=False)
+    crm_webhook_url: str | None = None
+    crm_webhook_secret: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.negative_rate_alert) and 0.0 <= self.negative_rate_alert <= 1.0):
+            raise ValueError(f"negative_rate_alert must be in [0, 1], got {self.negative_rate_alert}")
+        if self.alert_min_utterances < 1:
+            raise ValueError(f"alert_min_utterances must be >= 1, got {self.alert_min_utterances}")
+        for name in ("slack_webhook_url", "crm_webhook_url"):
+            url = getattr(self, name)
+            if url is not None:
+                _check_url(name, url)
+        if self.crm_webhook_url and not self.crm_webhook_secret:
+            raise ValueError(
+                "crm_webhook_url is set but no signing secret: set crm_webhook_secret_env (or "
+                "crm_webhook_secret, or CALLSENSE_CRM_WEBHOOK_SECRET)"
+            )
+
+
+@dataclass(frozen=True)
+class TenantsConfig:
+    """Every tenant's settings: ``default`` for tenants not named in ``tenants``."""
+
+    default: TenantSettings = TenantSettings()
+    tenants: Mapping[str, TenantSettings] = field(default_factory=dict)
+    source: str = "(built-in defaults)"
+    """Where the settings came from (the file, or the environment), for messages."""
+
+    def for_tenant(self, tenant: str) -> TenantSettings:
+        return self.tenants.get(tenant, self.default)
+
+    def crm_secret(self, tenant: str) -> str | None:
+        """The key that signs the tenant's CRM pushes now (looked up at send time, never stored)."""
+        return self.for_tenant(tenant).crm_webhook_secret
+
+    def badge_settings(self) -> Mapping[str, BadgeSettings]:
+        """What ``SessionSettings.badge_settings`` takes: live settings by tenant id, where a tenant not
+        named gets the ``[default]`` section's (``live.settings_for`` asks with ``.get(tenant, ...)``)."""
+        return BadgeSettingsByTenant({t: s.live for t, s in self.tenants.items()}, self.default.live)
+
+
+class BadgeSettingsByTenant(Mapping[str, BadgeSettings]):
+    """The named tenants' live settings; ``get`` of any other tenant returns the fallback (``[default]``),
+    whatever default the caller passes, so that the file's defaults reach tenants it does not name."""
+
+    def __init__(self, named: Mapping[str, BadgeSettings], fallback: BadgeSettings) -> None:
+        self._named = dict(named)
+        self.fallback = fallback
+
+    def __getitem__(self, tenant: str) -> BadgeSettings:
+        return self._named[tenant]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._named)
+
+    def __len__(self) -> int:
+        return len(self._named)
+
+    def get(self, tenant: str, default: object = None) -> BadgeSettings:  # type: ignore[override]
+        return self._named.get(tenant, self.fallback)
+
+
+# --- loading ------------------------------------------------------------------------------------------------
+
+
+def load_tenants(env: Mapping[str, str] | None = None) -> TenantsConfig:
+    """The settings from the environment and ``CALLSENSE_TENANTS_FILE`` if set (blocking: at start-up)."""
+    env = os.environ if env is None else env
+    path = env.get(TENANTS_FILE_ENV, "").strip()
+    if path:
+        return load_tenants_file(Path(path), env)
+    return _resolve(_env_layer(env), {}, {}, env, "(environment)")
+
+
+def load_tenants_file(path: Path, env: Mapping[str, str] | None = None) -> TenantsConfig:
+    """The settings of one TOML file, over the environment's defaults."""
+    env = os.environ if env is None else env
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise TenantConfigError(f"tenants file {path}: cannot read it: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise TenantConfigError(f"tenants file {path}: not valid TOML: {exc}") from None
+    source = str(path)
+    unknown = sorted(set(document) - {"default", "tenants"})
+    if unknown:
+        raise TenantConfigError(
+            f"{source}: unknown top-level key {unknown[0]!r}; expected [default] and [tenants.<id>] sections"
+        )
+    default = _section(document.get("default", {}), "[default]", source, env)
+    tenants_table = document.get("tenants", {})
+    if not isinstance(tenants_table, dict):
+        raise TenantConfigError(f"{source}: 'tenants' must be a table of [tenants.<id>] sections")
+    tenants = {
+        str(tenant): _section(section, f"[tenants.{tenant}]", source, env)
+        for tenant, section in tenants_table.items()
+    }
+    return _resolve(_env_layer(env), default, tenants, env, source)
+
+
+def _resolve(
+    env_layer: dict[str, Any],
+    default: dict[str, Any],
+    tenants: Mapping[str, dict[str, Any]],
+    env: Mapping[str, str],
+    source: str,
+) -> TenantsConfig:
+    base = _merge(env_layer, default)
+    resolved_default = _build(base, "[default]", source)
+    resolved = {t: _build(_merge(base, layer), f"[tenants.{t}]", source) for t, layer in tenants.items()}
+    return TenantsConfig(resolved_default, resolved, source)
+
+
+def _merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
+    merged = {**base, **{k: v for k, v in layer.items() if k != "live"}}
+    merged["live"] = {**base.get("live", {}), **layer.get("live", {})}
+    return merged
+
+
+def _build(values: dict[str, Any], where: str, source: str) -> TenantSettings:
+    try:
+        live = BadgeSettings(**values["live"])
+    except ValueError as exc:
+        raise TenantConfigError(f"{source} {where}.live: {exc}") from None
+    try:
+        return TenantSettings(
+            live=live,
+            negative_rate_alert=values.get("negative_rate_alert", DEFAULT_NEGATIVE_RATE_ALERT),
+            alert_min_utterances=values.get("alert_min_utterances", DEFAULT_ALERT_MIN_UTTERANCES),
+            slack_webhook_url=values.get("slack_webhook_url") or None,
+            crm_webhook_url=values.get("crm_webhook_url") or None,
+            crm_webhook_secret=values.get("crm_webhook_secret") or None,
+        )
+    except ValueError as exc:
+        raise TenantConfigError(f"{source} {where}: {exc}") from None
+
+
+def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
+    layer: dict[str, Any] = {}
+    for variable, key in _ENV_KEYS.items():
+        value = env.get(variable, "").strip()
+        if not value:
+            continue
+        if key == "negative_rate_alert":
+            try:
+                layer[key] = _rate(float(value))
+            except ValueError:
+                raise TenantConfigError(f"{variable}={value!r}: expected a number in [0, 1]") from None
+        elif key.endswith("_url"):
+            try:
+                layer[key] = _check_url(key, value)
+            except ValueError as exc:
+                raise TenantConfigError(f"{variable}: {exc}") from None
+        else:
+            layer[key] = value
+    return layer
+
+
+def _section(section: object, where: str, source: str, env: Mapping[str, str]) -> dict[str, Any]:
+    """One section's keys, type-checked; the secret read from its variable."""
+    if not isinstance(section, dict):
+        raise TenantConfigError(f"{source}: {where} must be a table")
+    layer: dict[str, Any] = {}
+    for key, value in section.items():
+        if key not in _SECTION_KEYS:
+            raise TenantConfigError(
+                f"{source} {where}: {key}: unknown key; allowed: {', '.join(_SECTION_KEYS)}"
+            )
+        if key == "live":
+            layer["live"] = _live(value, f"{source} {where}.live")
+        elif key != "crm_webhook_secret_env":  # read below, with the environment
+            layer[key] = _checked(f"{source} {where}: {key}", partial(_section_value, key, value))
+    if "crm_webhook_secret_env" in section:
+        at = f"{source} {where}: crm_webhook_secret_env"
+        if "crm_webhook_secret" in section:
+            raise TenantConfigError(f"{at}: set crm_webhook_secret or crm_webhook_secret_env, not both")
+        variable = _typed_at(at, section["crm_webhook_secret_env"], str)
+        secret = env.get(variable, "")
+        if not secret:
+            raise TenantConfigError(f"{at}: the environment variable {variable!r} is not set or empty")
+        layer["crm_webhook_secret"] = secret
+    return layer
+
+
+def _section_value(key: str, value: object) -> Any:
+    if key == "negative_rate_alert":
+        return _rate(_typed(value, float))
+    if key == "alert_min_utterances":
+        return _typed(value, int)
+    text: str = _typed(value, str)
+    if key.endswith("_url"):
+        text = text.strip()
+        if text:  # an empty URL switches an inherited webhook off
+            _check_url(key, text)
+    return text
+
+
+def _live(table: object, where: str) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise TenantConfigError(f"{where} must be a table of BadgeSettings fields")
+    known = [f.name for f in fields(BadgeSettings)]
+    values = {}
+    for key, value in table.items():
+        if key not in _BADGE_TYPES:
+            raise TenantConfigError(f"{where}: {key}: unknown key; allowed: {', '.join(known)}")
+        values[key] = _typed_at(f"{where}: {key}", value, _BADGE_TYPES[key])
+    return values
+
+
+def _typed_at(at: str, value: object, expected: Any) -> Any:
+    return _checked(at, partial(_typed, value, expected))
+
+
+def _checked(at: str, convert: typing.Callable[[], Any]) -> Any:
+    try:
+        return convert()
+    except (TypeError, ValueError) as exc:
+        raise TenantConfigError(f"{at}: {exc}") from None
+
+
+def _typed(value: object, expected: Any) -> Any:
+    """``value`` as ``expected`` (float, int, bool, str, tuple[str, ...]); TOML ints pass as floats."""
+    if expected is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if expected in (int, bool, str) and type(value) is expected:
+        return value
+    if typing.get_origin(expected) is tuple and isinstance(value, list):
+        if all(isinstance(item, str) for item in value):
+            return tuple(value)
+        raise TypeError("expected a list of strings")
+    name = getattr(expected, "__name__", str(expected))
+    raise TypeError(f"expected {'a list of strings' if name == 'tuple' else name}, got {value!r}")
+
+
+def _rate(value: float) -> float:
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ValueError(f"must be in [0, 1], got {value}")
+    return value
+
+
+def _check_url(name: str, url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{name} must be an http(s) URL with a host (scheme {parts.scheme!r})")
+    return url

@@ -1,0 +1,149 @@
+"""HTTP routes of the web UI: the two pages, their static assets, the timeline PNG, the live-call list.
+
+Included in the gateway app by ``create_app`` (``app.include_router(router)``). Thin: the chart is
+drawn by ``gateway.web.timeline`` (in a worker thread), the data comes from the app's ``Gateway``. Errors
+have the body of every other route: ``{"error": {"code", "message", "details"}}`` (a malformed call id is
+the app's 400, a width out of bounds its 422).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from gateway.schemas import ErrorResponse
+from gateway.session import ErrorCode, Gateway, validate_call_id
+from gateway.web.timeline import (
+    DEFAULT_HEIGHT,
+    DEFAULT_WIDTH,
+    MAX_HEIGHT,
+    MAX_WIDTH,
+    MIN_HEIGHT,
+    MIN_WIDTH,
+    points_from_events,
+    render_timeline,
+    spikes_from_summary,
+)
+
+STATIC_DIR = Path(__file__).parent / "static"
+# Pages load only their own scripts, styles and images, and talk only to this gateway (REST and WebSocket).
+_PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; object-src 'none'; "
+        "base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "Cache-Control": "no-cache",
+}
+
+router = APIRouter()
+router.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+
+class LiveCallOut(BaseModel):
+    """A call live on this gateway replica, for the console's "join" list."""
+
+    call_id: str
+    tenant: str
+    agent: str
+    audio: bool = Field(description="True when the call streams audio (its transcript comes from the ASR).")
+    driven: bool = Field(description="False while its client is away (the call ends after a grace period).")
+
+
+class CallListOut(BaseModel):
+    calls: list[LiveCallOut] = Field(description="Newest first.")
+
+
+def _gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+def _page(name: str) -> FileResponse:
+    return FileResponse(STATIC_DIR / name, media_type="text/html", headers=_PAGE_HEADERS)
+
+
+@router.get("/", include_in_schema=False)
+async def home() -> RedirectResponse:
+    return RedirectResponse("/console", status_code=307)
+
+
+@router.get("/console", include_in_schema=False)
+async def console_page() -> FileResponse:
+    """The agent console: start a call from the microphone or join a live one."""
+    return _page("console.html")
+
+
+@router.get("/review/{call_id}", include_in_schema=False)
+async def review_page(call_id: str) -> FileResponse:
+    """The review page of a call; the page itself fetches the call and says when there is none."""
+    return _page("review.html")
+
+
+@router.get(
+    "/v1/calls",
+    response_model=CallListOut,
+    responses={422: {"model": ErrorResponse}},
+)
+async def list_calls(
+    request: Request,
+    status: Literal["live"] = Query(
+        "live", description='Only "live" is listed here: the calls this gateway replica holds now.'
+    ),
+    tenant: str | None = Query(None, max_length=128, description="Only the calls of this tenant."),
+    limit: int = Query(50, ge=1, le=500, description="At most this many calls."),
+) -> CallListOut:
+    """The live calls of this gateway replica, newest first (what the console can join)."""
+    sessions = reversed(_gateway(request).registry.live_calls())
+    calls = [
+        LiveCallOut(
+            call_id=s.call_id,
+            tenant=s.metadata.tenant,
+            agent=s.metadata.agent,
+            audio=s.audio is not None,
+            driven=s.driver_attached,
+        )
+        for s in sessions
+        if tenant is None or s.metadata.tenant == tenant
+    ]
+    return CallListOut(calls=calls[:limit])
+
+
+@router.get(
+    "/v1/calls/{call_id}/timeline.png",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/png": {}}, "description": "The chart."},
+        400: {"model": ErrorResponse},
+        404: {"model": ErrorResponse},
+        422: {"model": ErrorResponse},
+    },
+)
+async def timeline_png(
+    call_id: str,
+    request: Request,
+    width: int = Query(DEFAULT_WIDTH, ge=MIN_WIDTH, le=MAX_WIDTH, description="Image width in pixels."),
+    height: int = Query(DEFAULT_HEIGHT, ge=MIN_HEIGHT, le=MAX_HEIGHT, description="Image height in pixels."),
+) -> Response:
+    """The call's sentiment timeline as a PNG: score per utterance over call time, one colour per
+    channel, the 0.30 red line and the summary's spikes (for reports and e-mails)."""
+    row = await _gateway(request).get_call(validate_call_id(call_id))
+    if row is None:
+        return _not_found(call_id)
+    png = await asyncio.to_thread(
+        render_timeline, points_from_events(row.events), spikes_from_summary(row.summary), width, height
+    )
+    # A live call's chart grows: caches must ask again.
+    return Response(png, media_type="image/png", headers={"Cache-Control": "no-cache"})
+
+
+def _not_found(call_id: str) -> JSONResponse:
+    body: dict[str, Any] = {
+        "error": {"code": ErrorCode.NOT_FOUND, "message": f"no call with id {call_id!r}", "details": []}
+    }
+    return JSONResponse(body, status_code=404)

@@ -1,0 +1,348 @@
+"""Daily roll-ups and the Slack alert (gateway/enrichment/rollup.py, `callsense rollup`).
+
+Real PostgreSQL (a fresh database per test) and a real local HTTP receiver standing in for Slack. The
+expected figures are computed here, in Python, from the calls the test stores, by the definition in the
+module docstring; the roll-up computes them in SQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from callsense.config import ConfigError
+from gateway.enrichment.rollup import (
+    RollupScheduler,
+    rollup_time_from_env,
+    run_rollup,
+    slack_alerts,
+    slack_dedupe_key,
+)
+from gateway.enrichment.webhooks import DeliveryPolicy, OutboxDispatcher
+from gateway.store import Channel, Label, RollupRow, ScoredEvent, Store
+from gateway.tenants import TenantsConfig, TenantSettings
+from tests.delivery_fixtures import *  # noqa: F403 (fixtures)
+from tests.delivery_fixtures import WebhookReceiver, add_call, wait_until
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+DAY = date(2024, 3, 14)
+FAST = DeliveryPolicy(timeout_s=2.0, base_delay_s=0.02, max_delay_s=0.1, poll_interval_s=0.05, lease_s=5.0)
+
+
+@dataclass(frozen=True)
+class CallSpec:
+    call_id: str
+    tenant: str
+    team: str
+    agent: str
+    started_at: datetime
+    script: str
+    """One token per utterance: channel (c customer, a agent, m mixed) then label (- negative, 0 neutral,
+    + positive): "c- a+" is a negative customer utterance, then a positive agent one."""
+
+    @property
+    def utterances(self) -> list[tuple[Channel, Label]]:
+        channels: dict[str, Channel] = {"c": "customer", "a": "agent", "m": "mixed"}
+        labels: dict[str, Label] = {"-": "negative", "0": "neutral", "+": "positive"}
+        return [(channels[token[0]], labels[token[1]]) for token in self.script.split()]
+
+
+def _at(day: date, hh: int, mm: int = 0, ss: int = 0) -> datetime:
+    return datetime.combine(day, time(hh, mm, ss), UTC)
+
+
+NEXT, PREVIOUS = DAY + timedelta(days=1), DAY - timedelta(days=1)
+CALLS = [
+    # acme / west: customer side 5 of 10 negative (50 %), above acme's 30 %.
+    CallSpec("w1", "acme", "west", "sam", _at(DAY, 9), "c- c- a+ c0"),
+    CallSpec("w2", "acme", "west", "sam", _at(DAY, 23, 59, 59), "c- c+"),
+    CallSpec("w3", "acme", "west", "kim", _at(DAY, 0), "c0 c+ c- a-"),
+    CallSpec("w4", "acme", "west", "", _at(DAY, 12), "m- m0"),  # no agent: in the team's row only
+    CallSpec("w5", "acme", "west", "kim", _at(DAY, 13), "a0"),  # agent only: adds nothing to the rate
+    # acme / east: 1 of 5 negative (20 %): below the threshold, no alert.
+    CallSpec("e1", "acme", "east", "lee", _at(DAY, 10), "c+ c0 c- c+ c+"),
+    # globex: all negative, but globex has no Slack webhook.
+    CallSpec("g1", "globex", "west", "ann", _at(DAY, 11), "c- c-"),
+    # initech: all negative, but fewer customer utterances than its alert_min_utterances (3).
+    CallSpec("i1", "initech", "north", "bo", _at(DAY, 11), "c- c-"),
+    # Other days: not part of DAY's roll-up.
+    CallSpec("x1", "acme", "west", "sam", _at(NEXT, 0), "c-"),
+    CallSpec("x2", "acme", "west", "sam", _at(PREVIOUS, 23, 59, 59), "c-"),
+]
+
+
+def _tenants(slack_url: str) -> TenantsConfig:
+    return TenantsConfig(
+        default=TenantSettings(alert_min_utterances=1),
+        tenants={
+            "acme": TenantSettings(slack_webhook_url=slack_url, alert_min_utterances=1),
+            "initech": TenantSettings(slack_webhook_url=slack_url, alert_min_utterances=3),
+        },
+    )
+
+
+async def _store_calls(store: Store, calls: list[CallSpec], prefix: str) -> dict[str, list[ScoredEvent]]:
+    stored = {}
+    for c in calls:
+        stored[c.call_id] = await add_call(
+            store,
+            f"{prefix}-{c.call_id}",
+            c.utterances,
+            started_at=c.started_at,
+            tenant=c.tenant,
+            team=c.team,
+            agent=c.agent,
+        )
+    return stored
+
+
+def _expected_rows(calls: list[CallSpec], events: dict[str, list[ScoredEvent]], day: date) -> list[RollupRow]:
+    groups: dict[tuple[str, str, str], list[CallSpec]] = defaultdict(list)
+    for c in calls:
+        if c.started_at.date() != day:
+            continue
+        groups[(c.tenant, c.team, "")].append(c)
+        if c.agent:
+            groups[(c.tenant, c.team, c.agent)].append(c)
+    rows = []
+    for (tenant, team, agent), members in sorted(groups.items()):
+        scored = [e for c in members for e in events[c.call_id]]
+        customer = [e for e in scored if e.channel in ("customer", "mixed")]
+        negative = [e for e in customer if e.label == "negative"]
+        rows.append(
+            RollupRow(
+                day=day,
+                tenant=tenant,
+                team=team,
+                agent=agent,
+                calls=len(members),
+                utterances=len(scored),
+                customer_utterances=len(customer),
+                avg_sentiment=sum(e.score for e in scored) / len(scored) if scored else None,
+                negative_rate=len(negative) / len(customer) if customer else None,
+            )
+        )
+    return rows
+
+
+def _assert_rows(actual: list[RollupRow] | tuple[RollupRow, ...], expected: list[RollupRow]) -> None:
+    assert [(r.tenant, r.team, r.agent) for r in actual] == [(r.tenant, r.team, r.agent) for r in expected]
+    for got, want in zip(actual, expected, strict=True):
+        assert (got.day, got.calls, got.utterances, got.customer_utterances) == (
+            want.day,
+            want.calls,
+            want.utterances,
+            want.customer_utterances,
+        ), want
+        assert got.avg_sentiment == pytest.approx(want.avg_sentiment), want
+        assert got.negative_rate == pytest.approx(want.negative_rate), want
+
+
+async def test_rollup_figures_and_exactly_one_slack_post(store: Store, receiver: WebhookReceiver) -> None:
+    events = await _store_calls(store, CALLS, "t1")
+    tenants = _tenants(receiver.url("/slack/acme"))
+    expected = _expected_rows(CALLS, events, DAY)
+    # The data set means what the test says: west above 30 %, east below, initech above on 2 utterances.
+    west = next(r for r in expected if (r.tenant, r.team, r.agent) == ("acme", "west", ""))
+    assert west.negative_rate == 0.5 and west.customer_utterances == 10 and west.calls == 5
+    assert next(r for r in expected if r.team == "east" and not r.agent).negative_rate == 0.2
+
+    first = await run_rollup(store, DAY, tenants)
+    _assert_rows(first.rows, expected)
+    _assert_rows(await store.daily_rollups(DAY), expected)
+    assert [a.dedupe_key for a in first.alerts] == [slack_dedupe_key(DAY, "acme", "west")]
+    assert first.alerts_enqueued == 1
+
+    again = await run_rollup(store, DAY, tenants)  # a re-run: same rows, the alert is not enqueued again
+    _assert_rows(again.rows, expected)
+    assert len(again.alerts) == 1 and again.alerts_enqueued == 0
+
+    dispatcher = OutboxDispatcher([store], tenants, FAST, kinds=["slack"])
+    try:
+        await _deliver_all(dispatcher, store)
+        third = await run_rollup(store, DAY, tenants)  # after delivery, a third run posts nothing either
+        assert third.alerts_enqueued == 0
+        assert (await dispatcher.deliver_due()).attempted == 0
+    finally:
+        await dispatcher.stop()
+
+    [post] = receiver.received()
+    assert post.path == "/slack/acme" and post.answered == 200
+    text = post.json()["text"]
+    assert set(post.json()) == {"text"}
+    assert "*west* (acme)" in text and DAY.isoformat() in text and "50.0%" in text and "5 calls" in text
+    # The agents with the most negative customers, worst first: sam 3 of 5, kim 1 of 3.
+    assert "Most negative: sam 60% (2 calls), kim 33% (2 calls)." in text
+    assert "east" not in text
+    row = await store.outbox_message(slack_dedupe_key(DAY, "acme", "west"))
+    assert row is not None and row.delivered_at is not None and row.attempts == 1
+
+
+async def test_callsense_rollup_command_prints_rows_and_posts_once(
+    store: Store, receiver: WebhookReceiver, delivery_db_url: str, tmp_path: Path
+) -> None:
+    calls = [c for c in CALLS if c.tenant == "acme"]
+    events = await _store_calls(store, calls, "cli")
+    tenants_file = tmp_path / "tenants.toml"
+    tenants_file.write_text(
+        f'[tenants.acme]\nslack_webhook_url = "{receiver.url("/slack/cli")}"\nalert_min_utterances = 5\n'
+    )
+    env = {**os.environ, "CALLSENSE_TENANTS_FILE": str(tenants_file)}
+
+    async def rollup_command() -> dict[str, Any]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "callsense.cli",
+            "rollup",
+            "--date",
+            DAY.isoformat(),
+            "--database-url",
+            delivery_db_url,
+            "--deliver-timeout",
+            "5",
+            cwd=ROOT,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await process.communicate()
+        assert process.returncode == 0, err.decode()
+        report: dict[str, Any] = json.loads(out)
+        return report
+
+    first = await rollup_command()
+    expected = _expected_rows(calls, events, DAY)
+    rows = [RollupRow(**{**row, "day": date.fromisoformat(row["day"])}) for row in first["rows"]]
+    _assert_rows(rows, expected)
+    assert first["alerts"] == [
+        {"dedupe_key": slack_dedupe_key(DAY, "acme", "west"), "tenant": "acme", "delivered": True}
+    ]
+    assert first["alerts_enqueued"] == 1
+    assert len(receiver.received()) == 1  # posted by the command itself, before it exited
+
+    second = await rollup_command()
+    assert second["alerts_enqueued"] == 0 and second["rows"] == first["rows"]
+    assert len(receiver.received()) == 1
+    assert "*west* (acme)" in receiver.received()[0].json()["text"]
+
+
+async def test_callsense_rollup_refuses_a_bad_date_and_a_bad_tenants_file(tmp_path: Path) -> None:
+    bad_file = tmp_path / "tenants.toml"
+    bad_file.write_text("[default]\nnegative_rate_alrt = 0.2\n")
+    for args, env, message in [
+        (["--date", "14/03/2024"], {}, "is not a day as YYYY-MM-DD"),
+        (
+            ["--date", "2024-03-14"],
+            {"CALLSENSE_TENANTS_FILE": str(bad_file)},
+            "negative_rate_alrt: unknown key",
+        ),
+    ]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "callsense.cli",
+            "rollup",
+            *args,
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await process.communicate()
+        assert process.returncode == 2 and message in err.decode()
+
+
+async def test_scheduler_catches_up_the_due_day_once(store: Store) -> None:
+    calls = [c for c in CALLS if c.tenant == "acme" and c.team == "west"]
+    await _store_calls(store, calls, "sched")
+    now = _at(NEXT, 12)  # the gateway starts at noon the next day: DAY's 00:15 run was missed
+    alerts: list[str] = []
+    tenants = _tenants("http://slack.invalid/hook")
+
+    scheduler = RollupScheduler(
+        [store], tenants, clock=lambda: now, on_alerts=lambda: alerts.append("notified")
+    )
+    await scheduler.start()
+    try:
+        await wait_until(lambda: scheduler.runs == 1, "the catch-up roll-up")
+    finally:
+        await scheduler.stop()
+    assert {(r.team, r.agent) for r in await store.daily_rollups(DAY)} == {
+        ("west", ""),
+        ("west", "sam"),
+        ("west", "kim"),
+    }
+    assert alerts == ["notified"]  # the dispatcher is woken for the new Slack alert
+    assert await store.outbox_message(slack_dedupe_key(DAY, "acme", "west")) is not None
+
+    restarted = RollupScheduler([store], tenants, clock=lambda: now)  # a restart the same day
+    assert await restarted.run_due() is True
+    assert restarted.runs == 0
+
+
+def test_due_day_and_next_run() -> None:
+    scheduler = RollupScheduler([], TenantsConfig(), at=time(0, 15))
+    assert scheduler.due_day(_at(NEXT, 0, 10)) == PREVIOUS  # before 00:15 the day before is still due
+    assert scheduler.due_day(_at(NEXT, 0, 15)) == DAY
+    assert scheduler.due_day(_at(NEXT, 23, 59)) == DAY
+    assert scheduler.due_at(DAY) == _at(NEXT, 0, 15)
+    assert rollup_time_from_env({}) == time(0, 15)
+    assert rollup_time_from_env({"CALLSENSE_ROLLUP_AT": "02:30"}) == time(2, 30)
+    for bad in ("25:00", "00:15+02:00", "midnight"):
+        with pytest.raises(ConfigError, match="CALLSENSE_ROLLUP_AT"):
+            rollup_time_from_env({"CALLSENSE_ROLLUP_AT": bad})
+
+
+def test_alert_rules_on_rows() -> None:
+    def team(tenant: str, rate: float | None, customer: int, name: str = "west") -> RollupRow:
+        return RollupRow(DAY, tenant, name, "", 4, 20, customer, 0.4, rate)
+
+    tenants = TenantsConfig(
+        default=TenantSettings(
+            slack_webhook_url="https://hooks.slack.example/T/B/x", alert_min_utterances=10
+        ),
+        tenants={
+            "strict": TenantSettings(
+                slack_webhook_url="https://hooks.slack.example/T/B/y",
+                negative_rate_alert=0.1,
+                alert_min_utterances=10,
+            )
+        },
+    )
+    rows = [
+        team("a", 0.30, 50),  # at the threshold: not above it
+        team("b", 0.31, 50),
+        team("c", 0.90, 9),  # too few customer utterances
+        team("d", None, 0),
+        team("strict", 0.15, 10),  # this tenant alerts above 10 %
+        team("e", 0.5, 40, name="<here> & co"),
+        RollupRow(DAY, "f", "west", "sam", 2, 10, 10, 0.2, 0.9),  # an agent's row never alerts by itself
+    ]
+    alerts = slack_alerts(DAY, rows, tenants)
+    assert [(a.tenant, a.url) for a in alerts] == [
+        ("b", "https://hooks.slack.example/T/B/x"),
+        ("strict", "https://hooks.slack.example/T/B/y"),
+        ("e", "https://hooks.slack.example/T/B/x"),
+    ]
+    assert "&lt;here&gt; &amp; co" in alerts[2].payload["text"]  # no @here ping from a team's name
+    assert slack_dedupe_key(DAY, "a:b", "c") != slack_dedupe_key(DAY, "a", "b:c")
+
+
+async def _deliver_all(dispatcher: OutboxDispatcher, store: Store) -> None:
+    async def done() -> bool:
+        await dispatcher.deliver_due()
+        return await store.seconds_until_next_attempt() is None  # nothing pending any more
+
+    await wait_until(done, "the Slack alert delivered")
