@@ -1,4 +1,4 @@
-"""The Asr gRPC service: a thin layer over ``streaming.CallTranscriber``.
+"""The Asr gRPC service: a thin layer over ``streaming.CallTranscriber`` (live) and ``recording`` (files).
 
 ``Transcribe`` (bidi stream, one call per stream): the first message must be a ``CallStart`` with the
 audio format and the role of each channel; then ``AudioChunk``s, either interleaved (all channels, the
@@ -12,7 +12,21 @@ handler yields events), so a slow decode never stops audio from being taken in. 
 VAD run on a front-end thread and Whisper on the process's one inference thread: nothing heavy runs on
 the event loop.
 
-Status codes (events sent before an error stand):
+A stream that stalls (no message for ``stall_s``, 2 s by default, after audio has come) is taken as
+lost audio: each channel's open segment ends there and gets its final at once, so what was said before
+the stall is not held back until more audio or the end comes, and the call's clock moves on by
+``StreamingConfig.vad.min_silence_ms`` (the silence that would have ended the segment). A client that
+keeps sending (silence included) never stalls; Twilio and browsers send every 20-100 ms. (One that sends
+its audio in bursts more than ``stall_s`` apart gets its segments cut at each pause.)
+
+``TranscribeRecording`` (a file after the fact; ``recording.py`` does the work): the file's bytes are
+spooled (to disk past 8 MB), decoded to 16 kHz once the client half-closes (on a worker thread), each
+channel runs through the offline decoder window by window as jobs of the same inference thread, and
+each segment goes out as a final ``TranscriptEvent``. INVALID_ARGUMENT: no start first, a bad call id,
+no data, more than ``max_recording_bytes`` or an hour of audio, a file that is not audio or is truncated,
+roles that do not fit its channels; RESOURCE_EXHAUSTED: no stream slot free (as for Transcribe).
+
+Status codes of ``Transcribe`` (events sent before an error stand):
 
 - INVALID_ARGUMENT: a first message that is not ``CallStart``; a bad call id; a missing or unsupported
   format (encoding, 8000..48000 Hz, 1..8 channels); channel roles that do not match the channel count
@@ -30,10 +44,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import cast
+from typing import IO, Any, cast
 
 import grpc
 import grpc.aio
@@ -42,8 +57,17 @@ from opentelemetry import metrics
 from asr_service.audio import AudioSpec, Encoding
 from asr_service.prosody import ProsodyFeatures
 from asr_service.recognizer import WhisperRecognizer
-from asr_service.scheduler import InferenceScheduler, StreamLimitError
+from asr_service.recording import (
+    MAX_RECORDING_BYTES,
+    OfflineOptions,
+    Recording,
+    channel_decodes,
+    read_recording,
+    stream_recording,
+)
+from asr_service.scheduler import InferenceScheduler, StreamHandle, StreamLimitError
 from asr_service.streaming import CallTranscriber, DecodeResult, StreamingConfig, Transcript
+from asr_service.transcribe_file import SUPPORTED, load_offline_model
 from asr_service.vad import SileroModel, shared_model
 from callsense import grpc_runtime, telemetry
 from callsense.ids import is_valid_call_id
@@ -55,6 +79,17 @@ SERVICE_NAME = grpc_runtime.service_name(asr_pb2, "Asr")
 DEFAULT_MAX_STREAMS = 8
 DEFAULT_MAX_CHUNK_MS = 1000
 """Chunks are meant to be 20-100 ms; a much larger one is a client bug (or a file sent as one chunk)."""
+DEFAULT_STALL_S = 2.0
+"""No message for this long after audio has come: the open segments end (see the module docstring)."""
+SPOOL_IN_MEMORY_BYTES = 8 * 1024 * 1024
+"""A recording's bytes stay in memory up to this size, then go to a temporary file."""
+_ROLE_NAMES = {
+    audio_pb2.CUSTOMER: "customer",
+    audio_pb2.AGENT: "agent",
+    audio_pb2.MIXED: "mixed",
+    audio_pb2.CHANNEL_ROLE_UNSPECIFIED: "mixed",  # audio.proto: unknown is treated like MIXED
+}
+_ROLES_BY_NAME = {"customer": audio_pb2.CUSTOMER, "agent": audio_pb2.AGENT, "mixed": audio_pb2.MIXED}
 
 
 class Rejected(Exception):
@@ -98,12 +133,20 @@ class AsrServicer(asr_pb2_grpc.AsrServicer):
         config: StreamingConfig | None = None,
         vad_model: SileroModel | None = None,
         max_chunk_ms: int = DEFAULT_MAX_CHUNK_MS,
+        stall_s: float | None = DEFAULT_STALL_S,
+        max_recording_bytes: int = MAX_RECORDING_BYTES,
     ) -> None:
         self.recognizer = recognizer
         self.config = config or StreamingConfig()
         self.vad_model = vad_model or shared_model()
         self.max_chunk_ms = max_chunk_ms
+        self.stall_s = stall_s
+        self.max_recording_bytes = max_recording_bytes
         self.scheduler = InferenceScheduler(max_streams)
+        # faster-whisper's stock decoder on the same model directory, for recordings; loaded at the first
+        # one (live-only replicas never pay its memory).
+        self._offline_model: Any = None
+        self._offline_lock = asyncio.Lock()
         # One front-end thread (decode, resample, VAD: 2-5 ms of CPU per second of audio per channel)
         # keeps the second core for Whisper.
         self._frontend = ThreadPoolExecutor(1, thread_name_prefix="asr-frontend")
@@ -130,6 +173,51 @@ class AsrServicer(asr_pb2_grpc.AsrServicer):
             if call is not None:
                 call.close()
 
+    async def TranscribeRecording(
+        self,
+        request_iterator: AsyncIterator[asr_pb2.RecordingChunk],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[asr_pb2.TranscriptEvent]:
+        stream: StreamHandle | None = None
+        try:
+            upload = await _receive_recording(request_iterator, self.max_recording_bytes)
+            with telemetry.call_context(upload.call_id):
+                recording = await _decode_upload(upload)
+                model = await self._offline()
+                stream = self._open_stream(upload.call_id)
+                log.info(
+                    "call %s: transcribing a recording of %.1f s (%s)",
+                    upload.call_id,
+                    recording.duration_s,
+                    ", ".join(recording.roles),
+                )
+                options = OfflineOptions(language=self.recognizer.config.language)
+                roles = [_ROLES_BY_NAME[r] for r in recording.roles]
+                async for t in stream_recording(channel_decodes(model, recording, options), stream):
+                    self._metrics.segments.add(1, {"kind": "recording", "outcome": "accepted"})
+                    yield transcript_message(upload.call_id, roles[t.channel], t)
+        except Rejected as exc:
+            log.warning("TranscribeRecording rejected: %s", exc.message)
+            await context.abort(exc.code, exc.message)
+        except Exception as exc:  # a fault of the decoder, not of the file: the client cannot fix it
+            log.exception("TranscribeRecording failed")
+            await context.abort(grpc.StatusCode.INTERNAL, f"decoding the recording failed: {exc}")
+        finally:
+            if stream is not None:
+                stream.close(cancel=True)
+
+    async def _offline(self) -> Any:
+        async with self._offline_lock:
+            if self._offline_model is None:
+                self._offline_model = await asyncio.to_thread(load_offline_model, self.recognizer.model_dir)
+            return self._offline_model
+
+    def _open_stream(self, call_id: str) -> StreamHandle:
+        try:
+            return self.scheduler.open_stream()
+        except StreamLimitError as exc:
+            raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED, f"call {call_id}: {exc}") from exc
+
     def _open(self, first: asr_pb2.TranscribeRequest) -> _Call:
         if first.WhichOneof("payload") != "start":
             raise _invalid("the first TranscribeRequest must carry start (CallStart); send it before audio")
@@ -141,10 +229,7 @@ class AsrServicer(asr_pb2_grpc.AsrServicer):
             raise _invalid(f"call {call_id}: TranscribeRequest.call_id is {first.call_id!r}; use the same id")
         spec = _spec(call_id, start)
         roles = _roles(call_id, start, spec.channels)
-        try:
-            stream = self.scheduler.open_stream()
-        except StreamLimitError as exc:
-            raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED, f"call {call_id}: {exc}") from exc
+        stream = self._open_stream(call_id)
         transcriber = CallTranscriber(
             recognizer=self.recognizer,
             stream=stream,
@@ -197,6 +282,8 @@ class _Call:
         self._out: asyncio.Queue[asr_pb2.TranscriptEvent | BaseException | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self._heard_ms = [0.0] * spec.channels
+        """Per channel, the call time up to which audio has come (for the stall rule)."""
 
     def start(self, request_iterator: AsyncIterator[asr_pb2.TranscribeRequest]) -> None:
         """Start reading the rest of the stream and pumping events out."""
@@ -215,7 +302,8 @@ class _Call:
 
     async def _read(self, request_iterator: AsyncIterator[asr_pb2.TranscribeRequest]) -> None:
         try:
-            async for request in request_iterator:
+            requests = aiter(request_iterator)
+            while (request := await self._next_request(requests)) is not None:
                 if await self._handle(request):
                     break
             await self.transcriber.finish()  # CallEnd, or the client half-closed
@@ -226,6 +314,31 @@ class _Call:
         except Exception as exc:  # e.g. the transport failed: end the stream rather than hang
             log.warning("call %s: reading the stream failed: %r", self.call_id, exc)
             self._out.put_nowait(Rejected(grpc.StatusCode.UNAVAILABLE, f"call {self.call_id}: {exc!r}"))
+
+    async def _next_request(
+        self, requests: AsyncIterator[asr_pb2.TranscribeRequest]
+    ) -> asr_pb2.TranscribeRequest | None:
+        """The next message (None once the client half-closed). Once audio has come, a wait longer
+        than the stall limit ends the open segments, once per stall; the read itself is never
+        cancelled (a message must not be lost to a timeout)."""
+        reading = asyncio.ensure_future(anext(requests, None))
+        stall_s = self.servicer.stall_s
+        if stall_s is not None and any(self._heard_ms):
+            done, _ = await asyncio.wait({reading}, timeout=stall_s)
+            if not done:
+                await self._on_stall()
+        return await reading
+
+    async def _on_stall(self) -> None:
+        """Audio stopped coming: take it as lost audio, which ends each channel's open segment."""
+        gap_ms = max(self.transcriber.config.vad.min_silence_ms, self.transcriber.config.gap_tolerance_ms + 1)
+        log.info(
+            "call %s: no audio for %.1f s; ending the open segments", self.call_id, self.servicer.stall_s
+        )
+        for channel, heard_ms in enumerate(self._heard_ms):
+            if heard_ms:
+                self._heard_ms[channel] = heard_ms + gap_ms
+                await self.transcriber.feed(b"", channel=channel, timestamp_ms=int(self._heard_ms[channel]))
 
     async def _pump(self) -> None:
         try:
@@ -277,26 +390,17 @@ class _Call:
                 f"{self.servicer.max_chunk_ms} ms of audio ({limit} bytes); send 20-100 ms per chunk"
             )
         await self.transcriber.feed(chunk.audio, channel=channel, timestamp_ms=chunk.timestamp_ms or None)
+        self._count_heard(chunk, channel)
+
+    def _count_heard(self, chunk: audio_pb2.AudioChunk, channel: int | None) -> None:
+        spec = self.spec
+        unit = spec.frame_bytes if channel is None else spec.bytes_per_sample
+        chunk_ms = len(chunk.audio) / unit * 1000.0 / spec.sample_rate_hz
+        for c in range(spec.channels) if channel is None else (channel,):
+            self._heard_ms[c] = max(self._heard_ms[c], float(chunk.timestamp_ms)) + chunk_ms
 
     def _event(self, t: Transcript) -> asr_pb2.TranscriptEvent:
-        event = asr_pb2.TranscriptEvent(
-            call_id=self.call_id,
-            segment_id=t.segment_id,
-            is_final=t.is_final,
-            text=t.text,
-            words=[
-                asr_pb2.Word(text=w.text, start_ms=w.start_ms, end_ms=w.end_ms, probability=w.probability)
-                for w in t.words
-            ],
-            start_ms=t.start_ms,
-            end_ms=t.end_ms,
-            channel=self.roles[t.channel],
-            no_speech_prob=t.no_speech_prob,
-            avg_logprob=min(t.avg_logprob, 0.0),
-        )
-        if t.prosody is not None:
-            event.prosody.CopyFrom(prosody_message(t.prosody))
-        return event
+        return transcript_message(self.call_id, self.roles[t.channel], t)
 
     def close(self) -> None:
         """Stop the tasks, release the inference slot (queued decodes are cancelled)."""
@@ -306,6 +410,28 @@ class _Call:
                 task.cancel()
             self.transcriber.close()
             self.servicer.stream_closed()
+
+
+def transcript_message(call_id: str, role: audio_pb2.ChannelRole, t: Transcript) -> asr_pb2.TranscriptEvent:
+    """A transcript as the contract's TranscriptEvent of the channel whose role is ``role``."""
+    event = asr_pb2.TranscriptEvent(
+        call_id=call_id,
+        segment_id=t.segment_id,
+        is_final=t.is_final,
+        text=t.text,
+        words=[
+            asr_pb2.Word(text=w.text, start_ms=w.start_ms, end_ms=w.end_ms, probability=w.probability)
+            for w in t.words
+        ],
+        start_ms=t.start_ms,
+        end_ms=t.end_ms,
+        channel=role,
+        no_speech_prob=t.no_speech_prob,
+        avg_logprob=min(t.avg_logprob, 0.0),
+    )
+    if t.prosody is not None:
+        event.prosody.CopyFrom(prosody_message(t.prosody))
+    return event
 
 
 def _spec(call_id: str, start: audio_pb2.CallStart) -> AudioSpec:
@@ -338,6 +464,77 @@ def _roles(call_id: str, start: audio_pb2.CallStart, channels: int) -> list[audi
     if len(set(roles)) != len(roles):
         raise _invalid(f"call {call_id}: CallStart.channel_roles repeats a role; give each channel its own")
     return cast(list[audio_pb2.ChannelRole], roles)
+
+
+@dataclass
+class _Upload:
+    """A recording's first message and its bytes, spooled."""
+
+    call_id: str
+    name: str
+    """How messages name the file: its filename, else "the recording"."""
+    roles: Sequence[str] | None
+    file: IO[bytes]
+
+
+async def _receive_recording(
+    request_iterator: AsyncIterator[asr_pb2.RecordingChunk], max_bytes: int
+) -> _Upload:
+    """Read a TranscribeRecording request stream to its end; Rejected when it cannot be used."""
+    requests = aiter(request_iterator)
+    first = await anext(requests, None)
+    if first is None or first.WhichOneof("payload") != "start":
+        raise _invalid("the first RecordingChunk must carry start (RecordingStart); send it before the data")
+    start = first.start
+    call_id = start.call_id or first.call_id
+    if not is_valid_call_id(call_id):
+        raise _invalid(
+            f"RecordingStart.call_id {call_id[:140]!r} is not 1..128 characters of [A-Za-z0-9._:-]"
+        )
+    upload = _Upload(
+        call_id=call_id,
+        name=start.filename[:200] or "the recording",
+        roles=[_ROLE_NAMES.get(r, "mixed") for r in start.channel_roles] or None,
+        file=tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES),  # noqa: SIM115 (closed by the caller)
+    )
+    try:
+        await _spool(upload, requests, max_bytes)
+    except BaseException:
+        upload.file.close()
+        raise
+    return upload
+
+
+async def _spool(upload: _Upload, requests: AsyncIterator[asr_pb2.RecordingChunk], max_bytes: int) -> None:
+    size = 0
+    async for message in requests:
+        if message.call_id and message.call_id != upload.call_id:
+            raise _invalid(
+                f"call {upload.call_id}: a message names call {message.call_id[:140]!r}; "
+                "one stream carries one recording"
+            )
+        if message.WhichOneof("payload") != "data":
+            raise _invalid(f"call {upload.call_id}: after start, every RecordingChunk carries data")
+        size += len(message.data)
+        if size > max_bytes:
+            raise _invalid(
+                f"call {upload.call_id}: {upload.name} is larger than {max_bytes:,} bytes, the most this "
+                "service takes; send a compressed file (mp3, ogg, flac) or split the call"
+            )
+        await asyncio.to_thread(upload.file.write, message.data)
+    if size == 0:
+        raise _invalid(
+            f"call {upload.call_id}: {upload.name} is empty: no data followed start; send a {SUPPORTED} file"
+        )
+
+
+async def _decode_upload(upload: _Upload) -> Recording:
+    """Decode a spooled recording on a worker thread; Rejected, saying what to fix, when it cannot be used."""
+    with upload.file:
+        try:
+            return await asyncio.to_thread(read_recording, upload.file, upload.name, upload.roles)
+        except ValueError as exc:
+            raise _invalid(f"call {upload.call_id}: {exc}") from None
 
 
 def prosody_message(p: ProsodyFeatures) -> prosody_pb2.Prosody:

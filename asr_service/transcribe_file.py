@@ -15,18 +15,20 @@ reference the streaming path is measured against (tests/test_asr_wer.py).
 
 A file that cannot be used raises ``ValueError`` saying what to fix: missing, not audio, truncated
 (a WAV whose header promises more data than the file holds, or a stream that breaks off), or silent of
-samples altogether.
+samples altogether. ``decode_audio`` does the same for a file object (an upload: see ``recording.py``),
+optionally resampling to one rate and refusing audio past a duration before decoding all of it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import struct
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -101,54 +103,106 @@ class LoadedAudio:
 # ------------------------------------------------------------------------------------- reading
 
 
-def load_audio(path: str | Path) -> LoadedAudio:
+def load_audio(
+    path: str | Path, *, sample_rate_hz: int | None = None, max_duration_s: float | None = None
+) -> LoadedAudio:
     """Decode ``path`` with PyAV to 16-bit samples; ValueError, saying what to fix, when it cannot."""
-    import av
-
     p = Path(path)
     if not p.exists():
         raise ValueError(f"{p}: no such file; check the path")
     if not p.is_file():
         raise ValueError(f"{p}: not a file; give the path of a {SUPPORTED} file")
-    if p.stat().st_size == 0:
-        raise ValueError(f"{p}: the file is empty; give a {SUPPORTED} file with audio in it")
-    _check_wav_length(p)
+    with p.open("rb") as source:
+        return decode_audio(source, str(p), sample_rate_hz=sample_rate_hz, max_duration_s=max_duration_s)
+
+
+def decode_audio(
+    source: IO[bytes],
+    name: str,
+    *,
+    sample_rate_hz: int | None = None,
+    max_duration_s: float | None = None,
+) -> LoadedAudio:
+    """Decode a seekable file object holding an audio file; ``name`` stands for it in messages.
+
+    ``sample_rate_hz``: the rate to resample to (None: the file's own, or 16 kHz outside 8-48 kHz).
+    ``max_duration_s``: longer audio raises ValueError before it is all decoded (memory stays bounded).
+    """
+    import av
+
+    size = source.seek(0, io.SEEK_END)
+    if size == 0:
+        raise ValueError(f"{name}: the file is empty; give a {SUPPORTED} file with audio in it")
+    _check_wav_length(source, name, size)
+    source.seek(0)
     try:
-        with av.open(str(p)) as container:
+        with av.open(source, mode="r") as container:
             if not container.streams.audio:
-                raise ValueError(f"{p}: the file holds no audio stream; give a {SUPPORTED} file")
+                raise ValueError(f"{name}: the file holds no audio stream; give a {SUPPORTED} file")
+            if container.duration:  # in FFmpeg's microseconds
+                _check_duration(name, container.duration / 1_000_000, max_duration_s)
             stream = container.streams.audio[0]
             rate = int(stream.rate or 0)
             if rate <= 0:
-                raise ValueError(f"{p}: the audio stream has no sample rate; re-encode the file")
-            out_rate = rate if MIN_RATE_HZ <= rate <= MAX_RATE_HZ else TARGET_RATE_HZ
-            channels = int(stream.codec_context.channels or 0) or 1
-            layout = "mono" if channels == 1 else "stereo" if channels == 2 else None
-            resampler = av.AudioResampler(format="s16p", layout=layout, rate=out_rate)
+                raise ValueError(f"{name}: the audio stream has no sample rate; re-encode the file")
+            out_rate = sample_rate_hz or (rate if MIN_RATE_HZ <= rate <= MAX_RATE_HZ else TARGET_RATE_HZ)
             expected = _expected_frames(stream)
-            parts: list[npt.NDArray[Any]] = []
-            for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    parts.append(out.to_ndarray())
-            for out in resampler.resample(None):
-                parts.append(out.to_ndarray())
+            parts = _decode_stream(container, stream, out_rate, name, max_duration_s)
     except av.error.FFmpegError as exc:  # some are ValueErrors too: caught first
-        raise _bad_file(p, exc) from exc
+        raise _bad_file(name, exc) from exc
     if not parts or not sum(part.shape[1] for part in parts):
-        raise ValueError(f"{p}: the file holds no audio samples; give a {SUPPORTED} file with audio in it")
+        raise ValueError(f"{name}: the file holds no audio samples; give a {SUPPORTED} file with audio in it")
     samples = np.ascontiguousarray(np.concatenate(parts, axis=1).T.astype(np.int16))
     if expected and len(samples) * rate < 0.98 * expected * out_rate - 0.1 * rate * out_rate:
         got, want = len(samples) / out_rate, expected / rate
         raise ValueError(
-            f"{p}: the file is truncated: its header promises {want:.2f} s of audio but only {got:.2f} s "
+            f"{name}: the file is truncated: its header promises {want:.2f} s of audio but only {got:.2f} s "
             "could be decoded; copy or export it again"
         )
     return LoadedAudio(samples, out_rate)
 
 
-def _bad_file(p: Path, exc: Exception) -> ValueError:
+def _decode_stream(
+    container: Any, stream: Any, out_rate: int, name: str, max_duration_s: float | None
+) -> list[npt.NDArray[Any]]:
+    """The stream's samples as planar int16 arrays (channels, n) at ``out_rate``."""
+    import av
+
+    channels = int(stream.codec_context.channels or 0) or 1
+    layout = "mono" if channels == 1 else "stereo" if channels == 2 else None
+    resampler = av.AudioResampler(format="s16p", layout=layout, rate=out_rate)
+    parts: list[npt.NDArray[Any]] = []
+    decoded = 0
+    for frame in container.decode(stream):
+        for out in resampler.resample(frame):
+            parts.append(out.to_ndarray())
+            decoded += parts[-1].shape[1]
+        _check_duration(name, decoded / out_rate, max_duration_s)  # a header may not say, or lie
+    for out in resampler.resample(None):
+        parts.append(out.to_ndarray())
+    return parts
+
+
+def _check_duration(name: str, seconds: float, max_duration_s: float | None) -> None:
+    """Refuse audio longer than ``max_duration_s`` (None: any length)."""
+    if max_duration_s is not None and seconds > max_duration_s:
+        raise ValueError(
+            f"{name}: the recording is {_clock(seconds)} long; the limit is {_clock(max_duration_s)}: "
+            "split it into shorter files"
+        )
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _bad_file(name: str, exc: Exception) -> ValueError:
+    reason = getattr(exc, "strerror", None) or str(exc)  # FFmpeg's words, without a file name
     return ValueError(
-        f"{p}: not a readable audio file, or truncated or corrupt ({exc}); give a complete {SUPPORTED} file"
+        f"{name}: not a readable audio file, or truncated or corrupt ({reason}); "
+        f"give a complete {SUPPORTED} file"
     )
 
 
@@ -165,30 +219,29 @@ _WAV_SIZE_PLACEHOLDERS = 0x7F000000
 """Writers that stream (espeak-ng --stdout, sox to a pipe) put 0 or about 2**31-1 in the size fields."""
 
 
-def _check_wav_length(p: Path) -> None:
+def _check_wav_length(source: IO[bytes], name: str, size: int) -> None:
     """A RIFF/WAVE file whose ``data`` chunk is declared longer than the file: truncated.
 
     FFmpeg decodes such a file to the bytes that are there without a word, so this is checked here.
     """
-    with p.open("rb") as f:
-        head = f.read(12)
-        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+    source.seek(0)
+    head = source.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return
+    position = 12
+    while position + 8 <= size:
+        source.seek(position)
+        chunk_id, chunk_size = struct.unpack("<4sI", source.read(8))
+        if chunk_id == b"data":
+            available = size - position - 8
+            if 0 < chunk_size < _WAV_SIZE_PLACEHOLDERS and chunk_size > available:
+                raise ValueError(
+                    f"{name}: the WAV file is truncated: its header declares {chunk_size} bytes of audio "
+                    f"but only {available} are there; copy or export it again"
+                )
             return
-        size = p.stat().st_size
-        position = 12
-        while position + 8 <= size:
-            f.seek(position)
-            chunk_id, chunk_size = struct.unpack("<4sI", f.read(8))
-            if chunk_id == b"data":
-                available = size - position - 8
-                if 0 < chunk_size < _WAV_SIZE_PLACEHOLDERS and chunk_size > available:
-                    raise ValueError(
-                        f"{p}: the WAV file is truncated: its header declares {chunk_size} bytes of audio "
-                        f"but only {available} are there; copy or export it again"
-                    )
-                return
-            position += 8 + chunk_size + (chunk_size & 1)
-        raise ValueError(f"{p}: the WAV file has no data chunk (truncated header); copy or export it again")
+        position += 8 + chunk_size + (chunk_size & 1)
+    raise ValueError(f"{name}: the WAV file has no data chunk (truncated header); copy or export it again")
 
 
 # ------------------------------------------------------------------------------------ roles

@@ -284,6 +284,139 @@ def _run_transcribe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_analyze(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "analyze",
+        help="a recorded call (wav, flac, mp3, ogg) through the whole pipeline offline: transcript, "
+        "per-utterance sentiment, call statistics",
+    )
+    p.add_argument("file", help="the recording; any sample rate, mono or stereo, up to an hour")
+    p.add_argument(
+        "--channels",
+        default="",
+        help="role of each channel, comma-separated: agent,customer (stereo default), customer,agent, "
+        "or mixed (downmix to one channel; the mono default)",
+    )
+    p.add_argument(
+        "--model-dir",
+        default="",
+        help="CTranslate2 Whisper directory (default: CALLSENSE_ASR_MODEL_DIR or tiny.en)",
+    )
+    p.add_argument("--sentiment-model", default="", help="an ONNX model (default: the shipped INT8 model)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
+
+
+def _run_analyze(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from callsense.analyze import AnalyzeOptions, ModelUnavailable, analyze_file, render_text
+
+    options = AnalyzeOptions(
+        channels=[r for r in args.channels.split(",") if r.strip()] or None,
+        whisper_model_dir=Path(args.model_dir) if args.model_dir else None,
+        sentiment_model=Path(args.sentiment_model) if args.sentiment_model else None,
+    )
+    try:
+        analysis = analyze_file(args.file, options)
+    except ValueError as exc:
+        print(f"callsense analyze: {exc}", file=sys.stderr)
+        return 2
+    except ModelUnavailable as exc:
+        print(f"callsense analyze: cannot load a model: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(analysis.as_json(), ensure_ascii=False) if args.json else render_text(analysis))
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "demo", help="play a spoken sales call (espeak-ng) into the running mesh and show what it hears"
+    )
+    p.add_argument(
+        "--url",
+        default="ws://127.0.0.1:8080/v1/sentiment/stream",
+        help="the mesh's live WebSocket (default: through Envoy on port 8080)",
+    )
+    p.add_argument("--speed", type=float, default=1.0, help="play this many times faster than real time")
+    p.add_argument("--call-id", default="", help="the call's id (default: demo-<random>)")
+    p.add_argument("--turns", type=int, default=0, help="play only the first N turns (default: all)")
+    p.add_argument("--save-wav", default="", help="also write the call's audio (stereo WAV) here")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from callsense.demo import DemoOptions, main
+
+    if args.speed <= 0 or args.turns < 0:
+        print("callsense demo: --speed must be above 0 and --turns at least 0", file=sys.stderr)
+        return 2
+    options = DemoOptions(
+        url=args.url,
+        call_id=args.call_id,
+        speed=args.speed,
+        turns=args.turns or None,
+        save_wav=Path(args.save_wav) if args.save_wav else None,
+    )
+    return main(options)
+
+
+def _add_rollup(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "rollup", help="write a day's roll-ups per agent and team (JSON out) and post its Slack alerts"
+    )
+    p.add_argument("--date", required=True, help="the UTC day, YYYY-MM-DD")
+    p.add_argument(
+        "--database-url", default="", help="PostgreSQL URL (default: DATABASE_URL, else the embedded one)"
+    )
+    p.add_argument(
+        "--deliver-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to spend posting alerts; the gateway retries what is left (default 10)",
+    )
+
+
+def _run_rollup(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+    from datetime import date
+
+    import psycopg
+    import psycopg_pool
+
+    from callsense.config import ConfigError, load_config
+    from gateway.enrichment.rollup import rollup_command
+    from gateway.tenants import load_tenants
+
+    try:
+        day = date.fromisoformat(args.date)
+    except ValueError:
+        print(f"callsense rollup: --date {args.date!r} is not a day as YYYY-MM-DD", file=sys.stderr)
+        return 2
+    try:
+        config, tenants = load_config(), load_tenants()
+    except ConfigError as exc:
+        print(f"callsense rollup: {exc}", file=sys.stderr)
+        return 2
+    try:
+        report = asyncio.run(
+            rollup_command(
+                day,
+                config,
+                tenants,
+                database_url=args.database_url or None,
+                deliver_timeout_s=args.deliver_timeout,
+            )
+        )
+    except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+        print(f"callsense rollup: the database failed: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="callsense", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -294,6 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_score(sub)
     _add_up(sub)
     _add_transcribe(sub)
+    _add_analyze(sub)
+    _add_rollup(sub)
+    _add_demo(sub)
     return parser
 
 
@@ -307,6 +443,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "score": _run_score,
         "up": _run_up,
         "transcribe": _run_transcribe,
+        "analyze": _run_analyze,
+        "rollup": _run_rollup,
+        "demo": _run_demo,
     }
     return handlers[args.command](args)
 

@@ -24,7 +24,13 @@ and every final is chopped and scored like a text utterance. Errors: audio_not_e
 without audio in start), invalid_audio_format, frame_too_large.
 
 A bad message gets an error event and the connection and its call go on; nothing accepted is lost. After
-the summary the connection may start another call.
+the summary the connection may start another call. An audio call whose frames stop without a stop message
+gets the finals of what was said after a 2 s stall (the ASR's rule), and is stopped with reason
+``audio_timeout`` after ``SessionSettings.audio_idle_timeout_s`` (10 minutes) without audio.
+
+``POST /v1/sentiment/batch`` takes JSON utterances or, as ``multipart/form-data``, a recording (fields
+``call_id``, ``metadata`` as JSON text, ``channel_roles``, and the file ``recording``), which the ASR
+service transcribes (gateway/recording.py) before the same chopper-scorer-store path runs.
 
 Twilio Media Streams (``/v1/twilio/stream``): a phone call's two tracks as 8 kHz mu-law, protocol in
 gateway/twilio.py; its events reach watchers of the call like any other.
@@ -36,7 +42,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -46,11 +52,17 @@ from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from opentelemetry.trace import SpanKind
+from pydantic import BaseModel, ValidationError
+from pydantic.json_schema import models_json_schema
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from callsense.config import Config, load_config
 from callsense.telemetry import call_context, tracer
+from gateway.recording import Recording, analyze_recording, too_large
 from gateway.schemas import (
     MESSAGE_TYPES,
+    BatchRecordingForm,
     BatchRequest,
     BatchResponse,
     CallOut,
@@ -58,10 +70,12 @@ from gateway.schemas import (
     ErrorResponse,
     Health,
     ReadinessOut,
+    RecordingFields,
     ScoredUtteranceOut,
     StartedEvent,
     StartMessage,
     StopMessage,
+    TranscriptSegmentOut,
     UtteranceMessage,
     WatchingEvent,
     WatchMessage,
@@ -70,6 +84,7 @@ from gateway.schemas import (
     parse_message,
 )
 from gateway.session import (
+    BatchResult,
     CallDriver,
     ErrorCode,
     Gateway,
@@ -83,6 +98,7 @@ from gateway.stats import compute_call_stats
 from gateway.store import StoreRouter
 from gateway.twilio import STREAM_PATH as TWILIO_STREAM_PATH
 from gateway.twilio import TwilioStream
+from gateway.web.routes import router as web_router
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +139,10 @@ _HTTP_STATUS = {
     ErrorCode.CALL_CONFLICT: 409,
     ErrorCode.CALL_ACTIVE: 409,
     ErrorCode.INVALID_CALL_ID: 400,
+    ErrorCode.INVALID_RECORDING: 400,
+    ErrorCode.RECORDING_TOO_LARGE: 413,
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
+    ErrorCode.STAGE_FAILED: 503,
 }
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse},
@@ -131,6 +151,25 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorResponse},
     503: {"model": ErrorResponse},
 }
+_BATCH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **_ERROR_RESPONSES,
+    413: {"model": ErrorResponse, "description": "The recording is larger than the gateway takes."},
+    415: {"model": ErrorResponse, "description": "Neither JSON nor multipart/form-data."},
+}
+_BATCH_BODIES = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/BatchRequest"}},
+            "multipart/form-data": {
+                "schema": {"$ref": "#/components/schemas/BatchRecordingForm"},
+                "encoding": {"metadata": {"contentType": "application/json"}},
+            },
+        },
+    }
+}
+FORM_OVERHEAD_BYTES = 64 * 1024
+"""What a multipart body may hold beside the recording (boundaries, headers, the small fields)."""
 
 
 def create_app(
@@ -168,6 +207,8 @@ def create_app(
     )
     _add_error_handlers(app)
     _add_routes(app)
+    _document_schemas(app, (BatchRequest, BatchRecordingForm))
+    app.include_router(web_router)  # the console, the review page, timeline.png
     return app
 
 
@@ -207,23 +248,41 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 def _add_routes(app: FastAPI) -> None:
-    @app.post("/v1/sentiment/batch", response_model=BatchResponse, responses=_ERROR_RESPONSES)
-    async def analyze_batch(body: BatchRequest, request: Request) -> BatchResponse:
-        """Score a finished call's utterances (split and PII-masked by the chopper) and summarise it.
+    @app.post(
+        "/v1/sentiment/batch",
+        response_model=BatchResponse,
+        responses=_BATCH_RESPONSES,
+        openapi_extra=_BATCH_BODIES,
+    )
+    async def analyze_batch(request: Request) -> BatchResponse:
+        """Score a finished call and summarise it. Two kinds of body:
 
-        Idempotent: the same call_id with the same utterances returns the same result and stores nothing
-        twice; a call_id that already holds different utterances answers 409.
+        - `application/json`: the call's utterances as text (split and PII-masked by the chopper);
+        - `multipart/form-data`: the call's recording (wav, flac, mp3, ogg) in the file field `recording`,
+          with `call_id`, optional `metadata` (JSON text) and `channel_roles` ("agent,customer": who speaks
+          on each channel; default mono "mixed", stereo "agent,customer"). The ASR service transcribes it
+          (its offline decoder, the more accurate one); the answer adds `transcript`, what was heard.
+          400 `invalid_recording` for a file that is not audio, truncated or over an hour (the message
+          says which), 413 past the size limit, 422 `no_speech` when nothing was said, 503 without ASR.
+
+        Idempotent: the same call_id with the same utterances (or recording) returns the same result and
+        stores nothing twice; a call_id that already holds different utterances answers 409.
         """
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type == "multipart/form-data":
+            return await _analyze_recording(request)
+        if media_type and media_type != "application/json" and not media_type.endswith("+json"):
+            raise InputError(
+                ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+                f"content-type {media_type!r} is not taken here: send application/json (utterances) or "
+                "multipart/form-data (a recording in the field 'recording')",
+            )
+        body = _validated(BatchRequest, await request.body())
         with call_context(body.call_id):
             result = await _gateway(request).analyze_batch(
                 body.call_id, body.metadata.to_domain(), [u.to_domain() for u in body.utterances]
             )
-        return BatchResponse(
-            call_id=result.call_id,
-            utterances=[ScoredUtteranceOut.of(e) for e in result.events],
-            stats=CallStatsOut.of(result.summary.stats),
-            summary=list(result.summary.lines),
-        )
+        return _batch_response(result)
 
     @app.get("/v1/calls/{call_id}", response_model=CallOut, responses=_ERROR_RESPONSES)
     async def get_call(call_id: str, request: Request) -> CallOut | JSONResponse:
@@ -275,6 +334,117 @@ def _add_routes(app: FastAPI) -> None:
             pass
         finally:
             stream.close()
+
+
+# --------------------------------------------------------------------------------------------- batch
+
+
+def _validated(model: type[BatchRequest], body: bytes) -> BatchRequest:
+    """The JSON body as ``model``; a RequestValidationError (422) as FastAPI would raise it."""
+    try:
+        return model.model_validate_json(body or b"null")
+    except ValidationError as exc:
+        raise _request_error(exc) from None
+
+
+def _request_error(exc: ValidationError) -> RequestValidationError:
+    errors = exc.errors(include_url=False, include_input=False)
+    return RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors])
+
+
+def _batch_response(
+    result: BatchResult, transcript: list[TranscriptSegmentOut] | None = None
+) -> BatchResponse:
+    return BatchResponse(
+        call_id=result.call_id,
+        utterances=[ScoredUtteranceOut.of(e) for e in result.events],
+        stats=CallStatsOut.of(result.summary.stats),
+        summary=list(result.summary.lines),
+        transcript=transcript,
+    )
+
+
+async def _analyze_recording(request: Request) -> BatchResponse:
+    gateway = _gateway(request)
+    max_bytes = gateway.settings.max_recording_bytes
+    form = await _read_form(request, max_bytes)
+    try:
+        fields = _recording_fields(form)
+        upload = form.get("recording")
+        if not isinstance(upload, UploadFile):
+            raise RequestValidationError(
+                [
+                    {
+                        "loc": ("body", "recording"),
+                        "msg": "a file is required: send the call's recording (wav, flac, mp3 or ogg) as "
+                        "the form field 'recording'",
+                        "type": "missing",
+                    }
+                ]
+            )
+        if upload.size is not None and upload.size > max_bytes:
+            raise too_large(max_bytes)
+        recording = Recording(
+            upload.file, upload.filename or "", upload.content_type or "", fields.channel_roles
+        )
+        with call_context(fields.call_id):
+            result = await analyze_recording(gateway, fields.call_id, fields.metadata.to_domain(), recording)
+    finally:
+        await form.close()
+    return _batch_response(result.batch, [TranscriptSegmentOut.of(e) for e in result.transcript])
+
+
+def _recording_fields(form: FormData) -> RecordingFields:
+    values = {name: form.get(name) for name in ("call_id", "metadata", "channel_roles")}
+    try:
+        return RecordingFields.model_validate({k: v for k, v in values.items() if isinstance(v, str)})
+    except ValidationError as exc:
+        raise _request_error(exc) from None
+
+
+async def _read_form(request: Request, max_file_bytes: int) -> FormData:
+    """The multipart form, its file spooled to disk past 1 MB; 413 as soon as the body outgrows the limit
+    (a declared Content-Length over it is refused before a byte is read)."""
+    limit = max_file_bytes + FORM_OVERHEAD_BYTES
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large(max_file_bytes)
+
+    async def body() -> AsyncGenerator[bytes, None]:
+        received = 0
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise too_large(max_file_bytes)
+            yield chunk
+
+    parser = MultiPartParser(request.headers, body(), max_files=1, max_fields=8)
+    try:
+        return await parser.parse()
+    except MultiPartException as exc:
+        raise InputError(
+            ErrorCode.INVALID_MESSAGE, f"the multipart/form-data body cannot be read: {exc.message}"
+        ) from None
+
+
+def _document_schemas(app: FastAPI, models: tuple[type[BaseModel], ...]) -> None:
+    """Add ``models`` (and what they use) to the OpenAPI components: routes that read their body
+    themselves (the batch route's two bodies) refer to them by name."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()  # FastAPI's, cached by it in app.openapi_schema
+        _, defs = models_json_schema(
+            [(m, "validation") for m in models], ref_template="#/components/schemas/{model}"
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for name, definition in defs.get("$defs", {}).items():
+            components.setdefault(name, definition)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the schema
 
 
 # --------------------------------------------------------------------------------------------- WebSocket

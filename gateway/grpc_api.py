@@ -21,6 +21,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from callsense.telemetry import call_context
 from callsense.v1 import audio_pb2, chopper_pb2, scorer_pb2, sentiment_pb2, sentiment_pb2_grpc
 from gateway.live import BadgeState
+from gateway.recording import Recording, analyze_recording, parse_channel_roles, spool
 from gateway.session import (
     CHANNELS,
     AudioFormat,
@@ -131,6 +132,45 @@ class SentimentServicer(sentiment_pb2_grpc.SentimentServicer):
             summary=summary_proto(result.summary.stats, result.summary.lines, result.summary.objection_tags),
         )
 
+    async def AnalyzeRecording(
+        self,
+        request_iterator: AsyncIterator[sentiment_pb2.AnalyzeRecordingRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> sentiment_pb2.AnalyzeBatchResponse:
+        requests = aiter(request_iterator)
+        first = await anext(requests, None)
+        if first is None or first.WhichOneof("payload") != "start":
+            await _abort_with(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "the first AnalyzeRecordingRequest must carry start (RecordingUpload); send it first",
+            )
+        start = first.start
+        call_id = await _checked(context, validate_call_id, start.call_id or first.call_id)
+        metadata = await _checked(context, metadata_of, start.metadata)
+        roles = await _checked(
+            context, parse_channel_roles, [channel_from_role(r) for r in start.channel_roles]
+        )
+        with call_context(call_id):
+            try:
+                file = await spool(_recording_bytes(requests), self._gateway.settings.max_recording_bytes)
+                with file:
+                    recording = Recording(file, start.filename, start.content_type, roles)
+                    result = await analyze_recording(self._gateway, call_id, metadata, recording)
+            except InputError as err:
+                await _abort(context, err)
+            except grpc.aio.AioRpcError as exc:
+                log.warning("recording %s: stage failed: %s %s", call_id, exc.code().name, exc.details())
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE, f"a pipeline stage failed: {exc.code().name}"
+                )
+        batch = result.batch
+        return sentiment_pb2.AnalyzeBatchResponse(
+            call_id=call_id,
+            utterances=[scored_utterance_proto(e) for e in batch.events],
+            summary=summary_proto(batch.summary.stats, batch.summary.lines, batch.summary.objection_tags),
+        )
+
     async def GetCall(
         self, request: sentiment_pb2.GetCallRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> sentiment_pb2.CallRecord:
@@ -139,6 +179,17 @@ class SentimentServicer(sentiment_pb2_grpc.SentimentServicer):
         if row is None:
             await _abort_with(context, grpc.StatusCode.NOT_FOUND, f"no call with id {call_id!r}")
         return call_record_proto(row)
+
+
+async def _recording_bytes(
+    requests: AsyncIterator[sentiment_pb2.AnalyzeRecordingRequest],
+) -> AsyncIterator[bytes]:
+    async for message in requests:
+        if message.WhichOneof("payload") != "data":
+            raise InputError(
+                ErrorCode.INVALID_MESSAGE, "after start, every AnalyzeRecordingRequest carries data"
+            )
+        yield message.data
 
 
 def add_to_server(gateway: Gateway) -> Any:

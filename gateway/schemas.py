@@ -7,6 +7,8 @@ and a WebSocket error event name the same problem the same way.
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal, TypeVar
@@ -14,7 +16,9 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from callsense.v1 import asr_pb2
 from gateway.live import Topic
+from gateway.recording import parse_channel_roles
 from gateway.session import (
     MAX_BATCH_UTTERANCES,
     MAX_TEXT_CHARS,
@@ -31,6 +35,7 @@ from gateway.session import (
     SummaryEvent,
     TextUtterance,
     TranscriptEvent,
+    channel_from_role,
     validate_audio_format,
     validate_call_id,
     validate_metadata,
@@ -225,6 +230,64 @@ class BatchRequest(_CallIdMixin):
         return value
 
 
+class RecordingFields(_CallIdMixin):
+    """The form fields that come with an uploaded recording, validated (the file is read apart).
+    ``metadata`` may come as JSON text, ``channel_roles`` as "agent,customer" or a JSON list."""
+
+    metadata: Metadata = Field(default_factory=lambda: Metadata())
+    channel_roles: tuple[ChannelName, ...] = ()
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _metadata_json(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        try:
+            parsed = json.loads(value or "{}")
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            raise PydanticCustomError(
+                ErrorCode.INVALID_METADATA,
+                'metadata must be a JSON object, e.g. {"tenant": "acme", "agent": "sam"}',
+            )
+        return parsed
+
+    @field_validator("channel_roles", mode="before")
+    @classmethod
+    def _roles_list(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().startswith("["):
+            with contextlib.suppress(ValueError):  # else read as a comma list: the bad role is named
+                value = json.loads(value)
+        if isinstance(value, str | list | tuple):
+            try:
+                return parse_channel_roles(value if isinstance(value, str) else [str(v) for v in value])
+            except InputError as err:
+                raise _custom_error(err) from None
+        return value
+
+
+class BatchRecordingForm(BaseModel):
+    """A finished call's recording to transcribe, score and summarise (``multipart/form-data``)."""
+
+    call_id: str = Field(description="Id of the call, chosen by the client: 1-128 chars of [A-Za-z0-9._:-].")
+    metadata: str = Field(
+        default="{}",
+        description='Who and where the call belongs to, as JSON text: {"tenant", "agent", "team", "region", '
+        '"language", "labels"} (the JSON body\'s metadata object).',
+    )
+    channel_roles: str = Field(
+        default="",
+        description='Who speaks on each channel of the file, in channel order: "agent,customer" (or a JSON '
+        'list). Default: a mono file is "mixed", a stereo file "agent,customer"; "mixed" downmixes.',
+    )
+    recording: bytes = Field(
+        description="The call's audio file: wav, flac, mp3 or ogg (anything FFmpeg reads), any sample rate, "
+        "mono or stereo, up to an hour and the gateway's size limit (100 MB by default).",
+        json_schema_extra={"format": "binary"},
+    )
+
+
 # --------------------------------------------------------------------------------------------- output
 
 
@@ -284,6 +347,26 @@ class CallStatsOut(BaseModel):
         )
 
 
+class TranscriptSegmentOut(BaseModel):
+    """A final segment the recogniser heard in an uploaded recording."""
+
+    channel: ChannelName
+    segment_id: int = Field(description="Segment within the channel, from 0.")
+    start_ms: int
+    end_ms: int
+    text: str = Field(description="As recognised, not PII-masked (only what is stored is masked).")
+
+    @classmethod
+    def of(cls, event: asr_pb2.TranscriptEvent) -> TranscriptSegmentOut:
+        return cls(
+            channel=channel_from_role(event.channel),
+            segment_id=event.segment_id,
+            start_ms=event.start_ms,
+            end_ms=event.end_ms,
+            text=event.text.strip(),
+        )
+
+
 class BatchResponse(BaseModel):
     """Scores and statistics of a batch-analysed call."""
 
@@ -291,6 +374,9 @@ class BatchResponse(BaseModel):
     utterances: list[ScoredUtteranceOut] = Field(description="One per emitted utterance, by utterance_id.")
     stats: CallStatsOut
     summary: list[str] = Field(description="Lines a manager can scan.")
+    transcript: list[TranscriptSegmentOut] | None = Field(
+        default=None, description="For an uploaded recording: what was heard, by start time; else null."
+    )
 
 
 class CallOut(BaseModel):

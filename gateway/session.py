@@ -49,6 +49,8 @@ from callsense.v1 import (
     scorer_pb2,
     scorer_pb2_grpc,
 )
+from gateway.enrichment.postcall import AfterCall
+from gateway.enrichment.summary import CallReport, tag_names
 from gateway.live import (
     BadgeChange,
     BadgeSettings,
@@ -59,7 +61,7 @@ from gateway.live import (
     ScoredUtteranceView,
     settings_for,
 )
-from gateway.stats import CallStatistics, GatewayMetrics, compute_call_stats, summary_lines
+from gateway.stats import CallStatistics, GatewayMetrics, compute_call_stats
 from gateway.store import CallRow, ScoredEvent, Store, StoreRouter
 
 log = logging.getLogger(__name__)
@@ -134,6 +136,10 @@ class ErrorCode:
     STAGE_FAILED = "stage_failed"
     STORAGE_FAILED = "storage_failed"
     TIMEOUT = "timeout"
+    INVALID_RECORDING = "invalid_recording"
+    RECORDING_TOO_LARGE = "recording_too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    NO_SPEECH = "no_speech"
 
 
 class InputError(Exception):
@@ -372,10 +378,26 @@ class CallSummary:
     objection_tags: tuple[str, ...] = ()
     badge: BadgeState | None = None
     """The live badge's colour at the end of the call; None for a batch (it had no live badge)."""
+    report: CallReport | None = None
+    """Spikes, turning points, quarters and tagged segments (gateway/enrichment/summary.py)."""
+
+    @classmethod
+    def of(
+        cls,
+        call_id: str,
+        status: Literal["ended", "failed"],
+        reason: str,
+        stats: CallStatistics,
+        report: CallReport,
+        badge: BadgeState | None = None,
+    ) -> CallSummary:
+        tags = tuple(tag_names(report.tags))
+        return cls(call_id, status, reason, stats, report.lines, tags, badge, report)
 
     def for_store(self) -> dict[str, Any]:
-        """What goes into calls.summary (jsonb)."""
+        """What goes into calls.summary (jsonb): the report, the reason and the final badge."""
         stored: dict[str, Any] = {
+            **(self.report.to_json() if self.report is not None else {}),
             "reason": self.reason,
             "lines": list(self.lines),
             "customer_min_sentiment": self.stats.customer_min_sentiment,
@@ -533,6 +555,12 @@ class SessionSettings:
     audio_queue_size: int = 64
     """Audio chunks (<= AUDIO_CHUNK_MS each) not yet sent to the ASR; a full queue makes audio wait."""
     """Deadline of one batch request to the chopper or the scorer."""
+    audio_idle_timeout_s: float | None = 600.0
+    """An audio call whose audio stops for this long (the client neither sends nor stops) is stopped with
+    reason ``audio_timeout``: its speech is transcribed and scored, the summary follows. The ASR already
+    ends the open segment after a 2 s stall, so nothing waits for this to be scored. None: never."""
+    max_recording_bytes: int = 100 * 1024 * 1024
+    """Largest recording ``POST /v1/sentiment/batch`` takes (413 past it)."""
     store_attempts: int = 3
     badge_settings: Mapping[str, BadgeSettings] = field(default_factory=dict)
     """Live-rule settings (badge and cues) per tenant id; a tenant not named gets live.DEFAULT_SETTINGS."""
@@ -581,6 +609,7 @@ class CallSession:
         settings: SessionSettings,
         on_closed: Callable[[CallSession], None] = lambda _: None,
         audio: AudioFormat | None = None,
+        after_call: AfterCall | None = None,
     ) -> None:
         self.call_id = call_id
         self.metadata = metadata
@@ -594,6 +623,7 @@ class CallSession:
         self._metrics = metrics
         self._settings = settings
         self._on_closed = on_closed
+        self._after_call = after_call or AfterCall()
         self._inbox: asyncio.Queue[asr_pb2.TranscriptEvent | None] = asyncio.Queue(settings.inbox_size)
         self._utterances: asyncio.Queue[chopper_pb2.Utterance | None] = asyncio.Queue(
             settings.utterance_queue_size
@@ -611,6 +641,7 @@ class CallSession:
         self._pipeline: asyncio.Task[None] | None = None
         self._runner: asyncio.Task[None] | None = None
         self._grace: asyncio.Task[None] | None = None
+        self._idle_stop: asyncio.Future[CallSummary] | None = None
         self._coach = LiveCoach(settings_for(metadata.tenant, settings.badge_settings))
         self._done: asyncio.Future[CallSummary] = asyncio.get_running_loop().create_future()
         self.driver_attached = False
@@ -825,9 +856,22 @@ class CallSession:
             )
             yield asr_pb2.TranscribeRequest(call_id=call_id, chunk=chunk)
             seq += 1
-            piece = await self._audio.get()
+            piece = await self._next_audio()
         end = audio_pb2.CallEnd(call_id=call_id, reason=self._stop_reason)
         yield asr_pb2.TranscribeRequest(call_id=call_id, end=end)
+
+    async def _next_audio(self) -> _AudioPiece | None:
+        """The next piece of audio, or None at the end; stops the call once its audio has stopped for
+        ``audio_idle_timeout_s`` (a client that went quiet without a stop must not hold it forever)."""
+        try:
+            async with asyncio.timeout(self._settings.audio_idle_timeout_s):
+                return await self._audio.get()  # a get cut short by the timeout takes nothing
+        except TimeoutError:
+            log.info(
+                "call %s: no audio for %g s; stopping it", self.call_id, self._settings.audio_idle_timeout_s
+            )
+            self._idle_stop = asyncio.ensure_future(self.stop("audio_timeout"))  # puts the end marker
+            return await self._audio.get()
 
     async def _on_transcript(self, event: asr_pb2.TranscriptEvent) -> None:
         self._publish(lambda seq: TranscriptEvent(self.call_id, seq, event))
@@ -978,18 +1022,18 @@ class CallSession:
         self._state = "closed"
         self._cancel_grace()
         stats = compute_call_stats(self._scored)
-        summary = CallSummary(
-            self.call_id,
-            status,
-            reason,
-            stats,
-            tuple(summary_lines(self._scored, stats)),
-            badge=self._coach.badge_state,
-        )
+        report = await self._after_call.report(self._scored, stats)
+        summary = CallSummary.of(self.call_id, status, reason, stats, report, self._coach.badge_state)
         try:
             await self._store.end_call(
-                self.call_id, stats.to_store(), status=status, summary=summary.for_store()
+                self.call_id,
+                stats.to_store(),
+                status=status,
+                summary=summary.for_store(),
+                objection_tags=summary.objection_tags,
+                outbox=self._after_call.outbox(),
             )
+            self._after_call.on_enqueued()
         except Exception:
             log.exception("call %s: storing the end of the call failed", self.call_id)
             self._publish(
@@ -1029,7 +1073,16 @@ class CallSession:
 
 
 _KNOWN_REASONS = frozenset(
-    {"hangup", "client_gone", "client_closed", "shutdown", "aborted", "stage_failed", "batch"}
+    {
+        "hangup",
+        "client_gone",
+        "client_closed",
+        "shutdown",
+        "aborted",
+        "stage_failed",
+        "batch",
+        "audio_timeout",
+    }
 )
 
 
@@ -1102,11 +1155,14 @@ class SessionRegistry:
         *,
         metrics: GatewayMetrics | None = None,
         settings: SessionSettings | None = None,
+        after_call: AfterCall | None = None,
     ) -> None:
         self.stores = stores
         self.stages = stages
         self.metrics = metrics or GatewayMetrics()
         self.settings = settings or SessionSettings()
+        self.after_call = after_call or AfterCall()
+        """Objection tags, the report and the CRM push when a call ends (shared by all its calls)."""
         self._sessions: dict[str, CallSession] = {}
 
     def __len__(self) -> int:
@@ -1114,6 +1170,10 @@ class SessionRegistry:
 
     def get(self, call_id: str) -> CallSession | None:
         return self._sessions.get(call_id)
+
+    def live_calls(self) -> list[CallSession]:
+        """The sessions still taking input, oldest first."""
+        return [s for s in self._sessions.values() if s.state == "live"]
 
     async def start_call(
         self, call_id: str, metadata: CallMetadata, audio: AudioFormat | None = None
@@ -1139,6 +1199,7 @@ class SessionRegistry:
             metrics=self.metrics,
             settings=self.settings,
             on_closed=self._forget,
+            after_call=self.after_call,
             audio=audio,
         )
         session.driver_attached = True
@@ -1325,6 +1386,7 @@ class Gateway:
         database_url: str | None = None,
         settings: SessionSettings | None = None,
         metrics: GatewayMetrics | None = None,
+        after_call: AfterCall | None = None,
     ) -> Gateway:
         """Channels to the chopper and scorer, and the stores unless given: ``database_url``, else
         ``config.database_url``, else an embedded PostgreSQL under ``config.data_dir`` started here."""
@@ -1348,7 +1410,7 @@ class Gateway:
             scorer=scorer_pb2_grpc.ScorerStub(scorer_channel),
             asr=asr_pb2_grpc.AsrStub(asr_channel),
         )
-        registry = SessionRegistry(stores, stages, metrics=metrics, settings=settings)
+        registry = SessionRegistry(stores, stages, metrics=metrics, settings=settings, after_call=after_call)
         targets = {
             "chopper": (chopper_channel, service_name(chopper_pb2, "Chopper")),
             "scorer": (scorer_channel, service_name(scorer_pb2, "Scorer")),
@@ -1418,8 +1480,17 @@ class Gateway:
         await store.record_scores(events)
         stored = tuple(await store.list_events(call_id))
         stats = compute_call_stats(stored)
-        summary = CallSummary(call_id, "ended", "batch", stats, tuple(summary_lines(stored, stats)))
-        await store.end_call(call_id, stats.to_store(), status="ended", summary=summary.for_store())
+        report = await self.registry.after_call.report(stored, stats)
+        summary = CallSummary.of(call_id, "ended", "batch", stats, report)
+        await store.end_call(
+            call_id,
+            stats.to_store(),
+            status="ended",
+            summary=summary.for_store(),
+            objection_tags=summary.objection_tags,
+            outbox=self.registry.after_call.outbox(),
+        )
+        self.registry.after_call.on_enqueued()
         self.metrics.count("callsense_gateway_batches_total")
         return BatchResult(call_id, stored, summary)
 

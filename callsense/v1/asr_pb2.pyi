@@ -8,6 +8,28 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class RecordingChunk(_message.Message):
+    __slots__ = ("call_id", "start", "data")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    start: RecordingStart
+    data: bytes
+    def __init__(self, call_id: _Optional[str] = ..., start: _Optional[_Union[RecordingStart, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class RecordingStart(_message.Message):
+    __slots__ = ("call_id", "filename", "content_type", "channel_roles")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    FILENAME_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_ROLES_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    filename: str
+    content_type: str
+    channel_roles: _containers.RepeatedScalarFieldContainer[_audio_pb2.ChannelRole]
+    def __init__(self, call_id: _Optional[str] = ..., filename: _Optional[str] = ..., content_type: _Optional[str] = ..., channel_roles: _Optional[_Iterable[_Union[_audio_pb2.ChannelRole, str]]] = ...) -> None: ...
+
 class TranscribeRequest(_message.Message):
     __slots__ = ("call_id", "start", "chunk", "end")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]

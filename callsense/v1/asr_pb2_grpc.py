@@ -40,6 +40,11 @@ class AsrStub:
                 request_serializer=callsense_dot_v1_dot_asr__pb2.TranscribeRequest.SerializeToString,
                 response_deserializer=callsense_dot_v1_dot_asr__pb2.TranscriptEvent.FromString,
                 _registered_method=True)
+        self.TranscribeRecording = channel.stream_stream(
+                '/callsense.v1.Asr/TranscribeRecording',
+                request_serializer=callsense_dot_v1_dot_asr__pb2.RecordingChunk.SerializeToString,
+                response_deserializer=callsense_dot_v1_dot_asr__pb2.TranscriptEvent.FromString,
+                _registered_method=True)
 
 
 class AsrServicer:
@@ -54,12 +59,33 @@ class AsrServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TranscribeRecording(self, request_iterator, context):
+        """One recorded call (wav, flac, mp3, ogg, or anything else FFmpeg reads): send a RecordingChunk with
+        start, then the file's bytes in order in RecordingChunks of data (each under gRPC's 4 MB message
+        limit; 1 MB is a good size), then half-close. Receive one final TranscriptEvent per segment (words,
+        times, prosody; never a partial), channel after channel and in time order within a channel; the
+        server closes the stream after the last one. A recording without speech gives no event.
+        INVALID_ARGUMENT: no start first, a bad call id, no data, more than the service's size limit
+        (256 MB by default) or duration limit (an hour), bytes that are not audio, a truncated or corrupt
+        file, channel_roles that do not fit the file's channels; the message says what to fix and which
+        formats are accepted. RESOURCE_EXHAUSTED: the replica transcribes as many calls as it may (retry
+        later or elsewhere). The decoding shares the replica's one inference thread fairly with live calls.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AsrServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Transcribe': grpc.stream_stream_rpc_method_handler(
                     servicer.Transcribe,
                     request_deserializer=callsense_dot_v1_dot_asr__pb2.TranscribeRequest.FromString,
+                    response_serializer=callsense_dot_v1_dot_asr__pb2.TranscriptEvent.SerializeToString,
+            ),
+            'TranscribeRecording': grpc.stream_stream_rpc_method_handler(
+                    servicer.TranscribeRecording,
+                    request_deserializer=callsense_dot_v1_dot_asr__pb2.RecordingChunk.FromString,
                     response_serializer=callsense_dot_v1_dot_asr__pb2.TranscriptEvent.SerializeToString,
             ),
     }
@@ -90,6 +116,33 @@ class Asr:
             target,
             '/callsense.v1.Asr/Transcribe',
             callsense_dot_v1_dot_asr__pb2.TranscribeRequest.SerializeToString,
+            callsense_dot_v1_dot_asr__pb2.TranscriptEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TranscribeRecording(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/callsense.v1.Asr/TranscribeRecording',
+            callsense_dot_v1_dot_asr__pb2.RecordingChunk.SerializeToString,
             callsense_dot_v1_dot_asr__pb2.TranscriptEvent.FromString,
             options,
             channel_credentials,

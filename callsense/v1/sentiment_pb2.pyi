@@ -150,6 +150,30 @@ class AnalyzeBatchRequest(_message.Message):
     utterances: _containers.RepeatedCompositeFieldContainer[TextUtterance]
     def __init__(self, call_id: _Optional[str] = ..., metadata: _Optional[_Union[_audio_pb2.CallMetadata, _Mapping]] = ..., utterances: _Optional[_Iterable[_Union[TextUtterance, _Mapping]]] = ...) -> None: ...
 
+class AnalyzeRecordingRequest(_message.Message):
+    __slots__ = ("call_id", "start", "data")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    start: RecordingUpload
+    data: bytes
+    def __init__(self, call_id: _Optional[str] = ..., start: _Optional[_Union[RecordingUpload, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class RecordingUpload(_message.Message):
+    __slots__ = ("call_id", "metadata", "filename", "content_type", "channel_roles")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    FILENAME_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_ROLES_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    metadata: _audio_pb2.CallMetadata
+    filename: str
+    content_type: str
+    channel_roles: _containers.RepeatedScalarFieldContainer[_audio_pb2.ChannelRole]
+    def __init__(self, call_id: _Optional[str] = ..., metadata: _Optional[_Union[_audio_pb2.CallMetadata, _Mapping]] = ..., filename: _Optional[str] = ..., content_type: _Optional[str] = ..., channel_roles: _Optional[_Iterable[_Union[_audio_pb2.ChannelRole, str]]] = ...) -> None: ...
+
 class AnalyzeBatchResponse(_message.Message):
     __slots__ = ("call_id", "utterances", "summary")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]

@@ -50,6 +50,11 @@ class SentimentStub:
                 request_serializer=callsense_dot_v1_dot_sentiment__pb2.AnalyzeBatchRequest.SerializeToString,
                 response_deserializer=callsense_dot_v1_dot_sentiment__pb2.AnalyzeBatchResponse.FromString,
                 _registered_method=True)
+        self.AnalyzeRecording = channel.stream_unary(
+                '/callsense.v1.Sentiment/AnalyzeRecording',
+                request_serializer=callsense_dot_v1_dot_sentiment__pb2.AnalyzeRecordingRequest.SerializeToString,
+                response_deserializer=callsense_dot_v1_dot_sentiment__pb2.AnalyzeBatchResponse.FromString,
+                _registered_method=True)
         self.GetCall = channel.unary_unary(
                 '/callsense.v1.Sentiment/GetCall',
                 request_serializer=callsense_dot_v1_dot_sentiment__pb2.GetCallRequest.SerializeToString,
@@ -83,6 +88,19 @@ class SentimentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AnalyzeRecording(self, request_iterator, context):
+        """Scores a finished call's recording (wav, flac, mp3, ogg): send start, then the file's bytes in
+        order (each message under gRPC's 4 MB limit; 1 MB is a good size), then half-close. The ASR service
+        transcribes it with its offline decoder, and the call is scored as AnalyzeBatch scores it, with the
+        same answer and the same idempotency. INVALID_ARGUMENT: no start first, a bad call id or metadata, a
+        file that is not audio, is truncated or empty, is over an hour or over the gateway's size limit
+        (100 MB by default), roles that do not fit its channels, or no speech in it (the message says
+        which); ALREADY_EXISTS: the call_id holds other utterances; UNAVAILABLE: no ASR service, or busy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetCall(self, request, context):
         """Reads a stored call: metadata, summary and scored utterances. NOT_FOUND when unknown.
         """
@@ -106,6 +124,11 @@ def add_SentimentServicer_to_server(servicer, server):
             'AnalyzeBatch': grpc.unary_unary_rpc_method_handler(
                     servicer.AnalyzeBatch,
                     request_deserializer=callsense_dot_v1_dot_sentiment__pb2.AnalyzeBatchRequest.FromString,
+                    response_serializer=callsense_dot_v1_dot_sentiment__pb2.AnalyzeBatchResponse.SerializeToString,
+            ),
+            'AnalyzeRecording': grpc.stream_unary_rpc_method_handler(
+                    servicer.AnalyzeRecording,
+                    request_deserializer=callsense_dot_v1_dot_sentiment__pb2.AnalyzeRecordingRequest.FromString,
                     response_serializer=callsense_dot_v1_dot_sentiment__pb2.AnalyzeBatchResponse.SerializeToString,
             ),
             'GetCall': grpc.unary_unary_rpc_method_handler(
@@ -195,6 +218,33 @@ class Sentiment:
             target,
             '/callsense.v1.Sentiment/AnalyzeBatch',
             callsense_dot_v1_dot_sentiment__pb2.AnalyzeBatchRequest.SerializeToString,
+            callsense_dot_v1_dot_sentiment__pb2.AnalyzeBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AnalyzeRecording(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/callsense.v1.Sentiment/AnalyzeRecording',
+            callsense_dot_v1_dot_sentiment__pb2.AnalyzeRecordingRequest.SerializeToString,
             callsense_dot_v1_dot_sentiment__pb2.AnalyzeBatchResponse.FromString,
             options,
             channel_credentials,
