@@ -14,13 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from asr_service.transcribe_file import channel_roles, load_audio, transcribe_file
+from asr_service.audio import AudioSpec, Encoding
+from asr_service.transcribe_file import channel_roles, load_audio, transcribe_bytes, transcribe_file
 from tests.audio_fixtures import (
     SENTENCE_A,
     require_speech_tools,
     silence,
     speak_pcm16,
     to_pcm16_bytes,
+    tone_sequence,
+    white_noise,
     word_error_rate,
 )
 
@@ -149,3 +152,14 @@ def test_thirty_seconds_of_silence_gives_no_segments(tmp_path: Path) -> None:
     done = callsense(str(path))
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"text": "", "segments": []}
+
+
+@pytest.mark.parametrize(
+    "signal",
+    [white_noise(30.0), white_noise(30.0, level=0.3, seed=2), tone_sequence(30.0)],
+    ids=["white-noise", "loud-noise", "music-like-tones"],
+)
+def test_thirty_seconds_of_noise_or_music_give_no_text_at_all(signal: np.ndarray) -> None:
+    # The whole streaming path (VAD, Whisper, hallucination filter) gives no final: nothing to score.
+    result = transcribe_bytes(to_pcm16_bytes(signal), AudioSpec(Encoding.PCM16, 16_000, 1))
+    assert result.segments == () and result.text == "", result
