@@ -18,6 +18,12 @@ again at a later timestamp, as if the window went on. Three guards, cheapest fir
 
 The generation length is also capped in proportion to the audio, so a loop cannot cost much.
 
+Context (``context_s``): a short segment alone is hard for Whisper ("ask not" heard alone came out as
+"S NOT!"), and it does better hearing what came just before. The caller may put the end of the
+previous segment in front of the audio and say how long it is: the model hears it all, and only words
+whose middle falls after ``context_s`` are returned. The repetition guards leave the context's text
+alone, so a segment that says again what the context said ("Yes. ... Yes.") keeps its words.
+
 One model per process (``load_model``) with ``cpu_threads=1`` and int8 (the field notes: float32 on two
 busy cores was 3-7x slower). A ``WhisperRecognizer`` is not thread-safe; the service runs it on its one
 inference thread.
@@ -99,9 +105,12 @@ class Recognition:
     """zlib ratio of the decoded text before a loop is cut off: above about 2.4 it is repetitive (the
     decode went degenerate, and the filter drops it)."""
     audio_s: float
-    """Duration of the recognised audio, without the pad."""
+    """Duration of the recognised audio, without the pad and the context."""
     loop_trimmed: bool = False
-    """A repeated sub-segment or an n-gram loop was cut off ``text``."""
+    """A repeated sub-segment, an n-gram loop or a repeated tail was cut off ``text``."""
+    context_s: float = 0.0
+    """Seconds of context heard before the recognised audio (``text`` and ``words`` leave it out;
+    ``no_speech_prob`` and ``avg_logprob`` are those of the whole decode)."""
 
 
 def compression_ratio(text: str) -> float:
@@ -143,12 +152,19 @@ class WhisperRecognizer:
         """One decode of silence: the first call pays CTranslate2's lazy initialisation."""
         self.recognize(np.zeros(SAMPLE_RATE, dtype=np.float32), word_timestamps=True)
 
-    def recognize(self, audio: npt.ArrayLike, *, word_timestamps: bool = True) -> Recognition:
-        """Transcribe ``audio`` (16 kHz float32 mono, at most ``MAX_AUDIO_S``; longer is cut)."""
+    def recognize(
+        self, audio: npt.ArrayLike, *, word_timestamps: bool = True, context_s: float = 0.0
+    ) -> Recognition:
+        """Transcribe ``audio`` (16 kHz float32 mono, at most ``MAX_AUDIO_S``; longer is cut).
+
+        The first ``context_s`` seconds are context only: heard, not returned (see the module docstring).
+        Word times are seconds from the start of ``audio``, context included.
+        """
         from faster_whisper.transcribe import get_ctranslate2_storage
 
         x = np.asarray(audio, dtype=np.float32).reshape(-1)[: int(MAX_AUDIO_S * SAMPLE_RATE)]
         audio_s = len(x) / SAMPLE_RATE
+        context_s = min(max(context_s, 0.0), audio_s)
         tok = self._tokenizer
         padded = np.concatenate([x, np.zeros(int(self.config.pad_s * SAMPLE_RATE), dtype=np.float32)])
         features = self._extractor(padded)[..., :-1]
@@ -177,61 +193,71 @@ class WhisperRecognizer:
         # As faster-whisper: the score is the cumulated log-probability over len(tokens) (penalty 1).
         avg_logprob = float(result.scores[0]) * len(tokens) / (len(tokens) + 1)
 
-        deduplicated, loop, dropped = self._strip_loops(tokens)
-        text_tokens = deduplicated[:loop] if loop is not None else deduplicated
-        text_tokens = self._strip_repeated_tail(text_tokens)
+        text_tokens, trimmed = self._cut_repetitions(tokens, context_s)
         text = tok.decode(text_tokens).strip()
+        words: tuple[RecognizedWord, ...] = ()
+        if (word_timestamps or context_s) and text_tokens:
+            content_frames = min(int(round(audio_s * 100)), features.shape[-1])
+            words = self._align(text_tokens, encoded, content_frames, audio_s)
+        if context_s:  # the words after the context; the repeated-tail guard works on them
+            words, cut = _after_context(words, context_s)
+            text, trimmed = "".join(w.text for w in words).strip(), trimmed or cut
         # The compression ratio is taken on what is left once loops are cut: without the 30 s pad the
         # decoder tends to say the end of real speech twice, and the words before the loop are good.
         # A hallucination on noise is still caught: what survives the cut is short, unsure stock text.
-        ratio = compression_ratio(text)
-        words: tuple[RecognizedWord, ...] = ()
-        if word_timestamps and text_tokens:
-            content_frames = min(int(round(audio_s * 100)), features.shape[-1])
-            words = self._align(text_tokens, encoded, content_frames, audio_s)
         return Recognition(
             text=text,
-            words=words,
+            words=words if word_timestamps else (),
             no_speech_prob=float(result.no_speech_prob),
             avg_logprob=avg_logprob,
-            compression_ratio=ratio,
-            audio_s=audio_s,
-            loop_trimmed=dropped or loop is not None,
+            compression_ratio=compression_ratio(text),
+            audio_s=audio_s - context_s,
+            loop_trimmed=trimmed,
+            context_s=context_s,
         )
 
-    def _strip_repeated_tail(self, tokens: list[int]) -> list[int]:
-        """Drop a final run of words that repeats the run just before it ("by a similar process,
-        by a similar process."), compared without case or punctuation."""
-        tok = self._tokenizer
-        words = [_normalise(tok.decode([t])) for t in tokens]
-        spans = [i for i, w in enumerate(words) if w]  # token indices that carry a word
-        for n in range(min(12, len(spans) // 2), 1, -1):
-            tail, before = spans[-n:], spans[-2 * n : -n]
-            if [words[i] for i in tail] == [words[i] for i in before]:
-                return tokens[: before[-1] + 1] + [t for t in tokens[tail[-1] + 1 :]]
-        return tokens
+    def _cut_repetitions(self, tokens: list[int], context_s: float) -> tuple[list[int], bool]:
+        """The text tokens without repeated sub-segments, an n-gram loop and (without context; with
+        it, the words after the context get this guard) a repeated tail; and whether anything was cut."""
+        deduplicated, loop, dropped = self._strip_loops(tokens, context_s)
+        text_tokens = deduplicated[:loop] if loop is not None else deduplicated
+        cut = False
+        if not context_s:
+            text_tokens, cut = self._strip_repeated_tail(text_tokens)
+        return text_tokens, dropped or cut or loop is not None
 
-    def _strip_loops(self, tokens: list[int]) -> tuple[list[int], int | None, bool]:
+    def _strip_repeated_tail(self, tokens: list[int]) -> tuple[list[int], bool]:
+        """``tokens`` without a repeated tail (``repeated_tail``), and whether one was cut."""
+        cut = repeated_tail([_normalise(self._tokenizer.decode([t])) for t in tokens])
+        return (tokens, False) if cut is None else (tokens[: cut[0]] + tokens[cut[1] :], True)
+
+    def _strip_loops(self, tokens: list[int], context_s: float = 0.0) -> tuple[list[int], int | None, bool]:
         """Text tokens without repeated sub-segments, where an n-gram loop starts in them (or None),
-        and whether a sub-segment was dropped."""
+        and whether a sub-segment was dropped. Sub-segments that start in the context are neither
+        checked nor remembered: a new segment may say again what the context said."""
         tok = self._tokenizer
         kept: list[int] = []
         seen: set[str] = set()
         current: list[int] = []
+        current_start = last_time = 0.0
         dropped = False
         for t in [*tokens, tok.timestamp_begin]:  # a sentinel closes the last sub-segment
             if t < tok.timestamp_begin:
                 if t < tok.eot:
+                    if not current:
+                        current_start = last_time
                     current.append(t)
                 continue
             if current:
                 key = _normalise(tok.decode(current))
-                if key and key in seen:
-                    dropped = True
-                    break
-                seen.add(key)
+                if current_start >= context_s:
+                    if key and key in seen:
+                        dropped = True
+                        break
+                    seen.add(key)
                 kept.extend(current)
                 current = []
+            last_time = (t - tok.timestamp_begin) * TIME_PRECISION_S
         return kept, loop_start(kept), dropped
 
     def _align(
@@ -249,6 +275,28 @@ class WhisperRecognizer:
             end = float(min(max(w["end"], start), audio_s))
             words.append(RecognizedWord(w["word"], start, end, float(w["probability"])))
         return tuple(words)
+
+
+def repeated_tail(items: list[str]) -> tuple[int, int] | None:
+    """A final run of words that repeats the run just before it ("by a similar process, by a similar
+    process."): the slice ``[a, b)`` of ``items`` to drop (from just after the first run to the end of
+    the second), or None. ``items`` are words or tokens, normalised; empty ones (punctuation) are
+    skipped. A run is 2 to 12 items long: a single repeated word is speech."""
+    spans = [i for i, w in enumerate(items) if w]  # indices that carry a word
+    for n in range(min(12, len(spans) // 2), 1, -1):
+        tail, before = spans[-n:], spans[-2 * n : -n]
+        if [items[i] for i in tail] == [items[i] for i in before]:
+            return before[-1] + 1, tail[-1] + 1
+    return None
+
+
+def _after_context(
+    words: tuple[RecognizedWord, ...], context_s: float
+) -> tuple[tuple[RecognizedWord, ...], bool]:
+    """The words whose middle falls after the context, without a repeated tail; and whether one was cut."""
+    kept = tuple(w for w in words if (w.start_s + w.end_s) / 2 >= context_s)
+    cut = repeated_tail([_normalise(w.text) for w in kept])
+    return (kept, False) if cut is None else (kept[: cut[0]] + kept[cut[1] :], True)
 
 
 def loop_start(tokens: list[int]) -> int | None:

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from asr_service.audio import AudioDecoder, AudioSpec, Encoding, mulaw_encode
+from asr_service.audio import AudioDecoder, AudioSpec, Encoding, mulaw_encode, resample
 from asr_service.hallucination import judge, normalise
 from asr_service.recognizer import (
     Recognition,
@@ -124,6 +124,54 @@ def push_all_open(decoder: ChannelDecoder, x: np.ndarray, chunk: int = 320) -> l
     return requests
 
 
+# ------------------------------------------------------------------------------------ context
+
+
+def test_finals_hear_the_pause_and_the_end_of_the_previous_segment() -> None:
+    x = np.concatenate([silence(0.5), speak(SENTENCE_A), silence(1.2), speak(SENTENCE_B), silence(0.8)])
+    requests = push_all(ChannelDecoder(0, StreamingVad()), x)
+    assert all(len(r.context) == 0 for r in requests if not r.is_final)  # partials: the segment alone
+    first, second = [r for r in requests if r.is_final]
+    # The first final hears the start of the call before it, which no segment covered.
+    assert first.heard_start_sample == 0 and len(first.context) == first.start_sample
+    assert first.context_transcribed == 0
+    # The second hears 2 s before it: the end of the first segment (transcribed), then the pause.
+    assert len(second.context) == 2 * 16000
+    assert second.heard_start_sample + second.context_transcribed == first.start_sample + len(first.audio)
+    np.testing.assert_array_equal(second.context, x[second.heard_start_sample : second.start_sample])
+
+    alone = push_all(ChannelDecoder(0, StreamingVad(), StreamingConfig(context_s=0.0)), x)
+    assert [len(r.context) for r in alone if r.is_final] == [0, 0]
+
+
+def test_the_context_is_heard_but_its_words_are_not_returned(recognizer: WhisperRecognizer) -> None:
+    a = speak(SENTENCE_A)
+    x = np.concatenate([a, silence(0.7), speak(SENTENCE_B)])
+    context_s = len(a) / 16000 + 0.2  # where the segment of SENTENCE_A ended
+    heard = recognizer.recognize(x, context_s=context_s)
+    assert word_error_rate(SENTENCE_B, heard.text) <= 0.25, heard.text
+    assert heard.words and all((w.start_s + w.end_s) / 2 >= context_s for w in heard.words)
+    assert heard.context_s == pytest.approx(context_s)
+    assert heard.audio_s == pytest.approx(len(x) / 16000 - context_s)
+
+
+@pytest.mark.parametrize(
+    "signal",
+    [silence(3.0), white_noise(3.0), white_noise(3.0, level=0.3, seed=2), tone_sequence(3.0)],
+    ids=["silence", "white-noise", "loud-noise", "tone-sequence"],
+)
+def test_non_speech_after_speech_is_rejected_on_both_tries(
+    recognizer: WhisperRecognizer, signal: np.ndarray
+) -> None:
+    # Heard with the pause before it, then (rejected) with the previous speech as well: neither try
+    # may turn non-speech into text.
+    before = np.concatenate([speak(SENTENCE_A), silence(0.7)])[-2 * 16000 :]
+    transcribed = len(before) - int(0.5 * 16000)  # the previous segment ended 200 ms after its speech
+    request = DecodeRequest(0, 1, True, 60 * 16000, signal, before, transcribed)
+    result = run_decode(recognizer, request)
+    assert result.rejected is not None, result.recognition
+
+
 # ------------------------------------------------------------------------------------ non-speech
 
 
@@ -137,6 +185,47 @@ def test_thirty_seconds_of_non_speech_give_no_final(signal: np.ndarray) -> None:
     decoder = ChannelDecoder(0, StreamingVad())
     assert push_all(decoder, signal, chunk=800) == []
     assert decoder.position == len(signal)
+
+
+async def call_transcripts(recognizer: WhisperRecognizer, data: bytes, spec: AudioSpec) -> list[Transcript]:
+    """Every event of a call fed ``data`` (in 20 ms chunks) through ``CallTranscriber``, partials on."""
+    scheduler = InferenceScheduler(max_streams=1)
+    call = CallTranscriber(
+        recognizer=recognizer, stream=scheduler.open_stream(), spec=spec, vad_model=shared_model()
+    )
+    try:
+        events: list[Transcript] = []
+
+        async def collect() -> None:
+            async for event in call.events():
+                events.append(event)
+
+        collector = asyncio.create_task(collect())
+        step = spec.bytes_for(0.02)
+        for i in range(0, len(data), step):
+            await call.feed(data[i : i + step])
+        await call.finish()
+        await asyncio.wait_for(collector, timeout=60)
+    finally:
+        call.close()
+        scheduler.shutdown()
+    return events
+
+
+@pytest.mark.parametrize(
+    "signal", [silence(30.0), white_noise(30.0), tone_sequence(30.0)], ids=["silence", "white-noise", "tones"]
+)
+@pytest.mark.parametrize("line", ["pcm16-16khz", "mulaw-8khz"])
+async def test_thirty_seconds_of_non_speech_give_no_text_on_either_line(
+    recognizer: WhisperRecognizer, signal: np.ndarray, line: str
+) -> None:
+    if line == "mulaw-8khz":
+        pcm = np.round(np.clip(resample(signal, 16000, 8000), -1.0, 32767 / 32768) * 32768.0).astype(np.int16)
+        data, spec = mulaw_encode(pcm).tobytes(), AudioSpec(Encoding.MULAW, 8000, 1)
+    else:
+        data, spec = to_pcm16_bytes(signal), pcm16_spec()
+    events = await call_transcripts(recognizer, data, spec)
+    assert [e.text for e in events] == []
 
 
 @pytest.mark.parametrize(
@@ -208,6 +297,9 @@ def test_silence_rule_confidence_and_repetition() -> None:
     looping = "the price the price the price the price the price the price the price the price"
     assert judge(recognition(looping)) is not None
     assert judge(recognition("We can do that next week.", nsp=0.4, logprob=-0.5)) is None
+    # Whisper's silence rule with word confidence: sure of no speech, unsure of the words.
+    assert judge(recognition("Ooh, oh.", nsp=0.8, logprob=-0.25, word_p=0.36)) is not None
+    assert judge(recognition("Call me later.", nsp=0.66, logprob=-0.3, word_p=0.66)) is None
     assert normalise("Thank  you!") == "thank you"
 
 
@@ -349,5 +441,6 @@ async def test_call_transcriber_streams_two_channels(recognizer: WhisperRecogniz
 )
 def test_a_repeated_tail_is_cut_once(recognizer: WhisperRecognizer, said: str, kept: str) -> None:
     tokenizer = recognizer._tokenizer
-    out = recognizer._strip_repeated_tail(tokenizer.encode(said))
+    out, cut = recognizer._strip_repeated_tail(tokenizer.encode(said))
     assert tokenizer.decode(out).strip() == kept
+    assert cut == (said.strip() != kept)

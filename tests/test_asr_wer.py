@@ -45,14 +45,17 @@ STEREO_AGENT = (
 )
 STEREO_CUSTOMER = "The horizon seems extremely distant."
 
-# Measured with tiny.en int8: 16 kHz streaming 4.40% vs offline 1.10%; 8 kHz mu-law 9.89% vs 2.20%
-# (8.79% and 14.29% before repeated tails were cut and the compression ratio was taken on the cut
-# text). What is left is in the recogniser's short window, not in the file path: an isolated "ask not"
-# (JFK) decodes as "S NOT!" and is dropped for low confidence, and at 8 kHz JFK's opening comes out as
-# "and so am i fell america". Strict: these go red once fixed.
-KNOWN_GAP = pytest.mark.xfail(
+# Measured with tiny.en int8, finals hearing the pause before them and, on a retry, the end of the
+# previous segment (streaming.py): 16 kHz streaming 2.20% vs offline 1.10%; 8 kHz mu-law 5.49% vs
+# 2.20% (before: 4.40% / 9.89%). The 8 kHz gap is JFK's opening alone: "and so am i fell america",
+# 4 errors where offline makes 1 ("And so my fellow America"; both also say "concern"). Offline is
+# right there only because its 30 s window holds the speech that follows: offline on the same audio
+# cut where the segment ends (2.3 s), or at 3.0 s, also says "And so am I fellow America."; it says
+# "my fellow" once "ask not" is in its window too (4.5 s). A final, due as the speech ends, cannot hear
+# that. Strict: it goes red once fixed.
+OPENING_NEEDS_LOOKAHEAD = pytest.mark.xfail(
     strict=True,
-    reason="streaming path drops short isolated segments (see KNOWN_GAP note)",
+    reason="at 8 kHz JFK's opening is only heard right with the speech after it (see the note above)",
 )
 
 
@@ -93,7 +96,6 @@ def report(name: str, refs: list[str], streaming: list[str], offline: list[str])
     return "\n".join(lines)
 
 
-@KNOWN_GAP
 def test_streaming_wer_is_within_two_points_of_offline_at_16khz(
     clips: list[tuple[str, LoadedAudio, str]], recognizer: WhisperRecognizer, offline_model: Any
 ) -> None:
@@ -105,7 +107,7 @@ def test_streaming_wer_is_within_two_points_of_offline_at_16khz(
     assert corpus_wer(refs, streaming) <= corpus_wer(refs, offline) + MAX_GAP_POINTS, message
 
 
-@KNOWN_GAP
+@OPENING_NEEDS_LOOKAHEAD
 def test_streaming_wer_is_within_two_points_of_offline_at_8khz_mulaw(
     clips: list[tuple[str, LoadedAudio, str]], recognizer: WhisperRecognizer, offline_model: Any
 ) -> None:
