@@ -148,6 +148,12 @@ class WhisperRecognizer:
         self._extractor = self._model.feature_extractor
         self.name = self.model_dir.name
 
+    @property
+    def whisper_model(self) -> Any:
+        """The faster-whisper ``WhisperModel`` underneath. The offline decoder of recordings uses it too, so
+        a process holds one copy; like this class it is used from the one inference thread only."""
+        return self._model
+
     def warm_up(self) -> None:
         """One decode of silence: the first call pays CTranslate2's lazy initialisation."""
         self.recognize(np.zeros(SAMPLE_RATE, dtype=np.float32), word_timestamps=True)

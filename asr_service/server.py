@@ -48,7 +48,7 @@ import tempfile
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import IO, Any, cast
+from typing import IO, cast
 
 import grpc
 import grpc.aio
@@ -67,7 +67,7 @@ from asr_service.recording import (
 )
 from asr_service.scheduler import InferenceScheduler, StreamHandle, StreamLimitError
 from asr_service.streaming import CallTranscriber, DecodeResult, StreamingConfig, Transcript
-from asr_service.transcribe_file import SUPPORTED, load_offline_model
+from asr_service.transcribe_file import SUPPORTED
 from asr_service.vad import SileroModel, shared_model
 from callsense import grpc_runtime, telemetry
 from callsense.ids import is_valid_call_id
@@ -143,10 +143,6 @@ class AsrServicer(asr_pb2_grpc.AsrServicer):
         self.stall_s = stall_s
         self.max_recording_bytes = max_recording_bytes
         self.scheduler = InferenceScheduler(max_streams)
-        # faster-whisper's stock decoder on the same model directory, for recordings; loaded at the first
-        # one (live-only replicas never pay its memory).
-        self._offline_model: Any = None
-        self._offline_lock = asyncio.Lock()
         # One front-end thread (decode, resample, VAD: 2-5 ms of CPU per second of audio per channel)
         # keeps the second core for Whisper.
         self._frontend = ThreadPoolExecutor(1, thread_name_prefix="asr-frontend")
@@ -183,7 +179,9 @@ class AsrServicer(asr_pb2_grpc.AsrServicer):
             upload = await _receive_recording(request_iterator, self.max_recording_bytes)
             with telemetry.call_context(upload.call_id):
                 recording = await _decode_upload(upload)
-                model = await self._offline()
+                # faster-whisper's stock decoder on the live streams' own model: one copy per process, used
+                # only from the inference thread (each decoding step is one of its jobs).
+                model = self.recognizer.whisper_model
                 stream = self._open_stream(upload.call_id)
                 log.info(
                     "call %s: transcribing a recording of %.1f s (%s)",
@@ -205,12 +203,6 @@ class AsrServicer(asr_pb2_grpc.AsrServicer):
         finally:
             if stream is not None:
                 stream.close(cancel=True)
-
-    async def _offline(self) -> Any:
-        async with self._offline_lock:
-            if self._offline_model is None:
-                self._offline_model = await asyncio.to_thread(load_offline_model, self.recognizer.model_dir)
-            return self._offline_model
 
     def _open_stream(self, call_id: str) -> StreamHandle:
         try:
