@@ -258,6 +258,14 @@ def test_separate_breaks_are_separate_spikes() -> None:
     assert [s.at_ms for s in report.spikes] == [24_000, 84_000]
 
 
+def test_a_deeper_break_soon_after_names_the_moment() -> None:
+    # 02 dips at a pain point; 04, 20 s later, is the customer's reaction to the price: one moment,
+    # named by its deepest point (the manager must see the price, not the warm-up to it).
+    report = report_of(customer_run([0.8, 0.8, 0.25, 0.7, 0.1], every_s=10))
+    assert [s.utterance_id for s in report.spikes] == [4]
+    assert report.spikes[0].drop == pytest.approx((0.8 + 0.25 + 0.7) / 3 - 0.1, abs=1e-4)
+
+
 def test_spike_topic_comes_from_the_moment_before() -> None:
     events = [
         utterance(0, 0.8, 0, text="Morning! Good to hear from you."),

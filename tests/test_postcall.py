@@ -41,7 +41,7 @@ CALL: tuple[tuple[str, int, str], ...] = (
     ("customer", 50, "Those dashboards are wonderful, my team would love them."),
     ("customer", 80, "I really like how simple the setup looks."),
     ("agent", 130, "Our premium plan costs five thousand dollars a month."),
-    ("customer", 136, "That price is ridiculous and way over our budget."),
+    ("customer", 136, "This price is outrageous, I am really disappointed."),
     ("customer", 150, "Honestly this is far too expensive, I am really unhappy."),
     ("customer", 170, "Another vendor offers the same thing for half the price."),
     ("agent", 190, "I understand, let me see what I can do on the price."),

@@ -194,12 +194,17 @@ def find_spikes(customer: Sequence[ScoredEvent], topics: TopicFinder) -> list[Sp
         ]
         if earlier and earlier[-1].score < SPIKE_MAX_SCORE:
             continue  # already low: the stretch started earlier
-        if spikes and event.start_ms - spikes[-1].at_ms < SPIKE_MIN_GAP_MS:
-            continue
         recent_level = _mean([e.score for e in earlier])
         drop = (NEUTRAL_SCORE if recent_level is None else recent_level) - event.score
         if drop < SPIKE_MIN_DROP:
             continue
+        close_to_last = bool(spikes) and event.start_ms - spikes[-1].at_ms < SPIKE_MIN_GAP_MS
+        if close_to_last and event.score >= spikes[-1].score:
+            continue
+        if close_to_last:
+            # One moment is named once, by its deepest point: a dip at a pain point followed by the
+            # customer's reaction to the price a few seconds later is the price's spike.
+            spikes.pop()
         topic = topics.at(event)
         spikes.append(
             Spike(
