@@ -417,6 +417,47 @@ def _run_rollup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_webhooks(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("webhooks", help="manage the CRM and Slack webhook outbox")
+    actions = p.add_subparsers(dest="action", required=True)
+    requeue = actions.add_parser(
+        "requeue", help="send parked messages again (a receiver refused them with a 4xx), once it is fixed"
+    )
+    requeue.add_argument("--tenant", default=None, help="only this tenant's messages")
+    requeue.add_argument("--kind", choices=["crm", "slack"], default=None, help="only this kind")
+    requeue.add_argument(
+        "--database-url", default="", help="PostgreSQL URL (default: DATABASE_URL, else the embedded one)"
+    )
+
+
+def _run_webhooks(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    import psycopg
+    import psycopg_pool
+
+    from callsense.config import ConfigError, load_config
+    from gateway.enrichment.webhooks import requeue_command
+
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        print(f"callsense webhooks: {exc}", file=sys.stderr)
+        return 2
+    try:
+        count = asyncio.run(
+            requeue_command(
+                config, database_url=args.database_url or None, tenant=args.tenant, kind=args.kind
+            )
+        )
+    except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+        print(f"callsense webhooks: the database failed: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"requeued": count}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="callsense", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -429,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_transcribe(sub)
     _add_analyze(sub)
     _add_rollup(sub)
+    _add_webhooks(sub)
     _add_demo(sub)
     return parser
 
@@ -445,6 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "transcribe": _run_transcribe,
         "analyze": _run_analyze,
         "rollup": _run_rollup,
+        "webhooks": _run_webhooks,
         "demo": _run_demo,
     }
     return handlers[args.command](args)

@@ -21,7 +21,8 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -32,6 +33,8 @@ from psycopg import AsyncConnection
 from psycopg.rows import class_row, dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
+
+from callsense.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -690,3 +693,28 @@ class StoreRouter:
 
     def _stores(self) -> list[Store]:
         return [self.default, *self.regional.values()]
+
+
+@asynccontextmanager
+async def command_stores(config: Config, database_url: str | None = None) -> AsyncIterator[StoreRouter]:
+    """The stores a one-shot command (``callsense rollup``, ``callsense webhooks``) works on, chosen as
+    the gateway chooses them: ``database_url``, else ``DATABASE_URL``, else the embedded PostgreSQL under
+    ``CALLSENSE_DATA_DIR`` (started here and stopped at the end)."""
+    url = database_url or config.database_url
+    embedded = None
+    if url is None:
+        from callsense.database import start_embedded_postgres  # pgserver is heavy: only when needed
+
+        # The same data dir as Gateway.open: a relative CALLSENSE_DATA_DIR means the default one.
+        data_dir = config.data_dir.resolve() / "postgres" if config.data_dir.is_absolute() else None
+        embedded = await asyncio.to_thread(start_embedded_postgres, data_dir)
+        url = embedded.uri
+    try:
+        stores = await StoreRouter.open(url)
+        try:
+            yield stores
+        finally:
+            await stores.close()
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)

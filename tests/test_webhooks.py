@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
+import sys
 import uuid
 from datetime import UTC, datetime
 
@@ -165,7 +167,7 @@ async def test_push_survives_a_receiver_outage_and_a_dispatcher_restart(
 
 
 async def test_a_refused_message_is_kept_dead_and_can_be_requeued(
-    store: Store, receiver: WebhookReceiver
+    store: Store, receiver: WebhookReceiver, delivery_db_url: str
 ) -> None:
     tenants = _tenants(receiver.url("/crm"))
     key = crm_dedupe_key(call_id := _call_id())
@@ -181,14 +183,33 @@ async def test_a_refused_message_is_kept_dead_and_can_be_requeued(
         assert row is not None and row.dead_at is not None and row.delivered_at is None
         assert row.last_status == 400 and "receiver says no" in (row.last_error or "")
 
-        receiver.status = 200  # the receiver is fixed; the operator requeues
-        assert await store.requeue_dead(tenant="acme") == 1
+        receiver.status = 200  # the receiver is fixed; the operator requeues, as a user would
+        assert await requeue_with_the_cli("--tenant", "other", "--database-url", delivery_db_url) == 0
+        assert await requeue_with_the_cli("--tenant", "acme", "--database-url", delivery_db_url) == 1
         assert (await dispatcher.deliver_due()).delivered == 1
     finally:
         await dispatcher.stop()
     assert [r.answered for r in receiver.received()] == [400, 200]
     row = await store.outbox_message(key)
     assert row is not None and row.delivered_at is not None and row.dead_at is None and row.attempts == 2
+
+
+async def requeue_with_the_cli(*args: str) -> int:
+    """``callsense webhooks requeue ARGS`` in a subprocess; how many messages it made due again."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "callsense.cli",
+        "webhooks",
+        "requeue",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    count: int = json.loads(out)["requeued"]
+    return count
 
 
 @pytest.mark.parametrize("status", [429, 408, 500])

@@ -37,7 +37,7 @@ from urllib.parse import quote
 
 from callsense.config import Config, ConfigError
 from gateway.enrichment.webhooks import DeliveryPolicy, OutboxDispatcher
-from gateway.store import OutboxMessage, RollupRow, Store, StoreRouter
+from gateway.store import OutboxMessage, RollupRow, Store, command_stores
 from gateway.tenants import TenantsConfig
 
 log = logging.getLogger(__name__)
@@ -238,24 +238,8 @@ async def rollup_command(
     The database is chosen as the gateway chooses it: ``database_url``, else ``DATABASE_URL``, else the
     embedded PostgreSQL under ``CALLSENSE_DATA_DIR``.
     """
-    url = database_url or config.database_url
-    embedded = None
-    if url is None:
-        from callsense.database import start_embedded_postgres  # pgserver is heavy: only when needed
-
-        # The same data dir as Gateway.open: a relative CALLSENSE_DATA_DIR means the default one.
-        data_dir = config.data_dir.resolve() / "postgres" if config.data_dir.is_absolute() else None
-        embedded = await asyncio.to_thread(start_embedded_postgres, data_dir)
-        url = embedded.uri
-    try:
-        stores = await StoreRouter.open(url)
-        try:
-            return await _rollup_everywhere(day, stores.stores, tenants, deliver_timeout_s)
-        finally:
-            await stores.close()
-    finally:
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
+    async with command_stores(config, database_url) as stores:
+        return await _rollup_everywhere(day, stores.stores, tenants, deliver_timeout_s)
 
 
 async def _rollup_everywhere(

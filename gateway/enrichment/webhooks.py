@@ -48,7 +48,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from gateway.store import CallRow, OutboxKind, OutboxMessage, OutboxRow, Store
+from callsense.config import Config
+from gateway.store import CallRow, OutboxKind, OutboxMessage, OutboxRow, Store, command_stores
 from gateway.tenants import TenantsConfig
 
 log = logging.getLogger(__name__)
@@ -398,3 +399,20 @@ def _host(url: str) -> str:
     parts = urlsplit(url)
     port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{parts.hostname}{port}"
+
+
+# --- `callsense webhooks requeue` ---------------------------------------------------------------------------
+
+
+async def requeue_command(
+    config: Config,
+    *,
+    database_url: str | None = None,
+    tenant: str | None = None,
+    kind: OutboxKind | None = None,
+) -> int:
+    """``callsense webhooks requeue``: make the parked messages (a receiver answered a 4xx) due again in
+    every database, after the receiver or the secret was fixed; the gateway's dispatcher sends them at its
+    next poll. Returns how many."""
+    async with command_stores(config, database_url) as stores:
+        return sum([await store.requeue_dead(tenant=tenant, kind=kind) for store in stores.stores])
