@@ -62,7 +62,7 @@ from gateway.live import (
     settings_for,
 )
 from gateway.stats import CallStatistics, GatewayMetrics, compute_call_stats
-from gateway.store import CallRow, ScoredEvent, Store, StoreRouter
+from gateway.store import CallRow, ScoredEvent, Store, StoreRouter, start_embedded_database
 
 log = logging.getLogger(__name__)
 
@@ -1551,10 +1551,7 @@ def _identity(event: ScoredEvent) -> tuple[object, ...]:
 
 
 async def _start_embedded_database(config: Config, cleanups: list[Callable[[], Awaitable[None]]]) -> str:
-    from callsense.database import start_embedded_postgres  # pgserver is heavy: only when needed
-
-    data_dir = config.data_dir.resolve() / "postgres" if config.data_dir.is_absolute() else None
-    embedded = await asyncio.to_thread(start_embedded_postgres, data_dir)  # blocks: initdb, pg_ctl
+    embedded = await start_embedded_database(config)
 
     async def stop() -> None:
         await asyncio.to_thread(embedded.stop)

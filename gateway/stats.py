@@ -89,17 +89,6 @@ def format_call_time(ms: int) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
-def summary_lines(events: Sequence[ScoredEvent], stats: CallStatistics) -> list[str]:
-    """A few lines a manager can scan; no utterance text (it may hold what the mask missed).
-
-    The lines of ``gateway.enrichment.summary.build_report`` without objection tags (the tagger runs apart
-    and its report replaces these lines where it is wired in)."""
-    # Imported here: the report module builds on this one (format_call_time, CallStatistics).
-    from gateway.enrichment.summary import build_report
-
-    return list(build_report(events, stats).lines)
-
-
 # --------------------------------------------------------------------------------------------- metrics
 
 # Stage latencies in ms; the same buckets as every other callsense histogram.

@@ -26,7 +26,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import psycopg
 from psycopg import AsyncConnection
@@ -35,6 +35,9 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from callsense.config import Config
+
+if TYPE_CHECKING:
+    from callsense.database import EmbeddedPostgres
 
 log = logging.getLogger(__name__)
 
@@ -695,6 +698,15 @@ class StoreRouter:
         return [self.default, *self.regional.values()]
 
 
+async def start_embedded_database(config: Config) -> EmbeddedPostgres:
+    """The embedded PostgreSQL under ``config.data_dir`` (a relative CALLSENSE_DATA_DIR means the default
+    one), started in a thread: initdb and pg_ctl block."""
+    from callsense.database import start_embedded_postgres  # pgserver is heavy: only when needed
+
+    data_dir = config.data_dir.resolve() / "postgres" if config.data_dir.is_absolute() else None
+    return await asyncio.to_thread(start_embedded_postgres, data_dir)
+
+
 @asynccontextmanager
 async def command_stores(config: Config, database_url: str | None = None) -> AsyncIterator[StoreRouter]:
     """The stores a one-shot command (``callsense rollup``, ``callsense webhooks``) works on, chosen as
@@ -703,11 +715,7 @@ async def command_stores(config: Config, database_url: str | None = None) -> Asy
     url = database_url or config.database_url
     embedded = None
     if url is None:
-        from callsense.database import start_embedded_postgres  # pgserver is heavy: only when needed
-
-        # The same data dir as Gateway.open: a relative CALLSENSE_DATA_DIR means the default one.
-        data_dir = config.data_dir.resolve() / "postgres" if config.data_dir.is_absolute() else None
-        embedded = await asyncio.to_thread(start_embedded_postgres, data_dir)
+        embedded = await start_embedded_database(config)
         url = embedded.uri
     try:
         stores = await StoreRouter.open(url)

@@ -12,9 +12,10 @@ import pytest
 
 from gateway.enrichment.objections import LocalObjectionTagger, ObjectionTag
 from gateway.enrichment.summary import CallReport, build_report, tag_names
-from gateway.stats import compute_call_stats, summary_lines
+from gateway.stats import compute_call_stats
 from gateway.store import ScoredEvent
-from scorer_service.inference import DEFAULT_MODEL, SentimentInput, SentimentModel
+from scorer_service.inference import DEFAULT_MODEL, SentimentModel
+from tests.scored_lines import score_lines
 
 # (channel, start second, text): a friendly demo that turns sour at the price (03:12), names a rival,
 # needs the boss, and recovers with a discount.
@@ -91,28 +92,7 @@ def report_of(events: Sequence[ScoredEvent], tags: Sequence[ObjectionTag] = ()) 
 def sales_call() -> list[ScoredEvent]:
     if not DEFAULT_MODEL.exists():
         pytest.skip(f"SHIPPED MODEL ABSENT: {DEFAULT_MODEL} not found; the scripted call is scored with it")
-    model = SentimentModel.load()
-    predictions = model.predict([SentimentInput(text) for _, _, text in SALES_CALL])
-    events = []
-    for utterance_id, ((channel, start_s, text), p) in enumerate(zip(SALES_CALL, predictions, strict=True)):
-        assert not isinstance(p, Exception), p
-        events.append(
-            ScoredEvent(
-                call_id="sales-call",
-                utterance_id=utterance_id,
-                channel=channel,  # type: ignore[arg-type]
-                start_ms=start_s * 1000,
-                end_ms=start_s * 1000 + 6000,
-                text=text,
-                label=p.label,  # type: ignore[arg-type]
-                p_negative=p.p_negative,
-                p_neutral=p.p_neutral,
-                p_positive=p.p_positive,
-                score=p.score,
-                model_version=model.info.version,
-            )
-        )
-    return events
+    return score_lines(SentimentModel.load(), SALES_CALL, call_id="sales-call", utterance_ms=6000)
 
 
 @pytest.fixture(scope="module")
@@ -229,11 +209,10 @@ def test_report_json_shape(sales_report: CallReport) -> None:
     assert data["objection_tags"] == [t.to_json() for t in sales_report.tags]
 
 
-def test_summary_lines_are_the_report_lines(sales_call: list[ScoredEvent]) -> None:
+def test_without_tags_the_spike_topic_comes_from_what_was_said(sales_call: list[ScoredEvent]) -> None:
     stats = compute_call_stats(sales_call)
-    assert summary_lines(sales_call, stats) == list(build_report(sales_call, stats).lines)
-    # Without tags the spike's topic still comes from what was said: the agent's price and "expensive".
-    assert "negative spike at 03:12 after pricing" in " | ".join(summary_lines(sales_call, stats))
+    # The agent's price and "expensive" name the topic even when the tagger found nothing.
+    assert "negative spike at 03:12 after pricing" in " | ".join(build_report(sales_call, stats).lines)
 
 
 # ----------------------------------------------------------------------------------------------- spikes

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from gateway.enrichment.summary import build_report
 from gateway.schemas import StartMessage, UtteranceMessage, event_json, parse_message
 from gateway.session import (
     MAX_TEXT_CHARS,
@@ -18,7 +19,7 @@ from gateway.session import (
     validate_call_id,
     validate_utterance,
 )
-from gateway.stats import GatewayMetrics, compute_call_stats, format_call_time, summary_lines
+from gateway.stats import GatewayMetrics, compute_call_stats, format_call_time
 from gateway.store import ScoredEvent
 
 
@@ -103,11 +104,11 @@ def test_call_stats() -> None:
     assert stats.customer_min_sentiment == pytest.approx(0.1)
     assert stats.agent_avg_sentiment == pytest.approx(0.5)
     assert stats.label_counts == {"negative": 1, "neutral": 1, "positive": 1}
-    lines = summary_lines(events[:3], stats)
+    lines = build_report(events[:3], stats).lines
     assert "negative spike at 03:12 (customer score 0.10)" in lines
     empty = compute_call_stats([])
     assert empty.utterance_count == 0 and empty.avg_sentiment is None
-    assert summary_lines([], empty) == ["no utterances were scored"]
+    assert build_report([], empty).lines == ("no utterances were scored",)
     assert format_call_time(3_723_000) == "1:02:03"
 
 

@@ -26,7 +26,8 @@ from gateway.enrichment.objections import (
     tagger_from_env,
 )
 from gateway.store import ScoredEvent
-from scorer_service.inference import DEFAULT_MODEL, SentimentInput, SentimentModel
+from scorer_service.inference import DEFAULT_MODEL, SentimentModel
+from tests.scored_lines import score_lines
 
 # Held-out customer sentences, none of them in objection_examples.json. HELD_OUT_A was looked at while the
 # thresholds were chosen (by leave-one-out on the examples file); HELD_OUT_B was written afterwards and
@@ -134,27 +135,7 @@ def tagger() -> LocalObjectionTagger:
 
 def scored_call(model: SentimentModel, lines: Sequence[tuple[str, int, str]]) -> list[ScoredEvent]:
     """(channel, start second, text) lines as the gateway would store them, scored by the shipped model."""
-    predictions = model.predict([SentimentInput(text) for _, _, text in lines])
-    events = []
-    for utterance_id, ((channel, start_s, text), p) in enumerate(zip(lines, predictions, strict=True)):
-        assert not isinstance(p, Exception), p
-        events.append(
-            ScoredEvent(
-                call_id="call-objections",
-                utterance_id=utterance_id,
-                channel=channel,  # type: ignore[arg-type]
-                start_ms=start_s * 1000,
-                end_ms=start_s * 1000 + 4000,
-                text=text,
-                label=p.label,  # type: ignore[arg-type]
-                p_negative=p.p_negative,
-                p_neutral=p.p_neutral,
-                p_positive=p.p_positive,
-                score=p.score,
-                model_version="test",
-            )
-        )
-    return events
+    return score_lines(model, lines, call_id="call-objections", utterance_ms=4000)
 
 
 def event(text: str, score: float, channel: str = "customer", utterance_id: int = 1) -> ScoredEvent:
