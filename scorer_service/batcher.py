@@ -5,7 +5,8 @@ Plain asyncio, no gRPC. Every stream's requests go into ONE bounded queue; a col
 buckets of similar token length (a batch is padded to its longest item, and the field notes measured that
 padding ate the whole gain of batching), and runs each bucket as one ``predict_encoded`` call on a single
 dedicated inference thread. The model is not thread-safe and a forward pass takes milliseconds of CPU, so
-it must never run on the event loop nor on two threads at once.
+it must never run on the event loop nor on two threads at once. (On the CPU backend a call makes one pass
+per item, so that a score never depends on its batch-mates; the group still costs one thread hop.)
 
 Why this shape:
 - Tokenisation happens in the caller, before ``submit``: a text the model cannot take raises

@@ -85,9 +85,13 @@ class SentimentModel:
         return self.tokenizer.encode(item.text, previous)
 
     def predict_encoded(self, batch: Sequence[EncodedText]) -> list[Prediction]:
-        """One forward pass over a batch (padded to its longest item)."""
-        probs = softmax(self.backend.predict(pad_batch(list(batch))))
-        return [Prediction(float(p[0]), float(p[1]), float(p[2])) for p in probs]
+        """Scores of a group of encoded texts, each the score it gets alone: one forward pass padded to
+        the longest item where the backend batches exactly, else one pass per item."""
+        if not batch:
+            return []
+        passes = [list(batch)] if self.backend.batches_exactly else [[item] for item in batch]
+        logits = np.concatenate([self.backend.predict(pad_batch(items)) for items in passes])
+        return [Prediction(float(p[0]), float(p[1]), float(p[2])) for p in softmax(logits)]
 
     def predict(
         self, items: Sequence[SentimentInput], max_batch: int = 32

@@ -96,7 +96,4 @@ def test_batching_does_not_change_scores() -> None:
     one_by_one = list(score_lines(model, texts, batch_size=1))
     batched = list(score_lines(model, texts, batch_size=8))
     for a, b in zip(one_by_one, batched, strict=True):
-        assert a["label"] == b["label"]
-        # Dynamic INT8 quantises activations with one scale per tensor, so a batch's other rows
-        # nudge each row's probabilities a little; the class never changes.
-        assert a["p_positive"] == pytest.approx(b["p_positive"], abs=0.02)
+        assert a == b  # the CPU backend gives each line a pass of its own (see backends/onnx.py)

@@ -16,6 +16,9 @@ class Backend(Protocol):
     """
 
     name: str
+    batches_exactly: bool
+    """Whether items scored together in one padded pass get the scores they would get alone. False
+    sends every item through a pass of its own (see ``SentimentModel.predict_encoded``)."""
 
     def predict(self, inputs: dict[str, np.ndarray]) -> np.ndarray: ...
 

@@ -12,6 +12,10 @@ class OnnxBackend:
     """One ONNX Runtime session; `threads` intra-op threads (1 is best when processes share cores)."""
 
     name = "onnxruntime-cpu"
+    # Dynamic INT8 quantises activations with one scale per pass, taken over every item and its padding:
+    # the same utterance scored beside others moved by up to 0.13 (18 of 600 MELD dev labels flipped).
+    # And one item per pass was not slower on this CPU (mixed lengths: 500/s alone, 400/s in buckets).
+    batches_exactly = False
 
     def __init__(self, model_path: Path, threads: int = 1) -> None:
         options = ort.SessionOptions()

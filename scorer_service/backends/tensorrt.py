@@ -489,6 +489,9 @@ class TensorRtBackend:
         self.precision = precision
         self.profile = profile
         self.name = f"tensorrt-{precision}"
+        # Static shapes per pass and calibrated (not per-pass) INT8 scales: a batch-mate changes nothing
+        # but float rounding, and a GPU needs batches to be fast.
+        self.batches_exactly = True
         self._cudart = _cudart()
         self._runtime = trt.Runtime(_logger())
         self._engine = self._runtime.deserialize_cuda_engine(engine_data)
