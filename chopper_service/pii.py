@@ -231,10 +231,19 @@ class _Group:
     end: int
 
 
+# Words that announce a phone number. After one of them (within a few words), a local number without an
+# area code counts as a phone even unformatted: Whisper may write a spoken "four five five, one five three
+# four" as "4551534" or "455 1534", shapes that alone are too often quantities.
+_PHONE_CUES = _word_set("number phone call cell mobile line dial extension ext text reach")
+
+
 def _written_numbers(text: str) -> Iterator[_Find]:
     for m in _NUMBER_RUN.finditer(text):
         groups = _groups(text, m.start(), m.end())
-        yield from _classify_windows(text, groups, plus=text[m.start()] == "+", run_start=m.start())
+        cue = any(w in _PHONE_CUES for w in re.findall(r"[\w-]+", text[: m.start()].lower())[-4:])
+        yield from _classify_windows(
+            text, groups, plus=text[m.start()] == "+", run_start=m.start(), phone_cue=cue
+        )
 
 
 def _groups(text: str, start: int, end: int) -> list[_Group]:
@@ -246,7 +255,9 @@ def _groups(text: str, start: int, end: int) -> list[_Group]:
     return out
 
 
-def _classify_windows(text: str, groups: list[_Group], *, plus: bool, run_start: int) -> Iterator[_Find]:
+def _classify_windows(
+    text: str, groups: list[_Group], *, plus: bool, run_start: int, phone_cue: bool = False
+) -> Iterator[_Find]:
     """Classify the whole run, else its longest sub-runs of whole groups, left to right.
 
     A sentence such as "it's 2 415 555 1234" holds a phone number inside a longer run of digit groups.
@@ -255,7 +266,12 @@ def _classify_windows(text: str, groups: list[_Group], *, plus: bool, run_start:
     while i < len(groups):
         for j in range(len(groups), i, -1):
             start = run_start if i == 0 and plus else groups[i].start
-            kind = _classify_written(text[start : groups[j - 1].end], groups[i:j], plus=plus and i == 0)
+            kind = _classify_written(
+                text[start : groups[j - 1].end],
+                groups[i:j],
+                plus=plus and i == 0,
+                phone_cue=phone_cue and i == 0,
+            )
             if kind is not None:
                 yield _Find(kind, start, groups[j - 1].end)
                 i = j
@@ -264,7 +280,9 @@ def _classify_windows(text: str, groups: list[_Group], *, plus: bool, run_start:
             i += 1
 
 
-def _classify_written(raw: str, groups: list[_Group], *, plus: bool) -> PiiKind | None:
+def _classify_written(
+    raw: str, groups: list[_Group], *, plus: bool, phone_cue: bool = False
+) -> PiiKind | None:
     digits = "".join(g.digits for g in groups)
     n = len(digits)
     lens = [len(g.digits) for g in groups]
@@ -277,6 +295,8 @@ def _classify_written(raw: str, groups: list[_Group], *, plus: bool) -> PiiKind 
     if not parens and _is_national_id(lens, seps):
         return PiiKind.NATIONAL_ID
     if _is_phone(digits, lens, seps, parens):
+        return PiiKind.PHONE
+    if phone_cue and lens in ([7], [3, 4]) and seps <= {" "}:  # "call me at 4551534" / "455 1534"
         return PiiKind.PHONE
     return None
 

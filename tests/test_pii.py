@@ -170,6 +170,28 @@ def test_spoken_national_id() -> None:
     assert masked.text == "it's [NATIONAL_ID]"
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("my number is 4551534, thanks", "my number is [PHONE], thanks"),
+        ("call me at 455 1534 tomorrow", "call me at [PHONE] tomorrow"),
+        ("my cell is 4551534", "my cell is [PHONE]"),
+    ],
+)
+def test_unformatted_local_number_after_a_phone_cue(text: str, expected: str) -> None:
+    masked = mask_pii(text)
+    assert masked.text == expected
+    assert kinds(masked) == [PiiKind.PHONE]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["We shipped 4551534 units last year.", "It took 250 1000 hours.", "The total was 455 1534 dollars."],
+)
+def test_unformatted_seven_digits_without_a_phone_cue_are_left_alone(text: str) -> None:
+    assert mask_pii(text).text == text
+
+
 # ---------------------------------------------------------------------------------- no false positives
 
 
