@@ -60,6 +60,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from callsense.config import Config, load_config
 from callsense.telemetry import call_context, tracer
 from gateway.recording import Recording, analyze_recording, too_large
+from gateway.reports import router as reports_router
 from gateway.schemas import (
     MESSAGE_TYPES,
     BatchRecordingForm,
@@ -209,6 +210,7 @@ def create_app(
     _add_routes(app)
     _document_schemas(app, (BatchRequest, BatchRecordingForm))
     app.include_router(web_router)  # the console, the review page, timeline.png
+    app.include_router(reports_router)  # GET /v1/reports/daily
     return app
 
 

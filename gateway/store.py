@@ -26,7 +26,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Self
 
 import psycopg
 from psycopg import AsyncConnection
@@ -156,6 +156,13 @@ class OutboxRow:
     delivered_at: datetime | None
     dead_at: datetime | None
     created_at: datetime
+
+
+class DayWindow(NamedTuple):
+    """A day as an interval of time: [start, end), both timezone-aware."""
+
+    start: datetime
+    end: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,8 +329,13 @@ _ROLLUP_DAY = """
                count(e.id) FILTER (WHERE e.channel IN ('customer', 'mixed')) AS customer_utterances,
                count(e.id) FILTER (WHERE e.channel IN ('customer', 'mixed') AND e.label = 'negative')
                    AS negative_utterances
-        FROM calls c LEFT JOIN nlp_events e ON e.call_id = c.call_id
-        WHERE c.started_at >= %(start)s AND c.started_at < %(end)s
+        FROM calls c
+        LEFT JOIN unnest(
+            %(zone_tenants)s::text[], %(zone_starts)s::timestamptz[], %(zone_ends)s::timestamptz[]
+        ) AS z(tenant, day_start, day_end) ON z.tenant = c.tenant
+        LEFT JOIN nlp_events e ON e.call_id = c.call_id
+        WHERE c.started_at >= %(earliest)s AND c.started_at < %(latest)s  -- the index narrows, then
+          AND c.started_at >= COALESCE(z.day_start, %(start)s) AND c.started_at < COALESCE(z.day_end, %(end)s)
         GROUP BY c.tenant, c.team, c.agent, c.call_id
     ), grouped AS (
         SELECT tenant, team, CASE WHEN GROUPING(agent) = 1 THEN '' ELSE agent END AS agent,
@@ -572,14 +584,33 @@ class Store:
 
     # -- daily roll-ups
 
-    async def rollup_day(self, day: date) -> list[RollupRow]:
-        """Recompute `day`'s (UTC) rows of daily_rollups from its calls and return them.
+    async def rollup_day(
+        self,
+        day: date,
+        window: DayWindow | None = None,
+        tenant_windows: Mapping[str, DayWindow] | None = None,
+    ) -> list[RollupRow]:
+        """Recompute `day`'s rows of daily_rollups from its calls and return them.
 
-        The day's old rows are replaced in one transaction, under an advisory lock per day, so a re-run
-        (or two replicas at once) gives the same rows and leaves none from an earlier, different run.
+        A call belongs to `day` when it started within its tenant's window in `tenant_windows`, else
+        within `window` (default: the UTC day). The day's old rows are replaced in one transaction, under
+        an advisory lock per day, so a re-run (or two replicas at once) gives the same rows and leaves
+        none from an earlier, different run.
         """
-        start = datetime.combine(day, time.min, UTC)
-        params = {"day": day, "start": start, "end": start + timedelta(days=1)}
+        utc_start = datetime.combine(day, time.min, UTC)
+        window = window or DayWindow(utc_start, utc_start + timedelta(days=1))
+        named = dict(tenant_windows or {})
+        every = [window, *named.values()]
+        params = {
+            "day": day,
+            "start": window.start,
+            "end": window.end,
+            "zone_tenants": list(named),
+            "zone_starts": [w.start for w in named.values()],
+            "zone_ends": [w.end for w in named.values()],
+            "earliest": min(w.start for w in every),
+            "latest": max(w.end for w in every),
+        }
         async with self._pool.connection() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (ROLLUP_LOCK_CLASS, day.toordinal()))
             await conn.execute("DELETE FROM daily_rollups WHERE day = %s", (day,))
@@ -685,6 +716,11 @@ class StoreRouter:
     def stores(self) -> list[Store]:
         """Every database: the default first. Each has its own outbox and roll-ups."""
         return self._stores()
+
+    @property
+    def named_stores(self) -> list[tuple[str, Store]]:
+        """Every database with its region ("" for the default one), the default first."""
+        return [("", self.default), *self.regional.items()]
 
     async def get_call(self, call_id: str) -> CallRow | None:
         """Find a call whose region is not known to the caller (GET /v1/calls/{id}) in every database."""

@@ -5,6 +5,7 @@ gateway/tenants.example.toml)::
 
     [default]                          # every tenant, unless its own section says otherwise
     negative_rate_alert = 0.30
+    timezone = "America/New_York"
     slack_webhook_url = "https://hooks.slack.com/services/..."
     [default.live]                     # fields of gateway.live.BadgeSettings
     window_s = 30.0
@@ -16,13 +17,16 @@ gateway/tenants.example.toml)::
 
 Each layer overrides the one before it, key by key (``live`` too): the built-in defaults; the environment
 (``CALLSENSE_CRM_WEBHOOK_URL``, ``CALLSENSE_CRM_WEBHOOK_SECRET``, ``CALLSENSE_SLACK_WEBHOOK_URL``,
-``CALLSENSE_NEGATIVE_RATE_ALERT``); the file's ``[default]``; the tenant's own section. A tenant that is not
-named (and a call without a tenant) gets ``[default]``. An empty URL switches an inherited webhook off.
+``CALLSENSE_NEGATIVE_RATE_ALERT``, ``CALLSENSE_TIMEZONE``); the file's ``[default]``; the tenant's own
+section. A tenant that is not named (and a call without a tenant) gets ``[default]``. An empty URL switches
+an inherited webhook off.
 
 Keys of a section:
   negative_rate_alert     0..1: post the daily Slack alert when a team's negative rate is above it (0.30)
   alert_min_utterances    the least customer utterances in a team's day for an alert (10): one bad call of
                           three sentences is not a trend
+  timezone                the IANA time zone whose midnight starts the tenant's day in roll-ups and daily
+                          reports ("UTC"); a team in California wants its afternoon calls in today's figures
   slack_webhook_url       a Slack incoming webhook for the daily alert (none: no alert)
   crm_webhook_url         where each ended call's CRM fields are POSTed (none: no push)
   crm_webhook_secret      the HMAC key that signs the CRM pushes; or, better, crm_webhook_secret_env: the name
@@ -35,6 +39,7 @@ Any other key, a value of the wrong type or out of range, or an unreadable file 
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import tomllib
@@ -45,6 +50,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from callsense.config import ConfigError
 from gateway.live import DEFAULT_SETTINGS, BadgeSettings
@@ -59,10 +65,12 @@ _ENV_KEYS = {
     "CALLSENSE_CRM_WEBHOOK_SECRET": "crm_webhook_secret",
     "CALLSENSE_SLACK_WEBHOOK_URL": "slack_webhook_url",
     "CALLSENSE_NEGATIVE_RATE_ALERT": "negative_rate_alert",
+    "CALLSENSE_TIMEZONE": "timezone",
 }
 _SECTION_KEYS = (
     "negative_rate_alert",
     "alert_min_utterances",
+    "timezone",
     "slack_webhook_url",
     "crm_webhook_url",
     "crm_webhook_secret",
@@ -70,6 +78,18 @@ _SECTION_KEYS = (
     "live",
 )
 _BADGE_TYPES: dict[str, Any] = typing.get_type_hints(BadgeSettings)
+
+
+@functools.cache
+def time_zone(name: str) -> ZoneInfo:
+    """The zone called ``name`` in the IANA tz database; ValueError that says what to write, else."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"timezone {name!r} is not a known IANA time zone: write a name such as 'UTC', "
+            "'America/Los_Angeles' or 'Europe/Berlin'"
+        ) from None
 
 
 class TenantConfigError(ConfigError):
@@ -83,6 +103,8 @@ class TenantSettings:
     live: BadgeSettings = DEFAULT_SETTINGS
     negative_rate_alert: float = DEFAULT_NEGATIVE_RATE_ALERT
     alert_min_utterances: int = DEFAULT_ALERT_MIN_UTTERANCES
+    timezone: str = "UTC"
+    """IANA name of the zone whose midnight starts this tenant's day (roll-ups, daily reports)."""
     # A Slack incoming webhook's URL is its credential: kept out of repr (and so out of logs).
     slack_webhook_url: str | None = field(default=None, repr=False)
     crm_webhook_url: str | None = None
@@ -93,6 +115,7 @@ class TenantSettings:
             raise ValueError(f"negative_rate_alert must be in [0, 1], got {self.negative_rate_alert}")
         if self.alert_min_utterances < 1:
             raise ValueError(f"alert_min_utterances must be >= 1, got {self.alert_min_utterances}")
+        time_zone(self.timezone)  # raises, saying what to write, for a name the tz database lacks
         for name in ("slack_webhook_url", "crm_webhook_url"):
             url = getattr(self, name)
             if url is not None:
@@ -115,6 +138,14 @@ class TenantsConfig:
 
     def for_tenant(self, tenant: str) -> TenantSettings:
         return self.tenants.get(tenant, self.default)
+
+    def zone(self, tenant: str) -> ZoneInfo:
+        """The time zone of ``tenant``'s days."""
+        return time_zone(self.for_tenant(tenant).timezone)
+
+    def zones(self) -> set[ZoneInfo]:
+        """Every time zone a tenant's day may be in (the default's included)."""
+        return {time_zone(s.timezone) for s in (self.default, *self.tenants.values())}
 
     def crm_secret(self, tenant: str) -> str | None:
         """The key that signs the tenant's CRM pushes now (looked up at send time, never stored)."""
@@ -214,6 +245,7 @@ def _build(values: dict[str, Any], where: str, source: str) -> TenantSettings:
             live=live,
             negative_rate_alert=values.get("negative_rate_alert", DEFAULT_NEGATIVE_RATE_ALERT),
             alert_min_utterances=values.get("alert_min_utterances", DEFAULT_ALERT_MIN_UTTERANCES),
+            timezone=values.get("timezone", "UTC"),
             slack_webhook_url=values.get("slack_webhook_url") or None,
             crm_webhook_url=values.get("crm_webhook_url") or None,
             crm_webhook_secret=values.get("crm_webhook_secret") or None,
@@ -233,9 +265,9 @@ def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
                 layer[key] = _rate(float(value))
             except ValueError:
                 raise TenantConfigError(f"{variable}={value!r}: expected a number in [0, 1]") from None
-        elif key.endswith("_url"):
+        elif key.endswith("_url") or key == "timezone":
             try:
-                layer[key] = _check_url(key, value)
+                layer[key] = _check_url(key, value) if key.endswith("_url") else time_zone(value).key
             except ValueError as exc:
                 raise TenantConfigError(f"{variable}: {exc}") from None
         else:
@@ -275,6 +307,8 @@ def _section_value(key: str, value: object) -> Any:
     if key == "alert_min_utterances":
         return _typed(value, int)
     text: str = _typed(value, str)
+    if key == "timezone":
+        return time_zone(text).key
     if key.endswith("_url"):
         text = text.strip()
         if text:  # an empty URL switches an inherited webhook off

@@ -16,19 +16,25 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
+import httpx
 import pytest
 
-from callsense.config import ConfigError
+from callsense.config import Config, ConfigError
+from gateway.app import create_app
 from gateway.enrichment.rollup import (
     RollupScheduler,
+    day_window,
+    day_windows,
     rollup_time_from_env,
     run_rollup,
     slack_alerts,
     slack_dedupe_key,
 )
 from gateway.enrichment.webhooks import DeliveryPolicy, OutboxDispatcher
-from gateway.store import Channel, Label, RollupRow, ScoredEvent, Store
+from gateway.session import Gateway
+from gateway.store import Channel, DayWindow, Label, RollupRow, ScoredEvent, Store, StoreRouter
 from gateway.tenants import TenantsConfig, TenantSettings
 from tests.delivery_fixtures import *  # noqa: F403 (fixtures)
 from tests.delivery_fixtures import WebhookReceiver, add_call, wait_until
@@ -79,7 +85,14 @@ CALLS = [
     # Other days: not part of DAY's roll-up.
     CallSpec("x1", "acme", "west", "sam", _at(NEXT, 0), "c-"),
     CallSpec("x2", "acme", "west", "sam", _at(PREVIOUS, 23, 59, 59), "c-"),
+    # pacific keeps Los Angeles days (UTC-7 on DAY): 23:30 there is the next day in UTC, and 02:00 UTC on
+    # DAY is still the day before there.
+    CallSpec("p1", "pacific", "west", "ray", _at(NEXT, 6, 30), "c- c-"),
+    CallSpec("p2", "pacific", "west", "ray", _at(DAY, 2), "c+"),
+    CallSpec("p3", "pacific", "west", "ray", _at(DAY, 7), "c0"),  # 00:00 in Los Angeles: DAY
+    CallSpec("p4", "pacific", "west", "ray", _at(NEXT, 7), "c+"),  # 00:00 the next day there
 ]
+PACIFIC = ZoneInfo("America/Los_Angeles")
 
 
 def _tenants(slack_url: str) -> TenantsConfig:
@@ -88,6 +101,7 @@ def _tenants(slack_url: str) -> TenantsConfig:
         tenants={
             "acme": TenantSettings(slack_webhook_url=slack_url, alert_min_utterances=1),
             "initech": TenantSettings(slack_webhook_url=slack_url, alert_min_utterances=3),
+            "pacific": TenantSettings(alert_min_utterances=1, timezone="America/Los_Angeles"),
         },
     )
 
@@ -110,7 +124,7 @@ async def _store_calls(store: Store, calls: list[CallSpec], prefix: str) -> dict
 def _expected_rows(calls: list[CallSpec], events: dict[str, list[ScoredEvent]], day: date) -> list[RollupRow]:
     groups: dict[tuple[str, str, str], list[CallSpec]] = defaultdict(list)
     for c in calls:
-        if c.started_at.date() != day:
+        if c.started_at.astimezone(PACIFIC if c.tenant == "pacific" else UTC).date() != day:
             continue
         groups[(c.tenant, c.team, "")].append(c)
         if c.agent:
@@ -157,6 +171,8 @@ async def test_rollup_figures_and_exactly_one_slack_post(store: Store, receiver:
     west = next(r for r in expected if (r.tenant, r.team, r.agent) == ("acme", "west", ""))
     assert west.negative_rate == 0.5 and west.customer_utterances == 10 and west.calls == 5
     assert next(r for r in expected if r.team == "east" and not r.agent).negative_rate == 0.2
+    pacific = next(r for r in expected if r.tenant == "pacific" and not r.agent)
+    assert (pacific.calls, pacific.customer_utterances, pacific.negative_rate) == (2, 3, 2 / 3)  # p1, p3
 
     first = await run_rollup(store, DAY, tenants)
     _assert_rows(first.rows, expected)
@@ -187,6 +203,54 @@ async def test_rollup_figures_and_exactly_one_slack_post(store: Store, receiver:
     assert "east" not in text
     row = await store.outbox_message(slack_dedupe_key(DAY, "acme", "west"))
     assert row is not None and row.delivered_at is not None and row.attempts == 1
+
+
+async def test_daily_report_over_http(store: Store) -> None:
+    events = await _store_calls(store, CALLS, "report")
+    tenants = _tenants("https://hooks.slack.example/T/B/x")
+    # Channels to the stages are lazy: nothing answers at these addresses, and the report needs none.
+    config = Config(chopper_addr="127.0.0.1:9", scorer_addr="127.0.0.1:9")
+    gateway = await Gateway.open(config, stores=StoreRouter(store))
+    app = create_app(config, gateway=gateway)
+    try:
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as http,
+        ):
+            before = await http.get("/v1/reports/daily", params={"date": DAY.isoformat()})
+            assert before.status_code == 404, before.text
+            assert f"callsense rollup --date {DAY.isoformat()}" in before.json()["error"]["message"]
+
+            await run_rollup(store, DAY, tenants)
+            acme = await http.get("/v1/reports/daily", params={"date": DAY.isoformat(), "tenant": "acme"})
+            assert acme.status_code == 200, acme.text
+            body = acme.json()
+            assert body["date"] == DAY.isoformat() and body["rolled_up_at"]
+            want = [r for r in _expected_rows(CALLS, events, DAY) if r.tenant == "acme"]
+            assert [(r["tenant"], r["team"], r["agent"], r["region"]) for r in body["rows"]] == [
+                (r.tenant, r.team, r.agent, "") for r in want
+            ]
+            for got, row in zip(body["rows"], want, strict=True):
+                assert (got["calls"], got["customer_utterances"]) == (row.calls, row.customer_utterances)
+                assert got["negative_rate"] == pytest.approx(row.negative_rate)
+                assert got["avg_sentiment"] == pytest.approx(row.avg_sentiment)
+
+            sam = await http.get(
+                "/v1/reports/daily", params={"date": DAY.isoformat(), "team": "west", "agent": "sam"}
+            )
+            assert [(r["tenant"], r["agent"]) for r in sam.json()["rows"]] == [("acme", "sam")]
+
+            quiet = DAY + timedelta(days=30)  # rolled up, but no call started that day
+            await run_rollup(store, quiet, tenants)
+            empty = await http.get("/v1/reports/daily", params={"date": quiet.isoformat()})
+            assert empty.status_code == 200 and empty.json()["rows"] == []
+
+            for bad in ({"date": "2024-13-01"}, {}):
+                refused = await http.get("/v1/reports/daily", params=bad)
+                assert refused.status_code == 422, refused.text
+                assert "date" in refused.text
+    finally:
+        await gateway.close()
 
 
 async def test_callsense_rollup_command_prints_rows_and_posts_once(
@@ -298,11 +362,32 @@ def test_due_day_and_next_run() -> None:
     assert scheduler.due_day(_at(NEXT, 0, 15)) == DAY
     assert scheduler.due_day(_at(NEXT, 23, 59)) == DAY
     assert scheduler.due_at(DAY) == _at(NEXT, 0, 15)
+    # A tenant in Los Angeles (UTC-7 in March) and one in Tokyo: the day ends last in Los Angeles.
+    zones = TenantsConfig(
+        tenants={
+            "la": TenantSettings(timezone="America/Los_Angeles"),
+            "tokyo": TenantSettings(timezone="Asia/Tokyo"),
+        }
+    )
+    western = RollupScheduler([], zones, at=time(0, 15))
+    assert western.due_at(DAY) == _at(NEXT, 7, 15)
+    assert western.due_day(_at(NEXT, 7, 14)) == PREVIOUS and western.due_day(_at(NEXT, 7, 15)) == DAY
     assert rollup_time_from_env({}) == time(0, 15)
     assert rollup_time_from_env({"CALLSENSE_ROLLUP_AT": "02:30"}) == time(2, 30)
     for bad in ("25:00", "00:15+02:00", "midnight"):
         with pytest.raises(ConfigError, match="CALLSENSE_ROLLUP_AT"):
             rollup_time_from_env({"CALLSENSE_ROLLUP_AT": bad})
+
+
+def test_a_day_runs_from_midnight_to_midnight_in_its_zone() -> None:
+    assert day_window(DAY, UTC) == DayWindow(_at(DAY, 0), _at(NEXT, 0))
+    assert day_window(DAY, PACIFIC) == DayWindow(_at(DAY, 7), _at(NEXT, 7))
+    # Clocks went forward in Los Angeles on 2024-03-10 and back on 2024-11-03: days of 23 and 25 hours.
+    spring, autumn = day_window(date(2024, 3, 10), PACIFIC), day_window(date(2024, 11, 3), PACIFIC)
+    assert spring.end - spring.start == timedelta(hours=23)
+    assert autumn.end - autumn.start == timedelta(hours=25)
+    default, named = day_windows(DAY, _tenants("https://hooks.slack.example/T/B/x"))
+    assert default == day_window(DAY, UTC) and named == {"pacific": day_window(DAY, PACIFIC)}
 
 
 def test_alert_rules_on_rows() -> None:

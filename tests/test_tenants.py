@@ -48,6 +48,7 @@ def test_layers_env_then_default_then_tenant(tmp_path: Path) -> None:
         mixed_is_customer = false
         [tenants.beta]
         crm_webhook_secret = "beta-own-secret"
+        timezone = "America/Los_Angeles"
         """,
     )
     env = {
@@ -55,6 +56,7 @@ def test_layers_env_then_default_then_tenant(tmp_path: Path) -> None:
         "CALLSENSE_CRM_WEBHOOK_URL": "https://crm.example/hook",
         "CALLSENSE_CRM_WEBHOOK_SECRET": "env-secret",
         "CALLSENSE_NEGATIVE_RATE_ALERT": "0.35",
+        "CALLSENSE_TIMEZONE": "Europe/Berlin",
     }
     config = load_tenants_file(path, env)
     default, acme, beta = config.default, config.for_tenant("acme"), config.for_tenant("beta")
@@ -67,6 +69,14 @@ def test_layers_env_then_default_then_tenant(tmp_path: Path) -> None:
     assert (acme.live.window_s, acme.live.red_enter, acme.live.mixed_is_customer) == (20.0, 0.25, False)
     assert acme.crm_webhook_url == "https://crm.example/hook"
     assert beta.crm_webhook_secret == "beta-own-secret" and config.crm_secret("nobody") == "env-secret"
+    # Days: the environment's zone for everyone but beta, which names its own.
+    assert (default.timezone, acme.timezone, beta.timezone) == (
+        "Europe/Berlin",
+        "Europe/Berlin",
+        "America/Los_Angeles",
+    )
+    assert str(config.zone("nobody")) == "Europe/Berlin" and str(config.zone("beta")) == "America/Los_Angeles"
+    assert {str(z) for z in config.zones()} == {"Europe/Berlin", "America/Los_Angeles"}
 
     # What SessionSettings.badge_settings takes: named tenants, and the file's default for the others.
     badges = config.badge_settings()
@@ -109,6 +119,11 @@ def test_environment_only_without_a_file() -> None:
             "crm_webhook_secret or crm_webhook_secret_env, not both",
         ),
         ("[default\n", "not valid TOML"),
+        (
+            '[tenants.acme]\ntimezone = "Pacific Time"\n',
+            r"\[tenants.acme\]: timezone: timezone 'Pacific Time' is not",
+        ),
+        ("[default]\ntimezone = -8\n", "timezone: expected str"),
     ],
 )
 def test_bad_files_name_the_file_and_the_key(tmp_path: Path, text: str, message: str) -> None:
@@ -123,6 +138,8 @@ def test_bad_environment_and_missing_file(tmp_path: Path) -> None:
         load_tenants({"CALLSENSE_NEGATIVE_RATE_ALERT": "lots"})
     with pytest.raises(TenantConfigError, match="CALLSENSE_CRM_WEBHOOK_URL"):
         load_tenants({"CALLSENSE_CRM_WEBHOOK_URL": "crm.example/hook"})
+    with pytest.raises(TenantConfigError, match="CALLSENSE_TIMEZONE: timezone 'PST' is not a known IANA"):
+        load_tenants({"CALLSENSE_TIMEZONE": "PST"})
     with pytest.raises(TenantConfigError, match="crm_webhook_url is set but no signing secret"):
         load_tenants({"CALLSENSE_CRM_WEBHOOK_URL": "https://crm.example/hook"})
     missing = tmp_path / "nope.toml"

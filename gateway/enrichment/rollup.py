@@ -1,7 +1,8 @@
 """Daily roll-ups per agent and team, and the Slack alert when a team's day went badly.
 
-``run_rollup(store, day, tenants)`` recomputes one UTC day (calls that *started* in
-[day 00:00, day+1 00:00) UTC, whatever their status) into ``daily_rollups``:
+``run_rollup(store, day, tenants)`` recomputes one day (calls that *started* in [day 00:00, day+1 00:00) in
+their tenant's time zone, ``timezone`` in the tenants file, UTC by default; whatever their status) into
+``daily_rollups``:
 - one row per (tenant, team, agent), and one per (tenant, team) with ``agent = ''`` for the whole team
   (calls without an agent count in their team's row only);
 - ``calls``; ``utterances``: every scored utterance; ``avg_sentiment``: the mean score of those utterances
@@ -18,9 +19,10 @@ least ``alert_min_utterances`` customer utterances, and whose tenant has a ``sla
 Slack message is enqueued in the outbox under the key ``slack:<day>:<tenant>:<team>``: however many times
 the day is rolled up, by however many replicas, the team gets one post for that day.
 
-``RollupScheduler`` runs this inside the gateway: each night at ``CALLSENSE_ROLLUP_AT`` (UTC, default 00:15,
-late enough for the day's calls to have ended) for the day before, and at start-up for the last due day if
-no run since its due time is recorded (a gateway that was down at 00:15 catches up).
+``RollupScheduler`` runs this inside the gateway: each night, ``CALLSENSE_ROLLUP_AT`` (default 00:15, late
+enough for the day's calls to have ended) past the midnight that ends the day in the last of the tenants'
+time zones (with every tenant on UTC: at 00:15 UTC; with one in California too: at 00:15 there), and at
+start-up for the last due day if no run since its due time is recorded (a gateway that was down catches up).
 """
 
 from __future__ import annotations
@@ -31,13 +33,13 @@ import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
 from urllib.parse import quote
 
 from callsense.config import Config, ConfigError
 from gateway.enrichment.webhooks import DeliveryPolicy, OutboxDispatcher
-from gateway.store import OutboxMessage, RollupRow, Store, command_stores
+from gateway.store import DayWindow, OutboxMessage, RollupRow, Store, command_stores
 from gateway.tenants import TenantsConfig
 
 log = logging.getLogger(__name__)
@@ -57,9 +59,25 @@ class RollupResult:
     """How many of them were new in the outbox (0 when the day was rolled up before)."""
 
 
+def day_window(day: date, zone: tzinfo) -> DayWindow:
+    """``day`` from its midnight to the next in ``zone`` (23 or 25 hours on a daylight-saving change)."""
+    return DayWindow(
+        datetime.combine(day, time.min, zone).astimezone(UTC),
+        datetime.combine(day + timedelta(days=1), time.min, zone).astimezone(UTC),
+    )
+
+
+def day_windows(day: date, tenants: TenantsConfig) -> tuple[DayWindow, dict[str, DayWindow]]:
+    """``day`` in the default zone, and in each named tenant's zone where that differs."""
+    default = day_window(day, tenants.zone(""))
+    named = {t: day_window(day, tenants.zone(t)) for t in tenants.tenants}
+    return default, {t: w for t, w in named.items() if w != default}
+
+
 async def run_rollup(store: Store, day: date, tenants: TenantsConfig) -> RollupResult:
     """Roll up ``day`` in ``store``, enqueue its Slack alerts, and record the run."""
-    rows = await store.rollup_day(day)
+    default, named = day_windows(day, tenants)
+    rows = await store.rollup_day(day, default, named)
     alerts = slack_alerts(day, rows, tenants)
     enqueued = await store.enqueue(alerts)
     # Recorded last: a crash before this leaves the day to the scheduler's catch-up.
@@ -133,7 +151,7 @@ def _slack_escape(text: str) -> str:
 
 
 def rollup_time_from_env(env: Mapping[str, str]) -> time:
-    """``CALLSENSE_ROLLUP_AT`` ("HH:MM", UTC), default 00:15."""
+    """``CALLSENSE_ROLLUP_AT`` ("HH:MM" past the day's last midnight), default 00:15."""
     value = env.get(ROLLUP_AT_ENV, "").strip()
     if not value:
         return DEFAULT_ROLLUP_AT
@@ -142,12 +160,13 @@ def rollup_time_from_env(env: Mapping[str, str]) -> time:
     except ValueError:
         at = None
     if at is None or at.tzinfo is not None:
-        raise ConfigError(f"{ROLLUP_AT_ENV}={value!r}: expected a UTC time of day as HH:MM (no offset)")
+        raise ConfigError(f"{ROLLUP_AT_ENV}={value!r}: expected a time of day as HH:MM (no offset)")
     return at
 
 
 class RollupScheduler:
-    """Runs the previous day's roll-up each night at ``at`` (UTC), in every store; an asyncio task.
+    """Runs the previous day's roll-up each night, ``at`` past the midnight that ends it in the last of the
+    tenants' time zones, in every store; an asyncio task.
 
     At start-up, and after each wake, it rolls up the last day whose time has come unless a run after that
     time is recorded in the store. A failed run (the database away) is tried again every ``retry_s``.
@@ -185,14 +204,16 @@ class RollupScheduler:
                 await task
 
     def due_day(self, now: datetime) -> date:
-        """The last day whose roll-up time has passed: yesterday once ``at`` is past, else the day before."""
-        today = now.astimezone(UTC).date()
-        due_at = datetime.combine(today, self._at, UTC)
-        return today - timedelta(days=1 if now >= due_at else 2)
+        """The last day whose roll-up time has passed."""
+        day = now.astimezone(UTC).date() + timedelta(days=1)  # no zone is more than a day ahead of UTC
+        while self.due_at(day) > now:
+            day -= timedelta(days=1)
+        return day
 
     def due_at(self, day: date) -> datetime:
-        """When ``day``'s roll-up is due: the next day at ``at``."""
-        return datetime.combine(day + timedelta(days=1), self._at, UTC)
+        """When ``day``'s roll-up is due: ``at`` past the midnight that ends it in the last zone."""
+        after_midnight = timedelta(hours=self._at.hour, minutes=self._at.minute, seconds=self._at.second)
+        return max(day_window(day, zone).end for zone in self._tenants.zones()) + after_midnight
 
     async def run_due(self) -> bool:
         """Roll up the due day in each store that has no run of it since it was due; False on a failure."""

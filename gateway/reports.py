@@ -1,0 +1,100 @@
+"""``GET /v1/reports/daily``: the stored daily roll-ups (gateway/enrichment/rollup.py), for dashboards.
+
+Included in the gateway app by ``create_app``. Thin: it reads ``daily_rollups`` from every database (the
+default one and each region's; rows are never merged across regions, whose data stays apart) and filters
+them. A day is the tenant's own (midnight to midnight in its ``timezone``). A day that was never rolled up
+answers 404 and says how to roll it up; one rolled up with no calls answers an empty list.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from gateway.schemas import ErrorResponse
+from gateway.session import ErrorCode, Gateway
+from gateway.store import RollupRow
+
+router = APIRouter()
+
+
+class DailyRowOut(BaseModel):
+    """One team's day (``agent`` empty) or one agent's day within it."""
+
+    region: str = Field(description='The database the row comes from: "" for the default one.')
+    tenant: str
+    team: str
+    agent: str = Field(description="Empty for the whole team's row.")
+    calls: int = Field(description="Calls that started that day, whatever their status.")
+    utterances: int = Field(description="Scored utterances of those calls, every speaker.")
+    customer_utterances: int = Field(description="The customer's scored utterances: the rate's denominator.")
+    avg_sentiment: float | None = Field(description="Mean score of every scored utterance, in [0, 1].")
+    negative_rate: float | None = Field(
+        description="Share of the customer's utterances labelled negative; null without any."
+    )
+
+    @classmethod
+    def of(cls, region: str, row: RollupRow) -> DailyRowOut:
+        return cls(
+            region=region,
+            tenant=row.tenant,
+            team=row.team,
+            agent=row.agent,
+            calls=row.calls,
+            utterances=row.utterances,
+            customer_utterances=row.customer_utterances,
+            avg_sentiment=row.avg_sentiment,
+            negative_rate=row.negative_rate,
+        )
+
+
+class DailyReportOut(BaseModel):
+    date: date
+    rolled_up_at: datetime = Field(description="When the day was last rolled up (the latest database).")
+    rows: list[DailyRowOut] = Field(description="By region, tenant, team, then agent; a team's row first.")
+
+
+@router.get(
+    "/v1/reports/daily",
+    response_model=DailyReportOut,
+    responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+)
+async def daily_report(
+    request: Request,
+    day: Annotated[date, Query(alias="date", description="The day, YYYY-MM-DD, in each tenant's time zone.")],
+    tenant: str | None = Query(None, max_length=128, description="Only this tenant's rows."),
+    team: str | None = Query(None, max_length=128, description="Only this team's rows."),
+    agent: str | None = Query(None, max_length=128, description="Only this agent's rows."),
+) -> DailyReportOut | JSONResponse:
+    """Per team and per agent: calls, utterances, average sentiment and the customer's negative rate."""
+    gateway: Gateway = request.app.state.gateway
+    rows: list[DailyRowOut] = []
+    ran: list[datetime] = []
+    for region, store in gateway.stores.named_stores:
+        ran_at = await store.rollup_ran_at(day)
+        if ran_at is None:
+            continue
+        ran.append(ran_at)
+        rows += [
+            DailyRowOut.of(region, r)
+            for r in await store.daily_rollups(day)
+            if (tenant is None or r.tenant == tenant)
+            and (team is None or r.team == team)
+            and (agent is None or r.agent == agent)
+        ]
+    if not ran:
+        return _not_rolled_up(day)
+    return DailyReportOut(date=day, rolled_up_at=max(ran), rows=rows)
+
+
+def _not_rolled_up(day: date) -> JSONResponse:
+    message = (
+        f"{day.isoformat()} is not rolled up yet: the gateway rolls each day up the night after it "
+        f"(CALLSENSE_ROLLUP_AT), or run `callsense rollup --date {day.isoformat()}`"
+    )
+    body: dict[str, Any] = {"error": {"code": ErrorCode.NOT_FOUND, "message": message, "details": []}}
+    return JSONResponse(body, status_code=404)
