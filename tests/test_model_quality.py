@@ -1,9 +1,11 @@
 """The shipped model on the shared dev sets: its card tells the truth, and quality does not regress.
 
 Reads ../shared/data; skipped loudly where it is absent. The targets on MELD dev are macro-F1 >= 0.67
-and weighted-F1 >= 0.68 (the shipped model's card records 0.6748 and 0.6945). The floors sit a hair
-under what the shipped model measured (a single flipped prediction moves macro-F1 by about 0.001, and
-thread counts can flip one), so a retrain that does worse fails here.
+and weighted-F1 >= 0.68. As served (one forward pass per utterance) the shipped model's card records
+0.6677 and 0.6883: 0.3 points under the macro target (in padded batches it had measured 0.6748, which
+was batch-mates moving dynamic-INT8 scales). The floors sit a hair under what the shipped model
+measures (a single flipped prediction moves macro-F1 by about 0.001, and thread counts can flip one),
+so a retrain that does worse fails here.
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ def test_shipped_model_matches_its_card_and_floors(shared_data: Path, card: dict
     model = onnx_model(DEFAULT_MODEL, model_dir / "tokenizer.json", read_model_info(model_dir).uses_context)
     report = evaluate_examples(model, load_source(spec, shared_data).examples)
     recorded = card["metrics"][spec]
-    # Same model, same data: the card's figures must be reproducible (batch composition moves
-    # dynamic-INT8 probabilities a hair, so allow a sliver).
+    # Same model, same data, one pass per utterance: the card's figures must be reproducible (thread
+    # counts may flip a prediction, so allow a sliver).
     assert report["macro_f1"] == pytest.approx(recorded["macro_f1"], abs=0.003)
     assert report["weighted_f1"] == pytest.approx(recorded["weighted_f1"], abs=0.003)
     for metric, floor in FLOORS[spec].items():
