@@ -34,6 +34,7 @@ from gateway.enrichment.postcall import AfterCall
 from gateway.enrichment.rollup import DEFAULT_ROLLUP_AT, RollupScheduler, rollup_time_from_env
 from gateway.enrichment.webhooks import OutboxDispatcher
 from gateway.grpc_api import add_to_server
+from gateway.heartbeat import LiveCallHeartbeat
 from gateway.session import Gateway, SessionSettings
 from gateway.tenants import TenantsConfig, load_tenants
 
@@ -69,9 +70,11 @@ async def serve(
     dispatcher = OutboxDispatcher(gateway.stores.stores, tenants)
     after_call.on_enqueued = dispatcher.notify  # a call's CRM push goes out at once, not at the next poll
     scheduler = RollupScheduler(gateway.stores.stores, tenants, at=rollup_at, on_alerts=dispatcher.notify)
+    heartbeat = LiveCallHeartbeat(gateway.registry)  # the live calls this replica holds, for all replicas
     try:
         await dispatcher.start()
         await scheduler.start()
+        await heartbeat.start()
         grpc_server = await grpc_runtime.start_server(add_to_server(gateway), config.gateway_grpc)
         host, port = split_host_port(config.gateway_http)
         http = _Server(
@@ -94,6 +97,7 @@ async def serve(
                 loop.remove_signal_handler(sig)
             await grpc_runtime.stop_server(grpc_server)
     finally:
+        await heartbeat.stop()
         await scheduler.stop()
         await dispatcher.stop()  # what is not delivered yet stays in the outbox for the next start
         await gateway.close()

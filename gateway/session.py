@@ -1175,6 +1175,10 @@ class SessionRegistry:
         """The sessions still taking input, oldest first."""
         return [s for s in self._sessions.values() if s.state == "live"]
 
+    def held_calls(self) -> list[CallSession]:
+        """Every session this replica holds, those finishing too (still live in the database)."""
+        return list(self._sessions.values())
+
     async def start_call(
         self, call_id: str, metadata: CallMetadata, audio: AudioFormat | None = None
     ) -> tuple[CallSession, bool]:

@@ -158,6 +158,18 @@ class OutboxRow:
     created_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class LiveCallRow:
+    """A call some gateway replica holds live now (its heartbeat is fresh)."""
+
+    call_id: str
+    tenant: str
+    agent: str
+    region: str
+    started_at: datetime
+    heartbeat_at: datetime
+
+
 class DayWindow(NamedTuple):
     """A day as an interval of time: [start, end), both timezone-aware."""
 
@@ -261,12 +273,13 @@ _SELECT_STATS = """
 # On a repeated start (a reconnect, a replayed batch) fill in what was missing, never reset the call.
 # `xmax = 0` holds only for a row this statement inserted: it tells a new call from a resumed one.
 _UPSERT_CALL = f"""
-    INSERT INTO calls (call_id, {", ".join(_CALL_COLUMNS)}, started_at, metadata)
+    INSERT INTO calls (call_id, {", ".join(_CALL_COLUMNS)}, started_at, metadata, heartbeat_at)
     VALUES (%(call_id)s, {", ".join(f"%({c})s" for c in _CALL_COLUMNS)},
-            COALESCE(%(started_at)s::timestamptz, now()), %(metadata)s)
+            COALESCE(%(started_at)s::timestamptz, now()), %(metadata)s, now())
     ON CONFLICT (call_id) DO UPDATE SET
         {", ".join(f"{c} = COALESCE(NULLIF(EXCLUDED.{c}, ''), calls.{c})" for c in _CALL_COLUMNS)},
-        metadata = calls.metadata || EXCLUDED.metadata
+        metadata = calls.metadata || EXCLUDED.metadata,
+        heartbeat_at = now()
     RETURNING (xmax = 0) AS inserted
 """
 # The first end wins for ended_at (so duration_s is stable); a later end_call may still add enrichment.
@@ -290,6 +303,13 @@ _SELECT_CALL = (
     f"SELECT {', '.join(f.name for f in fields(CallRow) if f.name != 'events')} FROM calls WHERE call_id = %s"
 )
 
+_LIVE_CALLS = f"""
+    SELECT {", ".join(f.name for f in fields(LiveCallRow))} FROM calls
+    WHERE status = 'live' AND heartbeat_at > now() - make_interval(secs => %(fresh_s)s)
+      AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
+    ORDER BY started_at DESC, call_id
+    LIMIT %(limit)s
+"""
 _OUTBOX_COLUMNS = ", ".join(f.name for f in fields(OutboxRow))
 _INSERT_OUTBOX = """
     INSERT INTO webhook_outbox (kind, tenant, call_id, url, payload, dedupe_key)
@@ -512,6 +532,43 @@ class Store:
             if row is None:
                 return None
             return _call_from_row(row, await _fetch_events(conn, call_id))
+
+    # -- live calls across replicas
+
+    async def heartbeat(self, call_ids: Sequence[str]) -> None:
+        """These calls are held live by the caller's replica, now."""
+        if call_ids:
+            async with self._pool.connection() as conn:
+                await conn.execute(
+                    "UPDATE calls SET heartbeat_at = now() WHERE call_id = ANY(%s) AND status = 'live'",
+                    (list(call_ids),),
+                )
+
+    async def live_calls(
+        self, fresh_s: float, tenant: str | None = None, limit: int = 50
+    ) -> list[LiveCallRow]:
+        """Live calls whose replica sent a heartbeat within `fresh_s`, newest first."""
+        async with self._pool.connection() as conn:
+            cur = await conn.cursor(row_factory=class_row(LiveCallRow)).execute(
+                _LIVE_CALLS, {"fresh_s": fresh_s, "tenant": tenant, "limit": limit}
+            )
+            return await cur.fetchall()
+
+    async def fail_orphaned_calls(self, silent_s: float) -> list[str]:
+        """Close as failed (reason ``replica_lost``) the live calls without a heartbeat for `silent_s`:
+        the replica holding them died. Their scored utterances stay; the aggregates are computed from them."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT call_id, heartbeat_at FROM calls WHERE status = 'live'"
+                " AND heartbeat_at < now() - make_interval(secs => %s)",
+                (silent_s,),
+            )
+            orphans = await cur.fetchall()
+        for call_id, last_heard in orphans:  # ended when last heard of, so its duration is true
+            await self.end_call(
+                call_id, status="failed", ended_at=last_heard, summary={"reason": "replica_lost"}
+            )
+        return [call_id for call_id, _ in orphans]
 
     # -- outbox
 

@@ -22,6 +22,7 @@ import re
 import uuid
 import wave
 from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,16 @@ from PIL import Image
 from playwright.async_api import Browser, Page, Playwright, async_playwright, expect
 from websockets.asyncio.client import ClientConnection, connect
 
+from callsense.config import Config
+from gateway.enrichment.rollup import run_rollup
+from gateway.heartbeat import FRESH_S, ORPHAN_AFTER_S, LiveCallHeartbeat
+from gateway.store import Store
+from gateway.tenants import TenantsConfig
 from gateway.web.routes import STATIC_DIR
 from tests.audio_fixtures import RATE, SENTENCE_A, speak_pcm16, word_error_rate
+from tests.delivery_fixtures import add_call
 from tests.mesh_fixtures import *  # noqa: F403  (fixtures)
-from tests.mesh_fixtures import RunningGateway
+from tests.mesh_fixtures import MeshServices, RunningGateway, _serve_gateway
 
 slow = pytest.mark.slow  # real processes and a real browser
 
@@ -468,11 +475,130 @@ async def test_live_calls_are_listed_while_they_are_live(running_gateway: Runnin
         after = (await http.get("/v1/calls", params={"tenant": "t-list"})).json()
         ended = await http.get("/v1/calls", params={"status": "ended"})
         too_many = await http.get("/v1/calls", params={"limit": 10_000})
-    assert listed == {
-        "calls": [{"call_id": call_id, "tenant": "t-list", "agent": "ann", "audio": False, "driven": True}]
+    [call] = listed["calls"]
+    assert {k: v for k, v in call.items() if k != "started_at"} == {
+        "call_id": call_id,
+        "tenant": "t-list",
+        "agent": "ann",
+        "audio": False,
+        "driven": True,
     }
+    assert datetime.fromisoformat(call["started_at"]) > datetime.now(UTC) - timedelta(minutes=1)
     assert other_tenant == {"calls": []} and after == {"calls": []}
     assert ended.status_code == 422 and too_many.status_code == 422
+
+
+@slow
+async def test_every_replica_lists_every_replicas_live_calls_and_a_dead_replicas_calls_end(
+    running_gateway: RunningGateway, mesh_services: MeshServices, gateway_db_url: str
+) -> None:
+    """Two gateway replicas on one database: each lists the calls the other holds (Envoy pins a call to
+    one replica, the console's list request may reach any). A call whose replica died is closed."""
+    config = Config(
+        chopper_addr=mesh_services.chopper_addr,
+        scorer_addr=mesh_services.scorer_addr,
+        database_url=gateway_db_url,
+    )
+    a, call_id = running_gateway, new_call_id("replicas")
+    store = a.gateway.stores.default
+    async with _serve_gateway(config) as b, httpx.AsyncClient(timeout=TIMEOUT_S) as http:
+        query = {"status": "live", "tenant": "t-replicas"}
+        async with connect(a.ws_url) as ws:
+            await send(ws, {"type": "start", "call_id": call_id, "metadata": {"tenant": "t-replicas"}})
+            assert (await receive(ws))["type"] == "started"
+            on_a = (await http.get(f"{a.http_url}/v1/calls", params=query)).json()["calls"]
+            on_b = (await http.get(f"{b.http_url}/v1/calls", params=query)).json()["calls"]
+            assert [(c["call_id"], c["driven"]) for c in on_a] == [(call_id, True)]
+            assert [(c["call_id"], c["audio"], c["driven"]) for c in on_b] == [(call_id, None, None)]
+
+            # A's heartbeat keeps the call listed; without one for FRESH_S it is not live any more.
+            await _age_heartbeat(store, call_id, seconds=FRESH_S + 5)
+            assert (await http.get(f"{b.http_url}/v1/calls", params=query)).json()["calls"] == []
+            assert await LiveCallHeartbeat(b.gateway.registry).beat() == []  # not B's call, not an orphan yet
+            await LiveCallHeartbeat(a.gateway.registry).beat()
+            assert len((await http.get(f"{b.http_url}/v1/calls", params=query)).json()["calls"]) == 1
+            await send(ws, {"type": "stop"})
+            await receive_until_summary(ws)
+        assert (await http.get(f"{b.http_url}/v1/calls", params=query)).json()["calls"] == []
+
+        # A replica that died holding a call: the call stays "live" in the database, unheard of.
+        orphan = new_call_id("orphan")
+        await store.upsert_call_start(orphan, {"tenant": "t-replicas"})
+        await _age_heartbeat(store, orphan, seconds=ORPHAN_AFTER_S + 60)
+        assert (await http.get(f"{b.http_url}/v1/calls", params=query)).json()["calls"] == []
+        assert orphan in await LiveCallHeartbeat(b.gateway.registry).beat()
+        row = await store.get_call(orphan)
+        assert row is not None and row.status == "failed" and row.summary == {"reason": "replica_lost"}
+        assert row.ended_at is not None and row.ended_at < datetime.now(UTC) - timedelta(
+            seconds=ORPHAN_AFTER_S
+        )
+
+
+async def _age_heartbeat(store: Store, call_id: str, seconds: float) -> None:
+    """As if the call's replica had not been heard of for ``seconds``."""
+    async with store._pool.connection() as conn:
+        await conn.execute(
+            "UPDATE calls SET heartbeat_at = now() - make_interval(secs => %s) WHERE call_id = %s",
+            (seconds, call_id),
+        )
+
+
+@slow
+async def test_reports_page_shows_a_rolled_up_day_and_says_when_one_is_not(
+    running_gateway: RunningGateway, browser: Browser
+) -> None:
+    store = running_gateway.gateway.stores.default
+    day, tenant = date(2024, 2, 20), f"t-report-{uuid.uuid4().hex[:6]}"
+    noon = datetime.combine(day, time(12), UTC)
+    # west: 3 of 4 customer utterances negative (75 %); east: none of 2.
+    await add_call(
+        store,
+        f"{tenant}-w1",
+        [("customer", "negative"), ("customer", "negative")],
+        started_at=noon,
+        tenant=tenant,
+        team="west",
+        agent="sam",
+    )
+    await add_call(
+        store,
+        f"{tenant}-w2",
+        [("customer", "negative"), ("customer", "positive")],
+        started_at=noon,
+        tenant=tenant,
+        team="west",
+        agent="kim",
+    )
+    await add_call(
+        store,
+        f"{tenant}-e1",
+        [("customer", "positive"), ("agent", "negative")],
+        started_at=noon,
+        tenant=tenant,
+        team="east",
+        agent="lee",
+    )
+    await run_rollup(store, day, TenantsConfig())
+
+    page, errors = await open_page(browser, f"{running_gateway.http_url}/reports?date={day}&tenant={tenant}")
+    await expect(page.get_by_test_id("report-title")).to_have_text(f"{day} · {tenant}")
+    teams = page.get_by_test_id("team-row")
+    await expect(teams).to_have_count(2)
+    west = page.locator('[data-testid="team-row"][data-team="west"]')
+    await expect(west.get_by_test_id("negative-rate")).to_have_text("75.0 %")
+    await expect(west).to_have_class(re.compile(r"\balarming\b"))
+    east = page.locator('[data-testid="team-row"][data-team="east"]')
+    await expect(east.get_by_test_id("negative-rate")).to_have_text("0.0 %")
+    await expect(east).not_to_have_class(re.compile(r"\balarming\b"))
+    await expect(page.get_by_test_id("agent-row")).to_have_count(3)
+    await screenshot(page, "reports-day.png")
+    assert errors.messages == []
+
+    # A day nobody rolled up: the API's own explanation, not an empty table.
+    await page.get_by_test_id("date").fill("2024-02-21")
+    await page.get_by_test_id("show").click()
+    await expect(page.get_by_test_id("error")).to_contain_text("callsense rollup --date 2024-02-21")
+    await expect(page.locator("#result")).to_be_hidden()
 
 
 def test_static_assets_need_nothing_from_elsewhere() -> None:

@@ -9,6 +9,7 @@ the app's 400, a width out of bounds its 422).
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +18,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
+from gateway.heartbeat import FRESH_S
 from gateway.schemas import ErrorResponse
 from gateway.session import ErrorCode, Gateway, validate_call_id
 from gateway.web.timeline import (
@@ -46,13 +48,20 @@ router.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
 
 class LiveCallOut(BaseModel):
-    """A call live on this gateway replica, for the console's "join" list."""
+    """A live call, on any gateway replica, for the console's "join" list."""
 
     call_id: str
     tenant: str
     agent: str
-    audio: bool = Field(description="True when the call streams audio (its transcript comes from the ASR).")
-    driven: bool = Field(description="False while its client is away (the call ends after a grace period).")
+    started_at: datetime
+    audio: bool | None = Field(
+        description="True when the call streams audio (its transcript comes from the ASR); null when "
+        "another replica holds the call."
+    )
+    driven: bool | None = Field(
+        description="False while its client is away (the call ends after a grace period); null when "
+        "another replica holds the call."
+    )
 
 
 class CallListOut(BaseModel):
@@ -79,6 +88,12 @@ async def console_page() -> FileResponse:
     return _page("console.html")
 
 
+@router.get("/reports", include_in_schema=False)
+async def reports_page() -> FileResponse:
+    """The daily report (GET /v1/reports/daily as a table)."""
+    return _page("reports.html")
+
+
 @router.get("/review/{call_id}", include_in_schema=False)
 async def review_page(call_id: str) -> FileResponse:
     """The review page of a call; the page itself fetches the call and says when there is none."""
@@ -93,25 +108,33 @@ async def review_page(call_id: str) -> FileResponse:
 async def list_calls(
     request: Request,
     status: Literal["live"] = Query(
-        "live", description='Only "live" is listed here: the calls this gateway replica holds now.'
+        "live", description='Only "live" is listed here: the calls some gateway replica holds now.'
     ),
     tenant: str | None = Query(None, max_length=128, description="Only the calls of this tenant."),
     limit: int = Query(50, ge=1, le=500, description="At most this many calls."),
 ) -> CallListOut:
-    """The live calls of this gateway replica, newest first (what the console can join)."""
-    sessions = reversed(_gateway(request).registry.live_calls())
-    calls = [
-        LiveCallOut(
-            call_id=s.call_id,
-            tenant=s.metadata.tenant,
-            agent=s.metadata.agent,
-            audio=s.audio is not None,
-            driven=s.driver_attached,
+    """The live calls of every gateway replica, newest first (what the console can join): those whose
+    replica's heartbeat is fresh in the database (gateway/heartbeat.py)."""
+    gateway = _gateway(request)
+    here = {s.call_id: s for s in gateway.registry.live_calls()}
+    rows = []
+    for _, store in gateway.stores.named_stores:
+        rows += await store.live_calls(FRESH_S, tenant, limit)
+    rows.sort(key=lambda r: (r.started_at, r.call_id), reverse=True)
+    calls = []
+    for row in rows[:limit]:
+        session = here.get(row.call_id)
+        calls.append(
+            LiveCallOut(
+                call_id=row.call_id,
+                tenant=row.tenant,
+                agent=row.agent,
+                started_at=row.started_at,
+                audio=None if session is None else session.audio is not None,
+                driven=None if session is None else session.driver_attached,
+            )
         )
-        for s in sessions
-        if tenant is None or s.metadata.tenant == tenant
-    ]
-    return CallListOut(calls=calls[:limit])
+    return CallListOut(calls=calls)
 
 
 @router.get(
