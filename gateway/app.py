@@ -48,6 +48,8 @@ from typing import Any
 
 import grpc
 import grpc.aio
+import psycopg
+import psycopg_pool
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -247,6 +249,19 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def stage_error(request: Request, exc: grpc.aio.AioRpcError) -> JSONResponse:
         log.warning("pipeline stage failed: %s %s", exc.code().name, exc.details())
         return _error(503, ErrorCode.STAGE_FAILED, f"a pipeline stage is unavailable ({exc.code().name})")
+
+    async def database_error(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
+        return _error(
+            503,
+            ErrorCode.DATABASE_UNAVAILABLE,
+            "the database is unavailable; retry later (GET /readyz says when it is back)",
+        )
+
+    # A database that is down or restarting: the pool gives up waiting for a connection (PoolTimeout), or
+    # a connection breaks under a query (OperationalError). Neither is the caller's fault: 503, not 500.
+    for database_failure in (psycopg.OperationalError, psycopg_pool.PoolTimeout):
+        app.add_exception_handler(database_failure, database_error)
 
 
 def _add_routes(app: FastAPI) -> None:

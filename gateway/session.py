@@ -134,6 +134,7 @@ class ErrorCode:
     TOO_MANY_UTTERANCES = "too_many_utterances"
     SLOW_CONSUMER = "slow_consumer"
     STAGE_FAILED = "stage_failed"
+    DATABASE_UNAVAILABLE = "database_unavailable"
     STORAGE_FAILED = "storage_failed"
     TIMEOUT = "timeout"
     INVALID_RECORDING = "invalid_recording"

@@ -409,13 +409,24 @@ class Store:
 
     @classmethod
     async def open(
-        cls, url: str, min_size: int = 1, max_size: int = 10, *, migrate: bool = True, timeout: float = 30.0
+        cls,
+        url: str,
+        min_size: int = 1,
+        max_size: int = 10,
+        *,
+        migrate: bool = True,
+        timeout: float = 30.0,
+        checkout_timeout_s: float = 30.0,
     ) -> Self:
-        """Open a pool on `url`, wait for its first connections, and apply pending migrations."""
+        """Open a pool on `url`, wait for its first connections, and apply pending migrations.
+
+        `checkout_timeout_s`: how long a caller waits for a connection while the database is away before
+        psycopg_pool.PoolTimeout (the HTTP API answers 503 then); live calls ride out shorter outages."""
         pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
             url,
             min_size=min_size,
             max_size=max_size,
+            timeout=checkout_timeout_s,
             open=False,
             # Single statements commit on their own; multi-statement work uses conn.transaction().
             kwargs={"autocommit": True},

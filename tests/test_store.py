@@ -19,17 +19,21 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import httpx
 import psutil
 import psycopg
 import pytest
 from psycopg import sql
 
+from callsense.config import Config
 from callsense.database import (
     EmbeddedPostgres,
     database_url,
     default_data_dir,
     start_embedded_postgres,
 )
+from gateway.app import create_app
+from gateway.session import Gateway
 from gateway.store import (
     CallStats,
     Channel,
@@ -379,4 +383,36 @@ def test_stop_leaves_no_postgres_process() -> None:
         assert not data_dir.exists()
         print(f"embedded PostgreSQL: cold start {cold_s:.2f} s, warm start {warm_s:.2f} s")
     finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_a_database_outage_answers_503_and_the_api_recovers_with_it() -> None:
+    """The HTTP API while its database is down: 503 database_unavailable (not a 500, not a hang), and
+    answers again once the database is back."""
+    root = Path(tempfile.mkdtemp(prefix="callsense-pg-outage-", dir="/var/tmp"))
+    pg = start_embedded_postgres(root / "data")
+    try:
+        store = await Store.open(pg.uri, checkout_timeout_s=1.0)
+        config = Config(chopper_addr="127.0.0.1:9", scorer_addr="127.0.0.1:9")  # lazy channels, unused
+        gateway = await Gateway.open(config, stores=StoreRouter(store))
+        app = create_app(config, gateway=gateway)
+        paths = ["/v1/calls/any-call", "/v1/calls?status=live", "/v1/reports/daily?date=2024-01-02"]
+        try:
+            async with (
+                app.router.lifespan_context(app),
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http,
+            ):
+                assert [(await http.get(p)).status_code for p in paths] == [404, 200, 404]
+                pg.stop()
+                for path in paths:
+                    down = await http.get(path)
+                    assert down.status_code == 503, (path, down.text)
+                    assert down.json()["error"]["code"] == "database_unavailable"
+                pg = start_embedded_postgres(root / "data")
+                assert [(await http.get(p)).status_code for p in paths] == [404, 200, 404]
+        finally:
+            await gateway.close()
+            await store.close()
+    finally:
+        pg.stop()
         shutil.rmtree(root, ignore_errors=True)
