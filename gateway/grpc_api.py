@@ -16,6 +16,8 @@ from typing import Any, NoReturn
 
 import grpc
 import grpc.aio
+import psycopg
+import psycopg_pool
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from callsense.telemetry import call_context
@@ -175,7 +177,12 @@ class SentimentServicer(sentiment_pb2_grpc.SentimentServicer):
         self, request: sentiment_pb2.GetCallRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> sentiment_pb2.CallRecord:
         call_id = await _checked(context, validate_call_id, request.call_id)
-        row = await self._gateway.get_call(call_id)
+        try:
+            row = await self._gateway.get_call(call_id)
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout):  # down or restarting: retry later
+            await _abort_with(
+                context, grpc.StatusCode.UNAVAILABLE, "the database is unavailable; retry later"
+            )
         if row is None:
             await _abort_with(context, grpc.StatusCode.NOT_FOUND, f"no call with id {call_id!r}")
         return call_record_proto(row)

@@ -19,12 +19,15 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import grpc
+import grpc.aio
 import httpx
 import psutil
 import psycopg
 import pytest
 from psycopg import sql
 
+from callsense import grpc_runtime
 from callsense.config import Config
 from callsense.database import (
     EmbeddedPostgres,
@@ -32,7 +35,9 @@ from callsense.database import (
     default_data_dir,
     start_embedded_postgres,
 )
+from callsense.v1 import sentiment_pb2, sentiment_pb2_grpc
 from gateway.app import create_app
+from gateway.grpc_api import add_to_server
 from gateway.session import Gateway
 from gateway.store import (
     CallStats,
@@ -396,6 +401,9 @@ async def test_a_database_outage_answers_503_and_the_api_recovers_with_it() -> N
         config = Config(chopper_addr="127.0.0.1:9", scorer_addr="127.0.0.1:9")  # lazy channels, unused
         gateway = await Gateway.open(config, stores=StoreRouter(store))
         app = create_app(config, gateway=gateway)
+        grpc_server = await grpc_runtime.start_server(add_to_server(gateway), "127.0.0.1:0")
+        channel = grpc_runtime.insecure_channel(grpc_runtime.server_info(grpc_server).address)
+        get_call = sentiment_pb2_grpc.SentimentStub(channel).GetCall
         paths = ["/v1/calls/any-call", "/v1/calls?status=live", "/v1/reports/daily?date=2024-01-02"]
         try:
             async with (
@@ -408,9 +416,17 @@ async def test_a_database_outage_answers_503_and_the_api_recovers_with_it() -> N
                     down = await http.get(path)
                     assert down.status_code == 503, (path, down.text)
                     assert down.json()["error"]["code"] == "database_unavailable"
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await get_call(sentiment_pb2.GetCallRequest(call_id="any-call"))
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
                 pg = start_embedded_postgres(root / "data")
-                assert [(await http.get(p)).status_code for p in paths] == [404, 200, 404]
+                # The pool reconnects with back-off: answers come back within seconds, by themselves.
+                async with asyncio.timeout(60):
+                    while [(await http.get(p)).status_code for p in paths] != [404, 200, 404]:
+                        await asyncio.sleep(0.5)
         finally:
+            await channel.close()
+            await grpc_runtime.stop_server(grpc_server, 0.5)
             await gateway.close()
             await store.close()
     finally:
