@@ -11,9 +11,9 @@ an asyncio task of the gateway process), and:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
+from gateway.background import BackgroundLoop
 from gateway.session import SessionRegistry
 
 log = logging.getLogger(__name__)
@@ -26,8 +26,10 @@ ORPHAN_AFTER_S = 300.0
 for a minute does not see its calls closed under it."""
 
 
-class LiveCallHeartbeat:
+class LiveCallHeartbeat(BackgroundLoop):
     """Refreshes the heartbeat of the calls ``registry`` holds and closes orphans, every ``interval_s``."""
+
+    task_name = "live-call-heartbeat"
 
     def __init__(
         self,
@@ -39,18 +41,6 @@ class LiveCallHeartbeat:
         self._registry = registry
         self._interval_s = interval_s
         self._orphan_after_s = orphan_after_s
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="live-call-heartbeat")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     async def beat(self) -> list[str]:
         """One round in every database; returns the calls closed as orphans."""

@@ -37,7 +37,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from callsense.config import Config
 from gateway.enrichment.rollup import run_rollup
 from gateway.heartbeat import FRESH_S, ORPHAN_AFTER_S, LiveCallHeartbeat
-from gateway.store import Store
+from gateway.store import Channel, Label, Store
 from gateway.tenants import TenantsConfig
 from gateway.web.routes import STATIC_DIR
 from tests.audio_fixtures import RATE, SENTENCE_A, speak_pcm16, word_error_rate
@@ -551,33 +551,15 @@ async def test_reports_page_shows_a_rolled_up_day_and_says_when_one_is_not(
     day, tenant = date(2024, 2, 20), f"t-report-{uuid.uuid4().hex[:6]}"
     noon = datetime.combine(day, time(12), UTC)
     # west: 3 of 4 customer utterances negative (75 %); east: none of 2.
-    await add_call(
-        store,
-        f"{tenant}-w1",
-        [("customer", "negative"), ("customer", "negative")],
-        started_at=noon,
-        tenant=tenant,
-        team="west",
-        agent="sam",
-    )
-    await add_call(
-        store,
-        f"{tenant}-w2",
-        [("customer", "negative"), ("customer", "positive")],
-        started_at=noon,
-        tenant=tenant,
-        team="west",
-        agent="kim",
-    )
-    await add_call(
-        store,
-        f"{tenant}-e1",
-        [("customer", "positive"), ("agent", "negative")],
-        started_at=noon,
-        tenant=tenant,
-        team="east",
-        agent="lee",
-    )
+    calls: dict[str, tuple[str, str, list[tuple[Channel, Label]]]] = {
+        "w1": ("west", "sam", [("customer", "negative"), ("customer", "negative")]),
+        "w2": ("west", "kim", [("customer", "negative"), ("customer", "positive")]),
+        "e1": ("east", "lee", [("customer", "positive"), ("agent", "negative")]),
+    }
+    for name, (team, agent, utterances) in calls.items():
+        await add_call(
+            store, f"{tenant}-{name}", utterances, started_at=noon, tenant=tenant, team=team, agent=agent
+        )
     await run_rollup(store, day, TenantsConfig())
 
     page, errors = await open_page(browser, f"{running_gateway.http_url}/reports?date={day}&tenant={tenant}")

@@ -28,7 +28,6 @@ start-up for the last due day if no run since its due time is recorded (a gatewa
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -38,6 +37,7 @@ from typing import Any
 from urllib.parse import quote
 
 from callsense.config import Config, ConfigError
+from gateway.background import BackgroundLoop
 from gateway.enrichment.webhooks import DeliveryPolicy, OutboxDispatcher
 from gateway.store import DayWindow, OutboxMessage, RollupRow, Store, command_stores
 from gateway.tenants import TenantsConfig
@@ -164,13 +164,15 @@ def rollup_time_from_env(env: Mapping[str, str]) -> time:
     return at
 
 
-class RollupScheduler:
+class RollupScheduler(BackgroundLoop):
     """Runs the previous day's roll-up each night, ``at`` past the midnight that ends it in the last of the
     tenants' time zones, in every store; an asyncio task.
 
     At start-up, and after each wake, it rolls up the last day whose time has come unless a run after that
     time is recorded in the store. A failed run (the database away) is tried again every ``retry_s``.
     """
+
+    task_name = "rollup-scheduler"
 
     def __init__(
         self,
@@ -188,20 +190,8 @@ class RollupScheduler:
         self._on_alerts = on_alerts
         self._retry_s = retry_s
         self._clock = clock
-        self._task: asyncio.Task[None] | None = None
         self.runs = 0
         """Roll-ups run by this scheduler (one per store and day), for tests and logs."""
-
-    async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="rollup-scheduler")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     def due_day(self, now: datetime) -> date:
         """The last day whose roll-up time has passed."""
