@@ -39,16 +39,9 @@ class DailyRowOut(BaseModel):
 
     @classmethod
     def of(cls, region: str, row: RollupRow) -> DailyRowOut:
+        """The stored row as the API shows it (its day is the report's)."""
         return cls(
-            region=region,
-            tenant=row.tenant,
-            team=row.team,
-            agent=row.agent,
-            calls=row.calls,
-            utterances=row.utterances,
-            customer_utterances=row.customer_utterances,
-            avg_sentiment=row.avg_sentiment,
-            negative_rate=row.negative_rate,
+            region=region, **{name: getattr(row, name) for name in cls.model_fields if name != "region"}
         )
 
 
