@@ -31,7 +31,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ import httpx
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
+from callsense.ports import free_port, free_port_run
 from callsense.up import SCORER_PORT_STEP
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,30 +71,6 @@ LINES: tuple[tuple[str, str], ...] = (
 # --------------------------------------------------------------------------------------------- the mesh
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _scorer_port(replicas: int) -> int:
-    for _ in range(50):
-        port = _free_port()
-        top = port + (replicas - 1) * SCORER_PORT_STEP
-        if top <= 65535 and all(_bindable(port + i * SCORER_PORT_STEP) for i in range(1, replicas)):
-            return port
-    raise RuntimeError("no free scorer port range")
-
-
 @dataclass
 class Mesh:
     """A `callsense up` started by the bench."""
@@ -108,19 +84,19 @@ class Mesh:
 
 
 async def start_mesh(data_dir: Path, *, max_batch: int, max_wait_ms: float, replicas: int) -> Mesh:
-    envoy_port = _free_port()
+    envoy_port = free_port()
     # The bench owns every port and path; the developer's own mesh settings must not leak in. No trace
     # export (its batching would share the two cores with what is measured); logs at WARNING for the same.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CALLSENSE_", "OTEL_"))}
     env.pop("DATABASE_URL", None)
     env.update(
         CALLSENSE_ENVOY_PORT=str(envoy_port),
-        CALLSENSE_ENVOY_ADMIN_PORT=str(_free_port()),
-        CALLSENSE_GATEWAY_HTTP=f"127.0.0.1:{_free_port()}",
-        CALLSENSE_GATEWAY_GRPC=f"127.0.0.1:{_free_port()}",
-        CALLSENSE_CHOPPER_ADDR=f"127.0.0.1:{_free_port()}",
-        CALLSENSE_SCORER_ADDR=f"127.0.0.1:{_scorer_port(replicas)}",
-        CALLSENSE_ASR_ADDR=f"127.0.0.1:{_free_port()}",
+        CALLSENSE_ENVOY_ADMIN_PORT=str(free_port()),
+        CALLSENSE_GATEWAY_HTTP=f"127.0.0.1:{free_port()}",
+        CALLSENSE_GATEWAY_GRPC=f"127.0.0.1:{free_port()}",
+        CALLSENSE_CHOPPER_ADDR=f"127.0.0.1:{free_port()}",
+        CALLSENSE_SCORER_ADDR=f"127.0.0.1:{free_port_run(replicas, SCORER_PORT_STEP)}",
+        CALLSENSE_ASR_ADDR=f"127.0.0.1:{free_port()}",
         CALLSENSE_DATA_DIR=str(data_dir),
         CALLSENSE_LOG_LEVEL="WARNING",
         PYTHONUNBUFFERED="1",

@@ -33,6 +33,7 @@ from psycopg import sql
 from callsense import grpc_runtime
 from callsense.config import Config
 from callsense.database import EmbeddedPostgres, default_data_dir, start_embedded_postgres
+from callsense.ports import free_port
 from gateway.__main__ import _Server
 from gateway.app import create_app
 from gateway.enrichment.postcall import AfterCall
@@ -53,13 +54,6 @@ __all__ = [
 ROOT = Path(__file__).resolve().parents[1]
 SCORER_MODEL_ENV = "CALLSENSE_TEST_SCORER_MODEL"
 READY_TIMEOUT_S = 120.0  # the scorer loads and warms its model first; the test box is often busy
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # --------------------------------------------------------------------------------------------- database

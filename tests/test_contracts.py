@@ -12,7 +12,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -27,6 +26,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from callsense import grpc_runtime
 from callsense.config import Config, ConfigError, load_config
+from callsense.ports import free_port
 from callsense.telemetry import TraceContextFilter, call_context, current_call_id
 from callsense.v1 import chopper_pb2, scorer_pb2, scorer_pb2_grpc
 
@@ -202,13 +202,6 @@ async def test_bind_conflict_fails_loudly() -> None:
             await grpc_runtime.start_server(add_fixed_scorer, grpc_runtime.server_info(server).address)
     finally:
         await grpc_runtime.stop_server(server, grace_s=0)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def test_serve_forever_stops_gracefully_on_sigterm() -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import socket
 import struct
 import subprocess
 from collections.abc import AsyncIterator, Callable
@@ -27,6 +26,7 @@ from websockets.asyncio.server import serve as ws_serve
 from websockets.http11 import Request, Response
 
 from callsense.envoy_config import DEFAULT_PATH, MeshLayout, build, check, render
+from callsense.ports import free_port
 from callsense.supervisor import Supervisor, envoy_binary, envoy_shm_files, envoy_spec
 
 ENVOY_ROUTE_TIMEOUT_DEFAULT_S = 15.0
@@ -147,12 +147,6 @@ def test_tracing_exports_to_the_collector() -> None:
 # --- a real Envoy ----------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _http_backend(name: str, seen: list[Request]) -> Callable[[ServerConnection, Request], Response | None]:
     """Plain HTTP answers for non-WebSocket requests (health checks, REST); None lets a WebSocket in."""
 
@@ -244,8 +238,8 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
 
         layout = MeshLayout(
             listener_host="127.0.0.1",
-            listener_port=_free_port(),
-            admin_port=_free_port(),
+            listener_port=free_port(),
+            admin_port=free_port(),
             gateway_http=[f"127.0.0.1:{port}" for port in http_ports],
             gateway_grpc=grpc_addrs["gateway_grpc"],
             asr=grpc_addrs["asr"],

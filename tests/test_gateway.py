@@ -22,6 +22,7 @@ import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 
 from callsense.config import Config
+from callsense.ports import free_port
 from callsense.v1 import audio_pb2, sentiment_pb2, sentiment_pb2_grpc
 from gateway.__main__ import _Server
 from gateway.app import create_app
@@ -37,7 +38,7 @@ from gateway.session import (
     TextUtterance,
 )
 from tests.mesh_fixtures import *  # noqa: F403  (fixtures)
-from tests.mesh_fixtures import MeshServices, RunningGateway, free_port
+from tests.mesh_fixtures import MeshServices, RunningGateway
 
 pytestmark = pytest.mark.slow
 

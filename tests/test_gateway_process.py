@@ -17,10 +17,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from websockets.asyncio.client import connect
 
+from callsense.ports import free_port
 from callsense.telemetry import read_trace_file
 from gateway.store import Store
 from tests.mesh_fixtures import *  # noqa: F403  (fixtures)
-from tests.mesh_fixtures import ROOT, MeshServices, free_port
+from tests.mesh_fixtures import ROOT, MeshServices
 
 pytestmark = pytest.mark.slow
 

@@ -21,11 +21,12 @@ import pytest_asyncio
 
 from callsense import grpc_runtime
 from callsense.config import Config
+from callsense.ports import free_port
 from callsense.v1 import audio_pb2, sentiment_pb2, sentiment_pb2_grpc
 from gateway.session import SessionSettings
 from tests.audio_fixtures import SENTENCE_A, SENTENCE_B, require_speech_tools, speak_pcm16, word_error_rate
 from tests.mesh_fixtures import *  # noqa: F403  (fixtures)
-from tests.mesh_fixtures import MeshServices, RunningGateway, _serve_gateway, free_port
+from tests.mesh_fixtures import MeshServices, RunningGateway, _serve_gateway
 
 pytestmark = pytest.mark.slow
 

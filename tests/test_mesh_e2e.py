@@ -23,7 +23,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -45,6 +44,7 @@ from google.protobuf.message import Message
 from websockets.asyncio.client import connect as ws_connect
 
 from callsense.database import start_embedded_postgres
+from callsense.ports import free_port, free_port_run
 from callsense.supervisor import envoy_shm_files
 from callsense.up import SCORER_PORT_STEP
 from callsense.v1 import audio_pb2, scorer_pb2, sentiment_pb2, sentiment_pb2_grpc
@@ -84,31 +84,6 @@ def _utterance_times(index: int) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------------------------- ports
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _scorer_base_port(replicas: int) -> int:
-    """A free port whose replica ports (+1000 each) are free too."""
-    for _ in range(50):
-        port = _free_port()
-        last = port + (replicas - 1) * SCORER_PORT_STEP
-        if last <= 65535 and all(_bindable(port + i * SCORER_PORT_STEP) for i in range(1, replicas)):
-            return port
-    raise RuntimeError(f"no free port with {replicas - 1} free neighbours {SCORER_PORT_STEP} apart")
 
 
 # --------------------------------------------------------------------------------------------- the mesh
@@ -184,15 +159,15 @@ def _mesh_env(data_dir: Path, collector: OtlpCollector, scorer_port: int) -> tup
         for k, v in os.environ.items()
         if not k.startswith(("CALLSENSE_", "OTEL_")) and k != "DATABASE_URL"
     }
-    envoy_port, admin_port = _free_port(), _free_port()
+    envoy_port, admin_port = free_port(), free_port()
     env.update(
         CALLSENSE_ENVOY_PORT=str(envoy_port),
         CALLSENSE_ENVOY_ADMIN_PORT=str(admin_port),
-        CALLSENSE_GATEWAY_HTTP=f"127.0.0.1:{_free_port()}",
-        CALLSENSE_GATEWAY_GRPC=f"127.0.0.1:{_free_port()}",
-        CALLSENSE_CHOPPER_ADDR=f"127.0.0.1:{_free_port()}",
+        CALLSENSE_GATEWAY_HTTP=f"127.0.0.1:{free_port()}",
+        CALLSENSE_GATEWAY_GRPC=f"127.0.0.1:{free_port()}",
+        CALLSENSE_CHOPPER_ADDR=f"127.0.0.1:{free_port()}",
         CALLSENSE_SCORER_ADDR=f"127.0.0.1:{scorer_port}",
-        CALLSENSE_ASR_ADDR=f"127.0.0.1:{_free_port()}",
+        CALLSENSE_ASR_ADDR=f"127.0.0.1:{free_port()}",
         CALLSENSE_DATA_DIR=str(data_dir),  # absolute: the embedded database lives in data_dir/postgres
         OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint,
         OTEL_BSP_SCHEDULE_DELAY="200",  # services flush spans every 200 ms instead of 5 s
@@ -208,7 +183,7 @@ async def start_mesh(
     if not DEFAULT_MODEL.is_file():
         pytest.skip(f"SCORER MODEL ABSENT: {DEFAULT_MODEL} not found; ship a model first")
     data_dir.mkdir(parents=True, exist_ok=True)
-    env, envoy_port, admin_port = _mesh_env(data_dir, collector, _scorer_base_port(replicas))
+    env, envoy_port, admin_port = _mesh_env(data_dir, collector, free_port_run(replicas, SCORER_PORT_STEP))
     shm_before = envoy_shm_files()
     with log.open("wb") as out:
         process = subprocess.Popen(

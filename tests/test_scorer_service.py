@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from callsense import grpc_runtime
+from callsense.ports import free_port
 from callsense.telemetry import read_trace_file
 from callsense.v1 import chopper_pb2, scorer_pb2, scorer_pb2_grpc
 from scorer_service import inference
@@ -400,12 +400,6 @@ def test_parse_args_rejects_nonsense(capsys: pytest.CaptureFixture[str]) -> None
         with pytest.raises(SystemExit):
             parse_args(bad)
     assert "must" in capsys.readouterr().err
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_python_m_scorer_service_serves_traces_and_stops_on_sigterm(

@@ -6,7 +6,6 @@ import asyncio
 import io
 import re
 import signal
-import socket
 import sys
 import textwrap
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from callsense.ports import free_port
 from callsense.supervisor import (
     HttpReady,
     ProcessSpec,
@@ -24,12 +24,6 @@ from callsense.supervisor import (
 )
 
 PY = sys.executable
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _alive(pid: int) -> bool:
@@ -69,7 +63,7 @@ _WITH_STUBBORN_GRANDCHILD = textwrap.dedent(
 
 @pytest.mark.slow
 async def test_starts_in_dependency_order_forwards_logs_and_stops_everything() -> None:
-    port_a, port_b = _free_port(), _free_port()
+    port_a, port_b = free_port(), free_port()
     b = ProcessSpec(
         "b",
         [PY, "-c", _WITH_STUBBORN_GRANDCHILD, str(port_b)],
@@ -115,7 +109,7 @@ async def test_starts_in_dependency_order_forwards_logs_and_stops_everything() -
     ids=["timeout", "exit"],
 )
 async def test_reports_the_process_that_fails_with_its_log_tail(script: str, reason: str) -> None:
-    port = _free_port()
+    port = free_port()
     broken = ProcessSpec(
         "scorer", [PY, "-c", script], ready=HttpReady(f"http://127.0.0.1:{port}/healthz"), ready_timeout_s=1
     )
@@ -123,7 +117,7 @@ async def test_reports_the_process_that_fails_with_its_log_tail(script: str, rea
     sibling = ProcessSpec(
         "chopper",
         [PY, "-c", "import time; time.sleep(60)"],
-        ready=HttpReady(f"http://127.0.0.1:{_free_port()}/"),
+        ready=HttpReady(f"http://127.0.0.1:{free_port()}/"),
     )
     never = ProcessSpec("gateway", [PY, "-c", "print('must not start')"], depends_on=["scorer", "chopper"])
     out = io.StringIO()
@@ -187,7 +181,7 @@ _UP_SCRIPT = textwrap.dedent(
 @pytest.mark.slow
 async def test_ctrl_c_stops_every_child_and_envoy_leaves_no_shared_memory(tmp_path: Path) -> None:
     shm_before = envoy_shm_files()
-    ports = [_free_port() for _ in range(3)]
+    ports = [free_port() for _ in range(3)]
     up = await asyncio.create_subprocess_exec(
         PY,
         "-c",
