@@ -8,7 +8,7 @@ answers 404 and says how to roll it up; one rolled up with no calls answers an e
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -26,6 +26,7 @@ class DailyRowOut(BaseModel):
     """One team's day (``agent`` empty) or one agent's day within it."""
 
     region: str = Field(description='The database the row comes from: "" for the default one.')
+    day: date = Field(description="The tenant's day the row covers.")
     tenant: str
     team: str
     agent: str = Field(description="Empty for the whole team's row.")
@@ -39,7 +40,7 @@ class DailyRowOut(BaseModel):
 
     @classmethod
     def of(cls, region: str, row: RollupRow) -> DailyRowOut:
-        """The stored row as the API shows it (its day is the report's)."""
+        """The stored row as the API shows it."""
         return cls(
             region=region, **{name: getattr(row, name) for name in cls.model_fields if name != "region"}
         )
@@ -82,6 +83,59 @@ async def daily_report(
     if not ran:
         return _not_rolled_up(day)
     return DailyReportOut(date=day, rolled_up_at=max(ran), rows=rows)
+
+
+MAX_TREND_DAYS = 366
+
+
+class TrendOut(BaseModel):
+    tenant: str
+    team: str
+    agent: str = Field(description="Empty: the whole team.")
+    days: list[DailyRowOut] = Field(description="The days with calls, oldest first (one row per region).")
+    days_with_rows: list[date] = Field(description="The days that have a row, oldest first.")
+    missing_days: list[date] = Field(
+        description="Days in the range no database has rolled up yet (a day rolled up without calls is "
+        "neither here nor in days)."
+    )
+
+
+@router.get(
+    "/v1/reports/trend",
+    response_model=TrendOut,
+    responses={422: {"model": ErrorResponse}},
+)
+async def trend_report(
+    request: Request,
+    first: Annotated[date, Query(alias="from", description="The first day, YYYY-MM-DD.")],
+    last: Annotated[date, Query(alias="to", description="The last day, YYYY-MM-DD (at most 366 days on).")],
+    tenant: str = Query("", max_length=128, description="The tenant (empty: calls without one)."),
+    team: str = Query("", max_length=128, description="The team (empty: calls without one)."),
+    agent: str = Query("", max_length=128, description="One agent of the team; empty for the whole team."),
+) -> TrendOut | JSONResponse:
+    """One team's or one agent's days: calls, average sentiment and negative rate, for a trend line."""
+    span = (last - first).days + 1
+    if not 1 <= span <= MAX_TREND_DAYS:
+        problem = "to is before from" if span < 1 else f"{span} days; ask for at most {MAX_TREND_DAYS}"
+        return _error(422, ErrorCode.INVALID_MESSAGE, f"from {first} to {last}: {problem}")
+    gateway: Gateway = request.app.state.gateway
+    days: list[DailyRowOut] = []
+    rolled_up: set[date] = set()
+    for region, store in gateway.stores.named_stores:
+        days += [
+            DailyRowOut.of(region, r) for r in await store.rollup_trend(tenant, team, agent, first, last)
+        ]
+        rolled_up |= await store.rolled_up_days(first, last)
+    with_rows = sorted({d.day for d in days})
+    missing = [first + timedelta(days=i) for i in range(span) if first + timedelta(days=i) not in rolled_up]
+    days.sort(key=lambda d: (d.day, d.region))
+    return TrendOut(
+        tenant=tenant, team=team, agent=agent, days=days, days_with_rows=with_rows, missing_days=missing
+    )
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, "details": []}}, status_code=status)
 
 
 def _not_rolled_up(day: date) -> JSONResponse:

@@ -379,6 +379,12 @@ _SELECT_ROLLUPS = f"""
     SELECT {", ".join(f.name for f in fields(RollupRow))} FROM daily_rollups
     WHERE day = %s ORDER BY tenant, team, agent
 """
+# Served by daily_rollups_tenant_team_day_idx (migration 0001).
+_SELECT_TREND = f"""
+    SELECT {", ".join(f.name for f in fields(RollupRow))} FROM daily_rollups
+    WHERE tenant = %(tenant)s AND team = %(team)s AND agent = %(agent)s AND day BETWEEN %(first)s AND %(last)s
+    ORDER BY day
+"""
 
 
 def _call_params(call_id: str, metadata: Mapping[str, Any], started_at: datetime | None) -> dict[str, Any]:
@@ -691,6 +697,22 @@ class Store:
         async with self._pool.connection() as conn:
             cur = await conn.cursor(row_factory=class_row(RollupRow)).execute(_SELECT_ROLLUPS, (day,))
             return await cur.fetchall()
+
+    async def rollup_trend(
+        self, tenant: str, team: str, agent: str, first: date, last: date
+    ) -> list[RollupRow]:
+        """One team's (`agent` "") or one agent's stored rows from `first` to `last`, by day."""
+        async with self._pool.connection() as conn:
+            cur = await conn.cursor(row_factory=class_row(RollupRow)).execute(
+                _SELECT_TREND, {"tenant": tenant, "team": team, "agent": agent, "first": first, "last": last}
+            )
+            return await cur.fetchall()
+
+    async def rolled_up_days(self, first: date, last: date) -> set[date]:
+        """The days from `first` to `last` whose roll-up has run."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute("SELECT day FROM rollup_runs WHERE day BETWEEN %s AND %s", (first, last))
+            return {row[0] for row in await cur.fetchall()}
 
     async def mark_rollup_ran(self, day: date, rows: int) -> None:
         async with self._pool.connection() as conn:

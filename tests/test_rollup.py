@@ -249,6 +249,32 @@ async def test_daily_report_over_http(store: Store) -> None:
                 refused = await http.get("/v1/reports/daily", params=bad)
                 assert refused.status_code == 422, refused.text
                 assert "date" in refused.text
+
+            # A trend line: acme/west over three days, of which DAY and NEXT are rolled up.
+            await run_rollup(store, NEXT, tenants)
+            span = {"from": PREVIOUS.isoformat(), "to": NEXT.isoformat(), "tenant": "acme", "team": "west"}
+            trend = (await http.get("/v1/reports/trend", params=span)).json()
+            next_rows = _expected_rows(CALLS, events, NEXT)
+            want = [
+                r
+                for r in (*_expected_rows(CALLS, events, DAY), *next_rows)
+                if r.team == "west" and not r.agent
+            ]
+            want = [r for r in want if r.tenant == "acme"]
+            assert [(d["day"], d["calls"], d["negative_rate"]) for d in trend["days"]] == [
+                (r.day.isoformat(), r.calls, pytest.approx(r.negative_rate)) for r in want
+            ]
+            assert trend["days_with_rows"] == [DAY.isoformat(), NEXT.isoformat()]
+            assert trend["missing_days"] == [PREVIOUS.isoformat()]
+            sam = (await http.get("/v1/reports/trend", params={**span, "agent": "sam"})).json()
+            assert [(d["day"], d["agent"], d["calls"]) for d in sam["days"]] == [
+                (DAY.isoformat(), "sam", 2),
+                (NEXT.isoformat(), "sam", 1),
+            ]
+            for bad_span in ({**span, "to": "2024-03-01"}, {**span, "to": "2025-06-01"}):
+                refused = await http.get("/v1/reports/trend", params=bad_span)
+                assert refused.status_code == 422, refused.text
+                assert "from 2024-03-13" in refused.json()["error"]["message"]
     finally:
         await gateway.close()
 
