@@ -561,6 +561,18 @@ async def test_reports_page_shows_a_rolled_up_day_and_says_when_one_is_not(
             store, f"{tenant}-{name}", utterances, started_at=noon, tenant=tenant, team=team, agent=agent
         )
     await run_rollup(store, day, TenantsConfig())
+    # The day before: one sour call for west, so its trend has two points.
+    before = day - timedelta(days=1)
+    await add_call(
+        store,
+        f"{tenant}-w0",
+        [("customer", "negative")],
+        started_at=noon - timedelta(days=1),
+        tenant=tenant,
+        team="west",
+        agent="sam",
+    )
+    await run_rollup(store, before, TenantsConfig())
 
     page, errors = await open_page(browser, f"{running_gateway.http_url}/reports?date={day}&tenant={tenant}")
     await expect(page.get_by_test_id("report-title")).to_have_text(f"{day} · {tenant}")
@@ -574,6 +586,16 @@ async def test_reports_page_shows_a_rolled_up_day_and_says_when_one_is_not(
     await expect(east).not_to_have_class(re.compile(r"\balarming\b"))
     await expect(page.get_by_test_id("agent-row")).to_have_count(3)
     await screenshot(page, "reports-day.png")
+
+    # A click on a team draws its last 30 days: one point per day with customer utterances.
+    await west.click()
+    await expect(page.get_by_test_id("trend-title")).to_contain_text(
+        f"west: negative rate, 2024-01-22 to {day}"
+    )
+    await expect(page.get_by_test_id("trend-point")).to_have_count(2)
+    await expect(page.locator(f'[data-testid="trend-point"][data-day="{before}"]')).to_be_visible()
+    await expect(page.get_by_test_id("trend-note")).to_contain_text("2 days with customer utterances")
+    await screenshot(page, "reports-trend.png")
     assert errors.messages == []
 
     # A day nobody rolled up: the API's own explanation, not an empty table.

@@ -1,6 +1,10 @@
 // The daily report page: GET /v1/reports/daily for a day (and a tenant), as a table of teams and agents.
 
-import { RED_LINE, el, formatScore, getJson, scoreColour } from "/static/common.js";
+import { RED_LINE, RED_LINE_COLOUR, el, formatScore, getJson, scoreColour } from "/static/common.js";
+
+const SVG = "http://www.w3.org/2000/svg"; // the SVG namespace name, not a download
+const TREND_DAYS = 30;
+const BOX = { left: 44, top: 16, right: 944, bottom: 190 };
 
 const ui = {
   form: document.getElementById("pick"),
@@ -11,7 +15,69 @@ const ui = {
   result: document.getElementById("result"),
   title: document.getElementById("report-title"),
   rows: document.getElementById("rows"),
+  trendPanel: document.getElementById("trend-panel"),
+  trendTitle: document.getElementById("trend-title"),
+  trend: document.getElementById("trend"),
+  trendNote: document.getElementById("trend-note"),
 };
+
+function svg(tag, attributes = {}, text = null) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, String(value));
+  if (text !== null) node.textContent = text;
+  return node;
+}
+
+function shiftDay(day, days) {
+  const date = new Date(`${day}T00:00:00Z`);
+  date.setUTCDate(date.getUTCDate() + days);
+  return date.toISOString().slice(0, 10);
+}
+
+/** The negative rate of one team or agent, day by day, with the 30 % line. */
+function drawTrend(first, last, days) {
+  const span = (Date.parse(`${last}T00:00:00Z`) - Date.parse(`${first}T00:00:00Z`)) / 86400000 || 1;
+  const x = (day) => BOX.left + ((Date.parse(`${day}T00:00:00Z`) - Date.parse(`${first}T00:00:00Z`)) / 86400000 / span) * (BOX.right - BOX.left);
+  const y = (rate) => BOX.bottom - rate * (BOX.bottom - BOX.top);
+  const nodes = [svg("rect", { x: BOX.left, y: BOX.top, width: BOX.right - BOX.left, height: BOX.bottom - BOX.top, class: "plot" })];
+  for (const rate of [0, 0.5, 1]) {
+    nodes.push(svg("line", { x1: BOX.left, x2: BOX.right, y1: y(rate), y2: y(rate), class: "grid" }));
+    nodes.push(svg("text", { x: BOX.left - 6, y: y(rate) + 4, "text-anchor": "end", class: "tick" }, `${rate * 100} %`));
+  }
+  nodes.push(svg("line", { x1: BOX.left, x2: BOX.right, y1: y(RED_LINE), y2: y(RED_LINE), stroke: RED_LINE_COLOUR, "stroke-dasharray": "6 4" }));
+  for (const day of [first, last]) {
+    nodes.push(svg("text", { x: x(day), y: BOX.bottom + 20, "text-anchor": day === first ? "start" : "end", class: "tick" }, day));
+  }
+  const points = days.filter((d) => typeof d.negative_rate === "number");
+  if (points.length > 1) {
+    nodes.push(svg("polyline", { points: points.map((d) => `${x(d.day)},${y(d.negative_rate)}`).join(" "), fill: "none", stroke: "#1c7ed6", "stroke-width": 2 }));
+  }
+  for (const d of points) {
+    const dot = svg("circle", { cx: x(d.day), cy: y(d.negative_rate), r: 5, fill: d.negative_rate > RED_LINE ? RED_LINE_COLOUR : "#1c7ed6", "data-testid": "trend-point", "data-day": d.day });
+    dot.append(svg("title", {}, `${d.day}: ${percent(d.negative_rate)} negative, ${d.calls} calls`));
+    nodes.push(dot);
+  }
+  ui.trend.replaceChildren(...nodes);
+  return points.length;
+}
+
+async function showTrend(row, last) {
+  const first = shiftDay(last, 1 - TREND_DAYS);
+  const query = new URLSearchParams({ from: first, to: last, tenant: row.tenant, team: row.team, agent: row.agent });
+  const who = row.agent ? `${row.agent} (${row.team || "no team"})` : row.team || "(no team)";
+  ui.trendTitle.textContent = `${who}: negative rate, ${first} to ${last}`;
+  ui.trendPanel.hidden = false;
+  try {
+    const trend = await getJson(`/v1/reports/trend?${query}`);
+    const shown = drawTrend(first, last, trend.days.filter((d) => d.region === row.region));
+    const missing = trend.missing_days.length;
+    ui.trendNote.textContent = `${shown} day${shown === 1 ? "" : "s"} with customer utterances` +
+      (missing ? `; ${missing} day${missing === 1 ? "" : "s"} not rolled up yet.` : ".");
+  } catch (err) {
+    ui.trend.replaceChildren();
+    ui.trendNote.textContent = `Trend unavailable: ${err.message}`;
+  }
+}
 
 function yesterday() {
   const day = new Date(Date.now() - 24 * 3600 * 1000);
@@ -30,13 +96,14 @@ function rowOf(row) {
   const alarming = isTeam && typeof row.negative_rate === "number" && row.negative_rate > RED_LINE;
   const sentiment = el("td", { class: "num", text: formatScore(row.avg_sentiment) });
   if (typeof row.avg_sentiment === "number") sentiment.style.background = scoreColour(row.avg_sentiment);
-  return el(
+  const tr = el(
     "tr",
     {
       class: [isTeam ? "team" : "agent", alarming ? "alarming" : ""].filter(Boolean).join(" "),
       "data-testid": isTeam ? "team-row" : "agent-row",
       "data-team": row.team,
       "data-agent": row.agent,
+      tabindex: "0",
     },
     el("th", { scope: "row", text: name }),
     el("td", { class: "num", text: String(row.calls) }),
@@ -44,11 +111,18 @@ function rowOf(row) {
     sentiment,
     el("td", { class: "num", "data-testid": "negative-rate", text: percent(row.negative_rate) }),
   );
+  const open = () => showTrend(row, row.day);
+  tr.addEventListener("click", open);
+  tr.addEventListener("keydown", (event) => {
+    if (event.key === "Enter") open();
+  });
+  return tr;
 }
 
 async function show(day, tenant) {
   ui.error.hidden = true;
   ui.result.hidden = true;
+  ui.trendPanel.hidden = true;
   ui.status.textContent = `Loading ${day}…`;
   const query = new URLSearchParams({ date: day });
   if (tenant) query.set("tenant", tenant);
