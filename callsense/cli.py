@@ -247,6 +247,12 @@ def _add_transcribe(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "transcribe", help="transcribe an audio file (wav, flac, mp3, ogg) through the streaming ASR, as JSON"
     )
     p.add_argument("file", help="the audio file; any sample rate, mono or stereo")
+    _add_audio_options(p)
+    p.add_argument("--partials", action="store_true", help="also run the partial decodes a live call gets")
+
+
+def _add_audio_options(p: argparse.ArgumentParser) -> None:
+    """What `transcribe` and `analyze` both take: who speaks on which channel, and which Whisper."""
     p.add_argument(
         "--channels",
         default="",
@@ -258,7 +264,6 @@ def _add_transcribe(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default="",
         help="CTranslate2 Whisper directory (default: CALLSENSE_ASR_MODEL_DIR or tiny.en)",
     )
-    p.add_argument("--partials", action="store_true", help="also run the partial decodes a live call gets")
 
 
 def _run_transcribe(args: argparse.Namespace) -> int:
@@ -291,17 +296,7 @@ def _add_analyze(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "per-utterance sentiment, call statistics",
     )
     p.add_argument("file", help="the recording; any sample rate, mono or stereo, up to an hour")
-    p.add_argument(
-        "--channels",
-        default="",
-        help="role of each channel, comma-separated: agent,customer (stereo default), customer,agent, "
-        "or mixed (downmix to one channel; the mono default)",
-    )
-    p.add_argument(
-        "--model-dir",
-        default="",
-        help="CTranslate2 Whisper directory (default: CALLSENSE_ASR_MODEL_DIR or tiny.en)",
-    )
+    _add_audio_options(p)
     p.add_argument("--sentiment-model", default="", help="an ONNX model (default: the shipped INT8 model)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
 

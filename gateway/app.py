@@ -82,6 +82,7 @@ from gateway.schemas import (
     UtteranceMessage,
     WatchingEvent,
     WatchMessage,
+    error_response,
     event_json,
     input_error_json,
     parse_message,
@@ -221,11 +222,6 @@ def _gateway(request: Request | WebSocket) -> Gateway:
     return gateway
 
 
-def _error(status: int, code: str, message: str, details: list[dict[str, Any]] | None = None) -> JSONResponse:
-    body = {"error": {"code": code, "message": message, "details": details or []}}
-    return JSONResponse(body, status_code=status)
-
-
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -239,20 +235,22 @@ def _add_error_handlers(app: FastAPI) -> None:
         code = first["type"] if known else ErrorCode.INVALID_MESSAGE
         where = ".".join(str(p) for p in first["loc"] if p != "body")
         message = first["msg"] if known or not where else f"{where}: {first['msg']}"
-        return _error(422, code, message, details)
+        return error_response(422, code, message, details)
 
     @app.exception_handler(InputError)
     async def input_error(request: Request, exc: InputError) -> JSONResponse:
-        return _error(_HTTP_STATUS.get(exc.code, 422), exc.code, exc.message)
+        return error_response(_HTTP_STATUS.get(exc.code, 422), exc.code, exc.message)
 
     @app.exception_handler(grpc.aio.AioRpcError)
     async def stage_error(request: Request, exc: grpc.aio.AioRpcError) -> JSONResponse:
         log.warning("pipeline stage failed: %s %s", exc.code().name, exc.details())
-        return _error(503, ErrorCode.STAGE_FAILED, f"a pipeline stage is unavailable ({exc.code().name})")
+        return error_response(
+            503, ErrorCode.STAGE_FAILED, f"a pipeline stage is unavailable ({exc.code().name})"
+        )
 
     async def database_error(request: Request, exc: Exception) -> JSONResponse:
         log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
-        return _error(
+        return error_response(
             503,
             ErrorCode.DATABASE_UNAVAILABLE,
             "the database is unavailable; retry later (GET /readyz says when it is back)",
@@ -307,7 +305,7 @@ def _add_routes(app: FastAPI) -> None:
         gateway = _gateway(request)
         row = await gateway.get_call(validate_call_id(call_id))
         if row is None:
-            return _error(404, ErrorCode.NOT_FOUND, f"no call with id {call_id!r}")
+            return error_response(404, ErrorCode.NOT_FOUND, f"no call with id {call_id!r}")
         live_here = gateway.registry.get(call_id) is not None
         return CallOut.of(row, compute_call_stats(row.events), live_here=live_here)
 

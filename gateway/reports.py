@@ -9,13 +9,13 @@ answers 404 and says how to roll it up; one rolled up with no calls answers an e
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from gateway.schemas import ErrorResponse
+from gateway.schemas import ErrorResponse, error_response
 from gateway.session import ErrorCode, Gateway
 from gateway.store import RollupRow
 
@@ -117,7 +117,7 @@ async def trend_report(
     span = (last - first).days + 1
     if not 1 <= span <= MAX_TREND_DAYS:
         problem = "to is before from" if span < 1 else f"{span} days; ask for at most {MAX_TREND_DAYS}"
-        return _error(422, ErrorCode.INVALID_MESSAGE, f"from {first} to {last}: {problem}")
+        return error_response(422, ErrorCode.INVALID_MESSAGE, f"from {first} to {last}: {problem}")
     gateway: Gateway = request.app.state.gateway
     days: list[DailyRowOut] = []
     rolled_up: set[date] = set()
@@ -134,14 +134,9 @@ async def trend_report(
     )
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, "details": []}}, status_code=status)
-
-
 def _not_rolled_up(day: date) -> JSONResponse:
     message = (
         f"{day.isoformat()} is not rolled up yet: the gateway rolls each day up the night after it "
         f"(CALLSENSE_ROLLUP_AT), or run `callsense rollup --date {day.isoformat()}`"
     )
-    body: dict[str, Any] = {"error": {"code": ErrorCode.NOT_FOUND, "message": message, "details": []}}
-    return JSONResponse(body, status_code=404)
+    return error_response(404, ErrorCode.NOT_FOUND, message)

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
@@ -435,6 +436,15 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+def error_response(
+    status: int, code: str, message: str, details: list[dict[str, Any]] | None = None
+) -> JSONResponse:
+    """An HTTP error in the API's one shape (ErrorResponse): a stable code, a message saying what to fix."""
+    return JSONResponse(
+        {"error": {"code": code, "message": message, "details": details or []}}, status_code=status
+    )
 
 
 class Health(BaseModel):

@@ -11,15 +11,15 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from gateway.heartbeat import FRESH_S
-from gateway.schemas import ErrorResponse
+from gateway.schemas import ErrorResponse, error_response
 from gateway.session import ErrorCode, Gateway, validate_call_id
 from gateway.web.timeline import (
     DEFAULT_HEIGHT,
@@ -157,16 +157,9 @@ async def timeline_png(
     channel, the 0.30 red line and the summary's spikes (for reports and e-mails)."""
     row = await _gateway(request).get_call(validate_call_id(call_id))
     if row is None:
-        return _not_found(call_id)
+        return error_response(404, ErrorCode.NOT_FOUND, f"no call with id {call_id!r}")
     png = await asyncio.to_thread(
         render_timeline, points_from_events(row.events), spikes_from_summary(row.summary), width, height
     )
     # A live call's chart grows: caches must ask again.
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-cache"})
-
-
-def _not_found(call_id: str) -> JSONResponse:
-    body: dict[str, Any] = {
-        "error": {"code": ErrorCode.NOT_FOUND, "message": f"no call with id {call_id!r}", "details": []}
-    }
-    return JSONResponse(body, status_code=404)

@@ -2,20 +2,12 @@
 // (gateway/web/timeline.py): x call time, y score 0..1, the 0.30 red line, one series per channel,
 // spikes marked. Points and spike markers call `onPick(utteranceId)` when clicked.
 
-import { CHANNEL_COLOURS, RED_LINE, RED_LINE_COLOUR, SPIKE_COLOUR, formatCallTime, formatScore } from "./common.js";
+import { CHANNEL_COLOURS, formatCallTime, formatScore, RED_LINE, RED_LINE_COLOUR, SPIKE_COLOUR, svg } from "./common.js";
 
-const SVG = "http://www.w3.org/2000/svg"; // the SVG namespace name, not a download
 const WIDTH = 960;
 const HEIGHT = 320;
 const BOX = { left: 44, top: 34, right: WIDTH - 16, bottom: HEIGHT - 28 };
 const TICK_STEPS_S = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200];
-
-function svg(tag, attributes = {}, text = null) {
-  const node = document.createElementNS(SVG, tag);
-  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, String(value));
-  if (text !== null) node.textContent = text;
-  return node;
-}
 
 function tickStepMs(spanMs, maxTicks) {
   for (const stepS of TICK_STEPS_S) if (spanMs / (stepS * 1000) <= Math.max(maxTicks, 1)) return stepS * 1000;

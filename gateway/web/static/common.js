@@ -60,6 +60,16 @@ export async function getJson(path) {
   return body;
 }
 
+const SVG = "http://www.w3.org/2000/svg"; // the SVG namespace name, not a download
+
+/** An SVG element with attributes and, optionally, text. */
+export function svg(tag, attributes = {}, text = null) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, String(value));
+  if (text !== null) node.textContent = text;
+  return node;
+}
+
 /** An element with attributes and children (strings become text: nothing is parsed as HTML). */
 export function el(tag, attributes = {}, ...children) {
   const node = document.createElement(tag);

@@ -1,8 +1,7 @@
 // The daily report page: GET /v1/reports/daily for a day (and a tenant), as a table of teams and agents.
 
-import { RED_LINE, RED_LINE_COLOUR, el, formatScore, getJson, scoreColour } from "/static/common.js";
+import { RED_LINE, RED_LINE_COLOUR, el, formatScore, getJson, scoreColour, svg } from "./common.js";
 
-const SVG = "http://www.w3.org/2000/svg"; // the SVG namespace name, not a download
 const TREND_DAYS = 30;
 const BOX = { left: 44, top: 16, right: 944, bottom: 190 };
 
@@ -20,13 +19,6 @@ const ui = {
   trend: document.getElementById("trend"),
   trendNote: document.getElementById("trend-note"),
 };
-
-function svg(tag, attributes = {}, text = null) {
-  const node = document.createElementNS(SVG, tag);
-  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, String(value));
-  if (text !== null) node.textContent = text;
-  return node;
-}
 
 function shiftDay(day, days) {
   const date = new Date(`${day}T00:00:00Z`);
