@@ -41,7 +41,6 @@ from tests.test_mesh_e2e import RunningMesh, _force_stop, _postmaster_pid, _quer
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
-CALL_TIMEOUT_S = 60.0
 TIME_TOLERANCE_MS = 500
 """Whisper's word times and the VAD's padding put a segment's edges a few hundred ms off the speech."""
 SPEECH_THRESHOLD = 200
@@ -108,17 +107,6 @@ async def paced(count: int, interval_s: float) -> AsyncIterator[int]:
         if delay > 0:
             await asyncio.sleep(delay)
         yield index
-
-
-async def receive_until_summary(mesh: RunningMesh, ws: ClientConnection, what: str) -> list[dict[str, Any]]:
-    events: list[dict[str, Any]] = []
-    try:
-        async with asyncio.timeout(CALL_TIMEOUT_S):
-            while not events or events[-1]["type"] != "summary":
-                events.append(json.loads(await ws.recv()))
-    except TimeoutError:
-        pytest.fail(mesh.diagnose(f"{what}: no summary within {CALL_TIMEOUT_S:g} s; got {events}"))
-    return events
 
 
 # --------------------------------------------------------------------------------------------- checks
@@ -237,7 +225,7 @@ async def test_spoken_call_over_the_websocket_through_envoy(mesh: RunningMesh) -
         await ws.send(json.dumps(start))
         started = json.loads(await asyncio.wait_for(ws.recv(), 10))
         assert started["type"] == "started", mesh.diagnose(f"start of {call_id}: {started}")
-        reader = asyncio.create_task(receive_until_summary(mesh, ws, f"WebSocket call {call_id}"))
+        reader = asyncio.create_task(mesh.events_until_summary(ws, f"WebSocket call {call_id}"))
         async for index in paced(-(-len(stereo) // frame), 0.05):
             await ws.send(stereo[index * frame : (index + 1) * frame])
         await ws.send(json.dumps({"type": "stop"}))
@@ -303,7 +291,7 @@ async def test_spoken_call_through_twilio_media_streams_through_envoy(mesh: Runn
         await twilio.send(json.dumps(start))
         watcher = await watch(mesh, call_id)
         async with watcher:
-            reader = asyncio.create_task(receive_until_summary(mesh, watcher, f"Twilio call {call_id}"))
+            reader = asyncio.create_task(mesh.events_until_summary(watcher, f"Twilio call {call_id}"))
             async for chunk in paced(-(-len(inbound) // frame), 0.02):
                 await twilio.send(media("inbound", chunk, inbound[chunk * frame : (chunk + 1) * frame]))
                 await twilio.send(media("outbound", chunk, outbound[chunk * frame : (chunk + 1) * frame]))

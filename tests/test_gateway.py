@@ -39,6 +39,7 @@ from gateway.session import (
 )
 from tests.mesh_fixtures import *  # noqa: F403  (fixtures)
 from tests.mesh_fixtures import MeshServices, RunningGateway
+from tests.ws_client import receive, receive_until_summary, send
 
 pytestmark = pytest.mark.slow
 
@@ -60,15 +61,6 @@ def start(call_id: str, **metadata: str) -> dict[str, Any]:
     return {"type": "start", "call_id": call_id, "metadata": {"tenant": "acme", "agent": "a1", **metadata}}
 
 
-async def send(ws: ClientConnection, message: dict[str, Any] | str | bytes) -> None:
-    await ws.send(message if isinstance(message, str | bytes) else json.dumps(message))
-
-
-async def receive(ws: ClientConnection) -> dict[str, Any]:
-    event: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S))
-    return event
-
-
 async def receive_type(ws: ClientConnection, kind: str) -> dict[str, Any]:
     """The next event of ``kind``; fails on any other event type in between except score."""
     while True:
@@ -76,15 +68,6 @@ async def receive_type(ws: ClientConnection, kind: str) -> dict[str, Any]:
         if event["type"] == kind:
             return event
         assert event["type"] == "score", f"expected {kind}, got {event}"
-
-
-async def receive_until_summary(ws: ClientConnection) -> list[dict[str, Any]]:
-    events = []
-    while True:
-        event = await receive(ws)
-        events.append(event)
-        if event["type"] == "summary":
-            return events
 
 
 async def started_call(gw: RunningGateway, call_id: str) -> ClientConnection:

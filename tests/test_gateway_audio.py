@@ -6,8 +6,6 @@ audio input gets a clear error and the call goes on.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import uuid
 from typing import Any
 
@@ -19,10 +17,10 @@ from gateway.session import MAX_AUDIO_FRAME_BYTES
 from tests.audio_fixtures import SENTENCE_A, normalise_words, speak_pcm16
 from tests.mesh_fixtures import *  # noqa: F403  (fixtures)
 from tests.mesh_fixtures import RunningGateway
+from tests.ws_client import receive, receive_until_summary, send
 
 pytestmark = pytest.mark.slow
 
-TIMEOUT_S = 60.0
 RATE = 16_000
 FRAME_BYTES = RATE * 2 // 20  # 50 ms of mono PCM16
 AUDIO = {"encoding": "pcm16", "sample_rate_hz": RATE, "channels": 1, "channel_roles": ["customer"]}
@@ -30,22 +28,6 @@ AUDIO = {"encoding": "pcm16", "sample_rate_hz": RATE, "channels": 1, "channel_ro
 
 def new_call_id() -> str:
     return f"audio-{uuid.uuid4().hex[:12]}"
-
-
-async def send(ws: ClientConnection, message: dict[str, Any] | bytes) -> None:
-    await ws.send(message if isinstance(message, bytes) else json.dumps(message))
-
-
-async def receive(ws: ClientConnection) -> dict[str, Any]:
-    event: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S))
-    return event
-
-
-async def receive_until_summary(ws: ClientConnection) -> list[dict[str, Any]]:
-    events = []
-    while (event := await receive(ws))["type"] != "summary":
-        events.append(event)
-    return [*events, event]
 
 
 async def start_call(ws: ClientConnection, call_id: str, audio: object = AUDIO) -> dict[str, Any]:

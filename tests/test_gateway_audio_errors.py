@@ -9,8 +9,6 @@ half sample carried to the next frame), a 10 MB frame in the middle of speech, a
 
 from __future__ import annotations
 
-import asyncio
-import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,10 +23,10 @@ from gateway.session import SessionSettings
 from tests.audio_fixtures import SENTENCE_A, normalise_words, speak_pcm16, word_error_rate
 from tests.mesh_fixtures import *  # noqa: F403  (fixtures)
 from tests.mesh_fixtures import MeshServices, RunningGateway, _serve_gateway
+from tests.ws_client import receive, receive_until, send
 
 pytestmark = pytest.mark.slow
 
-TIMEOUT_S = 60.0
 RATE = 16_000
 AUDIO = {"encoding": "pcm16", "sample_rate_hz": RATE, "channels": 1, "channel_roles": ["customer"]}
 IDLE_S = 8.0
@@ -56,25 +54,9 @@ def new_call_id() -> str:
     return f"audio-err-{uuid.uuid4().hex[:12]}"
 
 
-async def send_json(ws: ClientConnection, message: dict[str, Any]) -> None:
-    await ws.send(json.dumps(message))
-
-
-async def receive(ws: ClientConnection, timeout_s: float = TIMEOUT_S) -> dict[str, Any]:
-    event: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), timeout_s))
-    return event
-
-
 async def start_call(ws: ClientConnection, call_id: str, audio: object = AUDIO) -> dict[str, Any]:
-    await send_json(ws, {"type": "start", "call_id": call_id, "audio": audio})
+    await send(ws, {"type": "start", "call_id": call_id, "audio": audio})
     return await receive(ws)
-
-
-async def receive_until(ws: ClientConnection, kind: str) -> list[dict[str, Any]]:
-    events = [await receive(ws)]
-    while events[-1]["type"] != kind:
-        events.append(await receive(ws))
-    return events
 
 
 def speech_bytes(trailing_silence_s: float) -> bytes:
@@ -128,7 +110,7 @@ async def test_odd_length_frames_and_a_10_mb_frame_lose_nothing(audio_gateway: R
         assert error["fatal"] is False and "10,485,760 bytes" in error["message"], error
         for offset in range(half, len(audio), odd):
             await ws.send(audio[offset : offset + odd])
-        await send_json(ws, {"type": "stop"})
+        await send(ws, {"type": "stop"})
         events = await receive_until(ws, "summary")
 
     assert not [e for e in events if e["type"] == "error"], events

@@ -9,14 +9,13 @@ arithmetic, not the model's last decimals, decides each outcome.
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc.aio
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 
 from callsense.config import Config
 from callsense.v1 import audio_pb2, sentiment_pb2, sentiment_pb2_grpc
@@ -39,6 +38,7 @@ from gateway.session import (
 from gateway.stats import compute_call_stats
 from tests.mesh_fixtures import *  # noqa: F403  (fixtures)
 from tests.mesh_fixtures import MeshServices, RunningGateway
+from tests.ws_client import receive, receive_until_summary, send
 
 slow = pytest.mark.slow  # the calls start real processes
 TIMEOUT_S = 60.0
@@ -134,23 +134,6 @@ def test_summary_carries_the_final_badge_of_a_live_call_only() -> None:
 
 
 # --------------------------------------------------------------------------------------------- WebSocket
-
-
-async def send(ws: ClientConnection, message: dict[str, Any]) -> None:
-    await ws.send(json.dumps(message))
-
-
-async def receive(ws: ClientConnection) -> dict[str, Any]:
-    event: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S))
-    return event
-
-
-async def receive_until_summary(ws: ClientConnection) -> list[dict[str, Any]]:
-    events = []
-    while True:
-        events.append(await receive(ws))
-        if events[-1]["type"] == "summary":
-            return events
 
 
 async def websocket_call(

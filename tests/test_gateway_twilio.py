@@ -19,7 +19,7 @@ import grpc.aio
 import httpx
 import numpy as np
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 
 from asr_service.audio import mulaw_encode
 from callsense.v1 import audio_pb2, sentiment_pb2, sentiment_pb2_grpc
@@ -27,6 +27,7 @@ from gateway.twilio import STREAM_PATH
 from tests.audio_fixtures import SENTENCE_A, normalise_words, speak_pcm16
 from tests.mesh_fixtures import *  # noqa: F403  (fixtures)
 from tests.mesh_fixtures import RunningGateway
+from tests.ws_client import receive_until_summary, send
 
 pytestmark = pytest.mark.slow
 
@@ -70,19 +71,6 @@ def media_message(track: str, chunk: int, timestamp_ms: int, audio: bytes) -> di
             "payload": base64.b64encode(audio).decode("ascii"),
         },
     }
-
-
-async def send(ws: ClientConnection, message: dict[str, Any] | str) -> None:
-    await ws.send(message if isinstance(message, str) else json.dumps(message))
-
-
-async def receive_until_summary(ws: ClientConnection) -> list[dict[str, Any]]:
-    events = []
-    while True:
-        event: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S))
-        events.append(event)
-        if event["type"] == "summary":
-            return events
 
 
 async def wait_live(gw: RunningGateway, call_id: str) -> None:

@@ -41,6 +41,7 @@ import psycopg
 import pytest
 import pytest_asyncio
 from google.protobuf.message import Message
+from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
 from callsense.database import start_embedded_postgres
@@ -133,6 +134,17 @@ class RunningMesh:
         except OSError as exc:
             return f"(no log: {exc})"
         return "\n".join(text[-lines:])
+
+    async def events_until_summary(self, ws: ClientConnection, what: str) -> list[dict[str, Any]]:
+        """A call's WebSocket events up to its summary; a failure that says what the mesh was doing."""
+        events: list[dict[str, Any]] = []
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                while not events or events[-1]["type"] != "summary":
+                    events.append(json.loads(await ws.recv()))
+        except TimeoutError:
+            pytest.fail(self.diagnose(f"{what}: no summary within {CALL_TIMEOUT_S:g} s; got {events}"))
+        return events
 
     def diagnose(self, what: str) -> str:
         started = re.findall(r"^callsense \| starting (\S+):", self.log.read_text(errors="replace"), re.M)
@@ -349,18 +361,7 @@ async def _websocket_call(
                 )
             )
         await ws.send(json.dumps({"type": "stop"}))
-        events: list[dict[str, Any]] = []
-        try:
-            async with asyncio.timeout(CALL_TIMEOUT_S):
-                while not events or events[-1]["type"] != "summary":
-                    events.append(json.loads(await ws.recv()))
-        except TimeoutError:
-            pytest.fail(
-                mesh.diagnose(
-                    f"WebSocket call {call_id}: no summary within {CALL_TIMEOUT_S:g} s; got {events}"
-                )
-            )
-    return events
+        return await mesh.events_until_summary(ws, f"WebSocket call {call_id}")
 
 
 def _check_sour_call(call_id: str, texts: list[str], scores: list[float], labels: list[str]) -> None:

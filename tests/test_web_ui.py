@@ -14,9 +14,7 @@ saying so, except on CI (CI=true), where the set-up installs it and its absence 
 
 from __future__ import annotations
 
-import asyncio
 import io
-import json
 import os
 import re
 import uuid
@@ -32,7 +30,7 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 from playwright.async_api import Browser, Page, Playwright, async_playwright, expect
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 
 from callsense.config import Config
 from gateway.enrichment.rollup import run_rollup
@@ -44,6 +42,7 @@ from tests.audio_fixtures import RATE, SENTENCE_A, speak_pcm16, word_error_rate
 from tests.delivery_fixtures import add_call
 from tests.mesh_fixtures import *  # noqa: F403  (fixtures)
 from tests.mesh_fixtures import MeshServices, RunningGateway, _serve_gateway
+from tests.ws_client import receive, receive_until_summary, send
 
 slow = pytest.mark.slow  # real processes and a real browser
 
@@ -157,22 +156,6 @@ async def in_viewport(page: Page, selector: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------------- WebSocket
-
-
-async def send(ws: ClientConnection, message: dict[str, Any]) -> None:
-    await ws.send(json.dumps(message))
-
-
-async def receive(ws: ClientConnection) -> dict[str, Any]:
-    event: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S))
-    return event
-
-
-async def receive_until_summary(ws: ClientConnection) -> list[dict[str, Any]]:
-    events = [await receive(ws)]
-    while events[-1]["type"] != "summary":
-        events.append(await receive(ws))
-    return events
 
 
 async def post_batch(gw: RunningGateway, call_id: str, script: Sequence[tuple[str, str]]) -> dict[str, Any]:
