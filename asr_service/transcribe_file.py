@@ -92,7 +92,9 @@ class LoadedAudio:
     def mono(self) -> Int16Array:
         if self.channels == 1:
             return self.samples[:, 0].copy()
-        return np.round(self.samples.astype(np.float64).mean(axis=1)).astype(np.int16)
+        mean = self.samples.astype(np.float64).mean(axis=1)
+        downmix: Int16Array = np.round(mean).astype(np.int16)
+        return downmix
 
     def mono_16k(self) -> FloatArray:
         """Downmixed float32 at 16 kHz (what Whisper takes)."""

@@ -41,7 +41,7 @@ from pathlib import Path
 import psutil
 from text_path import percentile, start_mesh, stop_mesh, wait_ready
 
-from callsense.demo import (
+from tools.demo import (
     DEMO_SCRIPT,
     FRAME_MS,
     VOICES,

@@ -89,11 +89,11 @@ def main() -> None:
     torch.set_num_threads(1)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
+    from callsense.tokenization import SentimentTokenizer
     from scorer_service.backends.onnx import OnnxBackend
     from scorer_service.inference import DEFAULT_MODEL, ModelInfo, SentimentModel
-    from scorer_service.tokenization import SentimentTokenizer
-    from scorer_service.training.export import export_all
-    from scorer_service.training.train import default_base_model
+    from training.export import export_all
+    from training.train import default_base_model
 
     hf_path = args.hf_model or default_base_model()
     tokenizer_file = DEFAULT_MODEL.parent / "tokenizer.json"

@@ -45,8 +45,8 @@ import httpx
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
-from callsense.ports import free_port, free_port_run
-from callsense.up import SCORER_PORT_STEP
+from tools.ports import free_port, free_port_run
+from tools.up import SCORER_PORT_STEP
 
 ROOT = Path(__file__).resolve().parents[1]
 STREAM_PATH = "/v1/sentiment/stream"
@@ -103,7 +103,7 @@ async def start_mesh(data_dir: Path, *, max_batch: int, max_wait_ms: float, repl
     )
     log = data_dir / f"up-batch{max_batch}.log"
     argv = [
-        sys.executable, "-m", "callsense.cli", "up",
+        sys.executable, "-m", "tools.cli", "up",
         "--scorer-replicas", str(replicas),
         "--scorer-max-batch", str(max_batch),
         "--scorer-max-wait-ms", str(max_wait_ms),

@@ -8,6 +8,7 @@ variable                    default                     meaning
 CALLSENSE_ASR_ADDR          127.0.0.1:50051             ASR gRPC server (bind address and target)
 CALLSENSE_CHOPPER_ADDR      127.0.0.1:50052             chopper gRPC server
 CALLSENSE_SCORER_ADDR       127.0.0.1:50053             scorer gRPC server
+CALLSENSE_POSTCALL_ADDR     127.0.0.1:50054             post-call worker's gRPC server (call reports)
 CALLSENSE_GATEWAY_GRPC      127.0.0.1:50050             gateway's public ``Sentiment`` gRPC server
 CALLSENSE_GATEWAY_HTTP      127.0.0.1:8000              gateway's HTTP + WebSocket server
 CALLSENSE_ENVOY_PORT        8080                        Envoy's one public port
@@ -15,7 +16,8 @@ CALLSENSE_ENVOY_ADMIN_PORT  9901                        Envoy's admin port
 DATABASE_URL                (unset: embedded Postgres)  PostgreSQL URL; CALLSENSE_DATABASE_URL wins
 CALLSENSE_DATA_DIR          ./var                       runtime state: embedded database, logs, ...
 CALLSENSE_MESH_PROXY        (unset: dial directly)      Envoy's host:port; the gateway then reaches the
-                                                        services through it (load-balanced, traced)
+                                                        services (the post-call worker too) through it
+                                                        (load-balanced, traced)
 
 An address is used both to bind a server and to reach it; in a cluster, set it to the service's name
 (e.g. ``scorer:50053``) for clients and let the server bind ``0.0.0.0`` with the same port
@@ -43,6 +45,7 @@ class Config:
     asr_addr: str = "127.0.0.1:50051"
     chopper_addr: str = "127.0.0.1:50052"
     scorer_addr: str = "127.0.0.1:50053"
+    postcall_addr: str = "127.0.0.1:50054"
     gateway_grpc: str = "127.0.0.1:50050"
     gateway_http: str = "127.0.0.1:8000"
     envoy_port: int = 8080
@@ -91,6 +94,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         asr_addr=_addr(env, "ASR_ADDR", d.asr_addr),
         chopper_addr=_addr(env, "CHOPPER_ADDR", d.chopper_addr),
         scorer_addr=_addr(env, "SCORER_ADDR", d.scorer_addr),
+        postcall_addr=_addr(env, "POSTCALL_ADDR", d.postcall_addr),
         gateway_grpc=_addr(env, "GATEWAY_GRPC", d.gateway_grpc),
         gateway_http=_addr(env, "GATEWAY_HTTP", d.gateway_http),
         envoy_port=_port(env.get(PREFIX + "ENVOY_PORT") or str(d.envoy_port), PREFIX + "ENVOY_PORT"),

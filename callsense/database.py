@@ -204,7 +204,7 @@ def _running(proc: psutil.Process) -> bool:
     # The postmaster is a daemon: once stopped it stays a zombie until PID 1 reaps it (about 1.5 s in
     # this VM). A zombie runs nothing and holds no port, socket or memory, so it counts as stopped.
     try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
 

@@ -27,8 +27,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from callsense.tokenization import MAX_TOKENS, SentimentTokenizer
 from chopper_service.pii import PiiSpan, mask_pii
-from scorer_service.tokenization import MAX_TOKENS, SentimentTokenizer
 
 TokenCounter = Callable[[str], int]
 """Tokens of a text for the scorer, [CLS] and [SEP] included."""

@@ -40,6 +40,7 @@ from opentelemetry import metrics
 
 from callsense import grpc_runtime, telemetry
 from callsense.ids import is_valid_call_id
+from callsense.tokenization import MAX_TOKENS
 from callsense.v1 import asr_pb2, audio_pb2, chopper_pb2, chopper_pb2_grpc, prosody_pb2
 from chopper_service.pii import PiiKind
 from chopper_service.segmenter import (
@@ -52,7 +53,6 @@ from chopper_service.segmenter import (
     WordTiming,
     default_token_counter,
 )
-from scorer_service.tokenization import MAX_TOKENS
 
 log = logging.getLogger(__name__)
 

@@ -5,6 +5,8 @@
 Addresses default to ``CALLSENSE_GATEWAY_HTTP`` / ``CALLSENSE_GATEWAY_GRPC``; the database is
 ``DATABASE_URL`` (the supervisor passes it), else an embedded PostgreSQL. Both servers share one
 ``Gateway`` (one registry of live calls), so a call driven over gRPC can be watched over the WebSocket.
+A call's report comes from the post-call worker (``CALLSENSE_POSTCALL_ADDR``, gateway/postcall_client.py),
+which also delivers the webhooks and runs the nightly roll-ups: none of that runs in a gateway.
 
 Shutdown on SIGINT/SIGTERM: the gRPC server reports NOT_SERVING and drains, the HTTP server stops, and
 the live calls are ended (reason ``shutdown``) with their summaries stored before the process exits.
@@ -17,26 +19,22 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
-from datetime import time
 
 import uvicorn
 
 from callsense import grpc_runtime
 from callsense.config import Config, ConfigError, load_config, split_host_port
 from callsense.telemetry import setup_telemetry
+from callsense.tenants import TenantsConfig, load_tenants
 from gateway.app import create_app
-from gateway.enrichment.objections import ObjectionTagger, tagger_from_env
-from gateway.enrichment.postcall import AfterCall
-from gateway.enrichment.rollup import DEFAULT_ROLLUP_AT, RollupScheduler, rollup_time_from_env
-from gateway.enrichment.webhooks import OutboxDispatcher
+from gateway.calls.service import Gateway
+from gateway.calls.settings import SessionSettings
 from gateway.grpc_api import add_to_server
 from gateway.heartbeat import LiveCallHeartbeat
-from gateway.session import Gateway, SessionSettings
-from gateway.tenants import TenantsConfig, load_tenants
+from gateway.postcall_client import AfterCall
 
 log = logging.getLogger("gateway")
 
@@ -56,24 +54,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def serve(
-    config: Config,
-    tenants: TenantsConfig | None = None,
-    rollup_at: time = DEFAULT_ROLLUP_AT,
-    tagger: ObjectionTagger | None = None,
-) -> None:
+async def serve(config: Config, tenants: TenantsConfig | None = None) -> None:
     tenants = tenants or TenantsConfig()
-    after_call = AfterCall(tagger or tagger_from_env(), tenants)
+    # After the call: the report from the post-call worker; the CRM push goes to the outbox as a call ends.
+    after_call = AfterCall.for_config(config, tenants)
     settings = SessionSettings(badge_settings=tenants.badge_settings())
-    gateway = await Gateway.open(config, settings=settings, after_call=after_call)
-    # After the call: webhooks from the outbox of every database, and the nightly roll-up with its alerts.
-    dispatcher = OutboxDispatcher(gateway.stores.stores, tenants)
-    after_call.on_enqueued = dispatcher.notify  # a call's CRM push goes out at once, not at the next poll
-    scheduler = RollupScheduler(gateway.stores.stores, tenants, at=rollup_at, on_alerts=dispatcher.notify)
+    try:
+        gateway = await Gateway.open(config, settings=settings, after_call=after_call)
+    except BaseException:
+        await after_call.close()
+        raise
     heartbeat = LiveCallHeartbeat(gateway.registry)  # the live calls this replica holds, for all replicas
     try:
-        await dispatcher.start()
-        await scheduler.start()
         await heartbeat.start()
         grpc_server = await grpc_runtime.start_server(add_to_server(gateway), config.gateway_grpc)
         host, port = split_host_port(config.gateway_http)
@@ -98,9 +90,8 @@ async def serve(
             await grpc_runtime.stop_server(grpc_server)
     finally:
         await heartbeat.stop()
-        await scheduler.stop()
-        await dispatcher.stop()  # what is not delivered yet stays in the outbox for the next start
-        await gateway.close()
+        await gateway.close()  # ends the live calls: their reports still come from the worker
+        await after_call.close()
 
 
 def _request_exit(http: uvicorn.Server) -> None:
@@ -118,13 +109,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if value:
                 split_host_port(value)
         config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v})
-        tenants, rollup_at = load_tenants(), rollup_time_from_env(os.environ)
-        tagger = tagger_from_env()
-    except (ConfigError, ValueError) as exc:  # ValueError: a half-configured objection LLM endpoint
+        tenants = load_tenants()
+    except ConfigError as exc:
         log.error("%s", exc)
         return 2
     try:
-        asyncio.run(serve(config, tenants, rollup_at, tagger))
+        asyncio.run(serve(config, tenants))
     except RuntimeError as exc:  # e.g. the gRPC address is taken
         log.error("%s", exc)
         return 1

@@ -1,7 +1,7 @@
 """The gateway's HTTP face: REST, the live WebSocket, health, metrics (FastAPI; OpenAPI at /docs).
 
 Thin on purpose: requests are parsed here (``gateway.schemas``) and handed to the ``Gateway`` and its
-CallSessions (``gateway.session``), which the public gRPC API shares.
+CallSessions (``gateway.calls``), which the public gRPC API shares.
 
 WebSocket protocol (``/v1/sentiment/stream``), JSON text frames:
 
@@ -60,7 +60,14 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from callsense.config import Config, load_config
+from callsense.domain import compute_call_stats
 from callsense.telemetry import call_context, tracer
+from gateway.calls.errors import ErrorCode, InputError, NotFoundError
+from gateway.calls.fanout import Subscription
+from gateway.calls.inputs import validate_call_id
+from gateway.calls.registry import CallDriver
+from gateway.calls.service import BatchResult, Gateway
+from gateway.calls.settings import SessionSettings
 from gateway.recording import Recording, analyze_recording, too_large
 from gateway.reports import router as reports_router
 from gateway.schemas import (
@@ -87,18 +94,6 @@ from gateway.schemas import (
     input_error_json,
     parse_message,
 )
-from gateway.session import (
-    BatchResult,
-    CallDriver,
-    ErrorCode,
-    Gateway,
-    InputError,
-    NotFoundError,
-    SessionSettings,
-    Subscription,
-    validate_call_id,
-)
-from gateway.stats import compute_call_stats
 from gateway.store import StoreRouter
 from gateway.twilio import STREAM_PATH as TWILIO_STREAM_PATH
 from gateway.twilio import TwilioStream

@@ -20,38 +20,38 @@ import psycopg
 import psycopg_pool
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from callsense.domain import CallStatistics, UtteranceScore, compute_call_stats
 from callsense.telemetry import call_context
 from callsense.v1 import audio_pb2, chopper_pb2, scorer_pb2, sentiment_pb2, sentiment_pb2_grpc
-from gateway.live import BadgeState
-from gateway.recording import Recording, analyze_recording, parse_channel_roles, spool
-from gateway.session import (
-    CHANNELS,
-    AudioFormat,
-    BadgeEvent,
-    CallDriver,
-    CallEvent,
-    CallMetadata,
-    CallSummary,
-    CueEvent,
-    ErrorCode,
-    ErrorEvent,
-    Gateway,
-    InputError,
-    NotFoundError,
-    ScoreEvent,
-    Subscription,
-    SummaryEvent,
-    TextUtterance,
-    TranscriptEvent,
-    channel_from_role,
+from gateway.calls.errors import ErrorCode, InputError, NotFoundError
+from gateway.calls.events import (
+    CallOutcome,
+    CallUpdate,
+    LiveBadge,
+    LiveCue,
+    LiveError,
+    LiveScore,
+    LiveSummary,
+    LiveTranscript,
     client_error,
+)
+from gateway.calls.fanout import Subscription
+from gateway.calls.inputs import (
+    CHANNELS,
+    AudioInputFormat,
+    CallInfo,
+    UtteranceInput,
+    channel_from_role,
     validate_audio_format,
     validate_call_id,
     validate_metadata,
     validate_utterance,
 )
-from gateway.stats import CallStatistics, compute_call_stats
-from gateway.store import CallRow, ScoredEvent
+from gateway.calls.registry import CallDriver
+from gateway.calls.service import Gateway
+from gateway.live import BadgeState
+from gateway.recording import Recording, analyze_recording, parse_channel_roles, spool
+from gateway.store import CallRow
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +275,7 @@ class _StreamReader:
 
 async def _start_of(
     request: sentiment_pb2.StreamCallRequest, context: grpc.aio.ServicerContext[Any, Any]
-) -> tuple[str, CallMetadata, AudioFormat | None]:
+) -> tuple[str, CallInfo, AudioInputFormat | None]:
     """The call id, metadata and audio format (when ``format`` is set) of a stream's first message,
     which must be a start."""
     kind = request.WhichOneof("payload")
@@ -323,7 +323,7 @@ async def _abort_with(
 _ENCODING_NAMES = {audio_pb2.PCM16: "pcm16", audio_pb2.MULAW: "mulaw", audio_pb2.ALAW: "alaw"}
 
 
-def audio_format_of(start: audio_pb2.CallStart) -> AudioFormat:
+def audio_format_of(start: audio_pb2.CallStart) -> AudioInputFormat:
     """CallStart.format and channel_roles, checked by the same rules as the WebSocket's start.audio."""
     fmt = start.format
     roles = [channel_from_role(r) for r in start.channel_roles] or None
@@ -337,7 +337,7 @@ def audio_format_of(start: audio_pb2.CallStart) -> AudioFormat:
     )
 
 
-def metadata_of(metadata: audio_pb2.CallMetadata) -> CallMetadata:
+def metadata_of(metadata: audio_pb2.CallMetadata) -> CallInfo:
     return validate_metadata(
         tenant=metadata.tenant,
         agent=metadata.agent,
@@ -348,11 +348,11 @@ def metadata_of(metadata: audio_pb2.CallMetadata) -> CallMetadata:
     )
 
 
-def utterance_of(text: sentiment_pb2.TextUtterance) -> TextUtterance:
+def utterance_of(text: sentiment_pb2.TextUtterance) -> UtteranceInput:
     return validate_utterance(text.text, channel_from_role(text.channel), text.start_ms, text.end_ms)
 
 
-def _utterances_of(texts: Sequence[sentiment_pb2.TextUtterance]) -> list[TextUtterance]:
+def _utterances_of(texts: Sequence[sentiment_pb2.TextUtterance]) -> list[UtteranceInput]:
     utterances = []
     for i, text in enumerate(texts):
         try:
@@ -362,7 +362,7 @@ def _utterances_of(texts: Sequence[sentiment_pb2.TextUtterance]) -> list[TextUtt
     return utterances
 
 
-def scored_utterance_proto(event: ScoredEvent) -> sentiment_pb2.ScoredUtterance:
+def scored_utterance_proto(event: UtteranceScore) -> sentiment_pb2.ScoredUtterance:
     utterance = chopper_pb2.Utterance(
         call_id=event.call_id,
         utterance_id=event.utterance_id,
@@ -398,37 +398,37 @@ def summary_proto(
     )
 
 
-def _call_summary_proto(summary: CallSummary) -> sentiment_pb2.CallSummary:
+def _call_summary_proto(summary: CallOutcome) -> sentiment_pb2.CallSummary:
     return summary_proto(summary.stats, summary.lines, summary.objection_tags)
 
 
-def event_proto(event: CallEvent) -> sentiment_pb2.CallEvent:
+def event_proto(event: CallUpdate) -> sentiment_pb2.CallEvent:
     """A call event as sentiment.proto's CallEvent (client-only errors carry seq 0: not in the call's
-    sequence, see ErrorEvent)."""
-    if isinstance(event, TranscriptEvent):
+    sequence, see LiveError)."""
+    if isinstance(event, LiveTranscript):
         return sentiment_pb2.CallEvent(call_id=event.call_id, seq=event.seq, transcript=event.source)
-    if isinstance(event, ScoreEvent):
+    if isinstance(event, LiveScore):
         return sentiment_pb2.CallEvent(
             call_id=event.call_id, seq=event.seq, score=scored_utterance_proto(event.scored)
         )
-    if isinstance(event, BadgeEvent):
+    if isinstance(event, LiveBadge):
         badge = sentiment_pb2.BadgeChange(
             state=_BADGE_STATES[event.change.state],
             rolling_score=event.change.rolling_score,
             at_ms=event.change.at_ms,
         )
         return sentiment_pb2.CallEvent(call_id=event.call_id, seq=event.seq, badge=badge)
-    if isinstance(event, CueEvent):
+    if isinstance(event, LiveCue):
         cue = sentiment_pb2.CoachingCue(topic=event.cue.topic, text=event.cue.text, at_ms=event.cue.at_ms)
         return sentiment_pb2.CallEvent(call_id=event.call_id, seq=event.seq, cue=cue)
-    if isinstance(event, SummaryEvent):
+    if isinstance(event, LiveSummary):
         return sentiment_pb2.CallEvent(
             call_id=event.call_id, seq=event.seq, summary=_call_summary_proto(event.summary)
         )
     return error_proto(event)
 
 
-def error_proto(event: ErrorEvent) -> sentiment_pb2.CallEvent:
+def error_proto(event: LiveError) -> sentiment_pb2.CallEvent:
     error = sentiment_pb2.Error(
         code=event.status, message=f"{event.message} ({event.code})", fatal=event.fatal
     )

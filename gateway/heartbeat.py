@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from gateway.background import BackgroundLoop
-from gateway.session import SessionRegistry
+from callsense.background import BackgroundLoop
+from gateway.calls.registry import SessionRegistry
 
 log = logging.getLogger(__name__)
 

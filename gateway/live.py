@@ -23,24 +23,25 @@ speech first, the condition must hold across observations for the sustain period
 even for one very long rant).
 
 Agent utterances never move the badge and never start a cue; their text still counts for the topic.
+
+The thresholds and windows are the tenant's ``BadgeSettings`` (callsense/tenants.py); the topic rules
+(callsense/topics.py) and the rolling average (callsense/rolling.py) are shared with the post-call report.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from functools import lru_cache
-from typing import Literal, get_args
+from typing import get_args
 
-Channel = Literal["customer", "agent", "mixed"]
-Topic = Literal["pricing", "timeline", "competitor", "authority", "need", "general"]
+from callsense.domain import Channel
+from callsense.rolling import RollingAverage
+from callsense.tenants import DEFAULT_SETTINGS, BadgeSettings
+from callsense.topics import Topic, rank_topics
 
 CHANNELS: tuple[Channel, ...] = get_args(Channel)
-# The topics the keyword rules detect, in tie-break order; "general" is the fallback when none is found.
-DETECTED_TOPICS: tuple[Topic, ...] = ("pricing", "timeline", "competitor", "authority", "need")
 
 
 class BadgeState(StrEnum):
@@ -54,117 +55,6 @@ class BadgeState(StrEnum):
 
 def _ms(seconds: float) -> int:
     return round(seconds * 1000)
-
-
-def _check_finite_non_negative(name: str, value: float) -> None:
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-
-
-@dataclass(frozen=True)
-class BadgeSettings:
-    """Every threshold and window of the live rules (badge and cues), one object per tenant.
-
-    Times are in seconds of call time; scores are in [0, 1]. The defaults and why:
-    """
-
-    # Rolling average over the last 30 s of the customer's timeline: long enough that one sentence (2-5 s)
-    # is a small part of it, short enough that the badge reacts within a few exchanges.
-    window_s: float = 30.0
-    # AMBER (neutral) until the window holds 8 s of customer speech: an opening "hi, yes, go on" says
-    # nothing about the mood, and one sentence alone must not decide the colour.
-    min_evidence_s: float = 8.0
-    # The product rule: RED when the average stays below 0.30 for MORE than 5 s (the score of an
-    # utterance that is mostly negative; 0.30 is also the "negative spike" line of the call summary).
-    red_enter: float = 0.30
-    red_enter_sustain_s: float = 5.0
-    # Back to AMBER only above 0.40 held for 5 s: a 0.10 band so that hovering around 0.30 does not flicker.
-    red_exit: float = 0.40
-    red_exit_sustain_s: float = 5.0
-    # GREEN when clearly positive: above 0.65 (a mostly-positive utterance scores above it) for 5 s.
-    green_enter: float = 0.65
-    green_enter_sustain_s: float = 5.0
-    # Leave GREEN below 0.55 for 3 s: again a 0.10 band, but quicker, because a green badge tells the rep
-    # that all is well and should stop saying so soon once it is no longer true.
-    green_exit: float = 0.55
-    green_exit_sustain_s: float = 3.0
-    # A slump (RED, or a cue) also needs at least this many separate low customer utterances in the window,
-    # so one sentence, however long, never decides it.
-    min_low_utterances: int = 2
-    # On a mono ("mixed") line the customer's voice is only there, in the mix: ignoring it would leave the
-    # badge AMBER for the whole call. Tenants whose mixed lines are mostly the agent can turn this off.
-    mixed_is_customer: bool = True
-
-    # Cues: a slump is the average below 0.35 for more than 6 s. The line sits a little above the red one so
-    # that advice can come while the call is still recoverable; the sustain is a little longer than the
-    # badge's because a cue interrupts the rep and must be beyond doubt.
-    cue_threshold: float = 0.35
-    cue_sustain_s: float = 6.0
-    # No cue in the first 20 s: pleasantries, and too little said to know the topic.
-    cue_min_call_s: float = 20.0
-    # At most one cue per 45 s (a rep needs time to act on one), and one topic at most once per 3 minutes
-    # (the same advice again reads as nagging).
-    cue_cooldown_s: float = 45.0
-    cue_topic_repeat_s: float = 180.0
-    # The topic comes from the last 45 s of both channels; a mention counts half as much every 15 s, so the
-    # subject just raised outweighs the one discussed a minute ago.
-    topic_window_s: float = 45.0
-    topic_half_life_s: float = 15.0
-    # Named competitors count as the competitor topic (per tenant: everyone has other rivals).
-    competitor_names: tuple[str, ...] = ("Salesforce", "HubSpot", "Pipedrive", "Zoho", "Gong")
-
-    def __post_init__(self) -> None:
-        for name in (
-            "window_s",
-            "min_evidence_s",
-            "red_enter_sustain_s",
-            "red_exit_sustain_s",
-            "green_enter_sustain_s",
-            "green_exit_sustain_s",
-            "cue_sustain_s",
-            "cue_min_call_s",
-            "cue_cooldown_s",
-            "cue_topic_repeat_s",
-            "topic_window_s",
-            "topic_half_life_s",
-        ):
-            _check_finite_non_negative(name, getattr(self, name))
-        for name in ("window_s", "topic_window_s", "topic_half_life_s"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.min_evidence_s > self.window_s:
-            raise ValueError(
-                f"min_evidence_s ({self.min_evidence_s}) cannot exceed window_s ({self.window_s}): "
-                "the window could never hold that much speech"
-            )
-        for name in ("red_enter", "red_exit", "green_enter", "green_exit", "cue_threshold"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value}")
-        if not self.red_enter < self.red_exit <= self.green_exit < self.green_enter:
-            raise ValueError(
-                "thresholds must satisfy red_enter < red_exit <= green_exit < green_enter "
-                f"(got {self.red_enter}, {self.red_exit}, {self.green_exit}, {self.green_enter})"
-            )
-        if self.min_low_utterances < 1:
-            raise ValueError(f"min_low_utterances must be >= 1, got {self.min_low_utterances}")
-        if any(not name.strip() for name in self.competitor_names):
-            raise ValueError("competitor_names must not contain empty names")
-
-    # Call time is in milliseconds; these convert the settings once, rounding to whole milliseconds.
-    @property
-    def window_ms(self) -> int:
-        return _ms(self.window_s)
-
-    @property
-    def min_evidence_ms(self) -> int:
-        return _ms(self.min_evidence_s)
-
-    def counts_as_customer(self, channel: Channel) -> bool:
-        return channel == "customer" or (channel == "mixed" and self.mixed_is_customer)
-
-
-DEFAULT_SETTINGS = BadgeSettings()
 
 
 def settings_for(
@@ -219,69 +109,6 @@ LiveEvent = BadgeChange | CoachingCue
 
 
 # ------------------------------------------------------------------------------------------ rolling average
-
-
-@dataclass(frozen=True)
-class _Span:
-    start_ms: int
-    end_ms: int
-    score: float
-
-    def weight_in(self, window_start_ms: int, now_ms: int) -> int:
-        """Milliseconds of this utterance inside the window; a zero-length utterance inside weighs 1 ms."""
-        if self.start_ms == self.end_ms:
-            return 1 if window_start_ms <= self.start_ms <= now_ms else 0
-        return max(0, min(self.end_ms, now_ms) - max(self.start_ms, window_start_ms))
-
-
-class RollingAverage:
-    """Time-weighted average of scores over the last ``window_ms`` of call time.
-
-    "Now" is the latest ``end_ms`` added (it never goes back, so a late utterance cannot rewind the clock);
-    each utterance weighs by how many of its milliseconds fall inside ``[now - window_ms, now]``.
-    """
-
-    def __init__(self, window_ms: int) -> None:
-        if window_ms <= 0:
-            raise ValueError(f"window_ms must be > 0, got {window_ms}")
-        self._window_ms = window_ms
-        self._spans: list[_Span] = []
-        self._now_ms: int | None = None
-
-    def add(self, start_ms: int, end_ms: int, score: float) -> None:
-        self._now_ms = end_ms if self._now_ms is None else max(self._now_ms, end_ms)
-        self._spans.append(_Span(start_ms, end_ms, score))
-        start = self._window_start()
-        self._spans = [s for s in self._spans if s.weight_in(start, self._now_ms) > 0]
-
-    @property
-    def now_ms(self) -> int | None:
-        return self._now_ms
-
-    @property
-    def weight_ms(self) -> int:
-        """Milliseconds of speech inside the window (overlaps count twice)."""
-        return sum(w for w, _ in self._weighted())
-
-    @property
-    def value(self) -> float | None:
-        """The average, or None before any utterance."""
-        weighted = self._weighted()
-        total = sum(w for w, _ in weighted)
-        return sum(w * s for w, s in weighted) / total if total else None
-
-    def count_below(self, threshold: float) -> int:
-        """How many utterances in the window scored below ``threshold``."""
-        return sum(1 for _, score in self._weighted() if score < threshold)
-
-    def _window_start(self) -> int:
-        return (self._now_ms or 0) - self._window_ms
-
-    def _weighted(self) -> list[tuple[int, float]]:
-        if self._now_ms is None:
-            return []
-        start = self._window_start()
-        return [(s.weight_in(start, self._now_ms), s.score) for s in self._spans]
 
 
 @dataclass
@@ -389,63 +216,6 @@ class BadgeTracker:
 
 # ----------------------------------------------------------------------------------------------- topics
 
-# Keyword and phrase rules per topic (regular expressions, matched case-insensitively on whole words).
-# Both channels count: "our price" from the agent puts pricing on the table as much as "too expensive".
-TOPIC_RULES: Mapping[Topic, tuple[str, ...]] = {
-    "pricing": (
-        r"pric(?:e|es|ed|ey|ing|y)",
-        r"costs?",
-        r"costly",
-        r"expensive",
-        r"budgets?",
-        r"discount(?:s|ed)?",
-        r"quot(?:e|es|ed)",
-        r"too much",
-        r"afford(?:able)?",
-        r"cheaper",
-        r"fees?",
-    ),
-    "timeline": (
-        r"deadlines?",
-        r"next (?:week|month|quarter|year)",
-        r"timing",
-        r"timelines?",
-        r"not (?:right )?now",
-        r"roll ?outs?",
-        r"roll(?:ing)? (?:it )?out",
-        r"too soon",
-        r"later this year",
-        r"q[1-4]",
-    ),
-    "competitor": (
-        r"competitors?",
-        r"other vendors?",
-        r"another vendor",
-        r"already us(?:e|ing)",
-        r"alternatives?",
-        r"switch(?:ing)? from",
-    ),
-    "authority": (
-        r"my (?:boss|manager|director|cfo|ceo)",
-        r"check with",
-        r"run (?:it|this|that) by",
-        r"approv(?:al|als|e|ed)",
-        r"sign[- ]?off",
-        r"procurement",
-        r"decision[- ]makers?",
-        r"the board",
-    ),
-    "need": (
-        r"(?:don't|do not|dont) (?:really )?need",
-        r"no need",
-        r"not a priority",
-        r"already have",
-        r"why would we",
-        r"not (?:really )?interested",
-        r"works? (?:just )?fine",
-    ),
-}
-
 # Cue texts per topic; a call rotates through them so a topic that comes back gets a fresh angle.
 CUE_TEXTS: Mapping[Topic, tuple[str, ...]] = {
     "pricing": (
@@ -478,57 +248,6 @@ CUE_TEXTS: Mapping[Topic, tuple[str, ...]] = {
         "Ask an open question: what is behind the hesitation?",
     ),
 }
-
-
-def _normalise(text: str) -> str:
-    return " ".join(text.lower().replace("\u2019", "'").replace("\u2018", "'").split())
-
-
-@lru_cache(maxsize=64)
-def _topic_patterns(competitor_names: tuple[str, ...]) -> tuple[tuple[Topic, re.Pattern[str]], ...]:
-    patterns: list[tuple[Topic, re.Pattern[str]]] = []
-    for topic in DETECTED_TOPICS:
-        alternatives = list(TOPIC_RULES[topic])
-        if topic == "competitor":
-            alternatives += [re.escape(_normalise(name)) for name in competitor_names]
-        patterns.append((topic, re.compile(r"\b(?:" + "|".join(alternatives) + r")\b")))
-    return tuple(patterns)
-
-
-def topic_hits(text: str, settings: BadgeSettings = DEFAULT_SETTINGS) -> dict[Topic, int]:
-    """How many times each topic's rules match ``text`` (topics without a match left out)."""
-    normalised = _normalise(text)
-    hits: dict[Topic, int] = {}
-    for topic, pattern in _topic_patterns(settings.competitor_names):
-        count = len(pattern.findall(normalised))
-        if count:
-            hits[topic] = count
-    return hits
-
-
-def rank_topics(
-    recent: Iterable[tuple[int, str]], now_ms: int, settings: BadgeSettings = DEFAULT_SETTINGS
-) -> list[Topic]:
-    """Topics mentioned in ``recent`` ((end_ms, text) pairs), most relevant first.
-
-    Each match weighs ``0.5 ** (age / topic_half_life)``, so what was just said outweighs what was said
-    a while ago; equal weights keep ``DETECTED_TOPICS`` order. Topics never mentioned are left out.
-    """
-    half_life_ms = _ms(settings.topic_half_life_s)
-    weights: dict[Topic, float] = {}
-    for end_ms, text in recent:
-        decay = 0.5 ** (max(0, now_ms - end_ms) / half_life_ms)
-        for topic, count in topic_hits(text, settings).items():
-            weights[topic] = weights.get(topic, 0.0) + count * decay
-    return sorted(weights, key=lambda t: (-weights[t], DETECTED_TOPICS.index(t)))
-
-
-def detect_topic(
-    recent: Iterable[tuple[int, str]], now_ms: int, settings: BadgeSettings = DEFAULT_SETTINGS
-) -> Topic | None:
-    """The topic under discussion, or None when no rule matches."""
-    ranked = rank_topics(recent, now_ms, settings)
-    return ranked[0] if ranked else None
 
 
 # ------------------------------------------------------------------------------------------------- cues

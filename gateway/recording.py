@@ -27,20 +27,12 @@ from typing import IO
 import grpc
 import grpc.aio
 
+from callsense.domain import Channel
 from callsense.telemetry import call_context
 from callsense.v1 import asr_pb2
-from gateway.session import (
-    CHANNELS,
-    BatchResult,
-    CallMetadata,
-    Channel,
-    ErrorCode,
-    Gateway,
-    InputError,
-    TextUtterance,
-    channel_from_role,
-    validate_call_id,
-)
+from gateway.calls.errors import ErrorCode, InputError
+from gateway.calls.inputs import CHANNELS, CallInfo, UtteranceInput, channel_from_role, validate_call_id
+from gateway.calls.service import BatchResult, Gateway
 
 UPLOAD_PIECE_BYTES = 1024 * 1024
 """Bytes per RecordingChunk: well under gRPC's 4 MB message limit."""
@@ -116,7 +108,7 @@ async def spool(pieces: AsyncIterator[bytes], max_bytes: int) -> IO[bytes]:
 
 
 async def analyze_recording(
-    gateway: Gateway, call_id: str, metadata: CallMetadata, recording: Recording
+    gateway: Gateway, call_id: str, metadata: CallInfo, recording: Recording
 ) -> RecordingResult:
     """Transcribe ``recording`` with the ASR, then score it as a batch (see the module docstring)."""
     validate_call_id(call_id)
@@ -129,7 +121,7 @@ async def analyze_recording(
     with call_context(call_id):
         finals = await transcribe(gateway, call_id, recording)
     utterances = [
-        TextUtterance(e.text.strip(), channel_from_role(e.channel), e.start_ms, e.end_ms) for e in finals
+        UtteranceInput(e.text.strip(), channel_from_role(e.channel), e.start_ms, e.end_ms) for e in finals
     ]
     if not utterances:
         raise InputError(

@@ -1,4 +1,4 @@
-"""``GET /v1/reports/daily``: the stored daily roll-ups (gateway/enrichment/rollup.py), for dashboards.
+"""``GET /v1/reports/daily``: the stored daily roll-ups (written by the post-call worker, postcall/rollup.py).
 
 Included in the gateway app by ``create_app``. Thin: it reads ``daily_rollups`` from every database (the
 default one and each region's; rows are never merged across regions, whose data stays apart) and filters
@@ -15,8 +15,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from gateway.calls.errors import ErrorCode
+from gateway.calls.service import Gateway
 from gateway.schemas import ErrorResponse, error_response
-from gateway.session import ErrorCode, Gateway
 from gateway.store import RollupRow
 
 router = APIRouter()
@@ -136,7 +137,7 @@ async def trend_report(
 
 def _not_rolled_up(day: date) -> JSONResponse:
     message = (
-        f"{day.isoformat()} is not rolled up yet: the gateway rolls each day up the night after it "
+        f"{day.isoformat()} is not rolled up yet: the post-call worker rolls each day up the night after it "
         f"(CALLSENSE_ROLLUP_AT), or run `callsense rollup --date {day.isoformat()}`"
     )
     return error_response(404, ErrorCode.NOT_FOUND, message)

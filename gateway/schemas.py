@@ -1,6 +1,6 @@
 """The JSON shapes of the gateway's HTTP and WebSocket API, as Pydantic models (they make /docs).
 
-Validation rules live in ``gateway.session`` (one set for every transport); the validators here call
+Validation rules live in ``gateway.calls.inputs`` (one set for every transport); the validators here call
 them and turn an ``InputError`` into a Pydantic error whose ``type`` is the error code, so a 422 body
 and a WebSocket error event name the same problem the same way.
 """
@@ -17,36 +17,35 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from callsense.domain import CallStatistics, Channel, Label, UtteranceScore
+from callsense.topics import Topic
 from callsense.v1 import asr_pb2
-from gateway.live import Topic
-from gateway.recording import parse_channel_roles
-from gateway.session import (
+from gateway.calls.errors import ErrorCode, InputError
+from gateway.calls.events import (
+    CallOutcome,
+    CallUpdate,
+    LiveBadge,
+    LiveCue,
+    LiveError,
+    LiveScore,
+    LiveSummary,
+    LiveTranscript,
+)
+from gateway.calls.inputs import (
     MAX_BATCH_UTTERANCES,
     MAX_TEXT_CHARS,
-    AudioFormat,
-    BadgeEvent,
-    CallEvent,
-    CallMetadata,
-    CallSummary,
-    CueEvent,
-    ErrorCode,
-    ErrorEvent,
-    InputError,
-    ScoreEvent,
-    SummaryEvent,
-    TextUtterance,
-    TranscriptEvent,
+    AudioInputFormat,
+    CallInfo,
+    UtteranceInput,
     channel_from_role,
     validate_audio_format,
     validate_call_id,
     validate_metadata,
     validate_utterance,
 )
-from gateway.stats import CallStatistics
-from gateway.store import CallRow, ScoredEvent
+from gateway.recording import parse_channel_roles
+from gateway.store import CallRow
 
-ChannelName = Literal["customer", "agent", "mixed"]
-LabelName = Literal["negative", "neutral", "positive"]
 BadgeName = Literal["green", "amber", "red"]
 
 
@@ -87,7 +86,7 @@ class Metadata(BaseModel):
             raise _custom_error(err) from None
         return self
 
-    def to_domain(self) -> CallMetadata:
+    def to_domain(self) -> CallInfo:
         return validate_metadata(**self.model_dump())
 
 
@@ -112,7 +111,7 @@ class UtteranceIn(BaseModel):
             raise _custom_error(err) from None
         return self
 
-    def to_domain(self) -> TextUtterance:
+    def to_domain(self) -> UtteranceInput:
         return validate_utterance(self.text, self.channel, self.start_ms, self.end_ms)
 
 
@@ -157,7 +156,7 @@ class StartMessage(_CallIdMixin):
                 raise _custom_error(err) from None
         return value
 
-    def audio_format(self) -> AudioFormat | None:
+    def audio_format(self) -> AudioInputFormat | None:
         return None if self.audio is None else validate_audio_format(self.audio)
 
 
@@ -236,7 +235,7 @@ class RecordingFields(_CallIdMixin):
     ``metadata`` may come as JSON text, ``channel_roles`` as "agent,customer" or a JSON list."""
 
     metadata: Metadata = Field(default_factory=lambda: Metadata())
-    channel_roles: tuple[ChannelName, ...] = ()
+    channel_roles: tuple[Channel, ...] = ()
 
     @field_validator("metadata", mode="before")
     @classmethod
@@ -297,10 +296,10 @@ class ScoredUtteranceOut(BaseModel):
 
     utterance_id: int = Field(description="Id within the call, from 0 in emission order; stable.")
     text: str = Field(description='The text with PII masked, e.g. "[EMAIL]".')
-    channel: ChannelName = Field(description="Who said it.")
+    channel: Channel = Field(description="Who said it.")
     start_ms: int = Field(description="Start, in milliseconds from the start of the call.")
     end_ms: int = Field(description="End, in milliseconds from the start of the call.")
-    label: LabelName = Field(description="The most probable class.")
+    label: Label = Field(description="The most probable class.")
     p_negative: float = Field(description="Probability of negative, in [0, 1].")
     p_neutral: float = Field(description="Probability of neutral, in [0, 1].")
     p_positive: float = Field(description="Probability of positive, in [0, 1].")
@@ -308,7 +307,7 @@ class ScoredUtteranceOut(BaseModel):
     model_version: str = Field(description="Version of the model that scored it.")
 
     @classmethod
-    def of(cls, event: ScoredEvent) -> ScoredUtteranceOut:
+    def of(cls, event: UtteranceScore) -> ScoredUtteranceOut:
         return cls(
             utterance_id=event.utterance_id,
             text=event.text,
@@ -351,7 +350,7 @@ class CallStatsOut(BaseModel):
 class TranscriptSegmentOut(BaseModel):
     """A final segment the recogniser heard in an uploaded recording."""
 
-    channel: ChannelName
+    channel: Channel
     segment_id: int = Field(description="Segment within the channel, from 0.")
     start_ms: int
     end_ms: int
@@ -493,12 +492,12 @@ class TranscriptEventOut(BaseModel):
     segment_id: int = Field(description="Segment within the call and channel; partials and final share it.")
     is_final: bool
     text: str = Field(description="The segment's text as recognised (not PII-masked).")
-    channel: ChannelName
+    channel: Channel
     start_ms: int
     end_ms: int
 
     @classmethod
-    def of(cls, event: TranscriptEvent) -> TranscriptEventOut:
+    def of(cls, event: LiveTranscript) -> TranscriptEventOut:
         t = event.source
         return cls(
             call_id=event.call_id,
@@ -566,7 +565,7 @@ class SummaryEventOut(CallStatsOut):
     badge: BadgeName | None = Field(default=None, description="The live badge's colour at the end.")
 
 
-def summary_json(summary: CallSummary, seq: int) -> dict[str, Any]:
+def summary_json(summary: CallOutcome, seq: int) -> dict[str, Any]:
     stats = CallStatsOut.of(summary.stats).model_dump()
     return SummaryEventOut(
         **stats,
@@ -580,14 +579,14 @@ def summary_json(summary: CallSummary, seq: int) -> dict[str, Any]:
     ).model_dump()
 
 
-def event_json(event: CallEvent) -> dict[str, Any]:
+def event_json(event: CallUpdate) -> dict[str, Any]:
     """A call event as the WebSocket sends it."""
-    if isinstance(event, TranscriptEvent):
+    if isinstance(event, LiveTranscript):
         return TranscriptEventOut.of(event).model_dump()
-    if isinstance(event, ScoreEvent):
+    if isinstance(event, LiveScore):
         scored = ScoredUtteranceOut.of(event.scored).model_dump()
         return ScoreEventOut(**scored, call_id=event.call_id, seq=event.seq).model_dump()
-    if isinstance(event, BadgeEvent):
+    if isinstance(event, LiveBadge):
         change = event.change
         return BadgeEventOut(
             call_id=event.call_id,
@@ -596,17 +595,17 @@ def event_json(event: CallEvent) -> dict[str, Any]:
             rolling_score=change.rolling_score,
             at_ms=change.at_ms,
         ).model_dump()
-    if isinstance(event, CueEvent):
+    if isinstance(event, LiveCue):
         cue = event.cue
         return CueEventOut(
             call_id=event.call_id, seq=event.seq, topic=cue.topic, text=cue.text, at_ms=cue.at_ms
         ).model_dump()
-    if isinstance(event, SummaryEvent):
+    if isinstance(event, LiveSummary):
         return summary_json(event.summary, event.seq)
     return error_json(event)
 
 
-def error_json(event: ErrorEvent) -> dict[str, Any]:
+def error_json(event: LiveError) -> dict[str, Any]:
     return ErrorEventOut(
         call_id=event.call_id or None,
         seq=event.seq,

@@ -37,18 +37,12 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from callsense.domain import Channel
 from callsense.telemetry import call_context
-from gateway.session import (
-    AudioFormat,
-    CallDriver,
-    CallSummary,
-    Channel,
-    ErrorCode,
-    InputError,
-    SessionRegistry,
-    validate_call_id,
-    validate_metadata,
-)
+from gateway.calls.errors import ErrorCode, InputError
+from gateway.calls.events import CallOutcome
+from gateway.calls.inputs import AudioInputFormat, validate_call_id, validate_metadata
+from gateway.calls.registry import CallDriver, SessionRegistry
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +66,7 @@ class TwilioStream:
         self._driver = CallDriver(registry)
         self._tracks: tuple[str, ...] = ()
         self.stream_sid: str | None = None
-        self._stopping: asyncio.Future[CallSummary] | None = None
+        self._stopping: asyncio.Future[CallOutcome] | None = None
 
     @property
     def call_id(self) -> str | None:
@@ -142,7 +136,7 @@ class TwilioStream:
             labels={"source": "twilio", **({"call_sid": call_sid} if isinstance(call_sid, str) else {})},
         )
         roles = tuple(TRACK_ROLES[t] for t in tracks)
-        audio = AudioFormat("mulaw", SAMPLE_RATE_HZ, len(roles), roles)
+        audio = AudioInputFormat("mulaw", SAMPLE_RATE_HZ, len(roles), roles)
         with call_context(call_id):
             await self._driver.start(call_id, metadata, audio)
             self._tracks = tuple(tracks)
@@ -192,7 +186,7 @@ class TwilioStream:
         """The socket closed: a call still running without stop is left to its grace period."""
         self._driver.disconnect()
 
-    async def wait_stopped(self) -> CallSummary | None:
+    async def wait_stopped(self) -> CallOutcome | None:
         """The summary of a stopped call (None when none was stopped)."""
         return await self._stopping if self._stopping is not None else None
 

@@ -33,8 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from callsense.tokenization import EncodedText
 from scorer_service.inference import Prediction
-from scorer_service.tokenization import EncodedText
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from callsense.tokenization import SHIPPED_MODEL_DIR, EncodedText, SentimentTokenizer, TextRejected, pad_batch
 from scorer_service.backends.base import Backend, softmax
-from scorer_service.tokenization import MODEL_DIR, EncodedText, SentimentTokenizer, TextRejected, pad_batch
 
 LABELS = ("negative", "neutral", "positive")
-DEFAULT_MODEL = MODEL_DIR / "model.int8.onnx"
+DEFAULT_MODEL = SHIPPED_MODEL_DIR / "model.int8.onnx"
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from callsense.tokenization import TextRejected
 from scorer_service.inference import Prediction, SentimentInput, SentimentModel
-from scorer_service.tokenization import TextRejected
 
 
 @dataclass

@@ -44,10 +44,10 @@ import grpc.aio
 from opentelemetry import metrics
 
 from callsense import telemetry
+from callsense.tokenization import EncodedText, TextRejected
 from callsense.v1 import chopper_pb2, scorer_pb2, scorer_pb2_grpc
 from scorer_service.batcher import BatcherClosed, BatchReport, MicroBatcher, Scored
 from scorer_service.inference import SentimentInput, SentimentModel
-from scorer_service.tokenization import EncodedText, TextRejected
 
 SERVICE_NAME = "callsense.v1.Scorer"
 MAX_TEXT_CHARS = 8192

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from scorer_service.training.data import shared_data_dir
+from training.data import shared_data_dir
 
 TEST_DATA = Path(__file__).parent / "data"
 

@@ -24,8 +24,10 @@ import pytest
 from psycopg import sql
 
 from callsense.database import EmbeddedPostgres
-from gateway.enrichment.webhooks import SIGNATURE_HEADER, verify_signature
-from gateway.store import Channel, Label, ScoredEvent, Store
+from callsense.domain import Channel, Label, UtteranceScore
+from gateway.store import Store
+from postcall.outbox_store import OutboxStore
+from postcall.webhooks import SIGNATURE_HEADER, verify_signature
 from tests.mesh_fixtures import gateway_pg
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "delivery_db_url",
     "event",
     "gateway_pg",
+    "outbox",
     "receiver",
     "store",
     "wait_until",
@@ -137,9 +140,16 @@ async def delivery_db_url(gateway_pg: EmbeddedPostgres) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def store(delivery_db_url: str) -> AsyncIterator[Store]:
+    """The gateway's repository of calls (it ends a call with its CRM push in the outbox)."""
     opened = await Store.open(delivery_db_url, min_size=1, max_size=4)
     yield opened
     await opened.close()
+
+
+@pytest.fixture
+def outbox(store: Store) -> OutboxStore:
+    """The post-call worker's outbox repository, on the same database (and pool) as ``store``."""
+    return OutboxStore(store.pool)
 
 
 def event(
@@ -149,11 +159,11 @@ def event(
     *,
     channel: Channel = "customer",
     score: float | None = None,
-) -> ScoredEvent:
+) -> UtteranceScore:
     """A scored utterance whose probabilities agree with its label."""
     probabilities = {"negative": (0.8, 0.15, 0.05), "neutral": (0.1, 0.8, 0.1), "positive": (0.05, 0.15, 0.8)}
     p_neg, p_neu, p_pos = probabilities[label]
-    return ScoredEvent(
+    return UtteranceScore(
         call_id=call_id,
         utterance_id=utterance_id,
         channel=channel,
@@ -176,7 +186,7 @@ async def add_call(
     *,
     started_at: datetime,
     **metadata: str,
-) -> list[ScoredEvent]:
+) -> list[UtteranceScore]:
     """A call started at ``started_at`` with these scored utterances, ended (stats from its events)."""
     await store.upsert_call_start(call_id, metadata, started_at=started_at)
     events = [event(call_id, i, label, channel=channel) for i, (channel, label) in enumerate(utterances)]

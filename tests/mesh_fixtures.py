@@ -1,6 +1,6 @@
-"""Real mesh parts for the gateway tests: embedded PostgreSQL, chopper, scorer and (for audio calls, only
-when a test asks for it) the ASR service as subprocesses, and a gateway (HTTP on uvicorn + public gRPC)
-running in the test's event loop.
+"""Real mesh parts for the gateway tests: embedded PostgreSQL, chopper, scorer, the post-call worker and (for
+audio calls, only when a test asks for it) the ASR service as subprocesses, and a gateway (HTTP on uvicorn +
+public gRPC) running in the test's event loop.
 
 Import the fixtures into a test module with ``from tests.mesh_fixtures import *`` (names in __all__).
 The scorer serves the shipped model, or the ONNX file named by CALLSENSE_TEST_SCORER_MODEL; without
@@ -33,12 +33,13 @@ from psycopg import sql
 from callsense import grpc_runtime
 from callsense.config import Config
 from callsense.database import EmbeddedPostgres, default_data_dir, start_embedded_postgres
-from callsense.ports import free_port
 from gateway.__main__ import _Server
 from gateway.app import create_app
-from gateway.enrichment.postcall import AfterCall
+from gateway.calls.service import Gateway
+from gateway.calls.settings import SessionSettings
 from gateway.grpc_api import add_to_server
-from gateway.session import Gateway, SessionSettings
+from gateway.postcall_client import AfterCall
+from tools.ports import free_port
 
 __all__ = [
     "MeshServices",
@@ -48,6 +49,7 @@ __all__ = [
     "gateway_db_url",
     "gateway_pg",
     "mesh_services",
+    "postcall_addr",
     "running_gateway",
 ]
 
@@ -84,6 +86,8 @@ def gateway_db_url(gateway_pg: EmbeddedPostgres) -> Iterator[str]:
 class MeshServices:
     chopper_addr: str
     scorer_addr: str
+    postcall_addr: str
+    """The session's post-call worker: a gateway's Config needs it, or its calls' reports are owed."""
 
 
 def _scorer_model() -> Path:
@@ -96,9 +100,12 @@ def _scorer_model() -> Path:
     return path
 
 
-def _spawn(module: str, env_name: str, addr: str, args: list[str], log: Path) -> subprocess.Popen[bytes]:
+def _spawn(
+    module: str, env_name: str, addr: str, args: list[str], log: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env.update({env_name: addr, "CALLSENSE_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"})
+    env.update(extra_env or {})
     with log.open("wb") as out:
         return subprocess.Popen(
             [sys.executable, "-m", module, *args],
@@ -137,9 +144,45 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=5)
 
 
+def spawn_postcall(
+    addr: str,
+    database_url: str,
+    log: Path,
+    *,
+    env: dict[str, str] | None = None,
+    args: list[str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """A real post-call worker, ``python -m postcall --bind addr`` on ``database_url``; wait for it with
+    ``_wait_serving``, stop it with ``_stop``. For tests that need one of their own (stopped and started
+    again, or with tenants whose webhooks reach a test receiver)."""
+    return _spawn(
+        "postcall",
+        "CALLSENSE_POSTCALL_ADDR",
+        addr,
+        ["--bind", addr, *(args or [])],
+        log,
+        {"DATABASE_URL": database_url, **(env or {})},
+    )
+
+
 @pytest.fixture(scope="session")
-def mesh_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshServices]:
-    """The real chopper and scorer, each a `python -m` subprocess on a free port."""
+def postcall_addr(gateway_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The real post-call worker, a `python -m postcall` subprocess on a free port and the session's
+    database: it builds the report of every call the gateway fixtures end (and runs its outbox dispatcher,
+    roll-up scheduler and owed-report sweep there, as in production)."""
+    logs = tmp_path_factory.mktemp("postcall")
+    addr = f"127.0.0.1:{free_port()}"
+    worker = spawn_postcall(addr, gateway_db_url, logs / "postcall.log")
+    try:
+        _wait_serving("postcall", addr, worker, logs / "postcall.log")
+        yield addr
+    finally:
+        _stop(worker)
+
+
+@pytest.fixture(scope="session")
+def mesh_services(tmp_path_factory: pytest.TempPathFactory, postcall_addr: str) -> Iterator[MeshServices]:
+    """The real chopper and scorer, each a `python -m` subprocess on a free port, and the post-call worker."""
     model = _scorer_model()
     logs = tmp_path_factory.mktemp("mesh")
     chopper_addr = f"127.0.0.1:{free_port()}"
@@ -155,7 +198,7 @@ def mesh_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshServ
     try:
         _wait_serving("chopper", chopper_addr, chopper, logs / "chopper.log")
         _wait_serving("scorer", scorer_addr, scorer, logs / "scorer.log")
-        yield MeshServices(chopper_addr, scorer_addr)
+        yield MeshServices(chopper_addr, scorer_addr, postcall_addr)
     finally:
         _stop(chopper)
         _stop(scorer)
@@ -195,6 +238,7 @@ async def running_gateway(mesh_services: MeshServices, gateway_db_url: str) -> A
     config = Config(
         chopper_addr=mesh_services.chopper_addr,
         scorer_addr=mesh_services.scorer_addr,
+        postcall_addr=mesh_services.postcall_addr,
         database_url=gateway_db_url,
     )
     async with _serve_gateway(config) as running:
@@ -209,6 +253,7 @@ async def audio_gateway(
     config = Config(
         chopper_addr=mesh_services.chopper_addr,
         scorer_addr=mesh_services.scorer_addr,
+        postcall_addr=mesh_services.postcall_addr,
         asr_addr=asr_addr,
         database_url=gateway_db_url,
     )
@@ -221,6 +266,8 @@ async def _serve_gateway(
     config: Config, settings: SessionSettings | None = None, after_call: AfterCall | None = None
 ) -> AsyncIterator[RunningGateway]:
     settings = settings or SessionSettings(grace_s=0.5, finish_timeout_s=30.0)
+    own_after_call = after_call is None
+    after_call = after_call or AfterCall.for_config(config)  # the worker at config.postcall_addr
     gateway = await Gateway.open(config, settings=settings, after_call=after_call)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -244,4 +291,6 @@ async def _serve_gateway(
         await serving
         await grpc_runtime.stop_server(grpc_server, 0.5)
         await gateway.close()
+        if own_after_call:
+            await after_call.close()
         sock.close()

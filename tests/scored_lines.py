@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gateway.store import ScoredEvent
+from callsense.domain import UtteranceScore
 from scorer_service.inference import SentimentInput, SentimentModel
 
 
 def score_lines(
     model: SentimentModel, lines: Sequence[tuple[str, int, str]], *, call_id: str, utterance_ms: int
-) -> list[ScoredEvent]:
+) -> list[UtteranceScore]:
     """(channel, start second, text) lines, each lasting ``utterance_ms``, with the model's scores."""
     predictions = model.predict([SentimentInput(text) for _, _, text in lines])
     events = []
     for utterance_id, ((channel, start_s, text), p) in enumerate(zip(lines, predictions, strict=True)):
         assert not isinstance(p, Exception), p
         events.append(
-            ScoredEvent(
+            UtteranceScore(
                 call_id=call_id,
                 utterance_id=utterance_id,
                 channel=channel,  # type: ignore[arg-type]

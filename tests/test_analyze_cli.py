@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from asr_service.streaming import Transcript
-from callsense.analyze import chop
 from scorer_service.inference import DEFAULT_MODEL
 from tests.audio_fixtures import SENTENCE_B, require_speech_tools, speak_pcm16, word_error_rate
+from tools.analyze import chop
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ CUSTOMER_SAYS = "Honestly, the price is ridiculous and I am very unhappy with yo
 
 def callsense(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "callsense.cli", "analyze", *args], capture_output=True, text=True, timeout=180
+        [sys.executable, "-m", "tools.cli", "analyze", *args], capture_output=True, text=True, timeout=180
     )
 
 

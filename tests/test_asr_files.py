@@ -30,7 +30,7 @@ from tests.audio_fixtures import (
 
 def callsense(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "callsense.cli", "transcribe", *args],
+        [sys.executable, "-m", "tools.cli", "transcribe", *args],
         capture_output=True,
         text=True,
         timeout=120,

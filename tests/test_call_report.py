@@ -10,10 +10,18 @@ from collections.abc import Sequence
 
 import pytest
 
-from gateway.enrichment.objections import LocalObjectionTagger, ObjectionTag
-from gateway.enrichment.summary import CallReport, build_report, tag_names
-from gateway.stats import compute_call_stats
-from gateway.store import ScoredEvent
+from callsense.domain import UtteranceScore, compute_call_stats
+from callsense.report import (
+    CallReport,
+    ObjectionTag,
+    report_from_proto,
+    report_to_proto,
+    tag_names,
+    utterance_from_proto,
+    utterance_to_proto,
+)
+from postcall.objections import LocalObjectionTagger
+from postcall.summary import build_report
 from scorer_service.inference import DEFAULT_MODEL, SentimentModel
 from tests.scored_lines import score_lines
 
@@ -59,9 +67,9 @@ def utterance(
     channel: str = "customer",
     text: str = "mm",
     length_s: float = 4,
-) -> ScoredEvent:
+) -> UtteranceScore:
     """An utterance with a chosen score: the report's rules are about score sequences."""
-    return ScoredEvent(
+    return UtteranceScore(
         call_id="c",
         utterance_id=utterance_id,
         channel=channel,  # type: ignore[arg-type]
@@ -77,11 +85,11 @@ def utterance(
     )
 
 
-def customer_run(scores: Sequence[float], every_s: float = 10, first_id: int = 0) -> list[ScoredEvent]:
+def customer_run(scores: Sequence[float], every_s: float = 10, first_id: int = 0) -> list[UtteranceScore]:
     return [utterance(first_id + i, s, i * every_s) for i, s in enumerate(scores)]
 
 
-def report_of(events: Sequence[ScoredEvent], tags: Sequence[ObjectionTag] = ()) -> CallReport:
+def report_of(events: Sequence[UtteranceScore], tags: Sequence[ObjectionTag] = ()) -> CallReport:
     return build_report(events, compute_call_stats(events), tags)
 
 
@@ -89,19 +97,21 @@ def report_of(events: Sequence[ScoredEvent], tags: Sequence[ObjectionTag] = ()) 
 
 
 @pytest.fixture(scope="module")
-def sales_call() -> list[ScoredEvent]:
+def sales_call() -> list[UtteranceScore]:
     if not DEFAULT_MODEL.exists():
         pytest.skip(f"SHIPPED MODEL ABSENT: {DEFAULT_MODEL} not found; the scripted call is scored with it")
     return score_lines(SentimentModel.load(), SALES_CALL, call_id="sales-call", utterance_ms=6000)
 
 
 @pytest.fixture(scope="module")
-def sales_report(sales_call: list[ScoredEvent]) -> CallReport:
+def sales_report(sales_call: list[UtteranceScore]) -> CallReport:
     tags = LocalObjectionTagger().tag(sales_call)
     return build_report(sales_call, compute_call_stats(sales_call), tags)
 
 
-def test_scripted_call_spike_line_and_tags(sales_call: list[ScoredEvent], sales_report: CallReport) -> None:
+def test_scripted_call_spike_line_and_tags(
+    sales_call: list[UtteranceScore], sales_report: CallReport
+) -> None:
     shock = sales_call[PRICE_SHOCK]
     assert shock.score < 0.3, "the shipped model must hear the price shock as negative"
     # One spike: the price shock at 03:12. The next sour sentence continues it, it is not a new spike.
@@ -126,7 +136,7 @@ def test_scripted_call_spike_line_and_tags(sales_call: list[ScoredEvent], sales_
 
 
 def test_scripted_call_turning_points_and_quarters(
-    sales_call: list[ScoredEvent], sales_report: CallReport
+    sales_call: list[UtteranceScore], sales_report: CallReport
 ) -> None:
     turns = [(t.direction, t.utterance_id, t.topic) for t in sales_report.turning_points]
     # Up again at "a discount would definitely help" (04:40); the HubSpot line before it is neutral (0.48).
@@ -155,7 +165,7 @@ def test_scripted_call_turning_points_and_quarters(
     assert sales_report.lines[0] == "19 utterances scored (11 customer, 8 agent)"
 
 
-def test_lines_hold_no_utterance_text(sales_call: list[ScoredEvent], sales_report: CallReport) -> None:
+def test_lines_hold_no_utterance_text(sales_call: list[UtteranceScore], sales_report: CallReport) -> None:
     words = {w for e in sales_call for w in re.findall(r"[a-z]{5,}", e.text.lower())}
     allowed = {
         "customer",
@@ -210,7 +220,21 @@ def test_report_json_shape(sales_report: CallReport) -> None:
     assert data["objection_tags"] == [t.to_json() for t in sales_report.tags]
 
 
-def test_without_tags_the_spike_topic_comes_from_what_was_said(sales_call: list[ScoredEvent]) -> None:
+def test_the_wire_form_round_trips_exactly(
+    sales_call: list[UtteranceScore], sales_report: CallReport
+) -> None:
+    """What the gateway stores from PostCall.Report is what the worker built: the same JSON, byte for byte
+    (ints stay ints, absent values null), and the utterances reach the worker unchanged."""
+    assert [utterance_from_proto(utterance_to_proto(e)) for e in sales_call] == sales_call
+    wire = report_to_proto(sales_report).SerializeToString()
+    received = report_from_proto(type(report_to_proto(sales_report)).FromString(wire))
+    assert received == sales_report
+    assert json.dumps(received.to_json()) == json.dumps(sales_report.to_json())
+    empty = build_report([], compute_call_stats([]))
+    assert json.dumps(report_from_proto(report_to_proto(empty)).to_json()) == json.dumps(empty.to_json())
+
+
+def test_without_tags_the_spike_topic_comes_from_what_was_said(sales_call: list[UtteranceScore]) -> None:
     stats = compute_call_stats(sales_call)
     # The agent's price and "expensive" name the topic even when the tagger found nothing.
     assert "negative spike at 03:12 after pricing" in " | ".join(build_report(sales_call, stats).lines)

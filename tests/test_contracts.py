@@ -26,9 +26,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from callsense import grpc_runtime
 from callsense.config import Config, ConfigError, load_config
-from callsense.ports import free_port
 from callsense.telemetry import TraceContextFilter, call_context, current_call_id
 from callsense.v1 import chopper_pb2, scorer_pb2, scorer_pb2_grpc
+from tools.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "protos" / "callsense" / "v1"
@@ -82,7 +82,7 @@ def utterance(call_id: str, utterance_id: int, text: str = "that price is too hi
 
 def test_generated_stubs_are_current() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "callsense.codegen", "--check"],
+        [sys.executable, "-m", "tools.codegen", "--check"],
         cwd=ROOT,
         capture_output=True,
         text=True,

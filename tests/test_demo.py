@@ -17,8 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from callsense.cli import main as cli_main
-from callsense.demo import (
+from tests.audio_fixtures import normalise_words, require_speech_tools
+from tests.mesh_fixtures import *  # noqa: F403  (fixtures)
+from tests.mesh_fixtures import RunningGateway
+from tools.cli import main as cli_main
+from tools.demo import (
     CHANNEL_ROLES,
     DEMO_SCRIPT,
     FRAME_MS,
@@ -31,9 +34,6 @@ from callsense.demo import (
     synthesize_call,
     write_wav,
 )
-from tests.audio_fixtures import normalise_words, require_speech_tools
-from tests.mesh_fixtures import *  # noqa: F403  (fixtures)
-from tests.mesh_fixtures import RunningGateway
 
 
 @pytest.fixture(scope="module")

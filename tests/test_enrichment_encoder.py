@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway.enrichment import encoder as encoder_module
-from gateway.enrichment.encoder import (
+from postcall import encoder as encoder_module
+from postcall.encoder import (
     EncoderUnavailableError,
     MiniLMEncoder,
     default_model_dir,

@@ -25,9 +25,9 @@ from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 from websockets.http11 import Request, Response
 
-from callsense.envoy_config import DEFAULT_PATH, MeshLayout, build, check, render
-from callsense.ports import free_port
-from callsense.supervisor import Supervisor, envoy_binary, envoy_shm_files, envoy_spec
+from tools.envoy_config import DEFAULT_PATH, MeshLayout, build, check, render
+from tools.ports import free_port
+from tools.supervisor import Supervisor, envoy_binary, envoy_shm_files, envoy_spec
 
 ENVOY_ROUTE_TIMEOUT_DEFAULT_S = 15.0
 """Envoy ends a route's response this long after the request ends unless the route says otherwise."""
@@ -54,7 +54,7 @@ def _routes(config: dict[str, Any]) -> list[dict[str, Any]]:
 
 def test_internal_callers_reach_a_service_by_authority() -> None:
     hosts = _virtual_hosts(build(MeshLayout()))
-    for service in ("chopper", "scorer", "asr"):
+    for service in ("chopper", "scorer", "asr", "postcall"):
         host = hosts[service]
         assert host["domains"] == [service, f"{service}:*"]
         # Every path, health checks included, goes to the service named by the authority.
@@ -93,7 +93,7 @@ def test_rendered_config_passes_envoy_validation(layout: MeshLayout, tmp_path: P
 
 def test_checked_in_config_is_current() -> None:
     assert DEFAULT_PATH.read_text() == render(MeshLayout()), (
-        "envoy/envoy.yaml is stale: run `python -m callsense.envoy_config`"
+        "envoy/envoy.yaml is stale: run `python -m tools.envoy_config`"
     )
 
 
@@ -122,6 +122,7 @@ def test_routes_clusters_and_timeouts() -> None:
     routes = {r["match"]["prefix"]: r["route"] for r in _routes(config)}
     assert routes["/callsense.v1.Sentiment/"]["cluster"] == "gateway_grpc"
     assert routes["/callsense.v1.Scorer/"]["cluster"] == "scorer"
+    assert routes["/callsense.v1.PostCall/"]["cluster"] == "postcall"
     assert routes["/grpc.health.v1.Health/"]["cluster"] == "gateway_grpc"
     assert list(routes)[-1] == "/" and routes["/"]["cluster"] == "gateway_http"
     assert all(r["timeout"] == "0s" for r in routes.values())
@@ -130,7 +131,7 @@ def test_routes_clusters_and_timeouts() -> None:
     clusters = _clusters(config)
     assert clusters["gateway_http"]["lb_policy"] == "RING_HASH"
     assert "http_health_check" in clusters["gateway_http"]["health_checks"][0]
-    for name in ("gateway_grpc", "asr", "chopper", "scorer"):
+    for name in ("gateway_grpc", "asr", "chopper", "scorer", "postcall"):
         assert "typed_extension_protocol_options" in clusters[name], name
         assert "grpc_health_check" in clusters[name]["health_checks"][0], name
     assert "tracing" not in str(config)
@@ -223,7 +224,13 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
 
         gateway_health = health.aio.HealthServicer()
         grpc_addrs: dict[str, list[str]] = {}
-        services = {"gateway_grpc": "Sentiment", "asr": "Asr", "chopper": "Chopper", "scorer": "Scorer"}
+        services = {
+            "gateway_grpc": "Sentiment",
+            "asr": "Asr",
+            "chopper": "Chopper",
+            "scorer": "Scorer",
+            "postcall": "PostCall",
+        }
         for cluster, service in services.items():
             servicer = gateway_health if cluster == "gateway_grpc" else health.aio.HealthServicer()
             ping = _grpc_ping(f"callsense.v1.{service}", cluster.encode())
@@ -245,6 +252,7 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
             asr=grpc_addrs["asr"],
             chopper=grpc_addrs["chopper"],
             scorer=grpc_addrs["scorer"],
+            postcall=grpc_addrs["postcall"],
             otlp_endpoint=f"http://127.0.0.1:{collector_port}",
             access_log=False,
         )
@@ -293,6 +301,7 @@ async def test_grpc_routes_reach_their_services(mesh: Mesh) -> None:
             ("Asr", "asr"),
             ("Chopper", "chopper"),
             ("Scorer", "scorer"),
+            ("PostCall", "postcall"),
         ]:
             ping = channel.unary_unary(f"/callsense.v1.{service}/Ping")
             assert await ping(b"", timeout=5) == cluster.encode()

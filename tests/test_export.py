@@ -9,11 +9,11 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from callsense.tokenization import SHIPPED_MODEL_DIR
 from scorer_service.inference import DEFAULT_MODEL, SentimentModel
-from scorer_service.tokenization import MODEL_DIR
-from scorer_service.training.data import load_jsonl
-from scorer_service.training.evaluate import evaluate_examples, onnx_model
-from scorer_service.training.export import QuantisationRejected, quantisation_gate
+from training.data import load_jsonl
+from training.evaluate import evaluate_examples, onnx_model
+from training.export import QuantisationRejected, quantisation_gate
 
 TEST_SET = Path(__file__).parent / "data" / "sales_sentiment.jsonl"
 
@@ -35,7 +35,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = transformers.BertForSequenceClassification(config)
     path = tmp_path_factory.mktemp("tiny")
     model.save_pretrained(path)
-    (path / "tokenizer.json").write_bytes((MODEL_DIR / "tokenizer.json").read_bytes())
+    (path / "tokenizer.json").write_bytes((SHIPPED_MODEL_DIR / "tokenizer.json").read_bytes())
     return path
 
 
@@ -44,7 +44,7 @@ def test_export_fuse_quantise_keeps_the_model(tiny_checkpoint: Path, tmp_path: P
     from transformers import BertForSequenceClassification
 
     from scorer_service.backends.onnx import OnnxBackend
-    from scorer_service.training.export import export_all
+    from training.export import export_all
 
     files, stats = export_all(tiny_checkpoint, tmp_path)
     assert stats.get("Attention", 0) + stats.get("MultiHeadAttention", 0) == 2, stats  # one per layer
@@ -83,7 +83,7 @@ def _damaged_copy(source: Path, destination: Path) -> Path:
 @pytest.mark.skipif(not DEFAULT_MODEL.exists(), reason="no shipped model yet")
 def test_gate_refuses_a_damaged_quantised_model(tmp_path: Path) -> None:
     examples = load_jsonl(TEST_SET).examples
-    tokenizer = MODEL_DIR / "tokenizer.json"
+    tokenizer = SHIPPED_MODEL_DIR / "tokenizer.json"
     good = evaluate_examples(onnx_model(DEFAULT_MODEL, tokenizer, False), examples)
     damaged = evaluate_examples(
         onnx_model(_damaged_copy(DEFAULT_MODEL, tmp_path / "bad.onnx"), tokenizer, False), examples
@@ -101,7 +101,7 @@ def test_shipped_model_loads_and_names_its_version() -> None:
 
 
 def test_mixed_precision_keeps_the_chosen_block_in_fp32(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    from scorer_service.training.export import export_all, most_sensitive_blocks, quantisable_blocks, quantise
+    from training.export import export_all, most_sensitive_blocks, quantisable_blocks, quantise
 
     files, _ = export_all(tiny_checkpoint, tmp_path)
     blocks = quantisable_blocks(files.fused)
@@ -125,7 +125,7 @@ def test_mixed_precision_keeps_the_chosen_block_in_fp32(tiny_checkpoint: Path, t
 
 
 def test_temperature_fit_sharpens_an_underconfident_model_and_softens_an_overconfident_one() -> None:
-    from scorer_service.training.export import fit_temperature
+    from training.export import fit_temperature
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, size=3000)
@@ -141,7 +141,7 @@ def test_temperature_fit_sharpens_an_underconfident_model_and_softens_an_overcon
 
 def test_folded_temperature_divides_the_exported_logits(tiny_checkpoint: Path, tmp_path: Path) -> None:
     from scorer_service.backends.onnx import OnnxBackend
-    from scorer_service.training.export import export_onnx
+    from training.export import export_onnx
 
     plain = OnnxBackend(export_onnx(tiny_checkpoint, tmp_path / "plain.onnx"))
     cooled = OnnxBackend(export_onnx(tiny_checkpoint, tmp_path / "cooled.onnx", temperature=0.5))

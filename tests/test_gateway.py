@@ -22,24 +22,19 @@ import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 
 from callsense.config import Config
-from callsense.ports import free_port
 from callsense.v1 import audio_pb2, sentiment_pb2, sentiment_pb2_grpc
 from gateway.__main__ import _Server
 from gateway.app import create_app
-from gateway.session import (
-    MAX_TEXT_CHARS,
-    CallDriver,
-    CallMetadata,
-    ErrorEvent,
-    Gateway,
-    InputError,
-    SessionSettings,
-    SummaryEvent,
-    TextUtterance,
-)
+from gateway.calls.errors import InputError
+from gateway.calls.events import LiveError, LiveSummary
+from gateway.calls.inputs import MAX_TEXT_CHARS, CallInfo, UtteranceInput
+from gateway.calls.registry import CallDriver
+from gateway.calls.service import Gateway
+from gateway.calls.settings import SessionSettings
 from tests.mesh_fixtures import *  # noqa: F403  (fixtures)
 from tests.mesh_fixtures import MeshServices, RunningGateway
 from tests.ws_client import receive, receive_until_summary, send
+from tools.ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -601,6 +596,7 @@ async def test_unreachable_stage_fails_the_call_clearly_and_readyz_says_so(
     config = Config(
         chopper_addr=f"127.0.0.1:{free_port()}",
         scorer_addr=mesh_services.scorer_addr,
+        postcall_addr=mesh_services.postcall_addr,
         database_url=gateway_db_url,
     )
     gateway = await Gateway.open(config, settings=SessionSettings(grace_s=0.5))
@@ -611,13 +607,13 @@ async def test_unreachable_stage_fails_the_call_clearly_and_readyz_says_so(
 
         call_id = new_call_id()
         driver = CallDriver(gateway.registry)
-        session, _ = await driver.start(call_id, CallMetadata(tenant="acme"))
+        session, _ = await driver.start(call_id, CallInfo(tenant="acme"))
         events = session.subscribe()
         with contextlib.suppress(InputError):  # accepted, or refused once the failure is known
-            await driver.utterance(TextUtterance(POSITIVE, "customer", 0, 1000))
+            await driver.utterance(UtteranceInput(POSITIVE, "customer", 0, 1000))
         received = [event async for event in events]
-        assert isinstance(received[-1], SummaryEvent) and received[-1].summary.status == "failed"
-        fatal = [e for e in received if isinstance(e, ErrorEvent)]
+        assert isinstance(received[-1], LiveSummary) and received[-1].summary.status == "failed"
+        fatal = [e for e in received if isinstance(e, LiveError)]
         assert (
             fatal
             and fatal[0].fatal
@@ -625,7 +621,7 @@ async def test_unreachable_stage_fails_the_call_clearly_and_readyz_says_so(
             and "chopper failed: UNAVAILABLE" in fatal[0].message
         )
         with pytest.raises(InputError) as late:
-            await driver.utterance(TextUtterance(POSITIVE, "customer", 0, 1000))
+            await driver.utterance(UtteranceInput(POSITIVE, "customer", 0, 1000))
         assert late.value.code == "call_ended"
         row = await gateway.get_call(call_id)
         assert row is not None and row.status == "failed"
@@ -636,7 +632,11 @@ async def test_unreachable_stage_fails_the_call_clearly_and_readyz_says_so(
 async def test_create_app_opens_and_closes_its_own_gateway(
     mesh_services: MeshServices, gateway_db_url: str
 ) -> None:
-    config = Config(chopper_addr=mesh_services.chopper_addr, scorer_addr=mesh_services.scorer_addr)
+    config = Config(
+        chopper_addr=mesh_services.chopper_addr,
+        scorer_addr=mesh_services.scorer_addr,
+        postcall_addr=mesh_services.postcall_addr,
+    )
     app = create_app(config, database_url=gateway_db_url)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from gateway.session import MAX_AUDIO_FRAME_BYTES
+from gateway.calls.inputs import MAX_AUDIO_FRAME_BYTES
 from tests.audio_fixtures import SENTENCE_A, normalise_words, speak_pcm16
 from tests.mesh_fixtures import *  # noqa: F403  (fixtures)
 from tests.mesh_fixtures import RunningGateway

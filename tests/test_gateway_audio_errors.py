@@ -19,7 +19,7 @@ import pytest_asyncio
 from websockets.asyncio.client import ClientConnection, connect
 
 from callsense.config import Config
-from gateway.session import SessionSettings
+from gateway.calls.settings import SessionSettings
 from tests.audio_fixtures import SENTENCE_A, normalise_words, speak_pcm16, word_error_rate
 from tests.mesh_fixtures import *  # noqa: F403  (fixtures)
 from tests.mesh_fixtures import MeshServices, RunningGateway, _serve_gateway
@@ -42,6 +42,7 @@ async def idle_gateway(
     config = Config(
         chopper_addr=mesh_services.chopper_addr,
         scorer_addr=mesh_services.scorer_addr,
+        postcall_addr=mesh_services.postcall_addr,
         asr_addr=asr_addr,
         database_url=gateway_db_url,
     )

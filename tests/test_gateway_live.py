@@ -18,24 +18,16 @@ import pytest
 from websockets.asyncio.client import connect
 
 from callsense.config import Config
+from callsense.domain import Channel, compute_call_stats
 from callsense.v1 import audio_pb2, sentiment_pb2, sentiment_pb2_grpc
+from gateway.calls.events import CallOutcome, LiveBadge, LiveCue, LiveScore, LiveSummary
+from gateway.calls.inputs import CallInfo, UtteranceInput
+from gateway.calls.registry import CallDriver
+from gateway.calls.service import Gateway
+from gateway.calls.settings import SessionSettings
 from gateway.grpc_api import event_proto
 from gateway.live import BadgeChange, BadgeSettings, BadgeState, CoachingCue
 from gateway.schemas import event_json
-from gateway.session import (
-    BadgeEvent,
-    CallDriver,
-    CallMetadata,
-    CallSummary,
-    Channel,
-    CueEvent,
-    Gateway,
-    ScoreEvent,
-    SessionSettings,
-    SummaryEvent,
-    TextUtterance,
-)
-from gateway.stats import compute_call_stats
 from tests.mesh_fixtures import *  # noqa: F403  (fixtures)
 from tests.mesh_fixtures import MeshServices, RunningGateway
 from tests.ws_client import receive, receive_until_summary, send
@@ -91,8 +83,8 @@ def times(index: int) -> tuple[int, int]:
 
 
 def test_badge_and_cue_events_as_websocket_json_and_grpc() -> None:
-    badge = BadgeEvent("c-1", 7, BadgeChange(BadgeState.RED, 0.21, 24_000))
-    cue = CueEvent("c-1", 8, CoachingCue("pricing", "Try the value-based angle.", 24_000))
+    badge = LiveBadge("c-1", 7, BadgeChange(BadgeState.RED, 0.21, 24_000))
+    cue = LiveCue("c-1", 8, CoachingCue("pricing", "Try the value-based angle.", 24_000))
     assert event_json(badge) == {
         "type": "badge",
         "call_id": "c-1",
@@ -114,7 +106,7 @@ def test_badge_and_cue_events_as_websocket_json_and_grpc() -> None:
     assert badge_proto.badge.state == sentiment_pb2.RED and badge_proto.badge.at_ms == 24_000
     assert badge_proto.badge.rolling_score == pytest.approx(0.21)
     for state, wire in ((BadgeState.GREEN, sentiment_pb2.GREEN), (BadgeState.AMBER, sentiment_pb2.AMBER)):
-        assert event_proto(BadgeEvent("c-1", 0, BadgeChange(state, 0.5, 1))).badge.state == wire
+        assert event_proto(LiveBadge("c-1", 0, BadgeChange(state, 0.5, 1))).badge.state == wire
     cue_proto = event_proto(cue)
     assert (cue_proto.seq, cue_proto.WhichOneof("event")) == (8, "cue")
     assert (cue_proto.cue.topic, cue_proto.cue.text, cue_proto.cue.at_ms) == (
@@ -126,10 +118,10 @@ def test_badge_and_cue_events_as_websocket_json_and_grpc() -> None:
 
 def test_summary_carries_the_final_badge_of_a_live_call_only() -> None:
     stats = compute_call_stats([])
-    live = CallSummary("c", "ended", "hangup", stats, (), badge=BadgeState.RED)
-    batch = CallSummary("c", "ended", "batch", stats, ())
-    assert event_json(SummaryEvent("c", 3, live))["badge"] == "red"
-    assert event_json(SummaryEvent("c", 3, batch))["badge"] is None
+    live = CallOutcome("c", "ended", "hangup", stats, (), badge=BadgeState.RED)
+    batch = CallOutcome("c", "ended", "batch", stats, ())
+    assert event_json(LiveSummary("c", 3, live))["badge"] == "red"
+    assert event_json(LiveSummary("c", 3, batch))["badge"] is None
     assert live.for_store()["badge"] == "red" and "badge" not in batch.for_store()
 
 
@@ -264,6 +256,7 @@ async def test_a_tenants_own_thresholds_make_red_come_earlier(
     config = Config(
         chopper_addr=mesh_services.chopper_addr,
         scorer_addr=mesh_services.scorer_addr,
+        postcall_addr=mesh_services.postcall_addr,
         database_url=gateway_db_url,
     )
     settings = SessionSettings(grace_s=0.5, finish_timeout_s=30.0, badge_settings={"quick": quick})
@@ -274,14 +267,14 @@ async def test_a_tenants_own_thresholds_make_red_come_earlier(
         badges: dict[str, list[BadgeChange]] = {}
         for tenant in ("quick", "acme"):
             driver = CallDriver(gateway.registry)
-            session, _ = await driver.start(new_call_id(), CallMetadata(tenant=tenant))
+            session, _ = await driver.start(new_call_id(), CallInfo(tenant=tenant))
             subscription = session.subscribe()
             for i, (channel, text) in enumerate(script):
-                await driver.utterance(TextUtterance(text, channel, *times(i)))
+                await driver.utterance(UtteranceInput(text, channel, *times(i)))
             summary = await asyncio.wait_for(driver.stop(), TIMEOUT_S)
             received = [event async for event in subscription]
-            assert sum(isinstance(e, ScoreEvent) for e in received) == len(script)
-            badges[tenant] = [e.change for e in received if isinstance(e, BadgeEvent)]
+            assert sum(isinstance(e, LiveScore) for e in received) == len(script)
+            badges[tenant] = [e.change for e in received if isinstance(e, LiveBadge)]
             assert summary.badge is (BadgeState.RED if tenant == "quick" else BadgeState.AMBER)
     finally:
         await gateway.close()

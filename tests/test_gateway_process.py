@@ -1,5 +1,6 @@
 """`python -m gateway` as a real process: both servers up, spans carry call.id, SIGTERM ends live calls
-cleanly (reason shutdown, summary stored) and the process exits 0."""
+cleanly (reason shutdown, summary stored, its report from the real post-call worker) and the process
+exits 0."""
 
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from websockets.asyncio.client import connect
 
-from callsense.ports import free_port
 from callsense.telemetry import read_trace_file
 from gateway.store import Store
 from tests.mesh_fixtures import *  # noqa: F403  (fixtures)
 from tests.mesh_fixtures import ROOT, MeshServices
+from tools.ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -48,6 +49,7 @@ async def test_python_m_gateway(mesh_services: MeshServices, gateway_db_url: str
         DATABASE_URL=gateway_db_url,
         CALLSENSE_CHOPPER_ADDR=mesh_services.chopper_addr,
         CALLSENSE_SCORER_ADDR=mesh_services.scorer_addr,
+        CALLSENSE_POSTCALL_ADDR=mesh_services.postcall_addr,
         CALLSENSE_GATEWAY_HTTP=http_addr,
         CALLSENSE_GATEWAY_GRPC=grpc_addr,
         CALLSENSE_TRACE_FILE=str(trace),
@@ -96,9 +98,11 @@ async def test_python_m_gateway(mesh_services: MeshServices, gateway_db_url: str
         await store.close()
     assert row is not None and row.status == "ended" and len(row.events) == 1
     assert row.summary is not None and row.summary["reason"] == "shutdown"
+    assert "report_pending" not in row.summary and row.summary["lines"]  # the worker answered
 
     spans = [s for s in read_trace_file(trace) if s["attributes"].get("call.id") == call_id]
     names = {s["name"] for s in spans}
     assert {"WS start", "WS utterance"} <= names
     assert any("Chopper/Chop" in n for n in names) and any("Scorer/Score" in n for n in names), names
+    assert any("PostCall/Report" in n for n in names), names  # the report, asked of the worker at the end
     assert {s["service.name"] for s in spans} == {"gateway"}

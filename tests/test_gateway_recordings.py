@@ -21,12 +21,12 @@ import pytest_asyncio
 
 from callsense import grpc_runtime
 from callsense.config import Config
-from callsense.ports import free_port
 from callsense.v1 import audio_pb2, sentiment_pb2, sentiment_pb2_grpc
-from gateway.session import SessionSettings
+from gateway.calls.settings import SessionSettings
 from tests.audio_fixtures import SENTENCE_A, SENTENCE_B, require_speech_tools, speak_pcm16, word_error_rate
 from tests.mesh_fixtures import *  # noqa: F403  (fixtures)
 from tests.mesh_fixtures import MeshServices, RunningGateway, _serve_gateway
+from tools.ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +38,11 @@ BATCH = "/v1/sentiment/batch"
 
 def config(mesh: MeshServices, asr_addr: str, db_url: str) -> Config:
     return Config(
-        chopper_addr=mesh.chopper_addr, scorer_addr=mesh.scorer_addr, asr_addr=asr_addr, database_url=db_url
+        chopper_addr=mesh.chopper_addr,
+        scorer_addr=mesh.scorer_addr,
+        postcall_addr=mesh.postcall_addr,
+        asr_addr=asr_addr,
+        database_url=db_url,
     )
 
 

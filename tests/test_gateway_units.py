@@ -6,26 +6,19 @@ import asyncio
 
 import pytest
 
-from gateway.enrichment.summary import build_report
+from callsense.domain import UtteranceScore, compute_call_stats, format_call_time
+from gateway.calls.errors import ErrorCode, InputError
+from gateway.calls.events import CallOutcome, LiveScore, LiveSummary
+from gateway.calls.fanout import Subscription
+from gateway.calls.inputs import MAX_TEXT_CHARS, validate_call_id, validate_utterance
+from gateway.metrics import GatewayMetrics
 from gateway.schemas import StartMessage, UtteranceMessage, event_json, parse_message
-from gateway.session import (
-    MAX_TEXT_CHARS,
-    CallSummary,
-    ErrorCode,
-    InputError,
-    ScoreEvent,
-    Subscription,
-    SummaryEvent,
-    validate_call_id,
-    validate_utterance,
-)
-from gateway.stats import GatewayMetrics, compute_call_stats, format_call_time
-from gateway.store import ScoredEvent
+from postcall.summary import build_report
 
 
-def scored(utterance_id: int, score: float, channel: str = "customer", start_ms: int = 0) -> ScoredEvent:
+def scored(utterance_id: int, score: float, channel: str = "customer", start_ms: int = 0) -> UtteranceScore:
     label = "negative" if score < 0.35 else "positive" if score > 0.65 else "neutral"
-    return ScoredEvent(
+    return UtteranceScore(
         call_id="c",
         utterance_id=utterance_id,
         channel=channel,  # type: ignore[arg-type]
@@ -115,14 +108,14 @@ def test_call_stats() -> None:
 async def test_slow_subscriber_is_trimmed_not_blocking() -> None:
     sub = Subscription("c", maxsize=4)
     for seq in range(10):
-        sub.offer(ScoreEvent("c", seq, scored(seq, 0.5)))  # never blocks
+        sub.offer(LiveScore("c", seq, scored(seq, 0.5)))  # never blocks
     sub.close()
     received = [event async for event in sub]
     kinds = [type(e).__name__ for e in received]
-    assert "ErrorEvent" in kinds
-    error = next(e for e in received if type(e).__name__ == "ErrorEvent")
+    assert "LiveError" in kinds
+    error = next(e for e in received if type(e).__name__ == "LiveError")
     assert error.code == ErrorCode.SLOW_CONSUMER and error.seq is None  # type: ignore[union-attr]
-    assert isinstance(received[-1], ScoreEvent) and received[-1].seq == 9  # the newest survive
+    assert isinstance(received[-1], LiveScore) and received[-1].seq == 9  # the newest survive
     assert sub.dropped > 0
 
 
@@ -134,12 +127,12 @@ async def test_subscription_wakes_a_waiting_reader() -> None:
 
     reader = asyncio.create_task(first())
     await asyncio.sleep(0)
-    sub.offer(ScoreEvent("c", 0, scored(0, 0.7)))
-    assert isinstance(await asyncio.wait_for(reader, 1), ScoreEvent)
+    sub.offer(LiveScore("c", 0, scored(0, 0.7)))
+    assert isinstance(await asyncio.wait_for(reader, 1), LiveScore)
 
 
 def test_event_json_shapes() -> None:
-    score = event_json(ScoreEvent("c", 3, scored(1, 0.8)))
+    score = event_json(LiveScore("c", 3, scored(1, 0.8)))
     assert score["type"] == "score" and score["seq"] == 3 and score["utterance_id"] == 1
     assert set(score) >= {
         "call_id",
@@ -155,7 +148,7 @@ def test_event_json_shapes() -> None:
         "model_version",
     }
     stats = compute_call_stats([scored(0, 0.8)])
-    summary = event_json(SummaryEvent("c", 4, CallSummary("c", "ended", "hangup", stats, ("a line",))))
+    summary = event_json(LiveSummary("c", 4, CallOutcome("c", "ended", "hangup", stats, ("a line",))))
     assert summary["type"] == "summary" and summary["utterance_count"] == 1 and summary["lines"] == ["a line"]
 
 

@@ -23,15 +23,15 @@ import pytest
 import yaml
 
 from callsense.config import Config, load_config, split_host_port
-from callsense.envoy_config import MeshLayout, build
-from callsense.supervisor import envoy_binary
-from gateway.store import REGION_URL_PREFIX
+from callsense.storage import REGION_URL_PREFIX
+from tools.envoy_config import MeshLayout, build
+from tools.supervisor import envoy_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
 DOCKERFILE = DEPLOY / "Dockerfile"
-CODE_PACKAGES = ("callsense", "asr_service", "chopper_service", "scorer_service", "gateway")
+CODE_PACKAGES = ("callsense", "asr_service", "chopper_service", "scorer_service", "gateway", "postcall")
 
 # Deployment -> the servers its process runs: (command-line flag of the address, container port name,
 # the callsense.config.Config field whose default port it must listen on). Envoy's port is in its bootstrap.
@@ -39,6 +39,7 @@ SERVERS: dict[str, list[tuple[str, str, str]]] = {
     "asr": [("--bind", "grpc", "asr_addr")],
     "chopper": [("--bind", "grpc", "chopper_addr")],
     "scorer": [("--bind", "grpc", "scorer_addr")],
+    "postcall": [("--bind", "grpc", "postcall_addr")],
     "gateway": [("--http", "http", "gateway_http"), ("--grpc", "grpc", "gateway_grpc")],
 }
 ENVOY = "envoy"
@@ -345,6 +346,22 @@ def test_secret_refs_match_the_template() -> None:
     assert "DATABASE_URL" in gateway_env, "without it the gateway starts an embedded PostgreSQL in the pod"
 
 
+def test_postcall_worker_shares_the_gateways_database_and_the_gateway_names_it() -> None:
+    """The worker delivers the outbox the gateway writes and completes the reports it owes: the same
+    database Secret. The gateway reaches the worker at its Service (through Envoy, by authority)."""
+
+    def database_ref(deployment: str) -> Doc:
+        (entry,) = [e for e in _container(deployment)["env"] if e["name"] == "DATABASE_URL"]
+        ref: Doc = entry["valueFrom"]["secretKeyRef"]
+        return ref
+
+    assert database_ref("postcall") == database_ref("gateway")
+    gateway_env = {e["name"]: e.get("value") for e in _container("gateway")["env"]}
+    address = gateway_env["CALLSENSE_POSTCALL_ADDR"]
+    assert split_host_port(address) == ("postcall", _default_port("postcall_addr"))
+    assert _selected_deployment(SERVICES["postcall"]) == "postcall"
+
+
 # --- Envoy ---------------------------------------------------------------------------------------------
 
 
@@ -359,7 +376,7 @@ def test_bootstrap_is_current() -> None:
 def test_bootstrap_upstreams_are_headless_services() -> None:
     layout = _cluster_layout()
     clusters = {c["name"]: c for c in build(layout)["static_resources"]["clusters"]}
-    for field in ("gateway_http", "gateway_grpc", "asr", "chopper", "scorer"):
+    for field in ("gateway_http", "gateway_grpc", "asr", "chopper", "scorer", "postcall"):
         assert clusters[field]["type"] == "STRICT_DNS", f"{field}: Envoy would not see every replica"
         for endpoint in getattr(layout, field):
             host, port = split_host_port(endpoint)
@@ -458,7 +475,12 @@ def test_dockerfile_copies_every_package_and_runs_a_module() -> None:
         assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     packages = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
-    assert packages | {"pyproject.toml", pyproject["project"]["readme"]} <= copied
+    # The image serves and never trains: training/ (the `train` extra's code) stays out of it.
+    served = packages - {"training"}
+    assert served | {"pyproject.toml", pyproject["project"]["readme"], "requirements.lock"} <= copied
+    assert "training" not in copied
+    ignored = (ROOT / "deploy" / "Dockerfile.dockerignore").read_text(encoding="utf-8").split()
+    assert "training" in ignored
 
     (cmd,) = [json.loads(arg) for op, arg in instructions if op == "CMD"]
     assert cmd[:2] == ["python", "-m"] and importlib.util.find_spec(f"{cmd[2]}.__main__"), cmd

@@ -9,25 +9,21 @@ import dataclasses
 
 import pytest
 
+from callsense.domain import Channel
+from callsense.rolling import RollingAverage
+from callsense.tenants import DEFAULT_SETTINGS, BadgeSettings
+from callsense.topics import Topic, detect_topic, rank_topics, topic_hits
 from gateway.live import (
     CUE_TEXTS,
-    DEFAULT_SETTINGS,
     BadgeChange,
-    BadgeSettings,
     BadgeState,
     BadgeTracker,
-    Channel,
     CoachingCue,
     CueEngine,
     LiveCoach,
     LiveEvent,
-    RollingAverage,
     ScoredUtteranceView,
-    Topic,
-    detect_topic,
-    rank_topics,
     settings_for,
-    topic_hits,
 )
 
 RED, AMBER, GREEN = BadgeState.RED, BadgeState.AMBER, BadgeState.GREEN

@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from scorer_service.training.lr_finder import find_learning_rate  # noqa: E402
+from training.lr_finder import find_learning_rate  # noqa: E402
 
 
 def _problem() -> tuple[torch.nn.Module, Iterator[tuple[torch.Tensor, torch.Tensor]]]:

@@ -1,6 +1,6 @@
 """End to end: `callsense up` as a person runs it, every process real, every request through Envoy.
 
-`python -m callsense.cli up` starts the embedded PostgreSQL, Envoy, the chopper, the scorer(s) and the
+`python -m tools.cli up` starts the embedded PostgreSQL, Envoy, the chopper, the scorer(s) and the
 gateway on free ports (the CALLSENSE_* variables), with OTEL_EXPORTER_OTLP_ENDPOINT pointing at an
 in-test OTLP collector, so the services and Envoy export their spans here. Then a short sales call that
 turns sour at the price goes through the WebSocket, through gRPC `Sentiment.StreamCall` and, after the
@@ -45,12 +45,12 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
 from callsense.database import start_embedded_postgres
-from callsense.ports import free_port, free_port_run
-from callsense.supervisor import envoy_shm_files
-from callsense.up import SCORER_PORT_STEP
 from callsense.v1 import audio_pb2, scorer_pb2, sentiment_pb2, sentiment_pb2_grpc
 from scorer_service.inference import DEFAULT_MODEL
 from tests.otlp_collector import ExportedSpan, OtlpCollector
+from tools.ports import free_port, free_port_run
+from tools.supervisor import envoy_shm_files
+from tools.up import SCORER_PORT_STEP
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -180,6 +180,7 @@ def _mesh_env(data_dir: Path, collector: OtlpCollector, scorer_port: int) -> tup
         CALLSENSE_CHOPPER_ADDR=f"127.0.0.1:{free_port()}",
         CALLSENSE_SCORER_ADDR=f"127.0.0.1:{scorer_port}",
         CALLSENSE_ASR_ADDR=f"127.0.0.1:{free_port()}",
+        CALLSENSE_POSTCALL_ADDR=f"127.0.0.1:{free_port()}",
         CALLSENSE_DATA_DIR=str(data_dir),  # absolute: the embedded database lives in data_dir/postgres
         OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint,
         OTEL_BSP_SCHEDULE_DELAY="200",  # services flush spans every 200 ms instead of 5 s
@@ -199,7 +200,7 @@ async def start_mesh(
     shm_before = envoy_shm_files()
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "callsense.cli", "up", "--scorer-replicas", str(replicas)],
+            [sys.executable, "-m", "tools.cli", "up", "--scorer-replicas", str(replicas)],
             cwd=ROOT,
             env=env,
             stdin=subprocess.DEVNULL,

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from scorer_service.inference import DEFAULT_MODEL, read_model_info
-from scorer_service.training.data import load_source
-from scorer_service.training.evaluate import evaluate_examples, onnx_model
+from training.data import load_source
+from training.evaluate import evaluate_examples, onnx_model
 
 pytestmark = pytest.mark.evaluation
 
@@ -48,7 +48,7 @@ def test_shipped_model_matches_its_card_and_floors(shared_data: Path, card: dict
 
 
 def test_card_records_the_quantisation_gate_and_file_hashes(card: dict) -> None:
-    from scorer_service.training.evaluate import sha256
+    from training.evaluate import sha256
 
     gate = card["quantisation"]
     assert gate["macro_f1_drop_points"] <= gate["max_allowed_drop_points"] == 0.5

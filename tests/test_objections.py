@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from gateway.enrichment.objections import (
+from callsense.domain import UtteranceScore
+from postcall.objections import (
     EXAMPLES_PATH,
     TAGS,
     LlmObjectionTagger,
@@ -25,7 +26,6 @@ from gateway.enrichment.objections import (
     load_examples,
     tagger_from_env,
 )
-from gateway.store import ScoredEvent
 from scorer_service.inference import DEFAULT_MODEL, SentimentModel
 from tests.scored_lines import score_lines
 
@@ -133,14 +133,14 @@ def tagger() -> LocalObjectionTagger:
     return LocalObjectionTagger()
 
 
-def scored_call(model: SentimentModel, lines: Sequence[tuple[str, int, str]]) -> list[ScoredEvent]:
+def scored_call(model: SentimentModel, lines: Sequence[tuple[str, int, str]]) -> list[UtteranceScore]:
     """(channel, start second, text) lines as the gateway would store them, scored by the shipped model."""
     return score_lines(model, lines, call_id="call-objections", utterance_ms=4000)
 
 
-def event(text: str, score: float, channel: str = "customer", utterance_id: int = 1) -> ScoredEvent:
+def event(text: str, score: float, channel: str = "customer", utterance_id: int = 1) -> UtteranceScore:
     """An utterance with a chosen score, for tests about the rules of the score itself."""
-    return ScoredEvent(
+    return UtteranceScore(
         call_id="c",
         utterance_id=utterance_id,
         channel=channel,  # type: ignore[arg-type]
@@ -405,7 +405,7 @@ def test_llm_failure_falls_back_to_local_tags(
 ) -> None:
     url, state = llm_server
     state.mode = mode
-    with caplog.at_level(logging.WARNING, logger="gateway.enrichment.objections"):
+    with caplog.at_level(logging.WARNING, logger="postcall.objections"):
         tags = LlmObjectionTagger(LlmSettings(url, "m"), tagger).tag(LLM_CALL)
     assert tags == tagger.tag(LLM_CALL) and tags
     assert all(t.source in ("rules", "model") for t in tags)
@@ -417,7 +417,7 @@ def test_llm_unreachable_falls_back(tagger: LocalObjectionTagger, caplog: pytest
     closed = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
     port = closed.server_address[1]
     closed.server_close()  # nothing listens there now
-    with caplog.at_level(logging.WARNING, logger="gateway.enrichment.objections"):
+    with caplog.at_level(logging.WARNING, logger="postcall.objections"):
         tags = LlmObjectionTagger(LlmSettings(f"http://127.0.0.1:{port}/v1", "m", timeout_s=2), tagger).tag(
             LLM_CALL
         )

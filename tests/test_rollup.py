@@ -1,4 +1,4 @@
-"""Daily roll-ups and the Slack alert (gateway/enrichment/rollup.py, `callsense rollup`).
+"""Daily roll-ups and the Slack alert (postcall/rollup.py, `callsense rollup`); the gateway's report pages.
 
 Real PostgreSQL (a fresh database per test) and a real local HTTP receiver standing in for Slack. The
 expected figures are computed here, in Python, from the calls the test stores, by the definition in the
@@ -22,8 +22,13 @@ import httpx
 import pytest
 
 from callsense.config import Config, ConfigError
+from callsense.domain import Channel, Label, RollupRow, UtteranceScore
+from callsense.tenants import TenantsConfig, TenantSettings
 from gateway.app import create_app
-from gateway.enrichment.rollup import (
+from gateway.calls.service import Gateway
+from gateway.store import Store, StoreRouter
+from postcall.outbox_store import OutboxStore
+from postcall.rollup import (
     RollupScheduler,
     day_window,
     day_windows,
@@ -32,10 +37,8 @@ from gateway.enrichment.rollup import (
     slack_alerts,
     slack_dedupe_key,
 )
-from gateway.enrichment.webhooks import DeliveryPolicy, OutboxDispatcher
-from gateway.session import Gateway
-from gateway.store import Channel, DayWindow, Label, RollupRow, ScoredEvent, Store, StoreRouter
-from gateway.tenants import TenantsConfig, TenantSettings
+from postcall.rollup_store import DayWindow
+from postcall.webhooks import DeliveryPolicy, OutboxDispatcher
 from tests.delivery_fixtures import *  # noqa: F403 (fixtures)
 from tests.delivery_fixtures import WebhookReceiver, add_call, wait_until
 
@@ -106,7 +109,7 @@ def _tenants(slack_url: str) -> TenantsConfig:
     )
 
 
-async def _store_calls(store: Store, calls: list[CallSpec], prefix: str) -> dict[str, list[ScoredEvent]]:
+async def _store_calls(store: Store, calls: list[CallSpec], prefix: str) -> dict[str, list[UtteranceScore]]:
     stored = {}
     for c in calls:
         stored[c.call_id] = await add_call(
@@ -121,7 +124,9 @@ async def _store_calls(store: Store, calls: list[CallSpec], prefix: str) -> dict
     return stored
 
 
-def _expected_rows(calls: list[CallSpec], events: dict[str, list[ScoredEvent]], day: date) -> list[RollupRow]:
+def _expected_rows(
+    calls: list[CallSpec], events: dict[str, list[UtteranceScore]], day: date
+) -> list[RollupRow]:
     groups: dict[tuple[str, str, str], list[CallSpec]] = defaultdict(list)
     for c in calls:
         if c.started_at.astimezone(PACIFIC if c.tenant == "pacific" else UTC).date() != day:
@@ -163,7 +168,9 @@ def _assert_rows(actual: list[RollupRow] | tuple[RollupRow, ...], expected: list
         assert got.negative_rate == pytest.approx(want.negative_rate), want
 
 
-async def test_rollup_figures_and_exactly_one_slack_post(store: Store, receiver: WebhookReceiver) -> None:
+async def test_rollup_figures_and_exactly_one_slack_post(
+    store: Store, outbox: OutboxStore, receiver: WebhookReceiver
+) -> None:
     events = await _store_calls(store, CALLS, "t1")
     tenants = _tenants(receiver.url("/slack/acme"))
     expected = _expected_rows(CALLS, events, DAY)
@@ -184,9 +191,9 @@ async def test_rollup_figures_and_exactly_one_slack_post(store: Store, receiver:
     _assert_rows(again.rows, expected)
     assert len(again.alerts) == 1 and again.alerts_enqueued == 0
 
-    dispatcher = OutboxDispatcher([store], tenants, FAST, kinds=["slack"])
+    dispatcher = OutboxDispatcher([outbox], tenants, FAST, kinds=["slack"])
     try:
-        await _deliver_all(dispatcher, store)
+        await _deliver_all(dispatcher, outbox)
         third = await run_rollup(store, DAY, tenants)  # after delivery, a third run posts nothing either
         assert third.alerts_enqueued == 0
         assert (await dispatcher.deliver_due()).attempted == 0
@@ -201,7 +208,7 @@ async def test_rollup_figures_and_exactly_one_slack_post(store: Store, receiver:
     # The agents with the most negative customers, worst first: sam 3 of 5, kim 1 of 3.
     assert "Most negative: sam 60% (2 calls), kim 33% (2 calls)." in text
     assert "east" not in text
-    row = await store.outbox_message(slack_dedupe_key(DAY, "acme", "west"))
+    row = await outbox.outbox_message(slack_dedupe_key(DAY, "acme", "west"))
     assert row is not None and row.delivered_at is not None and row.attempts == 1
 
 
@@ -294,7 +301,7 @@ async def test_callsense_rollup_command_prints_rows_and_posts_once(
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "callsense.cli",
+            "tools.cli",
             "rollup",
             "--date",
             DAY.isoformat(),
@@ -342,7 +349,7 @@ async def test_callsense_rollup_refuses_a_bad_date_and_a_bad_tenants_file(tmp_pa
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "callsense.cli",
+            "tools.cli",
             "rollup",
             *args,
             cwd=ROOT,
@@ -354,10 +361,10 @@ async def test_callsense_rollup_refuses_a_bad_date_and_a_bad_tenants_file(tmp_pa
         assert process.returncode == 2 and message in err.decode()
 
 
-async def test_scheduler_catches_up_the_due_day_once(store: Store) -> None:
+async def test_scheduler_catches_up_the_due_day_once(store: Store, outbox: OutboxStore) -> None:
     calls = [c for c in CALLS if c.tenant == "acme" and c.team == "west"]
     await _store_calls(store, calls, "sched")
-    now = _at(NEXT, 12)  # the gateway starts at noon the next day: DAY's 00:15 run was missed
+    now = _at(NEXT, 12)  # the worker starts at noon the next day: DAY's 00:15 run was missed
     alerts: list[str] = []
     tenants = _tenants("http://slack.invalid/hook")
 
@@ -375,7 +382,7 @@ async def test_scheduler_catches_up_the_due_day_once(store: Store) -> None:
         ("west", "kim"),
     }
     assert alerts == ["notified"]  # the dispatcher is woken for the new Slack alert
-    assert await store.outbox_message(slack_dedupe_key(DAY, "acme", "west")) is not None
+    assert await outbox.outbox_message(slack_dedupe_key(DAY, "acme", "west")) is not None
 
     restarted = RollupScheduler([store], tenants, clock=lambda: now)  # a restart the same day
     assert await restarted.run_due() is True
@@ -451,9 +458,9 @@ def test_alert_rules_on_rows() -> None:
     assert slack_dedupe_key(DAY, "a:b", "c") != slack_dedupe_key(DAY, "a", "b:c")
 
 
-async def _deliver_all(dispatcher: OutboxDispatcher, store: Store) -> None:
+async def _deliver_all(dispatcher: OutboxDispatcher, outbox: OutboxStore) -> None:
     async def done() -> bool:
         await dispatcher.deliver_due()
-        return await store.seconds_until_next_attempt() is None  # nothing pending any more
+        return await outbox.seconds_until_next_attempt() is None  # nothing pending any more
 
     await wait_until(done, "the Slack alert delivered")

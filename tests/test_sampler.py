@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scorer_service.training.data import LabelledUtterance
-from scorer_service.training.sampler import class_weights, epoch_order, length_buckets, sampling_weights
+from training.data import LabelledUtterance
+from training.sampler import class_weights, epoch_order, length_buckets, sampling_weights
 
 
 def _call(call_id: str, n: int, duration: float | None) -> list[LabelledUtterance]:

@@ -18,7 +18,7 @@ TEST_SET = Path(__file__).parent / "data" / "sales_sentiment.jsonl"
 
 def _run(stdin: str, *args: str) -> tuple[list[dict], str, int]:
     process = subprocess.run(
-        [sys.executable, "-m", "callsense.cli", "score", *args],
+        [sys.executable, "-m", "tools.cli", "score", *args],
         input=stdin,
         capture_output=True,
         text=True,

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -24,15 +24,15 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from callsense import grpc_runtime
-from callsense.ports import free_port
 from callsense.telemetry import read_trace_file
+from callsense.tokenization import EncodedText
 from callsense.v1 import chopper_pb2, scorer_pb2, scorer_pb2_grpc
 from scorer_service import inference
 from scorer_service.__main__ import parse_args
 from scorer_service.batcher import BatcherClosed, BatchReport, MicroBatcher, plan_buckets
 from scorer_service.inference import Prediction, SentimentModel
 from scorer_service.server import SERVICE_NAME, ScorerServicer, add_scorer
-from scorer_service.tokenization import EncodedText
+from tools.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,9 +55,11 @@ class FakeModel:
         self.batches: list[list[int]] = []  # tags per forward pass
         self.threads: set[str] = set()
         self.fail_tag: int | None = None
+        self.at_gate = threading.Event()  # set when a forward pass has started (and waits at the gate)
 
     def predict_encoded(self, batch: Sequence[EncodedText]) -> list[Prediction]:
         self.threads.add(threading.current_thread().name)
+        self.at_gate.set()
         if self.gate is not None:
             assert self.gate.wait(10), "test gate never opened"
         if self.delay_s:
@@ -71,6 +73,19 @@ class FakeModel:
 
 def tag_of(prediction: Prediction) -> int:
     return round(prediction.p_negative * 1000)
+
+
+async def reached_gate(model: FakeModel) -> None:
+    assert await asyncio.to_thread(model.at_gate.wait, 10), "no forward pass started"
+
+
+async def settled(condition: Callable[[], bool], what: str) -> None:
+    """Run the event loop until `condition` holds: the submitters only need turns, not time."""
+    for _ in range(1_000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"never true: {what}")
 
 
 def test_plan_buckets_groups_similar_lengths_within_max_batch() -> None:
@@ -138,7 +153,10 @@ async def test_back_pressure_with_tiny_queue() -> None:
     batcher = MicroBatcher(model, max_batch=2, max_wait_ms=0.5, max_queue=2)
     tasks = [asyncio.create_task(batcher.submit(enc(tag))) for tag in range(1, 9)]
     try:
-        await asyncio.sleep(0.2)
+        await reached_gate(model)
+        await settled(lambda: batcher.queue_depth == 2, "two requests queued behind the gated batch")
+        for _ in range(100):
+            await asyncio.sleep(0)  # turns enough for a submitter that could still get in to do so
         # One batch of 2 is held at the gate; 2 wait in the queue; the other 4 submitters are blocked.
         assert batcher.queue_depth == 2
         assert sum(len(b) for b in model.batches) == 0 and not any(t.done() for t in tasks)
@@ -179,10 +197,10 @@ async def test_failed_pass_fails_only_its_requests_and_cancelled_are_skipped() -
     model.fail_tag = 2
     async with MicroBatcher(model, max_batch=2, max_wait_ms=30) as batcher:
         first = asyncio.create_task(batcher.submit(enc(1)))
-        await asyncio.sleep(0.1)  # batch [1] is at the gate
+        await reached_gate(model)  # batch [1] is at the gate
         failing = asyncio.create_task(batcher.submit(enc(2)))
         dropped = asyncio.create_task(batcher.submit(enc(3, length=100)))  # its own bucket
-        await asyncio.sleep(0.01)
+        await settled(lambda: batcher.queue_depth == 2, "both requests queued")
         dropped.cancel()
         gate.set()
         assert tag_of((await first).prediction) == 1

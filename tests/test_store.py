@@ -1,4 +1,5 @@
-"""gateway.store and callsense.database against a real PostgreSQL (the embedded pgserver build).
+"""gateway.store, callsense.storage and callsense.database against a real PostgreSQL (the embedded pgserver
+build).
 
 One server per test session in a persistent data dir outside the repository (warm starts after the first
 run); each session works in fresh databases that it drops at the end. Tests use unique call ids.
@@ -35,23 +36,19 @@ from callsense.database import (
     default_data_dir,
     start_embedded_postgres,
 )
-from callsense.v1 import sentiment_pb2, sentiment_pb2_grpc
-from gateway.app import create_app
-from gateway.grpc_api import add_to_server
-from gateway.session import Gateway
-from gateway.store import (
-    CallStats,
-    Channel,
+from callsense.domain import Channel, UtteranceScore
+from callsense.storage import (
     Migration,
     MigrationError,
-    ScoredEvent,
-    Store,
-    StoreRouter,
-    UnknownCallError,
     apply_migrations,
     load_migrations,
     regional_urls_from_env,
 )
+from callsense.v1 import sentiment_pb2, sentiment_pb2_grpc
+from gateway.app import create_app
+from gateway.calls.service import Gateway
+from gateway.grpc_api import add_to_server
+from gateway.store import Store, StoreRouter, UnknownCallError
 
 pytestmark = pytest.mark.slow
 
@@ -103,10 +100,10 @@ def _call_id() -> str:
 
 def _event(
     call_id: str, utterance_id: int, *, channel: Channel = "customer", score: float = 0.5
-) -> ScoredEvent:
+) -> UtteranceScore:
     p_pos = max(0.0, score - 0.25) * 2 if score > 0.5 else 0.0
     p_neg = (0.5 - score) * 2 if score < 0.5 else 0.0
-    return ScoredEvent(
+    return UtteranceScore(
         call_id=call_id,
         utterance_id=utterance_id,
         channel=channel,
@@ -128,15 +125,15 @@ def _event(
 
 async def test_migrations_apply_once_even_when_processes_race(fresh_db_url: str) -> None:
     migrations = load_migrations()
-    assert [m.version for m in migrations] == ["0001", "0002", "0003"]
+    assert [m.version for m in migrations] == ["0001", "0002", "0003", "0004"]
     # Three "replicas" starting at once: the advisory lock lets exactly one of them apply the migrations.
     conns = [await psycopg.AsyncConnection.connect(fresh_db_url, autocommit=True) for _ in range(3)]
     try:
         results = await asyncio.gather(*(apply_migrations(c, migrations) for c in conns))
-        assert sorted(results) == [[], [], ["0001", "0002", "0003"]]
+        assert sorted(results) == [[], [], ["0001", "0002", "0003", "0004"]]
         assert await apply_migrations(conns[0], migrations) == []  # and again: nothing to do
         cur = await conns[0].execute("SELECT version FROM schema_migrations ORDER BY version")
-        assert await cur.fetchall() == [("0001",), ("0002",), ("0003",)]
+        assert await cur.fetchall() == [("0001",), ("0002",), ("0003",), ("0004",)]
         cur = await conns[0].execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1"
         )
@@ -149,6 +146,8 @@ async def test_migrations_apply_once_even_when_processes_race(fresh_db_url: str)
             "schema_migrations",
             "webhook_outbox",
         ]
+        cur = await conns[0].execute("SELECT indexname FROM pg_indexes WHERE tablename = 'calls'")
+        assert "calls_report_pending_idx" in {row[0] for row in await cur.fetchall()}  # the owed-report sweep
     finally:
         for conn in conns:
             await conn.close()
@@ -259,7 +258,8 @@ async def test_stats_and_end_call(store: Store) -> None:
     started = await store.upsert_call_start(call_id, {"tenant": "acme"})
     assert started
     empty = await store.call_stats(call_id)
-    assert empty == CallStats(0, None, None, None, None)
+    assert (empty.utterance_count, empty.avg_sentiment, empty.min_sentiment) == (0, None, None)
+    assert (empty.customer_avg_sentiment, empty.agent_avg_sentiment) == (None, None)
 
     scores: list[tuple[Channel, float]] = [
         ("customer", 0.2),

@@ -13,8 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from callsense.ports import free_port
-from callsense.supervisor import (
+from callsense.config import Config
+from postcall.__main__ import parse_args as postcall_args
+from tools.ports import free_port
+from tools.supervisor import (
+    GrpcReady,
     HttpReady,
     ProcessSpec,
     StartupError,
@@ -22,6 +25,7 @@ from callsense.supervisor import (
     dependency_layers,
     envoy_shm_files,
 )
+from tools.up import UpOptions, mesh_specs
 
 PY = sys.executable
 
@@ -158,12 +162,28 @@ def test_dependency_layers() -> None:
         dependency_layers([spec("a", "postgres")])
 
 
+def test_callsense_up_runs_the_post_call_worker_and_waits_for_its_health(tmp_path: Path) -> None:
+    """`callsense up` starts the worker on its configured address with the mesh's database, waits for its
+    gRPC health like the other services', and starts the gateway only after it."""
+    config = Config()
+    specs = {
+        s.name: s for s in mesh_specs(config, UpOptions(), "postgresql://db/mesh", tmp_path / "envoy.yaml")
+    }
+    worker = specs["postcall"]
+    assert list(worker.argv[1:3]) == ["-m", "postcall"]
+    assert postcall_args(list(worker.argv[3:])).bind == config.postcall_addr
+    assert worker.env["DATABASE_URL"] == "postgresql://db/mesh"
+    assert isinstance(worker.ready, GrpcReady) and worker.ready.target == config.postcall_addr
+    assert "postcall" in specs["gateway"].depends_on
+    assert [name for name in specs if name in ("postcall", "gateway")] == ["postcall", "gateway"]
+
+
 # `callsense up` as a user runs it: a supervisor process with an HTTP server and Envoy, stopped by Ctrl-C.
 _UP_SCRIPT = textwrap.dedent(
     """
     import asyncio, sys
-    from callsense.envoy_config import MeshLayout, write
-    from callsense.supervisor import HttpReady, ProcessSpec, Supervisor, envoy_spec
+    from tools.envoy_config import MeshLayout, write
+    from tools.supervisor import HttpReady, ProcessSpec, Supervisor, envoy_spec
 
     http_port, envoy_port, admin_port = map(int, sys.argv[1:4])
     config = sys.argv[4]

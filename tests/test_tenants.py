@@ -1,4 +1,4 @@
-"""Per-tenant settings from CALLSENSE_TENANTS_FILE and the environment (gateway/tenants.py)."""
+"""Per-tenant settings from CALLSENSE_TENANTS_FILE and the environment (callsense/tenants.py)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from gateway.live import DEFAULT_SETTINGS, settings_for
-from gateway.tenants import TenantConfigError, TenantsConfig, load_tenants, load_tenants_file
+from callsense.tenants import (
+    DEFAULT_SETTINGS,
+    TenantConfigError,
+    TenantsConfig,
+    load_tenants,
+    load_tenants_file,
+)
+from gateway.live import settings_for
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "gateway" / "tenants.example.toml"
+EXAMPLE = Path(__file__).resolve().parents[1] / "callsense" / "tenants.example.toml"
 
 
 def _write(tmp_path: Path, text: str) -> Path:

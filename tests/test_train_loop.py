@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from scorer_service.training.train import TrainConfig, Trainer, default_base_model  # noqa: E402
+from training.train import TrainConfig, Trainer, default_base_model  # noqa: E402
 
 TEST_SET = Path(__file__).parent / "data" / "sales_sentiment.jsonl"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from scorer_service.training.data import (
+from training.data import (
     load_csv,
     load_jsonl,
     load_labelled_file,
@@ -106,7 +106,7 @@ def test_repair_text_normalises_quotes_and_space() -> None:
 
 @pytest.mark.evaluation
 def test_shared_corpora_load_cleanly(shared_data: Path) -> None:
-    from scorer_service.training.data import load_source
+    from training.data import load_source
 
     for spec, minimum in (
         ("meld:train", 9000),

@@ -19,9 +19,9 @@ from gateway.web.timeline import (
     TimelinePoint,
     TimelineSpike,
     chart_layout,
-    format_call_time,
     render_timeline,
     spikes_from_summary,
+    tick_label,
     tick_step_ms,
 )
 
@@ -104,9 +104,9 @@ def test_a_size_out_of_bounds_is_refused(width: int, height: int) -> None:
 
 
 def test_long_calls_get_round_ticks_and_hour_times() -> None:
-    assert format_call_time(0) == "0:00"
-    assert format_call_time(65_999) == "1:05"
-    assert format_call_time(3_723_000) == "1:02:03"
+    assert tick_label(0) == "0:00"
+    assert tick_label(65_999) == "1:05"
+    assert tick_label(3_723_000) == "1:02:03"
     assert tick_step_ms(42_000, 10) == 5_000
     assert tick_step_ms(40 * 60_000, 12) == 300_000
     layout = chart_layout(POINTS, [], 960, 360)

@@ -33,11 +33,12 @@ from playwright.async_api import Browser, Page, Playwright, async_playwright, ex
 from websockets.asyncio.client import connect
 
 from callsense.config import Config
-from gateway.enrichment.rollup import run_rollup
+from callsense.domain import Channel, Label
+from callsense.tenants import TenantsConfig
 from gateway.heartbeat import FRESH_S, ORPHAN_AFTER_S, LiveCallHeartbeat
-from gateway.store import Channel, Label, Store
-from gateway.tenants import TenantsConfig
+from gateway.store import Store
 from gateway.web.routes import STATIC_DIR
+from postcall.rollup import run_rollup
 from tests.audio_fixtures import RATE, SENTENCE_A, speak_pcm16, word_error_rate
 from tests.delivery_fixtures import add_call
 from tests.mesh_fixtures import *  # noqa: F403  (fixtures)
@@ -480,6 +481,7 @@ async def test_every_replica_lists_every_replicas_live_calls_and_a_dead_replicas
     config = Config(
         chopper_addr=mesh_services.chopper_addr,
         scorer_addr=mesh_services.scorer_addr,
+        postcall_addr=mesh_services.postcall_addr,
         database_url=gateway_db_url,
     )
     a, call_id = running_gateway, new_call_id("replicas")

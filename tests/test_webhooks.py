@@ -1,4 +1,4 @@
-"""CRM pushes through the durable outbox to a real local HTTP receiver (gateway/enrichment/webhooks.py).
+"""CRM pushes through the durable outbox to a real local HTTP receiver (postcall/webhooks.py).
 
 Real PostgreSQL (a fresh database per test), a real http.server receiver, real httpx. The receiver checks
 each signature with verify_signature, and the tests check it again with hmac, independently.
@@ -11,22 +11,18 @@ import hashlib
 import hmac
 import json
 import sys
+import time
 import uuid
 from datetime import UTC, datetime
 
 import pytest
 
-from gateway.enrichment.webhooks import (
-    DeliveryPolicy,
-    OutboxDispatcher,
-    crm_dedupe_key,
-    crm_outbox,
-    crm_outbox_message,
-    sign,
-    verify_signature,
-)
-from gateway.store import CallRow, OutboxMessage, OutboxRow, Store
-from gateway.tenants import TenantsConfig, TenantSettings
+from callsense.domain import CallRow
+from callsense.outbox import OutboxMessage, crm_dedupe_key, crm_outbox, crm_outbox_message
+from callsense.tenants import TenantsConfig, TenantSettings
+from gateway.store import Store
+from postcall.outbox_store import OutboxRow, OutboxStore
+from postcall.webhooks import DeliveryPolicy, OutboxDispatcher, sign, verify_signature
 from tests.delivery_fixtures import *  # noqa: F403 (fixtures)
 from tests.delivery_fixtures import WebhookReceiver, add_call, event, wait_until
 
@@ -62,7 +58,7 @@ async def _end_with_push(store: Store, call_id: str, tenants: TenantsConfig) -> 
 
 
 async def test_crm_push_reaches_the_receiver_signed_with_the_crm_fields(
-    store: Store, receiver: WebhookReceiver
+    store: Store, receiver: WebhookReceiver, outbox: OutboxStore
 ) -> None:
     tenants = _tenants(receiver.url("/crm/calls"))
     call_id = _call_id()
@@ -76,13 +72,13 @@ async def test_crm_push_reaches_the_receiver_signed_with_the_crm_fields(
     await store.record_scores(events)
     await _end_with_push(store, call_id, tenants)
 
-    dispatcher = OutboxDispatcher([store], tenants, FAST)
+    dispatcher = OutboxDispatcher([outbox], tenants, FAST)
     await dispatcher.start()
     try:
         dispatcher.notify()
         await wait_until(lambda: receiver.received(), "the CRM push")
         await wait_until(
-            lambda: _delivered(store, crm_dedupe_key(call_id)), "the outbox row marked delivered"
+            lambda: _delivered(outbox, crm_dedupe_key(call_id)), "the outbox row marked delivered"
         )
     finally:
         await dispatcher.stop()
@@ -117,13 +113,41 @@ async def test_crm_push_reaches_the_receiver_signed_with_the_crm_fields(
     # The CRM fields are stored on the call too, and the outbox row says how delivery went.
     call = await store.get_call(call_id)
     assert call is not None and call.objection_tags == ("pricing pushback", "timeline concern")
-    row = await store.outbox_message(crm_dedupe_key(call_id))
+    row = await outbox.outbox_message(crm_dedupe_key(call_id))
     assert row is not None
     assert (row.attempts, row.last_status, row.dead_at, row.last_error) == (1, 200, None, None)
 
 
+async def test_a_push_enqueued_by_another_process_wakes_a_listening_dispatcher_at_once(
+    store: Store, receiver: WebhookReceiver, delivery_db_url: str
+) -> None:
+    """The gateway ends calls in its own process; the worker's dispatcher, idle with a minute to its next
+    poll, delivers each push within moments: the ending transaction's NOTIFY wakes it."""
+    tenants = _tenants(receiver.url("/crm"))
+    slow_poll = DeliveryPolicy(timeout_s=2.0, poll_interval_s=60.0, lease_s=5.0)
+    worker_outbox = await OutboxStore.open(delivery_db_url, min_size=1, max_size=2)  # the worker's own pool
+    dispatcher = OutboxDispatcher([worker_outbox], tenants, slow_poll)
+    await dispatcher.start()
+    try:
+        await asyncio.sleep(0.5)  # idle: its first passes found nothing
+        for _ in range(2):
+            call_id = _call_id()
+            await add_call(store, call_id, [("customer", "negative")], started_at=STARTED, tenant="acme")
+            ended = time.monotonic()
+            await _end_with_push(store, call_id, tenants)
+            await wait_until(
+                lambda call_id=call_id: any(r.json()["call_id"] == call_id for r in receiver.received()),
+                "the push, woken by the notification",
+                timeout_s=10.0,
+            )
+            assert time.monotonic() - ended < 2.0
+    finally:
+        await dispatcher.stop()
+        await worker_outbox.close()
+
+
 async def test_push_survives_a_receiver_outage_and_a_dispatcher_restart(
-    store: Store, receiver: WebhookReceiver
+    store: Store, receiver: WebhookReceiver, outbox: OutboxStore
 ) -> None:
     tenants = _tenants(receiver.url("/crm"))
     key = crm_dedupe_key(call_id := _call_id())
@@ -131,26 +155,26 @@ async def test_push_survives_a_receiver_outage_and_a_dispatcher_restart(
 
     await add_call(store, call_id, [("customer", "negative")], started_at=STARTED, tenant="acme")
     await _end_with_push(store, call_id, tenants)
-    first = OutboxDispatcher([store], tenants, FAST)
+    first = OutboxDispatcher([outbox], tenants, FAST)
     await first.start()
 
-    await wait_until(lambda: _attempts_at_least(store, key, 2), "two refused attempts")
-    await first.stop()  # the gateway goes away during the outage
-    row = await store.outbox_message(key)
+    await wait_until(lambda: _attempts_at_least(outbox, key, 2), "two refused attempts")
+    await first.stop()  # the worker goes away during the outage
+    row = await outbox.outbox_message(key)
     assert row is not None and row.delivered_at is None and row.dead_at is None
     assert row.last_status is None and "ConnectError" in (row.last_error or "")
     refused = row.attempts
 
     receiver.start()  # back on the same port, but failing
     receiver.status = 503
-    second = OutboxDispatcher([store], tenants, FAST)  # a new gateway process
+    second = OutboxDispatcher([outbox], tenants, FAST)  # a new worker process
     await second.start()
     try:
         await wait_until(lambda: len(receiver.received()) >= 2, "two attempts answered 503")
-        row = await store.outbox_message(key)
+        row = await outbox.outbox_message(key)
         assert row is not None and row.delivered_at is None and row.last_status == 503
         receiver.status = 200
-        await wait_until(lambda: _delivered(store, key), "delivery once the receiver is healthy")
+        await wait_until(lambda: _delivered(outbox, key), "delivery once the receiver is healthy")
     finally:
         await second.stop()
 
@@ -162,24 +186,24 @@ async def test_push_survives_a_receiver_outage_and_a_dispatcher_restart(
     assert {r.headers["idempotency-key"] for r in received} == {key}
     assert all(r.signature_valid for r in received)
     assert received[-1].json()["call_id"] == call_id
-    row = await store.outbox_message(key)
+    row = await outbox.outbox_message(key)
     assert row is not None and row.attempts == refused + len(received)
 
 
 async def test_a_refused_message_is_kept_dead_and_can_be_requeued(
-    store: Store, receiver: WebhookReceiver, delivery_db_url: str
+    store: Store, receiver: WebhookReceiver, delivery_db_url: str, outbox: OutboxStore
 ) -> None:
     tenants = _tenants(receiver.url("/crm"))
     key = crm_dedupe_key(call_id := _call_id())
     await add_call(store, call_id, [("customer", "neutral")], started_at=STARTED, tenant="acme")
     await _end_with_push(store, call_id, tenants)
-    dispatcher = OutboxDispatcher([store], tenants, FAST)
+    dispatcher = OutboxDispatcher([outbox], tenants, FAST)
     try:
         receiver.status = 400
         report = await dispatcher.deliver_due()
         assert (report.dead, report.delivered, report.retried) == (1, 0, 0)
         assert (await dispatcher.deliver_due()).attempted == 0  # not retried: the receiver refused it
-        row = await store.outbox_message(key)
+        row = await outbox.outbox_message(key)
         assert row is not None and row.dead_at is not None and row.delivered_at is None
         assert row.last_status == 400 and "receiver says no" in (row.last_error or "")
 
@@ -190,7 +214,7 @@ async def test_a_refused_message_is_kept_dead_and_can_be_requeued(
     finally:
         await dispatcher.stop()
     assert [r.answered for r in receiver.received()] == [400, 200]
-    row = await store.outbox_message(key)
+    row = await outbox.outbox_message(key)
     assert row is not None and row.delivered_at is not None and row.dead_at is None and row.attempts == 2
 
 
@@ -199,7 +223,7 @@ async def requeue_with_the_cli(*args: str) -> int:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "callsense.cli",
+        "tools.cli",
         "webhooks",
         "requeue",
         *args,
@@ -214,40 +238,40 @@ async def requeue_with_the_cli(*args: str) -> int:
 
 @pytest.mark.parametrize("status", [429, 408, 500])
 async def test_busy_and_failing_receivers_are_retried(
-    store: Store, receiver: WebhookReceiver, status: int
+    store: Store, receiver: WebhookReceiver, status: int, outbox: OutboxStore
 ) -> None:
     tenants = _tenants(receiver.url("/crm"))
     key = crm_dedupe_key(call_id := _call_id())
     await add_call(store, call_id, [("customer", "neutral")], started_at=STARTED, tenant="acme")
     await _end_with_push(store, call_id, tenants)
-    dispatcher = OutboxDispatcher([store], tenants, FAST)
+    dispatcher = OutboxDispatcher([outbox], tenants, FAST)
     try:
         receiver.status = status
         assert (await dispatcher.deliver_due()).retried == 1
-        row = await store.outbox_message(key)
+        row = await outbox.outbox_message(key)
         assert row is not None and row.dead_at is None and row.last_status == status
     finally:
         await dispatcher.stop()
 
 
 async def test_without_a_secret_at_send_time_nothing_is_sent_unsigned(
-    store: Store, receiver: WebhookReceiver
+    store: Store, receiver: WebhookReceiver, outbox: OutboxStore
 ) -> None:
     call_id = _call_id()
     await add_call(store, call_id, [("customer", "neutral")], started_at=STARTED, tenant="acme")
     await _end_with_push(store, call_id, _tenants(receiver.url("/crm")))
-    # The gateway restarted with the CRM secret removed from its configuration.
-    dispatcher = OutboxDispatcher([store], TenantsConfig(), FAST)
+    # The worker restarted with the CRM secret removed from its configuration.
+    dispatcher = OutboxDispatcher([outbox], TenantsConfig(), FAST)
     try:
         assert (await dispatcher.deliver_due()).retried == 1
     finally:
         await dispatcher.stop()
     assert receiver.received() == []
-    row = await store.outbox_message(crm_dedupe_key(call_id))
+    row = await outbox.outbox_message(crm_dedupe_key(call_id))
     assert row is not None and row.dead_at is None and "no CRM signing secret" in (row.last_error or "")
 
 
-async def test_end_call_and_its_push_commit_together_once(store: Store) -> None:
+async def test_end_call_and_its_push_commit_together_once(store: Store, outbox: OutboxStore) -> None:
     tenants = _tenants("http://crm.invalid/hook")
     call_id = _call_id()
     await store.upsert_call_start(call_id, {"tenant": "acme"}, started_at=STARTED)
@@ -260,48 +284,50 @@ async def test_end_call_and_its_push_commit_together_once(store: Store) -> None:
         await store.end_call(call_id, outbox=broken_factory)
     call = await store.get_call(call_id)
     assert call is not None and call.status == "live"  # the end was rolled back with the push
-    assert await store.outbox_message(crm_dedupe_key(call_id)) is None
+    assert await outbox.outbox_message(crm_dedupe_key(call_id)) is None
 
     await _end_with_push(store, call_id, tenants)
     await _end_with_push(store, call_id, tenants)  # a repeated end: still one push
-    first = await store.outbox_message(crm_dedupe_key(call_id))
+    first = await outbox.outbox_message(crm_dedupe_key(call_id))
     assert first is not None and first.payload["objection_tags"] == ["pricing pushback", "timeline concern"]
     ended = await store.get_call(call_id)
     assert ended is not None
     message = crm_outbox_message(ended, tenants)
-    assert message is not None and await store.enqueue([message]) == 0
+    assert message is not None and await outbox.enqueue([message]) == 0
 
     # An unknown call enqueues nothing; a tenant without a CRM webhook gets no push.
     assert await store.end_call(_call_id(), outbox=crm_outbox(tenants)) is False
     assert crm_outbox_message(ended, TenantsConfig()) is None
 
 
-async def test_two_dispatchers_never_claim_the_same_message(store: Store, delivery_db_url: str) -> None:
+async def test_two_dispatchers_never_claim_the_same_message(
+    store: Store, delivery_db_url: str, outbox: OutboxStore
+) -> None:
     messages = [
         OutboxMessage("crm", "acme", "http://crm.invalid/hook", {"n": i}, f"crm:claim-{i}", None)
         for i in range(40)
     ]
-    assert await store.enqueue(messages) == 40
-    other = await Store.open(delivery_db_url, min_size=1, max_size=2)  # another replica
+    assert await outbox.enqueue(messages) == 40
+    other = await OutboxStore.open(delivery_db_url, min_size=1, max_size=2)  # another replica
     try:
-        first, second = await asyncio.gather(store.claim_due(25, 30.0), other.claim_due(25, 30.0))
+        first, second = await asyncio.gather(outbox.claim_due(25, 30.0), other.claim_due(25, 30.0))
     finally:
         await other.close()
     ids_first, ids_second = {r.id for r in first}, {r.id for r in second}
     assert not ids_first & ids_second
     assert len(ids_first | ids_second) == 40
-    assert await store.claim_due(10, 30.0) == []  # all leased
+    assert await outbox.claim_due(10, 30.0) == []  # all leased
     assert all(r.attempts == 1 for r in [*first, *second])
 
     # A dispatcher that dies holding a message: once its short lease ends, another one gets it.
-    await store.enqueue(
+    await outbox.enqueue(
         [OutboxMessage("slack", "acme", "http://slack.invalid/x", {"text": "t"}, "slack:lease")]
     )
-    [held] = await store.claim_due(10, 0.05, ["slack"])
+    [held] = await outbox.claim_due(10, 0.05, ["slack"])
     reclaimed: list[OutboxRow] = []
 
     async def reclaim() -> bool:
-        reclaimed.extend(await store.claim_due(10, 30.0, ["slack"]))
+        reclaimed.extend(await outbox.claim_due(10, 30.0, ["slack"]))
         return bool(reclaimed)
 
     await wait_until(reclaim, "the message claimed again after its lease")
@@ -332,13 +358,13 @@ def test_back_off_grows_to_its_cap_and_honours_retry_after() -> None:
         DeliveryPolicy(timeout_s=30.0, lease_s=10.0)
 
 
-async def _delivered(store: Store, key: str) -> bool:
-    row = await store.outbox_message(key)
+async def _delivered(outbox: OutboxStore, key: str) -> bool:
+    row = await outbox.outbox_message(key)
     return row is not None and row.delivered_at is not None
 
 
-async def _attempts_at_least(store: Store, key: str, n: int) -> bool:
-    row = await store.outbox_message(key)
+async def _attempts_at_least(outbox: OutboxStore, key: str, n: int) -> bool:
+    row = await outbox.outbox_message(key)
     return (
         row is not None
         and row.attempts >= n

@@ -1,1 +1,1 @@
-"""Generated stubs of the callsense.v1 contracts. Do not edit: run `python -m callsense.codegen`."""
+"""Generated stubs of the callsense.v1 contracts. Do not edit: run `python -m tools.codegen`."""

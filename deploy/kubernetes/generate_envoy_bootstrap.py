@@ -2,7 +2,7 @@
 
     python deploy/kubernetes/generate_envoy_bootstrap.py [--otlp-endpoint http://otel-collector:4317] [PATH]
 
-The layout is ``callsense.envoy_config.MeshLayout`` with every upstream at its Kubernetes Service name and
+The layout is ``tools.envoy_config.MeshLayout`` with every upstream at its Kubernetes Service name and
 the port from ``callsense.config``'s defaults (``scorer:50053``, ...). Those Services are headless, so the
 ``STRICT_DNS`` clusters Envoy makes for host names resolve to every ready pod and balance across them.
 The admin API stays on 127.0.0.1 (the probes run inside the pod). ``tests/test_kubernetes_manifests.py``
@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from callsense.config import Config, split_host_port
-from callsense.envoy_config import MeshLayout, build, check
+from tools.envoy_config import MeshLayout, build, check
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_PATH = HERE / "envoy-bootstrap.yaml"
@@ -46,6 +46,7 @@ def cluster_config() -> Config:
         asr_addr=_at("asr", d.asr_addr),
         chopper_addr=_at("chopper", d.chopper_addr),
         scorer_addr=_at("scorer", d.scorer_addr),
+        postcall_addr=_at("postcall", d.postcall_addr),
         gateway_http=_at("gateway", d.gateway_http),
         gateway_grpc=_at("gateway", d.gateway_grpc),
     )

@@ -18,9 +18,11 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
+from gateway.calls.errors import ErrorCode
+from gateway.calls.inputs import validate_call_id
+from gateway.calls.service import Gateway
 from gateway.heartbeat import FRESH_S
 from gateway.schemas import ErrorResponse, error_response
-from gateway.session import ErrorCode, Gateway, validate_call_id
 from gateway.web.timeline import (
     DEFAULT_HEIGHT,
     DEFAULT_WIDTH,

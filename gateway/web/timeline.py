@@ -19,8 +19,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from gateway.live import BadgeSettings
-from gateway.store import ScoredEvent
+from callsense.domain import UtteranceScore
+from callsense.tenants import BadgeSettings
 
 RGB = tuple[int, int, int]
 
@@ -71,7 +71,7 @@ class TimelineSpike:
     topic: str = ""
 
 
-def points_from_events(events: Iterable[ScoredEvent]) -> list[TimelinePoint]:
+def points_from_events(events: Iterable[UtteranceScore]) -> list[TimelinePoint]:
     return [TimelinePoint(e.utterance_id, e.channel, e.start_ms, e.end_ms, e.score) for e in events]
 
 
@@ -109,8 +109,8 @@ def _number(value: object) -> float | None:
     return None
 
 
-def format_call_time(ms: int) -> str:
-    """Call time as m:ss (h:mm:ss from an hour on)."""
+def tick_label(ms: int) -> str:
+    """An axis tick: call time as m:ss (h:mm:ss from an hour on), shorter than a report's mm:ss."""
     seconds = max(ms, 0) // 1000
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
@@ -223,7 +223,7 @@ class _Canvas:
         for ms in range(0, lay.end_ms + 1, lay.tick_ms):
             x = lay.x_of(ms)
             self._line((x, lay.top), (x, lay.bottom), GRID_COLOUR)
-            self._text(x, lay.bottom + 6, format_call_time(ms), anchor="ma")
+            self._text(x, lay.bottom + 6, tick_label(ms), anchor="ma")
         red_y = lay.y_of(RED_LINE)
         self._dashed((lay.left, red_y), (lay.right, red_y), RED_LINE_COLOUR, 1.5)
 

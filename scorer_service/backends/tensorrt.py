@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from scorer_service.tokenization import MAX_TOKENS
+from callsense.tokenization import MAX_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +273,7 @@ def tensorrt_onnx_for(model_path: Path) -> Path:
     found = ", ".join(incompatible_ops(ops)) if ops else "ONNX Runtime operators (fused / dynamic INT8)"
     raise TensorRtError(
         f"{model_path} cannot be parsed by TensorRT ({found}), and no {' or '.join(_TENSORRT_ONNX_NAMES)} "
-        f"is next to it: ship the unfused fp32 export (scorer_service.training.export.export_onnx) as "
+        f"is next to it: ship the unfused fp32 export (training.export.export_onnx) as "
         f"{_TENSORRT_ONNX_NAMES[0]} beside the model, or use --backend onnx"
     )
 

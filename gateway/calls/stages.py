@@ -1,0 +1,59 @@
+"""The mesh stages a call goes through (chopper, scorer, ASR) and how their answers become domain values.
+
+Shared by the live path (gateway/calls/session.py) and the batch path (gateway/calls/service.py): both
+send the chopper's utterances to the scorer and keep what comes back as UtteranceScores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from callsense.domain import UtteranceScore
+from callsense.v1 import asr_pb2_grpc, chopper_pb2, chopper_pb2_grpc, scorer_pb2, scorer_pb2_grpc
+from gateway.calls.inputs import channel_from_role
+
+_LABELS: Mapping[int, Literal["negative", "neutral", "positive"]] = {
+    scorer_pb2.NEGATIVE: "negative",
+    scorer_pb2.NEUTRAL: "neutral",
+    scorer_pb2.POSITIVE: "positive",
+}
+
+
+@dataclass(frozen=True)
+class Stages:
+    """The gRPC stubs of the services a call goes through; shared by every call (they are stateless)."""
+
+    chopper: chopper_pb2_grpc.ChopperStub
+    scorer: scorer_pb2_grpc.ScorerStub
+    asr: asr_pb2_grpc.AsrStub | None = None
+    """Only calls that declare audio open a Transcribe stream (at their first audio frame)."""
+
+
+def utterance_score(utterance: chopper_pb2.Utterance, score: scorer_pb2.SentimentScore) -> UtteranceScore:
+    """The stored form of a scored utterance."""
+    return UtteranceScore(
+        call_id=utterance.call_id,
+        utterance_id=utterance.utterance_id,
+        channel=channel_from_role(utterance.channel),
+        start_ms=utterance.start_ms,
+        end_ms=utterance.end_ms,
+        text=utterance.text,
+        label=_LABELS.get(score.label, _label_of(score)),
+        p_negative=float(score.p_negative),
+        p_neutral=float(score.p_neutral),
+        p_positive=float(score.p_positive),
+        score=min(1.0, max(0.0, float(score.score))),  # float32 rounding must not break the CHECK
+        model_version=score.model_version,
+        inference_ms=float(score.inference_ms),
+    )
+
+
+def _label_of(score: scorer_pb2.SentimentScore) -> Literal["negative", "neutral", "positive"]:
+    """The most probable class, for a score whose label was left unset."""
+    ranked = sorted(
+        [(score.p_negative, "negative"), (score.p_neutral, "neutral"), (score.p_positive, "positive")]
+    )
+    label = ranked[-1][1]
+    return "negative" if label == "negative" else "neutral" if label == "neutral" else "positive"

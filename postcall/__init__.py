@@ -1,0 +1,12 @@
+"""The post-call worker (``python -m postcall``): what happens after a call, out of the gateway.
+
+- ``server``: the ``PostCall`` gRPC service (``Report``: the report of a finished call, built in a thread).
+- ``reports``: tags plus summary into one report, and the sweep that completes the reports a gateway could
+  not get when its call ended.
+- ``objections`` + ``encoder`` (+ ``objection_examples.json``): objection tags (phrase rules, the MiniLM
+  sentence encoder in NumPy, or an LLM endpoint).
+- ``summary``: the manager's report (spikes, turning points, quarters, lines).
+- ``webhooks``: the outbox dispatcher (signing, delivery, retries) and ``callsense webhooks requeue``.
+- ``rollup``: the daily roll-ups, their Slack alerts, the nightly scheduler and ``callsense rollup``.
+- ``outbox_store``, ``rollup_store``, ``report_store``: the worker's repositories over its tables.
+"""

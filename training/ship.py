@@ -1,0 +1,122 @@
+"""Export, quantise, gate and ship a fine-tuned checkpoint into the package's model folder.
+
+The steps a monthly retrain runs after `callsense train`: export to ONNX, fuse, quantise to INT8,
+refuse the INT8 model if it loses more than the allowed macro-F1 on dev, then copy the INT8 model and
+its tokenizer next to a model card that lists data, hyper-parameters, metrics and file hashes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.data import load_source
+from training.evaluate import (
+    evaluate_examples,
+    evaluate_sets,
+    file_entry,
+    onnx_model,
+    predict_examples,
+    version_stamp,
+    write_model_card,
+)
+from training.export import (
+    copy_tokenizer,
+    export_all,
+    export_onnx,
+    fit_temperature,
+    most_sensitive_blocks,
+    quantisable_blocks,
+    quantisation_gate,
+    quantise,
+)
+from training.metrics import expected_calibration_error
+
+
+@dataclass
+class ShipConfig:
+    checkpoint: Path
+    destination: Path
+    workdir: Path
+    dev: str = "meld:dev"
+    report_sets: list[str] = field(default_factory=lambda: ["meld:dev", "dailydialog:valid"])
+    max_f1_drop: float = 0.5
+    calibrate: bool = True  # fit a temperature on dev and fold it into the classifier
+    keep_fp32_blocks: int = 0  # keep this many of the most quantisation-sensitive blocks in fp32
+    notes: str = ""
+
+
+def ship(config: ShipConfig) -> dict[str, Any]:
+    training = json.loads((config.checkpoint / "training.json").read_text())
+    uses_context = bool(training["config"].get("context", False))
+    tokenizer = config.checkpoint / "tokenizer.json"
+    dev = load_source(config.dev).examples
+    calibration: dict[str, Any] = {"temperature": 1.0}
+    temperature = 1.0
+    if config.calibrate:
+        # The temperature is fitted on the plain fp32 export; fusion and quantisation run once, after.
+        config.workdir.mkdir(parents=True, exist_ok=True)
+        uncalibrated = export_onnx(config.checkpoint, config.workdir / "model.uncalibrated.onnx")
+        probs = predict_examples(onnx_model(uncalibrated, tokenizer, uses_context), dev)
+        labels = [e.label for e in dev]
+        temperature = fit_temperature(np.log(np.clip(probs, 1e-12, 1.0)), labels)
+        calibration = {
+            "temperature": temperature,
+            "fitted_on": config.dev,
+            "dev_ece_before": expected_calibration_error(np.asarray(labels), probs),
+        }
+    files, fusion_stats = export_all(config.checkpoint, config.workdir, temperature)
+    fp32_report = evaluate_examples(onnx_model(files.fp32, tokenizer, uses_context), dev)
+    mixed: dict[str, Any] = {}
+    if config.keep_fp32_blocks > 0:
+
+        def dev_macro_f1(path: Path) -> float:
+            return float(evaluate_examples(onnx_model(path, tokenizer, uses_context), dev)["macro_f1"])
+
+        kept, sensitivity = most_sensitive_blocks(
+            files.fused, config.workdir, dev_macro_f1, config.keep_fp32_blocks
+        )
+        blocks = quantisable_blocks(files.fused)
+        quantise(files.fused, files.int8, keep_fp32=[name for block in kept for name in blocks[block]])
+        mixed = {"fp32_blocks": kept, "dev_macro_f1_with_block_kept_fp32": sensitivity}
+    int8_model = onnx_model(files.int8, tokenizer, uses_context)
+    int8_report = evaluate_examples(int8_model, dev)
+    drop = quantisation_gate(fp32_report, int8_report, config.max_f1_drop)  # raises when refused
+    config.destination.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(files.int8, config.destination / "model.int8.onnx")
+    copy_tokenizer(config.checkpoint, config.destination)
+    card = {
+        "version": version_stamp(),
+        "description": (
+            "Three-way sentiment (negative / neutral / positive) of conversational utterances, "
+            "a fine-tuned transformer encoder exported to ONNX and quantised to INT8."
+        ),
+        "uses_context": uses_context,
+        "max_tokens": 128,
+        "labels": ["negative", "neutral", "positive"],
+        "score": "p_positive + 0.5 * p_neutral",
+        "training": training,
+        "metrics": evaluate_sets(int8_model, config.report_sets),
+        "calibration": calibration,
+        "quantisation": {
+            "method": "dynamic INT8, per-channel, reduced range, after ONNX Runtime BERT fusions",
+            "dev_set": config.dev,
+            "fp32_macro_f1": fp32_report["macro_f1"],
+            "int8_macro_f1": int8_report["macro_f1"],
+            "macro_f1_drop_points": drop,
+            "max_allowed_drop_points": config.max_f1_drop,
+            **mixed,
+            "fused_operators": fusion_stats,
+        },
+        "files": {
+            name: file_entry(config.destination / name) for name in ("model.int8.onnx", "tokenizer.json")
+        },
+        "notes": config.notes,
+    }
+    write_model_card(config.destination, card)
+    return card
