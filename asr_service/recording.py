@@ -7,8 +7,8 @@ raises ValueError saying what to fix) and gives each channel its role (``transcr
 mono is ``mixed``, stereo ``agent`` then ``customer``, ``("mixed",)`` downmixes).
 
 Each channel then goes through faster-whisper's stock ``WhisperModel.transcribe``, the offline decoder
-``callsense transcribe``'s streaming path is measured against (tests/test_asr_wer.py): it sees whole
-stretches of speech with their context, so it is the more accurate of the two when nobody is waiting
+``callsense transcribe``'s streaming path is measured against (tests/asr_service/test_asr_wer.py): it sees
+whole stretches of speech with their context, so it is the more accurate of the two when nobody is waiting
 for partials. Settings: greedy, temperature 0, no conditioning on earlier text (as the reference), word
 times, and faster-whisper's Silero VAD filter, so that long silences (on a stereo file, each channel is
 silent while the other speaker talks) are skipped rather than decoded into "Thank you." Every segment

@@ -11,7 +11,7 @@ downmixes the file to one channel).
 
 ``offline_transcribe`` runs faster-whisper's stock ``WhisperModel.transcribe`` on the whole (downmixed)
 file: same model directory, int8, greedy, temperature 0, no conditioning on earlier text. It is the
-reference the streaming path is measured against (tests/test_asr_wer.py).
+reference the streaming path is measured against (tests/asr_service/test_asr_wer.py).
 
 A file that cannot be used raises ``ValueError`` saying what to fix: missing, not audio, truncated
 (a WAV whose header promises more data than the file holds, or a stream that breaks off), or silent of

@@ -89,8 +89,8 @@ class VadConfig:
     shouted, frightened and elated speech low: at 0.5 / 0.35, 11 of RAVDESS's 540 acted clips (16 kHz; 17
     at 8 kHz mu-law) opened no segment at all, mostly angry and fearful ones, the calls this product is
     for. 0.4 / 0.25 was chosen on two thirds of RAVDESS and checked on clips held out from the choice
-    (tests/test_asr_wer.py): streaming WER 3.15 -> 2.78 % at 16 kHz, 10.74 -> 9.44 % at 8 kHz, and no
-    new segment on the silence, noise, hum and tone fixtures."""
+    (tests/asr_service/test_asr_wer.py): streaming WER 3.15 -> 2.78 % at 16 kHz, 10.74 -> 9.44 % at 8 kHz,
+    and no new segment on the silence, noise, hum and tone fixtures."""
     neg_threshold: float = 0.25
     """Probability below which a window is silence; in between, the previous state holds."""
     min_speech_ms: int = 250

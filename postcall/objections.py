@@ -158,8 +158,8 @@ class TaggerSettings:
     """Thresholds of the local tagger. Similarities are MiniLM cosines; scores the sentiment in [0, 1].
 
     Chosen by a grid search with leave-one-out over objection_examples.json, then checked on the held-out
-    sentences of tests/test_objections.py (macro precision 0.97, recall 0.77 on 80 sentences), which must
-    keep passing when these change."""
+    sentences of tests/postcall/test_objections.py (macro precision 0.97, recall 0.77 on 80 sentences),
+    which must keep passing when these change."""
 
     # A tag's similarity: the mean of its k nearest examples (one lucky neighbour is not enough).
     k: int = 5

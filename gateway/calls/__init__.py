@@ -7,7 +7,7 @@
 - ``settings``: SessionSettings, the queue bounds, timeouts and limits of a gateway's calls.
 - ``stages``: the chopper, scorer and ASR stubs, and their answers as UtteranceScores.
 - ``audio``: a live call's audio cut into chunks for the ASR.
-- ``session``: CallSession, the per-call live pipeline, and SessionSettings.
+- ``session``: CallSession, the per-call live pipeline.
 - ``finish``: finish_call, the one end of a call (live and batch).
 - ``registry``: SessionRegistry (the live calls of this replica) and CallDriver (one client's side).
 - ``service``: the Gateway facade (what a process holds) and the batch path.

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
 
-from callsense.domain import UtteranceScore
+from callsense.domain import Label, UtteranceScore
 from callsense.v1 import asr_pb2_grpc, chopper_pb2, chopper_pb2_grpc, scorer_pb2, scorer_pb2_grpc
 from gateway.calls.inputs import channel_from_role
 
-_LABELS: Mapping[int, Literal["negative", "neutral", "positive"]] = {
+_LABELS: Mapping[int, Label] = {
     scorer_pb2.NEGATIVE: "negative",
     scorer_pb2.NEUTRAL: "neutral",
     scorer_pb2.POSITIVE: "positive",
@@ -50,7 +49,7 @@ def utterance_score(utterance: chopper_pb2.Utterance, score: scorer_pb2.Sentimen
     )
 
 
-def _label_of(score: scorer_pb2.SentimentScore) -> Literal["negative", "neutral", "positive"]:
+def _label_of(score: scorer_pb2.SentimentScore) -> Label:
     """The most probable class, for a score whose label was left unset."""
     ranked = sorted(
         [(score.p_negative, "negative"), (score.p_neutral, "neutral"), (score.p_positive, "positive")]

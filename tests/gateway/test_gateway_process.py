@@ -1,0 +1,107 @@
+"""`python -m gateway` as a real process: both servers up, spans carry call.id, SIGTERM ends live calls
+cleanly (reason shutdown, summary stored, its report from the real post-call worker) and the process
+exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import uuid
+from pathlib import Path
+
+import grpc.aio
+import httpx
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from websockets.asyncio.client import connect
+
+from callsense.telemetry import read_trace_file
+from gateway.store import Store
+from tests.support.mesh import ROOT, MeshServices
+from tools.ports import free_port
+
+pytestmark = pytest.mark.slow
+
+
+async def _wait_ready(url: str, process: asyncio.subprocess.Process, log: Path) -> None:
+    async with httpx.AsyncClient() as http:
+        for _ in range(600):
+            if process.returncode is not None:
+                pytest.fail(f"gateway exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if (await http.get(url, timeout=1.0)).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.2)
+    pytest.fail(f"gateway not ready:\n{log.read_text()[-3000:]}")
+
+
+async def test_python_m_gateway(mesh_services: MeshServices, gateway_db_url: str, tmp_path: Path) -> None:
+    http_addr, grpc_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    trace, log = tmp_path / "spans.jsonl", tmp_path / "gateway.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(
+        DATABASE_URL=gateway_db_url,
+        CALLSENSE_CHOPPER_ADDR=mesh_services.chopper_addr,
+        CALLSENSE_SCORER_ADDR=mesh_services.scorer_addr,
+        CALLSENSE_POSTCALL_ADDR=mesh_services.postcall_addr,
+        CALLSENSE_GATEWAY_HTTP=http_addr,
+        CALLSENSE_GATEWAY_GRPC=grpc_addr,
+        CALLSENSE_TRACE_FILE=str(trace),
+    )
+    with log.open("wb") as out:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", cwd=ROOT, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT
+        )
+    try:
+        await _wait_ready(f"http://{http_addr}/readyz", process, log)
+        async with grpc.aio.insecure_channel(grpc_addr) as channel:
+            health = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="callsense.v1.Sentiment"), timeout=5
+            )
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+        call_id = f"proc-{uuid.uuid4().hex[:10]}"
+        ws = await connect(f"ws://{http_addr}/v1/sentiment/stream")
+        await ws.send(json.dumps({"type": "start", "call_id": call_id}))
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "utterance",
+                    "text": "Sounds good.",
+                    "channel": "agent",
+                    "start_ms": 0,
+                    "end_ms": 900,
+                }
+            )
+        )
+        events = [json.loads(await asyncio.wait_for(ws.recv(), 60)) for _ in range(2)]
+        assert [e["type"] for e in events] == ["started", "score"]
+
+        process.send_signal(signal.SIGTERM)  # mid-call: the call must still be ended and summarised
+        assert await asyncio.wait_for(process.wait(), 60) == 0, log.read_text()[-3000:]
+        await ws.close()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+    store = await Store.open(gateway_db_url, migrate=False)
+    try:
+        row = await store.get_call(call_id)
+    finally:
+        await store.close()
+    assert row is not None and row.status == "ended" and len(row.events) == 1
+    assert row.summary is not None and row.summary["reason"] == "shutdown"
+    assert "report_pending" not in row.summary and row.summary["lines"]  # the worker answered
+
+    spans = [s for s in read_trace_file(trace) if s["attributes"].get("call.id") == call_id]
+    names = {s["name"] for s in spans}
+    assert {"WS start", "WS utterance"} <= names
+    assert any("Chopper/Chop" in n for n in names) and any("Scorer/Score" in n for n in names), names
+    assert any("PostCall/Report" in n for n in names), names  # the report, asked of the worker at the end
+    assert {s["service.name"] for s in spans} == {"gateway"}

@@ -1,0 +1,297 @@
+"""Real mesh parts for the gateway tests: embedded PostgreSQL, chopper, scorer, the post-call worker and (for
+audio calls, only when a test asks for it) the ASR service as subprocesses, and a gateway (HTTP on uvicorn +
+public gRPC) running in the test's event loop.
+
+The fixtures are registered once for the whole run (``pytest_plugins`` in tests/conftest.py), so each
+process starts once per session, not once per module that uses it; test modules import only the types.
+The scorer serves the shipped model, or the ONNX file named by CALLSENSE_TEST_SCORER_MODEL; without
+either the mesh tests skip, saying so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import psycopg
+import pytest
+import pytest_asyncio
+import uvicorn
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from psycopg import sql
+
+from callsense import grpc_runtime
+from callsense.config import Config
+from callsense.database import EmbeddedPostgres, default_data_dir, start_embedded_postgres
+from gateway.__main__ import _Server
+from gateway.app import create_app
+from gateway.calls.service import Gateway
+from gateway.calls.settings import SessionSettings
+from gateway.grpc_api import add_to_server
+from gateway.postcall_client import AfterCall
+from tools.ports import free_port
+
+__all__ = [
+    "MeshServices",
+    "asr_addr",
+    "audio_gateway",
+    "RunningGateway",
+    "gateway_db_url",
+    "gateway_pg",
+    "mesh_services",
+    "postcall_addr",
+    "running_gateway",
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+SCORER_MODEL_ENV = "CALLSENSE_TEST_SCORER_MODEL"
+READY_TIMEOUT_S = 120.0  # the scorer loads and warms its model first; the test box is often busy
+
+
+# --------------------------------------------------------------------------------------------- database
+
+
+@pytest.fixture(scope="session")
+def gateway_pg() -> Iterator[EmbeddedPostgres]:
+    # The test data dir (not the one of `callsense up`), shared with the store tests.
+    data_dir = default_data_dir().with_name(default_data_dir().name + "-test")
+    with start_embedded_postgres(data_dir, database="postgres") as pg:
+        yield pg
+
+
+@pytest.fixture(scope="session")
+def gateway_db_url(gateway_pg: EmbeddedPostgres) -> Iterator[str]:
+    """A fresh database for this test session, dropped at its end."""
+    name = f"gateway_test_{uuid.uuid4().hex[:12]}"
+    url = gateway_pg.create_database(name)
+    yield url
+    with psycopg.connect(gateway_pg.database_uri("postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+# --------------------------------------------------------------------------------------------- services
+
+
+@dataclass(frozen=True)
+class MeshServices:
+    chopper_addr: str
+    scorer_addr: str
+    postcall_addr: str
+    """The session's post-call worker: a gateway's Config needs it, or its calls' reports are owed."""
+
+
+def _scorer_model() -> Path:
+    from scorer_service.inference import DEFAULT_MODEL
+
+    override = os.environ.get(SCORER_MODEL_ENV)
+    path = Path(override) if override else DEFAULT_MODEL
+    if not path.is_file():
+        pytest.skip(f"SCORER MODEL ABSENT: {path} not found; ship a model or set {SCORER_MODEL_ENV}")
+    return path
+
+
+def _spawn(
+    module: str, env_name: str, addr: str, args: list[str], log: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update({env_name: addr, "CALLSENSE_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"})
+    env.update(extra_env or {})
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: a Ctrl-C of pytest does not reach it twice
+        )
+
+
+def _wait_serving(name: str, addr: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    with grpc.insecure_channel(addr) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                pytest.fail(f"{name} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    pytest.fail(f"{name} not SERVING on {addr} within {READY_TIMEOUT_S:g} s:\n{log.read_text()[-3000:]}")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+def spawn_postcall(
+    addr: str,
+    database_url: str,
+    log: Path,
+    *,
+    env: dict[str, str] | None = None,
+    args: list[str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """A real post-call worker, ``python -m postcall --bind addr`` on ``database_url``; wait for it with
+    ``_wait_serving``, stop it with ``_stop``. For tests that need one of their own (stopped and started
+    again, or with tenants whose webhooks reach a test receiver)."""
+    return _spawn(
+        "postcall",
+        "CALLSENSE_POSTCALL_ADDR",
+        addr,
+        ["--bind", addr, *(args or [])],
+        log,
+        {"DATABASE_URL": database_url, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="session")
+def postcall_addr(gateway_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The real post-call worker, a `python -m postcall` subprocess on a free port and the session's
+    database: it builds the report of every call the gateway fixtures end (and runs its outbox dispatcher,
+    roll-up scheduler and owed-report sweep there, as in production)."""
+    logs = tmp_path_factory.mktemp("postcall")
+    addr = f"127.0.0.1:{free_port()}"
+    worker = spawn_postcall(addr, gateway_db_url, logs / "postcall.log")
+    try:
+        _wait_serving("postcall", addr, worker, logs / "postcall.log")
+        yield addr
+    finally:
+        _stop(worker)
+
+
+@pytest.fixture(scope="session")
+def mesh_services(tmp_path_factory: pytest.TempPathFactory, postcall_addr: str) -> Iterator[MeshServices]:
+    """The real chopper and scorer, each a `python -m` subprocess on a free port, and the post-call worker."""
+    model = _scorer_model()
+    logs = tmp_path_factory.mktemp("mesh")
+    chopper_addr = f"127.0.0.1:{free_port()}"
+    scorer_addr = f"127.0.0.1:{free_port()}"
+    chopper = _spawn("chopper_service", "CALLSENSE_CHOPPER_ADDR", chopper_addr, [], logs / "chopper.log")
+    scorer = _spawn(
+        "scorer_service",
+        "CALLSENSE_SCORER_ADDR",
+        scorer_addr,
+        ["--model", str(model), "--threads", "1"],
+        logs / "scorer.log",
+    )
+    try:
+        _wait_serving("chopper", chopper_addr, chopper, logs / "chopper.log")
+        _wait_serving("scorer", scorer_addr, scorer, logs / "scorer.log")
+        yield MeshServices(chopper_addr, scorer_addr, postcall_addr)
+    finally:
+        _stop(chopper)
+        _stop(scorer)
+
+
+@pytest.fixture(scope="session")
+def asr_addr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The real ASR service (Whisper tiny.en), a `python -m asr_service` subprocess on a free port."""
+    from asr_service.recognizer import default_model_dir
+
+    if not (default_model_dir() / "model.bin").is_file():
+        pytest.skip(f"WHISPER MODEL ABSENT: {default_model_dir()} has no model.bin")
+    logs = tmp_path_factory.mktemp("asr")
+    addr = f"127.0.0.1:{free_port()}"
+    asr = _spawn("asr_service", "CALLSENSE_ASR_ADDR", addr, ["--bind", addr], logs / "asr.log")
+    try:
+        _wait_serving("asr", addr, asr, logs / "asr.log")
+        yield addr
+    finally:
+        _stop(asr)
+
+
+# --------------------------------------------------------------------------------------------- gateway
+
+
+@dataclass(frozen=True)
+class RunningGateway:
+    gateway: Gateway
+    http_url: str
+    ws_url: str
+    grpc_target: str
+
+
+@pytest_asyncio.fixture
+async def running_gateway(mesh_services: MeshServices, gateway_db_url: str) -> AsyncIterator[RunningGateway]:
+    """A gateway in this test's loop: uvicorn on a free port, the gRPC API on another, one Gateway."""
+    config = Config(
+        chopper_addr=mesh_services.chopper_addr,
+        scorer_addr=mesh_services.scorer_addr,
+        postcall_addr=mesh_services.postcall_addr,
+        database_url=gateway_db_url,
+    )
+    async with _serve_gateway(config) as running:
+        yield running
+
+
+@pytest_asyncio.fixture
+async def audio_gateway(
+    mesh_services: MeshServices, asr_addr: str, gateway_db_url: str
+) -> AsyncIterator[RunningGateway]:
+    """Like running_gateway, with the real ASR service behind it (audio calls)."""
+    config = Config(
+        chopper_addr=mesh_services.chopper_addr,
+        scorer_addr=mesh_services.scorer_addr,
+        postcall_addr=mesh_services.postcall_addr,
+        asr_addr=asr_addr,
+        database_url=gateway_db_url,
+    )
+    async with _serve_gateway(config) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def _serve_gateway(
+    config: Config, settings: SessionSettings | None = None, after_call: AfterCall | None = None
+) -> AsyncIterator[RunningGateway]:
+    settings = settings or SessionSettings(grace_s=0.5, finish_timeout_s=30.0)
+    own_after_call = after_call is None
+    after_call = after_call or AfterCall.for_config(config)  # the worker at config.postcall_addr
+    gateway = await Gateway.open(config, settings=settings, after_call=after_call)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    http = _Server(uvicorn.Config(create_app(config, gateway=gateway), log_config=None, lifespan="on"))
+    serving = asyncio.create_task(http.serve(sockets=[sock]))
+    grpc_server = await grpc_runtime.start_server(add_to_server(gateway), "127.0.0.1:0")
+    try:
+        while not http.started:
+            if serving.done():
+                serving.result()
+            await asyncio.sleep(0.01)
+        yield RunningGateway(
+            gateway,
+            http_url=f"http://127.0.0.1:{port}",
+            ws_url=f"ws://127.0.0.1:{port}/v1/sentiment/stream",
+            grpc_target=f"127.0.0.1:{grpc_runtime.server_info(grpc_server).port}",
+        )
+    finally:
+        http.should_exit = True
+        await serving
+        await grpc_runtime.stop_server(grpc_server, 0.5)
+        await gateway.close()
+        if own_after_call:
+            await after_call.close()
+        sock.close()

@@ -1,0 +1,510 @@
+"""The Kubernetes manifests and the image (deploy/) agree with the code: ports, command lines, probes,
+environment variables, the Envoy bootstrap, autoscalers. Static checks: no cluster and no Docker are needed
+(the optional `kubectl kustomize` render works offline)."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import tomllib
+from collections.abc import Iterator
+from importlib.metadata import entry_points
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+from callsense.config import Config, load_config, split_host_port
+from callsense.storage import REGION_URL_PREFIX
+from tools.envoy_config import MeshLayout, build
+from tools.supervisor import envoy_binary
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "kubernetes"
+DOCKERFILE = DEPLOY / "Dockerfile"
+CODE_PACKAGES = ("callsense", "asr_service", "chopper_service", "scorer_service", "gateway", "postcall")
+
+# Deployment -> the servers its process runs: (command-line flag of the address, container port name,
+# the callsense.config.Config field whose default port it must listen on). Envoy's port is in its bootstrap.
+SERVERS: dict[str, list[tuple[str, str, str]]] = {
+    "asr": [("--bind", "grpc", "asr_addr")],
+    "chopper": [("--bind", "grpc", "chopper_addr")],
+    "scorer": [("--bind", "grpc", "scorer_addr")],
+    "postcall": [("--bind", "grpc", "postcall_addr")],
+    "gateway": [("--http", "http", "gateway_http"), ("--grpc", "grpc", "gateway_grpc")],
+}
+ENVOY = "envoy"
+AUTOSCALED = ("scorer", "asr")
+"""The architecture asks for CPU-based scaling of these Deployments."""
+
+Doc = dict[str, Any]
+
+
+# --- loading -------------------------------------------------------------------------------------------
+
+
+def _documents(path: Path) -> list[Doc]:
+    return [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc is not None]
+
+
+KUSTOMIZATION: Doc = yaml.safe_load((K8S / "kustomization.yaml").read_text(encoding="utf-8"))
+RESOURCES: list[Doc] = [doc for name in KUSTOMIZATION["resources"] for doc in _documents(K8S / name)]
+TEMPLATES: list[Doc] = [doc for path in sorted(K8S.glob("*.example.yaml")) for doc in _documents(path)]
+"""Applied by hand (the database Secret), never by the kustomization."""
+
+
+def _of_kind(kind: str, docs: list[Doc] = RESOURCES) -> dict[str, Doc]:
+    return {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == kind}
+
+
+DEPLOYMENTS = _of_kind("Deployment")
+SERVICES = _of_kind("Service")
+
+
+def _containers() -> Iterator[tuple[str, Doc]]:
+    for name, deployment in DEPLOYMENTS.items():
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            yield name, container
+
+
+def _container(deployment: str) -> Doc:
+    (container,) = DEPLOYMENTS[deployment]["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def _container_ports(deployment: str) -> dict[str, int]:
+    return {p["name"]: p["containerPort"] for p in _container(deployment).get("ports", [])}
+
+
+def _default_port(field: str) -> int:
+    value = getattr(Config(), field)
+    return value if isinstance(value, int) else split_host_port(value)[1]
+
+
+def _generator() -> ModuleType:
+    """deploy/kubernetes/generate_envoy_bootstrap.py (deploy/ is no package)."""
+    spec = importlib.util.spec_from_file_location(
+        "generate_envoy_bootstrap", K8S / "generate_envoy_bootstrap.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _cluster_layout() -> MeshLayout:
+    layout: MeshLayout = _generator().cluster_layout()
+    return layout
+
+
+def _bootstrap_file() -> tuple[str, Path]:
+    """(the ConfigMap's key, the generated file) of the envoy-bootstrap configMapGenerator."""
+    (generator,) = [g for g in KUSTOMIZATION["configMapGenerator"] if g["name"] == "envoy-bootstrap"]
+    (entry,) = generator["files"]
+    key, _, file = entry.partition("=")
+    return key, K8S / file
+
+
+def _option(command: list[str], flag: str) -> str:
+    return command[command.index(flag) + 1]
+
+
+# --- the kustomization ---------------------------------------------------------------------------------
+
+
+def test_kustomization_covers_every_file() -> None:
+    listed = {"kustomization.yaml", *KUSTOMIZATION["resources"], _bootstrap_file()[1].name}
+    templates = {p.name for p in K8S.glob("*.example.yaml")}
+    on_disk = {p.name for p in K8S.glob("*.yaml")}
+    assert on_disk - templates == listed, "a manifest kubectl apply -k would not apply, or a missing one"
+    namespace = KUSTOMIZATION["namespace"]
+    assert namespace in _of_kind("Namespace")
+    for doc in RESOURCES + TEMPLATES:
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"]["namespace"] == namespace, doc["metadata"]["name"]
+
+
+def test_one_image_for_every_container() -> None:
+    (image,) = KUSTOMIZATION["images"]
+    images = {container["image"] for _, container in _containers()}
+    assert {i.split(":")[0] for i in images} == {image["name"]}
+    assert images == {f"{image['name']}:{image['newTag']}"}
+
+
+# --- containers ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(DEPLOYMENTS))
+def test_containers_have_probes_and_resources(name: str) -> None:
+    for container in DEPLOYMENTS[name]["spec"]["template"]["spec"]["containers"]:
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert probe in container, f"{name}/{container['name']}: no {probe}"
+        resources = container["resources"]
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(resources.get(kind, {})), f"{name}: {kind} need cpu and memory"
+
+
+def test_every_server_is_deployed() -> None:
+    assert set(DEPLOYMENTS) == {*SERVERS, ENVOY}
+
+
+@pytest.mark.parametrize("name", sorted(SERVERS))
+def test_command_binds_the_code_default_ports(name: str) -> None:
+    """The command line parses with the service's own argparse, binds every interface on the port
+    callsense.config gives that server, and that is the port the container, probes and Service name."""
+    command = _container(name)["command"]
+    assert command[:2] == ["python", "-m"], command
+    module = importlib.import_module(f"{command[2]}.__main__")
+    args = module.parse_args(command[3:])  # exits (fails) on an unknown flag or a bad value
+
+    ports = _container_ports(name)
+    assert ports == {port_name: _default_port(field) for _, port_name, field in SERVERS[name]}
+    for flag, _, field in SERVERS[name]:
+        host, port = split_host_port(getattr(args, flag.lstrip("-")))
+        assert (host, port) == ("0.0.0.0", _default_port(field)), f"{name} {flag}: not reachable on its port"
+
+    container = _container(name)
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        spec = container.get(probe)
+        if spec is None:
+            continue
+        if "grpc" in spec:  # Kubernetes' gRPC probe: grpc.health.v1, which every callsense server serves
+            assert spec["grpc"]["port"] == ports["grpc"], f"{name} {probe}"
+        else:
+            port = spec["httpGet"]["port"]
+            assert ports.get(port, port) == ports["http"], f"{name} {probe}"
+
+
+def test_gateway_http_probes_use_its_health_endpoints() -> None:
+    container = _container("gateway")
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    from gateway.app import create_app
+
+    paths = {getattr(route, "path", None) for route in create_app(Config()).routes}
+    assert {"/readyz", "/healthz"} <= paths
+
+
+@pytest.mark.parametrize("name", sorted(DEPLOYMENTS))
+def test_commands_start_what_the_image_has(name: str) -> None:
+    """Each command is `python -m <package with __main__>` or a console script of an installed wheel."""
+    scripts = {ep.name for ep in entry_points(group="console_scripts")}
+    for container in DEPLOYMENTS[name]["spec"]["template"]["spec"]["containers"]:
+        command = container["command"]
+        if command[0] == "python":
+            assert command[1] == "-m" and importlib.util.find_spec(f"{command[2]}.__main__"), command
+        else:
+            assert command[0] in scripts, f"{command[0]} is no console script of an installed package"
+
+
+def _python_snippets(node: Any) -> Iterator[str]:
+    """The code of every `python -c CODE` exec command (probes, preStop hooks) under node."""
+    if isinstance(node, dict):
+        command = node.get("exec", {}).get("command") if isinstance(node.get("exec"), dict) else None
+        if command and command[:2] == ["python", "-c"]:
+            yield command[2]
+        for value in node.values():
+            yield from _python_snippets(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _python_snippets(value)
+
+
+def test_exec_python_snippets_compile() -> None:
+    snippets = list(_python_snippets(RESOURCES))
+    assert snippets, "the envoy probes are python snippets"
+    for code in snippets:
+        compile(code, "<exec probe>", "exec")
+
+
+# --- Services ------------------------------------------------------------------------------------------
+
+
+def _selected_deployment(service: Doc) -> str:
+    selector = service["spec"]["selector"]
+    matches = [
+        name
+        for name, d in DEPLOYMENTS.items()
+        if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+    ]
+    assert len(matches) == 1, f"Service {service['metadata']['name']} selects {matches}"
+    return matches[0]
+
+
+@pytest.mark.parametrize("name", sorted(DEPLOYMENTS))
+def test_deployment_selects_its_own_pods(name: str) -> None:
+    spec = DEPLOYMENTS[name]["spec"]
+    assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_service_ports_reach_the_container_ports(name: str) -> None:
+    service = SERVICES[name]
+    deployment = _selected_deployment(service)
+    ports = _container_ports(deployment)
+    for port in service["spec"]["ports"]:
+        target = port.get("targetPort", port["port"])
+        target_number = ports[target] if isinstance(target, str) else target
+        assert target_number in ports.values(), f"{name}: targetPort {target} is no container port"
+        # Headless Services resolve to pod IPs: the port a client dials is the container's.
+        assert port["port"] == target_number, f"{name}: port {port['port']} != container port {target_number}"
+    if deployment != ENVOY:
+        assert service["spec"].get("clusterIP") == "None", (
+            f"{name}: Envoy balances only across a headless one"
+        )
+
+
+# --- environment ---------------------------------------------------------------------------------------
+
+
+class _RecordingEnv(dict[str, str]):
+    """An environment that remembers every variable asked for."""
+
+    def __init__(self, asked: set[str]) -> None:
+        super().__init__()
+        self.asked = asked
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        self.asked.add(key)
+        return super().get(key, default)
+
+
+def _env_names_read_by_code() -> set[str]:
+    """Every variable load_config() asks for, plus every string literal elsewhere in the code that is a
+    whole environment variable name (the constants the other readers use: CALLSENSE_LOG_LEVEL, ...)."""
+    names: set[str] = set()
+    load_config(_RecordingEnv(names))
+    pattern = re.compile(r"(CALLSENSE|OTEL|DATABASE_URL)[A-Z0-9_]*[A-Z0-9]")
+    for package in CODE_PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            if path.parts[-3:-1] == ("callsense", "v1") or path == ROOT / "callsense" / "config.py":
+                continue  # generated stubs; config.py's names come from load_config() above
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if (
+                    isinstance(node, ast.Constant)
+                    and isinstance(node.value, str)
+                    and pattern.fullmatch(node.value)
+                ):
+                    names.add(node.value)
+    return names
+
+
+def _env_entries() -> Iterator[tuple[str, Doc]]:
+    for name, container in _containers():
+        for entry in container.get("env", []):
+            yield name, entry
+
+
+def test_env_names_are_read_by_the_code() -> None:
+    read = _env_names_read_by_code()
+    assert {"CALLSENSE_SCORER_ADDR", "DATABASE_URL", "CALLSENSE_LOG_LEVEL"} <= read  # the scan works
+    set_here = {(where, entry["name"]) for where, entry in _env_entries()}
+    for secret in _of_kind("Secret", TEMPLATES).values():
+        set_here |= {(f"Secret {secret['metadata']['name']}", key) for key in secret.get("stringData", {})}
+    unknown = {
+        (where, name)
+        for where, name in set_here
+        if name not in read and not (name.startswith(REGION_URL_PREFIX) and name != REGION_URL_PREFIX)
+    }
+    assert not unknown, f"set in the manifests but read by no code: {sorted(unknown)}"
+
+
+@pytest.mark.parametrize("name", sorted(DEPLOYMENTS))
+def test_env_values_load_and_addresses_name_services(name: str) -> None:
+    env = {e["name"]: e["value"] for e in _container(name).get("env", []) if "value" in e}
+    load_config(env)  # raises ConfigError on a bad address or port
+    for variable, value in env.items():
+        if variable.endswith("_ADDR") or variable == "CALLSENSE_MESH_PROXY":
+            host, port = split_host_port(value)
+            assert host in SERVICES, f"{name} {variable}={value}: no Service {host!r}"
+            assert port in {p["port"] for p in SERVICES[host]["spec"]["ports"]}, f"{name} {variable}={value}"
+    if "CALLSENSE_MESH_PROXY" in env:
+        host, _ = split_host_port(env["CALLSENSE_MESH_PROXY"])
+        assert _selected_deployment(SERVICES[host]) == ENVOY  # it routes by authority: only Envoy does
+
+
+def test_secret_refs_match_the_template() -> None:
+    secrets = _of_kind("Secret", TEMPLATES)
+    refs = [
+        (where, entry["valueFrom"]["secretKeyRef"])
+        for where, entry in _env_entries()
+        if "secretKeyRef" in entry.get("valueFrom", {})
+    ]
+    assert refs, "the gateway takes DATABASE_URL from a Secret"
+    for where, ref in refs:
+        assert ref["key"] in secrets[ref["name"]]["stringData"], f"{where}: {ref}"
+    gateway_env = {e["name"] for e in _container("gateway")["env"]}
+    assert "DATABASE_URL" in gateway_env, "without it the gateway starts an embedded PostgreSQL in the pod"
+
+
+def test_postcall_worker_shares_the_gateways_database_and_the_gateway_names_it() -> None:
+    """The worker delivers the outbox the gateway writes and completes the reports it owes: the same
+    database Secret. The gateway reaches the worker at its Service (through Envoy, by authority)."""
+
+    def database_ref(deployment: str) -> Doc:
+        (entry,) = [e for e in _container(deployment)["env"] if e["name"] == "DATABASE_URL"]
+        ref: Doc = entry["valueFrom"]["secretKeyRef"]
+        return ref
+
+    assert database_ref("postcall") == database_ref("gateway")
+    gateway_env = {e["name"]: e.get("value") for e in _container("gateway")["env"]}
+    address = gateway_env["CALLSENSE_POSTCALL_ADDR"]
+    assert split_host_port(address) == ("postcall", _default_port("postcall_addr"))
+    assert _selected_deployment(SERVICES["postcall"]) == "postcall"
+
+
+# --- Envoy ---------------------------------------------------------------------------------------------
+
+
+def test_bootstrap_is_current() -> None:
+    generator = _generator()
+    _, path = _bootstrap_file()
+    assert path.read_text(encoding="utf-8") == generator.render(generator.cluster_layout()), (
+        f"{path.relative_to(ROOT)} is stale: run `python deploy/kubernetes/generate_envoy_bootstrap.py`"
+    )
+
+
+def test_bootstrap_upstreams_are_headless_services() -> None:
+    layout = _cluster_layout()
+    clusters = {c["name"]: c for c in build(layout)["static_resources"]["clusters"]}
+    for field in ("gateway_http", "gateway_grpc", "asr", "chopper", "scorer", "postcall"):
+        assert clusters[field]["type"] == "STRICT_DNS", f"{field}: Envoy would not see every replica"
+        for endpoint in getattr(layout, field):
+            host, port = split_host_port(endpoint)
+            assert SERVICES[host]["spec"].get("clusterIP") == "None", f"{field}: {host} is not headless"
+            assert port in _container_ports(_selected_deployment(SERVICES[host])).values(), endpoint
+
+
+def test_envoy_container_serves_the_bootstrap() -> None:
+    layout = _cluster_layout()
+    container = _container(ENVOY)
+    assert (layout.listener_host, layout.listener_port) == ("0.0.0.0", _container_ports(ENVOY)["http"])
+    assert _container_ports(ENVOY)["http"] == _default_port("envoy_port")
+
+    # The -c path is the ConfigMap's key in a volume of the generated ConfigMap.
+    config_path = Path(_option(container["command"], "-c"))
+    key, _ = _bootstrap_file()
+    assert config_path.name == key
+    (mount,) = [m for m in container["volumeMounts"] if Path(m["mountPath"]) == config_path.parent]
+    volumes = {v["name"]: v for v in DEPLOYMENTS[ENVOY]["spec"]["template"]["spec"]["volumes"]}
+    assert volumes[mount["name"]]["configMap"]["name"] == "envoy-bootstrap"
+
+    # The admin API stays on loopback; the probes reach it from inside the container, on its port.
+    assert layout.admin_host == "127.0.0.1" and layout.admin_port == _default_port("envoy_admin_port")
+    for probe, path in (("readinessProbe", "/ready"), ("livenessProbe", "/server_info")):
+        code = " ".join(container[probe]["exec"]["command"])
+        assert f"http://127.0.0.1:{layout.admin_port}{path}" in code, probe
+
+
+def test_envoy_validates_the_bootstrap_with_the_deployments_flags(tmp_path: Path) -> None:
+    _, path = _bootstrap_file()
+    command = list(_container(ENVOY)["command"])
+    command[command.index("-c") + 1] = str(path)
+    result = subprocess.run(
+        [envoy_binary(), *command[1:], "--mode", "validate"], capture_output=True, text=True, timeout=60
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Deprecated field" not in output, output
+
+
+# --- scaling -------------------------------------------------------------------------------------------
+
+
+def test_autoscalers_target_deployments_they_can_scale() -> None:
+    hpas = _of_kind("HorizontalPodAutoscaler")
+    assert {h["spec"]["scaleTargetRef"]["name"] for h in hpas.values()} >= set(AUTOSCALED)
+    for name, hpa in hpas.items():
+        spec = hpa["spec"]
+        target = spec["scaleTargetRef"]
+        assert (hpa["apiVersion"], target["kind"]) == ("autoscaling/v2", "Deployment"), name
+        deployment = DEPLOYMENTS[target["name"]]
+        assert "replicas" not in deployment["spec"], f"{target['name']}: every apply would undo the HPA"
+        assert 1 <= spec["minReplicas"] <= spec["maxReplicas"], name
+        (metric,) = spec["metrics"]
+        assert metric["resource"]["name"] == "cpu" and metric["resource"]["target"]["type"] == "Utilization"
+        # Utilization is a share of the request: without one the HPA cannot compute it.
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            assert "cpu" in container["resources"]["requests"], name
+
+
+def test_disruption_budgets_leave_room_to_drain() -> None:
+    hpas = _of_kind("HorizontalPodAutoscaler").values()
+    hpa_min = {h["spec"]["scaleTargetRef"]["name"]: h["spec"]["minReplicas"] for h in hpas}
+    for name, pdb in _of_kind("PodDisruptionBudget").items():
+        selector = pdb["spec"]["selector"]["matchLabels"]
+        (deployment,) = [
+            d for d, doc in DEPLOYMENTS.items() if selector == doc["spec"]["selector"]["matchLabels"]
+        ]
+        replicas = DEPLOYMENTS[deployment]["spec"].get("replicas", hpa_min.get(deployment, 1))
+        assert pdb["spec"]["minAvailable"] < replicas, f"{name}: a node drain could never evict a pod"
+
+
+# --- the image -----------------------------------------------------------------------------------------
+
+
+def _dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments), continuation lines joined, comments dropped."""
+    lines = [line.strip() for line in DOCKERFILE.read_text(encoding="utf-8").splitlines()]
+    text = "\n".join(line for line in lines if not line.startswith("#")).replace("\\\n", " ")
+    instructions = []
+    for line in filter(None, text.splitlines()):
+        op, _, arg = line.partition(" ")
+        instructions.append((op.upper(), arg.strip()))
+    return instructions
+
+
+def test_dockerfile_copies_every_package_and_runs_a_module() -> None:
+    instructions = _dockerfile_instructions()
+    copied = {  # COPY SOURCE... DEST
+        source
+        for op, arg in instructions
+        if op == "COPY" and not arg.startswith("--from")
+        for source in shlex.split(arg)[:-1]
+    }
+    for source in copied:
+        assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    packages = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
+    # The image serves and never trains: training/ (the `train` extra's code) stays out of it.
+    served = packages - {"training"}
+    assert served | {"pyproject.toml", pyproject["project"]["readme"], "requirements.lock"} <= copied
+    assert "training" not in copied
+    ignored = (ROOT / "deploy" / "Dockerfile.dockerignore").read_text(encoding="utf-8").split()
+    assert "training" in ignored
+
+    (cmd,) = [json.loads(arg) for op, arg in instructions if op == "CMD"]
+    assert cmd[:2] == ["python", "-m"] and importlib.util.find_spec(f"{cmd[2]}.__main__"), cmd
+    (user,) = [arg for op, arg in instructions if op == "USER"]
+    assert not user.startswith(("0", "root")), "the image runs as root"
+    exposed = {int(p) for op, arg in instructions if op == "EXPOSE" for p in arg.split()}
+    assert exposed == {port for name in DEPLOYMENTS for port in _container_ports(name).values()}
+
+
+def test_kubectl_kustomize_renders_the_mesh() -> None:
+    """What `kubectl apply -k` would send (offline); skipped where kubectl is not installed."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not installed: the kustomization is checked above without it")
+    result = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    rendered = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    (config_map,) = _of_kind("ConfigMap", rendered).values()
+    key, path = _bootstrap_file()
+    assert config_map["data"][key] == path.read_text(encoding="utf-8")
+    envoy = _of_kind("Deployment", rendered)[ENVOY]
+    volumes = envoy["spec"]["template"]["spec"]["volumes"]
+    # kustomize renamed the ConfigMap (content hash) and the Deployment's reference with it.
+    assert config_map["metadata"]["name"] in {v.get("configMap", {}).get("name") for v in volumes}
+    assert {(d["kind"], d["metadata"]["name"]) for d in rendered} >= {
+        (d["kind"], d["metadata"]["name"]) for d in RESOURCES
+    }

@@ -1,0 +1,150 @@
+"""Export to ONNX (dynamic axes), fusion, INT8 quantisation, and the gate that refuses a damaged model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from callsense.tokenization import SHIPPED_MODEL_DIR
+from scorer_service.inference import DEFAULT_MODEL, SentimentModel
+from training.data import load_jsonl
+from training.evaluate import evaluate_examples, onnx_model
+from training.export import QuantisationRejected, quantisation_gate
+
+TEST_SET = Path(__file__).parents[1] / "data" / "sales_sentiment.jsonl"
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small random BERT with the real tokenizer: the export path without a long training run."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=30522,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        num_labels=3,
+    )
+    model = transformers.BertForSequenceClassification(config)
+    path = tmp_path_factory.mktemp("tiny")
+    model.save_pretrained(path)
+    (path / "tokenizer.json").write_bytes((SHIPPED_MODEL_DIR / "tokenizer.json").read_bytes())
+    return path
+
+
+def test_export_fuse_quantise_keeps_the_model(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from transformers import BertForSequenceClassification
+
+    from scorer_service.backends.onnx import OnnxBackend
+    from training.export import export_all
+
+    files, stats = export_all(tiny_checkpoint, tmp_path)
+    assert stats.get("Attention", 0) + stats.get("MultiHeadAttention", 0) == 2, stats  # one per layer
+    reference = BertForSequenceClassification.from_pretrained(
+        tiny_checkpoint, attn_implementation="eager"
+    ).eval()
+    rng = np.random.default_rng(0)
+    for batch, length in ((1, 5), (3, 17)):  # dynamic batch and sequence axes
+        ids = rng.integers(1000, 20000, size=(batch, length)).astype(np.int64)
+        mask = np.ones_like(ids)
+        mask[1:, length // 2 :] = 0  # padded rows, as a length-bucketed batch has
+        ids[mask == 0] = 0
+        inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        with torch.no_grad():
+            expected = reference(**{k: torch.from_numpy(v) for k, v in inputs.items()}).logits.numpy()
+        for path, tolerance in ((files.fp32, 1e-4), (files.fused, 1e-3), (files.int8, 0.1)):
+            got = OnnxBackend(path).predict(inputs)
+            assert got.shape == (batch, 3)
+            np.testing.assert_allclose(got, expected, atol=tolerance, err_msg=str(path))
+    assert files.int8.stat().st_size < files.fp32.stat().st_size * 0.5
+
+
+def _damaged_copy(source: Path, destination: Path) -> Path:
+    """The shipped INT8 model with its quantisation scales scrambled: a quantisation gone wrong."""
+    model = onnx.load(str(source))
+    rng = np.random.default_rng(0)
+    for initializer in model.graph.initializer:
+        if initializer.name.endswith("_scale") and initializer.data_type == onnx.TensorProto.FLOAT:
+            values = numpy_helper.to_array(initializer)
+            scrambled = values * rng.uniform(0.0, 3.0, size=values.shape).astype(values.dtype)
+            initializer.CopyFrom(numpy_helper.from_array(scrambled.astype(values.dtype), initializer.name))
+    onnx.save(model, str(destination))
+    return destination
+
+
+@pytest.mark.skipif(not DEFAULT_MODEL.exists(), reason="no shipped model yet")
+def test_gate_refuses_a_damaged_quantised_model(tmp_path: Path) -> None:
+    examples = load_jsonl(TEST_SET).examples
+    tokenizer = SHIPPED_MODEL_DIR / "tokenizer.json"
+    good = evaluate_examples(onnx_model(DEFAULT_MODEL, tokenizer, False), examples)
+    damaged = evaluate_examples(
+        onnx_model(_damaged_copy(DEFAULT_MODEL, tmp_path / "bad.onnx"), tokenizer, False), examples
+    )
+    assert quantisation_gate(good, good, max_f1_drop=0.5) == pytest.approx(0.0)
+    with pytest.raises(QuantisationRejected, match="macro-F1 points"):
+        quantisation_gate(good, damaged, max_f1_drop=0.5)
+
+
+def test_shipped_model_loads_and_names_its_version() -> None:
+    if not DEFAULT_MODEL.exists():
+        pytest.fail("scorer_service/model/model.int8.onnx is missing: the package must ship its model")
+    model = SentimentModel.load()
+    assert model.info.version not in ("", "unversioned")
+
+
+def test_mixed_precision_keeps_the_chosen_block_in_fp32(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from training.export import export_all, most_sensitive_blocks, quantisable_blocks, quantise
+
+    files, _ = export_all(tiny_checkpoint, tmp_path)
+    blocks = quantisable_blocks(files.fused)
+    assert sorted(blocks) == [
+        f"layer{i}.{part}" for i in (0, 1) for part in ("attention", "attention_output", "ffn")
+    ]
+    assert blocks["layer1.attention"] == ["Attention_1"] and len(blocks["layer1.ffn"]) == 2
+    mixed = quantise(files.fused, tmp_path / "mixed.onnx", keep_fp32=blocks["layer1.attention"])
+    ops = {node.name: node.op_type for node in onnx.load(str(mixed)).graph.node}
+    assert ops["Attention_1"] == "Attention"  # kept in fp32
+    assert "QAttention" in ops.values()  # layer 0's attention quantised
+    assert files.int8.stat().st_size < mixed.stat().st_size < files.fused.stat().st_size
+
+    # The sweep ranks blocks by the score of the model with that block alone in fp32.
+    def size_score(path: Path) -> float:
+        return float(path.stat().st_size)  # a stand-in score: the biggest fp32 block ranks first
+
+    kept, scores = most_sensitive_blocks(files.fused, tmp_path, size_score, count=2)
+    assert set(scores) == set(blocks)
+    assert kept == sorted(scores, key=lambda b: scores[b], reverse=True)[:2]
+
+
+def test_temperature_fit_sharpens_an_underconfident_model_and_softens_an_overconfident_one() -> None:
+    from training.export import fit_temperature
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, size=3000)
+    true_logits = rng.normal(size=(3000, 3))
+    true_logits[np.arange(3000), labels] += 2.0  # a model whose logits are calibrated as they are
+    # Sample labels from the calibrated probabilities so T=1 is the truth for `true_logits`.
+    probs = np.exp(true_logits) / np.exp(true_logits).sum(axis=1, keepdims=True)
+    sampled = np.array([rng.choice(3, p=p) for p in probs])
+    assert fit_temperature(true_logits, sampled) == pytest.approx(1.0, abs=0.15)
+    assert fit_temperature(true_logits * 0.5, sampled) == pytest.approx(0.5, abs=0.1)  # under-confident
+    assert fit_temperature(true_logits * 2.0, sampled) == pytest.approx(2.0, abs=0.3)  # over-confident
+
+
+def test_folded_temperature_divides_the_exported_logits(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from scorer_service.backends.onnx import OnnxBackend
+    from training.export import export_onnx
+
+    plain = OnnxBackend(export_onnx(tiny_checkpoint, tmp_path / "plain.onnx"))
+    cooled = OnnxBackend(export_onnx(tiny_checkpoint, tmp_path / "cooled.onnx", temperature=0.5))
+    ids = np.array([[101, 2023, 2003, 2307, 102]], dtype=np.int64)
+    inputs = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    np.testing.assert_allclose(cooled.predict(inputs), plain.predict(inputs) * 2.0, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,57 @@
+"""The shipped model on the shared dev sets: its card tells the truth, and quality does not regress.
+
+Reads ../shared/data; skipped loudly where it is absent. The targets on MELD dev are macro-F1 >= 0.67
+and weighted-F1 >= 0.68. As served (one forward pass per utterance) the shipped model's card records
+0.6677 and 0.6883: 0.3 points under the macro target (in padded batches it had measured 0.6748, which
+was batch-mates moving dynamic-INT8 scales). The floors sit a hair under what the shipped model
+measures (a single flipped prediction moves macro-F1 by about 0.001, and thread counts can flip one),
+so a retrain that does worse fails here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from scorer_service.inference import DEFAULT_MODEL, read_model_info
+from training.data import load_source
+from training.evaluate import evaluate_examples, onnx_model
+
+pytestmark = [pytest.mark.evaluation, pytest.mark.slow]  # reads the corpora: minutes, not seconds
+
+FLOORS = {
+    "meld:dev": {"macro_f1": 0.667, "weighted_f1": 0.68},
+    "dailydialog:valid": {"macro_f1": 0.63},
+    "tweeteval:val": {"macro_f1": 0.58},
+}
+
+
+@pytest.fixture(scope="module")
+def card() -> dict:
+    return json.loads((DEFAULT_MODEL.parent / "model_card.json").read_text())
+
+
+@pytest.mark.parametrize("spec", sorted(FLOORS))
+def test_shipped_model_matches_its_card_and_floors(shared_data: Path, card: dict, spec: str) -> None:
+    model_dir = DEFAULT_MODEL.parent
+    model = onnx_model(DEFAULT_MODEL, model_dir / "tokenizer.json", read_model_info(model_dir).uses_context)
+    report = evaluate_examples(model, load_source(spec, shared_data).examples)
+    recorded = card["metrics"][spec]
+    # Same model, same data, one pass per utterance: the card's figures must be reproducible (thread
+    # counts may flip a prediction, so allow a sliver).
+    assert report["macro_f1"] == pytest.approx(recorded["macro_f1"], abs=0.003)
+    assert report["weighted_f1"] == pytest.approx(recorded["weighted_f1"], abs=0.003)
+    for metric, floor in FLOORS[spec].items():
+        assert report[metric] >= floor, f"{spec} {metric} {report[metric]:.4f} is below the floor {floor}"
+
+
+def test_card_records_the_quantisation_gate_and_file_hashes(card: dict) -> None:
+    from training.evaluate import sha256
+
+    gate = card["quantisation"]
+    assert gate["macro_f1_drop_points"] <= gate["max_allowed_drop_points"] == 0.5
+    for name, entry in card["files"].items():
+        assert sha256(DEFAULT_MODEL.parent / name) == entry["sha256"], f"{name} differs from its card"
+    assert DEFAULT_MODEL.stat().st_size < 30_000_000
