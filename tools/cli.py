@@ -10,6 +10,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from tools import labels_cli
+
 
 def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("train", help="fine-tune (or distil) the sentiment model")
@@ -183,7 +185,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     for spec, report in reports.items():
         print(
             json.dumps(
-                {"set": spec, **{k: report[k] for k in ("n", "accuracy", "macro_f1", "weighted_f1", "ece")}}
+                {
+                    "set": spec,
+                    **{k: report[k] for k in ("n", "accuracy", "macro_f1", "weighted_f1", "ece")},
+                    "f1": {name: round(c["f1"], 4) for name, c in report["per_class"].items()},
+                    "negative_below_red": report.get("negative_below_red"),
+                }
             )
         )
     if args.card:
@@ -459,8 +466,8 @@ def _run_webhooks(args: argparse.Namespace) -> int:
 
 
 # Commands that need the `train` extra (torch, transformers, onnx) and the training/ package of a checkout.
-TRAINING_COMMANDS = frozenset({"train", "soup", "export", "evaluate"})
-TRAINING_MODULES = frozenset({"training", "torch", "transformers", "onnx", "sklearn"})
+TRAINING_COMMANDS = frozenset({"train", "soup", "export", "evaluate", "labels"})
+TRAINING_MODULES = frozenset({"training", "torch", "transformers", "onnx", "sklearn", "krippendorff"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -477,6 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_rollup(sub)
     _add_webhooks(sub)
     _add_demo(sub)
+    labels_cli.add_parser(sub)
     return parser
 
 
@@ -494,6 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rollup": _run_rollup,
         "webhooks": _run_webhooks,
         "demo": _run_demo,
+        "labels": labels_cli.run,
     }
     try:
         return handlers[args.command](args)

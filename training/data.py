@@ -362,8 +362,52 @@ CORPORA: dict[str, tuple[str, str]] = {
 }
 
 
+# The sales corpus written and labelled here (data/sales/DATASHEET.md): in the repository, not in
+# ../shared. "sales:SPLIT" is the written text, "sales-asr:SPLIT" the same lines as the ASR shapes them.
+SALES_DIR = Path(__file__).resolve().parents[1] / "data" / "sales"
+SALES_SPLITS = ("train", "dev", "test")
+
+
+def load_sales(split: str, asr: bool = False, directory: Path = SALES_DIR) -> LoadResult:
+    """The adjudicated lines of one split of the sales corpus, in call order, each with the line before
+    it in its call as context. Lines without a gold label (none yet, or left undecided) are skipped."""
+    lines = [json.loads(raw) for raw in (directory / "lines.jsonl").read_text(encoding="utf-8").splitlines()]
+    gold_path = directory / "gold.jsonl"
+    if not gold_path.exists():
+        raise FileNotFoundError(f"{gold_path} not found: the sales corpus has no adjudicated labels yet")
+    gold = {}
+    for raw in gold_path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(raw)
+        if row.get("label") in LABEL_IDS:
+            gold[row["line_id"]] = row
+    result = LoadResult()
+    previous: dict[str, str] = {}
+    source = f"sales{'-asr' if asr else ''}:{split}"
+    for line in lines:
+        text = line["asr_text"] if asr else line["text"]
+        before = previous.get(line["call_id"], "")
+        previous[line["call_id"]] = text
+        if line["split"] != split or line["line_id"] not in gold:
+            continue
+        row = gold[line["line_id"]]
+        result.examples.append(
+            LabelledUtterance(
+                text=text,
+                label=LABEL_IDS[row["label"]],
+                source=source,
+                call_id=line["call_id"],
+                previous_text=before,
+            )
+        )
+    return result
+
+
 def load_source(spec: str, data_dir: Path | None = None) -> LoadResult:
-    """A named corpus (see CORPORA) or a path to a file in the project's label format."""
+    """A named corpus (see CORPORA), a split of the sales corpus ("sales:dev", "sales-asr:dev"), or a
+    path to a file in the project's label format."""
+    name, _, split = spec.partition(":")
+    if name in ("sales", "sales-asr") and split in SALES_SPLITS:
+        return load_sales(split, asr=name == "sales-asr")
     if spec in CORPORA:
         kind, relative = CORPORA[spec]
         path = (data_dir or shared_data_dir()) / relative

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from callsense.domain import NEGATIVE_SPIKE_THRESHOLD
 from training.data import LABELS
 
 
@@ -62,4 +63,15 @@ def classification_report(y_true: np.ndarray | list[int], probs: np.ndarray) -> 
         "roc_auc_ovr": auc,
         "confusion_matrix": confusion_matrix(truth, predicted, labels=labels).tolist(),
         "ece": expected_calibration_error(truth, probs),
+        "negative_below_red": _negative_below_red(truth, probs),
     }
+
+
+def _negative_below_red(truth: np.ndarray, probs: np.ndarray) -> float | None:
+    """Share of the truly negative lines whose score (p_pos + 0.5 p_neu) is under the badge's red line:
+    the lines that can turn the live badge red at all. None without negative lines."""
+    negatives = truth == LABELS.index("negative")
+    if not negatives.any():
+        return None
+    scores = probs[:, 2] + 0.5 * probs[:, 1]
+    return float((scores[negatives] < NEGATIVE_SPIKE_THRESHOLD).mean())

@@ -12,6 +12,7 @@ import json
 import socket
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -21,7 +22,6 @@ import pytest
 import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 
-from callsense.config import Config
 from callsense.v1 import audio_pb2, sentiment_pb2, sentiment_pb2_grpc
 from gateway.__main__ import _Server
 from gateway.app import create_app
@@ -592,11 +592,8 @@ async def test_unreachable_stage_fails_the_call_clearly_and_readyz_says_so(
     mesh_services: MeshServices, gateway_db_url: str
 ) -> None:
     # A real failure, not a stub: the chopper address has nothing listening.
-    config = Config(
-        chopper_addr=f"127.0.0.1:{free_port()}",
-        scorer_addr=mesh_services.scorer_addr,
-        postcall_addr=mesh_services.postcall_addr,
-        database_url=gateway_db_url,
+    config = replace(
+        mesh_services.config(database_url=gateway_db_url), chopper_addr=f"127.0.0.1:{free_port()}"
     )
     gateway = await Gateway.open(config, settings=SessionSettings(grace_s=0.5))
     try:
@@ -631,11 +628,7 @@ async def test_unreachable_stage_fails_the_call_clearly_and_readyz_says_so(
 async def test_create_app_opens_and_closes_its_own_gateway(
     mesh_services: MeshServices, gateway_db_url: str
 ) -> None:
-    config = Config(
-        chopper_addr=mesh_services.chopper_addr,
-        scorer_addr=mesh_services.scorer_addr,
-        postcall_addr=mesh_services.postcall_addr,
-    )
+    config = mesh_services.config()
     app = create_app(config, database_url=gateway_db_url)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

@@ -18,7 +18,6 @@ import pytest
 import pytest_asyncio
 from websockets.asyncio.client import ClientConnection, connect
 
-from callsense.config import Config
 from gateway.calls.settings import SessionSettings
 from tests.support.audio import SENTENCE_A, normalise_words, speak_pcm16, word_error_rate
 from tests.support.mesh import MeshServices, RunningGateway, _serve_gateway
@@ -38,13 +37,7 @@ live was released by the stall, not by the end of the call."""
 async def idle_gateway(
     mesh_services: MeshServices, asr_addr: str, gateway_db_url: str
 ) -> AsyncIterator[RunningGateway]:
-    config = Config(
-        chopper_addr=mesh_services.chopper_addr,
-        scorer_addr=mesh_services.scorer_addr,
-        postcall_addr=mesh_services.postcall_addr,
-        asr_addr=asr_addr,
-        database_url=gateway_db_url,
-    )
+    config = mesh_services.config(asr_addr=asr_addr, database_url=gateway_db_url)
     settings = SessionSettings(grace_s=0.5, finish_timeout_s=30.0, audio_idle_timeout_s=IDLE_S)
     async with _serve_gateway(config, settings) as running:
         yield running

@@ -17,7 +17,6 @@ import grpc.aio
 import pytest
 from websockets.asyncio.client import connect
 
-from callsense.config import Config
 from callsense.domain import Channel, compute_call_stats
 from callsense.v1 import audio_pb2, sentiment_pb2, sentiment_pb2_grpc
 from gateway.calls.events import CallOutcome, LiveBadge, LiveCue, LiveScore, LiveSummary
@@ -252,12 +251,7 @@ async def test_a_tenants_own_thresholds_make_red_come_earlier(
 ) -> None:
     # "quick" sees red as soon as the average is below 0.50 on 4 s of speech, with no sustain period.
     quick = BadgeSettings(min_evidence_s=4.0, red_enter=0.50, red_enter_sustain_s=0.0, red_exit=0.54)
-    config = Config(
-        chopper_addr=mesh_services.chopper_addr,
-        scorer_addr=mesh_services.scorer_addr,
-        postcall_addr=mesh_services.postcall_addr,
-        database_url=gateway_db_url,
-    )
+    config = mesh_services.config(database_url=gateway_db_url)
     settings = SessionSettings(grace_s=0.5, finish_timeout_s=30.0, badge_settings={"quick": quick})
     gateway = await Gateway.open(config, settings=settings)
     # Pleased for 3 s, then 6 s sour: the average at 9 s is about 0.46, above the default 0.30.

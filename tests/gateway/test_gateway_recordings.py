@@ -36,13 +36,7 @@ BATCH = "/v1/sentiment/batch"
 
 
 def config(mesh: MeshServices, asr_addr: str, db_url: str) -> Config:
-    return Config(
-        chopper_addr=mesh.chopper_addr,
-        scorer_addr=mesh.scorer_addr,
-        postcall_addr=mesh.postcall_addr,
-        asr_addr=asr_addr,
-        database_url=db_url,
-    )
+    return mesh.config(asr_addr=asr_addr, database_url=db_url)
 
 
 @pytest_asyncio.fixture

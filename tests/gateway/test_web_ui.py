@@ -32,7 +32,6 @@ from PIL import Image
 from playwright.async_api import Browser, Page, Playwright, async_playwright, expect
 from websockets.asyncio.client import connect
 
-from callsense.config import Config
 from callsense.domain import Channel, Label
 from callsense.tenants import TenantsConfig
 from gateway.heartbeat import FRESH_S, ORPHAN_AFTER_S, LiveCallHeartbeat
@@ -477,12 +476,7 @@ async def test_every_replica_lists_every_replicas_live_calls_and_a_dead_replicas
 ) -> None:
     """Two gateway replicas on one database: each lists the calls the other holds (Envoy pins a call to
     one replica, the console's list request may reach any). A call whose replica died is closed."""
-    config = Config(
-        chopper_addr=mesh_services.chopper_addr,
-        scorer_addr=mesh_services.scorer_addr,
-        postcall_addr=mesh_services.postcall_addr,
-        database_url=gateway_db_url,
-    )
+    config = mesh_services.config(database_url=gateway_db_url)
     a, call_id = running_gateway, new_call_id("replicas")
     store = a.gateway.stores.default
     async with _serve_gateway(config) as b, httpx.AsyncClient(timeout=TIMEOUT_S) as http:

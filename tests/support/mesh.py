@@ -22,6 +22,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import psycopg
@@ -89,6 +90,15 @@ class MeshServices:
     scorer_addr: str
     postcall_addr: str
     """The session's post-call worker: a gateway's Config needs it, or its calls' reports are owed."""
+
+    def config(self, **settings: Any) -> Config:
+        """A gateway's Config that reaches these services; ``settings``: its other fields."""
+        return Config(
+            chopper_addr=self.chopper_addr,
+            scorer_addr=self.scorer_addr,
+            postcall_addr=self.postcall_addr,
+            **settings,
+        )
 
 
 def _scorer_model() -> Path:
@@ -236,12 +246,7 @@ class RunningGateway:
 @pytest_asyncio.fixture
 async def running_gateway(mesh_services: MeshServices, gateway_db_url: str) -> AsyncIterator[RunningGateway]:
     """A gateway in this test's loop: uvicorn on a free port, the gRPC API on another, one Gateway."""
-    config = Config(
-        chopper_addr=mesh_services.chopper_addr,
-        scorer_addr=mesh_services.scorer_addr,
-        postcall_addr=mesh_services.postcall_addr,
-        database_url=gateway_db_url,
-    )
+    config = mesh_services.config(database_url=gateway_db_url)
     async with _serve_gateway(config) as running:
         yield running
 
@@ -251,13 +256,7 @@ async def audio_gateway(
     mesh_services: MeshServices, asr_addr: str, gateway_db_url: str
 ) -> AsyncIterator[RunningGateway]:
     """Like running_gateway, with the real ASR service behind it (audio calls)."""
-    config = Config(
-        chopper_addr=mesh_services.chopper_addr,
-        scorer_addr=mesh_services.scorer_addr,
-        postcall_addr=mesh_services.postcall_addr,
-        asr_addr=asr_addr,
-        database_url=gateway_db_url,
-    )
+    config = mesh_services.config(asr_addr=asr_addr, database_url=gateway_db_url)
     async with _serve_gateway(config) as running:
         yield running
 
