@@ -159,6 +159,22 @@ def _word_set(words: str) -> frozenset[str]:
     return frozenset(words.split())
 
 
+_WORD = re.compile(r"[\w-]+")
+# How far back a cue word is looked for. A cue counts only within its last few words, and words longer
+# than this are no cue: looking back a bounded stretch keeps the work per find constant.
+_LOOK_BACK_CHARS = 120
+
+
+def _words_before(text: str, pos: int, count: int) -> list[str]:
+    """The last ``count`` words (runs of letters, digits, ``_`` and ``-``) of ``text[:pos]``, lower case."""
+    words = _WORD.findall(text, max(pos - _LOOK_BACK_CHARS, 0), pos)
+    return [w.lower() for w in words[-count:]]
+
+
+def _is_word_char(text: str, i: int) -> bool:
+    return i >= 0 and (text[i].isalnum() or text[i] == "_")
+
+
 _WRITTEN_EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9][\w.%+-]*@[A-Za-z0-9](?:[A-Za-z0-9-]*\.)+[A-Za-z]{2,}\b")
 
 # Top-level domains a spoken address may end in. A closed list, because "at" and "dot" are ordinary words:
@@ -208,7 +224,7 @@ def _plausible_spoken_email(text: str, m: re.Match[str]) -> bool:
     dotted_local = (
         len(local_parts) > 1 or any(c in m["local"] for c in "._") or any(c.isdigit() for c in m["local"])
     )
-    cue_before = any(w in _EMAIL_CUES for w in re.findall(r"[\w-]+", text[: m.start()].lower())[-6:])
+    cue_before = any(w in _EMAIL_CUES for w in _words_before(text, m.start(), 6))
     return dotted_local or cue_before or labels[0] in _MAIL_PROVIDERS or "@" in m.group(0)
 
 
@@ -240,7 +256,7 @@ _PHONE_CUES = _word_set("number phone call cell mobile line dial extension ext t
 def _written_numbers(text: str) -> Iterator[_Find]:
     for m in _NUMBER_RUN.finditer(text):
         groups = _groups(text, m.start(), m.end())
-        cue = any(w in _PHONE_CUES for w in re.findall(r"[\w-]+", text[: m.start()].lower())[-4:])
+        cue = any(w in _PHONE_CUES for w in _words_before(text, m.start(), 4))
         yield from _classify_windows(
             text, groups, plus=text[m.start()] == "+", run_start=m.start(), phone_cue=cue
         )
@@ -255,6 +271,12 @@ def _groups(text: str, start: int, end: int) -> list[_Group]:
     return out
 
 
+# No rule masks more digits than a card has (19): a window of more digits is never PII, so only windows
+# up to that many digits are classified. That bounds the work per group, so a long run of digit groups
+# costs linear time, not cubic (every window of a run, each classified in time of its length).
+MAX_PII_DIGITS = 19
+
+
 def _classify_windows(
     text: str, groups: list[_Group], *, plus: bool, run_start: int, phone_cue: bool = False
 ) -> Iterator[_Find]:
@@ -264,7 +286,11 @@ def _classify_windows(
     """
     i = 0
     while i < len(groups):
-        for j in range(len(groups), i, -1):
+        longest, digits = i, 0
+        while longest < len(groups) and digits + len(groups[longest].digits) <= MAX_PII_DIGITS:
+            digits += len(groups[longest].digits)
+            longest += 1
+        for j in range(longest, i, -1):
             start = run_start if i == 0 and plus else groups[i].start
             kind = _classify_written(
                 text[start : groups[j - 1].end],
@@ -427,7 +453,11 @@ def _spoken_digits(run: list[_Token]) -> str | None:
 
 
 def _said_plus(text: str, start: int) -> bool:
-    return re.search(r"\bplus\s*$", text[:start], re.IGNORECASE) is not None
+    """ "plus" (a word) right before ``start``, blanks between: "plus four four ..." is +44."""
+    end = start
+    while end > 0 and text[end - 1].isspace():
+        end -= 1
+    return text[max(end - 4, 0) : end].lower() == "plus" and (end == 4 or not _is_word_char(text, end - 5))
 
 
 def _classify_spoken(digits: str, *, plus: bool) -> PiiKind | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from chopper_service.pii import MaskedText, PiiKind, luhn_valid, mask_pii
@@ -248,3 +250,30 @@ def test_text_without_pii_is_unchanged() -> None:
     assert masked.text == "That price is too high for us."
     assert masked.spans == ()
     assert masked.to_original(5) == 5
+
+
+def _slowest_best_of(text: str, runs: int = 3) -> float:
+    best = float("inf")
+    for _ in range(runs):
+        started = time.perf_counter()
+        mask_pii(text)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+@pytest.mark.parametrize(
+    "unit",
+    [
+        "4 1 5 5 5 5 0 1 9 9 ",  # a run of digit groups: every window of it used to be classified (cubic)
+        "seats 12 sites 3 call 415 555 0199 ",
+        "reach me at jo dot smith at acme dot com or call plus four four two oh ",
+    ],
+)
+def test_masking_takes_linear_time(unit: str) -> None:
+    """A 100x longer text costs about 100x the time, not 10,000x: one long line must not stall the
+    shared chopper (an 8,000-character utterance is accepted)."""
+    short, long = unit * 8, unit * 800
+    ratio = _slowest_best_of(long) / max(_slowest_best_of(short), 1e-5)
+    assert ratio < 400, f"{len(long)} characters took {ratio:.0f}x the time of {len(short)}"
+    masked = mask_pii(long + " my number is 415-555-0123")
+    assert masked.text.endswith("my number is [PHONE]")  # still found at the end of a long line
