@@ -6,6 +6,12 @@
         Krippendorff's alpha overall and per class, Cohen's kappa per pair; exits 1 below --min-alpha
     callsense labels adjudicate LABELS.jsonl... --out gold.jsonl
         the majority label per line, every annotator's label kept; lists the lines left for a person
+    callsense labels export --since DAY --until DAY [--tenant T] [--team T] [--share 0.07] --out DIR
+        a random share of the period's ended calls (PII already masked) as a Label Studio project
+        (DIR/tasks.json, DIR/label_config.xml) and as DIR/lines.jsonl
+    callsense labels import FILE... --out labels.jsonl
+        labels from Label Studio's JSON export, JSON Lines or CSV, any number of annotators, into the
+        project's label format (all or nothing: a bad row writes nothing)
 
 An annotator is named by the file's ``annotator`` field, else by the file's name (``labels/ann-1.jsonl``
 is ``ann-1``). Exit codes: 0 done, 1 agreement below the threshold or lines left undecided, 2 bad input.
@@ -21,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from training.labelling import SampledLine
     from training.labels import Annotation
 
 DEFAULT_DATA = Path("data/sales")
@@ -39,6 +46,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     adjudicate = verbs.add_parser("adjudicate", help="gold labels by majority; the rest listed")
     adjudicate.add_argument("files", nargs="+", help="one JSON Lines file of labels per annotator")
     adjudicate.add_argument("--out", required=True, help="where the gold labels go (JSON Lines)")
+    export = verbs.add_parser("export", help="a sample of stored calls for annotators (Label Studio, JSONL)")
+    export.add_argument("--since", required=True, help="first day, YYYY-MM-DD (UTC)")
+    export.add_argument("--until", required=True, help="the day after the last, YYYY-MM-DD (UTC)")
+    export.add_argument("--tenant", default=None)
+    export.add_argument("--team", default=None)
+    export.add_argument("--share", type=float, default=0.07, help="share of the calls (default 0.07)")
+    export.add_argument("--seed", type=int, default=None, help="for a repeatable sample")
+    export.add_argument("--database-url", default="", help="default: DATABASE_URL, else the embedded one")
+    export.add_argument("--out", required=True, help="a folder for tasks.json, label_config.xml, lines.jsonl")
+    imported = verbs.add_parser("import", help="annotators' labels into the project's label format")
+    imported.add_argument("files", nargs="+", help="Label Studio JSON exports, JSON Lines or CSV files")
+    imported.add_argument("--out", required=True, help="the labels, JSON Lines")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,8 +69,12 @@ def run(args: argparse.Namespace) -> int:
             return _build(Path(args.data), args.packets)
         if args.verb == "agreement":
             return _agreement(args.files, args.min_alpha, args.json)
+        if args.verb == "export":
+            return _export(args)
+        if args.verb == "import":
+            return _import(args.files, Path(args.out))
         return _adjudicate(args.files, Path(args.out))
-    except (LabelError, CorpusError, OSError) as exc:
+    except (LabelError, CorpusError, OSError, ValueError) as exc:
         print(f"callsense labels {args.verb}: {exc}", file=sys.stderr)
         return 2
 
@@ -69,15 +92,57 @@ def _build(data: Path, packets: int) -> int:
 
 
 def _read_all(files: list[str]) -> list[Annotation]:
-    from training.labels import read_annotations
+    from training.labelling import read_label_file
 
-    rows: list[Annotation] = []
-    for name in files:
-        path = Path(name)
-        first = path.read_text(encoding="utf-8").split("\n", 1)[0]
-        named = first.strip() and "annotator" in json.loads(first)
-        rows += read_annotations(path, annotator=None if named else path.stem)
-    return rows
+    return [row for name in files for row in read_label_file(Path(name))]
+
+
+def _export(args: argparse.Namespace) -> int:
+    import asyncio
+    from datetime import UTC, datetime
+
+    from callsense.config import load_config
+    from callsense.storage import command_databases
+    from training.labelling import LABEL_STUDIO_CONFIG, label_studio_tasks, lines_jsonl, sample_calls
+
+    since = datetime.fromisoformat(args.since).replace(tzinfo=UTC)
+    until = datetime.fromisoformat(args.until).replace(tzinfo=UTC)
+
+    async def sample() -> list[SampledLine]:
+        async with command_databases(load_config(), args.database_url or None) as databases:
+            lines: list[SampledLine] = []
+            for database in databases.stores:
+                async with database.pool.connection() as conn:
+                    lines += await sample_calls(
+                        conn,
+                        since,
+                        until,
+                        share=args.share,
+                        tenant=args.tenant,
+                        team=args.team,
+                        seed=args.seed,
+                    )
+            return lines
+
+    lines = asyncio.run(sample())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tasks.json").write_text(json.dumps(label_studio_tasks(lines), indent=1, ensure_ascii=False))
+    (out / "label_config.xml").write_text(LABEL_STUDIO_CONFIG)
+    (out / "lines.jsonl").write_text(lines_jsonl(lines), encoding="utf-8")
+    calls = len({x.call_id for x in lines})
+    print(f"{out}: {len(lines)} lines of {calls} calls (tasks.json + label_config.xml for Label Studio)")
+    return 0
+
+
+def _import(files: list[str], out: Path) -> int:
+    rows = _read_all(files)  # every file read and checked before anything is written
+    if not rows:
+        raise ValueError("no label in the files (a Label Studio export without completed annotations?)")
+    out.write_text("".join(json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    who = sorted({r.annotator for r in rows})
+    print(f"{out}: {len(rows)} labels from {len(who)} annotators ({', '.join(who)})")
+    return 0
 
 
 def _agreement(files: list[str], min_alpha: float, as_json: bool) -> int:

@@ -44,30 +44,38 @@ class Annotation:
 
 
 def read_annotations(path: Path, annotator: str | None = None) -> list[Annotation]:
-    """One annotator's file: rows of ``line_id``, ``label``, ``objection`` (null or one of OBJECTIONS),
-    ``why``, and ``annotator`` unless given here. LabelError names the first bad row."""
-    rows: list[Annotation] = []
-    seen: set[str] = set()
+    """One annotator's JSON Lines file: rows of ``line_id``, ``label``, ``objection`` (null or one of
+    OBJECTIONS), ``why``, and ``annotator`` unless given here. LabelError names the first bad row."""
+    rows = []
     for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not raw.strip():
-            continue
-        where = f"{path}:{number}"
+        if raw.strip():
+            try:
+                rows.append((f"{path}:{number}", json.loads(raw)))
+            except json.JSONDecodeError as exc:
+                raise LabelError(f"{path}:{number}: not JSON ({exc})") from None
+    return annotations_from_rows(rows, annotator)
+
+
+def annotations_from_rows(rows: Iterable[tuple[str, Any]], annotator: str | None = None) -> list[Annotation]:
+    """Annotations from ``(where, row)`` pairs (``where`` names the row in errors); all or nothing."""
+    out: list[Annotation] = []
+    seen: set[tuple[str, str]] = set()
+    for where, row in rows:
         try:
-            row: dict[str, Any] = json.loads(raw)
             line_id, label = str(row["line_id"]), str(row["label"]).strip().lower()
             objection = row.get("objection") or None
             who = annotator or str(row["annotator"])
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (KeyError, TypeError, AttributeError) as exc:
             raise LabelError(f"{where}: {exc!r}: each row needs line_id, label and annotator") from None
         if label not in LABELS:
             raise LabelError(f"{where}: label {label!r} is not one of {', '.join(LABELS)}")
         if objection is not None and objection not in OBJECTIONS:
             raise LabelError(f"{where}: objection {objection!r} is not one of {', '.join(OBJECTIONS)}")
-        if line_id in seen:
+        if (who, line_id) in seen:
             raise LabelError(f"{where}: {line_id} is labelled twice by {who}")
-        seen.add(line_id)
-        rows.append(Annotation(line_id, who, label, objection, str(row.get("why", "")).strip()))
-    return rows
+        seen.add((who, line_id))
+        out.append(Annotation(line_id, who, label, objection, str(row.get("why") or "").strip()))
+    return out
 
 
 @dataclass(frozen=True)
