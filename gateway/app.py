@@ -64,7 +64,7 @@ from callsense.domain import compute_call_stats
 from callsense.telemetry import call_context, tracer
 from gateway.calls.errors import ErrorCode, InputError, NotFoundError
 from gateway.calls.fanout import Subscription
-from gateway.calls.inputs import validate_call_id
+from gateway.calls.inputs import decode_json, validate_call_id
 from gateway.calls.registry import CallDriver
 from gateway.calls.service import BatchResult, Gateway
 from gateway.calls.settings import SessionSettings
@@ -503,9 +503,9 @@ class StreamConnection:
 
     async def _on_text(self, text: str) -> None:
         try:
-            data = json.loads(text)
-        except ValueError as exc:
-            await self._send_error(InputError(ErrorCode.BAD_JSON, f"the message is not valid JSON: {exc}"))
+            data = decode_json(text)
+        except InputError as err:
+            await self._send_error(err)
             return
         if not isinstance(data, dict):
             await self._send_error(

@@ -68,6 +68,10 @@ def parse_channel_roles(value: str | Sequence[str] | None) -> tuple[Channel, ...
     if value is None:
         return ()
     names = value.split(",") if isinstance(value, str) else list(value)
+    if not all(isinstance(name, str) for name in names):
+        raise InputError(
+            ErrorCode.INVALID_CHANNEL, 'channel_roles: give role names, e.g. ["agent", "customer"]'
+        )
     roles = tuple(name.strip().lower() for name in names if name.strip())
     for role in roles:
         if role not in CHANNELS:

@@ -261,7 +261,7 @@ class RecordingFields(_CallIdMixin):
                 value = json.loads(value)
         if isinstance(value, str | list | tuple):
             try:
-                return parse_channel_roles(value if isinstance(value, str) else [str(v) for v in value])
+                return parse_channel_roles(value if isinstance(value, str) else list(value))
             except InputError as err:
                 raise _custom_error(err) from None
         return value

@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -41,7 +40,7 @@ from callsense.domain import Channel
 from callsense.telemetry import call_context
 from gateway.calls.errors import ErrorCode, InputError
 from gateway.calls.events import CallOutcome
-from gateway.calls.inputs import AudioInputFormat, validate_call_id, validate_metadata
+from gateway.calls.inputs import AudioInputFormat, decode_json, validate_call_id, validate_metadata
 from gateway.calls.registry import CallDriver, SessionRegistry
 
 log = logging.getLogger(__name__)
@@ -75,10 +74,7 @@ class TwilioStream:
     async def on_text(self, text: str) -> None:
         """Handle one text frame; never raises for bad input (it is logged and reported)."""
         try:
-            try:
-                data = json.loads(text)
-            except ValueError as exc:
-                raise _invalid(f"the message is not valid JSON: {exc}", ErrorCode.BAD_JSON) from None
+            data = decode_json(text)
             if not isinstance(data, dict):
                 raise _invalid('a message must be a JSON object with an "event"')
             await self._handle(data)

@@ -21,6 +21,8 @@ class ErrorCode:
     INVALID_METADATA = "invalid_metadata"
     TEXT_TOO_LONG = "text_too_long"
     EMPTY_TEXT = "empty_text"
+    INVALID_TEXT = "invalid_text"
+    """Text holding a NUL or a lone UTF-16 surrogate: nothing can store or send it as it is."""
     INVALID_CHANNEL = "invalid_channel"
     INVALID_TIMES = "invalid_times"
     NOT_STARTED = "not_started"

@@ -8,6 +8,7 @@ functions; what comes out is safe to hand to the pipeline. An InputError carries
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,6 +97,28 @@ def validate_call_id(call_id: object) -> str:
     return call_id
 
 
+def decode_json(text: str) -> Any:
+    """A JSON message as Python values; InputError ``bad_json`` for anything that is not JSON, and for
+    JSON nested too deep to decode (which would otherwise raise RecursionError and drop the connection)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        reason = "it is nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise InputError(ErrorCode.BAD_JSON, f"the message is not valid JSON: {reason}") from None
+
+
+def storable(value: str, field: str, code: str) -> str:
+    """``value`` unless it holds what no database column or UTF-8 frame can carry: a NUL character, or a
+    lone UTF-16 surrogate (JSON's "\\ud800"); InputError with ``code`` naming ``field`` then."""
+    if "\x00" in value:
+        raise InputError(code, f"{field} holds a NUL character (\\u0000): remove it")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(code, f"{field} holds a lone UTF-16 surrogate: send valid Unicode text") from None
+    return value
+
+
 def validate_metadata(
     tenant: str = "",
     agent: str = "",
@@ -106,6 +129,7 @@ def validate_metadata(
 ) -> CallInfo:
     values = {"tenant": tenant, "agent": agent, "team": team, "region": region, "language": language}
     for name, value in values.items():
+        storable(value, f"metadata.{name}", ErrorCode.INVALID_METADATA)
         if len(value) > MAX_METADATA_CHARS:
             raise InputError(
                 ErrorCode.INVALID_METADATA, f"metadata.{name} is longer than {MAX_METADATA_CHARS} characters"
@@ -114,6 +138,8 @@ def validate_metadata(
     if len(labels) > MAX_LABELS:
         raise InputError(ErrorCode.INVALID_METADATA, f"metadata.labels holds more than {MAX_LABELS} entries")
     for key, value in labels.items():
+        storable(key, "metadata.labels", ErrorCode.INVALID_METADATA)
+        storable(value, f"metadata.labels.{key}", ErrorCode.INVALID_METADATA)
         if len(key) > MAX_METADATA_CHARS or len(value) > 1024:
             raise InputError(
                 ErrorCode.INVALID_METADATA,
@@ -133,11 +159,11 @@ def validate_text(text: object) -> str:
         )
     if not text.strip():
         raise InputError(ErrorCode.EMPTY_TEXT, "text is empty: an utterance needs some words")
-    return text
+    return storable(text, "text", ErrorCode.INVALID_TEXT)
 
 
 def validate_channel(channel: object) -> Channel:
-    if channel not in CHANNELS:
+    if not isinstance(channel, str) or channel not in CHANNELS:
         raise InputError(
             ErrorCode.INVALID_CHANNEL, f"channel {channel!r} is unknown: use customer, agent or mixed"
         )
@@ -221,7 +247,7 @@ def validate_audio_format(audio: object) -> AudioInputFormat:
     if unknown:
         raise _bad_audio(f"unknown field(s) {', '.join(map(repr, unknown))}")
     encoding = audio.get("encoding")
-    if encoding not in AUDIO_ENCODINGS:
+    if not isinstance(encoding, str) or encoding not in AUDIO_ENCODINGS:
         raise _bad_audio(f"encoding {encoding!r} is unsupported: use pcm16, mulaw or alaw")
     rate = audio.get("sample_rate_hz")
     if (
@@ -239,7 +265,7 @@ def validate_audio_format(audio: object) -> AudioInputFormat:
     roles = audio.get("channel_roles")
     if roles is None:
         roles = ["mixed"] if channels == 1 else ["agent", "customer"]
-    if not isinstance(roles, list) or any(r not in CHANNELS for r in roles):
+    if not isinstance(roles, list) or any(not isinstance(r, str) or r not in CHANNELS for r in roles):
         raise _bad_audio("channel_roles must be a list of customer, agent or mixed, one per channel")
     if len(roles) != channels:
         raise _bad_audio(f"channel_roles has {len(roles)} role(s) for {channels} channel(s): give one each")

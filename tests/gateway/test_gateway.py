@@ -168,6 +168,29 @@ BAD_BEFORE_START: list[tuple[str, dict[str, Any] | str, str, str]] = [
     ("long call_id", {"type": "start", "call_id": "x" * 129}, "invalid_call_id", "1-128"),
     ("utterance before start", utterance(POSITIVE), "not_started", "send start"),
     ("stop before start", {"type": "stop"}, "not_started", "send start"),
+    ("nested 100,000 deep", "[" * 100_000 + "]" * 100_000, "bad_json", "nested too deeply"),
+    (
+        "audio encoding a list",
+        {"type": "start", "call_id": "enc-list", "audio": {"encoding": [], "sample_rate_hz": 16000}},
+        "invalid_audio_format",
+        "encoding [] is unsupported",
+    ),
+    (
+        "channel role a list",
+        {
+            "type": "start",
+            "call_id": "roles-nested",
+            "audio": {"encoding": "pcm16", "sample_rate_hz": 16000, "channel_roles": [["customer"]]},
+        },
+        "invalid_audio_format",
+        "channel_roles",
+    ),
+    (
+        "NUL in the tenant",
+        {"type": "start", "call_id": "nul-tenant", "metadata": {"tenant": "acme\x00"}},
+        "invalid_metadata",
+        "NUL",
+    ),
 ]
 
 
@@ -207,6 +230,15 @@ BAD_IN_CALL: list[tuple[str, dict[str, Any] | str | bytes, str, str]] = [
     ("negative time", utterance(POSITIVE, start_ms=-1), "invalid_times", "start_ms"),
     ("second start", {"type": "start", "call_id": "other-call"}, "already_started", "already running"),
     ("audio frame", b"\x00\x01" * 400, "audio_not_enabled", "audio is not enabled"),
+    ("NUL in the text", utterance("that's well over budget\x00 for us"), "invalid_text", "NUL"),
+    (
+        "lone surrogate",
+        '{"type": "utterance", "text": "not what we hoped \\ud800", "channel": "customer", '
+        '"start_ms": 0, "end_ms": 900}',
+        "invalid_text",
+        "surrogate",
+    ),
+    ("nested 100,000 deep", "[" * 100_000 + "]" * 100_000, "bad_json", "nested too deeply"),
 ]
 
 
@@ -395,6 +427,8 @@ async def test_batch_with_other_utterances_for_a_used_call_id_is_a_conflict(
         (lambda b: b["utterances"][0].update(channel="bot"), "invalid_channel", "channel"),
         (lambda b: b["utterances"][0].update(start_ms="soon"), "invalid_message", "start_ms"),
         (lambda b: b["metadata"].update(colour="red"), "invalid_message", "colour"),
+        (lambda b: b["utterances"][1].update(text="over budget\x00"), "invalid_text", "NUL"),
+        (lambda b: b["metadata"].update(tenant="acme\x00"), "invalid_metadata", "NUL"),
     ],
     ids=[
         "bad call_id",
@@ -405,6 +439,8 @@ async def test_batch_with_other_utterances_for_a_used_call_id_is_a_conflict(
         "channel",
         "times",
         "metadata",
+        "NUL in text",
+        "NUL in tenant",
     ],
 )
 async def test_batch_bad_bodies_get_clear_422s(
