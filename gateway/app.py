@@ -97,6 +97,7 @@ from gateway.schemas import (
 from gateway.store import StoreRouter
 from gateway.twilio import STREAM_PATH as TWILIO_STREAM_PATH
 from gateway.twilio import TwilioStream
+from gateway.web.docs import add_docs
 from gateway.web.routes import router as web_router
 
 log = logging.getLogger(__name__)
@@ -203,7 +204,10 @@ def create_app(
         version="1.0",
         description=API_DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served from the package by add_docs: FastAPI's own page loads a CDN
+        redoc_url=None,
     )
+    add_docs(app)
     _add_error_handlers(app)
     _add_routes(app)
     _document_schemas(app, (BatchRequest, BatchRecordingForm))

@@ -399,6 +399,22 @@ async def test_review_page_of_an_unknown_call_says_there_is_none(
     await expect(page2.get_by_test_id("error")).to_contain_text("malformed")
 
 
+@slow
+async def test_api_docs_render_from_the_package_alone(
+    running_gateway: RunningGateway, browser: Browser
+) -> None:
+    """/docs draws the API with Swagger UI's files from the gateway itself: every request the page makes
+    goes to the gateway (a self-hosted install often has no internet; FastAPI's default page used a CDN)."""
+    requested: list[str] = []
+    page = await browser.new_page()
+    page.on("request", lambda request: requested.append(request.url))
+    await page.goto(f"{running_gateway.http_url}/docs")
+    await expect(page.locator(".opblock").first).to_be_visible(timeout=30_000)
+    await expect(page.get_by_text("/v1/sentiment/batch").first).to_be_visible()
+    assert requested and all(url.startswith(running_gateway.http_url) for url in requested), requested
+    await screenshot(page, "api-docs.png")
+
+
 # --------------------------------------------------------------------------------------------- HTTP
 
 
