@@ -167,6 +167,23 @@ class ProcessSpec:
     cwd: str | os.PathLike[str] | None = None
     urls: Sequence[str] = ()
     """Where a person should go once everything is up (printed after start-up)."""
+    restart: bool = True
+    """Start it again when it dies on its own, after a back-off (``Backoff``); False: its death stops
+    everything (for a child nothing can do without, or that must not run twice)."""
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """How a child that died is started again: after ``first_s``, doubling per restart up to ``max_s``;
+    one that died ``give_up_after`` times within ``window_s`` is crash-looping, and stops everything."""
+
+    first_s: float = 0.5
+    max_s: float = 30.0
+    give_up_after: int = 5
+    window_s: float = 300.0
+
+    def delay_s(self, restarts: int) -> float:
+        return float(min(self.first_s * 2**restarts, self.max_s))
 
 
 def envoy_binary() -> str:
@@ -395,9 +412,14 @@ class Child:
 class Supervisor:
     """Starts ``specs`` in dependency order, watches them, and stops them all together."""
 
-    def __init__(self, specs: Sequence[ProcessSpec], *, out: TextIO | None = None) -> None:
+    def __init__(
+        self, specs: Sequence[ProcessSpec], *, out: TextIO | None = None, backoff: Backoff | None = None
+    ) -> None:
         self.layers = dependency_layers(specs)
         self.children: dict[str, Child] = {}
+        self.backoff = backoff or Backoff()
+        self.restarts: dict[str, collections.deque[float]] = {}
+        """When each child was last restarted (monotonic seconds), within the back-off's window."""
         self._out = out if out is not None else sys.stdout
         self._width = max([len("callsense"), *(len(s.name) for s in specs)])
         self._stop_requested = asyncio.Event()
@@ -455,22 +477,57 @@ class Supervisor:
         self._stop_requested.set()
 
     async def wait(self) -> int:
-        """Block until a stop is requested (0) or a child exits on its own (1, after saying which)."""
+        """Block until a stop is requested (0), restarting children that die on their own; 1 when one
+        that must not restart dies, or one crash-loops (after saying which)."""
         # A slow poll: this runs for the whole session, beside services that want the CPU.
-        waits = {asyncio.ensure_future(c.exited(poll_s=0.5)): name for name, c in self.children.items()}
+        exits = {name: asyncio.ensure_future(c.exited(poll_s=0.5)) for name, c in self.children.items()}
         stop = asyncio.ensure_future(self._stop_requested.wait())
         try:
-            done, _ = await asyncio.wait([stop, *waits], return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                done, _ = await asyncio.wait([stop, *exits.values()], return_when=asyncio.FIRST_COMPLETED)
+                if stop in done:
+                    return 0
+                for name in [name for name, future in exits.items() if future in done]:
+                    child = self.children[name]
+                    await child.drain_output()
+                    code = child.process.returncode
+                    if not child.spec.restart:
+                        self._say(f"{name} exited with code {code}; stopping everything")
+                        return 1
+                    if not await self._restart(child.spec, code):
+                        return 0 if self._stop_requested.is_set() else 1
+                    exits[name] = asyncio.ensure_future(self.children[name].exited(poll_s=0.5))
         finally:
-            for future in [stop, *waits]:
+            for future in [stop, *exits.values()]:
                 future.cancel()
-        if stop in done:
-            return 0
-        for future in done:
-            child = self.children[waits[future]]
-            await child.drain_output()
-            self._say(f"{child.spec.name} exited with code {child.process.returncode}; stopping everything")
-        return 1
+
+    async def _restart(self, spec: ProcessSpec, code: int | None) -> bool:
+        """Start ``spec`` again after its back-off, until it is ready; False when it crash-loops or a stop
+        is requested meanwhile."""
+        history = self.restarts.setdefault(spec.name, collections.deque())
+        while True:
+            now = time.monotonic()
+            while history and now - history[0] > self.backoff.window_s:
+                history.popleft()
+            if len(history) >= self.backoff.give_up_after:
+                self._say(
+                    f"{spec.name} exited with code {code}, its {len(history) + 1}th death in "
+                    f"{self.backoff.window_s:.0f} s: it is crash-looping; stopping everything"
+                )
+                return False
+            delay = self.backoff.delay_s(len(history))
+            history.append(now)
+            again = f"restarting it in {delay:.1f} s (restart {len(history)})"
+            self._say(f"{spec.name} exited with code {code}; {again}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_requested.wait(), delay)
+                return False  # a stop came during the back-off
+            try:
+                await self._start_one(spec)
+                return True
+            except StartupError as e:
+                self._say(f"{spec.name} did not come back: {e.reason}")
+                code = self.children[spec.name].process.returncode if spec.name in self.children else None
 
     async def stop(self) -> None:
         """Stop every child, dependants first (Envoy before the gateway before the services)."""

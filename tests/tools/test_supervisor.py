@@ -17,6 +17,7 @@ from callsense.config import Config
 from postcall.__main__ import parse_args as postcall_args
 from tools.ports import free_port
 from tools.supervisor import (
+    Backoff,
     GrpcReady,
     HttpReady,
     ProcessSpec,
@@ -140,12 +141,60 @@ async def test_reports_the_process_that_fails_with_its_log_tail(script: str, rea
     assert not any(_alive(child.pid) for child in supervisor.children.values())
 
 
-async def test_a_child_that_dies_later_ends_the_wait() -> None:
+async def test_a_child_that_must_not_restart_ends_the_wait_when_it_dies() -> None:
     out = io.StringIO()
-    spec = ProcessSpec("flaky", [PY, "-c", "import time; time.sleep(0.6); print('bye'); raise SystemExit(2)"])
+    code = "import time; time.sleep(0.6); print('bye'); raise SystemExit(2)"
+    spec = ProcessSpec("flaky", [PY, "-c", code], restart=False)
     async with Supervisor([spec], out=out) as supervisor:
         assert await asyncio.wait_for(supervisor.wait(), 10) == 1
-    assert "flaky exited with code 2" in out.getvalue()
+    assert "flaky exited with code 2; stopping everything" in out.getvalue()
+
+
+QUICK = Backoff(first_s=0.05, max_s=0.2, give_up_after=3, window_s=60.0)
+
+
+class _Output(io.StringIO):
+    """The supervisor's output, with an event set once ``awaited`` has been written."""
+
+    def __init__(self, awaited: str) -> None:
+        super().__init__()
+        self.awaited, self.seen = awaited, asyncio.Event()
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        if self.awaited in self.getvalue():
+            self.seen.set()
+        return written
+
+
+async def test_a_child_that_dies_is_restarted_after_a_back_off_and_says_so(tmp_path: Path) -> None:
+    """The first start dies after a moment; the restart finds its marker and stays up."""
+    marker = tmp_path / "started-once"
+    code = (
+        "import pathlib, sys, time\n"
+        f"m = pathlib.Path({str(marker)!r})\n"
+        "if not m.exists():\n    m.touch(); time.sleep(0.3); sys.exit(3)\n"
+        "print('back', flush=True); time.sleep(60)"
+    )
+    out = _Output("| back")
+    async with Supervisor([ProcessSpec("scorer", [PY, "-c", code])], out=out, backoff=QUICK) as supervisor:
+        first = supervisor.children["scorer"].pid
+        waiting = asyncio.create_task(supervisor.wait())
+        await asyncio.wait_for(out.seen.wait(), 20)  # the restarted child said it is back
+        assert "scorer exited with code 3; restarting it in 0.1 s (restart 1)" in out.getvalue()
+        assert supervisor.children["scorer"].pid != first and not waiting.done()  # still supervising
+        supervisor.request_stop()
+        assert await asyncio.wait_for(waiting, 10) == 0
+
+
+async def test_a_crash_looping_child_stops_everything() -> None:
+    out = io.StringIO()
+    spec = ProcessSpec("chopper", [PY, "-c", "import time; time.sleep(0.2); raise SystemExit(4)"])
+    async with Supervisor([spec], out=out, backoff=QUICK) as supervisor:
+        assert await asyncio.wait_for(supervisor.wait(), 20) == 1
+    said = out.getvalue()
+    assert said.count("restarting it in") == 3 and "(restart 3)" in said
+    assert "its 4th death in 60 s: it is crash-looping; stopping everything" in said
 
 
 def test_dependency_layers() -> None:
