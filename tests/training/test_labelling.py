@@ -1,5 +1,6 @@
-"""A user's own stored calls out to annotators and their labels back (`callsense labels export|import`),
-against a real PostgreSQL; the labels in Label Studio's export shape, JSON Lines and CSV."""
+"""A user's own stored calls out to annotators and their labels back (`callsense labels export|import`):
+calls made through the gateway's batch API (the real chopper and scorer, a real PostgreSQL), exported,
+and labels read back in Label Studio's export shape, JSON Lines and CSV."""
 
 from __future__ import annotations
 
@@ -7,18 +8,18 @@ import csv
 import json
 import subprocess
 import sys
-from dataclasses import replace
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
+import httpx
 import pytest
 
-from gateway.store import Store
-from tests.support.delivery import event
+from tests.support.mesh import RunningGateway
 
-pytestmark = pytest.mark.slow  # a real PostgreSQL and the CLI in a child process
+pytestmark = pytest.mark.slow  # the mesh, a real PostgreSQL and the CLI in a child process
 
 ROOT = Path(__file__).resolve().parents[2]
 # What buyers and reps said, as the gateway stores it (masked); from the sales corpus's first calls.
@@ -26,7 +27,6 @@ SAID = [
     json.loads(line)
     for line in (ROOT / "data" / "sales" / "lines.jsonl").read_text(encoding="utf-8").splitlines()[:120]
 ]
-DAY = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -39,19 +39,23 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-async def _store_calls(store: Store, tenant: str, count: int, start: datetime) -> None:
-    for n in range(count):
-        call_id = f"{tenant}-call-{n:02d}"
-        await store.upsert_call_start(
-            call_id, {"tenant": tenant, "team": "east"}, started_at=start + timedelta(hours=n)
-        )
-        rows = SAID[(n * 6) % 100 : (n * 6) % 100 + 6]
-        events = [
-            replace(event(call_id, i, "neutral", channel=row["speaker"]), text=row["text"])
-            for i, row in enumerate(rows)
-        ]
-        await store.record_scores(events)
-        await store.end_call(call_id)
+async def _batch_calls(gateway: RunningGateway, tenant: str, count: int) -> None:
+    """``count`` calls through POST /v1/sentiment/batch, each six lines of a written sales call."""
+    async with httpx.AsyncClient(base_url=gateway.http_url, timeout=60.0) as http:
+        for n in range(count):
+            rows = SAID[(n * 6) % 100 : (n * 6) % 100 + 6]
+            utterances = [
+                {
+                    "text": row["text"],
+                    "channel": row["speaker"],
+                    "start_ms": i * 3000,
+                    "end_ms": i * 3000 + 2500,
+                }
+                for i, row in enumerate(rows)
+            ]
+            body = {"call_id": f"{tenant}-call-{n:02d}", "metadata": {"tenant": tenant, "team": "east"}}
+            reply = await http.post("/v1/sentiment/batch", json={**body, "utterances": utterances})
+            assert reply.status_code == 200, reply.text
 
 
 def _label_studio_export(tasks: list[dict[str, Any]], annotators: dict[int, str]) -> list[dict[str, Any]]:
@@ -97,20 +101,22 @@ def _label_studio_export(tasks: list[dict[str, Any]], annotators: dict[int, str]
 
 
 async def test_export_samples_stored_calls_and_import_brings_labels_back(
-    store: Store, delivery_db_url: str, tmp_path: Path
+    running_gateway: RunningGateway, gateway_db_url: str, tmp_path: Path
 ) -> None:
-    await _store_calls(store, "acme", 20, DAY)
-    await _store_calls(store, "globex", 5, DAY)
+    acme, globex = f"acme-{uuid.uuid4().hex[:6]}", f"globex-{uuid.uuid4().hex[:6]}"
+    await _batch_calls(running_gateway, acme, 20)
+    await _batch_calls(running_gateway, globex, 5)
+    today = datetime.now(UTC).date()
     out = tmp_path / "export"
     result = _cli(
-        "export", "--since", "2026-11-02", "--until", "2026-11-03", "--tenant", "acme", "--share", "0.1",
-        "--seed", "7", "--database-url", delivery_db_url, "--out", str(out),
+        "export", "--since", str(today), "--until", str(today + timedelta(days=1)), "--tenant", acme,
+        "--share", "0.1", "--seed", "7", "--database-url", gateway_db_url, "--out", str(out),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     tasks = json.loads((out / "tasks.json").read_text())
     lines = [json.loads(x) for x in (out / "lines.jsonl").read_text().splitlines()]
     calls = {t["data"]["call_id"] for t in tasks}
-    assert len(calls) == 2 and all(c.startswith("acme-") for c in calls)  # 10 % of acme's 20, no globex
+    assert len(calls) == 2 and all(c.startswith(acme) for c in calls)  # 10 % of acme's 20, no globex
     assert [t["data"]["line_id"] for t in tasks] == [x["line_id"] for x in lines]
     assert tasks[0]["data"]["context"] == "(start of the call)" and ": " in tasks[1]["data"]["context"]
     config = ElementTree.fromstring((out / "label_config.xml").read_text())
