@@ -46,6 +46,20 @@ python_env() {
     fi
 }
 
+LS_VENV=$ROOT/.venv-labelstudio
+LS_VERSION=1.23.2
+
+label_studio_env() {
+    # A real Label Studio server for tests/training/test_label_studio.py, in its own .venv-labelstudio/:
+    # its pins clash with ours. Installed only when its stamp is missing (the version is in the name).
+    local stamp="$LS_VENV/.callsense-label-studio-$LS_VERSION"
+    [[ -f $stamp ]] && return 0
+    [[ -x $LS_VENV/bin/python ]] || "$PY" -m venv "$LS_VENV"
+    "$LS_VENV/bin/pip" install -q --upgrade pip wheel
+    "$LS_VENV/bin/pip" install -q "label-studio==$LS_VERSION" label-studio-sdk
+    touch "$stamp"
+}
+
 verb=${1:-}
 shift || true
 case "$verb" in
@@ -56,6 +70,7 @@ case "$verb" in
     test)
         apt_install espeak-ng sox chromium  # chromium: the browser tests (Playwright drives it)
         python_env train,dev
+        label_studio_env
         set +e
         "$VENV/bin/python" -m pytest -ra "$@"
         rc=$?

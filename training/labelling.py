@@ -166,7 +166,9 @@ def _result_value(result: Sequence[Mapping[str, Any]], name: str, key: str) -> s
 
 def read_label_studio_export(path: Path) -> list[Annotation]:
     """Every completed, not cancelled annotation of a Label Studio JSON export, one Annotation per task and
-    annotator (``completed_by``: the annotator's e-mail where the export has it, else their id)."""
+    annotator. The annotator is ``completed_by``: Label Studio's standard JSON export gives the user's id
+    (tests/training/test_label_studio.py, against a real server); an export that carries the user object
+    gives its e-mail."""
     try:
         tasks = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
