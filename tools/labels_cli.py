@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from training.labels import Annotation
 
 DEFAULT_DATA = Path("data/sales")
+SHOWN_DISAGREEMENTS = 100
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -159,10 +160,16 @@ def _agreement(files: list[str], min_alpha: float, as_json: bool) -> int:
         if result.objection_alpha is not None:
             print(f"objection tags (none counts as a value): alpha {result.objection_alpha:.3f}")
         for pair in result.pairs:
-            print(
-                f"Cohen's kappa {pair.annotators[0]} / {pair.annotators[1]}: {pair.kappa:.3f} on {pair.lines}"
-            )
+            one, other = pair.annotators
+            print(f"Cohen's kappa {one} / {other}: {pair.kappa:.3f} on {pair.lines} lines")
+            for (mine, theirs), count in sorted(pair.confusion.items()):
+                if mine != theirs:
+                    print(f"    {one} {mine} / {other} {theirs}: {count}")
         print(f"lines they differ on: {len(result.disagreements)}")
+        for line_id in result.disagreements[:SHOWN_DISAGREEMENTS]:
+            print(f"  {line_id}")
+        if len(result.disagreements) > SHOWN_DISAGREEMENTS:
+            print(f"  ... and {len(result.disagreements) - SHOWN_DISAGREEMENTS} more")
     if result.alpha < min_alpha:
         print(f"alpha {result.alpha:.3f} is below {min_alpha}", file=sys.stderr)
         return 1
