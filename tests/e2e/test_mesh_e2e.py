@@ -62,7 +62,7 @@ STOP_TIMEOUT_S = 40.0
 """The supervisor gives each child 10 s (Envoy 5 s) between SIGTERM and SIGKILL, layer by layer."""
 TRACE_TIMEOUT_S = 25.0
 """Envoy's OpenTelemetry tracer exports every 5 s (or once it holds 5 spans); the services every 200 ms."""
-MESH_SERVICES = {"envoy", "gateway", "chopper", "scorer"}
+MESH_SERVICES = {"envoy", "gateway", "chopper", "scorer", "postcall"}  # the report crosses the mesh too
 
 # A short sales call that turns sour at the price: (channel, text, sour?). One sentence per utterance:
 # the chopper makes every sentence its own utterance, and the test expects one score per message.
@@ -574,8 +574,10 @@ async def test_grpc_web_get_call_and_analyze_batch(mesh: RunningMesh) -> None:
 
 
 def _call_trace_complete(call_id: str) -> Callable[[list[ExportedSpan]], bool]:
-    """True once one trace of the call holds every hop: Envoy at the edge and in front of the chopper
-    and the scorer (3 spans), the gateway, the chopper's and the scorer's server spans."""
+    """True once one trace of the call holds every hop and every span's parent: Envoy at the edge and in
+    front of each service the gateway calls (the chopper, the scorer, the post-call worker), the gateway,
+    and the services' server spans. Each process exports on its own clock (Envoy every 5 s), so a trace
+    is whole only when no span waits for its parent."""
 
     def complete(spans: list[ExportedSpan]) -> bool:
         ids = {s.trace_id for s in spans if s.attributes.get("call.id") == call_id}
@@ -583,7 +585,9 @@ def _call_trace_complete(call_id: str) -> Callable[[list[ExportedSpan]], bool]:
             ours = [s for s in spans if s.trace_id == trace_id]
             services = {s.service_name for s in ours}
             envoy = sum(s.service_name == "envoy" for s in ours)
-            if services >= MESH_SERVICES and envoy >= 3:
+            span_ids = {s.span_id for s in ours}
+            roots = [s for s in ours if not s.parent_span_id or s.parent_span_id not in span_ids]
+            if services >= MESH_SERVICES and envoy >= 3 and len(roots) == 1:
                 return True
         return False
 
