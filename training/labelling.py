@@ -211,19 +211,13 @@ def read_label_file(path: Path) -> list[Annotation]:
     if suffix == ".json":
         return read_label_studio_export(path)
     if suffix == ".jsonl":
-        return read_annotations(path, annotator=None if _has_annotator_jsonl(path) else path.stem)
+        return read_annotations(path, default_annotator=path.stem)
     if suffix == ".csv":
         with path.open(encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f)
             missing = {"line_id", "label"} - set(reader.fieldnames or ())
             if missing:
                 raise LabelError(f"{path}: no {', '.join(sorted(missing))} column")
-            named = "annotator" in (reader.fieldnames or ())
             rows = [(f"{path}:{n}", row) for n, row in enumerate(reader, 2)]
-        return annotations_from_rows(rows, annotator=None if named else path.stem)
+        return annotations_from_rows(rows, default_annotator=path.stem)
     raise LabelError(f"{path}: expected .json (Label Studio export), .jsonl or .csv")
-
-
-def _has_annotator_jsonl(path: Path) -> bool:
-    first = path.read_text(encoding="utf-8").split("\n", 1)[0]
-    return bool(first.strip()) and "annotator" in json.loads(first)

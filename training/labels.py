@@ -43,9 +43,12 @@ class Annotation:
     why: str
 
 
-def read_annotations(path: Path, annotator: str | None = None) -> list[Annotation]:
-    """One annotator's JSON Lines file: rows of ``line_id``, ``label``, ``objection`` (null or one of
-    OBJECTIONS), ``why``, and ``annotator`` unless given here. LabelError names the first bad row."""
+def read_annotations(
+    path: Path, annotator: str | None = None, *, default_annotator: str | None = None
+) -> list[Annotation]:
+    """A JSON Lines file of labels: rows of ``line_id``, ``label``, ``objection`` (null or one of
+    OBJECTIONS), ``why`` and ``annotator``. ``annotator`` overrides every row's; ``default_annotator`` names
+    the rows that name no one. LabelError names the first bad row."""
     rows = []
     for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if raw.strip():
@@ -53,10 +56,12 @@ def read_annotations(path: Path, annotator: str | None = None) -> list[Annotatio
                 rows.append((f"{path}:{number}", json.loads(raw)))
             except json.JSONDecodeError as exc:
                 raise LabelError(f"{path}:{number}: not JSON ({exc})") from None
-    return annotations_from_rows(rows, annotator)
+    return annotations_from_rows(rows, annotator, default_annotator=default_annotator)
 
 
-def annotations_from_rows(rows: Iterable[tuple[str, Any]], annotator: str | None = None) -> list[Annotation]:
+def annotations_from_rows(
+    rows: Iterable[tuple[str, Any]], annotator: str | None = None, *, default_annotator: str | None = None
+) -> list[Annotation]:
     """Annotations from ``(where, row)`` pairs (``where`` names the row in errors); all or nothing."""
     out: list[Annotation] = []
     seen: set[tuple[str, str]] = set()
@@ -64,7 +69,7 @@ def annotations_from_rows(rows: Iterable[tuple[str, Any]], annotator: str | None
         try:
             line_id, label = str(row["line_id"]), str(row["label"]).strip().lower()
             objection = row.get("objection") or None
-            who = annotator or str(row["annotator"])
+            who = str(annotator or row.get("annotator") or default_annotator or row["annotator"])
         except (KeyError, TypeError, AttributeError) as exc:
             raise LabelError(f"{where}: {exc!r}: each row needs line_id, label and annotator") from None
         if label not in LABELS:

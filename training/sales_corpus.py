@@ -63,7 +63,7 @@ MISHEARD: dict[str, str] = {
     "we'd": "we",
     "can't": "can",
 }
-MISHEAR_RATE = 0.05  # chance per line of one confusion, where the line has a confusable word
+MISHEAR_RATE = 0.15  # chance of one confusion in a line that has a confusable word
 
 
 class CorpusError(ValueError):
@@ -105,7 +105,7 @@ def asr_shape(text: str, rng: random.Random) -> str:
     words = re.sub(r"[^\w'$%\s-]", " ", text.lower().replace("—", " ")).replace(" - ", " ").split()
     words = [w.strip("-'") for w in words if w.strip("-'")]
     confusable = [i for i, w in enumerate(words) if w in MISHEARD]
-    if confusable and rng.random() < MISHEAR_RATE * 3:  # per line with such a word: about 15 %
+    if confusable and rng.random() < MISHEAR_RATE:
         i = rng.choice(confusable)
         words[i] = MISHEARD[words[i]]
     if words and rng.random() < FILLER_RATE:
