@@ -16,6 +16,12 @@ Utterances never span segments: a segment is one stretch of one speaker, and hol
 next segment would delay every score by a segment. So every utterance is complete, and emitted, as soon
 as its segment arrives; ``close`` has nothing left to flush and only ends the call.
 
+The one thing kept from segment to segment is for masking: a card number said across two segments of
+a channel ("my card number is 4111 1111" ... "1111 1111"). A segment that ends in digits that may begin a
+card has them masked at once, and the segmenter keeps, per channel, the digits so far, so that the digits
+the channel's next segment starts with are masked too. That state is a few digits per channel, for at most
+``MAX_CARRIED_CHANNELS`` channels, and is dropped when the call ends.
+
 Token counts come from the scorer's own tokenizer ([CLS] and [SEP] included), so "under 128 tokens" here
 means exactly what the scorer checks.
 """
@@ -28,12 +34,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from callsense.tokenization import MAX_TOKENS, SentimentTokenizer
-from chopper_service.pii import PiiSpan, mask_pii
+from chopper_service.pii import CardCarry, MaskedText, PiiSpan, mask_pii
 
 TokenCounter = Callable[[str], int]
 """Tokens of a text for the scorer, [CLS] and [SEP] included."""
 
 MIN_WORDS = 3
+MAX_CARRIED_CHANNELS = 8
+"""Channels of one call for which a card number cut across segments is followed (the oldest is dropped
+beyond that; a call has two or three)."""
 
 _Range = tuple[int, int]
 
@@ -117,6 +126,8 @@ class Segmenter:
         self._next_id = 0
         self._previous_text = ""
         self._closed = False
+        # Per channel: the card number its last segment ended in the middle of (see ``_mask``).
+        self._card_carry: dict[int, CardCarry] = {}
 
     @property
     def next_utterance_id(self) -> int:
@@ -136,7 +147,7 @@ class Segmenter:
             if segment.text.strip()
             else " ".join(w.text.strip() for w in segment.words if w.text.strip())
         )
-        masked = mask_pii(text)
+        masked = self._mask(segment.channel, text)
         clock = _Clock(text, segment)
         utterances = []
         for a, b in _Cutter(masked.text, self._count, self.max_tokens, self.min_words).cut():
@@ -162,7 +173,24 @@ class Segmenter:
     def close(self) -> list[Utterance]:
         """End the call. Returns what was held back: nothing, as utterances never wait for a later segment."""
         self._closed = True
+        self._card_carry.clear()
         return []
+
+    def _mask(self, channel: int, text: str) -> MaskedText:
+        """Mask ``text``, following a card number that the channel's previous segment ended inside.
+
+        The start of such a number was masked with that segment (it is sent before the next is heard);
+        the digits this segment starts with that go on with it are masked here. A segment without words
+        leaves the state as it was.
+        """
+        if not text.strip():
+            return mask_pii(text)
+        masked = mask_pii(text, carry=self._card_carry.pop(channel, None))
+        if masked.carry is not None:
+            if len(self._card_carry) >= MAX_CARRIED_CHANNELS:
+                del self._card_carry[next(iter(self._card_carry))]
+            self._card_carry[channel] = masked.carry
+        return masked
 
 
 def _validate(segment: TranscriptSegment) -> None:

@@ -72,6 +72,10 @@ _PII_KINDS = {
     PiiKind.PHONE: chopper_pb2.PHONE,
     PiiKind.CARD: chopper_pb2.CARD_NUMBER,
     PiiKind.NATIONAL_ID: chopper_pb2.NATIONAL_ID,
+    PiiKind.CARD_SECURITY_CODE: chopper_pb2.CARD_SECURITY_CODE,
+    PiiKind.IBAN: chopper_pb2.IBAN,
+    PiiKind.DATE_OF_BIRTH: chopper_pb2.DATE_OF_BIRTH,
+    PiiKind.ADDRESS: chopper_pb2.POSTAL_ADDRESS,
 }
 
 

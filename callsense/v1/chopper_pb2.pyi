@@ -21,6 +21,7 @@ class PiiKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     POSTAL_ADDRESS: _ClassVar[PiiKind]
     DATE_OF_BIRTH: _ClassVar[PiiKind]
     PERSON_NAME: _ClassVar[PiiKind]
+    CARD_SECURITY_CODE: _ClassVar[PiiKind]
 PII_KIND_UNSPECIFIED: PiiKind
 EMAIL: PiiKind
 PHONE: PiiKind
@@ -30,6 +31,7 @@ IBAN: PiiKind
 POSTAL_ADDRESS: PiiKind
 DATE_OF_BIRTH: PiiKind
 PERSON_NAME: PiiKind
+CARD_SECURITY_CODE: PiiKind
 
 class ChopRequest(_message.Message):
     __slots__ = ("call_id", "transcript", "end")

@@ -267,6 +267,15 @@ def _slowest_best_of(text: str, runs: int = 3) -> float:
         "4 1 5 5 5 5 0 1 9 9 ",  # a run of digit groups: every window of it used to be classified (cubic)
         "seats 12 sites 3 call 415 555 0199 ",
         "reach me at jo dot smith at acme dot com or call plus four four two oh ",
+        # the rules of issue 13, and the inputs that would make them look far ahead or back
+        "the security code is 123, born on 14/03/1985 at 221B Baker Street, iban GB82 WEST 1234 5698 "
+        "7654 32, jane at acme corp dot com, NI QQ 12 34 56 C, the CVV is four five six. ",
+        "jo dot jo dot x at a b c dot d e f dot ",
+        "a b c d e f Q Q one two three four five six ",
+        "1 main 2 main street 3 Elm Road, Leeds ",
+        "gb82 west 1234 de89 ",
+        "born on the born on security code cvv ",
+        "my card number is 4111 1111 ",
     ],
 )
 def test_masking_takes_linear_time(unit: str) -> None:
