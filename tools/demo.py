@@ -1,11 +1,12 @@
 """`callsense demo`: a spoken two-party sales call, played into a running mesh in real time.
 
-The call (``DEMO_SCRIPT``) opens friendly, goes through discovery, then the price lands and the customer
-turns sour (budget, too expensive, a cheaper competitor) while the agent tries to recover. Each turn is
-spoken by espeak-ng (the agent in a male en-us voice, the customer in a female variant), trimmed of
-espeak's own leading and trailing silence and laid on a timeline with natural gaps. The result is one
-stereo PCM16 16 kHz stream, the agent on the left channel and the customer on the right, sent over the
-live WebSocket (through Envoy by default) in 50 ms frames at the pace of a real call, or ``speed`` times
+The call is one of the scripted calls of tools/scripted_calls.py (``--script NAME``, ``--list``); by default
+``DEMO_SCRIPT``, which opens friendly, goes through discovery, then the price lands and the customer cools,
+politely (over budget, hard to justify to finance, even with the discount) while the agent tries to recover.
+Each turn is spoken by espeak-ng (the agent in a male en-us voice, the customer in a female variant),
+trimmed of espeak's own leading and trailing silence and laid on a timeline with natural gaps. The result
+is one stereo PCM16 16 kHz stream, the agent on the left channel and the customer on the right, sent over
+the live WebSocket (through Envoy by default) in 50 ms frames at the pace of a real call, or ``speed`` times
 faster. The events that come back are printed as they arrive: partial transcripts updating in place,
 finals, scores with their label, badge changes, coaching cues and the summary.
 
@@ -29,7 +30,7 @@ import wave
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, TextIO
 from urllib.parse import quote, urlsplit
 
 import numpy as np
@@ -39,36 +40,15 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from asr_service.audio import resample
+from tools.scripted_calls import DEFAULT_SCRIPT, SCRIPTS, UnknownScript, script_named, verdict
+from tools.scripted_calls import Speaker as Speaker
+from tools.scripted_calls import Turn as Turn
 
-Speaker = Literal["agent", "customer"]
 Pcm16 = npt.NDArray[np.int16]
 Event = dict[str, Any]
 
-
-@dataclass(frozen=True)
-class Turn:
-    """One turn of the call: who speaks, and what they say."""
-
-    speaker: Speaker
-    text: str
-
-
-DEMO_SCRIPT: tuple[Turn, ...] = (
-    Turn("agent", "Hi Dana, this is Sam from Acme. Thanks for making time for me today."),
-    Turn("customer", "Sure, happy to chat. The demo last week was really great."),
-    Turn("agent", "Great to hear. How does your team keep track of its sales calls right now?"),
-    Turn("customer", "We mostly use spreadsheets. We lose a lot of time on it, and we miss things."),
-    Turn("agent", "That is exactly what we fix. Every call is scored live, so you see problems early."),
-    Turn("customer", "That sounds really useful. How quickly could we get started?"),
-    Turn("agent", "Within a week. The premium plan comes to five thousand dollars a month for your team."),
-    Turn("customer", "Five thousand a month? That is way too expensive, and I am really disappointed."),
-    Turn("agent", "I understand. Many teams start with the standard plan and grow from there."),
-    Turn("customer", "Honestly, this feels like a waste of my time. Your competitor is half the price."),
-    Turn("agent", "I hear you. If you sign for a year, I can take thirty percent off the price."),
-    Turn("customer", "This is ridiculous. I am frustrated, and I do not like this at all."),
-    Turn("agent", "I am sorry it feels that way. Let me send you a written offer today, and we talk Friday."),
-    Turn("customer", "Fine, send it over, but I am not convinced."),
-)
+DEMO_SCRIPT: tuple[Turn, ...] = SCRIPTS[DEFAULT_SCRIPT].turns
+"""The call `callsense demo` plays by default: it turns sour at the price (tools/scripted_calls.py)."""
 
 RATE_HZ = 16_000
 FRAME_MS = 50
@@ -438,15 +418,32 @@ class DemoOptions:
     turns: int | None = None
     """Play only the first N turns."""
     save_wav: Path | None = None
+    script: str = DEFAULT_SCRIPT
+    """The scripted call to play (tools/scripted_calls.py)."""
+
+
+def list_scripts(out: TextIO | None = None) -> None:
+    """The scripted calls, each with what happens in it and the badge timeline it expects."""
+    out = out or sys.stdout
+    width = max(len(name) for name in SCRIPTS)
+    for name, call in SCRIPTS.items():
+        default = " (default)" if name == DEFAULT_SCRIPT else ""
+        out.write(f"{name:<{width}}  {call.about}{default}\n{'':<{width}}  badge: {call.badge_timeline()}")
+        cues = ", ".join(c.topic for c in call.expect.cues)
+        out.write(f"; cue: {cues}\n" if cues else "\n")
 
 
 async def run_demo(options: DemoOptions, out: TextIO = sys.stdout, *, tty: bool | None = None) -> list[Event]:
     """Synthesise the call, play it into the mesh, print its events; the events, summary last."""
     if options.speed <= 0:
         raise DemoError("--speed must be above 0")
-    script = DEMO_SCRIPT[: options.turns] if options.turns else DEMO_SCRIPT
+    try:
+        scripted = script_named(options.script)
+    except UnknownScript as exc:
+        raise DemoError(str(exc)) from None
+    script = scripted.turns[: options.turns] if options.turns else scripted.turns
     call_id = options.call_id or f"demo-{uuid.uuid4().hex[:8]}"
-    out.write(f"speaking {len(script)} turns with espeak-ng...\n")
+    out.write(f"{scripted.name}: {scripted.about}\nspeaking {len(script)} turns with espeak-ng...\n")
     out.flush()
     audio = await asyncio.to_thread(synthesize_call, script)
     if options.save_wav is not None:
@@ -460,6 +457,8 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout, *, tty: bool 
     view.begin()
     events = await play(options.url, call_id, audio, speed=options.speed, on_event=view.show)
     out.write(f"\nreview the call: {review_url(options.url, call_id)}\n")
+    if len(script) == len(scripted.lines):  # the whole call: did the mesh hear it as the script expects?
+        out.write(verdict(scripted, [(p.start_ms, p.end_ms) for p in audio.turns], events) + "\n")
     out.flush()
     return events
 

@@ -352,6 +352,39 @@ def load_tweeteval(directory: Path, split: str = "val") -> LoadResult:
     return result
 
 
+# TweetEval emotion labels as valence: anger and sadness negative, joy and optimism positive (no neutral).
+_TWEET_EMOTION_VALENCE = {"0": 0, "1": 2, "2": 2, "3": 0}
+_TWEET_EMOTION_NAME = {"0": 3, "1": 1, "2": 1, "3": 4}  # anger, joy, joy (optimism), sadness
+
+
+def load_tweeteval_emotion(directory: Path, split: str = "train") -> LoadResult:
+    """TweetEval emotion (SemEval-2018) as valence: the set has no neutral tweets, so it teaches the
+    two poles only; each tweet is a call of its own."""
+    result = LoadResult()
+    texts = (directory / f"{split}_text.txt").read_text(encoding="utf-8").splitlines()
+    labels = (directory / f"{split}_labels.txt").read_text(encoding="utf-8").splitlines()
+    if len(texts) != len(labels):
+        raise ValueError(f"{directory}: {len(texts)} texts but {len(labels)} labels")
+    for number, (text, label) in enumerate(zip(texts, labels, strict=True), start=1):
+        clean = repair_text(text)
+        valence = _TWEET_EMOTION_VALENCE.get(label.strip())
+        if not clean or valence is None:
+            result.errors.append(RowError(str(directory), number, f"empty tweet or unknown label {label!r}"))
+            continue
+        duration = len(clean.split()) / _WORDS_PER_SECOND
+        result.examples.append(
+            LabelledUtterance(
+                clean,
+                valence,
+                "tweeteval-emotion",
+                f"tweet-emotion-{split}-{number}",
+                duration,
+                emotion=_TWEET_EMOTION_NAME[label.strip()],
+            )
+        )
+    return result
+
+
 # Named corpora under the shared data directory, for `--train meld:train` and the like.
 CORPORA: dict[str, tuple[str, str]] = {
     "meld:train": ("meld", "sentiment/meld/train.csv"),
@@ -359,6 +392,8 @@ CORPORA: dict[str, tuple[str, str]] = {
     "dailydialog:train": ("dailydialog", "sentiment/dailydialog/train.tsv"),
     "dailydialog:valid": ("dailydialog", "sentiment/dailydialog/valid.tsv"),
     "tweeteval:val": ("tweeteval", "sentiment/tweeteval"),
+    "tweeteval-emotion:train": ("tweeteval-emotion", "sentiment/tweeteval_emotion"),
+    "tweeteval-emotion:val": ("tweeteval-emotion", "sentiment/tweeteval_emotion"),
 }
 
 
@@ -419,7 +454,9 @@ def load_source(spec: str, data_dir: Path | None = None) -> LoadResult:
             return load_meld(path)
         if kind == "dailydialog":
             return load_dailydialog(path)
-        return load_tweeteval(path, split=spec.split(":")[1])
+        if kind == "tweeteval-emotion":
+            return load_tweeteval_emotion(path, split=split)
+        return load_tweeteval(path, split=split)
     path = Path(spec)
     if not path.exists():
         known = ", ".join(CORPORA)

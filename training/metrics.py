@@ -64,6 +64,7 @@ def classification_report(y_true: np.ndarray | list[int], probs: np.ndarray) -> 
         "confusion_matrix": confusion_matrix(truth, predicted, labels=labels).tolist(),
         "ece": expected_calibration_error(truth, probs),
         "negative_below_red": _negative_below_red(truth, probs),
+        "rest_below_red": _rest_below_red(truth, probs),
     }
 
 
@@ -75,3 +76,13 @@ def _negative_below_red(truth: np.ndarray, probs: np.ndarray) -> float | None:
         return None
     scores = probs[:, 2] + 0.5 * probs[:, 1]
     return float((scores[negatives] < NEGATIVE_SPIKE_THRESHOLD).mean())
+
+
+def _rest_below_red(truth: np.ndarray, probs: np.ndarray) -> float | None:
+    """Share of the neutral and positive lines whose score is under the red line: false alarms the badge
+    would count as low. None without such lines."""
+    rest = truth != LABELS.index("negative")
+    if not rest.any():
+        return None
+    scores = probs[:, 2] + 0.5 * probs[:, 1]
+    return float((scores[rest] < NEGATIVE_SPIKE_THRESHOLD).mean())

@@ -30,6 +30,7 @@ from training.export import (
     export_all,
     export_onnx,
     fit_temperature,
+    fit_temperature_and_bias,
     most_sensitive_blocks,
     quantisable_blocks,
     quantisation_gate,
@@ -46,7 +47,9 @@ class ShipConfig:
     dev: str = "meld:dev"
     report_sets: list[str] = field(default_factory=lambda: ["meld:dev", "dailydialog:valid"])
     max_f1_drop: float = 0.5
-    calibrate: bool = True  # fit a temperature on dev and fold it into the classifier
+    calibrate: bool = True  # fit a temperature on `calibrate_on` and fold it into the classifier
+    calibrate_on: str = ""  # the set to calibrate on (default: dev)
+    class_bias: bool = False  # also fit per-class offsets (a prior shift) on that set
     keep_fp32_blocks: int = 0  # keep this many of the most quantisation-sensitive blocks in fp32
     notes: str = ""
 
@@ -57,20 +60,27 @@ def ship(config: ShipConfig) -> dict[str, Any]:
     tokenizer = config.checkpoint / "tokenizer.json"
     dev = load_source(config.dev).examples
     calibration: dict[str, Any] = {"temperature": 1.0}
-    temperature = 1.0
+    temperature, bias = 1.0, None
     if config.calibrate:
-        # The temperature is fitted on the plain fp32 export; fusion and quantisation run once, after.
+        # Fitted on the plain fp32 export; fusion and quantisation run once, after.
+        calibration_set = config.calibrate_on or config.dev
+        held = dev if calibration_set == config.dev else load_source(calibration_set).examples
         config.workdir.mkdir(parents=True, exist_ok=True)
         uncalibrated = export_onnx(config.checkpoint, config.workdir / "model.uncalibrated.onnx")
-        probs = predict_examples(onnx_model(uncalibrated, tokenizer, uses_context), dev)
-        labels = [e.label for e in dev]
-        temperature = fit_temperature(np.log(np.clip(probs, 1e-12, 1.0)), labels)
+        probs = predict_examples(onnx_model(uncalibrated, tokenizer, uses_context), held)
+        labels = [e.label for e in held]
+        log_probs = np.log(np.clip(probs, 1e-12, 1.0))
+        if config.class_bias:
+            temperature, bias = fit_temperature_and_bias(log_probs, labels)
+        else:
+            temperature = fit_temperature(log_probs, labels)
         calibration = {
             "temperature": temperature,
-            "fitted_on": config.dev,
-            "dev_ece_before": expected_calibration_error(np.asarray(labels), probs),
+            "class_bias": bias,
+            "fitted_on": calibration_set,
+            "ece_before": expected_calibration_error(np.asarray(labels), probs),
         }
-    files, fusion_stats = export_all(config.checkpoint, config.workdir, temperature)
+    files, fusion_stats = export_all(config.checkpoint, config.workdir, temperature, bias)
     fp32_report = evaluate_examples(onnx_model(files.fp32, tokenizer, uses_context), dev)
     mixed: dict[str, Any] = {}
     if config.keep_fp32_blocks > 0:

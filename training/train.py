@@ -4,7 +4,8 @@ The cycle of the product brief: a learning-rate range test picks the rate, warm-
 class weights recomputed from this training set, a sampler that favours short calls, early stopping
 on dev macro-F1, fixed seeds, and a checkpoint every few hundred steps to resume from. With
 `--teacher` it distils a fine-tuned model into a shallower student (`--layers`), whose first layers
-are copied from the teacher's evenly spaced ones.
+are copied from the teacher's evenly spaced ones; with `--soft-labels` it distils from a teacher's
+logits written beforehand (`callsense soft-labels`), so the teacher may be any size and tokenizer.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from training.data import EMOTIONS, LABELS, LabelledUtterance, load_sources
 from training.lr_finder import find_learning_rate
 from training.metrics import classification_report
 from training.sampler import class_weights, epoch_order, length_buckets, sampling_weights
+from training.soft_labels import read_soft_labels, soft_key
 
 MAX_TOKENS = 128
 
@@ -45,6 +47,7 @@ class TrainConfig:
     dev: list[str] = field(default_factory=lambda: ["meld:dev"])
     base_model: str = ""
     teacher: str = ""
+    soft_labels: str = ""  # a teacher's logits per text (training/soft_labels.py), instead of --teacher
     layers: int = 0  # 0: keep the base model's depth
     distill_alpha: float = 0.7
     distill_temperature: float = 2.0
@@ -125,6 +128,25 @@ def load_model(path: str, layers: int = 0) -> tuple[Any, Any]:
 
 
 @torch.no_grad()
+def predict_logits(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[LabelledUtterance],
+    context: bool,
+    batch_size: int = 64,
+    max_tokens: int = MAX_TOKENS,
+) -> np.ndarray:
+    """The classifier's logits for each example, batched by length."""
+    model.eval()
+    order = np.argsort([len(e.text) for e in examples])
+    out = np.zeros((len(examples), len(LABELS)), dtype=np.float64)
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        batch = encode(tokenizer, [examples[i] for i in index], context, max_tokens)
+        out[index] = model(**batch).logits.double().numpy()
+    return out
+
+
 def predict_probs(
     model: Any,
     tokenizer: Any,
@@ -134,14 +156,9 @@ def predict_probs(
     max_tokens: int = MAX_TOKENS,
 ) -> np.ndarray:
     """Class probabilities for each example, batched by length."""
-    model.eval()
-    order = np.argsort([len(e.text) for e in examples])
-    out = np.zeros((len(examples), len(LABELS)), dtype=np.float64)
-    for start in range(0, len(order), batch_size):
-        index = order[start : start + batch_size]
-        batch = encode(tokenizer, [examples[i] for i in index], context, max_tokens)
-        out[index] = torch.softmax(model(**batch).logits, dim=-1).double().numpy()
-    return out
+    logits = predict_logits(model, tokenizer, examples, context, batch_size, max_tokens)
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return np.asarray(shifted / shifted.sum(axis=1, keepdims=True))
 
 
 class Trainer:
@@ -164,9 +181,20 @@ class Trainer:
         base = config.teacher or config.base_model or default_base_model()
         self.model, self.tokenizer = load_model(base, config.layers)
         self.teacher = None
+        if config.teacher and config.soft_labels:
+            raise ValueError("give a teacher or its soft labels, not both")
         if config.teacher:
             self.teacher, _ = load_model(config.teacher)
             self.teacher.eval()
+        self.soft_labels: dict[str, np.ndarray] | None = None
+        if config.soft_labels:
+            self.soft_labels = read_soft_labels(Path(config.soft_labels))
+            missing = [e.text for e in self.train_set if soft_key(e, config.context) not in self.soft_labels]
+            if missing:
+                raise ValueError(
+                    f"{config.soft_labels} has no logits for {len(missing)} training texts, "
+                    f"e.g. {missing[0]!r}: write them with `callsense soft-labels` over the same sets"
+                )
         self.lengths = [len(self.tokenizer.tokenize(e.text)) for e in self.train_set]
         labels = [e.label for e in self.train_set]
         self.class_weights = torch.tensor(class_weights(labels), dtype=torch.float32)
@@ -218,10 +246,16 @@ class Trainer:
             if known.any():
                 emotion_logits = self.emotion_head(self._features[-1][known])
                 hard = hard + self.config.emotion_weight * F.cross_entropy(emotion_logits, emotions[known])
-        if self.teacher is None:
+        if self.soft_labels is not None:
+            table = self.soft_labels
+            teacher_logits = torch.from_numpy(
+                np.stack([table[soft_key(e, self.config.context)] for e in examples])
+            )
+        elif self.teacher is not None:
+            with torch.no_grad():
+                teacher_logits = self.teacher(**batch).logits
+        else:
             return hard
-        with torch.no_grad():
-            teacher_logits = self.teacher(**batch).logits
         t = self.config.distill_temperature
         soft = F.kl_div(
             F.log_softmax(logits / t, dim=-1), F.softmax(teacher_logits / t, dim=-1), reduction="batchmean"

@@ -53,7 +53,7 @@ def test_the_script_is_a_two_party_call_that_turns_sour_at_the_price() -> None:
     price = next(i for i, t in enumerate(DEMO_SCRIPT) if "dollars" in t.text)
     assert DEMO_SCRIPT[price].speaker == "agent" and 0 < price < len(DEMO_SCRIPT) - 3
     sour = " ".join(t.text for t in DEMO_SCRIPT[price + 1 :] if t.speaker == "customer").lower()
-    assert {"expensive", "competitor", "disappointed"} <= set(normalise_words(sour))
+    assert {"budgeted", "finance", "discount"} <= set(normalise_words(sour))  # polite, plain pushback
 
 
 def test_each_turn_is_on_its_speakers_channel(demo_call: CallAudio) -> None:

@@ -139,6 +139,23 @@ def test_temperature_fit_sharpens_an_underconfident_model_and_softens_an_overcon
     assert fit_temperature(true_logits * 2.0, sampled) == pytest.approx(2.0, abs=0.3)  # over-confident
 
 
+def test_temperature_and_bias_fit_recovers_a_prior_shift() -> None:
+    from training.export import fit_temperature_and_bias
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, size=4000)
+    true_logits = rng.normal(size=(4000, 3))
+    true_logits[np.arange(4000), labels] += 2.0
+    probs = np.exp(true_logits) / np.exp(true_logits).sum(axis=1, keepdims=True)
+    sampled = np.array([rng.choice(3, p=p) for p in probs])
+    # A model that under-rates "negative" by 1.5 logits (polite negativity read as neutral) and is
+    # over-confident by 2x: the fit undoes both.
+    skewed = (true_logits - np.array([1.5, 0.0, 0.0])) * 2.0
+    temperature, bias = fit_temperature_and_bias(skewed, sampled)
+    assert temperature == pytest.approx(2.0, abs=0.3)
+    assert bias[0] == pytest.approx(1.5, abs=0.3) and bias[1] == 0.0 and abs(bias[2]) < 0.3
+
+
 def test_folded_temperature_divides_the_exported_logits(tiny_checkpoint: Path, tmp_path: Path) -> None:
     from scorer_service.backends.onnx import OnnxBackend
     from training.export import export_onnx
@@ -148,3 +165,9 @@ def test_folded_temperature_divides_the_exported_logits(tiny_checkpoint: Path, t
     ids = np.array([[101, 2023, 2003, 2307, 102]], dtype=np.int64)
     inputs = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
     np.testing.assert_allclose(cooled.predict(inputs), plain.predict(inputs) * 2.0, rtol=1e-4, atol=1e-5)
+    shifted = OnnxBackend(
+        export_onnx(tiny_checkpoint, tmp_path / "shifted.onnx", temperature=0.5, bias=[1.0, 0.0, -0.5])
+    )
+    np.testing.assert_allclose(
+        shifted.predict(inputs), plain.predict(inputs) * 2.0 + [1.0, 0.0, -0.5], rtol=1e-4, atol=1e-5
+    )

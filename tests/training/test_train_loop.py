@@ -76,3 +76,28 @@ def test_distils_a_shallower_student_from_a_teacher(tiny_base: Path, tmp_path: P
     assert saved["num_hidden_layers"] == 1
     # A one-layer student of a fitted teacher still learns the 30 sentences well past chance.
     assert student_run["best_dev_macro_f1"] > 0.6, (student_run, teacher_run["best_dev_macro_f1"])
+
+
+def test_distils_from_soft_labels_written_by_a_teacher(tiny_base: Path, tmp_path: Path) -> None:
+    from training.data import load_sources
+    from training.soft_labels import read_soft_labels, write_soft_labels
+
+    Trainer(_config(tiny_base, tmp_path / "teacher", epochs=20)).run()
+    soft = tmp_path / "soft.jsonl"
+    examples = load_sources([str(TEST_SET)]).examples
+    written = write_soft_labels(str(tmp_path / "teacher" / "best"), examples, soft, threads=1)
+    assert written == len({e.text for e in examples})
+    table = read_soft_labels(soft)
+    # The teacher fitted the 30 sentences (dev macro-F1 > 0.6): its logits put most in their own class.
+    agree = sum(int(table[e.text].argmax() == e.label) for e in examples)
+    assert agree >= 0.6 * len(examples)
+
+    config = _config(tiny_base, tmp_path / "student", epochs=20)
+    config.soft_labels, config.layers = str(soft), 1
+    trainer = Trainer(config)
+    assert trainer.teacher is None and trainer.soft_labels is not None
+    assert trainer.run()["best_dev_macro_f1"] > 0.6
+
+    config.train = [str(TEST_SET), "sales:dev"]  # texts the teacher never saw: refused, not guessed
+    with pytest.raises(ValueError, match="no logits for"):
+        Trainer(config)

@@ -118,3 +118,27 @@ def test_shared_corpora_load_cleanly(shared_data: Path) -> None:
         assert len(result.examples) >= minimum, spec
         assert not result.errors, result.errors[:3]
         assert {e.label for e in result.examples} == {0, 1, 2}
+
+
+def test_tweeteval_emotion_becomes_valence_without_neutral(tmp_path: Path) -> None:
+    from training.data import EMOTIONS, load_tweeteval_emotion
+
+    (tmp_path / "train_text.txt").write_text(
+        "so angry at this delay\nbest day ever\nthings will get better\nmissing home today\n"
+    )
+    (tmp_path / "train_labels.txt").write_text("0\n1\n2\n3\n")
+    result = load_tweeteval_emotion(tmp_path, "train")
+    assert [e.label for e in result.examples] == [0, 2, 2, 0]  # anger, joy, optimism, sadness
+    assert [EMOTIONS[e.emotion] for e in result.examples] == ["anger", "joy", "joy", "sadness"]
+    (tmp_path / "train_labels.txt").write_text("0\n1\n7\n3\n")
+    bad = load_tweeteval_emotion(tmp_path, "train")
+    assert len(bad.examples) == 3 and bad.errors[0].line == 3
+
+
+@pytest.mark.evaluation
+def test_shared_tweeteval_emotion_loads(shared_data: Path) -> None:
+    from training.data import load_source
+
+    result = load_source("tweeteval-emotion:train", shared_data)
+    assert len(result.examples) >= 3000 and not result.errors
+    assert {e.label for e in result.examples} == {0, 2}
