@@ -3,8 +3,9 @@
 - ``server``: the ``PostCall`` gRPC service (``Report``: the report of a finished call, built in a thread).
 - ``reports``: tags plus summary into one report, and the sweep that completes the reports a gateway could
   not get when its call ended.
-- ``objections`` + ``encoder`` (+ ``objection_examples.json``): objection tags (phrase rules, the MiniLM
-  sentence encoder in NumPy, or an LLM endpoint).
+- ``objections`` + ``objection_model`` + ``encoder`` (+ ``objection_model.json``, the classifier's weights,
+  and ``objection_examples.json``, training sentences): objection tags (phrase rules and a classifier over
+  MiniLM sentence embeddings, in NumPy; or an LLM endpoint).
 - ``summary``: the manager's report (spikes, turning points, quarters, lines).
 - ``webhooks``: the outbox dispatcher (signing, delivery, retries) and ``callsense webhooks requeue``.
 - ``rollup``: the daily roll-ups, their Slack alerts, the nightly scheduler and ``callsense rollup``.

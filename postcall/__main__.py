@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bind = args.bind or config.postcall_addr
         tenants, rollup_at = load_tenants(), rollup_time_from_env(os.environ)
         builder = ReportBuilder(tagger_from_env())
-    except (ConfigError, ValueError) as exc:  # ValueError: a half-configured objection LLM endpoint
+    except (ConfigError, ValueError) as exc:  # ValueError: a half-configured LLM endpoint, a bad model file
         log.error("%s", exc)
         return 2
     try:

@@ -5,19 +5,23 @@ Only the customer's side is tagged (``customer`` and, on a mono line, ``mixed`` 
 "our price is 40k" puts pricing on the table but is no objection.
 
 - ``LocalObjectionTagger``: no network, always there. Two signals per segment:
-  1. Phrase rules (``OBJECTION_RULES``, plus the live coach's competitor rules): few, narrow, precise.
-  2. Nearest labelled examples: the segment's MiniLM embedding against the hand-written sentences of
-     ``objection_examples.json`` (five tags plus "none", ordinary sales talk). A tag's similarity is the
-     mean of its ``k`` best example similarities; it is given when that beats ``min_similarity`` and the
-     "none" class by ``margin``. The bar goes up for a clearly positive segment (objections are voiced with
-     non-positive sentiment: "the price is fine" resembles "the price is too high" in embedding space) and
-     down a little when the live coach's topic keywords for that tag occur in the segment.
-  A segment can carry several tags ("HubSpot is half the price" is a competitor mention and pushback).
+  1. Phrase rules (``OBJECTION_RULES``): few, narrow, precise; a rule that fires gives its tag, unless the
+     segment is clearly positive ("not now, we're ready!"). The live coach's competitor rules (rivals'
+     names, "another vendor"...) are only a feature: "we use HubSpot today" is a fact, not an objection.
+  2. A learned classifier (``postcall/objection_model.py``, weights in ``objection_model.json``, NumPy):
+     a logistic regression over the segment's MiniLM embedding, its rule and topic-keyword hits, and the
+     embeddings of the segments just before and after it (what the rep said and answered), trained by
+     ``callsense objections train`` on the sales corpus's labelled customer lines and the hand-written
+     sentences of ``objection_examples.json``. A tag is given where its probability reaches the model's
+     threshold and one of the segment's sentences alone reaches the sentence threshold (both chosen by
+     cross-validation for precision); as in the corpus, usually one tag at most.
+  Figures: ``callsense objections evaluate`` and docs/objections.md.
 - ``LlmObjectionTagger``: asks an OpenAI-compatible chat-completions endpoint for the tags as JSON; any
   failure or malformed reply falls back to the local tagger (logged). Optional, never required.
 - ``tagger_from_env``: the LLM tagger when ``CALLSENSE_OBJECTIONS_LLM_URL`` is set, else the local one.
 
-Taggers block (encoder forward pass, HTTP): the caller runs ``tag`` in a thread.
+Taggers block (encoder forward pass, HTTP): the caller runs ``tag`` in a thread. The local tagger
+encodes every segment of the call (the rep's too: they are the customer's context).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -41,11 +45,11 @@ from callsense.report import TAGS, ObjectionName, ObjectionTag
 from callsense.tenants import DEFAULT_SETTINGS, BadgeSettings
 from callsense.topics import Topic, topic_hits
 from postcall.encoder import Matrix, MiniLMEncoder, shared_encoder
+from postcall.objection_model import MODEL_PATH, NONE_CLASS, ObjectionModel
 
 log = logging.getLogger(__name__)
 
-NONE_CLASS = "none"
-# The live coach's topic for each tag: its keywords support a tag, and the summary names spikes by it.
+# The live coach's topic for each tag: its keywords are a feature, and the summary names spikes by it.
 TAG_TOPICS: Mapping[str, Topic] = {
     "pricing pushback": "pricing",
     "timeline concern": "timeline",
@@ -54,6 +58,7 @@ TAG_TOPICS: Mapping[str, Topic] = {
     "no need": "need",
 }
 TAGGED_CHANNELS = frozenset({"customer", "mixed"})
+# Hand-written sentences per tag and "none": training data beside the corpus (callsense objections train).
 EXAMPLES_PATH = Path(__file__).with_name("objection_examples.json")
 
 ENV_LLM_URL = "CALLSENSE_OBJECTIONS_LLM_URL"
@@ -86,7 +91,8 @@ def _sorted_tags(tags: list[ObjectionTag]) -> list[ObjectionTag]:
 OBJECTION_RULES: Mapping[ObjectionName, tuple[str, ...]] = {
     "pricing pushback": (
         r"too (?:expensive|pricey|steep|costly)",
-        r"(?:price|pricing|cost|quote|fee)s? (?:is|are|was|seems|looks) (?:\w+ )?(?:too )?(?:high|steep)",
+        r"(?:price|pricing|cost|quote|fee)s? (?:is|are|was|seems|looks) (?:\w+ )?(?:too )?"
+        r"(?:high|steep|ridiculous|outrageous|absurd|excessive)",
         r"over ?priced",
         r"(?:can't|cannot|can not|couldn't) afford",
         r"out of (?:our|my) (?:budget|price range)",
@@ -142,7 +148,8 @@ def _normalise(text: str) -> str:
 
 def rule_tags(text: str, settings: BadgeSettings = DEFAULT_SETTINGS) -> set[ObjectionName]:
     """The tags whose phrase rules match ``text``. Competitor mentions reuse the live coach's competitor
-    rules (tenant's competitor names, "another vendor", "alternatives"...): naming a rival is the tag."""
+    rules (tenant's competitor names, "another vendor", "alternatives"...): a hit the local tagger takes
+    as a feature, not as the tag (naming the tool they use is a fact, not an objection)."""
     normalised = _normalise(text)
     found = {tag for tag, pattern in _rule_patterns() if pattern.search(normalised)}
     if "competitor" in topic_hits(text, settings):
@@ -153,41 +160,9 @@ def rule_tags(text: str, settings: BadgeSettings = DEFAULT_SETTINGS) -> set[Obje
 # ------------------------------------------------------------------------------------------------ model
 
 
-@dataclass(frozen=True)
-class TaggerSettings:
-    """Thresholds of the local tagger. Similarities are MiniLM cosines; scores the sentiment in [0, 1].
-
-    Chosen by a grid search with leave-one-out over objection_examples.json, then checked on the held-out
-    sentences of tests/postcall/test_objections.py (macro precision 0.97, recall 0.77 on 80 sentences),
-    which must keep passing when these change."""
-
-    # A tag's similarity: the mean of its k nearest examples (one lucky neighbour is not enough).
-    k: int = 5
-    # Below this the segment resembles no example well enough (unrelated sentences score about 0-0.25).
-    min_similarity: float = 0.30
-    # ...and it must beat ordinary sales talk ("none") by this much.
-    margin: float = 0.04
-    # Objections sound negative or flat. A segment scored above `positive_score` (the badge's green line)
-    # needs up to `positive_extra` more similarity, scaled by how far above it is.
-    positive_score: float = 0.65
-    positive_extra: float = 0.20
-    # A rule fires on a clearly positive segment only for competitor mentions ("we love HubSpot" still
-    # names a rival); elsewhere positivity means the phrase is not an objection ("not now, we're ready!").
-    rule_max_score: float = 0.75
-    # The live coach's keywords for the tag's topic occur in the segment: the bar drops by this much.
-    topic_bonus: float = 0.04
-    rule_confidence: float = 0.9
-
-    def __post_init__(self) -> None:
-        if self.k < 1:
-            raise ValueError(f"k must be >= 1, got {self.k}")
-        for name in ("min_similarity", "positive_score", "rule_max_score", "rule_confidence"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-
-
 def load_examples(path: Path = EXAMPLES_PATH) -> dict[str, list[str]]:
-    """{class: sentences} for the five tags and "none"; a clear error when the file is incomplete."""
+    """{class: sentences} for the five tags and "none" (hand-written training sentences for
+    ``callsense objections train``); a clear error when the file is incomplete."""
     data = json.loads(path.read_text())
     examples = data.get("examples") if isinstance(data, dict) else None
     if not isinstance(examples, dict):
@@ -204,86 +179,147 @@ def load_examples(path: Path = EXAMPLES_PATH) -> dict[str, list[str]]:
     return {name: list(examples[name]) for name in (*TAGS, NONE_CLASS)}
 
 
-class _ExampleBank:
-    """The labelled examples' embeddings, one matrix per class."""
+def call_segments(events: Sequence[UtteranceScore]) -> list[UtteranceScore]:
+    """Every speaker's non-empty segments, each utterance once, in call order: the customer's segments
+    and the context around each (what the rep said before and after)."""
+    unique = {e.utterance_id: e for e in events if e.text.strip()}
+    return sorted(unique.values(), key=lambda e: (e.start_ms, e.utterance_id))
 
-    def __init__(self, encoder: MiniLMEncoder, examples: Mapping[str, Sequence[str]]) -> None:
-        self.by_class: dict[str, Matrix] = {name: encoder.encode(list(s)) for name, s in examples.items()}
 
-    def class_similarities(self, embeddings: Matrix, k: int) -> dict[str, np.ndarray]:
-        """Per class, each row's mean cosine to its k nearest examples of that class."""
-        result: dict[str, np.ndarray] = {}
-        for name, matrix in self.by_class.items():
-            similarities = embeddings @ matrix.T
-            nearest = min(k, matrix.shape[0])
-            top = -np.sort(-similarities, axis=1)[:, :nearest]
-            result[name] = top.mean(axis=1)
-        return result
+def _hits(text: str, live_settings: BadgeSettings) -> list[float]:
+    by_rule, topics = rule_tags(text, live_settings), topic_hits(text, live_settings)
+    return [float(tag in by_rule) for tag in TAGS] + [float(TAG_TOPICS[tag] in topics) for tag in TAGS]
+
+
+def segment_features(
+    embeddings: Matrix,
+    texts: Sequence[str],
+    context_weight: float,
+    live_settings: BadgeSettings = DEFAULT_SETTINGS,
+) -> Matrix:
+    """The classifier's input, one row per segment of a call given in call order: the segment's MiniLM
+    embedding; its phrase-rule hits (one 0/1 per tag); its topic-keyword hits (one 0/1 per tag's topic);
+    and ``context_weight`` times the embeddings of the segments just before and just after it (zeros at
+    the call's ends). A lone sentence is a call of one segment."""
+    count = embeddings.shape[0]
+    if count != len(texts):
+        raise ValueError(f"{count} embeddings for {len(texts)} texts")
+    hits = np.array([_hits(text, live_settings) for text in texts], dtype=np.float32)
+    before = np.zeros_like(embeddings)
+    before[1:] = embeddings[:-1]
+    after = np.zeros_like(embeddings)
+    after[:-1] = embeddings[1:]
+    weight = np.float32(context_weight)
+    return np.hstack(
+        [embeddings, hits.reshape(count, 2 * len(TAGS)), weight * before, weight * after]
+    ).astype(np.float32)
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def split_sentences(text: str) -> list[str]:
+    """The sentences of a segment, split after . ! or ? (a segment without punctuation is one sentence)."""
+    return [part for part in (p.strip() for p in _SENTENCE_END.split(text.strip())) if part] or [text]
+
+
+def sentence_features(
+    segment_rows: Matrix,
+    texts: Sequence[str],
+    embed: Callable[[list[str]], Matrix],
+    live_settings: BadgeSettings = DEFAULT_SETTINGS,
+) -> list[Matrix]:
+    """Per segment (a row of ``segment_features`` and its text), one row per sentence: the sentence's
+    embedding and hits in place of the segment's, the segment's context kept. A segment of one sentence
+    keeps its own row. ``embed`` encodes the sentences of all segments in one go."""
+    split = [split_sentences(text) for text in texts]
+    several = sorted({sentence for sentences in split if len(sentences) > 1 for sentence in sentences})
+    vectors = dict(zip(several, embed(several), strict=True)) if several else {}
+    rows: list[Matrix] = []
+    for row, sentences in zip(segment_rows, split, strict=True):
+        block = np.repeat(row[None, :], len(sentences), axis=0)
+        if len(sentences) > 1:
+            dim = len(vectors[sentences[0]])
+            for i, sentence in enumerate(sentences):
+                block[i, :dim] = vectors[sentence]
+                block[i, dim : dim + 2 * len(TAGS)] = _hits(sentence, live_settings)
+        rows.append(block)
+    return rows
+
+
+@dataclass(frozen=True)
+class TaggerSettings:
+    """How the phrase rules act beside the classifier (whose threshold is in its weights file)."""
+
+    # A rule (other than a competitor's name, which is only a feature: "we use HubSpot" is a fact, not an
+    # objection) gives its tag outright, unless the segment is clearly positive (scored above this):
+    # positivity means the phrase is not an objection ("not now, we're ready!"), and the tag is not given.
+    rule_max_score: float = 0.75
+    rule_confidence: float = 0.9
+
+    def __post_init__(self) -> None:
+        for name in ("rule_max_score", "rule_confidence"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
 
 class LocalObjectionTagger:
-    """Rules + nearest labelled examples; no network. Thread-safe; the encoder and the examples' embeddings
-    load on the first ``tag`` (the process-wide encoder unless one is given)."""
+    """Rules + the learned classifier; no network. Thread-safe; the weights load at construction (a broken
+    file fails at start-up), the encoder on the first ``tag`` (the process-wide one unless one is given)."""
 
     def __init__(
         self,
         settings: TaggerSettings | None = None,
         live_settings: BadgeSettings = DEFAULT_SETTINGS,
         encoder: MiniLMEncoder | None = None,
-        examples_path: Path = EXAMPLES_PATH,
+        model_path: Path = MODEL_PATH,
     ) -> None:
         self.settings = settings or TaggerSettings()
         self._live_settings = live_settings
         self._encoder = encoder
-        self._examples = load_examples(examples_path)  # read now: a broken file fails at start-up
-        self._bank: _ExampleBank | None = None
+        self.model = ObjectionModel.load(model_path)
         self._lock = threading.Lock()
 
-    def _example_bank(self) -> tuple[MiniLMEncoder, _ExampleBank]:
+    def _shared_encoder(self) -> MiniLMEncoder:
         with self._lock:
             if self._encoder is None:
                 self._encoder = shared_encoder()
-            if self._bank is None:
-                self._bank = _ExampleBank(self._encoder, self._examples)
-            return self._encoder, self._bank
+            return self._encoder
 
     def tag(self, events: Sequence[UtteranceScore]) -> list[ObjectionTag]:
-        segments = customer_segments(events)
-        if not segments:
+        segments = call_segments(events)
+        customer = [i for i, e in enumerate(segments) if e.channel in TAGGED_CHANNELS]
+        if not customer:
             return []
-        encoder, bank = self._example_bank()
-        similarities = bank.class_similarities(encoder.encode([e.text for e in segments]), self.settings.k)
+        encoder = self._shared_encoder()
+        texts = [e.text for e in segments]
+        features = segment_features(
+            encoder.encode(texts), texts, self.model.context_weight, self._live_settings
+        )
+        rows = features[customer]
+        sentences = sentence_features(rows, [texts[i] for i in customer], encoder.encode, self._live_settings)
+        by_model = self.model.tags(
+            self.model.probabilities(rows),
+            np.stack([self.model.probabilities(block).max(axis=0) for block in sentences]),
+        )
         tags: list[ObjectionTag] = []
-        for row, event in enumerate(segments):
-            per_class = {name: float(values[row]) for name, values in similarities.items()}
-            tags += self._tags_for(event, per_class)
+        for index, model_tags in zip(customer, by_model, strict=True):
+            tags += self._tags_for(segments[index], dict(model_tags))
         return _sorted_tags(tags)
 
-    def _tags_for(self, event: UtteranceScore, similarity: Mapping[str, float]) -> list[ObjectionTag]:
+    def _tags_for(self, event: UtteranceScore, by_model: Mapping[str, float]) -> list[ObjectionTag]:
         s = self.settings
-        by_rule = rule_tags(event.text, self._live_settings)
-        topics = topic_hits(event.text, self._live_settings)
-        nearest = max(TAGS, key=lambda t: similarity[t])
+        by_rule = rule_tags(event.text, self._live_settings) - {"competitor mention"}
         tags: list[ObjectionTag] = []
+        happy = event.score > s.rule_max_score
         for tag in TAGS:
-            mentioned = TAG_TOPICS[tag] in topics
-            if tag in by_rule and (event.score <= s.rule_max_score or tag == "competitor mention"):
+            if tag in by_rule and not happy:
                 tags.append(ObjectionTag.for_event(event, tag, s.rule_confidence, "rules"))
-            # Objection examples resemble each other ("we can't spend that" is near "we don't need it"):
-            # the model gives its nearest tag, and a second one only where that topic's keywords occur.
-            elif (tag == nearest or mentioned) and self._model_says(tag, event.score, similarity, mentioned):
-                tags.append(ObjectionTag.for_event(event, tag, similarity[tag], "model"))
+            # A rule's phrase said happily is no objection, whoever reads it: the model (which takes the
+            # rule's hit as a feature) does not give that tag either.
+            elif tag in by_model and tag not in by_rule:
+                tags.append(ObjectionTag.for_event(event, tag, by_model[tag], "model"))
         return tags
-
-    def _model_says(
-        self, tag: str, score: float, similarity: Mapping[str, float], topic_mentioned: bool
-    ) -> bool:
-        s = self.settings
-        positivity = max(0.0, score - s.positive_score) / max(1e-9, 1.0 - s.positive_score)
-        required = (
-            s.min_similarity + s.positive_extra * positivity - (s.topic_bonus if topic_mentioned else 0.0)
-        )
-        return similarity[tag] >= required and similarity[tag] - similarity[NONE_CLASS] >= s.margin
 
 
 # -------------------------------------------------------------------------------------------------- LLM

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from tools import labels_cli
+from tools import labels_cli, objections_cli
 
 
 def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -512,7 +512,7 @@ def _run_webhooks(args: argparse.Namespace) -> int:
 
 
 # Commands that need the `train` extra (torch, transformers, onnx) and the training/ package of a checkout.
-TRAINING_COMMANDS = frozenset({"train", "soft-labels", "soup", "export", "evaluate", "labels"})
+TRAINING_COMMANDS = frozenset({"train", "soft-labels", "soup", "export", "evaluate", "labels", "objections"})
 TRAINING_MODULES = frozenset({"training", "torch", "transformers", "onnx", "sklearn", "krippendorff"})
 
 
@@ -532,6 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_webhooks(sub)
     _add_demo(sub)
     labels_cli.add_parser(sub)
+    objections_cli.add_parser(sub)
     return parser
 
 
@@ -551,6 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "webhooks": _run_webhooks,
         "demo": _run_demo,
         "labels": labels_cli.run,
+        "objections": objections_cli.run,
     }
     try:
         return handlers[args.command](args)

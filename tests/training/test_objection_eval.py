@@ -1,0 +1,167 @@
+"""The objection tagger's measurement (training/objection_eval.py, `callsense objections evaluate`) and its
+training (training/objection_tagger.py): the arithmetic on made-up lines, the mention filter, the shipped
+weights' provenance, deterministic training that never reads the test split, and the shipped tagger's
+figures on the sales test split against the goals of issue 12."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from postcall.objection_model import MODEL_PATH, ObjectionModel
+from postcall.objections import LocalObjectionTagger
+from scorer_service.inference import DEFAULT_MODEL, SentimentModel
+from tools.cli import build_parser
+from training.objection_eval import (
+    GOAL_FALSE_TAG_RATE,
+    GOAL_MICRO_F1,
+    SALES_DIR,
+    GoldLine,
+    ObjectionEvaluation,
+    evaluate_tagger,
+    load_gold_lines,
+    mentions,
+    render_text,
+    score_predictions,
+)
+
+# The shipped tagger on the sales test split when it shipped (docs/objections.md): micro-F1 0.507,
+# false-tag rate 0.052 (15 of 288), on mentions 0.074. A tagger that does worse than this, less a line or
+# two of slack, does not ship; one that meets the goals turns the xfail below into a failure to remove.
+FLOOR_MICRO_F1 = 0.48
+CEILING_FALSE_TAG_RATE = 0.06
+CEILING_MENTION_FALSE_TAG_RATE = 0.09
+
+
+def line(line_id: str, objection: str | None, text: str = "ok", label: str = "neutral") -> GoldLine:
+    return GoldLine(line_id, "c1", "customer", text, text.lower(), "dev", label, objection)
+
+
+def test_figures_of_predictions() -> None:
+    lines = [
+        line("c1:00", "pricing pushback"),  # found
+        line("c1:01", "pricing pushback"),  # missed
+        line("c1:02", "authority"),  # given the wrong tag
+        line("c1:03", None, "What would it cost for forty seats?", "positive"),  # a mention, tagged
+        line("c1:04", None, "Sounds good.", "positive"),  # no mention, untagged
+        line("c1:05", None, "We're a team of forty.", "negative"),  # negative: not in the mention share
+        GoldLine("c1:06", "c1", "agent", "Our price is 40k.", "our price is 40k", "dev", "neutral", None),
+    ]
+    predicted = {
+        "c1:00": {"pricing pushback"},
+        "c1:02": {"no need"},
+        "c1:03": {"pricing pushback"},
+        "c1:05": {"timeline concern"},
+        "c1:06": {"pricing pushback"},  # the rep's lines are not scored
+    }
+    result = score_predictions(lines, predicted, "dev")
+    assert result.lines == 6 and result.untagged_lines == 3
+    pricing = result.per_tag["pricing pushback"]
+    assert (pricing.precision, pricing.recall, pricing.support, pricing.predicted) == (0.5, 0.5, 2, 2)
+    assert result.per_tag["authority"].recall == 0.0 and result.per_tag["no need"].precision == 0.0
+    # micro: tp 1, fp 3 (c1:02 no need, c1:03, c1:05), fn 2 (c1:01, c1:02)
+    assert (result.micro.precision, result.micro.recall, result.micro.f1) == (0.25, 0.3333, round(2 / 7, 4))
+    assert result.false_tag_rate == round(2 / 3, 4)
+    assert result.mention_lines == 1 and result.mention_false_tag_rate == 1.0
+    assert result.mention_false_tags["money"] == (1, 1) and result.mention_false_tags["vendor"] == (0, 0)
+    assert [m["line_id"] for m in result.missed] == ["c1:01", "c1:02"]
+    assert not result.meets_goals()
+    text = render_text(result)
+    assert "micro" in text and "false-tag rate: 0.667 (2 of 3" in text and "misses them" in text
+    assert json.loads(json.dumps(result.to_json()))["micro"]["f1"] == round(2 / 7, 4)
+
+
+def test_mentions() -> None:
+    assert mentions("That's well over what we budgeted.") == ["money"]
+    assert mentions("Could we start in March? My VP would love that.") == ["time", "approver"]
+    assert mentions("We're already using HubSpot for that.") == ["vendor"]
+    assert mentions("Sounds great, thanks.") == []
+    assert mentions("May I ask something?") == []  # the month only when it is a month ("may" is not)
+
+
+def test_the_command_is_registered() -> None:
+    args = build_parser().parse_args(["objections", "evaluate", "--split", "test", "--asr", "--json"])
+    assert (args.command, args.verb, args.split, args.asr, args.json) == (
+        "objections",
+        "evaluate",
+        "test",
+        True,
+        True,
+    )
+    args = build_parser().parse_args(["objections", "train", "--splits", "train", "--out", "/tmp/m.json"])
+    assert (args.verb, args.splits, args.out) == ("train", ["train"], "/tmp/m.json")
+
+
+def test_the_shipped_weights_never_saw_the_test_split() -> None:
+    model = ObjectionModel.load()
+    fitted = model.card["fitted_on"]
+    assert fitted["splits"] == ["train", "dev"] and fitted["asr_copies"]
+    cv = model.card["cross_validation"]
+    assert (model.threshold, model.sentence_threshold) == (cv["threshold"], cv["sentence_threshold"])
+    assert cv["written"]["false_tag_rate"] <= 0.04 and cv["asr"]["false_tag_rate"] <= GOAL_FALSE_TAG_RATE
+    customer = [g for g in load_gold_lines(split="test") if g.speaker == "customer"]
+    assert len(customer) == 374 and sum(g.objection is not None for g in customer) == 86
+
+
+@pytest.fixture(scope="module")
+def test_split() -> ObjectionEvaluation:
+    if not DEFAULT_MODEL.exists():
+        pytest.skip(f"SHIPPED MODEL ABSENT: {DEFAULT_MODEL} not found; the tagger's input is scored with it")
+    return evaluate_tagger(LocalObjectionTagger(), "test", SentimentModel.load())
+
+
+@pytest.mark.slow
+def test_the_shipped_tagger_is_no_worse_than_when_it_shipped(test_split: ObjectionEvaluation) -> None:
+    report = render_text(test_split)
+    assert test_split.lines == 374, report
+    assert test_split.micro.f1 >= FLOOR_MICRO_F1, report
+    assert test_split.false_tag_rate <= CEILING_FALSE_TAG_RATE, report
+    assert test_split.mention_false_tag_rate <= CEILING_MENTION_FALSE_TAG_RATE, report
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 12's goals are not met: the shipped tagger measured micro-F1 0.507 and a false-tag rate "
+    "of 0.052 on the test split (docs/objections.md)",
+)
+def test_the_shipped_tagger_meets_the_goals(test_split: ObjectionEvaluation) -> None:
+    report = render_text(test_split)
+    assert test_split.micro.f1 >= GOAL_MICRO_F1, report
+    assert test_split.false_tag_rate <= GOAL_FALSE_TAG_RATE, report
+
+
+def _small_corpus(directory: Path) -> None:
+    """Eight calls of the sales corpus's train split and two of dev, with their gold labels."""
+    lines = [json.loads(raw) for raw in (SALES_DIR / "lines.jsonl").read_text(encoding="utf-8").splitlines()]
+    calls = sorted({r["call_id"] for r in lines if r["split"] == "train"})[:8]
+    calls += sorted({r["call_id"] for r in lines if r["split"] == "dev"})[:2]
+    kept = [r for r in lines if r["call_id"] in calls]
+    ids = {r["line_id"] for r in kept}
+    gold = [raw for raw in (SALES_DIR / "gold.jsonl").read_text(encoding="utf-8").splitlines()]
+    directory.mkdir()
+    (directory / "lines.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+    (directory / "gold.jsonl").write_text(
+        "".join(raw + "\n" for raw in gold if json.loads(raw)["line_id"] in ids), encoding="utf-8"
+    )
+
+
+@pytest.mark.slow
+def test_training_is_deterministic_and_never_fits_on_test(tmp_path: Path) -> None:
+    from training.objection_tagger import train_and_write
+
+    corpus = tmp_path / "sales"
+    _small_corpus(corpus)
+    cache = tmp_path / "embeddings.npz"
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    summary = train_and_write(first, corpus, cache_path=cache)
+    train_and_write(second, corpus, cache_path=cache)
+    assert first.read_bytes() == second.read_bytes()
+    model = ObjectionModel.load(first)
+    assert model.features == ObjectionModel.load(MODEL_PATH).features
+    assert summary["fitted_on"]["splits"] == ["train", "dev"] and summary["fitted_on"]["examples"] > 200
+    with pytest.raises(ValueError, match="test split"):
+        train_and_write(tmp_path / "never.json", corpus, ["train", "test"], cache)
+    assert not (tmp_path / "never.json").exists()
