@@ -587,7 +587,14 @@ def _call_trace_complete(call_id: str) -> Callable[[list[ExportedSpan]], bool]:
             envoy = sum(s.service_name == "envoy" for s in ours)
             span_ids = {s.span_id for s in ours}
             roots = [s for s in ours if not s.parent_span_id or s.parent_span_id not in span_ids]
-            if services >= MESH_SERVICES and envoy >= 3 and len(roots) == 1:
+            # Envoy's internal hops (chopper, scorer, post-call worker) alone make three Envoy spans, so
+            # the count does not say the edge span has come: the one root must be Envoy's.
+            if (
+                services >= MESH_SERVICES
+                and envoy >= 3
+                and len(roots) == 1
+                and roots[0].service_name == "envoy"
+            ):
                 return True
         return False
 
