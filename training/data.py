@@ -333,15 +333,20 @@ def load_dailydialog(path: Path) -> LoadResult:
     return result
 
 
-def load_tweeteval(directory: Path, split: str = "val") -> LoadResult:
-    """TweetEval sentiment: `{split}_text.txt` and `{split}_labels.txt`, one tweet a call."""
-    result = LoadResult()
+def _tweets(directory: Path, split: str) -> Iterator[tuple[int, str, str]]:
+    """(line number, repaired text, raw label) of `{split}_text.txt` beside `{split}_labels.txt`."""
     texts = (directory / f"{split}_text.txt").read_text(encoding="utf-8").splitlines()
     labels = (directory / f"{split}_labels.txt").read_text(encoding="utf-8").splitlines()
     if len(texts) != len(labels):
         raise ValueError(f"{directory}: {len(texts)} texts but {len(labels)} labels")
     for number, (text, label) in enumerate(zip(texts, labels, strict=True), start=1):
-        clean = repair_text(text)
+        yield number, repair_text(text), label
+
+
+def load_tweeteval(directory: Path, split: str = "val") -> LoadResult:
+    """TweetEval sentiment: `{split}_text.txt` and `{split}_labels.txt`, one tweet a call."""
+    result = LoadResult()
+    for number, clean, label in _tweets(directory, split):
         if not clean:
             result.errors.append(RowError(str(directory), number, "empty tweet"))
             continue
@@ -361,12 +366,7 @@ def load_tweeteval_emotion(directory: Path, split: str = "train") -> LoadResult:
     """TweetEval emotion (SemEval-2018) as valence: the set has no neutral tweets, so it teaches the
     two poles only; each tweet is a call of its own."""
     result = LoadResult()
-    texts = (directory / f"{split}_text.txt").read_text(encoding="utf-8").splitlines()
-    labels = (directory / f"{split}_labels.txt").read_text(encoding="utf-8").splitlines()
-    if len(texts) != len(labels):
-        raise ValueError(f"{directory}: {len(texts)} texts but {len(labels)} labels")
-    for number, (text, label) in enumerate(zip(texts, labels, strict=True), start=1):
-        clean = repair_text(text)
+    for number, clean, label in _tweets(directory, split):
         valence = _TWEET_EMOTION_VALENCE.get(label.strip())
         if not clean or valence is None:
             result.errors.append(RowError(str(directory), number, f"empty tweet or unknown label {label!r}"))
