@@ -92,6 +92,7 @@ async def start_mesh(data_dir: Path, *, max_batch: int, max_wait_ms: float, repl
     env.update(
         CALLSENSE_ENVOY_PORT=str(envoy_port),
         CALLSENSE_ENVOY_ADMIN_PORT=str(free_port()),
+        CALLSENSE_ENVOY_INTERNAL_PORT=str(free_port()),
         CALLSENSE_GATEWAY_HTTP=f"127.0.0.1:{free_port()}",
         CALLSENSE_GATEWAY_GRPC=f"127.0.0.1:{free_port()}",
         CALLSENSE_CHOPPER_ADDR=f"127.0.0.1:{free_port()}",

@@ -3,21 +3,23 @@
 Every setting has a default that runs the whole mesh on one machine; a deployment overrides them with
 environment variables (the ``CALLSENSE_`` prefix, plus the conventional ``DATABASE_URL``):
 
-variable                    default                     meaning
---------------------------  --------------------------  -------------------------------------------
-CALLSENSE_ASR_ADDR          127.0.0.1:50051             ASR gRPC server (bind address and target)
-CALLSENSE_CHOPPER_ADDR      127.0.0.1:50052             chopper gRPC server
-CALLSENSE_SCORER_ADDR       127.0.0.1:50053             scorer gRPC server
-CALLSENSE_POSTCALL_ADDR     127.0.0.1:50054             post-call worker's gRPC server (call reports)
-CALLSENSE_GATEWAY_GRPC      127.0.0.1:50050             gateway's public ``Sentiment`` gRPC server
-CALLSENSE_GATEWAY_HTTP      127.0.0.1:8000              gateway's HTTP + WebSocket server
-CALLSENSE_ENVOY_PORT        8080                        Envoy's one public port
-CALLSENSE_ENVOY_ADMIN_PORT  9901                        Envoy's admin port
-DATABASE_URL                (unset: embedded Postgres)  PostgreSQL URL; CALLSENSE_DATABASE_URL wins
-CALLSENSE_DATA_DIR          ./var                       runtime state: embedded database, logs, ...
-CALLSENSE_MESH_PROXY        (unset: dial directly)      Envoy's host:port; the gateway then reaches the
-                                                        services (the post-call worker too) through it
-                                                        (load-balanced, traced)
+variable                       default                     meaning
+-----------------------------  --------------------------  -------------------------------------------
+CALLSENSE_ASR_ADDR             127.0.0.1:50051             ASR gRPC server (bind address and target)
+CALLSENSE_CHOPPER_ADDR         127.0.0.1:50052             chopper gRPC server
+CALLSENSE_SCORER_ADDR          127.0.0.1:50053             scorer gRPC server
+CALLSENSE_POSTCALL_ADDR        127.0.0.1:50054             post-call worker's gRPC server (call reports)
+CALLSENSE_GATEWAY_GRPC         127.0.0.1:50050             gateway's public ``Sentiment`` gRPC server
+CALLSENSE_GATEWAY_HTTP         127.0.0.1:8000              gateway's HTTP + WebSocket server
+CALLSENSE_ENVOY_PORT           8080                        Envoy's public port: the public API only
+CALLSENSE_ENVOY_INTERNAL_PORT  8081                        Envoy's internal port: the services (by
+                                                           authority or path), /metrics; never public
+CALLSENSE_ENVOY_ADMIN_PORT     9901                        Envoy's admin port
+DATABASE_URL                   (unset: embedded Postgres)  PostgreSQL URL; CALLSENSE_DATABASE_URL wins
+CALLSENSE_DATA_DIR             ./var                       runtime state: embedded database, logs, ...
+CALLSENSE_MESH_PROXY           (unset: dial directly)      Envoy's internal listener, host:port; the
+                                                           gateway then reaches the services (the post-call
+                                                           worker too) through it (load-balanced, traced)
 
 An address is used both to bind a server and to reach it; in a cluster, set it to the service's name
 (e.g. ``scorer:50053``) for clients and let the server bind ``0.0.0.0`` with the same port
@@ -49,12 +51,16 @@ class Config:
     gateway_grpc: str = "127.0.0.1:50050"
     gateway_http: str = "127.0.0.1:8000"
     envoy_port: int = 8080
+    """Envoy's public listener."""
+    envoy_internal_port: int = 8081
+    """Envoy's internal listener: the services by authority (``mesh_proxy``), /metrics."""
     envoy_admin_port: int = 9901
     database_url: str | None = None
     """None means: start the embedded PostgreSQL under data_dir."""
     data_dir: Path = Path("var")
     mesh_proxy: str | None = None
-    """Envoy's "host:port": internal calls go through it, naming the service as the authority."""
+    """Envoy's internal listener, "host:port": internal calls go through it, naming the service as the
+    authority."""
 
     @staticmethod
     def bind_address(addr: str, host: str = "0.0.0.0") -> str:
@@ -98,6 +104,10 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         gateway_grpc=_addr(env, "GATEWAY_GRPC", d.gateway_grpc),
         gateway_http=_addr(env, "GATEWAY_HTTP", d.gateway_http),
         envoy_port=_port(env.get(PREFIX + "ENVOY_PORT") or str(d.envoy_port), PREFIX + "ENVOY_PORT"),
+        envoy_internal_port=_port(
+            env.get(PREFIX + "ENVOY_INTERNAL_PORT") or str(d.envoy_internal_port),
+            PREFIX + "ENVOY_INTERNAL_PORT",
+        ),
         envoy_admin_port=_port(
             env.get(PREFIX + "ENVOY_ADMIN_PORT") or str(d.envoy_admin_port), PREFIX + "ENVOY_ADMIN_PORT"
         ),

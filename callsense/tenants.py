@@ -35,6 +35,8 @@ Keys of a section:
   crm_webhook_url         where each ended call's CRM fields are POSTed (none: no push)
   crm_webhook_secret      the HMAC key that signs the CRM pushes; or, better, crm_webhook_secret_env: the name
                           of an environment variable that holds it. A CRM URL without a secret is an error.
+  allowed_origins         origins ("https://crm.example.com") whose pages may open the live WebSocket for
+                          a signed-in user, besides the gateway's own (none)
   live                    a table of BadgeSettings fields (window_s, red_enter, ...)
 
 Any other key, a value of the wrong type or out of range, or an unreadable file raises
@@ -199,6 +201,7 @@ _SECTION_KEYS = (
     "crm_webhook_url",
     "crm_webhook_secret",
     "crm_webhook_secret_env",
+    "allowed_origins",
     "live",
 )
 _BADGE_TYPES: dict[str, Any] = typing.get_type_hints(BadgeSettings)
@@ -233,6 +236,9 @@ class TenantSettings:
     slack_webhook_url: str | None = field(default=None, repr=False)
     crm_webhook_url: str | None = None
     crm_webhook_secret: str | None = field(default=None, repr=False)
+    allowed_origins: tuple[str, ...] = ()
+    """Origins ("https://crm.example.com") whose pages may open the live WebSocket with a signed-in
+    user's cookie, besides the gateway's own pages."""
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.negative_rate_alert) and 0.0 <= self.negative_rate_alert <= 1.0):
@@ -373,6 +379,7 @@ def _build(values: dict[str, Any], where: str, source: str) -> TenantSettings:
             slack_webhook_url=values.get("slack_webhook_url") or None,
             crm_webhook_url=values.get("crm_webhook_url") or None,
             crm_webhook_secret=values.get("crm_webhook_secret") or None,
+            allowed_origins=values.get("allowed_origins", ()),
         )
     except ValueError as exc:
         raise TenantConfigError(f"{source} {where}: {exc}") from None
@@ -430,6 +437,11 @@ def _section_value(key: str, value: object) -> Any:
         return _rate(_typed(value, float))
     if key == "alert_min_utterances":
         return _typed(value, int)
+    if key == "allowed_origins":
+        origins: tuple[str, ...] = _typed(value, tuple[str, ...])
+        for origin in origins:
+            _check_origin(origin)
+        return origins
     text: str = _typed(value, str)
     if key == "timezone":
         return time_zone(text).key
@@ -481,6 +493,12 @@ def _rate(value: float) -> float:
     if not (math.isfinite(value) and 0.0 <= value <= 1.0):
         raise ValueError(f"must be in [0, 1], got {value}")
     return value
+
+
+def _check_origin(origin: str) -> None:
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
+        raise ValueError(f"an origin reads scheme://host[:port], got {origin!r}")
 
 
 def _check_url(name: str, url: str) -> str:

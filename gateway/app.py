@@ -62,6 +62,10 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from callsense.config import Config, load_config
 from callsense.domain import compute_call_stats
 from callsense.telemetry import call_context, tracer
+from gateway.auth.access import check_may_see, owned_call
+from gateway.auth.credentials import Principal
+from gateway.auth.web import Caller, websocket_principal
+from gateway.auth.web import router as session_router
 from gateway.calls.errors import ErrorCode, InputError, NotFoundError
 from gateway.calls.fanout import Subscription
 from gateway.calls.inputs import decode_json, validate_call_id
@@ -143,9 +147,14 @@ _HTTP_STATUS = {
     ErrorCode.RECORDING_TOO_LARGE: 413,
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
     ErrorCode.STAGE_FAILED: 503,
+    ErrorCode.DATABASE_UNAVAILABLE: 503,
+    ErrorCode.UNAUTHENTICATED: 401,
+    ErrorCode.FORBIDDEN: 403,
 }
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse},
+    401: {"model": ErrorResponse, "description": "No valid credential (`unauthenticated`)."},
+    403: {"model": ErrorResponse, "description": "The key's tenant or role does not reach it (`forbidden`)."},
     404: {"model": ErrorResponse},
     409: {"model": ErrorResponse},
     422: {"model": ErrorResponse},
@@ -211,6 +220,7 @@ def create_app(
     _add_error_handlers(app)
     _add_routes(app)
     _document_schemas(app, (BatchRequest, BatchRecordingForm))
+    app.include_router(session_router)  # /v1/session: browsers sign in with a key
     app.include_router(web_router)  # the console, the review page, timeline.png
     app.include_router(reports_router)  # GET /v1/reports/daily
     return app
@@ -238,7 +248,10 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(InputError)
     async def input_error(request: Request, exc: InputError) -> JSONResponse:
-        return error_response(_HTTP_STATUS.get(exc.code, 422), exc.code, exc.message)
+        response = error_response(_HTTP_STATUS.get(exc.code, 422), exc.code, exc.message)
+        if exc.code == ErrorCode.UNAUTHENTICATED:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="callsense"'
+        return response
 
     @app.exception_handler(grpc.aio.AioRpcError)
     async def stage_error(request: Request, exc: grpc.aio.AioRpcError) -> JSONResponse:
@@ -268,7 +281,7 @@ def _add_routes(app: FastAPI) -> None:
         responses=_BATCH_RESPONSES,
         openapi_extra=_BATCH_BODIES,
     )
-    async def analyze_batch(request: Request) -> BatchResponse:
+    async def analyze_batch(request: Request, caller: Caller) -> BatchResponse:
         """Score a finished call and summarise it. Two kinds of body:
 
         - `application/json`: the call's utterances as text (split and PII-masked by the chopper);
@@ -284,7 +297,7 @@ def _add_routes(app: FastAPI) -> None:
         """
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type == "multipart/form-data":
-            return await _analyze_recording(request)
+            return await _analyze_recording(request, caller)
         if media_type and media_type != "application/json" and not media_type.endswith("+json"):
             raise InputError(
                 ErrorCode.UNSUPPORTED_MEDIA_TYPE,
@@ -294,17 +307,20 @@ def _add_routes(app: FastAPI) -> None:
         body = _validated(BatchRequest, await request.body())
         with call_context(body.call_id):
             result = await _gateway(request).analyze_batch(
-                body.call_id, body.metadata.to_domain(), [u.to_domain() for u in body.utterances]
+                body.call_id,
+                owned_call(caller, body.metadata.to_domain()),
+                [u.to_domain() for u in body.utterances],
             )
         return _batch_response(result)
 
     @app.get("/v1/calls/{call_id}", response_model=CallOut, responses=_ERROR_RESPONSES)
-    async def get_call(call_id: str, request: Request) -> CallOut | JSONResponse:
+    async def get_call(call_id: str, request: Request, caller: Caller) -> CallOut | JSONResponse:
         """A stored call: metadata, status, statistics and scored utterances."""
         gateway = _gateway(request)
         row = await gateway.get_call(validate_call_id(call_id))
         if row is None:
             return error_response(404, ErrorCode.NOT_FOUND, f"no call with id {call_id!r}")
+        check_may_see(caller, row.tenant, row.team, row.agent, call_id)
         live_here = gateway.registry.get(call_id) is not None
         return CallOut.of(row, compute_call_stats(row.events), live_here=live_here)
 
@@ -329,8 +345,12 @@ def _add_routes(app: FastAPI) -> None:
     @app.websocket(STREAM_PATH)
     async def stream(websocket: WebSocket, watch: str | None = None) -> None:
         """Live call: see the module docs for the protocol."""
+        gateway = _gateway(websocket)
+        principal = await websocket_principal(websocket, gateway.tenants)
+        if principal is None:
+            return
         await websocket.accept()
-        await StreamConnection(websocket, _gateway(websocket)).run(watch)
+        await StreamConnection(websocket, gateway, principal).run(watch)
 
     @app.websocket(TWILIO_STREAM_PATH)
     async def twilio_stream(websocket: WebSocket) -> None:
@@ -378,7 +398,7 @@ def _batch_response(
     )
 
 
-async def _analyze_recording(request: Request) -> BatchResponse:
+async def _analyze_recording(request: Request, caller: Principal) -> BatchResponse:
     gateway = _gateway(request)
     max_bytes = gateway.settings.max_recording_bytes
     form = await _read_form(request, max_bytes)
@@ -402,7 +422,8 @@ async def _analyze_recording(request: Request) -> BatchResponse:
             upload.file, upload.filename or "", upload.content_type or "", fields.channel_roles
         )
         with call_context(fields.call_id):
-            result = await analyze_recording(gateway, fields.call_id, fields.metadata.to_domain(), recording)
+            metadata = owned_call(caller, fields.metadata.to_domain())
+            result = await analyze_recording(gateway, fields.call_id, metadata, recording)
     finally:
         await form.close()
     return _batch_response(result.batch, [TranscriptSegmentOut.of(e) for e in result.transcript])
@@ -467,9 +488,10 @@ def _document_schemas(app: FastAPI, models: tuple[type[BaseModel], ...]) -> None
 class StreamConnection:
     """One WebSocket: reads client messages in order, forwards the events of its call."""
 
-    def __init__(self, websocket: WebSocket, gateway: Gateway) -> None:
+    def __init__(self, websocket: WebSocket, gateway: Gateway, principal: Principal) -> None:
         self._ws = websocket
         self._gateway = gateway
+        self._principal = principal
         self._driver = CallDriver(gateway.registry)
         self._send_lock = asyncio.Lock()
         self._forwarder: asyncio.Task[None] | None = None
@@ -547,12 +569,15 @@ class StreamConnection:
         if self._watching is not None:
             raise InputError(ErrorCode.ALREADY_STARTED, f"this connection watches call {self._watching}")
         message = parse_message(StartMessage, data)
+        metadata = owned_call(self._principal, message.metadata.to_domain())
+        live = self._gateway.registry.get(message.call_id)
+        if live is not None:  # a reconnect: only someone who may see the call takes it back
+            info = live.metadata
+            check_may_see(self._principal, info.tenant, info.team, info.agent, message.call_id)
         if self._forwarder is not None and not self._forwarder.done():
             # The previous call's last events (its summary) go out before the next call's first.
             await asyncio.wait({self._forwarder}, timeout=5.0)
-        session, resumed = await self._driver.start(
-            message.call_id, message.metadata.to_domain(), message.audio_format()
-        )
+        session, resumed = await self._driver.start(message.call_id, metadata, message.audio_format())
         await self._send(StartedEvent(call_id=session.call_id, resumed=resumed).model_dump())
         self._forward(session.subscribe(replay=resumed), close_after=False)
 
@@ -574,6 +599,10 @@ class StreamConnection:
         message = parse_message(WatchMessage, data)
         if self._driver.session is not None or self._watching is not None:
             raise InputError(ErrorCode.ALREADY_STARTED, "this connection already drives or watches a call")
+        live = self._gateway.registry.get(message.call_id)
+        if live is not None:
+            info = live.metadata
+            check_may_see(self._principal, info.tenant, info.team, info.agent, message.call_id)
         try:
             subscription = self._gateway.registry.subscribe(message.call_id)
         except NotFoundError as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
+from functools import partial
 from typing import Any, NoReturn
 
 import grpc
@@ -23,6 +24,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from callsense.domain import CallStatistics, UtteranceScore, compute_call_stats
 from callsense.telemetry import call_context
 from callsense.v1 import audio_pb2, chopper_pb2, scorer_pb2, sentiment_pb2, sentiment_pb2_grpc
+from gateway.auth.access import check_may_see, forbidden, may_see, owned_call
+from gateway.auth.credentials import Principal
 from gateway.calls.errors import ErrorCode, InputError, NotFoundError
 from gateway.calls.events import (
     CallOutcome,
@@ -75,10 +78,15 @@ class SentimentServicer(sentiment_pb2_grpc.SentimentServicer):
         request_iterator: AsyncIterator[sentiment_pb2.StreamCallRequest],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[sentiment_pb2.CallEvent]:
+        caller = await self._caller(context)
         first = await anext(aiter(request_iterator), None)
         if first is None:
             return  # the client opened and closed without a word: nothing to do
-        call_id, metadata, audio = await _start_of(first, context)
+        call_id, given, audio = await _start_of(first, context)
+        metadata = await _checked(context, partial(owned_call, caller), given)
+        live = self._gateway.registry.get(call_id)
+        if live is not None:  # a reconnect: only someone who may see the call takes it back
+            await _checked(context, partial(_check_session, caller, call_id), live.metadata)
         driver = CallDriver(self._gateway.registry)
         with call_context(call_id):
             try:
@@ -99,7 +107,11 @@ class SentimentServicer(sentiment_pb2_grpc.SentimentServicer):
     async def WatchCall(
         self, request: sentiment_pb2.WatchCallRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[sentiment_pb2.CallEvent]:
+        caller = await self._caller(context)
         call_id = await _checked(context, validate_call_id, request.call_id)
+        live = self._gateway.registry.get(call_id)
+        if live is not None:
+            await _checked(context, partial(_check_session, caller, call_id), live.metadata)
         try:
             subscription = self._gateway.registry.subscribe(call_id)
         except NotFoundError as exc:
@@ -115,8 +127,10 @@ class SentimentServicer(sentiment_pb2_grpc.SentimentServicer):
     async def AnalyzeBatch(
         self, request: sentiment_pb2.AnalyzeBatchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> sentiment_pb2.AnalyzeBatchResponse:
+        caller = await self._caller(context)
         call_id = await _checked(context, validate_call_id, request.call_id)
         metadata = await _checked(context, metadata_of, request.metadata)
+        metadata = await _checked(context, partial(owned_call, caller), metadata)
         utterances = await _checked(context, _utterances_of, request.utterances)
         with call_context(call_id):
             try:
@@ -139,6 +153,7 @@ class SentimentServicer(sentiment_pb2_grpc.SentimentServicer):
         request_iterator: AsyncIterator[sentiment_pb2.AnalyzeRecordingRequest],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> sentiment_pb2.AnalyzeBatchResponse:
+        caller = await self._caller(context)
         requests = aiter(request_iterator)
         first = await anext(requests, None)
         if first is None or first.WhichOneof("payload") != "start":
@@ -150,6 +165,7 @@ class SentimentServicer(sentiment_pb2_grpc.SentimentServicer):
         start = first.start
         call_id = await _checked(context, validate_call_id, start.call_id or first.call_id)
         metadata = await _checked(context, metadata_of, start.metadata)
+        metadata = await _checked(context, partial(owned_call, caller), metadata)
         roles = await _checked(
             context, parse_channel_roles, [channel_from_role(r) for r in start.channel_roles]
         )
@@ -176,6 +192,7 @@ class SentimentServicer(sentiment_pb2_grpc.SentimentServicer):
     async def GetCall(
         self, request: sentiment_pb2.GetCallRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> sentiment_pb2.CallRecord:
+        caller = await self._caller(context)
         call_id = await _checked(context, validate_call_id, request.call_id)
         try:
             row = await self._gateway.get_call(call_id)
@@ -185,7 +202,25 @@ class SentimentServicer(sentiment_pb2_grpc.SentimentServicer):
             )
         if row is None:
             await _abort_with(context, grpc.StatusCode.NOT_FOUND, f"no call with id {call_id!r}")
+        if not may_see(caller, row.tenant, row.team, row.agent):
+            await _abort(context, forbidden(f"call {call_id!r} is not reachable with this key"))
         return call_record_proto(row)
+
+    async def _caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
+        """The key in the call's ``authorization`` metadata ("Bearer csk_..."); UNAUTHENTICATED without."""
+        metadata = dict(context.invocation_metadata() or ())
+        authorization = metadata.get("authorization")
+        try:
+            return await self._gateway.authenticator.authenticate(
+                authorization if isinstance(authorization, str) else None, None
+            )
+        except InputError as err:
+            status = grpc.StatusCode.UNAVAILABLE if err.code == ErrorCode.DATABASE_UNAVAILABLE else err.status
+            await _abort_with(context, status, err.message)
+
+
+def _check_session(caller: Principal, call_id: str, info: CallInfo) -> None:
+    check_may_see(caller, info.tenant, info.team, info.agent, call_id)
 
 
 async def _recording_bytes(

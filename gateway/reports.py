@@ -9,18 +9,25 @@ answers 404 and says how to roll it up; one rolled up with no calls answers an e
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from gateway.auth.access import forbidden, may_see
+from gateway.auth.credentials import Principal
+from gateway.auth.web import Caller
 from gateway.calls.errors import ErrorCode
 from gateway.calls.service import Gateway
 from gateway.schemas import ErrorResponse, error_response
 from gateway.store import RollupRow
 
 router = APIRouter()
+_AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse},
+    403: {"model": ErrorResponse},
+}
 
 
 class DailyRowOut(BaseModel):
@@ -56,16 +63,21 @@ class DailyReportOut(BaseModel):
 @router.get(
     "/v1/reports/daily",
     response_model=DailyReportOut,
-    responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    responses={**_AUTH_ERRORS, 404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
 )
 async def daily_report(
     request: Request,
+    caller: Caller,
     day: Annotated[date, Query(alias="date", description="The day, YYYY-MM-DD, in each tenant's time zone.")],
-    tenant: str | None = Query(None, max_length=128, description="Only this tenant's rows."),
+    tenant: str | None = Query(
+        None, max_length=128, description="The key's tenant (the default); another tenant is refused."
+    ),
     team: str | None = Query(None, max_length=128, description="Only this team's rows."),
     agent: str | None = Query(None, max_length=128, description="Only this agent's rows."),
 ) -> DailyReportOut | JSONResponse:
-    """Per team and per agent: calls, utterances, average sentiment and the customer's negative rate."""
+    """Per team and per agent: calls, utterances, average sentiment and the customer's negative rate.
+    Only the rows the key reaches: its tenant's, a manager's team's, an agent's own."""
+    _check_tenant(caller, tenant)
     gateway: Gateway = request.app.state.gateway
     rows: list[DailyRowOut] = []
     ran: list[datetime] = []
@@ -77,7 +89,7 @@ async def daily_report(
         rows += [
             DailyRowOut.of(region, r)
             for r in await store.daily_rollups(day)
-            if (tenant is None or r.tenant == tenant)
+            if may_see(caller, r.tenant, r.team, r.agent)
             and (team is None or r.team == team)
             and (agent is None or r.agent == agent)
         ]
@@ -104,17 +116,24 @@ class TrendOut(BaseModel):
 @router.get(
     "/v1/reports/trend",
     response_model=TrendOut,
-    responses={422: {"model": ErrorResponse}},
+    responses={**_AUTH_ERRORS, 422: {"model": ErrorResponse}},
 )
 async def trend_report(
     request: Request,
+    caller: Caller,
     first: Annotated[date, Query(alias="from", description="The first day, YYYY-MM-DD.")],
     last: Annotated[date, Query(alias="to", description="The last day, YYYY-MM-DD (at most 366 days on).")],
-    tenant: str = Query("", max_length=128, description="The tenant (empty: calls without one)."),
+    tenant: str | None = Query(
+        None, max_length=128, description="The key's tenant (the default); another tenant is refused."
+    ),
     team: str = Query("", max_length=128, description="The team (empty: calls without one)."),
     agent: str = Query("", max_length=128, description="One agent of the team; empty for the whole team."),
 ) -> TrendOut | JSONResponse:
     """One team's or one agent's days: calls, average sentiment and negative rate, for a trend line."""
+    _check_tenant(caller, tenant)
+    tenant = caller.tenant
+    if not may_see(caller, tenant, team, agent):
+        raise forbidden("this key does not reach that team's or agent's figures")
     span = (last - first).days + 1
     if not 1 <= span <= MAX_TREND_DAYS:
         problem = "to is before from" if span < 1 else f"{span} days; ask for at most {MAX_TREND_DAYS}"
@@ -133,6 +152,11 @@ async def trend_report(
     return TrendOut(
         tenant=tenant, team=team, agent=agent, days=days, days_with_rows=with_rows, missing_days=missing
     )
+
+
+def _check_tenant(caller: Principal, tenant: str | None) -> None:
+    if tenant is not None and tenant != caller.tenant:
+        raise forbidden(f"tenant {tenant!r} is not this key's")
 
 
 def _not_rolled_up(day: date) -> JSONResponse:

@@ -53,6 +53,7 @@ class LiveCallRow:
 
     call_id: str
     tenant: str
+    team: str
     agent: str
     region: str
     started_at: datetime
@@ -114,6 +115,8 @@ _LIVE_CALLS = f"""
     SELECT {", ".join(f.name for f in fields(LiveCallRow))} FROM calls
     WHERE status = 'live' AND heartbeat_at > now() - make_interval(secs => %(fresh_s)s)
       AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
+      AND (%(team)s::text IS NULL OR team = %(team)s)
+      AND (%(agent)s::text IS NULL OR agent = %(agent)s)
     ORDER BY started_at DESC, call_id
     LIMIT %(limit)s
 """
@@ -246,13 +249,18 @@ class Store(Database):
                 )
 
     async def live_calls(
-        self, fresh_s: float, tenant: str | None = None, limit: int = 50
+        self,
+        fresh_s: float,
+        tenant: str | None = None,
+        limit: int = 50,
+        *,
+        team: str | None = None,
+        agent: str | None = None,
     ) -> list[LiveCallRow]:
-        """Live calls whose replica sent a heartbeat within `fresh_s`, newest first."""
+        """Live calls whose replica sent a heartbeat within `fresh_s`, newest first; None: any."""
+        params = {"fresh_s": fresh_s, "tenant": tenant, "team": team, "agent": agent, "limit": limit}
         async with self.pool.connection() as conn:
-            cur = await conn.cursor(row_factory=class_row(LiveCallRow)).execute(
-                _LIVE_CALLS, {"fresh_s": fresh_s, "tenant": tenant, "limit": limit}
-            )
+            cur = await conn.cursor(row_factory=class_row(LiveCallRow)).execute(_LIVE_CALLS, params)
             return await cur.fetchall()
 
     async def fail_orphaned_calls(self, silent_s: float) -> list[str]:

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from tools import labels_cli, objections_cli
+from tools import keys_cli, labels_cli, objections_cli
 
 
 def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -391,12 +391,18 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="the scripted call to play (default: sours-at-price; --list shows them all)",
     )
     p.add_argument("--list", action="store_true", help="list the scripted calls and what each expects")
+    p.add_argument(
+        "--key",
+        default="",
+        help="an API key (default: CALLSENSE_API_KEY; `callsense up` prints the first one)",
+    )
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    import os
     from pathlib import Path
 
-    from tools.demo import DemoOptions, list_scripts, main
+    from tools.demo import KEY_ENV, DemoOptions, list_scripts, main
 
     if args.list:
         list_scripts()
@@ -411,7 +417,14 @@ def _run_demo(args: argparse.Namespace) -> int:
         turns=args.turns or None,
         save_wav=Path(args.save_wav) if args.save_wav else None,
         script=args.script,
+        key=args.key or os.environ.get(KEY_ENV, ""),
     )
+    if not options.key:
+        print(
+            f"callsense demo: a key is needed: --key or {KEY_ENV} (`callsense up` prints one)",
+            file=sys.stderr,
+        )
+        return 2
     return main(options)
 
 
@@ -533,6 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     labels_cli.add_parser(sub)
     objections_cli.add_parser(sub)
+    keys_cli.add_parser(sub)
     return parser
 
 
@@ -553,6 +567,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo": _run_demo,
         "labels": labels_cli.run,
         "objections": objections_cli.run,
+        "keys": keys_cli.run,
     }
     try:
         return handlers[args.command](args)

@@ -37,7 +37,7 @@ import numpy as np
 import numpy.typing as npt
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from asr_service.audio import resample
 from tools.scripted_calls import DEFAULT_SCRIPT, SCRIPTS, UnknownScript, script_named, verdict
@@ -59,6 +59,8 @@ WORDS_PER_MINUTE = 150
 SILENCE_THRESHOLD = 200
 """A PCM16 sample louder than this (about -44 dBFS) is speech; espeak-ng pads with near-zero samples."""
 DEFAULT_URL = "ws://127.0.0.1:8080/v1/sentiment/stream"
+KEY_ENV = "CALLSENSE_API_KEY"
+"""Where `callsense demo` finds its API key when --key is not given."""
 SUMMARY_TIMEOUT_S = 60.0
 """After the last frame: the ASR flushes its last segment, the chopper and scorer finish, the call ends."""
 
@@ -213,11 +215,12 @@ def write_wav(audio: CallAudio, path: Path) -> None:
 # --------------------------------------------------------------------------------------------- the socket
 
 
-def start_message(call_id: str, rate_hz: int = RATE_HZ, *, tenant: str = "demo") -> Event:
+def start_message(call_id: str, rate_hz: int = RATE_HZ) -> Event:
+    # No tenant: the call belongs to the key's tenant (a start that named another would be refused).
     return {
         "type": "start",
         "call_id": call_id,
-        "metadata": {"tenant": tenant, "agent": "sam"},
+        "metadata": {"agent": "sam"},
         "audio": {
             "encoding": "pcm16",
             "sample_rate_hz": rate_hz,
@@ -244,11 +247,19 @@ async def send_audio(
 
 
 @contextlib.asynccontextmanager
-async def open_call(url: str, call_id: str, start: Event) -> AsyncIterator[ClientConnection]:
+async def open_call(url: str, call_id: str, start: Event, key: str) -> AsyncIterator[ClientConnection]:
     """A WebSocket with the call started on it; a DemoError saying what to do when that fails."""
+    # x-call-id: Envoy pins the call to one gateway replica by it.
+    headers = {"x-call-id": call_id, "authorization": f"Bearer {key}"}
     try:
-        # x-call-id: Envoy pins the call to one gateway replica by it.
-        ws = await ws_connect(url, additional_headers={"x-call-id": call_id}, open_timeout=10, max_size=None)
+        ws = await ws_connect(url, additional_headers=headers, open_timeout=10, max_size=None)
+    except InvalidStatus as exc:
+        if exc.response.status_code in (401, 403):
+            raise DemoError(
+                f"the mesh refused the key ({exc.response.status_code}): pass --key or set {KEY_ENV} "
+                "(`callsense up` prints the first admin key; `callsense keys create` makes more)"
+            ) from None
+        raise DemoError(f"the mesh at {url} refused the connection: {exc}") from None
     except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
         raise DemoError(
             f"cannot reach the mesh at {url} ({type(exc).__name__}: {exc}): start it with ./dev.sh up"
@@ -265,7 +276,13 @@ async def open_call(url: str, call_id: str, start: Event) -> AsyncIterator[Clien
 
 
 async def play(
-    url: str, call_id: str, audio: CallAudio, *, speed: float = 1.0, on_event: Callable[[Event], None]
+    url: str,
+    call_id: str,
+    audio: CallAudio,
+    *,
+    key: str,
+    speed: float = 1.0,
+    on_event: Callable[[Event], None],
 ) -> list[Event]:
     """Play ``audio`` as call ``call_id`` into the mesh; every event up to the summary, in arrival order,
     each also handed to ``on_event`` as it arrives."""
@@ -279,7 +296,7 @@ async def play(
             if event.get("type") == "summary":
                 return
 
-    async with open_call(url, call_id, start_message(call_id, audio.rate_hz)) as ws:
+    async with open_call(url, call_id, start_message(call_id, audio.rate_hz), key) as ws:
         receiver = asyncio.create_task(receive(ws))
         try:
             await send_audio(ws, audio.frames(), FRAME_MS / 1000, speed=speed)
@@ -420,6 +437,8 @@ class DemoOptions:
     save_wav: Path | None = None
     script: str = DEFAULT_SCRIPT
     """The scripted call to play (tools/scripted_calls.py)."""
+    key: str = ""
+    """An API key of the tenant the call belongs to (``--key``, else CALLSENSE_API_KEY)."""
 
 
 def list_scripts(out: TextIO | None = None) -> None:
@@ -455,7 +474,7 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout, *, tty: bool 
     )
     view = CallView(out, tty=out.isatty() if tty is None else tty, speed=options.speed)
     view.begin()
-    events = await play(options.url, call_id, audio, speed=options.speed, on_event=view.show)
+    events = await play(options.url, call_id, audio, key=options.key, speed=options.speed, on_event=view.show)
     out.write(f"\nreview the call: {review_url(options.url, call_id)}\n")
     if len(script) == len(scripted.lines):  # the whole call: did the mesh hear it as the script expects?
         out.write(verdict(scripted, [(p.start_ms, p.end_ms) for p in audio.turns], events) + "\n")

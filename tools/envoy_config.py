@@ -1,12 +1,30 @@
 """The Envoy bootstrap for the mesh, built in Python and checked against Envoy's own schema.
 
-One listener (default :8080, ``codec_type: AUTO``: HTTP/1.1 and h2c on one port) carries everything:
+Two listeners, each ``codec_type: AUTO`` (HTTP/1.1 and h2c on one port):
+
+**public** (``listener_port``, default 0.0.0.0:8080): the public API, and nothing else, whatever
+``:authority`` a client sends (one virtual host, ``*``). First match wins:
 
     /callsense.v1.Sentiment/          -> gateway_grpc   (public gRPC API, also gRPC-Web from browsers)
-    /callsense.v1.{Scorer,Chopper,Asr,PostCall}/ -> scorer, chopper, asr, postcall (backend teams may
-                                      call them directly)
+    /callsense.v1.*  (any other)      -> 404 from Envoy (the internal services; never reaches an upstream;
+                                         a gRPC client sees UNIMPLEMENTED)
     /grpc.health.v1.Health/, /grpc.reflection.*  -> gateway_grpc
-    everything else (REST, WebSocket /v1/sentiment/stream, /docs, UI) -> gateway_http
+    /metrics, /metrics/...            -> 404 from Envoy (operator-only: the internal listener has it)
+    everything else (REST, WebSocket /v1/sentiment/stream, /docs, UI, /healthz, /readyz) -> gateway_http
+
+**internal** (``internal_port``, default 127.0.0.1:8081; 0.0.0.0 inside a cluster network, never behind
+a public load balancer): what the gateway (``CALLSENSE_MESH_PROXY``) and operators use.
+
+    :authority chopper | scorer | asr | postcall (any port) -> that service, every path (health checks
+                                      and reflection included): how the gateway's internal calls go
+    any other authority: the public routes above, plus
+    /callsense.v1.{Scorer,Chopper,Asr,PostCall}/ -> scorer, chopper, asr, postcall
+    /metrics                          -> gateway_http (through the catch-all)
+
+Both listeners normalise the path before routing (RFC 3986 dot segments and unreserved percent-escapes,
+merged slashes, ``%2F``/``%5C`` unescaped) so that the path Envoy matches is the path the gateway acts on:
+``/%6Detrics`` or ``//metrics`` is ``/metrics`` to both. Cross-origin calls (CORS) are refused unless
+``cors_allow_origins`` names the origins (the bundled UI is same-origin and needs none).
 
 Long calls must never be cut by a timeout: every route has ``timeout: 0s`` (Envoy's default of 15 s
 would end a server stream 15 s after its request), and idle timeouts are long (an hour by default): a
@@ -76,8 +94,14 @@ class MeshLayout:
     """Where Envoy listens and the replicas ("host:port") behind each upstream cluster."""
 
     listener_port: int = 8080
+    """The public listener: the public API only."""
     admin_port: int = 9901
     listener_host: str = "0.0.0.0"
+    internal_port: int = 8081
+    """The internal listener: the services by authority or path, /metrics, and the public routes."""
+    internal_host: str = "127.0.0.1"
+    """Loopback by default (the gateway runs on the same host under ``callsense up``); in a cluster
+    "0.0.0.0", reachable inside the cluster network only (a ClusterIP Service, never the public one)."""
     admin_host: str = "127.0.0.1"
     """The admin API can stop Envoy and dump its config: never expose it beyond the host by default."""
     gateway_http: Sequence[str] = ("127.0.0.1:8000",)
@@ -94,8 +118,9 @@ class MeshLayout:
     stream_idle_timeout_s: int = 3600
     """How long a stream may move no bytes at all before Envoy resets it (0 disables the timeout)."""
     health_check_interval_s: float = 5.0
-    cors_allow_origins: Sequence[str] = ("*",)
-    """Origins allowed to call across origins (gRPC-Web, REST); "*" any. The bundled UI is same-origin."""
+    cors_allow_origins: Sequence[str] = ()
+    """Origins allowed to call across origins (gRPC-Web, REST), e.g. "https://app.example"; "*" any (only
+    when asked for). Empty, the default: same-origin only, which is all the bundled UI needs."""
     access_log: bool = True
     max_concurrent_streams: int = 10_000
     """Per-cluster circuit-breaker limits; Envoy's default of 1024 would cap live calls at about 1000."""
@@ -113,6 +138,10 @@ class MeshLayout:
                 split_host_port(endpoint)
             object.__setattr__(self, name, endpoints)
         object.__setattr__(self, "cors_allow_origins", tuple(self.cors_allow_origins))
+        ports = {"listener_port": self.listener_port, "internal_port": self.internal_port}
+        ports["admin_port"] = self.admin_port
+        if len(set(ports.values())) < len(ports):
+            raise ValueError(f"MeshLayout: the public, internal and admin ports must differ: {ports}")
 
     @classmethod
     def from_config(
@@ -126,6 +155,7 @@ class MeshLayout:
         env = os.environ if env is None else env
         layout = cls(
             listener_port=config.envoy_port,
+            internal_port=config.envoy_internal_port,
             admin_port=config.envoy_admin_port,
             gateway_http=(config.gateway_http,),
             gateway_grpc=(config.gateway_grpc,),
@@ -158,20 +188,53 @@ _UPSTREAMS = (
     _Upstream("postcall", grpc=True, pinned=False),
 )
 
-# (path prefix, cluster): first match wins, so the catch-all "/" comes last.
-_ROUTES: tuple[tuple[str, str], ...] = (
-    ("/callsense.v1.Sentiment/", "gateway_grpc"),
-    ("/callsense.v1.Scorer/", "scorer"),
-    ("/callsense.v1.Chopper/", "chopper"),
-    ("/callsense.v1.Asr/", "asr"),
-    ("/callsense.v1.PostCall/", "postcall"),
-    ("/grpc.health.v1.Health/", "gateway_grpc"),
-    ("/grpc.reflection.", "gateway_grpc"),  # v1alpha and v1 ServerReflection
-    ("/", "gateway_http"),
+
+@dataclass(frozen=True)
+class _Rule:
+    """One route: a match (Envoy's ``RouteMatch``) and the cluster it goes to, or None: Envoy answers 404
+    itself and no upstream ever sees the request."""
+
+    name: str
+    match: Json
+    cluster: str | None
+
+
+def _prefix(prefix: str, cluster: str) -> _Rule:
+    return _Rule(cluster if prefix == "/" else prefix.strip("/."), {"prefix": prefix}, cluster)
+
+
+_SENTIMENT = _prefix("/callsense.v1.Sentiment/", "gateway_grpc")
+_GRPC_COMMON = (
+    _prefix("/grpc.health.v1.Health/", "gateway_grpc"),
+    _prefix("/grpc.reflection.", "gateway_grpc"),  # v1alpha and v1 ServerReflection
+)
+_CATCH_ALL = _prefix("/", "gateway_http")
+
+# Public listener, first match wins. Every callsense service but Sentiment is internal: its whole package
+# prefix is refused (case-insensitively), so a service added later is not public by accident.
+_PUBLIC_RULES: tuple[_Rule, ...] = (
+    _SENTIMENT,
+    _Rule("internal_services_refused", {"prefix": "/callsense.v1.", "case_sensitive": False}, None),
+    *_GRPC_COMMON,
+    _Rule("operator_only_refused", {"path_separated_prefix": "/metrics", "case_sensitive": False}, None),
+    _CATCH_ALL,
 )
 
-# Internal callers (the gateway) reach a service through Envoy by naming it as the HTTP/2 authority:
-# every path, health checks and reflection included, then goes to that service's replicas.
+# Internal listener, any authority but a service's name: the public API, the internal services by path
+# (backend teams may call them directly from inside the network), and the rest (/metrics too) by the
+# catch-all.
+_INTERNAL_RULES: tuple[_Rule, ...] = (
+    _SENTIMENT,
+    _prefix("/callsense.v1.Scorer/", "scorer"),
+    _prefix("/callsense.v1.Chopper/", "chopper"),
+    _prefix("/callsense.v1.Asr/", "asr"),
+    _prefix("/callsense.v1.PostCall/", "postcall"),
+    *_GRPC_COMMON,
+    _CATCH_ALL,
+)
+
+# Internal callers (the gateway) reach a service through Envoy's internal listener by naming it as the
+# HTTP/2 authority: every path, health checks and reflection included, then goes to that service.
 _INTERNAL_SERVICES: tuple[str, ...] = ("chopper", "scorer", "asr", "postcall")
 
 _OTEL_CLUSTER = "opentelemetry_collector"
@@ -286,22 +349,25 @@ def _hash_policy() -> list[Json]:
     ]
 
 
-def _route(prefix: str, cluster: str, layout: MeshLayout) -> Json:
+def _route(rule: _Rule, layout: MeshLayout) -> Json:
+    if rule.cluster is None:
+        # A gRPC caller gets a trailers-only reply with grpc-status UNIMPLEMENTED (Envoy maps the 404).
+        return {
+            "name": rule.name,
+            "match": dict(rule.match),
+            "direct_response": {"status": 404, "body": {"inline_string": "not found"}},
+        }
     action: Json = {
-        "cluster": cluster,
+        "cluster": rule.cluster,
         "timeout": "0s",  # no limit: a call lasts as long as it lasts
         "idle_timeout": _duration(layout.stream_idle_timeout_s),
     }
-    if cluster.startswith("gateway_"):
+    if rule.cluster.startswith("gateway_"):
         action["hash_policy"] = _hash_policy()
-    if cluster != "gateway_http":
+    if rule.cluster != "gateway_http":
         # Let a gRPC client's own deadline (grpc-timeout header) bound its call, with no cap of ours.
         action["max_stream_duration"] = {"grpc_timeout_header_max": "0s"}
-    return {
-        "name": cluster if prefix == "/" else prefix.strip("/."),
-        "match": {"prefix": prefix},
-        "route": action,
-    }
+    return {"name": rule.name, "match": dict(rule.match), "route": action}
 
 
 def _cors_policy(layout: MeshLayout) -> Json:
@@ -318,19 +384,32 @@ def _cors_policy(layout: MeshLayout) -> Json:
     )
 
 
-def _route_config(layout: MeshLayout) -> Json:
+def _catch_all_host(rules: Sequence[_Rule], layout: MeshLayout) -> Json:
     virtual_host: Json = {
         "name": "callsense",
         "domains": ["*"],
-        "routes": [_route(prefix, cluster, layout) for prefix, cluster in _ROUTES],
+        "routes": [_route(rule, layout) for rule in rules],
     }
     if layout.cors_allow_origins:
         virtual_host["typed_per_filter_config"] = {"envoy.filters.http.cors": _cors_policy(layout)}
-    internal = [
-        {"name": service, "domains": [service, f"{service}:*"], "routes": [_route("/", service, layout)]}
+    return virtual_host
+
+
+def _public_route_config(layout: MeshLayout) -> Json:
+    # One virtual host for every authority: naming a service as the authority changes nothing here.
+    return {"name": "public", "virtual_hosts": [_catch_all_host(_PUBLIC_RULES, layout)]}
+
+
+def _internal_route_config(layout: MeshLayout) -> Json:
+    by_authority = [
+        {
+            "name": service,
+            "domains": [service, f"{service}:*"],
+            "routes": [_route(_prefix("/", service), layout)],
+        }
         for service in _INTERNAL_SERVICES
     ]
-    return {"name": "callsense", "virtual_hosts": [*internal, virtual_host]}
+    return {"name": "internal", "virtual_hosts": [*by_authority, _catch_all_host(_INTERNAL_RULES, layout)]}
 
 
 def _http_filters() -> list[Json]:
@@ -378,13 +457,18 @@ def _access_log() -> list[Json]:
     return [{"name": "envoy.access_loggers.stdout", "typed_config": logger}]
 
 
-def _connection_manager(layout: MeshLayout) -> Json:
+def _connection_manager(name: str, route_config: Json, layout: MeshLayout) -> Json:
     idle = _duration(layout.stream_idle_timeout_s)
     hcm = _typed(
         _HCM,
-        stat_prefix="ingress",
+        stat_prefix=name,  # http.public.*, http.internal.* in Envoy's stats
         codec_type="AUTO",  # HTTP/1.1 (REST, WebSocket, gRPC-Web) and h2c (gRPC) on one port
-        route_config=_route_config(layout),
+        route_config=route_config,
+        # Route on the path the upstream will act on: "/a/../metrics", "/%6Detrics", "//metrics" and
+        # "/metrics%2F" are all "/metrics" to Starlette, so they must be to the routes that refuse it.
+        normalize_path=True,
+        merge_slashes=True,
+        path_with_escaped_slashes_action="UNESCAPE_AND_FORWARD",
         http_filters=_http_filters(),
         upgrade_configs=[{"upgrade_type": "websocket"}],
         stream_idle_timeout=idle,
@@ -409,16 +493,25 @@ def _connection_manager(layout: MeshLayout) -> Json:
     return hcm
 
 
-def _listener(layout: MeshLayout) -> Json:
+def _listener(name: str, host: str, port: int, route_config: Json, layout: MeshLayout) -> Json:
     manager = {
         "name": "envoy.filters.network.http_connection_manager",
-        "typed_config": _connection_manager(layout),
+        "typed_config": _connection_manager(name, route_config, layout),
     }
     return {
-        "name": "ingress",
-        "address": _socket_address(layout.listener_host, layout.listener_port),
+        "name": name,
+        "address": _socket_address(host, port),
         "filter_chains": [{"filters": [manager]}],
     }
+
+
+def _listeners(layout: MeshLayout) -> list[Json]:
+    return [
+        _listener("public", layout.listener_host, layout.listener_port, _public_route_config(layout), layout),
+        _listener(
+            "internal", layout.internal_host, layout.internal_port, _internal_route_config(layout), layout
+        ),
+    ]
 
 
 def _overload_manager(layout: MeshLayout) -> Json:
@@ -438,7 +531,7 @@ def build(layout: MeshLayout) -> Json:
     return {
         "node": {"id": "callsense-envoy", "cluster": "callsense"},
         "admin": {"address": _socket_address(layout.admin_host, layout.admin_port)},
-        "static_resources": {"listeners": [_listener(layout)], "clusters": clusters},
+        "static_resources": {"listeners": _listeners(layout), "clusters": clusters},
         "overload_manager": _overload_manager(layout),
     }
 

@@ -48,6 +48,8 @@ def mesh_specs(config: Config, options: UpOptions, database_url: str, envoy_yaml
     python = sys.executable
     envoy_addr = f"127.0.0.1:{config.envoy_port}"
     public = f"http://127.0.0.1:{config.envoy_port}"
+    # The gateway's mesh proxy is Envoy's internal listener: the public one refuses the services.
+    mesh_proxy = f"127.0.0.1:{config.envoy_internal_port}"
     specs = [
         envoy_spec(
             "envoy",
@@ -57,6 +59,7 @@ def mesh_specs(config: Config, options: UpOptions, database_url: str, envoy_yaml
                 f"{public}/docs  (REST API)",
                 f"{public}/v1/sentiment/stream  (WebSocket)",
                 f"{envoy_addr}  (gRPC)",
+                f"http://{mesh_proxy}/metrics  (internal listener: metrics, the services; never public)",
             ],
         ),
         ProcessSpec(
@@ -104,7 +107,7 @@ def mesh_specs(config: Config, options: UpOptions, database_url: str, envoy_yaml
             "gateway",
             [python, "-m", "gateway"],
             # The gateway reaches the services through Envoy: load-balanced across replicas, traced.
-            env={"DATABASE_URL": database_url, "CALLSENSE_MESH_PROXY": envoy_addr},
+            env={"DATABASE_URL": database_url, "CALLSENSE_MESH_PROXY": mesh_proxy},
             ready=HttpReady(f"http://{config.gateway_http}/readyz"),
             depends_on=[spec.name for spec in specs],
             ready_timeout_s=90.0,
@@ -124,6 +127,7 @@ async def run(options: UpOptions) -> int:
         embedded = await asyncio.to_thread(start_embedded_postgres, embedded_data_dir(config))
         database_url = embedded.uri
     try:
+        await _first_admin_key(database_url)
         layout = MeshLayout.from_config(config, scorer=scorer_addresses(config, options.scorer_replicas))
         envoy_yaml = options.envoy_config or config.data_dir / "envoy.yaml"
         envoy_yaml.parent.mkdir(parents=True, exist_ok=True)
@@ -132,6 +136,35 @@ async def run(options: UpOptions) -> int:
     finally:
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
+
+
+async def _first_admin_key(database_url: str) -> None:
+    """A fresh database has no key, so nobody could use the mesh: make an admin key of the bootstrap
+    tenant and print it, once (only its hash is kept). A deployment that brings its own
+    (CALLSENSE_BOOTSTRAP_KEY) has the gateway register that one instead."""
+    import os
+
+    from gateway.auth.bootstrap import BOOTSTRAP_KEY_ENV, BOOTSTRAP_TENANT_ENV, DEFAULT_TENANT
+    from gateway.auth.credentials import Role
+    from gateway.auth.key_store import KeyStore
+
+    if os.environ.get(BOOTSTRAP_KEY_ENV):
+        return
+    keys = await KeyStore.open(database_url, max_size=1)
+    try:
+        if await keys.has_keys():
+            return
+        tenant = os.environ.get(BOOTSTRAP_TENANT_ENV, "").strip() or DEFAULT_TENANT
+        minted = await keys.create_key(tenant, Role.ADMIN, name="first admin (callsense up)")
+    finally:
+        await keys.close()
+    print(
+        f"\nThe first admin key of tenant {tenant!r} (shown once; only its hash is stored):\n\n"
+        f"    {minted.token}\n\n"
+        "Sign in at /signin with it, send it as 'Authorization: Bearer <key>', and make more keys with\n"
+        "`callsense keys create --tenant T --role agent|manager|admin|service`.\n",
+        flush=True,
+    )
 
 
 def main(options: UpOptions) -> int:

@@ -5,7 +5,10 @@
 The layout is ``tools.envoy_config.MeshLayout`` with every upstream at its Kubernetes Service name and
 the port from ``callsense.config``'s defaults (``scorer:50053``, ...). Those Services are headless, so the
 ``STRICT_DNS`` clusters Envoy makes for host names resolve to every ready pod and balance across them.
-The admin API stays on 127.0.0.1 (the probes run inside the pod). ``tests/tools/test_kubernetes_manifests.py``
+The public listener (:8080) is what the public ``envoy`` Service exposes; the internal one (:8081: the
+services by authority, /metrics) listens on every interface of the pod so the gateway can reach it through
+the ClusterIP-only ``envoy-internal`` Service, never through the public one. The admin API stays on
+127.0.0.1 (the probes run inside the pod). ``tests/tools/test_kubernetes_manifests.py``
 fails when the checked-in file differs from what this writes (tracing off).
 """
 
@@ -53,8 +56,11 @@ def cluster_config() -> Config:
 
 
 def cluster_layout(otlp_endpoint: str | None = None) -> MeshLayout:
-    """The mesh as the manifests lay it out: one Service name per upstream, tracing only if asked."""
-    return MeshLayout.from_config(cluster_config(), env={}, otlp_endpoint=otlp_endpoint)
+    """The mesh as the manifests lay it out: one Service name per upstream, the internal listener on the
+    pod network (the gateway is another pod), tracing only if asked."""
+    return MeshLayout.from_config(
+        cluster_config(), env={}, otlp_endpoint=otlp_endpoint, internal_host="0.0.0.0"
+    )
 
 
 def render(layout: MeshLayout) -> str:

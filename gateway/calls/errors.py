@@ -49,6 +49,11 @@ class ErrorCode:
     RECORDING_TOO_LARGE = "recording_too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     NO_SPEECH = "no_speech"
+    UNAUTHENTICATED = "unauthenticated"
+    """No credential, or one that is unknown, revoked or expired (HTTP 401, gRPC UNAUTHENTICATED)."""
+    FORBIDDEN = "forbidden"
+    """A valid credential whose tenant or role does not reach what was asked (HTTP 403,
+    gRPC PERMISSION_DENIED)."""
 
 
 class InputError(Exception):

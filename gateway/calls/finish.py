@@ -17,6 +17,7 @@ from callsense.domain import UtteranceScore, compute_call_stats
 from gateway.calls.events import CallOutcome
 from gateway.live import BadgeState
 from gateway.postcall_client import AfterCall
+from gateway.spool import SpooledStore
 from gateway.store import Store
 
 
@@ -26,7 +27,7 @@ async def finish_call(
     *,
     status: Literal["ended", "failed"],
     reason: str,
-    store: Store,
+    store: Store | SpooledStore,
     after_call: AfterCall,
     badge: BadgeState | None = None,
     on_store_failure: Callable[[], None] | None = None,

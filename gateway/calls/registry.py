@@ -9,6 +9,8 @@ grpc_api.py, Twilio media streams in twilio.py): it enforces the order of start,
 from __future__ import annotations
 
 import asyncio
+import logging
+from pathlib import Path
 
 import grpc
 
@@ -22,7 +24,13 @@ from gateway.calls.settings import SessionSettings
 from gateway.calls.stages import Stages
 from gateway.metrics import GatewayMetrics
 from gateway.postcall_client import AfterCall
-from gateway.store import StoreRouter
+from gateway.spool import UNREACHABLE, SpooledStore, spool_path
+from gateway.store import CallRow, Store, StoreRouter
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SPOOL_DIR = Path("var") / "spool"
+STORED_CALL_TIMEOUT_S = 0.5
 
 
 class SessionRegistry:
@@ -36,13 +44,24 @@ class SessionRegistry:
         metrics: GatewayMetrics | None = None,
         settings: SessionSettings | None = None,
         after_call: AfterCall | None = None,
+        spool_dir: Path = DEFAULT_SPOOL_DIR,
+        instance: str = "gateway",
     ) -> None:
+        """``spool_dir`` / ``instance``: where this gateway keeps the live writes a database could not take
+        (gateway/spool.py), one file per database; ``instance`` tells the replicas on one disk apart."""
         self.stores = stores
         self.stages = stages
         self.metrics = metrics or GatewayMetrics()
         self.settings = settings or SessionSettings()
         self.after_call = after_call or AfterCall()
         """Objection tags, the report and the CRM push when a call ends (shared by all its calls)."""
+        self.spooled: dict[str, SpooledStore] = {
+            region: SpooledStore(
+                store, spool_path(spool_dir, instance, region), self.after_call.outbox, metrics=self.metrics
+            )
+            for region, store in stores.named_stores
+        }
+        """The live path's writes, per database (region name; "" for the default one)."""
         self._sessions: dict[str, CallSession] = {}
 
     def __len__(self) -> int:
@@ -66,6 +85,7 @@ class SessionRegistry:
         validate_call_id(call_id)  # transports check too; a bad id must never reach the mesh
         existing = self._sessions.get(call_id)
         if existing is not None:
+            _check_same_tenant(call_id, existing.metadata.tenant, metadata.tenant)
             if existing.driver_attached or existing.state != "live":
                 raise InputError(
                     ErrorCode.CALL_ACTIVE,
@@ -75,10 +95,11 @@ class SessionRegistry:
             existing.attach()  # its client came back within the grace period
             return existing, True
         store = self.stores.for_region(metadata.region)
+        spooled = next(s for s in self.spooled.values() if s.store is store)
         session = CallSession(
             call_id,
             metadata,
-            store=store,
+            store=spooled,
             stages=self.stages,
             metrics=self.metrics,
             settings=self.settings,
@@ -89,7 +110,9 @@ class SessionRegistry:
         session.driver_attached = True
         self._sessions[call_id] = session  # claimed before the first await: a racing start sees it
         try:
-            stored = await store.get_call(call_id)
+            stored = await _stored_call(store, call_id, spooled.spooling)
+            if stored is not None:
+                _check_same_tenant(call_id, stored.tenant, metadata.tenant)
             if stored is not None and stored.status != "live":
                 raise InputError(
                     ErrorCode.CALL_ENDED,
@@ -115,17 +138,23 @@ class SessionRegistry:
         if self._sessions.get(session.call_id) is session:
             del self._sessions[session.call_id]
 
+    def start(self) -> None:
+        """Write back what a previous run of this instance left in its spools."""
+        for spooled in self.spooled.values():
+            spooled.start()
+
     async def shutdown(self, timeout_s: float = 10.0) -> None:
-        """Stop every live call (reason shutdown); abort those that cannot finish in time."""
+        """Stop every live call (reason shutdown); abort those that cannot finish in time. What is still
+        spooled stays on disk for the next start."""
         sessions = list(self._sessions.values())
-        if not sessions:
-            return
-        stops = [asyncio.ensure_future(s.stop("shutdown")) for s in sessions]
-        _, pending = await asyncio.wait(stops, timeout=timeout_s)
-        for session in sessions:
-            session.abort("the gateway shut down")
-        if pending:
-            await asyncio.wait(pending, timeout=5.0)
+        if sessions:
+            stops = [asyncio.ensure_future(s.stop("shutdown")) for s in sessions]
+            _, pending = await asyncio.wait(stops, timeout=timeout_s)
+            for session in sessions:
+                session.abort("the gateway shut down")
+            if pending:
+                await asyncio.wait(pending, timeout=5.0)
+        await asyncio.gather(*(spooled.close() for spooled in self.spooled.values()))
 
 
 class CallDriver:
@@ -216,3 +245,25 @@ class CallDriver:
         """The client went away: a call it was still driving is left to the grace period."""
         if self.session is not None and self.session.state == "live" and not self._stopping:
             self.session.detach()
+
+
+async def _stored_call(store: Store, call_id: str, database_away: bool) -> CallRow | None:
+    """The stored call of a start, to refuse an ended one; None when the database cannot say within
+    half a second: a call must start during an outage (its writes spool), so the check is skipped then."""
+    if database_away:
+        return None
+    try:
+        return await asyncio.wait_for(store.get_call(call_id), STORED_CALL_TIMEOUT_S)
+    except UNREACHABLE as exc:
+        log.warning("call %s: not checked against stored calls (%s)", call_id, type(exc).__name__)
+        return None
+
+
+def _check_same_tenant(call_id: str, owner: str, tenant: str) -> None:
+    """A call id is its tenant's: another tenant's start can neither resume nor take it over."""
+    if owner != tenant:
+        raise InputError(
+            ErrorCode.FORBIDDEN,
+            f"call {call_id} belongs to another tenant; a new call needs a new call_id",
+            grpc.StatusCode.PERMISSION_DENIED,
+        )

@@ -23,6 +23,7 @@ from callsense.config import Config
 from callsense.domain import CallRow, Channel, UtteranceScore
 from callsense.grpc_runtime import service_channel, service_name
 from callsense.telemetry import call_context
+from callsense.tenants import TenantsConfig
 from callsense.v1 import (
     asr_pb2_grpc,
     audio_pb2,
@@ -31,6 +32,9 @@ from callsense.v1 import (
     scorer_pb2,
     scorer_pb2_grpc,
 )
+from gateway.auth.authenticator import Authenticator
+from gateway.auth.bootstrap import register_bootstrap_key
+from gateway.auth.key_store import KeyStore
 from gateway.calls.errors import ErrorCode, InputError
 from gateway.calls.events import CallOutcome
 from gateway.calls.finish import finish_call
@@ -87,6 +91,12 @@ class Gateway:
         self.settings = registry.settings
         self._health_targets = dict(health_targets or {})
         self._on_close = list(on_close)
+        self.authenticator = Authenticator(KeyStore(self.stores.default.pool))
+        """Who a credential is (keys and browser sessions live in the default database)."""
+
+    @property
+    def tenants(self) -> TenantsConfig:
+        return self.registry.after_call.tenants
 
     @classmethod
     async def open(
@@ -124,12 +134,27 @@ class Gateway:
         if after_call is None:  # the post-call worker at config's address; this gateway closes its channel
             after_call = AfterCall.for_config(config)
             cleanups.append(after_call.close)
-        registry = SessionRegistry(stores, stages, metrics=metrics, settings=settings, after_call=after_call)
+        registry = SessionRegistry(
+            stores,
+            stages,
+            metrics=metrics,
+            settings=settings,
+            after_call=after_call,
+            spool_dir=config.data_dir / "spool",
+            instance=config.gateway_http,
+        )
         targets = {
             "chopper": (chopper_channel, service_name(chopper_pb2, "Chopper")),
             "scorer": (scorer_channel, service_name(scorer_pb2, "Scorer")),
         }
-        return cls(registry, health_targets=targets, on_close=cleanups)
+        gateway = cls(registry, health_targets=targets, on_close=cleanups)
+        try:
+            await register_bootstrap_key(gateway.authenticator.keys)
+            registry.start()
+        except BaseException:
+            await _run_cleanups(cleanups)
+            raise
+        return gateway
 
     async def close(self) -> None:
         """End the live calls (reason shutdown), then release channels and stores."""
@@ -185,6 +210,13 @@ class Gateway:
                 grpc.StatusCode.FAILED_PRECONDITION,
             )
         store = self.stores.for_region(metadata.region)
+        existing = await store.get_call(call_id)
+        if existing is not None and existing.tenant != metadata.tenant:
+            raise InputError(
+                ErrorCode.FORBIDDEN,
+                f"call {call_id} belongs to another tenant; use a new call_id",
+                grpc.StatusCode.PERMISSION_DENIED,
+            )
         with call_context(call_id):
             chopped = await self._chop_all(call_id, sorted(utterances, key=lambda u: u.start_ms))
             scores = await self._score_all(chopped)

@@ -62,7 +62,7 @@ from gateway.calls.stages import Stages, utterance_score
 from gateway.live import BadgeChange, LiveCoach, LiveEvent, ScoredUtteranceView, settings_for
 from gateway.metrics import GatewayMetrics
 from gateway.postcall_client import AfterCall
-from gateway.store import Store
+from gateway.spool import SpooledStore
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class CallSession:
         call_id: str,
         metadata: CallInfo,
         *,
-        store: Store,
+        store: SpooledStore,
         stages: Stages,
         metrics: GatewayMetrics,
         settings: SessionSettings,
@@ -416,27 +416,26 @@ class CallSession:
         return LiveCue(self.call_id, seq, live)
 
     async def _store_score(self, event: UtteranceScore) -> None:
+        """Into the database, or into the spool while it is unreachable (gateway/spool.py): either way
+        durable before anyone sees the score, and never a wait on the database of more than half a second."""
         started = time.perf_counter()
-        for attempt in range(1, self._settings.store_attempts + 1):
-            try:
-                await self._store.record_score(event)
-                self._metrics.observe_latency("store", (time.perf_counter() - started) * 1000)
-                return
-            except Exception:
-                if attempt == self._settings.store_attempts:
-                    log.exception("call %s: storing utterance %d failed", self.call_id, event.utterance_id)
-                    self._publish(
-                        lambda seq: LiveError(
-                            self.call_id,
-                            seq,
-                            ErrorCode.STORAGE_FAILED,
-                            f"utterance {event.utterance_id} was scored but could not be stored",
-                            fatal=False,
-                            status="UNAVAILABLE",
-                        )
-                    )
-                    return
-                await asyncio.sleep(0.1 * 2**attempt)  # a pool replacing a broken connection needs a moment
+        try:
+            await self._store.record_score(event)
+        except Exception:
+            # Not a connection failure (those spool): the database refuses this write for good.
+            log.exception("call %s: storing utterance %d failed", self.call_id, event.utterance_id)
+            self._publish(
+                lambda seq: LiveError(
+                    self.call_id,
+                    seq,
+                    ErrorCode.STORAGE_FAILED,
+                    f"utterance {event.utterance_id} was scored but could not be stored",
+                    fatal=False,
+                    status="UNAVAILABLE",
+                )
+            )
+            return
+        self._metrics.observe_latency("store", (time.perf_counter() - started) * 1000)
 
     # -- the end
 

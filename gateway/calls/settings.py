@@ -39,6 +39,5 @@ class SessionSettings:
     ends the open segment after a 2 s stall, so nothing waits for this to be scored. None: never."""
     max_recording_bytes: int = 100 * 1024 * 1024
     """Largest recording ``POST /v1/sentiment/batch`` takes (413 past it)."""
-    store_attempts: int = 3
     badge_settings: Mapping[str, BadgeSettings] = field(default_factory=dict)
     """Live-rule settings (badge and cues) per tenant id; a tenant not named gets tenants.DEFAULT_SETTINGS."""

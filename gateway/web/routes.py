@@ -18,6 +18,9 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
+from gateway.auth.access import check_may_see, forbidden
+from gateway.auth.credentials import Role
+from gateway.auth.web import Caller, sign_in_redirect, signed_in
 from gateway.calls.errors import ErrorCode
 from gateway.calls.inputs import validate_call_id
 from gateway.calls.service import Gateway
@@ -84,44 +87,58 @@ async def home() -> RedirectResponse:
     return RedirectResponse("/console", status_code=307)
 
 
+@router.get("/signin", include_in_schema=False)
+async def signin_page() -> FileResponse:
+    """Sign in with a key; the page posts it to /v1/session and goes on to ?next=."""
+    return _page("signin.html")
+
+
 @router.get("/console", include_in_schema=False)
-async def console_page() -> FileResponse:
+async def console_page(request: Request) -> Response:
     """The agent console: start a call from the microphone or join a live one."""
-    return _page("console.html")
+    return _page("console.html") if await signed_in(request) else sign_in_redirect(request)
 
 
 @router.get("/reports", include_in_schema=False)
-async def reports_page() -> FileResponse:
+async def reports_page(request: Request) -> Response:
     """The daily report (GET /v1/reports/daily as a table)."""
-    return _page("reports.html")
+    return _page("reports.html") if await signed_in(request) else sign_in_redirect(request)
 
 
 @router.get("/review/{call_id}", include_in_schema=False)
-async def review_page(call_id: str) -> FileResponse:
+async def review_page(call_id: str, request: Request) -> Response:
     """The review page of a call; the page itself fetches the call and says when there is none."""
-    return _page("review.html")
+    return _page("review.html") if await signed_in(request) else sign_in_redirect(request)
 
 
 @router.get(
     "/v1/calls",
     response_model=CallListOut,
-    responses={422: {"model": ErrorResponse}},
+    responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
 )
 async def list_calls(
     request: Request,
+    caller: Caller,
     status: Literal["live"] = Query(
         "live", description='Only "live" is listed here: the calls some gateway replica holds now.'
     ),
-    tenant: str | None = Query(None, max_length=128, description="Only the calls of this tenant."),
+    tenant: str | None = Query(
+        None, max_length=128, description="The key's tenant (the default); another tenant is refused."
+    ),
     limit: int = Query(50, ge=1, le=500, description="At most this many calls."),
 ) -> CallListOut:
     """The live calls of every gateway replica, newest first (what the console can join): those whose
-    replica's heartbeat is fresh in the database (gateway/heartbeat.py)."""
+    replica's heartbeat is fresh in the database (gateway/heartbeat.py). Only the calls the key reaches:
+    its tenant's, a manager's team's, an agent's own."""
+    if tenant is not None and tenant != caller.tenant:
+        raise forbidden(f"tenant {tenant!r} is not this key's")
+    team = caller.team if caller.role is Role.MANAGER else None
+    agent = caller.agent if caller.role is Role.AGENT else None
     gateway = _gateway(request)
     here = {s.call_id: s for s in gateway.registry.live_calls()}
     rows = []
     for _, store in gateway.stores.named_stores:
-        rows += await store.live_calls(FRESH_S, tenant, limit)
+        rows += await store.live_calls(FRESH_S, caller.tenant, limit, team=team, agent=agent)
     rows.sort(key=lambda r: (r.started_at, r.call_id), reverse=True)
     calls = []
     for row in rows[:limit]:
@@ -145,6 +162,8 @@ async def list_calls(
     responses={
         200: {"content": {"image/png": {}}, "description": "The chart."},
         400: {"model": ErrorResponse},
+        401: {"model": ErrorResponse},
+        403: {"model": ErrorResponse},
         404: {"model": ErrorResponse},
         422: {"model": ErrorResponse},
     },
@@ -152,6 +171,7 @@ async def list_calls(
 async def timeline_png(
     call_id: str,
     request: Request,
+    caller: Caller,
     width: int = Query(DEFAULT_WIDTH, ge=MIN_WIDTH, le=MAX_WIDTH, description="Image width in pixels."),
     height: int = Query(DEFAULT_HEIGHT, ge=MIN_HEIGHT, le=MAX_HEIGHT, description="Image height in pixels."),
 ) -> Response:
@@ -160,6 +180,7 @@ async def timeline_png(
     row = await _gateway(request).get_call(validate_call_id(call_id))
     if row is None:
         return error_response(404, ErrorCode.NOT_FOUND, f"no call with id {call_id!r}")
+    check_may_see(caller, row.tenant, row.team, row.agent, call_id)
     png = await asyncio.to_thread(
         render_timeline, points_from_events(row.events), spikes_from_summary(row.summary), width, height
     )

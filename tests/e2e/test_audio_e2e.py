@@ -221,7 +221,9 @@ async def test_spoken_call_over_the_websocket_through_envoy(mesh: RunningMesh) -
         "audio": {"encoding": "pcm16", "sample_rate_hz": 16_000, "channels": 2,
                   "channel_roles": ["agent", "customer"]},
     }  # fmt: skip
-    async with ws_connect(mesh.ws_url, additional_headers={"x-call-id": call_id}, open_timeout=10) as ws:
+    async with ws_connect(
+        mesh.ws_url, additional_headers={**mesh.headers, "x-call-id": call_id}, open_timeout=10
+    ) as ws:
         await ws.send(json.dumps(start))
         started = json.loads(await asyncio.wait_for(ws.recv(), 10))
         assert started["type"] == "started", mesh.diagnose(f"start of {call_id}: {started}")
@@ -242,7 +244,9 @@ async def watch(mesh: RunningMesh, call_id: str) -> ClientConnection:
     """A second screen on the call (through Envoy), once the gateway knows the call."""
     deadline = time.monotonic() + 15
     while True:
-        ws = await ws_connect(f"{mesh.ws_url}?watch={call_id}", open_timeout=10)
+        ws = await ws_connect(
+            f"{mesh.ws_url}?watch={call_id}", additional_headers=mesh.headers, open_timeout=10
+        )
         first = json.loads(await asyncio.wait_for(ws.recv(), 10))
         if first["type"] == "watching":
             return ws

@@ -41,14 +41,17 @@ import psycopg
 import pytest
 import pytest_asyncio
 from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
 from callsense.database import start_embedded_postgres
 from callsense.v1 import audio_pb2, scorer_pb2, sentiment_pb2, sentiment_pb2_grpc
+from gateway.auth.credentials import mint_key
 from scorer_service.inference import DEFAULT_MODEL
+from tests.support.auth import bearer, keyed_channel
 from tests.support.otlp_collector import ExportedSpan, OtlpCollector
-from tools.ports import free_port, free_port_run
+from tools.ports import free_port, free_port_run, free_ports
 from tools.supervisor import envoy_shm_files
 from tools.up import SCORER_PORT_STEP
 
@@ -108,12 +111,21 @@ class RunningMesh:
     log: Path
     data_dir: Path
     envoy_port: int
+    """Envoy's public listener: every request of the tests goes through it."""
     envoy_admin_port: int
+    envoy_internal_port: int
+    """Envoy's internal listener: the gateway's mesh proxy (the services by authority), /metrics."""
     collector: OtlpCollector
     shm_before: set[Path]
+    key: str
+    """The mesh's bootstrap admin key (tenant "e2e"), registered by the gateway into the fresh database."""
     descendants: list[psutil.Process] = field(default_factory=list)
     postmaster_pid: int | None = None
     calls: dict[str, CallResult] = field(default_factory=dict)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return bearer(self.key)
 
     @property
     def base_url(self) -> str:
@@ -164,17 +176,25 @@ class RunningMesh:
         return self.calls[kind]
 
 
-def _mesh_env(data_dir: Path, collector: OtlpCollector, scorer_port: int) -> tuple[dict[str, str], int, int]:
+E2E_KEY = mint_key().token
+"""One key for every mesh of the run: meshes that share a data directory share its database (and the key
+the first one registered)."""
+
+
+def _mesh_env(
+    data_dir: Path, collector: OtlpCollector, scorer_port: int
+) -> tuple[dict[str, str], int, int, int]:
     # Nothing of the developer's own mesh settings may leak in: the test owns every port and path.
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("CALLSENSE_", "OTEL_")) and k != "DATABASE_URL"
     }
-    envoy_port, admin_port = free_port(), free_port()
+    envoy_port, admin_port, internal_port = free_ports(3)
     env.update(
         CALLSENSE_ENVOY_PORT=str(envoy_port),
         CALLSENSE_ENVOY_ADMIN_PORT=str(admin_port),
+        CALLSENSE_ENVOY_INTERNAL_PORT=str(internal_port),
         CALLSENSE_GATEWAY_HTTP=f"127.0.0.1:{free_port()}",
         CALLSENSE_GATEWAY_GRPC=f"127.0.0.1:{free_port()}",
         CALLSENSE_CHOPPER_ADDR=f"127.0.0.1:{free_port()}",
@@ -185,8 +205,11 @@ def _mesh_env(data_dir: Path, collector: OtlpCollector, scorer_port: int) -> tup
         OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint,
         OTEL_BSP_SCHEDULE_DELAY="200",  # services flush spans every 200 ms instead of 5 s
         PYTHONUNBUFFERED="1",
+        # The fresh database's first key: what a deployment hands `callsense up` (a secret, a CI variable).
+        CALLSENSE_BOOTSTRAP_KEY=E2E_KEY,
+        CALLSENSE_BOOTSTRAP_TENANT="e2e",
     )
-    return env, envoy_port, admin_port
+    return env, envoy_port, admin_port, internal_port
 
 
 async def start_mesh(
@@ -196,7 +219,9 @@ async def start_mesh(
     if not DEFAULT_MODEL.is_file():
         pytest.skip(f"SCORER MODEL ABSENT: {DEFAULT_MODEL} not found; ship a model first")
     data_dir.mkdir(parents=True, exist_ok=True)
-    env, envoy_port, admin_port = _mesh_env(data_dir, collector, free_port_run(replicas, SCORER_PORT_STEP))
+    env, envoy_port, admin_port, internal_port = _mesh_env(
+        data_dir, collector, free_port_run(replicas, SCORER_PORT_STEP)
+    )
     shm_before = envoy_shm_files()
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -209,7 +234,17 @@ async def start_mesh(
             # Its own session: a Ctrl-C of pytest reaches it only through the fixture's clean-up, once.
             start_new_session=True,
         )
-    mesh = RunningMesh(process, log, data_dir, envoy_port, admin_port, collector, shm_before)
+    mesh = RunningMesh(
+        process,
+        log,
+        data_dir,
+        envoy_port,
+        admin_port,
+        internal_port,
+        collector,
+        shm_before,
+        env["CALLSENSE_BOOTSTRAP_KEY"],
+    )
     try:
         await _wait_ready(mesh)
     except BaseException:
@@ -346,7 +381,9 @@ async def _websocket_call(
 ) -> list[dict[str, Any]]:
     """Drive one call over the WebSocket through Envoy; every server event up to the summary."""
     # x-call-id: Envoy pins the call to one gateway replica by it and tags its span with call.id.
-    async with ws_connect(mesh.ws_url, additional_headers={"x-call-id": call_id}, open_timeout=10) as ws:
+    async with ws_connect(
+        mesh.ws_url, additional_headers={**mesh.headers, "x-call-id": call_id}, open_timeout=10
+    ) as ws:
         await ws.send(json.dumps({"type": "start", "call_id": call_id, "metadata": {"tenant": "e2e"}}))
         for index, (channel, text, _) in enumerate(lines):
             start_ms, end_ms = _utterance_times(index)
@@ -420,7 +457,7 @@ async def test_websocket_call_is_in_nlp_events_and_get_call(mesh: RunningMesh) -
     )
     assert (status, tenant) == ("ended", "e2e")
 
-    async with httpx.AsyncClient(base_url=mesh.base_url, timeout=10) as http:
+    async with httpx.AsyncClient(base_url=mesh.base_url, headers=mesh.headers, timeout=10) as http:
         reply = await http.get(f"/v1/calls/{call.call_id}")
     assert reply.status_code == 200, reply.text
     body = reply.json()
@@ -465,7 +502,7 @@ async def test_grpc_stream_call_through_envoy(mesh: RunningMesh) -> None:
             yield request
 
     events: list[sentiment_pb2.CallEvent] = []
-    async with grpc.aio.insecure_channel(mesh.grpc_target) as channel:
+    async with keyed_channel(mesh.grpc_target, mesh.key) as channel:
         stub = sentiment_pb2_grpc.SentimentStub(channel)
         stream = stub.StreamCall(requests(), metadata=(("x-call-id", call_id),), timeout=CALL_TIMEOUT_S)
         try:
@@ -518,7 +555,9 @@ def _grpc_web_decode(body: bytes) -> tuple[list[bytes], dict[str, str]]:
 
 async def _grpc_web(mesh: RunningMesh, method: str, request: Message, **headers: str) -> bytes:
     """One unary call as a browser makes it: HTTP/1.1 POST through Envoy's grpc_web filter."""
-    async with httpx.AsyncClient(base_url=mesh.base_url, timeout=CALL_TIMEOUT_S) as http:
+    async with httpx.AsyncClient(
+        base_url=mesh.base_url, headers=mesh.headers, timeout=CALL_TIMEOUT_S
+    ) as http:
         reply = await http.post(
             f"/callsense.v1.Sentiment/{method}",
             content=_grpc_web_frame(request),
@@ -568,6 +607,40 @@ async def test_grpc_web_get_call_and_analyze_batch(mesh: RunningMesh) -> None:
     )
     assert stored == [(len(SALES_CALL),)]
     mesh.calls["batch"] = CallResult(call_id, [u.utterance.text for u in reply.utterances], values, labels)
+
+
+# --------------------------------------------------------------------------------------------- the edge
+
+
+async def test_edge_refuses_internal_services_and_metrics_the_internal_listener_serves_them(
+    mesh: RunningMesh,
+) -> None:
+    """`callsense up`'s Envoy: the public port refuses the scorer (by path or by authority) and the
+    gateway's /metrics; the internal port, the gateway's mesh proxy, reaches the real scorer by authority
+    (the calls above went that way) and /metrics."""
+    for authority in (None, "scorer"):
+        options = [("grpc.default_authority", authority)] if authority else []
+        async with grpc.aio.insecure_channel(mesh.grpc_target, options=options) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await channel.unary_unary("/callsense.v1.Scorer/Score")(b"", timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED, (authority, refused.value)
+    internal = f"127.0.0.1:{mesh.envoy_internal_port}"
+    async with grpc.aio.insecure_channel(internal, options=[("grpc.default_authority", "scorer")]) as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    async with httpx.AsyncClient(timeout=10) as http:
+        public = await http.get(f"{mesh.base_url}/metrics")
+        assert public.status_code == 404 and "callsense_gateway" not in public.text
+        metrics = await http.get(f"http://{internal}/metrics")
+        assert metrics.status_code == 200 and "# TYPE callsense_gateway_active_calls gauge" in metrics.text
+        # Envoy answered the refusals itself: the public listener's direct responses, none internal.
+        stats = (
+            await http.get(f"http://127.0.0.1:{mesh.envoy_admin_port}/stats?filter=rq_direct_response")
+        ).text
+    counts = dict(line.split(": ") for line in stats.splitlines() if ": " in line)
+    assert int(counts["http.public.rq_direct_response"]) >= 3, stats
+    assert int(counts["http.internal.rq_direct_response"]) == 0, stats
 
 
 # --------------------------------------------------------------------------------------------- tracing

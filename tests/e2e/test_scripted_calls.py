@@ -262,7 +262,7 @@ async def test_scripted_call_over_the_websocket_at_16_khz(mesh: RunningMesh, nam
     call_id = f"e2e-scripted-{name}-ws-{uuid.uuid4().hex[:6]}"
     begin = time.monotonic()
     try:
-        events = await play(mesh.ws_url, call_id, audio, speed=SPEED, on_event=lambda _: None)
+        events = await play(mesh.ws_url, call_id, audio, key=mesh.key, speed=SPEED, on_event=lambda _: None)
     except DemoError as exc:
         pytest.fail(mesh.diagnose(f"{name} over the WebSocket: {exc}"))
     check(Played(call, "websocket-pcm16", call_id, spans_of(audio), events, time.monotonic() - begin))

@@ -65,7 +65,7 @@ async def receive_type(ws: ClientConnection, kind: str) -> dict[str, Any]:
 
 
 async def started_call(gw: RunningGateway, call_id: str) -> ClientConnection:
-    ws = await connect(gw.ws_url, max_size=None)
+    ws = await connect(gw.ws_url, additional_headers=gw.headers, max_size=None)
     await send(ws, start(call_id))
     assert (await receive(ws)) == {
         "type": "started",
@@ -110,7 +110,7 @@ async def test_live_call_scores_each_utterance_stores_it_and_summarises(
     assert [(e.utterance_id, e.text, e.label) for e in stored] == [
         (e["utterance_id"], e["text"], e["label"]) for e in scores
     ]
-    async with httpx.AsyncClient(base_url=gw.http_url) as http:
+    async with httpx.AsyncClient(base_url=gw.http_url, headers=gw.headers) as http:
         reply = await http.get(f"/v1/calls/{call_id}")
     assert reply.status_code == 200
     body = reply.json()
@@ -140,7 +140,7 @@ async def test_watcher_sees_the_same_scores(running_gateway: RunningGateway) -> 
     first = await receive_type(driver, "score")
 
     # Joins mid-call (the query-parameter form): gets the call so far, then live events.
-    watcher = await connect(f"{gw.ws_url}?watch={call_id}")
+    watcher = await connect(f"{gw.ws_url}?watch={call_id}", additional_headers=gw.headers)
     assert await receive(watcher) == {"type": "watching", "call_id": call_id}
     await send(driver, utterance(NEGATIVE, start_ms=2000, end_ms=3000))
     await send(driver, {"type": "stop"})
@@ -153,7 +153,7 @@ async def test_watcher_sees_the_same_scores(running_gateway: RunningGateway) -> 
 
 async def test_watch_message_form_and_unknown_call(running_gateway: RunningGateway) -> None:
     gw = running_gateway
-    async with connect(gw.ws_url) as ws:
+    async with connect(gw.ws_url, additional_headers=gw.headers) as ws:
         await send(ws, {"type": "watch", "call_id": "no-such-call"})
         error = await receive(ws)
         assert error["type"] == "error" and error["code"] == "not_found" and error["fatal"] is True
@@ -201,7 +201,7 @@ async def test_bad_message_before_start_is_answered_and_the_connection_goes_on(
     running_gateway: RunningGateway, bad: dict[str, Any] | str, code: str, says: str
 ) -> None:
     gw, call_id = running_gateway, new_call_id()
-    async with connect(gw.ws_url) as ws:
+    async with connect(gw.ws_url, additional_headers=gw.headers) as ws:
         await send(ws, bad)
         error = await receive(ws)
         assert error["type"] == "error" and error["code"] == code and error["fatal"] is False
@@ -309,14 +309,16 @@ async def test_bad_input_on_one_call_leaves_other_calls_alone(running_gateway: R
 async def test_same_call_id_cannot_be_driven_twice(running_gateway: RunningGateway) -> None:
     gw, call_id = running_gateway, new_call_id()
     first = await started_call(gw, call_id)
-    async with connect(gw.ws_url) as second:
+    async with connect(gw.ws_url, additional_headers=gw.headers) as second:
         await send(second, start(call_id))
         error = await receive(second)
         assert error["code"] == "call_active"
     await send(first, {"type": "stop"})
     await receive_until_summary(first)
     await first.close()
-    async with connect(gw.ws_url) as third:  # an ended call cannot be restarted
+    async with connect(
+        gw.ws_url, additional_headers=gw.headers
+    ) as third:  # an ended call cannot be restarted
         await send(third, start(call_id))
         assert (await receive(third))["code"] == "call_ended"
 
@@ -351,7 +353,7 @@ async def test_client_that_comes_back_within_the_grace_period_resumes(
     await send(ws, utterance(POSITIVE))
     assert (await receive(ws))["type"] == "score"
     await ws.close()
-    async with connect(gw.ws_url) as again:
+    async with connect(gw.ws_url, additional_headers=gw.headers) as again:
         await send(again, start(call_id))
         started = await receive(again)
         assert started["type"] == "started" and started["resumed"] is True
@@ -385,7 +387,7 @@ def batch_body(call_id: str) -> dict[str, Any]:
 
 async def test_batch_scores_splits_masks_and_is_idempotent(running_gateway: RunningGateway) -> None:
     gw, call_id = running_gateway, new_call_id()
-    async with httpx.AsyncClient(base_url=gw.http_url, timeout=TIMEOUT_S) as http:
+    async with httpx.AsyncClient(base_url=gw.http_url, headers=gw.headers, timeout=TIMEOUT_S) as http:
         first = await http.post("/v1/sentiment/batch", json=batch_body(call_id))
         again = await http.post("/v1/sentiment/batch", json=batch_body(call_id))
         stored = await http.get(f"/v1/calls/{call_id}")
@@ -407,7 +409,7 @@ async def test_batch_with_other_utterances_for_a_used_call_id_is_a_conflict(
     running_gateway: RunningGateway,
 ) -> None:
     gw, call_id = running_gateway, new_call_id()
-    async with httpx.AsyncClient(base_url=gw.http_url, timeout=TIMEOUT_S) as http:
+    async with httpx.AsyncClient(base_url=gw.http_url, headers=gw.headers, timeout=TIMEOUT_S) as http:
         assert (await http.post("/v1/sentiment/batch", json=batch_body(call_id))).status_code == 200
         other = batch_body(call_id)
         other["utterances"][2]["text"] = "Something else entirely."
@@ -448,7 +450,7 @@ async def test_batch_bad_bodies_get_clear_422s(
 ) -> None:
     body = batch_body(new_call_id())
     change(body)
-    async with httpx.AsyncClient(base_url=running_gateway.http_url) as http:
+    async with httpx.AsyncClient(base_url=running_gateway.http_url, headers=running_gateway.headers) as http:
         reply = await http.post("/v1/sentiment/batch", json=body)
     assert reply.status_code == 422
     error = reply.json()["error"]
@@ -458,7 +460,7 @@ async def test_batch_bad_bodies_get_clear_422s(
 
 
 async def test_unknown_call_is_404_and_service_endpoints_answer(running_gateway: RunningGateway) -> None:
-    async with httpx.AsyncClient(base_url=running_gateway.http_url) as http:
+    async with httpx.AsyncClient(base_url=running_gateway.http_url, headers=running_gateway.headers) as http:
         missing = await http.get("/v1/calls/never-seen")
         bad = await http.get("/v1/calls/bad%20id")
         health = await http.get("/healthz")
@@ -492,7 +494,7 @@ async def stream_call(
         for request in requests:
             yield request
 
-    async with grpc.aio.insecure_channel(gw.grpc_target) as channel:
+    async with gw.channel() as channel:
         stub = sentiment_pb2_grpc.SentimentStub(channel)
         return [event async for event in stub.StreamCall(source(), timeout=TIMEOUT_S)]
 
@@ -540,7 +542,7 @@ async def test_grpc_stream_call_get_call_and_a_bad_message_mid_call(running_gate
     assert summary.utterance_count == 2
     assert summary.avg_sentiment == pytest.approx(scores[0].score.score, abs=1e-5)  # the customer's
 
-    async with grpc.aio.insecure_channel(gw.grpc_target) as channel:
+    async with gw.channel() as channel:
         stub = sentiment_pb2_grpc.SentimentStub(channel)
         record = await stub.GetCall(sentiment_pb2.GetCallRequest(call_id=call_id))
         with pytest.raises(grpc.aio.AioRpcError) as missing:
@@ -583,7 +585,7 @@ async def test_grpc_analyze_batch_and_watch(running_gateway: RunningGateway) -> 
             sentiment_pb2.TextUtterance(text=POSITIVE, channel=audio_pb2.CUSTOMER, start_ms=0, end_ms=1000),
         ],
     )
-    async with grpc.aio.insecure_channel(gw.grpc_target) as channel:
+    async with gw.channel() as channel:
         stub = sentiment_pb2_grpc.SentimentStub(channel)
         first = await stub.AnalyzeBatch(request)
         again = await stub.AnalyzeBatch(request)
@@ -608,7 +610,7 @@ async def test_grpc_analyze_batch_and_watch(running_gateway: RunningGateway) -> 
 async def test_grpc_watcher_follows_a_websocket_call(running_gateway: RunningGateway) -> None:
     gw, call_id = running_gateway, new_call_id()
     ws = await started_call(gw, call_id)
-    async with grpc.aio.insecure_channel(gw.grpc_target) as channel:
+    async with gw.channel() as channel:
         stub = sentiment_pb2_grpc.SentimentStub(channel)
         watch = stub.WatchCall(sentiment_pb2.WatchCallRequest(call_id=call_id), timeout=TIMEOUT_S)
         await send(ws, utterance(POSITIVE))

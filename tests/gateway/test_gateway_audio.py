@@ -38,7 +38,7 @@ async def test_speech_is_transcribed_scored_and_stored(audio_gateway: RunningGat
     gw, call_id = audio_gateway, new_call_id()
     pad = np.zeros(RATE // 2, dtype=np.int16)
     audio = np.concatenate([pad, speak_pcm16(SENTENCE_A), pad, pad]).astype("<i2").tobytes()
-    async with connect(gw.ws_url, max_size=None) as ws:
+    async with connect(gw.ws_url, additional_headers=gw.headers, max_size=None) as ws:
         assert (await start_call(ws, call_id))["type"] == "started"
         for offset in range(0, len(audio), FRAME_BYTES):
             await send(ws, audio[offset : offset + FRAME_BYTES])  # faster than real time
@@ -74,7 +74,7 @@ async def test_speech_is_transcribed_scored_and_stored(audio_gateway: RunningGat
 
 async def test_bad_audio_input_is_refused_clearly(audio_gateway: RunningGateway) -> None:
     gw = audio_gateway
-    async with connect(gw.ws_url, max_size=None) as ws:
+    async with connect(gw.ws_url, additional_headers=gw.headers, max_size=None) as ws:
         # Binary before any start.
         await send(ws, b"\x00\x01" * 800)
         error = await receive(ws)

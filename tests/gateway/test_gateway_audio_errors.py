@@ -74,7 +74,7 @@ def speech_bytes(trailing_silence_s: float) -> bytes:
 async def test_a_missing_or_wrong_format_is_refused_and_the_connection_goes_on(
     running_gateway: RunningGateway, audio: dict[str, Any], says: str
 ) -> None:
-    async with connect(running_gateway.ws_url) as ws:
+    async with connect(running_gateway.ws_url, additional_headers=running_gateway.headers) as ws:
         error = await start_call(ws, new_call_id(), audio)
         assert error["type"] == "error" and error["code"] == "invalid_audio_format", error
         assert says in error["message"], error
@@ -93,7 +93,7 @@ async def test_odd_length_frames_and_a_10_mb_frame_lose_nothing(audio_gateway: R
     audio = speech_bytes(trailing_silence_s=1.0)
     odd = 1601
     half = len(audio) // 2 // odd * odd
-    async with connect(gw.ws_url, max_size=None) as ws:
+    async with connect(gw.ws_url, additional_headers=gw.headers, max_size=None) as ws:
         assert (await start_call(ws, call_id))["type"] == "started"
         for offset in range(0, half, odd):
             await ws.send(audio[offset : offset + odd])
@@ -124,7 +124,7 @@ async def test_a_stalled_stream_is_scored_then_ended(idle_gateway: RunningGatewa
     gw, call_id = idle_gateway, new_call_id()
     audio = speech_bytes(trailing_silence_s=0.0)
     frame = RATE * 2 // 20
-    async with connect(gw.ws_url, max_size=None) as ws:
+    async with connect(gw.ws_url, additional_headers=gw.headers, max_size=None) as ws:
         assert (await start_call(ws, call_id))["type"] == "started"
         for offset in range(0, len(audio), frame):
             await ws.send(audio[offset : offset + frame])

@@ -13,7 +13,6 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import grpc.aio
 import pytest
 from websockets.asyncio.client import connect
 
@@ -131,10 +130,12 @@ async def websocket_call(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
     """Drive ``script`` as one call; the driver's events up to the summary, and a watcher's (joined
     right after the start) when ``watch``."""
-    async with connect(gw.ws_url) as ws:
+    async with connect(gw.ws_url, additional_headers=gw.headers) as ws:
         await send(ws, {"type": "start", "call_id": call_id, "metadata": {"tenant": "acme"}})
         assert (await receive(ws))["type"] == "started"
-        watcher = await connect(f"{gw.ws_url}?watch={call_id}") if watch else None
+        watcher = (
+            await connect(f"{gw.ws_url}?watch={call_id}", additional_headers=gw.headers) if watch else None
+        )
         if watcher is not None:
             assert await receive(watcher) == {"type": "watching", "call_id": call_id}
         for i, (channel, text) in enumerate(script):
@@ -228,7 +229,7 @@ async def test_grpc_stream_call_of_a_sour_call_gets_a_red_badge_and_a_cue(
             yield sentiment_pb2.StreamCallRequest(call_id=call_id, text=utterance)
         yield sentiment_pb2.StreamCallRequest(call_id=call_id, end=audio_pb2.CallEnd(call_id=call_id))
 
-    async with grpc.aio.insecure_channel(gw.grpc_target) as channel:
+    async with gw.channel() as channel:
         stub = sentiment_pb2_grpc.SentimentStub(channel)
         events = [event async for event in stub.StreamCall(requests(), timeout=TIMEOUT_S)]
 

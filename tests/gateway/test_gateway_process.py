@@ -19,7 +19,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from websockets.asyncio.client import connect
 
 from callsense.telemetry import read_trace_file
+from gateway.auth.key_store import KeyStore
 from gateway.store import Store
+from tests.support.auth import bearer, make_key
 from tests.support.mesh import ROOT, MeshServices
 from tools.ports import free_port
 
@@ -53,6 +55,11 @@ async def test_python_m_gateway(mesh_services: MeshServices, gateway_db_url: str
         CALLSENSE_GATEWAY_GRPC=grpc_addr,
         CALLSENSE_TRACE_FILE=str(trace),
     )
+    keys = await KeyStore.open(gateway_db_url)
+    try:
+        key = await make_key(keys)
+    finally:
+        await keys.close()
     with log.open("wb") as out:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway", cwd=ROOT, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT
@@ -66,7 +73,7 @@ async def test_python_m_gateway(mesh_services: MeshServices, gateway_db_url: str
         assert health.status == health_pb2.HealthCheckResponse.SERVING
 
         call_id = f"proc-{uuid.uuid4().hex[:10]}"
-        ws = await connect(f"ws://{http_addr}/v1/sentiment/stream")
+        ws = await connect(f"ws://{http_addr}/v1/sentiment/stream", additional_headers=bearer(key))
         await ws.send(json.dumps({"type": "start", "call_id": call_id}))
         await ws.send(
             json.dumps(

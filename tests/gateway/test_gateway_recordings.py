@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from callsense import grpc_runtime
 from callsense.config import Config
 from callsense.v1 import audio_pb2, sentiment_pb2, sentiment_pb2_grpc
 from gateway.calls.settings import SessionSettings
@@ -128,7 +127,7 @@ async def test_a_recording_in_each_format_is_transcribed_scored_and_stored(
     pcm = spoken()
     data = mp3(pcm) if kind == "mp3" else sox(pcm, tmp_path, f"call.{kind}")
     call_id = new_call_id()
-    async with httpx.AsyncClient(base_url=gateway.http_url) as http:
+    async with httpx.AsyncClient(base_url=gateway.http_url, headers=gateway.headers) as http:
         reply = await upload(
             http, call_id, data, f"call.{kind}", f"audio/{kind}", metadata='{"agent": "sam"}'
         )
@@ -150,7 +149,7 @@ async def test_stereo_roles_idempotency_conflict_and_the_grpc_mirror(
 ) -> None:
     data = sox(agent_then_customer(), tmp_path, "stereo.wav")
     call_id = new_call_id()
-    async with httpx.AsyncClient(base_url=gateway.http_url) as http:
+    async with httpx.AsyncClient(base_url=gateway.http_url, headers=gateway.headers) as http:
         first = await upload(http, call_id, data, "stereo.wav", channel_roles="agent,customer")
         again = await upload(http, call_id, data, "stereo.wav", channel_roles='["agent", "customer"]')
         swapped = await upload(http, call_id, data, "stereo.wav", channel_roles="customer,agent")
@@ -172,7 +171,7 @@ async def test_stereo_roles_idempotency_conflict_and_the_grpc_mirror(
     assert swapped.status_code == 409 and swapped.json()["error"]["code"] == "call_conflict", swapped.text
 
     # gRPC AnalyzeRecording: the same file under the same call_id gives the same utterances.
-    async with grpc_runtime.insecure_channel(gateway.grpc_target) as channel:
+    async with gateway.channel() as channel:
         stub = sentiment_pb2_grpc.SentimentStub(channel)
         reply = await stub.AnalyzeRecording(iter(grpc_requests(call_id, data)), timeout=TIMEOUT_S)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -216,7 +215,7 @@ async def test_bad_uploads_get_clear_errors_and_leave_nothing_stored(
         ("call.wav", b"\x00" * (MAX_BYTES + 1), {}, 413, "recording_too_large", f"{MAX_BYTES:,} bytes"),
         ("call.wav", silence, {}, 422, "no_speech", "no speech was recognised in call.wav"),
     ]  # fmt: skip
-    async with httpx.AsyncClient(base_url=gateway.http_url) as http:
+    async with httpx.AsyncClient(base_url=gateway.http_url, headers=gateway.headers) as http:
         for filename, data, fields, status, code, says in cases:
             call_id = new_call_id()
             if data is None:
@@ -241,7 +240,7 @@ async def test_recordings_without_an_asr_service_answer_503(
     nowhere = f"127.0.0.1:{free_port()}"
     async with (
         _serve_gateway(config(mesh_services, nowhere, gateway_db_url)) as gateway,
-        httpx.AsyncClient(base_url=gateway.http_url) as http,
+        httpx.AsyncClient(base_url=gateway.http_url, headers=gateway.headers) as http,
     ):
         call_id = new_call_id()
         reply = await upload(http, call_id, sox(spoken(), tmp_path, "call.wav"), "call.wav")
@@ -251,7 +250,7 @@ async def test_recordings_without_an_asr_service_answer_503(
 
 
 async def test_the_openapi_document_describes_both_bodies(running_gateway: RunningGateway) -> None:
-    async with httpx.AsyncClient(base_url=running_gateway.http_url) as http:
+    async with httpx.AsyncClient(base_url=running_gateway.http_url, headers=running_gateway.headers) as http:
         schema = (await http.get("/openapi.json")).json()
     content = schema["paths"][BATCH]["post"]["requestBody"]["content"]
     assert set(content) == {"application/json", "multipart/form-data"}

@@ -14,8 +14,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
-import grpc.aio
 import httpx
 import numpy as np
 import pytest
@@ -91,7 +89,7 @@ async def test_twilio_call_is_transcribed_scored_and_watched(audio_gateway: Runn
         params = {"call_id": call_id, "tenant": "acme", "agent": "sam"}
         await send(twilio, start_message("CA" + uuid.uuid4().hex, ["inbound", "outbound"], params))
         await wait_live(gw, call_id)
-        async with connect(f"{gw.ws_url}?watch={call_id}") as watcher:
+        async with connect(f"{gw.ws_url}?watch={call_id}", additional_headers=gw.headers) as watcher:
             assert json.loads(await watcher.recv())["type"] == "watching"
             for chunk, offset in enumerate(range(0, len(inbound), FRAME_BYTES)):
                 at_ms = offset * 1000 // RATE
@@ -131,7 +129,7 @@ async def test_twilio_call_is_transcribed_scored_and_watched(audio_gateway: Runn
     assert [(e.utterance_id, e.text, e.channel) for e in stored] == [
         (s["utterance_id"], s["text"], "customer") for s in scores
     ]
-    async with httpx.AsyncClient(base_url=gw.http_url) as http:
+    async with httpx.AsyncClient(base_url=gw.http_url, headers=gw.headers) as http:
         call = (await http.get(f"/v1/calls/{call_id}")).json()
     assert call["call_id"] == call_id and call["metadata"]["tenant"] == "acme", call
     assert len(call["events"]) == len(scores) and call["status"] == "ended", call
@@ -149,12 +147,12 @@ async def test_twilio_bad_input_never_breaks_the_stream(audio_gateway: RunningGa
         await send(twilio, {"event": "stop"})
         # A format Twilio never sends: no call starts.
         await send(twilio, start_message(call_sid, ["inbound"], encoding="audio/x-alaw"))
-        await send(twilio, start_message(call_sid, ["inbound"]))
+        await send(twilio, start_message(call_sid, ["inbound"], {"tenant": "acme"}))
         await wait_live(gw, call_id)
         session = gw.gateway.registry.get(call_id)
         assert session is not None and session.audio is not None
         assert session.audio.channel_roles == ("customer",)
-        async with connect(f"{gw.ws_url}?watch={call_id}") as watcher:
+        async with connect(f"{gw.ws_url}?watch={call_id}", additional_headers=gw.headers) as watcher:
             assert json.loads(await watcher.recv())["type"] == "watching"
             # outbound was not among the stream's tracks
             await send(twilio, media_message("outbound", 0, 0, MULAW_SILENCE * FRAME_BYTES))
@@ -196,7 +194,7 @@ async def test_grpc_stream_call_takes_role_tagged_audio(audio_gateway: RunningGa
             yield sentiment_pb2.StreamCallRequest(call_id=call_id, audio=chunk)
         yield sentiment_pb2.StreamCallRequest(call_id=call_id, end=audio_pb2.CallEnd(call_id=call_id))
 
-    async with grpc.aio.insecure_channel(gw.grpc_target) as channel:
+    async with gw.channel() as channel:
         stub = sentiment_pb2_grpc.SentimentStub(channel)
         events = [e async for e in stub.StreamCall(requests(), timeout=TIMEOUT_S)]
 

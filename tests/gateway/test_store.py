@@ -49,6 +49,7 @@ from gateway.app import create_app
 from gateway.calls.service import Gateway
 from gateway.grpc_api import add_to_server
 from gateway.store import Store, StoreRouter, UnknownCallError
+from tests.support.auth import bearer, keyed_channel, make_key
 
 pytestmark = pytest.mark.slow
 
@@ -125,25 +126,27 @@ def _event(
 
 async def test_migrations_apply_once_even_when_processes_race(fresh_db_url: str) -> None:
     migrations = load_migrations()
-    assert [m.version for m in migrations] == ["0001", "0002", "0003", "0004"]
+    assert [m.version for m in migrations] == ["0001", "0002", "0003", "0004", "0005"]
     # Three "replicas" starting at once: the advisory lock lets exactly one of them apply the migrations.
     conns = [await psycopg.AsyncConnection.connect(fresh_db_url, autocommit=True) for _ in range(3)]
     try:
         results = await asyncio.gather(*(apply_migrations(c, migrations) for c in conns))
-        assert sorted(results) == [[], [], ["0001", "0002", "0003", "0004"]]
+        assert sorted(results) == [[], [], ["0001", "0002", "0003", "0004", "0005"]]
         assert await apply_migrations(conns[0], migrations) == []  # and again: nothing to do
         cur = await conns[0].execute("SELECT version FROM schema_migrations ORDER BY version")
-        assert await cur.fetchall() == [("0001",), ("0002",), ("0003",), ("0004",)]
+        assert await cur.fetchall() == [("0001",), ("0002",), ("0003",), ("0004",), ("0005",)]
         cur = await conns[0].execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1"
         )
         tables = [row[0] for row in await cur.fetchall()]
         assert tables == [
+            "api_keys",
             "calls",
             "daily_rollups",
             "nlp_events",
             "rollup_runs",
             "schema_migrations",
+            "web_sessions",
             "webhook_outbox",
         ]
         cur = await conns[0].execute("SELECT indexname FROM pg_indexes WHERE tablename = 'calls'")
@@ -402,7 +405,8 @@ async def test_a_database_outage_answers_503_and_the_api_recovers_with_it() -> N
         gateway = await Gateway.open(config, stores=StoreRouter(store))
         app = create_app(config, gateway=gateway)
         grpc_server = await grpc_runtime.start_server(add_to_server(gateway), "127.0.0.1:0")
-        channel = grpc_runtime.insecure_channel(grpc_runtime.server_info(grpc_server).address)
+        key = await make_key(gateway.authenticator.keys)
+        channel = keyed_channel(grpc_runtime.server_info(grpc_server).address, key)
         get_call = sentiment_pb2_grpc.SentimentStub(channel).GetCall
         paths = ["/v1/calls/any-call", "/v1/calls?status=live", "/v1/reports/daily?date=2024-01-02"]
         try:
@@ -410,6 +414,8 @@ async def test_a_database_outage_answers_503_and_the_api_recovers_with_it() -> N
                 app.router.lifespan_context(app),
                 httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http,
             ):
+                # The key is checked (and cached) before the outage: a known key keeps working.
+                http.headers.update(bearer(key))
                 assert [(await http.get(p)).status_code for p in paths] == [404, 200, 404]
                 pg.stop()
                 for path in paths:

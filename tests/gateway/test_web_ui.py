@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -39,6 +40,7 @@ from gateway.store import Store
 from gateway.web.routes import STATIC_DIR
 from postcall.rollup import run_rollup
 from tests.support.audio import RATE, SENTENCE_A, speak_pcm16, word_error_rate
+from tests.support.auth import bearer
 from tests.support.delivery import add_call
 from tests.support.mesh import MeshServices, RunningGateway, _serve_gateway
 from tests.support.ws_client import receive, receive_until_summary, send
@@ -135,10 +137,16 @@ class PageErrors:
         page.on("console", lambda msg: self.messages.append(msg.text) if msg.type == "error" else None)
 
 
-async def open_page(browser: Browser, url: str, height: int = 900) -> tuple[Page, PageErrors]:
+async def open_page(browser: Browser, url: str, height: int = 900, *, key: str) -> tuple[Page, PageErrors]:
+    """A page of a signed-in user: the first visit lands on /signin, which takes the key and goes on to
+    ``url`` with the session cookie set (a browser context of its own, so signing in is tried each time)."""
     page = await browser.new_page(viewport={"width": 1280, "height": height})
     errors = PageErrors(page)
     await page.goto(url)
+    if urlsplit(page.url).path == "/signin":
+        await page.get_by_test_id("key").fill(key)
+        async with page.expect_navigation():
+            await page.get_by_test_id("submit").click()
     return page, errors
 
 
@@ -159,7 +167,7 @@ async def in_viewport(page: Page, selector: str) -> bool:
 
 async def post_batch(gw: RunningGateway, call_id: str, script: Sequence[tuple[str, str]]) -> dict[str, Any]:
     body = {"call_id": call_id, "metadata": {"tenant": "acme", "agent": "sam"}}
-    async with httpx.AsyncClient(base_url=gw.http_url, timeout=TIMEOUT_S) as http:
+    async with httpx.AsyncClient(base_url=gw.http_url, headers=gw.headers, timeout=TIMEOUT_S) as http:
         response = await http.post(
             "/v1/sentiment/batch", json={**body, "utterances": scripted_utterances(script)}
         )
@@ -176,13 +184,13 @@ async def test_console_watching_a_call_that_sours_at_the_price_turns_the_badge_r
     running_gateway: RunningGateway, browser: Browser
 ) -> None:
     gw, call_id = running_gateway, new_call_id("console")
-    async with connect(gw.ws_url) as driver:
+    async with connect(gw.ws_url, additional_headers=gw.headers) as driver:
         await send(
             driver, {"type": "start", "call_id": call_id, "metadata": {"tenant": "acme", "agent": "sam"}}
         )
         assert (await receive(driver))["type"] == "started"
 
-        page, errors = await open_page(browser, f"{gw.http_url}/console")
+        page, errors = await open_page(browser, f"{gw.http_url}/console", key=gw.key)
         live_call = page.get_by_test_id("live-call").filter(has_text=call_id)
         await expect(live_call).to_be_visible()
         await live_call.get_by_test_id("join-live-call").click()
@@ -246,7 +254,7 @@ def _rgb(css: str) -> tuple[int, ...]:
 async def test_console_join_of_a_call_that_is_not_live_says_so(
     running_gateway: RunningGateway, browser: Browser
 ) -> None:
-    page, _ = await open_page(browser, f"{running_gateway.http_url}/console")
+    page, _ = await open_page(browser, f"{running_gateway.http_url}/console", key=running_gateway.key)
     await page.get_by_test_id("join-id").fill("no-such-call")
     await page.get_by_test_id("join").click()
     await expect(page.get_by_test_id("error")).to_contain_text("no-such-call is not live on this gateway")
@@ -256,7 +264,9 @@ async def test_console_join_of_a_call_that_is_not_live_says_so(
     await page.get_by_test_id("join").click()
     await expect(page.get_by_test_id("error")).to_contain_text("1-128 characters")
     # The review page links to /console?join=<id> for a live call: the same answer for one that is not.
-    linked, errors = await open_page(browser, f"{running_gateway.http_url}/console?join=gone-call")
+    linked, errors = await open_page(
+        browser, f"{running_gateway.http_url}/console?join=gone-call", key=running_gateway.key
+    )
     await expect(linked.get_by_test_id("error")).to_contain_text("gone-call is not live on this gateway")
     assert errors.messages == []
 
@@ -280,7 +290,7 @@ async def test_console_microphone_call_is_transcribed_through_the_asr(
         f"--use-file-for-fake-audio-capture={wav}%noloop",
     )
     try:
-        page, errors = await open_page(browser, f"{gw.http_url}/console")
+        page, errors = await open_page(browser, f"{gw.http_url}/console", key=gw.key)
         await page.get_by_test_id("call-id").fill(call_id)
         await page.get_by_test_id("agent").fill("sam")
         await page.get_by_test_id("role").select_option("customer")
@@ -317,7 +327,7 @@ async def test_review_page_draws_the_timeline_and_a_point_jumps_to_its_transcrip
 ) -> None:
     gw, call_id = running_gateway, new_call_id("review")
     events = (await post_batch(gw, call_id, SOUR_CALL))["utterances"]
-    page, errors = await open_page(browser, f"{gw.http_url}/review/{call_id}", height=720)
+    page, errors = await open_page(browser, f"{gw.http_url}/review/{call_id}", height=720, key=gw.key)
     await expect(page.locator("body")).to_have_attribute("data-ready", "true")
 
     points = page.get_by_test_id("timeline-point")
@@ -345,7 +355,7 @@ async def test_review_page_draws_the_timeline_and_a_point_jumps_to_its_transcrip
 
     # A link with the hash opens the page at that moment.
     last = events[-1]["utterance_id"]
-    linked, _ = await open_page(browser, f"{gw.http_url}/review/{call_id}#u-{last}", height=720)
+    linked, _ = await open_page(browser, f"{gw.http_url}/review/{call_id}#u-{last}", height=720, key=gw.key)
     await expect(linked.locator(f"#u-{last}")).to_have_class(re.compile(r"\bhighlighted\b"))
     assert await in_viewport(linked, f"#u-{last}")
     assert errors.messages == []
@@ -357,13 +367,13 @@ async def test_review_page_lists_the_spikes_and_a_click_jumps_to_the_spike(
 ) -> None:
     gw, call_id = running_gateway, new_call_id("spikes")
     await post_batch(gw, call_id, SOUR_CALL)
-    async with httpx.AsyncClient(base_url=gw.http_url, timeout=TIMEOUT_S) as http:
+    async with httpx.AsyncClient(base_url=gw.http_url, headers=gw.headers, timeout=TIMEOUT_S) as http:
         call = (await http.get(f"/v1/calls/{call_id}")).json()
     summary = call["summary"]
     spikes = summary["spikes"]
     assert spikes, "a call that sours at the price has a negative spike"
 
-    page, errors = await open_page(browser, f"{gw.http_url}/review/{call_id}", height=720)
+    page, errors = await open_page(browser, f"{gw.http_url}/review/{call_id}", height=720, key=gw.key)
     await expect(page.locator("body")).to_have_attribute("data-ready", "true")
     items = page.get_by_test_id("spike")
     await expect(items).to_have_count(len(spikes))
@@ -392,10 +402,14 @@ async def test_review_page_lists_the_spikes_and_a_click_jumps_to_the_spike(
 async def test_review_page_of_an_unknown_call_says_there_is_none(
     running_gateway: RunningGateway, browser: Browser
 ) -> None:
-    page, errors = await open_page(browser, f"{running_gateway.http_url}/review/no-such-call")
+    page, errors = await open_page(
+        browser, f"{running_gateway.http_url}/review/no-such-call", key=running_gateway.key
+    )
     await expect(page.get_by_test_id("error")).to_have_text("There is no call with id “no-such-call”.")
     await expect(page.get_by_test_id("timeline")).to_be_hidden()
-    page2, _ = await open_page(browser, f"{running_gateway.http_url}/review/bad%20id")
+    page2, _ = await open_page(
+        browser, f"{running_gateway.http_url}/review/bad%20id", key=running_gateway.key
+    )
     await expect(page2.get_by_test_id("error")).to_contain_text("malformed")
 
 
@@ -422,7 +436,7 @@ async def test_api_docs_render_from_the_package_alone(
 async def test_timeline_png_over_http(running_gateway: RunningGateway) -> None:
     gw, call_id = running_gateway, new_call_id("png")
     await post_batch(gw, call_id, SOUR_CALL)
-    async with httpx.AsyncClient(base_url=gw.http_url, timeout=TIMEOUT_S) as http:
+    async with httpx.AsyncClient(base_url=gw.http_url, headers=gw.headers, timeout=TIMEOUT_S) as http:
         png = await http.get(f"/v1/calls/{call_id}/timeline.png", params={"width": 640, "height": 240})
         default = await http.get(f"/v1/calls/{call_id}/timeline.png")
         unknown = await http.get("/v1/calls/no-such-call/timeline.png")
@@ -442,7 +456,9 @@ async def test_timeline_png_over_http(running_gateway: RunningGateway) -> None:
 
 @slow
 async def test_pages_and_static_assets_are_served(running_gateway: RunningGateway) -> None:
-    async with httpx.AsyncClient(base_url=running_gateway.http_url, timeout=TIMEOUT_S) as http:
+    async with httpx.AsyncClient(
+        base_url=running_gateway.http_url, headers=running_gateway.headers, timeout=TIMEOUT_S
+    ) as http:
         home = await http.get("/")
         console = await http.get("/console")
         review = await http.get("/review/any-call")
@@ -460,14 +476,15 @@ async def test_pages_and_static_assets_are_served(running_gateway: RunningGatewa
 @slow
 async def test_live_calls_are_listed_while_they_are_live(running_gateway: RunningGateway) -> None:
     gw, call_id = running_gateway, new_call_id("list")
-    async with httpx.AsyncClient(base_url=gw.http_url, timeout=TIMEOUT_S) as http:
-        async with connect(gw.ws_url) as ws:
+    headers = bearer(await gw.make_key("t-list"))
+    async with httpx.AsyncClient(base_url=gw.http_url, headers=headers, timeout=TIMEOUT_S) as http:
+        async with connect(gw.ws_url, additional_headers=headers) as ws:
             await send(
                 ws, {"type": "start", "call_id": call_id, "metadata": {"tenant": "t-list", "agent": "ann"}}
             )
             assert (await receive(ws))["type"] == "started"
             listed = (await http.get("/v1/calls", params={"status": "live", "tenant": "t-list"})).json()
-            other_tenant = (await http.get("/v1/calls", params={"tenant": "someone-else"})).json()
+            other_tenant = await http.get("/v1/calls", params={"tenant": "someone-else"})
             await send(ws, {"type": "stop"})
             await receive_until_summary(ws)
         after = (await http.get("/v1/calls", params={"tenant": "t-list"})).json()
@@ -482,7 +499,7 @@ async def test_live_calls_are_listed_while_they_are_live(running_gateway: Runnin
         "driven": True,
     }
     assert datetime.fromisoformat(call["started_at"]) > datetime.now(UTC) - timedelta(minutes=1)
-    assert other_tenant == {"calls": []} and after == {"calls": []}
+    assert other_tenant.status_code == 403 and after == {"calls": []}
     assert ended.status_code == 422 and too_many.status_code == 422
 
 
@@ -495,9 +512,10 @@ async def test_every_replica_lists_every_replicas_live_calls_and_a_dead_replicas
     config = mesh_services.config(database_url=gateway_db_url)
     a, call_id = running_gateway, new_call_id("replicas")
     store = a.gateway.stores.default
-    async with _serve_gateway(config) as b, httpx.AsyncClient(timeout=TIMEOUT_S) as http:
+    headers = bearer(await a.make_key("t-replicas"))
+    async with _serve_gateway(config) as b, httpx.AsyncClient(headers=headers, timeout=TIMEOUT_S) as http:
         query = {"status": "live", "tenant": "t-replicas"}
-        async with connect(a.ws_url) as ws:
+        async with connect(a.ws_url, additional_headers=headers) as ws:
             await send(ws, {"type": "start", "call_id": call_id, "metadata": {"tenant": "t-replicas"}})
             assert (await receive(ws))["type"] == "started"
             on_a = (await http.get(f"{a.http_url}/v1/calls", params=query)).json()["calls"]
@@ -568,7 +586,11 @@ async def test_reports_page_shows_a_rolled_up_day_and_says_when_one_is_not(
     )
     await run_rollup(store, before, TenantsConfig())
 
-    page, errors = await open_page(browser, f"{running_gateway.http_url}/reports?date={day}&tenant={tenant}")
+    page, errors = await open_page(
+        browser,
+        f"{running_gateway.http_url}/reports?date={day}&tenant={tenant}",
+        key=await running_gateway.make_key(tenant),
+    )
     await expect(page.get_by_test_id("report-title")).to_have_text(f"{day} · {tenant}")
     teams = page.get_by_test_id("team-row")
     await expect(teams).to_have_count(2)

@@ -147,7 +147,7 @@ async def _gateway(
     )
     after_call = AfterCall.for_config(config, tenants, timeout_s=TIMEOUT_S)
     try:
-        async with _serve_gateway(config, after_call=after_call) as running:
+        async with _serve_gateway(config, after_call=after_call, tenant="acme-sales") as running:
             yield running
     finally:
         await after_call.close()
@@ -175,7 +175,7 @@ def utterances() -> list[dict[str, Any]]:
 async def live_call(gw: RunningGateway, call_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Drive CALL over the WebSocket; the summary event and the error events before it."""
     errors = []
-    async with connect(gw.ws_url) as ws:
+    async with connect(gw.ws_url, additional_headers=gw.headers) as ws:
         start = {"type": "start", "call_id": call_id, "metadata": {"tenant": "acme-sales", "agent": "ana"}}
         await ws.send(json.dumps(start))
         for message in utterances():
@@ -208,7 +208,7 @@ async def delivered(receiver: WebhookReceiver, call_id: str) -> dict[str, Any]:
 
 
 async def stored_call(gw: RunningGateway, call_id: str) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=gw.http_url) as http:
+    async with httpx.AsyncClient(base_url=gw.http_url, headers=gw.headers) as http:
         stored: dict[str, Any] = (await http.get(f"/v1/calls/{call_id}")).json()
     return stored
 
@@ -257,7 +257,9 @@ async def test_a_batch_gets_the_same_report_and_one_push_however_often_it_is_sen
 ) -> None:
     call_id = f"post-{uuid.uuid4().hex[:12]}"
     body = {"call_id": call_id, "metadata": {"tenant": "acme-sales"}, "utterances": utterances()}
-    async with httpx.AsyncClient(base_url=crm_gateway.http_url, timeout=TIMEOUT_S) as http:
+    async with httpx.AsyncClient(
+        base_url=crm_gateway.http_url, headers=crm_gateway.headers, timeout=TIMEOUT_S
+    ) as http:
         first = await http.post("/v1/sentiment/batch", json=body)
         again = await http.post("/v1/sentiment/batch", json=body)
         stored = (await http.get(f"/v1/calls/{call_id}")).json()

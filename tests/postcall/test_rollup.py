@@ -39,6 +39,7 @@ from postcall.rollup import (
 )
 from postcall.rollup_store import DayWindow
 from postcall.webhooks import DeliveryPolicy, OutboxDispatcher
+from tests.support.auth import bearer, make_key
 from tests.support.delivery import WebhookReceiver, add_call, wait_until
 
 pytestmark = pytest.mark.slow
@@ -221,7 +222,11 @@ async def test_daily_report_over_http(store: Store) -> None:
     try:
         async with (
             app.router.lifespan_context(app),
-            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as http,
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app),
+                base_url="http://gateway",
+                headers=bearer(await make_key(gateway.authenticator.keys, "acme")),
+            ) as http,
         ):
             before = await http.get("/v1/reports/daily", params={"date": DAY.isoformat()})
             assert before.status_code == 404, before.text

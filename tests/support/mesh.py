@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import grpc.aio
 import psycopg
 import pytest
 import pytest_asyncio
@@ -37,10 +38,12 @@ from callsense.config import Config
 from callsense.database import EmbeddedPostgres, default_data_dir, start_embedded_postgres
 from gateway.__main__ import _Server
 from gateway.app import create_app
+from gateway.auth.credentials import Role
 from gateway.calls.service import Gateway
 from gateway.calls.settings import SessionSettings
 from gateway.grpc_api import add_to_server
 from gateway.postcall_client import AfterCall
+from tests.support.auth import TEST_TENANT, bearer, keyed_channel, make_key
 from tools.ports import free_port
 
 __all__ = [
@@ -241,6 +244,20 @@ class RunningGateway:
     http_url: str
     ws_url: str
     grpc_target: str
+    key: str
+    """A service key (of tenant "acme", tests.support.auth.TEST_TENANT, unless the fixture says), in the
+    gateway's database."""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return bearer(self.key)
+
+    def channel(self) -> grpc.aio.Channel:
+        """A channel to the gRPC API whose calls carry ``key``."""
+        return keyed_channel(self.grpc_target, self.key)
+
+    async def make_key(self, tenant: str = TEST_TENANT, role: Role = Role.SERVICE, **who: str) -> str:
+        return await make_key(self.gateway.authenticator.keys, tenant, role, **who)
 
 
 @pytest_asyncio.fixture
@@ -263,7 +280,11 @@ async def audio_gateway(
 
 @contextlib.asynccontextmanager
 async def _serve_gateway(
-    config: Config, settings: SessionSettings | None = None, after_call: AfterCall | None = None
+    config: Config,
+    settings: SessionSettings | None = None,
+    after_call: AfterCall | None = None,
+    *,
+    tenant: str = TEST_TENANT,
 ) -> AsyncIterator[RunningGateway]:
     settings = settings or SessionSettings(grace_s=0.5, finish_timeout_s=30.0)
     own_after_call = after_call is None
@@ -285,6 +306,7 @@ async def _serve_gateway(
             http_url=f"http://127.0.0.1:{port}",
             ws_url=f"ws://127.0.0.1:{port}/v1/sentiment/stream",
             grpc_target=f"127.0.0.1:{grpc_runtime.server_info(grpc_server).port}",
+            key=await make_key(gateway.authenticator.keys, tenant),
         )
     finally:
         http.should_exit = True

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gateway.auth.credentials import mint_key
 from tests.support.audio import normalise_words, require_speech_tools
 from tests.support.mesh import RunningGateway
 from tools.cli import main as cli_main
@@ -98,7 +99,7 @@ def test_frames_and_wav_hold_the_call(demo_call: CallAudio, tmp_path: Path) -> N
 async def test_a_short_demo_shows_finals_and_scores(audio_gateway: RunningGateway) -> None:
     require_speech_tools()
     gw, out = audio_gateway, io.StringIO()
-    options = DemoOptions(url=gw.ws_url, call_id="demo-test-short", speed=4.0, turns=4)
+    options = DemoOptions(url=gw.ws_url, call_id="demo-test-short", speed=4.0, turns=4, key=gw.key)
     events = await run_demo(options, out, tty=False)
 
     assert not [e for e in events if e["type"] == "error"], events
@@ -130,10 +131,27 @@ def test_without_a_mesh_the_demo_says_to_start_one(capsys: pytest.CaptureFixture
     with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    code = cli_main(["demo", "--url", f"ws://127.0.0.1:{port}/v1/sentiment/stream", "--turns", "1"])
+    url = f"ws://127.0.0.1:{port}/v1/sentiment/stream"
+    code = cli_main(["demo", "--url", url, "--turns", "1", "--key", mint_key().token])
     assert code == 2
     err = capsys.readouterr().err
     assert "cannot reach the mesh" in err and "./dev.sh up" in err, err
+
+
+def test_without_a_key_the_demo_says_where_to_get_one(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("CALLSENSE_API_KEY", raising=False)
+    assert cli_main(["demo", "--turns", "1"]) == 2
+    assert "--key or CALLSENSE_API_KEY" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a real gateway
+async def test_a_refused_key_says_what_to_do(running_gateway: RunningGateway) -> None:
+    require_speech_tools()
+    options = DemoOptions(url=running_gateway.ws_url, turns=1, key=mint_key().token)  # never registered
+    with pytest.raises(DemoError, match="refused the key \\(401\\).*callsense up"):
+        await run_demo(options, io.StringIO(), tty=False)
 
 
 def test_without_espeak_the_demo_says_to_install_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

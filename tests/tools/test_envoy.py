@@ -1,5 +1,9 @@
 """The Envoy bootstrap: schema, Envoy's own validation, the checked-in file, and a real Envoy proxying
-HTTP, WebSocket, gRPC and gRPC-Web to tiny local backends (started on free ports)."""
+HTTP, WebSocket, gRPC and gRPC-Web to tiny local backends (started on free ports).
+
+The edge is tried, not read: through the real Envoy's public listener the internal services (by path or by
+authority) and /metrics are refused without reaching any upstream, however the path is spelt, while its
+internal listener reaches them; cross-origin calls are refused unless an origin is configured."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import io
 import struct
 import subprocess
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +29,9 @@ from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 from websockets.http11 import Request, Response
 
+from callsense.config import load_config
 from tools.envoy_config import DEFAULT_PATH, MeshLayout, build, check, render
-from tools.ports import free_port
+from tools.ports import free_ports
 from tools.supervisor import Supervisor, envoy_binary, envoy_shm_files, envoy_spec
 
 ENVOY_ROUTE_TIMEOUT_DEFAULT_S = 15.0
@@ -42,23 +47,106 @@ def _clusters(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["name"]: c for c in config["static_resources"]["clusters"]}
 
 
-def _virtual_hosts(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    return {host["name"]: host for host in hcm["route_config"]["virtual_hosts"]}
+def _listeners(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {listener["name"]: listener for listener in config["static_resources"]["listeners"]}
 
 
-def _routes(config: dict[str, Any]) -> list[dict[str, Any]]:
-    """The public routes (the catch-all virtual host)."""
-    return _virtual_hosts(config)["callsense"]["routes"]
+def _hcm(config: dict[str, Any], listener: str) -> dict[str, Any]:
+    hcm: dict[str, Any] = _listeners(config)[listener]["filter_chains"][0]["filters"][0]["typed_config"]
+    return hcm
 
 
-def test_internal_callers_reach_a_service_by_authority() -> None:
-    hosts = _virtual_hosts(build(MeshLayout()))
-    for service in ("chopper", "scorer", "asr", "postcall"):
+def _virtual_hosts(config: dict[str, Any], listener: str) -> dict[str, dict[str, Any]]:
+    return {host["name"]: host for host in _hcm(config, listener)["route_config"]["virtual_hosts"]}
+
+
+def _routes(config: dict[str, Any], listener: str = "public") -> list[dict[str, Any]]:
+    """The routes of ``listener``'s catch-all virtual host."""
+    routes: list[dict[str, Any]] = _virtual_hosts(config, listener)["callsense"]["routes"]
+    return routes
+
+
+def _clusters_routed(config: dict[str, Any], listener: str) -> set[str]:
+    return {
+        r["route"]["cluster"]
+        for host in _virtual_hosts(config, listener).values()
+        for r in host["routes"]
+        if "route" in r
+    }
+
+
+INTERNAL_SERVICES = {"Scorer": "scorer", "Chopper": "chopper", "Asr": "asr", "PostCall": "postcall"}
+
+
+def test_internal_callers_reach_a_service_by_authority_on_the_internal_listener_only() -> None:
+    config = build(MeshLayout())
+    hosts = _virtual_hosts(config, "internal")
+    for service in INTERNAL_SERVICES.values():
         host = hosts[service]
         assert host["domains"] == [service, f"{service}:*"]
         # Every path, health checks included, goes to the service named by the authority.
         assert [(r["match"]["prefix"], r["route"]["cluster"]) for r in host["routes"]] == [("/", service)]
+    # The public listener has one virtual host for every authority, and it reaches no internal service.
+    (public,) = _virtual_hosts(config, "public").values()
+    assert public["domains"] == ["*"]
+    assert _clusters_routed(config, "public") == {"gateway_grpc", "gateway_http"}
+    assert _clusters_routed(config, "internal") == {
+        "gateway_grpc",
+        "gateway_http",
+        *INTERNAL_SERVICES.values(),
+    }
+
+
+def test_two_listeners_public_and_internal() -> None:
+    config = build(MeshLayout())
+    listeners = _listeners(config)
+    assert list(listeners) == ["public", "internal"]
+    addresses = {name: listener["address"]["socket_address"] for name, listener in listeners.items()}
+    assert addresses["public"] == {"address": "0.0.0.0", "port_value": 8080}
+    assert addresses["internal"] == {"address": "127.0.0.1", "port_value": 8081}  # loopback by default
+    assert [_hcm(config, name)["stat_prefix"] for name in listeners] == ["public", "internal"]
+    # The internal port comes from CALLSENSE_ENVOY_INTERNAL_PORT like the public one from ENVOY_PORT.
+    env = {"CALLSENSE_ENVOY_PORT": "7080", "CALLSENSE_ENVOY_INTERNAL_PORT": "7081"}
+    layout = MeshLayout.from_config(load_config(env), env={})
+    assert (layout.listener_port, layout.internal_port) == (7080, 7081)
+    with pytest.raises(ValueError, match="must differ"):
+        MeshLayout(listener_port=8080, internal_port=8080)
+
+
+def test_public_listener_refuses_internal_services_and_metrics_in_envoy() -> None:
+    routes = {r["name"]: r for r in _routes(build(MeshLayout()))}
+    refused = {name: r for name, r in routes.items() if "direct_response" in r}
+    assert {name: r["match"] for name, r in refused.items()} == {
+        "internal_services_refused": {"prefix": "/callsense.v1.", "case_sensitive": False},
+        "operator_only_refused": {"path_separated_prefix": "/metrics", "case_sensitive": False},
+    }
+    assert all(r["direct_response"]["status"] == 404 for r in refused.values())
+    names = list(routes)
+    # Sentiment is matched before the package-wide refusal, the refusal before the catch-all.
+    assert names.index("callsense.v1.Sentiment") < names.index("internal_services_refused")
+    assert names[-1] == "gateway_http"
+    for name in ("public", "internal"):  # Envoy routes on the path the gateway will act on
+        hcm = _hcm(build(MeshLayout()), name)
+        assert hcm["normalize_path"] and hcm["merge_slashes"], name
+        assert hcm["path_with_escaped_slashes_action"] == "UNESCAPE_AND_FORWARD", name
+
+
+def test_cors_is_same_origin_unless_origins_are_configured() -> None:
+    def cors_policies(layout: MeshLayout) -> list[Any]:
+        return [
+            host.get("typed_per_filter_config", {}).get("envoy.filters.http.cors")
+            for listener in ("public", "internal")
+            for host in _virtual_hosts(build(layout), listener).values()
+        ]
+
+    assert MeshLayout().cors_allow_origins == ()
+    assert not any(cors_policies(MeshLayout()))
+    for origins, match in [
+        (["https://app.example"], [{"exact": "https://app.example"}]),
+        (["*"], [{"safe_regex": {"regex": ".*"}}]),  # any origin, only when configured so
+    ]:
+        policies = [p for p in cors_policies(MeshLayout(cors_allow_origins=origins)) if p]
+        assert policies and all(p["allow_origin_string_match"] == match for p in policies), origins
 
 
 # --- the config itself -----------------------------------------------------------------------------
@@ -119,14 +207,17 @@ def test_check_rejects_what_envoy_would_reject() -> None:
 
 def test_routes_clusters_and_timeouts() -> None:
     config = build(MeshLayout())
-    routes = {r["match"]["prefix"]: r["route"] for r in _routes(config)}
-    assert routes["/callsense.v1.Sentiment/"]["cluster"] == "gateway_grpc"
-    assert routes["/callsense.v1.Scorer/"]["cluster"] == "scorer"
-    assert routes["/callsense.v1.PostCall/"]["cluster"] == "postcall"
-    assert routes["/grpc.health.v1.Health/"]["cluster"] == "gateway_grpc"
-    assert list(routes)[-1] == "/" and routes["/"]["cluster"] == "gateway_http"
-    assert all(r["timeout"] == "0s" for r in routes.values())
-    assert routes["/"]["hash_policy"][0] == {"header": {"header_name": "x-call-id"}}
+    public = {r["match"]["prefix"]: r["route"] for r in _routes(config, "public") if "route" in r}
+    internal = {r["match"]["prefix"]: r["route"] for r in _routes(config, "internal")}
+    for routes in (public, internal):
+        assert routes["/callsense.v1.Sentiment/"]["cluster"] == "gateway_grpc"
+        assert routes["/grpc.health.v1.Health/"]["cluster"] == "gateway_grpc"
+        assert list(routes)[-1] == "/" and routes["/"]["cluster"] == "gateway_http"
+        assert all(r["timeout"] == "0s" for r in routes.values())
+        assert routes["/"]["hash_policy"][0] == {"header": {"header_name": "x-call-id"}}
+    assert internal["/callsense.v1.Scorer/"]["cluster"] == "scorer"
+    assert internal["/callsense.v1.PostCall/"]["cluster"] == "postcall"
+    assert "/callsense.v1.Scorer/" not in public
 
     clusters = _clusters(config)
     assert clusters["gateway_http"]["lb_policy"] == "RING_HASH"
@@ -166,13 +257,24 @@ async def _echo(websocket: ServerConnection) -> None:
         await websocket.send(f"echo: {text}")
 
 
-def _grpc_ping(service: str, answer: bytes) -> grpc.GenericRpcHandler:
-    """A raw-bytes unary method ``/{service}/Ping`` that names the backend that answered."""
+class _GrpcBackend(grpc.GenericRpcHandler):
+    """Answers every unary call, whatever its method, with the name of its cluster, and records it: a
+    call that never shows up here never reached this upstream. Health checks go to the health servicer."""
 
-    async def ping(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        return answer
+    def __init__(self, cluster: str, calls: list[tuple[str, str]]) -> None:
+        self._cluster = cluster
+        self._calls = calls
 
-    return grpc.method_handlers_generic_handler(service, {"Ping": grpc.unary_unary_rpc_method_handler(ping)})
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method: str = handler_call_details.method
+        if method.startswith("/grpc.health.v1.Health/"):
+            return None
+
+        async def answer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            self._calls.append((self._cluster, method))
+            return self._cluster.encode()
+
+        return grpc.unary_unary_rpc_method_handler(answer)
 
 
 def _otlp_collector(spans: list[Any]) -> grpc.GenericRpcHandler:
@@ -197,10 +299,15 @@ def _otlp_collector(spans: list[Any]) -> grpc.GenericRpcHandler:
 @dataclass
 class Mesh:
     port: int
+    """The public listener."""
+    internal_port: int
     grpc_health: health.aio.HealthServicer
     http_requests: list[Request]
     """Every request the gateway_http replicas saw, headers included."""
+    grpc_calls: list[tuple[str, str]]
+    """(cluster, method) of every gRPC call an upstream answered (health checks aside)."""
     exported_spans: list[Any]
+    layout: MeshLayout = field(repr=False)
 
 
 async def _start_grpc_server(handlers: list[grpc.GenericRpcHandler]) -> tuple[grpc.aio.Server, int]:
@@ -209,6 +316,28 @@ async def _start_grpc_server(handlers: list[grpc.GenericRpcHandler]) -> tuple[gr
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     return server, port
+
+
+@contextlib.asynccontextmanager
+async def _envoy(layout: MeshLayout, directory: Path) -> AsyncIterator[None]:
+    """A real Envoy serving ``layout`` until the block ends (ready: its admin /ready says LIVE)."""
+    config = directory / "envoy.yaml"
+    config.write_text(render(layout))
+    supervisor = Supervisor(
+        [envoy_spec("envoy", config, admin_port=layout.admin_port, concurrency=1)], out=io.StringIO()
+    )
+    async with supervisor:
+        yield
+
+
+def _ports(layout: MeshLayout) -> MeshLayout:
+    """``layout`` on free ports of its own: public, internal, admin."""
+    public, internal, admin = free_ports(3)
+    return replace(layout, listener_port=public, internal_port=internal, admin_port=admin)
+
+
+APP_ORIGIN = "http://app.example"
+"""The one cross-origin caller the module's Envoy allows (the default layout allows none)."""
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -224,17 +353,10 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
 
         gateway_health = health.aio.HealthServicer()
         grpc_addrs: dict[str, list[str]] = {}
-        services = {
-            "gateway_grpc": "Sentiment",
-            "asr": "Asr",
-            "chopper": "Chopper",
-            "scorer": "Scorer",
-            "postcall": "PostCall",
-        }
-        for cluster, service in services.items():
+        grpc_calls: list[tuple[str, str]] = []
+        for cluster in ("gateway_grpc", "asr", "chopper", "scorer", "postcall"):
             servicer = gateway_health if cluster == "gateway_grpc" else health.aio.HealthServicer()
-            ping = _grpc_ping(f"callsense.v1.{service}", cluster.encode())
-            grpc_server, port = await _start_grpc_server([ping])
+            grpc_server, port = await _start_grpc_server([_GrpcBackend(cluster, grpc_calls)])
             health_pb2_grpc.add_HealthServicer_to_server(servicer, grpc_server)
             stack.push_async_callback(grpc_server.stop, None)
             grpc_addrs[cluster] = [f"127.0.0.1:{port}"]
@@ -243,27 +365,31 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
         collector, collector_port = await _start_grpc_server([_otlp_collector(exported_spans)])
         stack.push_async_callback(collector.stop, None)
 
-        layout = MeshLayout(
-            listener_host="127.0.0.1",
-            listener_port=free_port(),
-            admin_port=free_port(),
-            gateway_http=[f"127.0.0.1:{port}" for port in http_ports],
-            gateway_grpc=grpc_addrs["gateway_grpc"],
-            asr=grpc_addrs["asr"],
-            chopper=grpc_addrs["chopper"],
-            scorer=grpc_addrs["scorer"],
-            postcall=grpc_addrs["postcall"],
-            otlp_endpoint=f"http://127.0.0.1:{collector_port}",
-            access_log=False,
+        layout = _ports(
+            MeshLayout(
+                listener_host="127.0.0.1",
+                gateway_http=[f"127.0.0.1:{port}" for port in http_ports],
+                gateway_grpc=grpc_addrs["gateway_grpc"],
+                asr=grpc_addrs["asr"],
+                chopper=grpc_addrs["chopper"],
+                scorer=grpc_addrs["scorer"],
+                postcall=grpc_addrs["postcall"],
+                otlp_endpoint=f"http://127.0.0.1:{collector_port}",
+                cors_allow_origins=[APP_ORIGIN],
+                access_log=False,
+            )
         )
-        config = tmp_path_factory.mktemp("envoy") / "envoy.yaml"
-        config.write_text(render(layout))
         shm_before = envoy_shm_files()
-        supervisor = Supervisor(
-            [envoy_spec("envoy", config, admin_port=layout.admin_port, concurrency=1)], out=io.StringIO()
+        await stack.enter_async_context(_envoy(layout, tmp_path_factory.mktemp("envoy")))
+        yield Mesh(
+            layout.listener_port,
+            layout.internal_port,
+            gateway_health,
+            http_requests,
+            grpc_calls,
+            exported_spans,
+            layout,
         )
-        await stack.enter_async_context(supervisor)
-        yield Mesh(layout.listener_port, gateway_health, http_requests, exported_spans)
     assert envoy_shm_files() <= shm_before, "Envoy left hot-restart shared memory behind"
 
 
@@ -293,35 +419,120 @@ async def test_plain_http_and_call_pinning(mesh: Mesh) -> None:
         assert set(replicas.values()) == {"gateway-0", "gateway-1"}
 
 
+async def _unary(target: str, method: str, *, authority: str | None = None) -> bytes:
+    options = [("grpc.default_authority", authority)] if authority else []
+    async with grpc.aio.insecure_channel(target, options=options) as channel:
+        answer: bytes = await channel.unary_unary(method)(b"", timeout=5)
+        return answer
+
+
+async def _raw_get(port: int, target: str) -> tuple[int, bytes]:
+    """GET ``target`` sent byte for byte (HTTP clients tidy paths such as ``/a/../metrics`` first)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"GET {target} HTTP/1.1\r\nHost: callsense\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        response = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    status_line, _, rest = response.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+
 @live
-async def test_grpc_routes_reach_their_services(mesh: Mesh) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.port}") as channel:
-        for service, cluster in [
-            ("Sentiment", "gateway_grpc"),
-            ("Asr", "asr"),
-            ("Chopper", "chopper"),
-            ("Scorer", "scorer"),
-            ("PostCall", "postcall"),
-        ]:
-            ping = channel.unary_unary(f"/callsense.v1.{service}/Ping")
-            assert await ping(b"", timeout=5) == cluster.encode()
+async def test_public_listener_serves_the_public_grpc_api(mesh: Mesh) -> None:
+    public = f"127.0.0.1:{mesh.port}"
+    assert await _unary(public, "/callsense.v1.Sentiment/Ping") == b"gateway_grpc"
+    # The authority changes nothing on the public listener: naming a service does not reach it.
+    assert await _unary(public, "/callsense.v1.Sentiment/Ping", authority="scorer") == b"gateway_grpc"
+    async with grpc.aio.insecure_channel(public) as channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 @live
+@pytest.mark.parametrize("authority", [None, "scorer", "scorer:8081", "chopper"])
+@pytest.mark.parametrize("service", sorted(INTERNAL_SERVICES))
+async def test_public_listener_never_reaches_an_internal_service(
+    mesh: Mesh, service: str, authority: str | None
+) -> None:
+    before = list(mesh.grpc_calls)
+    for method in (f"/callsense.v1.{service}/Ping", f"/callsense.v1.{service.lower()}/Ping"):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await _unary(f"127.0.0.1:{mesh.port}", method, authority=authority)
+        # Envoy's own 404, as gRPC: a trailers-only UNIMPLEMENTED; no upstream was asked.
+        assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED, refused.value
+    assert mesh.grpc_calls == before
+    assert not [r for r in mesh.http_requests if "callsense.v1" in r.path.lower()]
+
+
+@live
+async def test_internal_listener_reaches_the_services_by_authority_and_by_path(mesh: Mesh) -> None:
+    internal = f"127.0.0.1:{mesh.internal_port}"
+    for service, cluster in INTERNAL_SERVICES.items():
+        # By path (any authority), and by authority (any path, as the gateway's channels call).
+        assert await _unary(internal, f"/callsense.v1.{service}/Ping") == cluster.encode()
+        assert await _unary(internal, "/callsense.v1.Sentiment/Ping", authority=cluster) == cluster.encode()
+        assert await _unary(internal, f"/callsense.v1.{service}/Ping", authority=f"{cluster}:8081") == (
+            cluster.encode()
+        )
+    assert await _unary(internal, "/callsense.v1.Sentiment/Ping") == b"gateway_grpc"
+    assert ("scorer", "/callsense.v1.Sentiment/Ping") in mesh.grpc_calls
+
+
+@live
+async def test_metrics_are_internal_only(mesh: Mesh) -> None:
+    before = len(mesh.http_requests)
+    # However the path is spelt, Envoy normalises it as the gateway would, then refuses it.
+    for target in (
+        "/metrics",
+        "/metrics?format=prometheus",
+        "/metrics/",
+        "/METRICS",
+        "/%6Detrics",
+        "/%6detrics",
+        "//metrics",
+        "/./metrics",
+        "/docs/../metrics",
+        "/metrics%2F",
+        "/metrics%2f..%2f..%2fmetrics",
+    ):
+        status, body = await _raw_get(mesh.port, target)
+        assert (status, body) == (404, b"not found"), target
+    # Not one reached the gateway (Envoy's own health checks of it aside).
+    assert not [r.path for r in mesh.http_requests[before:] if r.path != "/healthz"]
+
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{mesh.internal_port}", timeout=5) as client:
+        reply = await client.get("/metrics")
+        assert reply.status_code == 200 and reply.text.endswith(" /metrics\n")
+        # The internal listener carries the public API too, for operators.
+        assert (await client.get("/docs")).text.endswith(" /docs\n")
+
+    # A path that only starts like it is the gateway's to answer.
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{mesh.port}", timeout=5) as client:
+        assert (await client.get("/metricsboard")).text.endswith(" /metricsboard\n")
+
+
+async def _preflight(client: httpx.AsyncClient, origin: str) -> httpx.Response:
+    return await client.options(
+        "/callsense.v1.Sentiment/Ping",
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type,x-grpc-web",
+        },
+    )
+
+
+@live
 async def test_grpc_web_and_cors(mesh: Mesh) -> None:
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{mesh.port}", timeout=5) as client:
-        preflight = await client.options(
-            "/callsense.v1.Sentiment/Ping",
-            headers={
-                "Origin": "http://app.example",
-                "Access-Control-Request-Method": "POST",
-                "Access-Control-Request-Headers": "content-type,x-grpc-web",
-            },
-        )
+        preflight = await _preflight(client, APP_ORIGIN)
         assert preflight.status_code == 200
-        assert preflight.headers["access-control-allow-origin"] == "http://app.example"
+        assert preflight.headers["access-control-allow-origin"] == APP_ORIGIN
+        # An origin that is not configured is not reflected: the browser keeps the answer from it.
+        assert "access-control-allow-origin" not in (await _preflight(client, "https://evil.example")).headers
 
         reply = await client.post(
             "/callsense.v1.Sentiment/Ping",
@@ -333,6 +544,20 @@ async def test_grpc_web_and_cors(mesh: Mesh) -> None:
     flags, length = body[0], struct.unpack(">I", body[1:5])[0]
     assert flags == 0 and body[5 : 5 + length] == b"gateway_grpc"
     assert body[5 + length] == 0x80 and b"grpc-status:0" in body[5 + length :]  # the trailer frame
+
+
+@live
+async def test_default_layout_allows_no_cross_origin_caller(
+    mesh: Mesh, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The module's upstreams behind a second Envoy with the default CORS setting (none)."""
+    layout = _ports(replace(mesh.layout, cors_allow_origins=MeshLayout().cors_allow_origins))
+    async with _envoy(layout, tmp_path_factory.mktemp("envoy-default-cors")):
+        for port in (layout.listener_port, layout.internal_port):
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+                for origin in ("https://evil.example", APP_ORIGIN):
+                    headers = (await _preflight(client, origin)).headers
+                    assert "access-control-allow-origin" not in headers, (port, origin)
 
 
 @live

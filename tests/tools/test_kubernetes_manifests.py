@@ -389,6 +389,14 @@ def test_envoy_container_serves_the_bootstrap() -> None:
     container = _container(ENVOY)
     assert (layout.listener_host, layout.listener_port) == ("0.0.0.0", _container_ports(ENVOY)["http"])
     assert _container_ports(ENVOY)["http"] == _default_port("envoy_port")
+    # The internal listener on the pod network (the gateway is another pod), at its code default port.
+    assert (layout.internal_host, layout.internal_port) == ("0.0.0.0", _container_ports(ENVOY)["internal"])
+    assert _container_ports(ENVOY)["internal"] == _default_port("envoy_internal_port")
+    listeners = {
+        listener["name"]: listener["address"]["socket_address"]["port_value"]
+        for listener in build(layout)["static_resources"]["listeners"]
+    }
+    assert listeners == {"public": layout.listener_port, "internal": layout.internal_port}
 
     # The -c path is the ConfigMap's key in a volume of the generated ConfigMap.
     config_path = Path(_option(container["command"], "-c"))
@@ -403,6 +411,39 @@ def test_envoy_container_serves_the_bootstrap() -> None:
     for probe, path in (("readinessProbe", "/ready"), ("livenessProbe", "/server_info")):
         code = " ".join(container[probe]["exec"]["command"])
         assert f"http://127.0.0.1:{layout.admin_port}{path}" in code, probe
+
+
+def _service_targets(service: Doc) -> set[int]:
+    """The container ports of the selected Deployment that ``service`` forwards to."""
+    ports = _container_ports(_selected_deployment(service))
+    targets = {p.get("targetPort", p["port"]) for p in service["spec"]["ports"]}
+    return {ports[t] if isinstance(t, str) else t for t in targets}
+
+
+def test_envoy_internal_port_is_inside_the_cluster_only() -> None:
+    """No Service that leaves the cluster (LoadBalancer, NodePort) reaches Envoy's internal listener; the
+    gateway's mesh proxy is a ClusterIP Service that reaches exactly that listener."""
+    layout = _cluster_layout()
+    internal, public = layout.internal_port, layout.listener_port
+    for name, service in SERVICES.items():
+        if _selected_deployment(service) == ENVOY and internal in _service_targets(service):
+            spec = service["spec"]
+            assert spec.get("type", "ClusterIP") == "ClusterIP" and not spec.get("externalIPs"), (
+                f"Service {name} exposes Envoy's internal listener beyond the cluster"
+            )
+    # The public entry forwards to the public listener and nothing else.
+    assert SERVICES[ENVOY]["spec"]["type"] == "LoadBalancer"
+    assert _service_targets(SERVICES[ENVOY]) == {public}
+
+    env = {e["name"]: e.get("value") for e in _container("gateway")["env"]}
+    host, port = split_host_port(env["CALLSENSE_MESH_PROXY"])
+    proxy = SERVICES[host]
+    assert proxy["spec"].get("type", "ClusterIP") == "ClusterIP", f"{host}: reachable from outside"
+    (forwarded,) = [p for p in proxy["spec"]["ports"] if p["port"] == port]
+    target = forwarded.get("targetPort", port)
+    assert (_container_ports(ENVOY)[target] if isinstance(target, str) else target) == internal, (
+        "the gateway's mesh proxy is not Envoy's internal listener (the public one refuses the services)"
+    )
 
 
 def test_envoy_validates_the_bootstrap_with_the_deployments_flags(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from callsense.config import Config
 from postcall.__main__ import parse_args as postcall_args
-from tools.ports import free_port
+from tools.ports import free_port, free_ports
 from tools.supervisor import (
     Backoff,
     GrpcReady,
@@ -224,6 +224,7 @@ def test_callsense_up_runs_the_post_call_worker_and_waits_for_its_health(tmp_pat
     assert worker.env["DATABASE_URL"] == "postgresql://db/mesh"
     assert isinstance(worker.ready, GrpcReady) and worker.ready.target == config.postcall_addr
     assert "postcall" in specs["gateway"].depends_on
+    assert specs["gateway"].env["CALLSENSE_MESH_PROXY"] == f"127.0.0.1:{config.envoy_internal_port}"
     assert [name for name in specs if name in ("postcall", "gateway")] == ["postcall", "gateway"]
 
 
@@ -234,10 +235,11 @@ _UP_SCRIPT = textwrap.dedent(
     from tools.envoy_config import MeshLayout, write
     from tools.supervisor import HttpReady, ProcessSpec, Supervisor, envoy_spec
 
-    http_port, envoy_port, admin_port = map(int, sys.argv[1:4])
-    config = sys.argv[4]
+    http_port, envoy_port, admin_port, internal_port = map(int, sys.argv[1:5])
+    config = sys.argv[5]
     write(MeshLayout(listener_host="127.0.0.1", listener_port=envoy_port, admin_port=admin_port,
-                     gateway_http=[f"127.0.0.1:{http_port}"], access_log=False), config)
+                     internal_port=internal_port, gateway_http=[f"127.0.0.1:{http_port}"], access_log=False),
+          config)
     web = ProcessSpec("web", [sys.executable, "-m", "http.server", str(http_port), "--bind", "127.0.0.1"],
                       ready=HttpReady(f"http://127.0.0.1:{http_port}/"))
     envoy = envoy_spec("envoy", config, admin_port=admin_port, depends_on=["web"], concurrency=1,
@@ -250,7 +252,7 @@ _UP_SCRIPT = textwrap.dedent(
 @pytest.mark.slow
 async def test_ctrl_c_stops_every_child_and_envoy_leaves_no_shared_memory(tmp_path: Path) -> None:
     shm_before = envoy_shm_files()
-    ports = [free_port() for _ in range(3)]
+    ports = free_ports(4)
     up = await asyncio.create_subprocess_exec(
         PY,
         "-c",

@@ -17,6 +17,7 @@ from xml.etree import ElementTree
 import httpx
 import pytest
 
+from tests.support.auth import bearer
 from tests.support.mesh import RunningGateway
 
 pytestmark = pytest.mark.slow  # the mesh, a real PostgreSQL and the CLI in a child process
@@ -41,7 +42,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 async def _batch_calls(gateway: RunningGateway, tenant: str, count: int) -> None:
     """``count`` calls through POST /v1/sentiment/batch, each six lines of a written sales call."""
-    async with httpx.AsyncClient(base_url=gateway.http_url, timeout=60.0) as http:
+    headers = bearer(await gateway.make_key(tenant))
+    async with httpx.AsyncClient(base_url=gateway.http_url, headers=headers, timeout=60.0) as http:
         for n in range(count):
             rows = SAID[(n * 6) % 100 : (n * 6) % 100 + 6]
             utterances = [

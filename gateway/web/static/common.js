@@ -50,6 +50,10 @@ export async function getJson(path) {
   } catch (err) {
     throw new Error(`the gateway cannot be reached (${err.message})`);
   }
+  if (response.status === 401) {
+    // The session ended (or never began): sign in, then come back here.
+    location.assign(`/signin?next=${encodeURIComponent(location.pathname + location.search)}`);
+  }
   const body = await response.json().catch(() => null);
   if (!response.ok) {
     const message = body?.error?.message ?? `${response.status} ${response.statusText}`;
