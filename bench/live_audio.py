@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-from text_path import percentile, start_mesh, stop_mesh, wait_ready
+from text_path import BENCH_KEY, percentile, start_mesh, stop_mesh, wait_ready
 
 from tools.demo import (
     DEMO_SCRIPT,
@@ -106,7 +106,7 @@ async def play_call(url: str, audio: CallAudio, delay_s: float) -> CallRecord:
             if event.get("type") == "summary":
                 return
 
-    async with open_call(url, call_id, start_message(call_id, audio.rate_hz, tenant="bench")) as ws:
+    async with open_call(url, call_id, start_message(call_id, audio.rate_hz), BENCH_KEY) as ws:
         receiver = asyncio.create_task(receive())
         record.sent_at = await send_audio(ws, audio.frames(), FRAME_MS / 1000)
         await ws.send(json.dumps({"type": "stop"}))

@@ -45,6 +45,7 @@ import httpx
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
+from gateway.auth.credentials import mint_key
 from tools.ports import free_port, free_port_run
 from tools.up import SCORER_PORT_STEP
 
@@ -69,6 +70,11 @@ LINES: tuple[tuple[str, str], ...] = (
 
 
 # --------------------------------------------------------------------------------------------- the mesh
+
+
+BENCH_KEY = os.environ.get("CALLSENSE_API_KEY") or mint_key().token
+"""The key the clients send: CALLSENSE_API_KEY for a running mesh (--url), else one the bench's own mesh
+registers as its bootstrap key."""
 
 
 @dataclass
@@ -101,6 +107,9 @@ async def start_mesh(data_dir: Path, *, max_batch: int, max_wait_ms: float, repl
         CALLSENSE_DATA_DIR=str(data_dir),
         CALLSENSE_LOG_LEVEL="WARNING",
         PYTHONUNBUFFERED="1",
+        # The fresh database's first key, which the bench's clients send (tenant "bench").
+        CALLSENSE_BOOTSTRAP_KEY=BENCH_KEY,
+        CALLSENSE_BOOTSTRAP_TENANT="bench",
     )
     log = data_dir / f"up-batch{max_batch}.log"
     argv = [
@@ -198,8 +207,9 @@ async def simulate_call(
     sent_at: dict[int, float] = {}
     counted: set[int] = set()
     # x-call-id: Envoy pins the call to one gateway replica by it, as a real client's would.
-    async with ws_connect(ws_url, additional_headers={"x-call-id": call_id}, open_timeout=30) as ws:
-        await ws.send(json.dumps({"type": "start", "call_id": call_id, "metadata": {"tenant": "bench"}}))
+    headers = {"x-call-id": call_id, "authorization": f"Bearer {BENCH_KEY}"}
+    async with ws_connect(ws_url, additional_headers=headers, open_timeout=30) as ws:
+        await ws.send(json.dumps({"type": "start", "call_id": call_id}))
         started = json.loads(await asyncio.wait_for(ws.recv(), 30))
         if started.get("type") != "started":
             stats.errors.append(f"start refused: {started}")

@@ -21,6 +21,12 @@ CALLSENSE_MESH_PROXY           (unset: dial directly)      Envoy's internal list
                                                            gateway then reaches the services (the post-call
                                                            worker too) through it (load-balanced, traced)
 
+Envoy's edge (its public listener) has settings of its own, read by
+``tools.envoy_config.MeshLayout.from_config`` (``callsense up`` flags win):
+CALLSENSE_RATE_LIMIT_PER_KEY (50 requests/s per API key), CALLSENSE_RATE_LIMIT_PER_KEY_BURST (100),
+CALLSENSE_RATE_LIMIT_PER_IP (20/s per address without a key), CALLSENSE_RATE_LIMIT_PER_IP_BURST (40),
+and CALLSENSE_TLS_CERT + CALLSENSE_TLS_KEY (unset: plaintext).
+
 An address is used both to bind a server and to reach it; in a cluster, set it to the service's name
 (e.g. ``scorer:50053``) for clients and let the server bind ``0.0.0.0`` with the same port
 (``Config.bind_address``).

@@ -33,6 +33,8 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from callsense.grpc_decoding import UndecodableRequests
+
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
@@ -111,8 +113,10 @@ async def start_server(
     serves the services ``add_servicers`` registers, plus health and reflection. Raises RuntimeError when
     the address cannot be bound.
     """
+    # A request that does not decode answers INVALID_ARGUMENT, not UNKNOWN (callsense/grpc_decoding.py).
     server = grpc.aio.server(
-        options=_server_options(max_receive_bytes, max_send_bytes), interceptors=list(interceptors)
+        options=_server_options(max_receive_bytes, max_send_bytes),
+        interceptors=[UndecodableRequests(), *interceptors],
     )
     names = tuple(add_servicers(server))
     health_servicer = health.aio.HealthServicer()

@@ -1,4 +1,5 @@
-"""Per-tenant settings: the live badge and cue rules, the daily alert, the CRM and Slack webhooks.
+"""Per-tenant settings: the live badge and cue rules, the daily alert, the CRM and Slack webhooks, the
+Twilio auth token that signs the tenant's Media Streams.
 
 Read by the gateway (badge and cue rules, the CRM push enqueued as a call ends) and by the post-call
 worker (webhook delivery, roll-ups and alerts). ``BadgeSettings`` holds the live rules' thresholds and
@@ -16,6 +17,7 @@ callsense/tenants.example.toml)::
     [tenants.acme]                     # the tenant id, as in a call's metadata ("tenant")
     crm_webhook_url = "https://crm.example.com/hooks/callsense"
     crm_webhook_secret_env = "ACME_CRM_SECRET"
+    twilio_auth_token_env = "ACME_TWILIO_AUTH_TOKEN"
     [tenants.acme.live]
     red_enter = 0.25
 
@@ -35,8 +37,16 @@ Keys of a section:
   crm_webhook_url         where each ended call's CRM fields are POSTed (none: no push)
   crm_webhook_secret      the HMAC key that signs the CRM pushes; or, better, crm_webhook_secret_env: the name
                           of an environment variable that holds it. A CRM URL without a secret is an error.
+  retention_days          ended calls older than this many days are removed each night, utterances and
+                          outbox rows with them, and audited (none: kept)
+  store_transcripts       false: utterances are stored without their text (scores, tags, figures stay)
   allowed_origins         origins ("https://crm.example.com") whose pages may open the live WebSocket for
                           a signed-in user, besides the gateway's own (none)
+  twilio_auth_token_env   the name of an environment variable holding the auth token of the tenant's Twilio
+                          account: the gateway checks the X-Twilio-Signature of every Media Stream opened
+                          at /v1/twilio/stream/<tenant> with it (gateway/auth/twilio_signature.py). No
+                          token (the default): the tenant's Twilio streams are refused. A token in
+                          [default] serves every tenant not named (one Twilio account for all).
   live                    a table of BadgeSettings fields (window_s, red_enter, ...)
 
 Any other key, a value of the wrong type or out of range, or an unreadable file raises
@@ -202,8 +212,13 @@ _SECTION_KEYS = (
     "crm_webhook_secret",
     "crm_webhook_secret_env",
     "allowed_origins",
+    "twilio_auth_token_env",
+    "retention_days",
+    "store_transcripts",
     "live",
 )
+_SECRET_ENV_KEYS = ("crm_webhook_secret_env", "twilio_auth_token_env")
+"""Keys that name an environment variable holding a secret (read with the environment, never stored)."""
 _BADGE_TYPES: dict[str, Any] = typing.get_type_hints(BadgeSettings)
 
 
@@ -239,6 +254,15 @@ class TenantSettings:
     allowed_origins: tuple[str, ...] = ()
     """Origins ("https://crm.example.com") whose pages may open the live WebSocket with a signed-in
     user's cookie, besides the gateway's own pages."""
+    # The auth token of the tenant's Twilio account signs its Media Streams: a credential, kept out of repr.
+    twilio_auth_token: str | None = field(default=None, repr=False)
+    """None: the tenant's Twilio Media Streams are refused (nothing could prove they come from Twilio)."""
+    retention_days: int | None = None
+    """Ended calls older than this are removed each night with their utterances (callsense/privacy.py);
+    None keeps them."""
+    store_transcripts: bool = True
+    """False: the live path scores and stores each utterance without its text (scores, tags and the
+    summary's figures stay; the text reaches only the live clients)."""
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.negative_rate_alert) and 0.0 <= self.negative_rate_alert <= 1.0):
@@ -250,6 +274,8 @@ class TenantSettings:
             url = getattr(self, name)
             if url is not None:
                 _check_url(name, url)
+        if self.retention_days is not None and self.retention_days < 1:
+            raise ValueError(f"retention_days must be at least 1, got {self.retention_days}")
         if self.crm_webhook_url and not self.crm_webhook_secret:
             raise ValueError(
                 "crm_webhook_url is set but no signing secret: set crm_webhook_secret_env (or "
@@ -280,6 +306,10 @@ class TenantsConfig:
     def crm_secret(self, tenant: str) -> str | None:
         """The key that signs the tenant's CRM pushes now (looked up at send time, never stored)."""
         return self.for_tenant(tenant).crm_webhook_secret
+
+    def twilio_auth_token(self, tenant: str) -> str | None:
+        """The auth token of the tenant's Twilio account, which signs its Media Streams (None: refused)."""
+        return self.for_tenant(tenant).twilio_auth_token
 
     def badge_settings(self) -> Mapping[str, BadgeSettings]:
         """What ``SessionSettings.badge_settings`` takes: live settings by tenant id, where a tenant not
@@ -380,6 +410,9 @@ def _build(values: dict[str, Any], where: str, source: str) -> TenantSettings:
             crm_webhook_url=values.get("crm_webhook_url") or None,
             crm_webhook_secret=values.get("crm_webhook_secret") or None,
             allowed_origins=values.get("allowed_origins", ()),
+            twilio_auth_token=values.get("twilio_auth_token") or None,
+            retention_days=values.get("retention_days"),
+            store_transcripts=values.get("store_transcripts", True),
         )
     except ValueError as exc:
         raise TenantConfigError(f"{source} {where}: {exc}") from None
@@ -418,18 +451,26 @@ def _section(section: object, where: str, source: str, env: Mapping[str, str]) -
             )
         if key == "live":
             layer["live"] = _live(value, f"{source} {where}.live")
-        elif key != "crm_webhook_secret_env":  # read below, with the environment
+        elif key not in _SECRET_ENV_KEYS:  # read below, with the environment
             layer[key] = _checked(f"{source} {where}: {key}", partial(_section_value, key, value))
     if "crm_webhook_secret_env" in section:
         at = f"{source} {where}: crm_webhook_secret_env"
         if "crm_webhook_secret" in section:
             raise TenantConfigError(f"{at}: set crm_webhook_secret or crm_webhook_secret_env, not both")
-        variable = _typed_at(at, section["crm_webhook_secret_env"], str)
-        secret = env.get(variable, "")
-        if not secret:
-            raise TenantConfigError(f"{at}: the environment variable {variable!r} is not set or empty")
-        layer["crm_webhook_secret"] = secret
+        layer["crm_webhook_secret"] = _secret_from_env(at, section["crm_webhook_secret_env"], env)
+    if "twilio_auth_token_env" in section:
+        at = f"{source} {where}: twilio_auth_token_env"
+        layer["twilio_auth_token"] = _secret_from_env(at, section["twilio_auth_token_env"], env)
     return layer
+
+
+def _secret_from_env(at: str, name: object, env: Mapping[str, str]) -> str:
+    """The secret in the environment variable ``name`` (a ``*_env`` key's value): set and non-empty."""
+    variable = _typed_at(at, name, str)
+    secret = env.get(variable, "")
+    if not secret:
+        raise TenantConfigError(f"{at}: the environment variable {variable!r} is not set or empty")
+    return secret
 
 
 def _section_value(key: str, value: object) -> Any:
@@ -437,6 +478,10 @@ def _section_value(key: str, value: object) -> Any:
         return _rate(_typed(value, float))
     if key == "alert_min_utterances":
         return _typed(value, int)
+    if key == "retention_days":
+        return _typed(value, int)
+    if key == "store_transcripts":
+        return _typed(value, bool)
     if key == "allowed_origins":
         origins: tuple[str, ...] = _typed(value, tuple[str, ...])
         for origin in origins:

@@ -137,6 +137,11 @@ class Segmenter:
     def closed(self) -> bool:
         return self._closed
 
+    def resume(self, next_utterance_id: int, previous_text: str) -> None:
+        """Go on with a call another segmenter began (a chopper that went away): its ids and context."""
+        self._next_id = next_utterance_id
+        self._previous_text = previous_text
+
     def feed(self, segment: TranscriptSegment) -> list[Utterance]:
         """The utterances of one final segment, in order (none for a segment without words)."""
         if self._closed:

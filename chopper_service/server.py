@@ -169,9 +169,9 @@ class _StreamCalls:
         call_id = _checked_call_id(request)
         payload = request.WhichOneof("payload")
         if payload == "transcript":
-            return self._transcript(call_id, request.transcript)
+            return self._transcript(call_id, request)
         if payload == "end":
-            return self._end(call_id)
+            return self._end(call_id, request)
         raise Rejected(
             grpc.StatusCode.INVALID_ARGUMENT,
             f"call {call_id}: ChopRequest carries neither transcript nor end; set one of them",
@@ -184,7 +184,7 @@ class _StreamCalls:
                 out.extend(_to_proto(call_id, u, None) for u in segmenter.close())
         return out
 
-    def _segmenter(self, call_id: str) -> Segmenter:
+    def _segmenter(self, call_id: str, request: chopper_pb2.ChopRequest) -> Segmenter:
         segmenter = self._calls.get(call_id)
         if segmenter is None:
             if len(self._calls) >= MAX_CALLS_PER_STREAM:
@@ -193,15 +193,18 @@ class _StreamCalls:
                     f"call {call_id}: a stream carries at most {MAX_CALLS_PER_STREAM} calls; open a new one",
                 )
             segmenter = self._calls[call_id] = self._servicer.new_segmenter()
+            if request.HasField("resume"):  # taking over from a chopper that went away
+                segmenter.resume(request.resume.next_utterance_id, request.resume.previous_text)
         return segmenter
 
-    def _transcript(self, call_id: str, event: asr_pb2.TranscriptEvent) -> list[chopper_pb2.Utterance]:
+    def _transcript(self, call_id: str, request: chopper_pb2.ChopRequest) -> list[chopper_pb2.Utterance]:
+        event = request.transcript
         if event.call_id and event.call_id != call_id:
             raise Rejected(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"call {call_id}: transcript.call_id is {event.call_id!r}; it must be empty or the same",
             )
-        segmenter = self._segmenter(call_id)
+        segmenter = self._segmenter(call_id, request)
         if not event.is_final:
             return []  # partials are replaced by their final; only finals are cut
         if len(event.text) > MAX_TEXT_CHARS or len(event.words) > MAX_WORDS:
@@ -215,8 +218,8 @@ class _StreamCalls:
         prosody = event.prosody if event.HasField("prosody") else None
         return [_to_proto(call_id, u, prosody) for u in utterances]
 
-    def _end(self, call_id: str) -> list[chopper_pb2.Utterance]:
-        segmenter = self._segmenter(call_id)
+    def _end(self, call_id: str, request: chopper_pb2.ChopRequest) -> list[chopper_pb2.Utterance]:
+        segmenter = self._segmenter(call_id, request)
         if segmenter.closed:
             return []  # a repeated end changes nothing
         return [_to_proto(call_id, u, None) for u in segmenter.close()]

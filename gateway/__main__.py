@@ -8,8 +8,9 @@ Addresses default to ``CALLSENSE_GATEWAY_HTTP`` / ``CALLSENSE_GATEWAY_GRPC``; th
 A call's report comes from the post-call worker (``CALLSENSE_POSTCALL_ADDR``, gateway/postcall_client.py),
 which also delivers the webhooks and runs the nightly roll-ups: none of that runs in a gateway.
 
-Shutdown on SIGINT/SIGTERM: the gRPC server reports NOT_SERVING and drains, the HTTP server stops, and
-the live calls are ended (reason ``shutdown``) with their summaries stored before the process exits.
+Shutdown on SIGINT/SIGTERM: the live calls are ended (reason ``shutdown``) while their clients are still
+connected, so each client gets its summary; then the HTTP server stops and the gRPC server reports
+NOT_SERVING and drains. A second signal stops at once.
 """
 
 from __future__ import annotations
@@ -80,8 +81,9 @@ async def serve(config: Config, tenants: TenantsConfig | None = None) -> None:
             )
         )
         loop = asyncio.get_running_loop()
+        draining: set[asyncio.Task[None]] = set()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, _request_exit, http)
+            loop.add_signal_handler(sig, _request_exit, gateway, http, draining)
         try:
             await http.serve()
         finally:
@@ -94,9 +96,21 @@ async def serve(config: Config, tenants: TenantsConfig | None = None) -> None:
         await after_call.close()
 
 
-def _request_exit(http: uvicorn.Server) -> None:
-    log.info("shutting down")
-    http.should_exit = True
+def _request_exit(gateway: Gateway, http: uvicorn.Server, draining: set[asyncio.Task[None]]) -> None:
+    if draining:
+        http.should_exit = True  # a second signal: stop now
+        return
+    draining.add(asyncio.create_task(_drain_then_exit(gateway, http)))
+
+
+async def _drain_then_exit(gateway: Gateway, http: uvicorn.Server) -> None:
+    """End the live calls while their clients are still connected, so each gets its summary, then stop
+    the servers (which close the connections)."""
+    log.info("shutting down: ending the live calls")
+    try:
+        await gateway.drain()
+    finally:
+        http.should_exit = True
 
 
 def main(argv: Sequence[str] | None = None) -> int:

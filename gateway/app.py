@@ -32,8 +32,8 @@ gets the finals of what was said after a 2 s stall (the ASR's rule), and is stop
 ``call_id``, ``metadata`` as JSON text, ``channel_roles``, and the file ``recording``), which the ASR
 service transcribes (gateway/recording.py) before the same chopper-scorer-store path runs.
 
-Twilio Media Streams (``/v1/twilio/stream``): a phone call's two tracks as 8 kHz mu-law, protocol in
-gateway/twilio.py; its events reach watchers of the call like any other.
+Twilio Media Streams (``/v1/twilio/stream/{tenant}``, signed by Twilio): a phone call's two tracks as
+8 kHz mu-law, protocol in gateway/twilio.py; its events reach watchers of the call like any other.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ import psycopg
 import psycopg_pool
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
@@ -62,8 +62,9 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from callsense.config import Config, load_config
 from callsense.domain import compute_call_stats
 from callsense.telemetry import call_context, tracer
-from gateway.auth.access import check_may_see, owned_call
+from gateway.auth.access import check_admin, check_may_see, owned_call
 from gateway.auth.credentials import Principal
+from gateway.auth.twilio_signature import accept_signed_stream, refuse_untenanted_stream
 from gateway.auth.web import Caller, websocket_principal
 from gateway.auth.web import router as session_router
 from gateway.calls.errors import ErrorCode, InputError, NotFoundError
@@ -100,6 +101,7 @@ from gateway.schemas import (
 )
 from gateway.store import StoreRouter
 from gateway.twilio import STREAM_PATH as TWILIO_STREAM_PATH
+from gateway.twilio import UNTENANTED_STREAM_PATH as TWILIO_UNTENANTED_PATH
 from gateway.twilio import TwilioStream
 from gateway.web.docs import add_docs
 from gateway.web.routes import router as web_router
@@ -324,6 +326,15 @@ def _add_routes(app: FastAPI) -> None:
         live_here = gateway.registry.get(call_id) is not None
         return CallOut.of(row, compute_call_stats(row.events), live_here=live_here)
 
+    @app.delete("/v1/calls/{call_id}", status_code=204, responses=_ERROR_RESPONSES)
+    async def erase_call(call_id: str, request: Request, caller: Caller) -> Response:
+        """Erase a call (an admin key of its tenant): its row, utterances and outbox rows go, an audit row
+        (who, when, which call; none of its content) stays. 409 while it is live; 404 when there is none
+        (or it is another tenant's)."""
+        check_admin(caller)
+        await _gateway(request).erase_call(validate_call_id(call_id), caller.tenant, caller.key_id)
+        return Response(status_code=204)
+
     @app.get("/healthz", response_model=Health)
     async def healthz() -> Health:
         """The process is up (liveness)."""
@@ -352,11 +363,20 @@ def _add_routes(app: FastAPI) -> None:
         await websocket.accept()
         await StreamConnection(websocket, gateway, principal).run(watch)
 
+    @app.websocket(TWILIO_UNTENANTED_PATH)
+    async def twilio_stream_without_tenant(websocket: WebSocket) -> None:
+        """The old Twilio path named no tenant: refused (403), the message names the path to use."""
+        await refuse_untenanted_stream(websocket)
+
     @app.websocket(TWILIO_STREAM_PATH)
-    async def twilio_stream(websocket: WebSocket) -> None:
-        """A Twilio Media Stream (see gateway/twilio.py): inbound track = customer, outbound = agent."""
+    async def twilio_stream(websocket: WebSocket, tenant: str) -> None:
+        """A Twilio Media Stream of ``tenant`` (see gateway/twilio.py): inbound track = customer, outbound =
+        agent. Only as Twilio signs it with the tenant's auth token (gateway/auth/twilio_signature.py)."""
+        gateway = _gateway(websocket)
+        if not await accept_signed_stream(websocket, gateway.tenants, tenant):
+            return
         await websocket.accept()
-        stream = TwilioStream(_gateway(websocket).registry)
+        stream = TwilioStream(gateway.registry, tenant)
         try:
             while True:
                 message = await websocket.receive()
@@ -364,6 +384,9 @@ def _add_routes(app: FastAPI) -> None:
                     break
                 if message.get("text") is not None:
                     await stream.on_text(message["text"])
+                    if stream.refused is not None:  # a start for another tenant: nothing more to take
+                        await websocket.close(code=1008, reason=stream.refused.code)
+                        break
         except WebSocketDisconnect:
             pass
         finally:
@@ -620,6 +643,9 @@ class StreamConnection:
         self._end_forwarding()
         self._subscription = subscription
         self._forwarder = asyncio.create_task(self._pump(subscription, close_after))
+        streams = self._gateway.client_streams
+        streams.add(self._forwarder)
+        self._forwarder.add_done_callback(streams.discard)
 
     async def _pump(self, subscription: Subscription, close_after: bool) -> None:
         try:

@@ -36,6 +36,7 @@ from callsense.domain import (
 from callsense.domain import CallRow as CallRow  # the gateway's modules read a call as gateway.store's
 from callsense.domain import RollupRow as RollupRow
 from callsense.outbox import OutboxSource, insert_outbox
+from callsense.privacy import Erasure, erase_call
 from callsense.storage import Database, RegionalStores, normalize_region
 from callsense.storage import start_embedded_database as start_embedded_database
 
@@ -353,3 +354,12 @@ class StoreRouter(RegionalStores[Store]):
         """Find a call whose region is not known to the caller (GET /v1/calls/{id}) in every database."""
         found = await asyncio.gather(*(s.get_call(call_id) for s in self.stores))
         return next((call for call in found if call is not None), None)
+
+    async def erase_call(self, call_id: str, tenant: str, actor: str) -> Erasure:
+        """Erase the call (callsense/privacy.py) in whichever database holds it."""
+        for store in self.stores:
+            async with store.pool.connection() as conn:
+                erasure = await erase_call(conn, call_id, tenant, actor)
+            if erasure.outcome != "not_found":
+                return erasure
+        return Erasure("not_found")

@@ -1,4 +1,8 @@
-"""Twilio Media Streams: a phone call's audio, live, over a WebSocket (``WS /v1/twilio/stream``).
+"""Twilio Media Streams: a phone call's audio, live, over a WebSocket (``WS /v1/twilio/stream/{tenant}``).
+
+The stream's tenant is the path's: the upgrade is accepted only when its ``X-Twilio-Signature`` was made with
+that tenant's Twilio auth token (gateway/auth/twilio_signature.py), so a stream cannot name its tenant
+anywhere else. The old path without a tenant, ``/v1/twilio/stream``, is refused (HTTP 403).
 
 Twilio sends JSON text frames (https://www.twilio.com/docs/voice/media-streams/websocket-messages):
 
@@ -12,10 +16,12 @@ Twilio sends JSON text frames (https://www.twilio.com/docs/voice/media-streams/w
     {"event": "mark", ...}, {"event": "dtmf", ...}            (ignored)
     {"event": "stop", "streamSid": "MZ...", "stop": {"callSid": "CA..."}}
 
-The call's id is ``customParameters.call_id`` when given, else ``twilio-<callSid>``; tenant, agent, team,
-region and language come from ``customParameters`` too. The inbound track is the customer, the outbound
-track the agent: each track's 8 kHz mu-law audio goes to the ASR as that role's mono audio, so every
-transcript, score, badge and cue carries the right channel. Twilio reads nothing we send back: the
+The call's id is ``customParameters.call_id`` when given, else ``twilio-<callSid>``; agent, team, region and
+language come from ``customParameters`` too. ``customParameters.tenant`` may be left out; naming another
+tenant than the path's refuses the start (``forbidden``: logged, counted, and ``refused`` tells gateway/app.py
+to close the stream). The inbound track is the customer, the outbound track the agent: each track's 8 kHz
+mu-law audio goes to the ASR as that role's mono audio, so every transcript, score, badge and cue carries the
+right channel. Twilio reads nothing we send back: the
 call's events go to its watchers (``/v1/sentiment/stream?watch=<call_id>``, or the gRPC Watch) and to the
 store, as for any live call.
 
@@ -35,9 +41,11 @@ import binascii
 import logging
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
 from callsense.domain import Channel
 from callsense.telemetry import call_context
+from gateway.auth.access import forbidden
 from gateway.calls.errors import ErrorCode, InputError
 from gateway.calls.events import CallOutcome
 from gateway.calls.inputs import AudioInputFormat, decode_json, validate_call_id, validate_metadata
@@ -45,12 +53,20 @@ from gateway.calls.registry import CallDriver, SessionRegistry
 
 log = logging.getLogger(__name__)
 
-STREAM_PATH = "/v1/twilio/stream"
+STREAM_PATH = "/v1/twilio/stream/{tenant}"
+"""The route: Twilio's Stream URL takes no query string, so the tenant is in the path (``stream_path``)."""
+UNTENANTED_STREAM_PATH = "/v1/twilio/stream"
+"""The path before streams were signed: it named no tenant, so it is refused, naming ``STREAM_PATH``."""
 TRACK_ROLES: Mapping[str, Channel] = {"inbound": "customer", "outbound": "agent"}
 """Twilio's tracks: inbound is what the caller (customer) says, outbound what our side (agent) says."""
 IGNORED_EVENTS = frozenset({"mark", "dtmf"})
 ENCODING, SAMPLE_RATE_HZ = "audio/x-mulaw", 8_000
-_METADATA_KEYS = ("tenant", "agent", "team", "region", "language")
+_METADATA_KEYS = ("agent", "team", "region", "language")
+
+
+def stream_path(tenant: str) -> str:
+    """The path of ``tenant``'s Twilio Media Streams (the tenant percent-encoded as one path segment)."""
+    return STREAM_PATH.format(tenant=quote(tenant, safe=""))
 
 
 def _invalid(message: str, code: str = ErrorCode.INVALID_MESSAGE) -> InputError:
@@ -58,10 +74,14 @@ def _invalid(message: str, code: str = ErrorCode.INVALID_MESSAGE) -> InputError:
 
 
 class TwilioStream:
-    """One Twilio media stream: its messages in order drive one call through a ``CallDriver``."""
+    """One Twilio media stream of ``tenant`` (whose signature the upgrade carried): its messages in order
+    drive one call through a ``CallDriver``."""
 
-    def __init__(self, registry: SessionRegistry) -> None:
+    def __init__(self, registry: SessionRegistry, tenant: str) -> None:
         self._registry = registry
+        self.tenant = tenant
+        self.refused: InputError | None = None
+        """Set when a start was refused as ``forbidden`` (another tenant's): the stream cannot go on."""
         self._driver = CallDriver(registry)
         self._tracks: tuple[str, ...] = ()
         self.stream_sid: str | None = None
@@ -86,7 +106,12 @@ class TwilioStream:
         if event == "connected":
             log.debug("twilio stream connected (protocol %r)", data.get("protocol"))
         elif event == "start":
-            await self._on_start(data)
+            try:
+                await self._on_start(data)
+            except InputError as err:
+                if err.code == ErrorCode.FORBIDDEN:  # another tenant's call: nothing this stream may do
+                    self.refused = err
+                raise
         elif event == "media":
             await self._on_media(data)
         elif event == "stop":
@@ -127,7 +152,14 @@ class TwilioStream:
                 raise _invalid("start.callSid is required (or customParameters.call_id)")
             call_id = f"twilio-{call_sid}"
         call_id = validate_call_id(call_id)
+        named = str(params.get("tenant") or "").strip()
+        if named and named != self.tenant:
+            raise forbidden(
+                f"customParameters.tenant {named[:80]!r} is not this stream's tenant ({self.tenant!r}, from "
+                "its URL and signature); leave it out, or point the Stream at that tenant's URL"
+            )
         metadata = validate_metadata(
+            tenant=self.tenant,
             **{k: str(params[k]) for k in _METADATA_KEYS if params.get(k) is not None},
             labels={"source": "twilio", **({"call_sid": call_sid} if isinstance(call_sid, str) else {})},
         )

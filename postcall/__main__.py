@@ -8,7 +8,8 @@ One process, one event loop:
 - the webhook outbox dispatcher of every database (CRM pushes, Slack alerts), woken by the databases'
   notifications;
 - the nightly roll-up scheduler with its alerts (``CALLSENSE_ROLLUP_AT``, default 00:15);
-- the sweep that completes the reports owed for calls that ended while this worker was unreachable.
+- the sweep that completes the reports owed for calls that ended while this worker was unreachable;
+- the hourly retention purge of the tenants that set ``retention_days`` (postcall/retention.py).
 
 The address defaults to ``CALLSENSE_POSTCALL_ADDR``; the database is ``DATABASE_URL`` (with each region's
 ``DATABASE_URL_<REGION>``), else an embedded PostgreSQL; tenants come from ``CALLSENSE_TENANTS_FILE`` (the
@@ -36,6 +37,7 @@ from callsense.tenants import TenantsConfig, load_tenants
 from postcall.objections import tagger_from_env
 from postcall.outbox_store import OutboxStore
 from postcall.reports import DEFAULT_SWEEP_INTERVAL_S, OwedReportSweep, ReportBuilder
+from postcall.retention import RetentionPurge
 from postcall.rollup import RollupScheduler, rollup_time_from_env
 from postcall.server import PostCallServicer, add_postcall
 from postcall.webhooks import OutboxDispatcher
@@ -83,6 +85,7 @@ async def serve(
         sweep = OwedReportSweep(
             databases.stores, builder, tenants, interval_s=sweep_interval_s, on_enqueued=dispatcher.notify
         )
+        purge = RetentionPurge(databases.stores, tenants)
         servicer = PostCallServicer(builder)
 
         def add(server: grpc.aio.Server) -> list[str]:
@@ -92,9 +95,11 @@ async def serve(
             await dispatcher.start()
             await scheduler.start()
             await sweep.start()
+            await purge.start()
             # The server stops first (health NOT_SERVING, reports in progress finish within the grace).
             await grpc_runtime.serve_forever(add, bind)
         finally:
+            await purge.stop()
             await sweep.stop()
             await scheduler.stop()
             await dispatcher.stop()  # what is not delivered yet stays in the outbox for the next start

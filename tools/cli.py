@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from tools import keys_cli, labels_cli, objections_cli
 
@@ -279,6 +280,40 @@ def _add_up(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--scorer-replicas", type=int, default=1, help="scorer processes behind Envoy")
     p.add_argument("--scorer-max-batch", type=int, default=16, help="largest micro-batch (1: no batching)")
     p.add_argument("--scorer-max-wait-ms", type=float, default=5.0, help="longest wait to fill a micro-batch")
+    edge = p.add_argument_group("the edge (Envoy's public port)")
+    edge.add_argument(
+        "--rate-limit-per-key",
+        type=float,
+        metavar="PER_S",
+        help="requests/s per API key, 0: off (default CALLSENSE_RATE_LIMIT_PER_KEY or 50)",
+    )
+    edge.add_argument(
+        "--rate-limit-per-key-burst",
+        type=int,
+        metavar="N",
+        help="requests a key may send at once (default CALLSENSE_RATE_LIMIT_PER_KEY_BURST or 100)",
+    )
+    edge.add_argument(
+        "--rate-limit-per-ip",
+        type=float,
+        metavar="PER_S",
+        help="requests/s per address without a key, 0: off (default CALLSENSE_RATE_LIMIT_PER_IP or 20)",
+    )
+    edge.add_argument(
+        "--rate-limit-per-ip-burst",
+        type=int,
+        metavar="N",
+        help="requests an address may send at once (default CALLSENSE_RATE_LIMIT_PER_IP_BURST or 40)",
+    )
+    edge.add_argument(
+        "--tls-cert", type=Path, metavar="FILE", help="PEM certificate chain: TLS on the public port"
+    )
+    edge.add_argument("--tls-key", type=Path, metavar="FILE", help="PEM private key of --tls-cert")
+    edge.add_argument(
+        "--tls-self-signed",
+        action="store_true",
+        help="TLS with a certificate for localhost made under CALLSENSE_DATA_DIR/tls (local use)",
+    )
 
 
 def _run_up(args: argparse.Namespace) -> int:
@@ -287,7 +322,25 @@ def _run_up(args: argparse.Namespace) -> int:
     if args.scorer_replicas < 1:
         print("--scorer-replicas must be at least 1", file=sys.stderr)
         return 2
-    return main(UpOptions(args.scorer_replicas, args.scorer_max_batch, args.scorer_max_wait_ms))
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("--tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    if args.tls_self_signed and args.tls_cert is not None:
+        print("--tls-self-signed or --tls-cert/--tls-key, not both", file=sys.stderr)
+        return 2
+    options = UpOptions(
+        args.scorer_replicas,
+        args.scorer_max_batch,
+        args.scorer_max_wait_ms,
+        rate_limit_per_key=args.rate_limit_per_key,
+        rate_limit_per_key_burst=args.rate_limit_per_key_burst,
+        rate_limit_per_ip=args.rate_limit_per_ip,
+        rate_limit_per_ip_burst=args.rate_limit_per_ip_burst,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_self_signed=args.tls_self_signed,
+    )
+    return main(options)
 
 
 def _add_transcribe(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -419,12 +472,6 @@ def _run_demo(args: argparse.Namespace) -> int:
         script=args.script,
         key=args.key or os.environ.get(KEY_ENV, ""),
     )
-    if not options.key:
-        print(
-            f"callsense demo: a key is needed: --key or {KEY_ENV} (`callsense up` prints one)",
-            file=sys.stderr,
-        )
-        return 2
     return main(options)
 
 

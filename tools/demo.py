@@ -460,6 +460,8 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout, *, tty: bool 
         scripted = script_named(options.script)
     except UnknownScript as exc:
         raise DemoError(str(exc)) from None
+    if not options.key:
+        raise DemoError(f"a key is needed: --key or {KEY_ENV} (`callsense up` prints one)")
     script = scripted.turns[: options.turns] if options.turns else scripted.turns
     call_id = options.call_id or f"demo-{uuid.uuid4().hex[:8]}"
     out.write(f"{scripted.name}: {scripted.about}\nspeaking {len(script)} turns with espeak-ng...\n")

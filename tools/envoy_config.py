@@ -10,7 +10,8 @@ Two listeners, each ``codec_type: AUTO`` (HTTP/1.1 and h2c on one port):
                                          a gRPC client sees UNIMPLEMENTED)
     /grpc.health.v1.Health/, /grpc.reflection.*  -> gateway_grpc
     /metrics, /metrics/...            -> 404 from Envoy (operator-only: the internal listener has it)
-    everything else (REST, WebSocket /v1/sentiment/stream, /docs, UI, /healthz, /readyz) -> gateway_http
+    /healthz, /readyz                 -> gateway_http, never rate limited
+    everything else (REST, WebSocket /v1/sentiment/stream, /docs, UI) -> gateway_http
 
 **internal** (``internal_port``, default 127.0.0.1:8081; 0.0.0.0 inside a cluster network, never behind
 a public load balancer): what the gateway (``CALLSENSE_MESH_PROXY``) and operators use.
@@ -20,6 +21,19 @@ a public load balancer): what the gateway (``CALLSENSE_MESH_PROXY``) and operato
     any other authority: the public routes above, plus
     /callsense.v1.{Scorer,Chopper,Asr,PostCall}/ -> scorer, chopper, asr, postcall
     /metrics                          -> gateway_http (through the catch-all)
+
+The public listener is the edge, and only it (the internal one is trusted and unlimited):
+
+- **Rate limits** (Envoy's ``local_ratelimit`` filter, one token bucket per Envoy process): each API key, i.e.
+  each distinct ``authorization`` header value, has its own bucket (``rate_limit_per_key`` requests/s, bursts
+  of ``rate_limit_per_key_burst``); a request without one counts against its client address
+  (``rate_limit_per_ip``: sign-in, pages, Twilio streams). A WebSocket call or a gRPC stream is one request,
+  whatever it carries. ``/healthz`` and ``/readyz`` are never limited. Over the limit: 429 (gRPC:
+  ``RESOURCE_EXHAUSTED``) from Envoy itself, with ``x-ratelimit-*`` headers; no upstream sees it.
+- **Security headers** on every answer (nosniff, no referrer, no framing, same-origin opener; HSTS with
+  TLS), each only where the gateway set none of its own.
+- **TLS** when ``tls_cert`` and ``tls_key`` are set (TLS 1.2+, ALPN h2 and http/1.1: gRPC, browsers and
+  WebSockets on one port); Envoy then tells the gateway ``x-forwarded-proto: https``.
 
 Both listeners normalise the path before routing (RFC 3986 dot segments and unreserved percent-escapes,
 merged slashes, ``%2F``/``%5C`` unescaped) so that the path Envoy matches is the path the gateway acts on:
@@ -47,17 +61,19 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 import os
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from callsense.config import Config, split_host_port
+from callsense.config import PREFIX, Config, ConfigError, split_host_port
 
 if TYPE_CHECKING:
     from envoy_data_plane.envoy.config.bootstrap.v3 import Bootstrap
@@ -71,6 +87,9 @@ _TYPE_PREFIX = "type.googleapis.com/"
 _HCM = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _HEALTH_EVENT_SINK = "envoy.extensions.health_check.event_sinks.file.v3.HealthCheckEventFileSink"
+_LOCAL_RATE_LIMIT = "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
+_RATE_LIMIT_FILTER = "envoy.filters.http.local_ratelimit"
+_DOWNSTREAM_TLS = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 
 CALL_ID_HEADER = "x-call-id"
 CALL_ID_QUERY = "call_id"
@@ -81,6 +100,29 @@ _CORS_ALLOW_HEADERS = (
     "traceparent,tracestate,baggage"
 )
 _CORS_EXPOSE_HEADERS = "grpc-status,grpc-message,grpc-status-details-bin,x-request-id,traceparent"
+
+# On every answer of the public listener unless the gateway set the header itself (its pages' stricter
+# Content-Security-Policy and the like win).
+SECURITY_HEADERS: tuple[tuple[str, str], ...] = (
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+    ("x-frame-options", "DENY"),
+    ("cross-origin-opener-policy", "same-origin"),
+)
+HSTS = ("strict-transport-security", "max-age=31536000")
+"""Only with TLS: a browser that saw it over https never tries plain http on this host for a year."""
+
+HEALTH_PATHS = ("/healthz", "/readyz")
+"""Never rate limited: load balancers and `callsense up` poll them."""
+
+# Environment variables MeshLayout.from_config reads (callsense.config's naming).
+RATE_LIMIT_ENV = {
+    "rate_limit_per_key": PREFIX + "RATE_LIMIT_PER_KEY",
+    "rate_limit_per_key_burst": PREFIX + "RATE_LIMIT_PER_KEY_BURST",
+    "rate_limit_per_ip": PREFIX + "RATE_LIMIT_PER_IP",
+    "rate_limit_per_ip_burst": PREFIX + "RATE_LIMIT_PER_IP_BURST",
+}
+TLS_ENV = {"tls_cert": PREFIX + "TLS_CERT", "tls_key": PREFIX + "TLS_KEY"}
 
 _ACCESS_LOG_FORMAT = (
     '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" %RESPONSE_CODE% '
@@ -127,6 +169,21 @@ class MeshLayout:
     max_downstream_connections: int = 50_000
     """Beyond this Envoy refuses new connections instead of running out of file descriptors."""
     service_name: str = "envoy"
+    rate_limit_per_key: float = 50.0
+    """Requests per second one API key (one ``authorization`` header value) may send to the public listener,
+    on average; 0: no per-key limit. A WebSocket call or a gRPC stream is one request, its messages none."""
+    rate_limit_per_key_burst: int = 100
+    """How many requests a key may send at once before the average applies (the bucket's size)."""
+    rate_limit_per_ip: float = 20.0
+    """Requests per second of one client address without a key (sign-in, pages, Twilio streams); 0: none."""
+    rate_limit_per_ip_burst: int = 40
+    rate_limit_tracked: int = 10_000
+    """Buckets Envoy keeps of each kind (keys; addresses), the least recently used dropped beyond it (a
+    dropped one starts full again): memory stays bounded however many keys or addresses come."""
+    tls_cert: str | None = None
+    """PEM certificate chain of the public listener (with ``tls_key``); None: plaintext."""
+    tls_key: str | None = None
+    """PEM private key of ``tls_cert``."""
 
     def __post_init__(self) -> None:
         # Lists are accepted for convenience; tuples keep the layout hashable and immutable.
@@ -142,6 +199,27 @@ class MeshLayout:
         ports["admin_port"] = self.admin_port
         if len(set(ports.values())) < len(ports):
             raise ValueError(f"MeshLayout: the public, internal and admin ports must differ: {ports}")
+        for kind in ("key", "ip"):
+            rate, burst = (
+                getattr(self, f"rate_limit_per_{kind}"),
+                getattr(self, f"rate_limit_per_{kind}_burst"),
+            )
+            if not math.isfinite(rate) or rate < 0:
+                raise ValueError(f"MeshLayout.rate_limit_per_{kind}: {rate} is not a rate >= 0 (0: no limit)")
+            if rate and burst < 1:
+                raise ValueError(f"MeshLayout.rate_limit_per_{kind}_burst: {burst} must be at least 1")
+        if self.rate_limit_tracked < 1:
+            raise ValueError(f"MeshLayout.rate_limit_tracked: {self.rate_limit_tracked} must be at least 1")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("MeshLayout: tls_cert and tls_key go together (both, or neither for plaintext)")
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
+    def rate_limited(self) -> bool:
+        return bool(self.rate_limit_per_key or self.rate_limit_per_ip)
 
     @classmethod
     def from_config(
@@ -150,9 +228,18 @@ class MeshLayout:
         """The layout for a ``callsense.config.Config`` (one replica each unless ``overrides`` add more).
 
         The OTLP endpoint is the one the services export to (``OTEL_EXPORTER_OTLP_ENDPOINT``), so Envoy's
-        spans land in the same collector as theirs.
+        spans land in the same collector as theirs. The edge settings come from ``RATE_LIMIT_ENV`` and
+        ``TLS_ENV`` (``CALLSENSE_RATE_LIMIT_PER_KEY``, ``CALLSENSE_TLS_CERT``, ...) where set; ``overrides``
+        win over both.
         """
         env = os.environ if env is None else env
+        edge: dict[str, Any] = {}
+        for name, variable in RATE_LIMIT_ENV.items():
+            if text := env.get(variable, "").strip():
+                edge[name] = _env_number(variable, text, float if name.endswith(("_key", "_ip")) else int)
+        for name, variable in TLS_ENV.items():
+            if text := env.get(variable, "").strip():
+                edge[name] = text
         layout = cls(
             listener_port=config.envoy_port,
             internal_port=config.envoy_internal_port,
@@ -165,7 +252,17 @@ class MeshLayout:
             postcall=(config.postcall_addr,),
             otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
         )
-        return replace(layout, **overrides)
+        try:
+            return replace(layout, **(edge | overrides))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+
+def _env_number(variable: str, text: str, kind: type[float] | type[int]) -> float:
+    try:
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"{variable}: {text!r} is not a number") from None
 
 
 _CLUSTER_FIELDS = ("gateway_http", "gateway_grpc", "asr", "chopper", "scorer", "postcall")
@@ -197,6 +294,8 @@ class _Rule:
     name: str
     match: Json
     cluster: str | None
+    unlimited: bool = False
+    """Exempt from the public listener's rate limits (health checks)."""
 
 
 def _prefix(prefix: str, cluster: str) -> _Rule:
@@ -217,6 +316,7 @@ _PUBLIC_RULES: tuple[_Rule, ...] = (
     _Rule("internal_services_refused", {"prefix": "/callsense.v1.", "case_sensitive": False}, None),
     *_GRPC_COMMON,
     _Rule("operator_only_refused", {"path_separated_prefix": "/metrics", "case_sensitive": False}, None),
+    *(_Rule(path.strip("/"), {"path": path}, "gateway_http", unlimited=True) for path in HEALTH_PATHS),
     _CATCH_ALL,
 )
 
@@ -367,7 +467,12 @@ def _route(rule: _Rule, layout: MeshLayout) -> Json:
     if rule.cluster != "gateway_http":
         # Let a gRPC client's own deadline (grpc-timeout header) bound its call, with no cap of ours.
         action["max_stream_duration"] = {"grpc_timeout_header_max": "0s"}
-    return {"name": rule.name, "match": dict(rule.match), "route": action}
+    route: Json = {"name": rule.name, "match": dict(rule.match), "route": action}
+    if rule.unlimited and layout.rate_limited:
+        # Taken out of the filter chain for this route: its requests neither spend nor need a token.
+        disabled = _typed("envoy.config.route.v3.FilterConfig", disabled=True)
+        route["typed_per_filter_config"] = {_RATE_LIMIT_FILTER: disabled}
+    return route
 
 
 def _cors_policy(layout: MeshLayout) -> Json:
@@ -395,9 +500,17 @@ def _catch_all_host(rules: Sequence[_Rule], layout: MeshLayout) -> Json:
     return virtual_host
 
 
+def _security_headers(layout: MeshLayout) -> list[Json]:
+    headers = [*SECURITY_HEADERS, HSTS] if layout.tls else list(SECURITY_HEADERS)
+    # ADD_IF_ABSENT: a header the gateway set (a page's own, stricter policy) is left as it is.
+    return [{"header": {"key": k, "value": v}, "append_action": "ADD_IF_ABSENT"} for k, v in headers]
+
+
 def _public_route_config(layout: MeshLayout) -> Json:
     # One virtual host for every authority: naming a service as the authority changes nothing here.
-    return {"name": "public", "virtual_hosts": [_catch_all_host(_PUBLIC_RULES, layout)]}
+    host = _catch_all_host(_PUBLIC_RULES, layout)
+    host["response_headers_to_add"] = _security_headers(layout)
+    return {"name": "public", "virtual_hosts": [host]}
 
 
 def _internal_route_config(layout: MeshLayout) -> Json:
@@ -412,22 +525,84 @@ def _internal_route_config(layout: MeshLayout) -> Json:
     return {"name": "internal", "virtual_hosts": [*by_authority, _catch_all_host(_INTERNAL_RULES, layout)]}
 
 
-def _http_filters() -> list[Json]:
-    return [
+def _token_bucket(rate: float, burst: int) -> Json:
+    # Envoy's bucket refills tokens_per_fill every fill_interval: 50/s is 50 per 1 s, 0.1/s is 1 per 10 s.
+    fraction = Fraction(rate).limit_denominator(1000)
+    return {
+        "max_tokens": burst,
+        "tokens_per_fill": fraction.numerator,
+        "fill_interval": _duration(fraction.denominator),
+    }
+
+
+def _local_rate_limit(layout: MeshLayout) -> Json:
+    """One bucket per API key and one per client address without a key: dynamic descriptors (an entry
+    without a value) give every distinct value its own bucket, kept in an LRU of ``rate_limit_tracked``."""
+    rate_limits: list[Json] = []
+    descriptors: list[Json] = []
+    if layout.rate_limit_per_key:
+        # ("api_key", <the authorization header>): absent header, no descriptor, no per-key bucket.
+        action = {"request_headers": {"header_name": "authorization", "descriptor_key": "api_key"}}
+        rate_limits.append({"actions": [action]})
+        descriptors.append(
+            {
+                "entries": [{"key": "api_key"}],
+                "token_bucket": _token_bucket(layout.rate_limit_per_key, layout.rate_limit_per_key_burst),
+            }
+        )
+    if layout.rate_limit_per_ip:
+        # ("authorization", "absent"), ("remote_address", <the peer>): only requests without a key. The
+        # address is the connection's peer (use_remote_address), never a client's own x-forwarded-for.
+        without_key = {
+            "descriptor_key": "authorization",
+            "descriptor_value": "absent",
+            "expect_match": False,
+            "headers": [{"name": "authorization", "present_match": True}],
+        }
+        rate_limits.append({"actions": [{"header_value_match": without_key}, {"remote_address": {}}]})
+        descriptors.append(
+            {
+                "entries": [{"key": "authorization", "value": "absent"}, {"key": "remote_address"}],
+                "token_bucket": _token_bucket(layout.rate_limit_per_ip, layout.rate_limit_per_ip_burst),
+            }
+        )
+    always = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}
+    return _typed(
+        _LOCAL_RATE_LIMIT,
+        stat_prefix="public_rate_limit",  # http_local_rate_limit.public_rate_limit.* in Envoy's stats
+        # No default bucket: a request that matches no descriptor is not limited.
+        filter_enabled={**always, "runtime_key": "public_rate_limit.enabled"},
+        filter_enforced={**always, "runtime_key": "public_rate_limit.enforced"},
+        rate_limits=rate_limits,
+        descriptors=descriptors,
+        max_dynamic_descriptors=layout.rate_limit_tracked,
+        rate_limited_as_resource_exhausted=True,  # gRPC: RESOURCE_EXHAUSTED rather than UNAVAILABLE (retry)
+        enable_x_ratelimit_headers="DRAFT_VERSION_03",
+    )
+
+
+def _http_filters(layout: MeshLayout, *, public: bool) -> list[Json]:
+    filters: list[Json] = [
         # gRPC-Web -> gRPC before routing, so browsers reach the same gRPC routes as native clients.
         {
             "name": "envoy.filters.http.grpc_web",
             "typed_config": _typed("envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"),
         },
+        # CORS before the rate limit: a browser's preflight is answered here and spends no token.
         {
             "name": "envoy.filters.http.cors",
             "typed_config": _typed("envoy.extensions.filters.http.cors.v3.Cors"),
         },
+    ]
+    if public and layout.rate_limited:
+        filters.append({"name": _RATE_LIMIT_FILTER, "typed_config": _local_rate_limit(layout)})
+    filters.append(
         {
             "name": "envoy.filters.http.router",
             "typed_config": _typed("envoy.extensions.filters.http.router.v3.Router"),
-        },
-    ]
+        }
+    )
+    return filters
 
 
 def _tracing(layout: MeshLayout) -> Json:
@@ -457,7 +632,7 @@ def _access_log() -> list[Json]:
     return [{"name": "envoy.access_loggers.stdout", "typed_config": logger}]
 
 
-def _connection_manager(name: str, route_config: Json, layout: MeshLayout) -> Json:
+def _connection_manager(name: str, route_config: Json, layout: MeshLayout, *, public: bool) -> Json:
     idle = _duration(layout.stream_idle_timeout_s)
     hcm = _typed(
         _HCM,
@@ -469,7 +644,7 @@ def _connection_manager(name: str, route_config: Json, layout: MeshLayout) -> Js
         normalize_path=True,
         merge_slashes=True,
         path_with_escaped_slashes_action="UNESCAPE_AND_FORWARD",
-        http_filters=_http_filters(),
+        http_filters=_http_filters(layout, public=public),
         upgrade_configs=[{"upgrade_type": "websocket"}],
         stream_idle_timeout=idle,
         request_timeout="0s",
@@ -480,7 +655,9 @@ def _connection_manager(name: str, route_config: Json, layout: MeshLayout) -> Js
             "allow_connect": True,  # WebSocket over HTTP/2 (RFC 8441), bridged to HTTP/1.1 upstream
             "connection_keepalive": {"interval": "60s", "timeout": "20s"},
         },
-        use_remote_address=True,  # the edge proxy: x-forwarded-for comes from the peer, not the client
+        # The edge proxy: x-forwarded-for comes from the peer, not the client, and x-forwarded-proto from the
+        # connection (https over TLS: the gateway marks its session cookie Secure by it).
+        use_remote_address=True,
         # A client's own x-request-id survives (it ties its logs to ours); Envoy makes one otherwise.
         generate_request_id=True,
         preserve_external_request_id=True,
@@ -493,23 +670,53 @@ def _connection_manager(name: str, route_config: Json, layout: MeshLayout) -> Js
     return hcm
 
 
-def _listener(name: str, host: str, port: int, route_config: Json, layout: MeshLayout) -> Json:
+def _downstream_tls(cert: str, key: str) -> Json:
+    context = _typed(
+        _DOWNSTREAM_TLS,
+        common_tls_context={
+            "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+            # h2 for gRPC, http/1.1 for browsers' pages, REST and WebSocket upgrades: one port for all.
+            "alpn_protocols": ["h2", "http/1.1"],
+            "tls_certificates": [{"certificate_chain": {"filename": cert}, "private_key": {"filename": key}}],
+        },
+    )
+    return {"name": "envoy.transport_sockets.tls", "typed_config": context}
+
+
+def _listener(
+    name: str, host: str, port: int, route_config: Json, layout: MeshLayout, *, public: bool
+) -> Json:
     manager = {
         "name": "envoy.filters.network.http_connection_manager",
-        "typed_config": _connection_manager(name, route_config, layout),
+        "typed_config": _connection_manager(name, route_config, layout, public=public),
     }
+    chain: Json = {"filters": [manager]}
+    if public and layout.tls_cert and layout.tls_key:
+        chain["transport_socket"] = _downstream_tls(layout.tls_cert, layout.tls_key)
     return {
         "name": name,
         "address": _socket_address(host, port),
-        "filter_chains": [{"filters": [manager]}],
+        "filter_chains": [chain],
     }
 
 
 def _listeners(layout: MeshLayout) -> list[Json]:
     return [
-        _listener("public", layout.listener_host, layout.listener_port, _public_route_config(layout), layout),
         _listener(
-            "internal", layout.internal_host, layout.internal_port, _internal_route_config(layout), layout
+            "public",
+            layout.listener_host,
+            layout.listener_port,
+            _public_route_config(layout),
+            layout,
+            public=True,
+        ),
+        _listener(
+            "internal",
+            layout.internal_host,
+            layout.internal_port,
+            _internal_route_config(layout),
+            layout,
+            public=False,
         ),
     ]
 
@@ -545,14 +752,17 @@ def _register_any_types() -> None:
 
 
 def _import_any_types() -> None:
+    import envoy_data_plane.envoy.config.route.v3
     import envoy_data_plane.envoy.config.trace.v3
     import envoy_data_plane.envoy.extensions.access_loggers.stream.v3
     import envoy_data_plane.envoy.extensions.filters.http.cors.v3
     import envoy_data_plane.envoy.extensions.filters.http.grpc_web.v3
+    import envoy_data_plane.envoy.extensions.filters.http.local_ratelimit.v3
     import envoy_data_plane.envoy.extensions.filters.http.router.v3
     import envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3
     import envoy_data_plane.envoy.extensions.health_check.event_sinks.file.v3
     import envoy_data_plane.envoy.extensions.resource_monitors.downstream_connections.v3
+    import envoy_data_plane.envoy.extensions.transport_sockets.tls.v3
     import envoy_data_plane.envoy.extensions.upstreams.http.v3  # noqa: F401
 
 

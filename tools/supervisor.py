@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ctypes
 import importlib
 import os
 import shlex
@@ -37,7 +36,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Protocol, TextIO
 from urllib.parse import urlsplit
 
 DEFAULT_READY_TIMEOUT_S = 60.0
@@ -268,23 +267,16 @@ def dependency_layers(specs: Sequence[ProcessSpec]) -> list[list[ProcessSpec]]:
 # --- one child -------------------------------------------------------------------------------------
 
 
-def _load_prctl() -> Any:
+_DIE_WITH_PARENT = Path(__file__).with_name("die_with_parent.py")  # run as a script: whatever the cwd
+
+
+def _dying_with_parent(argv: Sequence[str]) -> list[str]:
+    """``argv`` started through tools/die_with_parent.py: SIGTERM when the supervisor dies, even by SIGKILL
+    (Linux). A wrapper, not a pre-exec hook: a hook makes Python fork, and a fork beside gRPC's threads
+    can kill the child before it execs."""
     if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-    return prctl
-
-
-# Resolved before any fork: the pre-exec hook must not look up symbols (dlsym takes a lock) in the child.
-_prctl = _load_prctl()
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it when the supervisor dies, even by SIGKILL (Linux)."""
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        return list(argv)
+    return [sys.executable, str(_DIE_WITH_PARENT), str(os.getpid()), *argv]
 
 
 class Child:
@@ -304,7 +296,7 @@ class Child:
     async def start(cls, spec: ProcessSpec, out: TextIO, width: int) -> Child:
         env = {**os.environ, **spec.env, "PYTHONUNBUFFERED": "1"}  # child output arrives as it happens
         process = await asyncio.create_subprocess_exec(
-            *map(str, spec.argv),
+            *_dying_with_parent([str(a) for a in spec.argv]),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
@@ -314,7 +306,6 @@ class Child:
             # the children in order, and a stop signal to the group reaches grandchildren too.
             start_new_session=True,
             limit=_LINE_LIMIT,
-            preexec_fn=_die_with_parent if _prctl is not None else None,
         )
         return cls(spec, process, out, width)
 

@@ -7,16 +7,25 @@ database), then the gateway. The gateway reaches the chopper, the scorers, the A
 Envoy, so scorer replicas are load-balanced and Envoy's spans sit between the gateway's and the services'
 in each trace.
 Ctrl-C stops everything in reverse order and leaves no process or shared-memory file behind.
+
+Envoy's public listener is the edge: rate limits per API key and per client address (``--rate-limit-*``,
+``CALLSENSE_RATE_LIMIT_*``), and TLS with the user's certificate (``--tls-cert``/``--tls-key``) or a
+self-signed one for local use (``--tls-self-signed``); plaintext without either.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import os
+import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from callsense.config import Config, load_config, split_host_port
+from callsense.config import Config, ConfigError, load_config, split_host_port
 from tools.envoy_config import MeshLayout, write
 from tools.supervisor import GrpcReady, HttpReady, ProcessSpec, Supervisor, envoy_spec
 
@@ -29,6 +38,117 @@ class UpOptions:
     scorer_max_batch: int = 16
     scorer_max_wait_ms: float = 5.0
     envoy_config: Path | None = None  # where to write the rendered config (default: data_dir/envoy.yaml)
+    # The edge (Envoy's public listener). None: CALLSENSE_RATE_LIMIT_* where set, else MeshLayout's default.
+    rate_limit_per_key: float | None = None
+    rate_limit_per_key_burst: int | None = None
+    rate_limit_per_ip: float | None = None
+    rate_limit_per_ip_burst: int | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_self_signed: bool = False
+    """Make (or reuse) a certificate for localhost under the data directory."""
+
+
+SELF_SIGNED_DAYS = 365
+SELF_SIGNED_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def self_signed_certificate(directory: Path, *, days: int = SELF_SIGNED_DAYS) -> tuple[Path, Path]:
+    """A self-signed certificate for local use, ``directory/self-signed.crt`` and its key ``.key`` (0600 in a
+    0700 directory), for ``SELF_SIGNED_HOSTS`` (SAN DNS:localhost, IP:127.0.0.1, IP:::1). One made earlier
+    is reused while it has more than a day left, so a browser's exception for it keeps holding.
+
+    Made by the ``openssl`` command (OpenSSL 1.1.1 or later; the ``cryptography`` package is not a
+    dependency): an EC P-256 key and an X.509 v3 certificate."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise ConfigError(
+            "a self-signed certificate needs the openssl command; install it, or give your own "
+            "certificate with --tls-cert and --tls-key"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    cert, key = directory / "self-signed.crt", directory / "self-signed.key"
+    if cert.is_file() and key.is_file():
+        still_valid = subprocess.run(
+            [openssl, "x509", "-checkend", "86400", "-noout", "-in", str(cert)], capture_output=True
+        )
+        if still_valid.returncode == 0:
+            return cert, key
+    san = ",".join(f"IP:{h}" if _is_ip_literal(h) else f"DNS:{h}" for h in SELF_SIGNED_HOSTS)
+    tmp_cert, tmp_key = cert.with_suffix(".crt.tmp"), key.with_suffix(".key.tmp")
+    tmp_key.unlink(missing_ok=True)
+    tmp_key.touch(mode=0o600)  # openssl writes into it: the key is never readable by others, not even briefly
+    made = subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-sha256",
+            "-days",
+            str(days),
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            f"subjectAltName={san}",
+            "-addext",
+            "extendedKeyUsage=serverAuth",
+            "-keyout",
+            str(tmp_key),
+            "-out",
+            str(tmp_cert),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if made.returncode != 0:
+        raise ConfigError(f"openssl could not make a self-signed certificate: {made.stderr.strip()}")
+    tmp_key.chmod(0o600)
+    tmp_key.replace(key)
+    tmp_cert.replace(cert)
+    return cert, key
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def edge_overrides(options: UpOptions, config: Config) -> dict[str, Any]:
+    """The ``MeshLayout`` fields the options set (the rest come from the environment or the defaults)."""
+    overrides: dict[str, Any] = {
+        name: getattr(options, name)
+        for name in (
+            "rate_limit_per_key",
+            "rate_limit_per_key_burst",
+            "rate_limit_per_ip",
+            "rate_limit_per_ip_burst",
+        )
+        if getattr(options, name) is not None
+    }
+    if options.tls_self_signed:
+        cert, key = self_signed_certificate(config.data_dir.resolve() / "tls")
+        print(
+            f"TLS on Envoy's public port with a self-signed certificate for localhost: {cert}\n"
+            "(trust it in your client: curl --cacert, grpc.ssl_channel_credentials(root_certificates=...))",
+            flush=True,
+        )
+        overrides |= {"tls_cert": str(cert), "tls_key": str(key)}
+    elif options.tls_cert is not None and options.tls_key is not None:
+        for path in (options.tls_cert, options.tls_key):
+            if not os.access(path, os.R_OK):
+                raise ConfigError(f"cannot read the TLS file {path}")
+        overrides |= {"tls_cert": str(options.tls_cert.resolve()), "tls_key": str(options.tls_key.resolve())}
+    return overrides
 
 
 def embedded_data_dir(config: Config) -> Path | None:
@@ -43,11 +163,14 @@ def scorer_addresses(config: Config, replicas: int) -> list[str]:
     return [f"{host}:{port + i * SCORER_PORT_STEP}" for i in range(replicas)]
 
 
-def mesh_specs(config: Config, options: UpOptions, database_url: str, envoy_yaml: Path) -> list[ProcessSpec]:
-    """The child processes of the mesh, in dependency order."""
+def mesh_specs(
+    config: Config, options: UpOptions, database_url: str, envoy_yaml: Path, *, tls: bool = False
+) -> list[ProcessSpec]:
+    """The child processes of the mesh, in dependency order (``tls``: Envoy's public port speaks TLS)."""
     python = sys.executable
     envoy_addr = f"127.0.0.1:{config.envoy_port}"
-    public = f"http://127.0.0.1:{config.envoy_port}"
+    public = f"{'https' if tls else 'http'}://127.0.0.1:{config.envoy_port}"
+    websocket = f"{'wss' if tls else 'ws'}://127.0.0.1:{config.envoy_port}"
     # The gateway's mesh proxy is Envoy's internal listener: the public one refuses the services.
     mesh_proxy = f"127.0.0.1:{config.envoy_internal_port}"
     specs = [
@@ -57,8 +180,8 @@ def mesh_specs(config: Config, options: UpOptions, database_url: str, envoy_yaml
             admin_port=config.envoy_admin_port,
             urls=[
                 f"{public}/docs  (REST API)",
-                f"{public}/v1/sentiment/stream  (WebSocket)",
-                f"{envoy_addr}  (gRPC)",
+                f"{websocket}/v1/sentiment/stream  (WebSocket)",
+                f"{envoy_addr}  (gRPC{' over TLS' if tls else ''})",
                 f"http://{mesh_proxy}/metrics  (internal listener: metrics, the services; never public)",
             ],
         ),
@@ -118,6 +241,10 @@ def mesh_specs(config: Config, options: UpOptions, database_url: str, envoy_yaml
 
 async def run(options: UpOptions) -> int:
     config = load_config()
+    # The edge first: a bad setting or an unreadable certificate stops start-up before anything started.
+    layout = MeshLayout.from_config(
+        config, scorer=scorer_addresses(config, options.scorer_replicas), **edge_overrides(options, config)
+    )
     embedded = None
     database_url = config.database_url
     if database_url is None:
@@ -128,11 +255,11 @@ async def run(options: UpOptions) -> int:
         database_url = embedded.uri
     try:
         await _first_admin_key(database_url)
-        layout = MeshLayout.from_config(config, scorer=scorer_addresses(config, options.scorer_replicas))
         envoy_yaml = options.envoy_config or config.data_dir / "envoy.yaml"
         envoy_yaml.parent.mkdir(parents=True, exist_ok=True)
         write(layout, envoy_yaml)
-        return await Supervisor(mesh_specs(config, options, database_url, envoy_yaml)).run()
+        specs = mesh_specs(config, options, database_url, envoy_yaml, tls=layout.tls)
+        return await Supervisor(specs).run()
     finally:
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
@@ -142,8 +269,6 @@ async def _first_admin_key(database_url: str) -> None:
     """A fresh database has no key, so nobody could use the mesh: make an admin key of the bootstrap
     tenant and print it, once (only its hash is kept). A deployment that brings its own
     (CALLSENSE_BOOTSTRAP_KEY) has the gateway register that one instead."""
-    import os
-
     from gateway.auth.bootstrap import BOOTSTRAP_KEY_ENV, BOOTSTRAP_TENANT_ENV, DEFAULT_TENANT
     from gateway.auth.credentials import Role
     from gateway.auth.key_store import KeyStore
@@ -170,5 +295,8 @@ async def _first_admin_key(database_url: str) -> None:
 def main(options: UpOptions) -> int:
     try:
         return asyncio.run(run(options))
+    except ConfigError as e:
+        print(f"callsense up: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130

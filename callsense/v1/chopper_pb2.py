@@ -27,21 +27,23 @@ from callsense.v1 import audio_pb2 as callsense_dot_v1_dot_audio__pb2
 from callsense.v1 import prosody_pb2 as callsense_dot_v1_dot_prosody__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63\x61llsense/v1/chopper.proto\x12\x0c\x63\x61llsense.v1\x1a\x16\x63\x61llsense/v1/asr.proto\x1a\x18\x63\x61llsense/v1/audio.proto\x1a\x1a\x63\x61llsense/v1/prosody.proto\"\x84\x01\n\x0b\x43hopRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x33\n\ntranscript\x18\x02 \x01(\x0b\x32\x1d.callsense.v1.TranscriptEventH\x00\x12$\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x15.callsense.v1.CallEndH\x00\x42\t\n\x07payload\"J\n\x07PiiSpan\x12#\n\x04kind\x18\x01 \x01(\x0e\x32\x15.callsense.v1.PiiKind\x12\r\n\x05start\x18\x02 \x01(\r\x12\x0b\n\x03\x65nd\x18\x03 \x01(\r\"\xa1\x02\n\tUtterance\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x14\n\x0cutterance_id\x18\x02 \x01(\r\x12*\n\x07\x63hannel\x18\x03 \x01(\x0e\x32\x19.callsense.v1.ChannelRole\x12\x10\n\x08start_ms\x18\x04 \x01(\x04\x12\x0e\n\x06\x65nd_ms\x18\x05 \x01(\x04\x12\x0c\n\x04text\x18\x06 \x01(\t\x12\x13\n\x0btoken_count\x18\x07 \x01(\r\x12\"\n\x03pii\x18\x08 \x03(\x0b\x32\x15.callsense.v1.PiiSpan\x12&\n\x07prosody\x18\t \x01(\x0b\x32\x15.callsense.v1.Prosody\x12\x15\n\rprevious_text\x18\n \x01(\t\x12\x19\n\x11source_segment_id\x18\x0b \x01(\r*\xb5\x01\n\x07PiiKind\x12\x18\n\x14PII_KIND_UNSPECIFIED\x10\x00\x12\t\n\x05\x45MAIL\x10\x01\x12\t\n\x05PHONE\x10\x02\x12\x0f\n\x0b\x43\x41RD_NUMBER\x10\x03\x12\x0f\n\x0bNATIONAL_ID\x10\x04\x12\x08\n\x04IBAN\x10\x05\x12\x12\n\x0ePOSTAL_ADDRESS\x10\x06\x12\x11\n\rDATE_OF_BIRTH\x10\x07\x12\x0f\n\x0bPERSON_NAME\x10\x08\x12\x16\n\x12\x43\x41RD_SECURITY_CODE\x10\t2I\n\x07\x43hopper\x12>\n\x04\x43hop\x12\x19.callsense.v1.ChopRequest\x1a\x17.callsense.v1.Utterance(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63\x61llsense/v1/chopper.proto\x12\x0c\x63\x61llsense.v1\x1a\x16\x63\x61llsense/v1/asr.proto\x1a\x18\x63\x61llsense/v1/audio.proto\x1a\x1a\x63\x61llsense/v1/prosody.proto\"\xae\x01\n\x0b\x43hopRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x33\n\ntranscript\x18\x02 \x01(\x0b\x32\x1d.callsense.v1.TranscriptEventH\x00\x12$\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x15.callsense.v1.CallEndH\x00\x12(\n\x06resume\x18\x04 \x01(\x0b\x32\x18.callsense.v1.ChopResumeB\t\n\x07payload\">\n\nChopResume\x12\x19\n\x11next_utterance_id\x18\x01 \x01(\r\x12\x15\n\rprevious_text\x18\x02 \x01(\t\"J\n\x07PiiSpan\x12#\n\x04kind\x18\x01 \x01(\x0e\x32\x15.callsense.v1.PiiKind\x12\r\n\x05start\x18\x02 \x01(\r\x12\x0b\n\x03\x65nd\x18\x03 \x01(\r\"\xa1\x02\n\tUtterance\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x14\n\x0cutterance_id\x18\x02 \x01(\r\x12*\n\x07\x63hannel\x18\x03 \x01(\x0e\x32\x19.callsense.v1.ChannelRole\x12\x10\n\x08start_ms\x18\x04 \x01(\x04\x12\x0e\n\x06\x65nd_ms\x18\x05 \x01(\x04\x12\x0c\n\x04text\x18\x06 \x01(\t\x12\x13\n\x0btoken_count\x18\x07 \x01(\r\x12\"\n\x03pii\x18\x08 \x03(\x0b\x32\x15.callsense.v1.PiiSpan\x12&\n\x07prosody\x18\t \x01(\x0b\x32\x15.callsense.v1.Prosody\x12\x15\n\rprevious_text\x18\n \x01(\t\x12\x19\n\x11source_segment_id\x18\x0b \x01(\r*\xb5\x01\n\x07PiiKind\x12\x18\n\x14PII_KIND_UNSPECIFIED\x10\x00\x12\t\n\x05\x45MAIL\x10\x01\x12\t\n\x05PHONE\x10\x02\x12\x0f\n\x0b\x43\x41RD_NUMBER\x10\x03\x12\x0f\n\x0bNATIONAL_ID\x10\x04\x12\x08\n\x04IBAN\x10\x05\x12\x12\n\x0ePOSTAL_ADDRESS\x10\x06\x12\x11\n\rDATE_OF_BIRTH\x10\x07\x12\x0f\n\x0bPERSON_NAME\x10\x08\x12\x16\n\x12\x43\x41RD_SECURITY_CODE\x10\t2I\n\x07\x43hopper\x12>\n\x04\x43hop\x12\x19.callsense.v1.ChopRequest\x1a\x17.callsense.v1.Utterance(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'callsense.v1.chopper_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PIIKIND']._serialized_start=626
-  _globals['_PIIKIND']._serialized_end=807
+  _globals['_PIIKIND']._serialized_start=732
+  _globals['_PIIKIND']._serialized_end=913
   _globals['_CHOPREQUEST']._serialized_start=123
-  _globals['_CHOPREQUEST']._serialized_end=255
-  _globals['_PIISPAN']._serialized_start=257
-  _globals['_PIISPAN']._serialized_end=331
-  _globals['_UTTERANCE']._serialized_start=334
-  _globals['_UTTERANCE']._serialized_end=623
-  _globals['_CHOPPER']._serialized_start=809
-  _globals['_CHOPPER']._serialized_end=882
+  _globals['_CHOPREQUEST']._serialized_end=297
+  _globals['_CHOPRESUME']._serialized_start=299
+  _globals['_CHOPRESUME']._serialized_end=361
+  _globals['_PIISPAN']._serialized_start=363
+  _globals['_PIISPAN']._serialized_end=437
+  _globals['_UTTERANCE']._serialized_start=440
+  _globals['_UTTERANCE']._serialized_end=729
+  _globals['_CHOPPER']._serialized_start=915
+  _globals['_CHOPPER']._serialized_end=988
 # @@protoc_insertion_point(module_scope)

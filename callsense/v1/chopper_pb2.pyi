@@ -34,14 +34,24 @@ PERSON_NAME: PiiKind
 CARD_SECURITY_CODE: PiiKind
 
 class ChopRequest(_message.Message):
-    __slots__ = ("call_id", "transcript", "end")
+    __slots__ = ("call_id", "transcript", "end", "resume")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     TRANSCRIPT_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     transcript: _asr_pb2.TranscriptEvent
     end: _audio_pb2.CallEnd
-    def __init__(self, call_id: _Optional[str] = ..., transcript: _Optional[_Union[_asr_pb2.TranscriptEvent, _Mapping]] = ..., end: _Optional[_Union[_audio_pb2.CallEnd, _Mapping]] = ...) -> None: ...
+    resume: ChopResume
+    def __init__(self, call_id: _Optional[str] = ..., transcript: _Optional[_Union[_asr_pb2.TranscriptEvent, _Mapping]] = ..., end: _Optional[_Union[_audio_pb2.CallEnd, _Mapping]] = ..., resume: _Optional[_Union[ChopResume, _Mapping]] = ...) -> None: ...
+
+class ChopResume(_message.Message):
+    __slots__ = ("next_utterance_id", "previous_text")
+    NEXT_UTTERANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_TEXT_FIELD_NUMBER: _ClassVar[int]
+    next_utterance_id: int
+    previous_text: str
+    def __init__(self, next_utterance_id: _Optional[int] = ..., previous_text: _Optional[str] = ...) -> None: ...
 
 class PiiSpan(_message.Message):
     __slots__ = ("kind", "start", "end")

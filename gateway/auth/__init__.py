@@ -8,4 +8,6 @@
   team) a call it starts belongs to: always the credential's, never the request body's;
 - ``web``: the HTTP side: the FastAPI dependency, ``/v1/session`` (sign-in for the pages) and the
   WebSocket handshake check (credential and Origin).
+- ``twilio_signature``: Twilio Media Streams, which cannot carry a key: the upgrade's X-Twilio-Signature,
+  checked with the Twilio auth token of the tenant the path names.
 """

@@ -70,14 +70,20 @@ async def websocket_principal(websocket: WebSocket, tenants: TenantsConfig) -> P
         )
         check_origin(websocket, tenants, principal)
     except InputError as err:
-        status = 401 if err.code == ErrorCode.UNAUTHENTICATED else 403
-        status = 503 if err.code == ErrorCode.DATABASE_UNAVAILABLE else status
-        if "websocket.http.response" in websocket.scope.get("extensions", {}):
-            await websocket.send_denial_response(error_response(status, err.code, err.message))
-        else:
-            await websocket.close(code=1008, reason=err.code)
+        await deny_upgrade(websocket, err)
         return None
     return principal
+
+
+async def deny_upgrade(websocket: WebSocket, err: InputError) -> None:
+    """Refuse a WebSocket upgrade before accepting it: HTTP 401 (``unauthenticated``), 503 (database away)
+    or 403 with the API's error body where the server supports denial responses, else a 1008 close."""
+    status = 401 if err.code == ErrorCode.UNAUTHENTICATED else 403
+    status = 503 if err.code == ErrorCode.DATABASE_UNAVAILABLE else status
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(error_response(status, err.code, err.message))
+    else:
+        await websocket.close(code=1008, reason=err.code)
 
 
 def check_origin(websocket: WebSocket, tenants: TenantsConfig, principal: Principal) -> None:

@@ -11,7 +11,7 @@ failed store write means (a batch fails with it, a live call still publishes its
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from callsense.domain import UtteranceScore, compute_call_stats
 from gateway.calls.events import CallOutcome
@@ -32,13 +32,15 @@ async def finish_call(
     badge: BadgeState | None = None,
     on_store_failure: Callable[[], None] | None = None,
     on_report_owed: Callable[[], None] | None = None,
+    store_text: bool = True,
 ) -> CallOutcome:
     """End a call whose scored utterances are ``scored``; returns its outcome.
 
     ``badge``: the live badge's colour at the end (None for a batch). A failed store write raises, unless
     ``on_store_failure`` is given: it is then called from the ``except`` block (so it may log the
     exception) and the outcome is returned all the same. ``on_report_owed`` is called when the post-call
-    worker did not answer (the report is an empty stand-in the worker completes later).
+    worker did not answer (the report is an empty stand-in the worker completes later). ``store_text``
+    False (the tenant's ``store_transcripts``): the stored summary keeps no utterance text.
     """
     stats = compute_call_stats(scored)
     report = await after_call.report(scored, stats)
@@ -50,7 +52,7 @@ async def finish_call(
             call_id,
             stats,
             status=status,
-            summary=outcome.for_store(),
+            summary=outcome.for_store() if store_text else without_text(outcome.for_store()),
             objection_tags=outcome.objection_tags,
             outbox=after_call.outbox(),
         )
@@ -59,3 +61,13 @@ async def finish_call(
             raise
         on_store_failure()
     return outcome
+
+
+def without_text(value: Any) -> Any:
+    """``value`` (a stored summary: JSON) with every ``text`` field emptied: the spikes', the tags', the
+    turning points' quotes of what was said."""
+    if isinstance(value, dict):
+        return {k: ("" if k == "text" and isinstance(v, str) else without_text(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_text(v) for v in value]
+    return value

@@ -119,13 +119,14 @@ class SessionRegistry:
                     f"call {call_id} has already ended ({stored.status}); a new call needs a new call_id",
                     grpc.StatusCode.FAILED_PRECONDITION,
                 )
+            if stored is not None:
+                session.take_over(stored.events)
             await session.open()
         except BaseException:
             self._sessions.pop(call_id, None)
             raise
-        # A call still 'live' in the database without a session here: a client re-sending after a gateway
-        # restart. Utterance ids restart at 0 and the store keeps the first write of each, so a replay
-        # of the same text stores nothing twice.
+        # A call still 'live' in the database without a session here: its gateway died and the client came
+        # back (Envoy sends it to a live replica). The session takes the stored scores over (take_over).
         return session, stored is not None
 
     def subscribe(self, call_id: str) -> Subscription:

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 import grpc.aio
@@ -91,6 +91,8 @@ class Gateway:
         self.settings = registry.settings
         self._health_targets = dict(health_targets or {})
         self._on_close = list(on_close)
+        self.client_streams: set[asyncio.Task[None]] = set()
+        """The tasks forwarding calls' events to WebSocket clients (``drain`` waits for them)."""
         self.authenticator = Authenticator(KeyStore(self.stores.default.pool))
         """Who a credential is (keys and browser sessions live in the default database)."""
 
@@ -156,6 +158,12 @@ class Gateway:
             raise
         return gateway
 
+    async def drain(self, timeout_s: float = 10.0) -> None:
+        """End every live call (reason shutdown) and wait until its clients have had its summary."""
+        await self.registry.shutdown(timeout_s)
+        if self.client_streams:
+            await asyncio.wait(set(self.client_streams), timeout=timeout_s)
+
     async def close(self) -> None:
         """End the live calls (reason shutdown), then release channels and stores."""
         await self.registry.shutdown()
@@ -165,6 +173,25 @@ class Gateway:
 
     async def get_call(self, call_id: str) -> CallRow | None:
         return await self.stores.get_call(validate_call_id(call_id))
+
+    async def erase_call(self, call_id: str, tenant: str, actor: str) -> None:
+        """Remove an ended call of ``tenant`` and all it left (callsense/privacy.py), audited as ``actor``."""
+        validate_call_id(call_id)
+        if self.registry.get(call_id) is not None:
+            raise InputError(
+                ErrorCode.CALL_ACTIVE,
+                f"call {call_id} is live; erase it once it has ended",
+                grpc.StatusCode.FAILED_PRECONDITION,
+            )
+        erasure = await self.stores.erase_call(call_id, tenant, actor)
+        if erasure.outcome == "live":  # live on another replica
+            raise InputError(
+                ErrorCode.CALL_ACTIVE,
+                f"call {call_id} is live; erase it once it has ended",
+                grpc.StatusCode.FAILED_PRECONDITION,
+            )
+        if erasure.outcome == "not_found":
+            raise InputError(ErrorCode.NOT_FOUND, f"no call with id {call_id!r}", grpc.StatusCode.NOT_FOUND)
 
     async def readiness(self, timeout_s: float = 2.0) -> Readiness:
         """Database, chopper and scorer reachable (checked concurrently)."""
@@ -221,12 +248,21 @@ class Gateway:
             chopped = await self._chop_all(call_id, sorted(utterances, key=lambda u: u.start_ms))
             scores = await self._score_all(chopped)
         events = [utterance_score(u, s) for u, s in zip(chopped, scores, strict=True)]
-        await _check_batch_conflict(store, call_id, events)
+        store_text = self.tenants.for_tenant(metadata.tenant).store_transcripts
+        to_store = events if store_text else [replace(e, text="") for e in events]
+        await _check_batch_conflict(store, call_id, to_store)
         await store.upsert_call_start(call_id, metadata.for_store())
-        await store.record_scores(events)
+        await store.record_scores(to_store)
         stored = tuple(await store.list_events(call_id))
+        # The report needs what was said (objection tags): from the scored events, not the stored rows.
         summary = await finish_call(
-            call_id, stored, status="ended", reason="batch", store=store, after_call=self.registry.after_call
+            call_id,
+            stored if store_text else events,
+            status="ended",
+            reason="batch",
+            store=store,
+            after_call=self.registry.after_call,
+            store_text=store_text,
         )
         self.metrics.count("callsense_gateway_batches_total")
         return BatchResult(call_id, stored, summary)

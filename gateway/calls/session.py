@@ -27,7 +27,8 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 import grpc
@@ -35,7 +36,7 @@ import grpc.aio
 
 from callsense.domain import Channel, UtteranceScore
 from callsense.telemetry import call_context
-from callsense.v1 import asr_pb2, audio_pb2, chopper_pb2, scorer_pb2
+from callsense.v1 import asr_pb2, chopper_pb2, scorer_pb2
 from gateway.calls.audio import AudioCutter, AudioPiece, transcribe_requests
 from gateway.calls.errors import ErrorCode, InputError, StageError, describe_failure
 from gateway.calls.events import (
@@ -58,6 +59,7 @@ from gateway.calls.inputs import (
     transcript_event,
 )
 from gateway.calls.settings import SessionSettings
+from gateway.calls.stage_streams import ChopperStream, Reopening, ScorerStream
 from gateway.calls.stages import Stages, utterance_score
 from gateway.live import BadgeChange, LiveCoach, LiveEvent, ScoredUtteranceView, settings_for
 from gateway.metrics import GatewayMetrics
@@ -104,6 +106,8 @@ class CallSession:
         self._settings = settings
         self._on_closed = on_closed
         self._after_call = after_call or AfterCall()
+        self._store_text = self._after_call.tenants.for_tenant(metadata.tenant).store_transcripts
+        """False: the tenant stores scores without what was said (the live clients still see it)."""
         self._inbox: asyncio.Queue[asr_pb2.TranscriptEvent | None] = asyncio.Queue(settings.inbox_size)
         self._utterances: asyncio.Queue[chopper_pb2.Utterance | None] = asyncio.Queue(
             settings.utterance_queue_size
@@ -112,7 +116,6 @@ class CallSession:
         self._stop_reason = "hangup"
         self._segment_ids: dict[Channel, int] = {}
         self._accepted_at: dict[tuple[Channel, int], float] = {}  # (channel, segment_id) -> accept time
-        self._pending: dict[int, tuple[chopper_pb2.Utterance, float]] = {}  # utterance_id -> (utt, sent at)
         self._scored: list[UtteranceScore] = []
         self._history: deque[CallUpdate] = deque(maxlen=settings.history_size)
         self._subscribers: set[Subscription] = set()
@@ -126,8 +129,26 @@ class CallSession:
         self._done: asyncio.Future[CallOutcome] = asyncio.get_running_loop().create_future()
         self.driver_attached = False
         self.accepted = 0
+        self._taken_over: chopper_pb2.ChopResume | None = None
+        self._stored_keys: set[tuple[str, int, int, str]] = set()
+        """Utterances stored by the gateway that held the call before (``take_over``), by content."""
 
     # -- lifecycle
+
+    def take_over(self, stored: Sequence[UtteranceScore]) -> None:
+        """Go on with a call another gateway held (it died; the client came back here): its stored scores
+        become this session's history (replayed to the client, fed to the badge), utterance ids go on after
+        them, and an utterance the client sends again (same channel, times and text) is not scored twice."""
+        for event in sorted(stored, key=lambda e: e.utterance_id):
+            self._scored.append(event)
+            self._stored_keys.add((event.channel, event.start_ms, event.end_ms, event.text))
+            self._publish(functools.partial(self._score_update, event))
+            self._coach_on(event)
+        if self._scored:
+            last = self._scored[-1]
+            self._taken_over = chopper_pb2.ChopResume(
+                next_utterance_id=max(e.utterance_id for e in self._scored) + 1, previous_text=last.text
+            )
 
     async def open(self) -> None:
         """Store the call's start and open its streams; the pipeline runs as tasks of this call."""
@@ -322,62 +343,40 @@ class CallSession:
             self.accepted += 1
             await self._inbox.put(event)
 
-    async def _chop_requests(self) -> AsyncIterator[chopper_pb2.ChopRequest]:
-        while True:
-            event = await self._inbox.get()
-            if event is None:
-                end = audio_pb2.CallEnd(call_id=self.call_id, reason=self._stop_reason)
-                yield chopper_pb2.ChopRequest(call_id=self.call_id, end=end)
-                return
-            yield chopper_pb2.ChopRequest(call_id=self.call_id, transcript=event)
-
     async def _run_chopper(self) -> None:
-        stream = self._stages.chopper.Chop(self._chop_requests())
-        try:
-            await self._read_chopper(stream)
-        except grpc.aio.AioRpcError as exc:
-            raise StageError("chopper", exc) from exc
-        finally:
-            stream.cancel()  # a no-op once finished; ends the RPC when this task is cancelled
+        chopper = ChopperStream(
+            self.call_id,
+            self._stages.chopper,
+            self._inbox,
+            lambda: self._stop_reason,
+            self._reopening("chopper"),
+            taken_over=self._taken_over,
+        )
+        await chopper.run(self._on_chopped)
         await self._utterances.put(None)
 
-    async def _read_chopper(self, stream: AsyncIterator[chopper_pb2.Utterance]) -> None:
-        async for utterance in stream:
-            started = self._accepted_at.get(
-                (channel_from_role(utterance.channel), utterance.source_segment_id)
-            )
-            if started is not None:
-                self._metrics.observe_latency("chopper", (time.perf_counter() - started) * 1000)
-            await self._utterances.put(utterance)
-
-    async def _score_requests(self) -> AsyncIterator[scorer_pb2.ScoreRequest]:
-        while True:
-            utterance = await self._utterances.get()
-            if utterance is None:
-                return
-            self._pending[utterance.utterance_id] = (utterance, time.perf_counter())
-            yield scorer_pb2.ScoreRequest(call_id=self.call_id, utterance=utterance)
+    async def _on_chopped(self, utterance: chopper_pb2.Utterance) -> None:
+        key = (channel_from_role(utterance.channel), utterance.start_ms, utterance.end_ms, utterance.text)
+        if key in self._stored_keys:  # sent again after a gateway died: its score is in the history
+            self._metrics.count("callsense_gateway_resent_utterances_total")
+            return
+        started = self._accepted_at.get((channel_from_role(utterance.channel), utterance.source_segment_id))
+        if started is not None:
+            self._metrics.observe_latency("chopper", (time.perf_counter() - started) * 1000)
+        await self._utterances.put(utterance)
 
     async def _run_scorer(self) -> None:
-        stream = self._stages.scorer.Score(self._score_requests())
-        try:
-            await self._read_scorer(stream)
-        except grpc.aio.AioRpcError as exc:
-            raise StageError("scorer", exc) from exc
-        finally:
-            stream.cancel()
-        if self._pending:
-            raise RuntimeError(f"the scorer answered no score for {len(self._pending)} utterance(s)")
+        scorer = ScorerStream(self.call_id, self._stages.scorer, self._utterances, self._reopening("scorer"))
+        await scorer.run(self._on_scored)
 
-    async def _read_scorer(self, stream: AsyncIterator[scorer_pb2.SentimentScore]) -> None:
-        async for score in stream:
-            entry = self._pending.pop(score.utterance_id, None)
-            if entry is None:
-                log.warning("call %s: score for unknown utterance %d", self.call_id, score.utterance_id)
-                continue
-            utterance, sent_at = entry
-            self._metrics.observe_latency("scorer", (time.perf_counter() - sent_at) * 1000)
-            await self._on_score(utterance, score)
+    async def _on_scored(
+        self, utterance: chopper_pb2.Utterance, score: scorer_pb2.SentimentScore, sent_at: float
+    ) -> None:
+        self._metrics.observe_latency("scorer", (time.perf_counter() - sent_at) * 1000)
+        await self._on_score(utterance, score)
+
+    def _reopening(self, stage: str) -> Reopening:
+        return Reopening(stage, self.call_id, self._settings.stage_reopen_s, self._metrics)
 
     async def _on_score(self, utterance: chopper_pb2.Utterance, score: scorer_pb2.SentimentScore) -> None:
         """Store a score (idempotent), then publish it: a subscriber never sees an unstored score."""
@@ -410,6 +409,9 @@ class CallSession:
                 self._metrics.count("callsense_gateway_cues_total", topic=live.topic)
             self._publish(functools.partial(self._live_event, live))
 
+    def _score_update(self, event: UtteranceScore, seq: int) -> CallUpdate:
+        return LiveScore(self.call_id, seq, event)
+
     def _live_event(self, live: LiveEvent, seq: int) -> CallUpdate:
         if isinstance(live, BadgeChange):
             return LiveBadge(self.call_id, seq, live)
@@ -420,7 +422,7 @@ class CallSession:
         durable before anyone sees the score, and never a wait on the database of more than half a second."""
         started = time.perf_counter()
         try:
-            await self._store.record_score(event)
+            await self._store.record_score(event if self._store_text else replace(event, text=""))
         except Exception:
             # Not a connection failure (those spool): the database refuses this write for good.
             log.exception("call %s: storing utterance %d failed", self.call_id, event.utterance_id)
@@ -471,6 +473,7 @@ class CallSession:
             badge=self._coach.badge_state,
             on_store_failure=self._on_end_not_stored,
             on_report_owed=self._on_report_owed,
+            store_text=self._store_text,
         )
         self._publish(lambda seq: LiveSummary(self.call_id, seq, summary))
         for sub in tuple(self._subscribers):

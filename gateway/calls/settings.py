@@ -31,6 +31,9 @@ class SessionSettings:
     """How long stop() waits for outstanding scores before the call is ended as failed."""
     stage_timeout_s: float = 60.0
     """Deadline of one batch request to the chopper or the scorer."""
+    stage_reopen_s: float = 30.0
+    """How long a live call waits for a chopper or scorer that went away to come back (its stream is opened
+    again, to any healthy replica, and what was not answered is sent again) before it fails."""
     audio_queue_size: int = 64
     """Audio chunks (<= AUDIO_CHUNK_MS each) not yet sent to the ASR; a full queue makes audio wait."""
     audio_idle_timeout_s: float | None = 600.0

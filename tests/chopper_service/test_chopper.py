@@ -362,6 +362,19 @@ async def test_two_interleaved_calls_on_one_stream(chopper: chopper_pb2_grpc.Cho
         assert 0 < u.token_count < 128 and u.start_ms <= u.end_ms
 
 
+async def test_a_resumed_call_goes_on_with_its_ids_and_context(chopper: chopper_pb2_grpc.ChopperStub) -> None:
+    """A stream that takes a call over from a chopper that went away: ids go on, never reused."""
+    first = final("c-resume", 7, "We can sign this week.", audio_pb2.CUSTOMER, 0, 2_000)
+    first.resume.CopyFrom(chopper_pb2.ChopResume(next_utterance_id=12, previous_text="What about price?"))
+    later = final("c-resume", 8, "Send the contract over.", audio_pb2.CUSTOMER, 2_000, 4_000)
+    later.resume.CopyFrom(chopper_pb2.ChopResume(next_utterance_id=99))  # only the first one counts
+    out = [u async for u in chopper.Chop(iter([first, later, end("c-resume")]))]
+    assert [(u.utterance_id, u.previous_text) for u in out] == [
+        (12, "What about price?"),
+        (13, "We can sign this week."),
+    ]
+
+
 async def test_half_close_flushes_open_calls(chopper: chopper_pb2_grpc.ChopperStub) -> None:
     requests = [final("solo", 0, "Great, thanks. That works for us.", CUSTOMER, 0, 2_000)]
     out = [u async for u in chopper.Chop(iter(requests))]

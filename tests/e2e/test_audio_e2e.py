@@ -32,12 +32,22 @@ import pytest
 import pytest_asyncio
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import InvalidStatus
 
 from asr_service.audio import mulaw_encode
-from gateway.twilio import STREAM_PATH as TWILIO_PATH
-from tests.e2e.test_mesh_e2e import RunningMesh, _force_stop, _postmaster_pid, _query, _running, start_mesh
+from gateway.twilio import stream_path
+from tests.e2e.test_mesh_e2e import (
+    E2E_TWILIO_TOKEN,
+    RunningMesh,
+    _force_stop,
+    _postmaster_pid,
+    _query,
+    _running,
+    start_mesh,
+)
 from tests.support.audio import normalise_words, require_speech_tools, speak_pcm16
 from tests.support.otlp_collector import OtlpCollector
+from tests.support.twilio import twilio_signed
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -289,8 +299,17 @@ async def test_spoken_call_through_twilio_media_streams_through_envoy(mesh: Runn
             "customParameters": {"call_id": call_id, "tenant": "e2e", "agent": "sam"},
         },
     }
-    twilio_url = f"ws://127.0.0.1:{mesh.envoy_port}{TWILIO_PATH}"
-    async with ws_connect(twilio_url, open_timeout=10) as twilio:
+    twilio_url = f"ws://127.0.0.1:{mesh.envoy_port}{stream_path('e2e')}"
+    # Through Envoy, an upgrade Twilio did not sign is refused before it opens (403, the API's error body)...
+    with pytest.raises(InvalidStatus) as unsigned:
+        async with ws_connect(twilio_url, open_timeout=10):
+            pass
+    assert unsigned.value.response.status_code == 403, unsigned.value.response
+    assert json.loads(unsigned.value.response.body or b"{}")["error"]["code"] == "forbidden"
+    # ... and one signed as Twilio signs it, with tenant e2e's token, opens: Envoy passes the Host through,
+    # and the gateway checks the wss:// URL Twilio dialled, whatever X-Forwarded-Proto Envoy set.
+    signed = twilio_signed(E2E_TWILIO_TOKEN, twilio_url)
+    async with ws_connect(twilio_url, additional_headers=signed, open_timeout=10) as twilio:
         await twilio.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
         await twilio.send(json.dumps(start))
         watcher = await watch(mesh, call_id)

@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import struct
@@ -179,6 +180,10 @@ class RunningMesh:
 E2E_KEY = mint_key().token
 """One key for every mesh of the run: meshes that share a data directory share its database (and the key
 the first one registered)."""
+E2E_TWILIO_TOKEN = secrets.token_urlsafe(24)
+"""The auth token of tenant e2e's (pretend) Twilio account: the mesh accepts a Twilio Media Stream of e2e
+only as signed with it (tests.support.twilio.twilio_signed)."""
+E2E_TWILIO_TOKEN_ENV = "E2E_TWILIO_AUTH_TOKEN"
 
 
 def _mesh_env(
@@ -191,6 +196,9 @@ def _mesh_env(
         if not k.startswith(("CALLSENSE_", "OTEL_")) and k != "DATABASE_URL"
     }
     envoy_port, admin_port, internal_port = free_ports(3)
+    # Tenant e2e (the bootstrap key's) takes Twilio streams signed with its token, read from the environment.
+    tenants_file = data_dir / "tenants.toml"
+    tenants_file.write_text(f'[tenants.e2e]\ntwilio_auth_token_env = "{E2E_TWILIO_TOKEN_ENV}"\n')
     env.update(
         CALLSENSE_ENVOY_PORT=str(envoy_port),
         CALLSENSE_ENVOY_ADMIN_PORT=str(admin_port),
@@ -208,6 +216,8 @@ def _mesh_env(
         # The fresh database's first key: what a deployment hands `callsense up` (a secret, a CI variable).
         CALLSENSE_BOOTSTRAP_KEY=E2E_KEY,
         CALLSENSE_BOOTSTRAP_TENANT="e2e",
+        CALLSENSE_TENANTS_FILE=str(tenants_file),
+        **{E2E_TWILIO_TOKEN_ENV: E2E_TWILIO_TOKEN},
     )
     return env, envoy_port, admin_port, internal_port
 

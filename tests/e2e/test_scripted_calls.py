@@ -36,11 +36,20 @@ import pytest_asyncio
 from websockets.asyncio.client import connect as ws_connect
 
 from asr_service.audio import mulaw_encode
-from gateway.twilio import STREAM_PATH as TWILIO_PATH
+from gateway.twilio import stream_path
 from tests.e2e.test_audio_e2e import media, watch
-from tests.e2e.test_mesh_e2e import ROOT, RunningMesh, _force_stop, _postmaster_pid, _running, start_mesh
+from tests.e2e.test_mesh_e2e import (
+    E2E_TWILIO_TOKEN,
+    ROOT,
+    RunningMesh,
+    _force_stop,
+    _postmaster_pid,
+    _running,
+    start_mesh,
+)
 from tests.support.audio import require_speech_tools
 from tests.support.otlp_collector import OtlpCollector
+from tests.support.twilio import twilio_signed
 from tools.demo import CallAudio, DemoError, play, synthesize_call
 from tools.scripted_calls import SCRIPTS, ScriptedCall, Span, check_events
 
@@ -299,7 +308,10 @@ async def twilio_call(mesh: RunningMesh, call_id: str, audio: CallAudio) -> list
             if events[-1]["type"] == "summary":
                 return
 
-    async with ws_connect(f"ws://127.0.0.1:{mesh.envoy_port}{TWILIO_PATH}", open_timeout=10) as twilio:
+    url = f"ws://127.0.0.1:{mesh.envoy_port}{stream_path('e2e')}"  # signed as Twilio signs it
+    async with ws_connect(
+        url, additional_headers=twilio_signed(E2E_TWILIO_TOKEN, url), open_timeout=10
+    ) as twilio:
         await twilio.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
         await twilio.send(json.dumps(start))
         async with await watch(mesh, call_id) as watcher:

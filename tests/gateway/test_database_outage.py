@@ -1,7 +1,7 @@
-"""PostgreSQL stopped for two minutes in the middle of a live call, through the real gateway, chopper and
-scorer: scores keep reaching the client without waiting on storage (p95 under 100 ms), a new call starts
-and ends during the outage, and once the database is back every utterance sent is stored exactly once,
-with both calls' ends."""
+"""PostgreSQL stopped (every process SIGSTOPped: it answers nothing, as a dead host would) for two minutes
+in the middle of a live call, through the real gateway, chopper and scorer: scores keep reaching the
+client without waiting on storage (p95 under 100 ms), a new call starts and ends during the outage, and
+once the database is back every utterance sent is stored exactly once, with both calls' ends."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ async def test_a_database_outage_never_stalls_the_live_path_and_loses_nothing(
             assert (await receive(ws))["type"] == "started"
             before = [await scored(ws, i) for i in range(5)]
 
-            pg.stop()
+            pg.freeze()
             outage_started, during, sent = time.monotonic(), [], 5
             async with connect(gw.ws_url, additional_headers=headers) as other:  # a call starts meanwhile
                 await send(other, {"type": "start", "call_id": new_call})
@@ -85,7 +85,7 @@ async def test_a_database_outage_never_stalls_the_live_path_and_loses_nothing(
                 sent += 1
                 await asyncio.sleep(SEND_EVERY_S)
             assert spooled.spooling
-            pg.start()
+            pg.thaw()
 
             after = [await scored(ws, sent + i) for i in range(3)]
             sent += 3

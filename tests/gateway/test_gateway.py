@@ -633,7 +633,8 @@ async def test_unreachable_stage_fails_the_call_clearly_and_readyz_says_so(
     config = replace(
         mesh_services.config(database_url=gateway_db_url), chopper_addr=f"127.0.0.1:{free_port()}"
     )
-    gateway = await Gateway.open(config, settings=SessionSettings(grace_s=0.5))
+    # The call waits stage_reopen_s for the chopper to come back, then fails.
+    gateway = await Gateway.open(config, settings=SessionSettings(grace_s=0.5, stage_reopen_s=1.0))
     try:
         readiness = await gateway.readiness(timeout_s=1.0)
         assert not readiness.ready

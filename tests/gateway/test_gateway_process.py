@@ -90,6 +90,10 @@ async def test_python_m_gateway(mesh_services: MeshServices, gateway_db_url: str
         assert [e["type"] for e in events] == ["started", "score"]
 
         process.send_signal(signal.SIGTERM)  # mid-call: the call must still be ended and summarised
+        last = json.loads(await asyncio.wait_for(ws.recv(), 60))
+        while last["type"] != "summary":  # the client hears how its call ended before the server goes
+            last = json.loads(await asyncio.wait_for(ws.recv(), 60))
+        assert last["status"] == "ended" and last["reason"] == "shutdown", last
         assert await asyncio.wait_for(process.wait(), 60) == 0, log.read_text()[-3000:]
         await ws.close()
     finally:
@@ -112,3 +116,105 @@ async def test_python_m_gateway(mesh_services: MeshServices, gateway_db_url: str
     assert any("Chopper/Chop" in n for n in names) and any("Scorer/Score" in n for n in names), names
     assert any("PostCall/Report" in n for n in names), names  # the report, asked of the worker at the end
     assert {s["service.name"] for s in spans} == {"gateway"}
+
+
+async def _gateway_process(
+    mesh_services: MeshServices, db_url: str, data_dir: Path, log: Path
+) -> tuple[asyncio.subprocess.Process, str]:
+    """A `python -m gateway` on free ports; its HTTP address once ready."""
+    http_addr = f"127.0.0.1:{free_port()}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(
+        DATABASE_URL=db_url,
+        CALLSENSE_CHOPPER_ADDR=mesh_services.chopper_addr,
+        CALLSENSE_SCORER_ADDR=mesh_services.scorer_addr,
+        CALLSENSE_POSTCALL_ADDR=mesh_services.postcall_addr,
+        CALLSENSE_GATEWAY_HTTP=http_addr,
+        CALLSENSE_GATEWAY_GRPC=f"127.0.0.1:{free_port()}",
+        CALLSENSE_DATA_DIR=str(data_dir),
+    )
+    with log.open("wb") as out:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", cwd=ROOT, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT
+        )
+    await _wait_ready(f"http://{http_addr}/readyz", process, log)
+    return process, http_addr
+
+
+async def test_a_call_goes_on_at_another_gateway_when_its_own_is_killed(
+    mesh_services: MeshServices, gateway_db_url: str, tmp_path: Path
+) -> None:
+    """Two replicas on one database; the one holding a live call is SIGKILLed. The client comes back to the
+    other (as Envoy would send it) with the same call id: the call resumes with its stored scores replayed,
+    utterances the client sends again are not scored twice, new ones go on. Counted at the end: sent,
+    scored, stored all equal, no duplicates."""
+    keys = await KeyStore.open(gateway_db_url)
+    try:
+        key = await make_key(keys)
+    finally:
+        await keys.close()
+    lines = [f"We reviewed item {i} of the proposal with the finance team this week." for i in range(6)]
+
+    def utterance(i: int) -> str:
+        at = i * 4000
+        message = {
+            "type": "utterance",
+            "text": lines[i],
+            "channel": "customer",
+            "start_ms": at,
+            "end_ms": at + 3500,
+        }
+        return json.dumps(message)
+
+    async def scores(ws: object, n: int) -> list[dict[str, object]]:
+        got: list[dict[str, object]] = []
+        while len(got) < n:
+            event = json.loads(await asyncio.wait_for(ws.recv(), 60))  # type: ignore[attr-defined]
+            assert event["type"] != "error", event
+            if event["type"] == "score":
+                got.append(event)
+        return got
+
+    a, a_http = await _gateway_process(mesh_services, gateway_db_url, tmp_path / "a", tmp_path / "a.log")
+    b, b_http = await _gateway_process(mesh_services, gateway_db_url, tmp_path / "b", tmp_path / "b.log")
+    call_id = f"failover-{uuid.uuid4().hex[:8]}"
+    try:
+        ws = await connect(f"ws://{a_http}/v1/sentiment/stream", additional_headers=bearer(key))
+        await ws.send(json.dumps({"type": "start", "call_id": call_id}))
+        assert json.loads(await ws.recv())["type"] == "started"
+        for i in range(3):
+            await ws.send(utterance(i))
+        first = await scores(ws, 3)
+        a.send_signal(signal.SIGKILL)
+        await a.wait()
+
+        async with connect(f"ws://{b_http}/v1/sentiment/stream", additional_headers=bearer(key)) as again:
+            await again.send(json.dumps({"type": "start", "call_id": call_id}))
+            started = json.loads(await again.recv())
+            assert started["type"] == "started" and started["resumed"] is True
+            replayed = await scores(again, 3)  # the history: what A had stored
+            for i in range(6):  # the client does not know what A heard: it sends everything again
+                await again.send(utterance(i))
+            new = await scores(again, 3)
+            await again.send(json.dumps({"type": "stop"}))
+            summary = json.loads(await asyncio.wait_for(again.recv(), 60))
+            while summary["type"] != "summary":
+                summary = json.loads(await asyncio.wait_for(again.recv(), 60))
+    finally:
+        for process in (a, b):
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+
+    assert [s["utterance_id"] for s in replayed] == [s["utterance_id"] for s in first] == [0, 1, 2]
+    assert [s["text"] for s in new] == lines[3:]
+    # Ids stay unique and increasing (the dropped re-sends used some up: not contiguous).
+    ids = [s["utterance_id"] for s in new]
+    assert ids == sorted(ids) and ids[0] > 2 and len(set(ids)) == 3
+    assert summary["status"] == "ended" and summary["utterance_count"] == 6
+    store = await Store.open(gateway_db_url, migrate=False)
+    try:
+        row = await store.get_call(call_id)
+    finally:
+        await store.close()
+    assert row is not None and [e.text for e in row.events] == lines  # each once, in order

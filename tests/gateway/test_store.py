@@ -126,21 +126,22 @@ def _event(
 
 async def test_migrations_apply_once_even_when_processes_race(fresh_db_url: str) -> None:
     migrations = load_migrations()
-    assert [m.version for m in migrations] == ["0001", "0002", "0003", "0004", "0005"]
+    assert [m.version for m in migrations] == ["0001", "0002", "0003", "0004", "0005", "0006"]
     # Three "replicas" starting at once: the advisory lock lets exactly one of them apply the migrations.
     conns = [await psycopg.AsyncConnection.connect(fresh_db_url, autocommit=True) for _ in range(3)]
     try:
         results = await asyncio.gather(*(apply_migrations(c, migrations) for c in conns))
-        assert sorted(results) == [[], [], ["0001", "0002", "0003", "0004", "0005"]]
+        assert sorted(results) == [[], [], ["0001", "0002", "0003", "0004", "0005", "0006"]]
         assert await apply_migrations(conns[0], migrations) == []  # and again: nothing to do
         cur = await conns[0].execute("SELECT version FROM schema_migrations ORDER BY version")
-        assert await cur.fetchall() == [("0001",), ("0002",), ("0003",), ("0004",), ("0005",)]
+        assert await cur.fetchall() == [("0001",), ("0002",), ("0003",), ("0004",), ("0005",), ("0006",)]
         cur = await conns[0].execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1"
         )
         tables = [row[0] for row in await cur.fetchall()]
         assert tables == [
             "api_keys",
+            "audit_log",
             "calls",
             "daily_rollups",
             "nlp_events",

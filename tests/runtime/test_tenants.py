@@ -124,6 +124,13 @@ def test_environment_only_without_a_file() -> None:
             '[default]\ncrm_webhook_secret = "a"\ncrm_webhook_secret_env = "B"\n',
             "crm_webhook_secret or crm_webhook_secret_env, not both",
         ),
+        (
+            '[tenants.acme]\ntwilio_auth_token_env = "NOT_SET_ANYWHERE"\n',
+            r"\[tenants.acme\]: twilio_auth_token_env: the environment variable 'NOT_SET_ANYWHERE' is not",
+        ),
+        ("[default]\ntwilio_auth_token_env = 5\n", "twilio_auth_token_env: expected str"),
+        # The token itself never goes in the file: only the name of the variable that holds it.
+        ('[default]\ntwilio_auth_token = "abc"\n', r"\[default\]: twilio_auth_token: unknown key"),
         ("[default\n", "not valid TOML"),
         (
             '[tenants.acme]\ntimezone = "Pacific Time"\n',
@@ -151,3 +158,27 @@ def test_bad_environment_and_missing_file(tmp_path: Path) -> None:
     missing = tmp_path / "nope.toml"
     with pytest.raises(TenantConfigError, match=f"{missing}: cannot read it"):
         load_tenants({"CALLSENSE_TENANTS_FILE": str(missing)})
+
+
+def test_twilio_auth_tokens_come_from_the_environment(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        """
+        [default]
+        twilio_auth_token_env = "SHARED_TWILIO_TOKEN"
+        [tenants.acme]
+        twilio_auth_token_env = "ACME_TWILIO_TOKEN"
+        [tenants.beta]
+        timezone = "Europe/Berlin"
+        """,
+    )
+    env = {"SHARED_TWILIO_TOKEN": "shared-token", "ACME_TWILIO_TOKEN": "acme-token"}
+    config = load_tenants_file(path, env)
+    assert config.twilio_auth_token("acme") == "acme-token"
+    # beta and every tenant not named inherit [default]'s (one Twilio account for all of them).
+    assert config.twilio_auth_token("beta") == config.twilio_auth_token("nobody") == "shared-token"
+    assert "acme-token" not in repr(config) and "shared-token" not in repr(config)  # credentials: not logged
+    # Without the key, no tenant takes Twilio streams.
+    assert load_tenants({}).twilio_auth_token("acme") is None
+    example = load_tenants_file(EXAMPLE, {"ACME_CRM_WEBHOOK_SECRET": "from-env"})
+    assert example.twilio_auth_token("acme") is None  # commented out in the example

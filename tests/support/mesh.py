@@ -95,13 +95,14 @@ class MeshServices:
     """The session's post-call worker: a gateway's Config needs it, or its calls' reports are owed."""
 
     def config(self, **settings: Any) -> Config:
-        """A gateway's Config that reaches these services; ``settings``: its other fields."""
-        return Config(
-            chopper_addr=self.chopper_addr,
-            scorer_addr=self.scorer_addr,
-            postcall_addr=self.postcall_addr,
-            **settings,
-        )
+        """A gateway's Config that reaches these services; ``settings``: its other fields (or other
+        addresses)."""
+        services = {
+            "chopper_addr": self.chopper_addr,
+            "scorer_addr": self.scorer_addr,
+            "postcall_addr": self.postcall_addr,
+        }
+        return Config(**(services | settings))
 
 
 def _scorer_model() -> Path:
@@ -179,6 +180,19 @@ def spawn_postcall(
     )
 
 
+def spawn_chopper(addr: str, log: Path) -> subprocess.Popen[bytes]:
+    """A real chopper, ``python -m chopper_service`` on ``addr``; wait with ``_wait_serving``."""
+    return _spawn("chopper_service", "CALLSENSE_CHOPPER_ADDR", addr, [], log)
+
+
+def spawn_scorer(addr: str, log: Path, model: Path | None = None) -> subprocess.Popen[bytes]:
+    """A real scorer with the shipped model (one thread), ``python -m scorer_service`` on ``addr``."""
+    model = model or _scorer_model()
+    return _spawn(
+        "scorer_service", "CALLSENSE_SCORER_ADDR", addr, ["--model", str(model), "--threads", "1"], log
+    )
+
+
 @pytest.fixture(scope="session")
 def postcall_addr(gateway_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The real post-call worker, a `python -m postcall` subprocess on a free port and the session's
@@ -201,14 +215,8 @@ def mesh_services(tmp_path_factory: pytest.TempPathFactory, postcall_addr: str) 
     logs = tmp_path_factory.mktemp("mesh")
     chopper_addr = f"127.0.0.1:{free_port()}"
     scorer_addr = f"127.0.0.1:{free_port()}"
-    chopper = _spawn("chopper_service", "CALLSENSE_CHOPPER_ADDR", chopper_addr, [], logs / "chopper.log")
-    scorer = _spawn(
-        "scorer_service",
-        "CALLSENSE_SCORER_ADDR",
-        scorer_addr,
-        ["--model", str(model), "--threads", "1"],
-        logs / "scorer.log",
-    )
+    chopper = spawn_chopper(chopper_addr, logs / "chopper.log")
+    scorer = spawn_scorer(scorer_addr, logs / "scorer.log", model)
     try:
         _wait_serving("chopper", chopper_addr, chopper, logs / "chopper.log")
         _wait_serving("scorer", scorer_addr, scorer, logs / "scorer.log")

@@ -1,12 +1,19 @@
-"""A PostgreSQL of a test's own, to stop and start again: database outages tried for real."""
+"""A PostgreSQL of a test's own, to stop and start again, or to freeze and thaw: database outages tried for
+real. Freezing (SIGSTOP to the postmaster and every backend) makes the server stop answering, as a
+crashed host or a network partition would: connections hang instead of being refused. It also needs no
+fork from the test process, which matters when that process runs gRPC threads (pgserver's pg_ctl start
+forks with a preexec function, which has crashed in such a process)."""
 
 from __future__ import annotations
 
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import psutil
 
 from callsense.database import EmbeddedPostgres, start_embedded_postgres
 
@@ -21,6 +28,19 @@ class StoppablePostgres:
         if self._pg is not None:
             self._pg.stop()
             self._pg = None
+
+    def _processes(self) -> list[psutil.Process]:
+        postmaster = psutil.Process(int((self._data / "postmaster.pid").read_text().split()[0]))
+        return [postmaster, *postmaster.children(recursive=True)]
+
+    def freeze(self) -> None:
+        """The server stops answering (every process SIGSTOPped) without anything being closed."""
+        for process in self._processes():
+            process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        for process in self._processes():
+            process.send_signal(signal.SIGCONT)
 
     def start(self) -> None:
         if self._pg is None:

@@ -3,13 +3,18 @@ HTTP, WebSocket, gRPC and gRPC-Web to tiny local backends (started on free ports
 
 The edge is tried, not read: through the real Envoy's public listener the internal services (by path or by
 authority) and /metrics are refused without reaching any upstream, however the path is spelt, while its
-internal listener reaches them; cross-origin calls are refused unless an origin is configured."""
+internal listener reaches them; cross-origin calls are refused unless an origin is configured; each API key
+and each address without a key has its own rate limit (429 / RESOURCE_EXHAUSTED from Envoy, health checks
+exempt); every answer carries the security headers; and with a certificate the public listener speaks TLS
+to browsers, gRPC and WebSocket clients alike."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import io
+import ssl
+import stat
 import struct
 import subprocess
 from collections.abc import AsyncIterator, Callable
@@ -29,10 +34,19 @@ from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 from websockets.http11 import Request, Response
 
-from callsense.config import load_config
-from tools.envoy_config import DEFAULT_PATH, MeshLayout, build, check, render
+from callsense.config import ConfigError, load_config
+from tools.envoy_config import (
+    DEFAULT_PATH,
+    HSTS,
+    SECURITY_HEADERS,
+    MeshLayout,
+    build,
+    check,
+    render,
+)
 from tools.ports import free_ports
 from tools.supervisor import Supervisor, envoy_binary, envoy_shm_files, envoy_spec
+from tools.up import UpOptions, edge_overrides, mesh_specs, self_signed_certificate
 
 ENVOY_ROUTE_TIMEOUT_DEFAULT_S = 15.0
 """Envoy ends a route's response this long after the request ends unless the route says otherwise."""
@@ -149,6 +163,184 @@ def test_cors_is_same_origin_unless_origins_are_configured() -> None:
         assert policies and all(p["allow_origin_string_match"] == match for p in policies), origins
 
 
+# --- the edge: rate limits, security headers, TLS ------------------------------------------------------
+
+
+def _filter_names(config: dict[str, Any], listener: str) -> list[str]:
+    return [f["name"] for f in _hcm(config, listener)["http_filters"]]
+
+
+def _rate_limit(config: dict[str, Any]) -> dict[str, Any]:
+    limits: list[dict[str, Any]] = [
+        f["typed_config"]
+        for f in _hcm(config, "public")["http_filters"]
+        if f["name"] == "envoy.filters.http.local_ratelimit"
+    ]
+    (limit,) = limits
+    return limit
+
+
+def _unlimited_routes(config: dict[str, Any]) -> dict[str, str]:
+    """Route name -> its path, for the public routes that take the rate limit filter out."""
+    disabled = {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": True}
+    return {
+        r["name"]: r["match"].get("path", "")
+        for r in _routes(config)
+        if r.get("typed_per_filter_config", {}).get("envoy.filters.http.local_ratelimit") == disabled
+    }
+
+
+def test_public_listener_limits_each_key_and_each_address_without_one() -> None:
+    config = build(MeshLayout())
+    # Only the public listener; after CORS (a preflight spends no token), before the router.
+    assert _filter_names(config, "public") == [
+        "envoy.filters.http.grpc_web",
+        "envoy.filters.http.cors",
+        "envoy.filters.http.local_ratelimit",
+        "envoy.filters.http.router",
+    ]
+    assert "envoy.filters.http.local_ratelimit" not in _filter_names(config, "internal")
+    limit = _rate_limit(config)
+    # One bucket per authorization header value (its own bucket per key: the entry has no value) ...
+    per_key, per_address = limit["rate_limits"]
+    assert per_key == {
+        "actions": [{"request_headers": {"header_name": "authorization", "descriptor_key": "api_key"}}]
+    }
+    # ... and, for requests without one, per client address.
+    without_key, address = per_address["actions"]
+    assert without_key["header_value_match"]["expect_match"] is False
+    assert without_key["header_value_match"]["headers"] == [{"name": "authorization", "present_match": True}]
+    assert address == {"remote_address": {}}
+    assert [(d["entries"], d["token_bucket"]) for d in limit["descriptors"]] == [
+        ([{"key": "api_key"}], {"max_tokens": 100, "tokens_per_fill": 50, "fill_interval": "1s"}),
+        (
+            [{"key": "authorization", "value": "absent"}, {"key": "remote_address"}],
+            {"max_tokens": 40, "tokens_per_fill": 20, "fill_interval": "1s"},
+        ),
+    ]
+    assert "token_bucket" not in limit  # no global bucket: a request that matches no descriptor passes
+    assert limit["max_dynamic_descriptors"] == MeshLayout().rate_limit_tracked == 10_000
+    assert limit["rate_limited_as_resource_exhausted"] is True
+    assert limit["enable_x_ratelimit_headers"] == "DRAFT_VERSION_03"
+    for enabled in ("filter_enabled", "filter_enforced"):  # Envoy's default for both is 0 %: off
+        assert limit[enabled]["default_value"] == {"numerator": 100, "denominator": "HUNDRED"}
+    # Health checks are never limited (load balancers and `callsense up` poll them).
+    assert _unlimited_routes(config) == {"healthz": "/healthz", "readyz": "/readyz"}
+
+
+def test_rate_limits_are_configurable_and_can_be_turned_off() -> None:
+    def buckets(layout: MeshLayout) -> list[dict[str, Any]]:
+        return [d["token_bucket"] for d in _rate_limit(build(layout))["descriptors"]]
+
+    # Rates below one a second refill one token per interval; fractions keep their exact rate.
+    assert buckets(MeshLayout(rate_limit_per_key=0.1, rate_limit_per_key_burst=2, rate_limit_per_ip=2.5)) == [
+        {"max_tokens": 2, "tokens_per_fill": 1, "fill_interval": "10s"},
+        {"max_tokens": 40, "tokens_per_fill": 5, "fill_interval": "2s"},
+    ]
+    only_keys = build(MeshLayout(rate_limit_per_ip=0))
+    assert [d["entries"] for d in _rate_limit(only_keys)["descriptors"]] == [[{"key": "api_key"}]]
+    off = build(MeshLayout(rate_limit_per_key=0, rate_limit_per_ip=0))
+    assert "envoy.filters.http.local_ratelimit" not in _filter_names(off, "public")
+    assert not _unlimited_routes(off)  # no per-route setting for a filter that is not there
+
+    env = {
+        "CALLSENSE_RATE_LIMIT_PER_KEY": "5",
+        "CALLSENSE_RATE_LIMIT_PER_KEY_BURST": "7",
+        "CALLSENSE_RATE_LIMIT_PER_IP": "0.5",
+        "CALLSENSE_RATE_LIMIT_PER_IP_BURST": "3",
+    }
+    layout = MeshLayout.from_config(load_config({}), env=env)
+    assert (layout.rate_limit_per_key, layout.rate_limit_per_key_burst) == (5, 7)
+    assert (layout.rate_limit_per_ip, layout.rate_limit_per_ip_burst) == (0.5, 3)
+    # `callsense up`'s flags win over the environment.
+    overrides = edge_overrides(UpOptions(rate_limit_per_key=9, rate_limit_per_ip_burst=4), load_config({}))
+    assert overrides == {"rate_limit_per_key": 9, "rate_limit_per_ip_burst": 4}
+    layout = MeshLayout.from_config(load_config({}), env=env, **overrides)
+    assert (layout.rate_limit_per_key, layout.rate_limit_per_key_burst, layout.rate_limit_per_ip_burst) == (
+        9,
+        7,
+        4,
+    )
+    for bad, match in [
+        ({"CALLSENSE_RATE_LIMIT_PER_KEY": "many"}, "CALLSENSE_RATE_LIMIT_PER_KEY"),
+        ({"CALLSENSE_RATE_LIMIT_PER_IP_BURST": "1.5"}, "CALLSENSE_RATE_LIMIT_PER_IP_BURST"),
+        ({"CALLSENSE_RATE_LIMIT_PER_IP": "-1"}, "rate_limit_per_ip"),
+        ({"CALLSENSE_RATE_LIMIT_PER_KEY_BURST": "0"}, "rate_limit_per_key_burst"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            MeshLayout.from_config(load_config({}), env=bad)
+
+
+def test_security_headers_on_every_public_answer_unless_the_gateway_set_its_own() -> None:
+    def added(layout: MeshLayout, listener: str) -> list[tuple[str, str, str]]:
+        return [
+            (h["header"]["key"], h["header"]["value"], h["append_action"])
+            for host in _virtual_hosts(build(layout), listener).values()
+            for h in host.get("response_headers_to_add", [])
+        ]
+
+    plain = [(k, v, "ADD_IF_ABSENT") for k, v in SECURITY_HEADERS]
+    assert {k: v for k, v, _ in plain} == {
+        "x-content-type-options": "nosniff",
+        "referrer-policy": "no-referrer",
+        "x-frame-options": "DENY",
+        "cross-origin-opener-policy": "same-origin",
+    }
+    assert added(MeshLayout(), "public") == plain
+    assert added(MeshLayout(), "internal") == []
+    # HSTS only over TLS: sent over plain http it would be ignored, and would be wrong.
+    tls = MeshLayout(tls_cert="/tls/cert.pem", tls_key="/tls/key.pem")
+    assert added(tls, "public") == [*plain, (*HSTS, "ADD_IF_ABSENT")]
+    assert HSTS == ("strict-transport-security", "max-age=31536000")
+
+
+def test_tls_on_the_public_listener_only_when_a_certificate_is_given() -> None:
+    def transport(layout: MeshLayout, listener: str) -> Any:
+        return _listeners(build(layout))[listener]["filter_chains"][0].get("transport_socket")
+
+    assert transport(MeshLayout(), "public") is None  # plaintext by default, as before
+    layout = MeshLayout.from_config(
+        load_config({}), env={"CALLSENSE_TLS_CERT": "/tls/cert.pem", "CALLSENSE_TLS_KEY": "/tls/key.pem"}
+    )
+    assert layout.tls and transport(layout, "internal") is None
+    context = transport(layout, "public")["typed_config"]["common_tls_context"]
+    assert context["tls_params"] == {"tls_minimum_protocol_version": "TLSv1_2"}
+    assert context["alpn_protocols"] == ["h2", "http/1.1"]  # gRPC over h2; browsers and WebSockets over 1.1
+    assert context["tls_certificates"] == [
+        {"certificate_chain": {"filename": "/tls/cert.pem"}, "private_key": {"filename": "/tls/key.pem"}}
+    ]
+    with pytest.raises(ValueError, match="go together"):
+        MeshLayout(tls_cert="/tls/cert.pem")
+    with pytest.raises(ConfigError, match="go together"):
+        MeshLayout.from_config(load_config({}), env={"CALLSENSE_TLS_KEY": "/tls/key.pem"})
+
+
+def test_self_signed_certificate_for_local_use(tmp_path: Path) -> None:
+    """`callsense up --tls-self-signed`: a key only its owner reads, SANs localhost and 127.0.0.1, and the
+    same certificate on the next start (a browser's exception for it keeps holding)."""
+    cert, key = self_signed_certificate(tmp_path / "tls")
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(cert.parent.stat().st_mode) == 0o700
+    names = subprocess.run(
+        ["openssl", "x509", "-in", str(cert), "-noout", "-ext", "subjectAltName"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "DNS:localhost" in names and "IP Address:127.0.0.1" in names, names
+    assert self_signed_certificate(tmp_path / "tls") == (cert, key)
+    assert cert.read_bytes() == self_signed_certificate(tmp_path / "tls")[0].read_bytes()
+    # `callsense up` hands it to Envoy by absolute path and shows https/wss addresses.
+    config = load_config({"CALLSENSE_DATA_DIR": str(tmp_path)})
+    overrides = edge_overrides(UpOptions(tls_self_signed=True), config)
+    assert overrides == {"tls_cert": str(cert), "tls_key": str(key)}
+    (envoy, *_) = mesh_specs(config, UpOptions(), "postgresql://db/x", tmp_path / "envoy.yaml", tls=True)
+    assert any(url.startswith("https://") for url in envoy.urls)
+    assert any(url.startswith("wss://") for url in envoy.urls)
+    with pytest.raises(ConfigError, match="cannot read"):
+        edge_overrides(UpOptions(tls_cert=tmp_path / "none.pem", tls_key=key), config)
+
+
 # --- the config itself -----------------------------------------------------------------------------
 
 
@@ -162,12 +354,19 @@ def test_cors_is_same_origin_unless_origins_are_configured() -> None:
             gateway_http=["gateway:8000"],
             otlp_endpoint="http://otel-collector:4317",
         ),
+        # Tiny and fractional limits, one kind off.
+        MeshLayout(rate_limit_per_key=0.1, rate_limit_per_key_burst=2, rate_limit_per_ip=0),
+        MeshLayout(rate_limit_per_key=0, rate_limit_per_ip=0),
     ],
-    ids=["default", "cluster"],
+    ids=["default", "cluster", "tiny-limits", "no-limits"],
 )
 def test_rendered_config_passes_envoy_validation(layout: MeshLayout, tmp_path: Path) -> None:
-    path = tmp_path / "envoy.yaml"
-    path.write_text(render(layout))
+    _validate(render(layout), tmp_path)
+
+
+def _validate(config: str, directory: Path) -> None:
+    path = directory / "envoy.yaml"
+    path.write_text(config)
     result = subprocess.run(
         [envoy_binary(), "--mode", "validate", "-c", str(path), "--disable-hot-restart"],
         capture_output=True,
@@ -177,6 +376,12 @@ def test_rendered_config_passes_envoy_validation(layout: MeshLayout, tmp_path: P
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "Deprecated field" not in output, output
+
+
+def test_tls_config_passes_envoy_validation(tmp_path: Path) -> None:
+    """Envoy loads the certificate and key to validate: they must exist (made as `callsense up` does)."""
+    cert, key = self_signed_certificate(tmp_path / "tls")
+    _validate(render(MeshLayout(tls_cert=str(cert), tls_key=str(key))), tmp_path)
 
 
 def test_checked_in_config_is_current() -> None:
@@ -207,7 +412,9 @@ def test_check_rejects_what_envoy_would_reject() -> None:
 
 def test_routes_clusters_and_timeouts() -> None:
     config = build(MeshLayout())
-    public = {r["match"]["prefix"]: r["route"] for r in _routes(config, "public") if "route" in r}
+    # Prefix routes (the health checks' exact paths aside) that go to an upstream.
+    routed = [r for r in _routes(config, "public") if "route" in r and "prefix" in r["match"]]
+    public = {r["match"]["prefix"]: r["route"] for r in routed}
     internal = {r["match"]["prefix"]: r["route"] for r in _routes(config, "internal")}
     for routes in (public, internal):
         assert routes["/callsense.v1.Sentiment/"]["cluster"] == "gateway_grpc"
@@ -246,7 +453,10 @@ def _http_backend(name: str, seen: list[Request]) -> Callable[[ServerConnection,
         seen.append(request)
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return None
-        return connection.respond(200, f"{name} {request.path}\n")
+        response = connection.respond(200, f"{name} {request.path}\n")
+        if request.path == OWN_HEADERS_PATH:  # as the gateway's pages set their own, stricter policies
+            response.headers.update(OWN_HEADERS)
+        return response
 
     return process_request
 
@@ -296,6 +506,23 @@ def _otlp_collector(spans: list[Any]) -> grpc.GenericRpcHandler:
     )
 
 
+LIMIT_BURST = 2
+"""The tiny limits' burst; their rate is one request per 10 s, so no token comes back within a test."""
+
+
+@dataclass(frozen=True)
+class TlsEdge:
+    layout: MeshLayout
+    cert: Path
+
+    @property
+    def port(self) -> int:
+        return self.layout.listener_port
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.cert))
+
+
 @dataclass
 class Mesh:
     port: int
@@ -308,6 +535,10 @@ class Mesh:
     """(cluster, method) of every gRPC call an upstream answered (health checks aside)."""
     exported_spans: list[Any]
     layout: MeshLayout = field(repr=False)
+    limited: MeshLayout = field(repr=False)
+    """A second Envoy over the same upstreams with tiny rate limits (``LIMIT_BURST``, then 0.1/s)."""
+    tls: TlsEdge = field(repr=False)
+    """A third whose public listener speaks TLS."""
 
 
 async def _start_grpc_server(handlers: list[grpc.GenericRpcHandler]) -> tuple[grpc.aio.Server, int]:
@@ -319,22 +550,31 @@ async def _start_grpc_server(handlers: list[grpc.GenericRpcHandler]) -> tuple[gr
 
 
 @contextlib.asynccontextmanager
-async def _envoy(layout: MeshLayout, directory: Path) -> AsyncIterator[None]:
-    """A real Envoy serving ``layout`` until the block ends (ready: its admin /ready says LIVE)."""
-    config = directory / "envoy.yaml"
-    config.write_text(render(layout))
-    supervisor = Supervisor(
-        [envoy_spec("envoy", config, admin_port=layout.admin_port, concurrency=1)], out=io.StringIO()
-    )
-    async with supervisor:
+async def _envoy(layout: MeshLayout, directory: Path, **more: MeshLayout) -> AsyncIterator[None]:
+    """A real Envoy serving ``layout`` (and one for each of ``more``, by name, started at the same time)
+    until the block ends (ready: each one's admin /ready says LIVE)."""
+    specs = []
+    for name, each in {"envoy": layout, **more}.items():
+        config = directory / f"{name}.yaml"
+        config.write_text(render(each))
+        specs.append(envoy_spec(name, config, admin_port=each.admin_port, concurrency=1))
+    supervisor = Supervisor(specs, out=io.StringIO())
+    await supervisor.start()
+    try:
         yield
+    finally:
+        await supervisor.stop()
 
 
-def _ports(layout: MeshLayout) -> MeshLayout:
-    """``layout`` on free ports of its own: public, internal, admin."""
-    public, internal, admin = free_ports(3)
+def _ports(layout: MeshLayout, ports: list[int] | None = None) -> MeshLayout:
+    """``layout`` on free ports of its own (or the first three of ``ports``): public, internal, admin."""
+    public, internal, admin = ports[:3] if ports else free_ports(3)
     return replace(layout, listener_port=public, internal_port=internal, admin_port=admin)
 
+
+OWN_HEADERS_PATH = "/own-headers"
+OWN_HEADERS = {"x-frame-options": "SAMEORIGIN", "referrer-policy": "same-origin"}
+"""What the fake gateway answers on OWN_HEADERS_PATH: Envoy must leave them as they are."""
 
 APP_ORIGIN = "http://app.example"
 """The one cross-origin caller the module's Envoy allows (the default layout allows none)."""
@@ -377,10 +617,33 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
                 otlp_endpoint=f"http://127.0.0.1:{collector_port}",
                 cors_allow_origins=[APP_ORIGIN],
                 access_log=False,
+                # The filter is in the chain for every test here, but never in the way: the limits'
+                # own tests run their own Envoy with tiny ones.
+                rate_limit_per_key=10_000,
+                rate_limit_per_key_burst=10_000,
+                rate_limit_per_ip=10_000,
+                rate_limit_per_ip_burst=10_000,
             )
         )
+        directory = tmp_path_factory.mktemp("envoy")
+        edge = replace(layout, otlp_endpoint=None)
+        ports = free_ports(6)
+        limited = _ports(
+            replace(
+                edge,
+                rate_limit_per_key=0.1,
+                rate_limit_per_key_burst=LIMIT_BURST,
+                rate_limit_per_ip=0.1,
+                rate_limit_per_ip_burst=LIMIT_BURST,
+            ),
+            ports[:3],
+        )
+        # The certificate `callsense up --tls-self-signed` makes.
+        cert, key = self_signed_certificate(directory / "tls")
+        tls = _ports(replace(edge, tls_cert=str(cert), tls_key=str(key)), ports[3:])
         shm_before = envoy_shm_files()
-        await stack.enter_async_context(_envoy(layout, tmp_path_factory.mktemp("envoy")))
+        envoys = _envoy(layout, directory, **{"envoy-limited": limited, "envoy-tls": tls})
+        await stack.enter_async_context(envoys)
         yield Mesh(
             layout.listener_port,
             layout.internal_port,
@@ -389,6 +652,8 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
             grpc_calls,
             exported_spans,
             layout,
+            limited,
+            TlsEdge(tls, cert),
         )
     assert envoy_shm_files() <= shm_before, "Envoy left hot-restart shared memory behind"
 
@@ -612,3 +877,152 @@ async def test_envoy_spans_join_the_callers_trace(mesh: Mesh) -> None:
     assert {r.headers["traceparent"].split("-")[1] for r in upstream} == {trace_id}
     assert parents == {s.span_id.hex() for s in ours}
     assert all(r.headers["x-call-id"] == "traced-call" and r.headers["x-request-id"] for r in upstream)
+
+
+# --- the edge, live: rate limits, security headers, TLS ------------------------------------------------
+
+
+def _client(port: int, source: str = "127.0.0.1") -> httpx.AsyncClient:
+    """An HTTP client of the public listener whose connections come from ``source`` (on Linux every
+    127.0.0.x is this host): another client address to Envoy."""
+    transport = httpx.AsyncHTTPTransport(local_address=source)
+    return httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", transport=transport, timeout=5)
+
+
+def _seen_with(mesh: Mesh, header: str, value: str) -> int:
+    """How many requests with ``header: value`` reached the gateway_http replicas."""
+    return sum(1 for r in mesh.http_requests if r.headers.get(header) == value)
+
+
+@live
+async def test_each_key_has_its_own_rate_limit(mesh: Mesh) -> None:
+    key_a, key_b = "Bearer csk_ratea_secret", "Bearer csk_rateb_secret"
+    async with _client(mesh.limited.listener_port) as client:
+        answers = [await client.get("/v1/calls", headers={"authorization": key_a}) for _ in range(3)]
+        assert [a.status_code for a in answers] == [200, 200, 429]
+        refused = answers[-1]
+        # The draft-03 headers say how much is left and when it comes back; the body is Envoy's own.
+        assert refused.headers["x-ratelimit-limit"].split(",")[0] == str(LIMIT_BURST)
+        assert refused.headers["x-ratelimit-remaining"] == "0"
+        assert int(refused.headers["x-ratelimit-reset"]) > 0
+        assert refused.text == "local_rate_limited"
+        assert answers[0].headers["x-ratelimit-remaining"] == "1"
+        # Envoy answered the third itself: the gateway saw two requests of key A.
+        assert _seen_with(mesh, "authorization", key_a) == LIMIT_BURST
+        # Another key, from the same address, still has its whole bucket.
+        assert (await client.get("/v1/calls", headers={"authorization": key_b})).status_code == 200
+
+
+@live
+async def test_requests_without_a_key_are_limited_per_address(mesh: Mesh) -> None:
+    async with _client(mesh.limited.listener_port, "127.0.0.2") as client:
+        # Keyed requests do not spend the address's tokens.
+        for i in range(3):
+            keyed = await client.get("/v1/calls", headers={"authorization": f"Bearer csk_addr{i}_secret"})
+            assert keyed.status_code == 200
+        answers = [(await client.get("/signin")).status_code for _ in range(3)]  # sign-in, say
+        assert answers == [200, 200, 429]
+    async with _client(mesh.limited.listener_port, "127.0.0.3") as other:
+        assert (await other.get("/signin")).status_code == 200
+
+
+@live
+async def test_grpc_over_the_limit_is_resource_exhausted(mesh: Mesh) -> None:
+    before = len(mesh.grpc_calls)
+    metadata = (("authorization", "Bearer csk_grpc_secret"),)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.limited.listener_port}") as channel:
+        ping = channel.unary_unary("/callsense.v1.Sentiment/Ping")
+        for _ in range(LIMIT_BURST):
+            assert await ping(b"", metadata=metadata, timeout=5) == b"gateway_grpc"
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await ping(b"", metadata=metadata, timeout=5)
+    # RESOURCE_EXHAUSTED, not UNAVAILABLE: a client must not retry at once.
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value
+    assert len(mesh.grpc_calls) == before + LIMIT_BURST
+
+
+@live
+async def test_a_websocket_call_is_one_request_however_many_messages(mesh: Mesh) -> None:
+    headers = {"authorization": "Bearer csk_socket_secret"}
+    url = f"ws://127.0.0.1:{mesh.limited.listener_port}/v1/sentiment/stream?call_id=limited-1"
+    async with ws_connect(url, additional_headers=headers, ping_interval=None, open_timeout=5) as ws:
+        for i in range(10):
+            await ws.send(f"line {i}")
+            assert await ws.recv() == f"echo: line {i}"
+    async with _client(mesh.limited.listener_port) as client:
+        answers = [(await client.get("/v1/calls", headers=headers)).status_code for _ in range(2)]
+    assert answers == [200, 429]  # the upgrade took one token, the ten messages none
+
+
+@live
+async def test_health_checks_are_never_limited(mesh: Mesh) -> None:
+    async with _client(mesh.limited.listener_port, "127.0.0.4") as client:
+        for _ in range(10):  # five times the burst each: a load balancer polling, `callsense up` waiting
+            for path in ("/readyz", "/healthz", "/readyz?verbose=1"):
+                answer = await client.get(path)
+                assert answer.status_code == 200, path
+                assert "x-ratelimit-limit" not in answer.headers, path
+        # They spent none of the address's tokens either.
+        answers = [(await client.get("/docs")).status_code for _ in range(3)]
+        assert answers == [200, 200, 429]
+
+
+@live
+async def test_security_headers_on_every_answer(mesh: Mesh) -> None:
+    expected = dict(SECURITY_HEADERS)
+    async with _client(mesh.port) as client:
+        for path, status in [("/docs", 200), ("/metrics", 404)]:  # the gateway's answer, and Envoy's own
+            answer = await client.get(path)
+            assert answer.status_code == status
+            assert {k: answer.headers.get(k) for k in expected} == expected, path
+            assert "strict-transport-security" not in answer.headers  # plaintext: no HSTS
+        # The gateway's own headers win: Envoy only adds what it left out.
+        own = await client.get(OWN_HEADERS_PATH)
+        assert {k: own.headers.get_list(k) for k in OWN_HEADERS} == {k: [v] for k, v in OWN_HEADERS.items()}
+        assert own.headers["x-content-type-options"] == "nosniff"
+    async with _client(mesh.limited.listener_port, "127.0.0.5") as client:  # Envoy's 429 too
+        answers = [await client.get("/docs") for _ in range(LIMIT_BURST + 1)]
+        assert answers[-1].status_code == 429
+        assert {k: answers[-1].headers.get(k) for k in expected} == expected
+
+
+@live
+async def test_tls_https_for_browsers_and_rest(mesh: Mesh) -> None:
+    for host in ("localhost", "127.0.0.1"):  # both names the certificate holds
+        async with httpx.AsyncClient(verify=mesh.tls.ssl_context(), timeout=5) as client:
+            answer = await client.get(f"https://{host}:{mesh.tls.port}/docs", headers={"x-call-id": "tls-1"})
+        assert answer.status_code == 200 and answer.text.endswith(" /docs\n"), host
+        assert answer.headers["strict-transport-security"] == "max-age=31536000"
+    # The gateway learns the scheme from Envoy (it marks its session cookie Secure by it).
+    (seen, *_) = [r for r in mesh.http_requests if r.headers.get("x-call-id") == "tls-1"]
+    assert seen.headers["x-forwarded-proto"] == "https"
+
+
+@live
+async def test_tls_grpc_over_h2(mesh: Mesh) -> None:
+    credentials = grpc.ssl_channel_credentials(root_certificates=mesh.tls.cert.read_bytes())
+    async with grpc.aio.secure_channel(f"localhost:{mesh.tls.port}", credentials) as channel:
+        assert await channel.unary_unary("/callsense.v1.Sentiment/Ping")(b"", timeout=5) == b"gateway_grpc"
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@live
+async def test_tls_websocket(mesh: Mesh) -> None:
+    url = f"wss://localhost:{mesh.tls.port}/v1/sentiment/stream?call_id=tls-ws"
+    async with ws_connect(url, ssl=mesh.tls.ssl_context(), ping_interval=None, open_timeout=5) as ws:
+        await ws.send("start")
+        assert await ws.recv() == "echo: start"
+
+
+@live
+async def test_tls_port_refuses_plaintext_and_the_internal_listener_stays_plain(mesh: Mesh) -> None:
+    async with httpx.AsyncClient(timeout=5) as client:
+        with pytest.raises(httpx.HTTPError):
+            await client.get(f"http://127.0.0.1:{mesh.tls.port}/docs")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await _unary(f"127.0.0.1:{mesh.tls.port}", "/callsense.v1.Sentiment/Ping")
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    # The internal listener (the gateway's mesh proxy) is inside the host or cluster: plaintext, as before.
+    internal = f"127.0.0.1:{mesh.tls.layout.internal_port}"
+    assert await _unary(internal, "/callsense.v1.Scorer/Ping") == b"scorer"

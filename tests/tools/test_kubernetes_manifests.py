@@ -26,6 +26,7 @@ from callsense.config import Config, load_config, split_host_port
 from callsense.storage import REGION_URL_PREFIX
 from tools.envoy_config import MeshLayout, build
 from tools.supervisor import envoy_binary
+from tools.up import self_signed_certificate
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -448,6 +449,10 @@ def test_envoy_internal_port_is_inside_the_cluster_only() -> None:
 
 def test_envoy_validates_the_bootstrap_with_the_deployments_flags(tmp_path: Path) -> None:
     _, path = _bootstrap_file()
+    _validate_with_the_deployments_flags(path)
+
+
+def _validate_with_the_deployments_flags(path: Path) -> None:
     command = list(_container(ENVOY)["command"])
     command[command.index("-c") + 1] = str(path)
     result = subprocess.run(
@@ -456,6 +461,49 @@ def test_envoy_validates_the_bootstrap_with_the_deployments_flags(tmp_path: Path
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "Deprecated field" not in output, output
+
+
+def test_checked_in_bootstrap_is_the_edge_in_plaintext() -> None:
+    """Rate limits and security headers on the public listener; TLS only when asked (--tls-dir)."""
+    _, path = _bootstrap_file()
+    public = _listeners(yaml.safe_load(path.read_text(encoding="utf-8")))["public"]
+    assert "transport_socket" not in public["filter_chains"][0]
+    hcm = public["filter_chains"][0]["filters"][0]["typed_config"]
+    assert "envoy.filters.http.local_ratelimit" in [f["name"] for f in hcm["http_filters"]]
+    (host,) = hcm["route_config"]["virtual_hosts"]
+    assert "x-content-type-options" in [h["header"]["key"] for h in host["response_headers_to_add"]]
+
+
+def test_bootstrap_serves_tls_from_a_mounted_certificate_secret(tmp_path: Path) -> None:
+    """``generate_envoy_bootstrap.py --tls-dir DIR``: the public listener speaks TLS with the files of a
+    ``kubernetes.io/tls`` Secret mounted at DIR (tls.crt, tls.key), and Envoy accepts it with the
+    Deployment's flags. The documented mount point is not inside the bootstrap's read-only volume."""
+    generator = _generator()
+    cert, key = self_signed_certificate(tmp_path / "made")
+    secret = tmp_path / "secret"  # what kubelet writes for a kubernetes.io/tls Secret
+    secret.mkdir()
+    shutil.copy(cert, secret / "tls.crt")
+    shutil.copy(key, secret / "tls.key")
+    bootstrap = tmp_path / "envoy.yaml"
+    assert generator.main(["--tls-dir", str(secret), str(bootstrap)]) == 0
+    listeners = _listeners(yaml.safe_load(bootstrap.read_text(encoding="utf-8")))
+    assert "transport_socket" not in listeners["internal"]["filter_chains"][0]
+    tls = listeners["public"]["filter_chains"][0]["transport_socket"]["typed_config"]
+    assert tls["common_tls_context"]["tls_certificates"] == [
+        {
+            "certificate_chain": {"filename": f"{secret}/tls.crt"},
+            "private_key": {"filename": f"{secret}/tls.key"},
+        }
+    ]
+    _validate_with_the_deployments_flags(bootstrap)
+    layout = generator.cluster_layout(tls_dir=generator.TLS_DIR)
+    assert layout.tls_cert == f"{generator.TLS_DIR}/tls.crt"
+    mounts = [Path(m["mountPath"]) for m in _container(ENVOY)["volumeMounts"]]
+    assert not [m for m in mounts if Path(generator.TLS_DIR).is_relative_to(m)], mounts
+
+
+def _listeners(bootstrap: Doc) -> dict[str, Doc]:
+    return {listener["name"]: listener for listener in bootstrap["static_resources"]["listeners"]}
 
 
 # --- scaling -------------------------------------------------------------------------------------------

@@ -285,3 +285,38 @@ async def test_ctrl_c_stops_every_child_and_envoy_leaves_no_shared_memory(tmp_pa
     assert "stopped" in rest
     assert not any(_alive(pid) for pid in pids)
     assert envoy_shm_files() <= shm_before
+
+
+_SUPERVISE_ONE = """
+import asyncio, io, sys
+from tools.supervisor import ProcessSpec, Supervisor
+spec = ProcessSpec("sleeper", [sys.executable, "-c", "import time; time.sleep(600)"])
+async def main():
+    supervisor = Supervisor([spec], out=io.StringIO())
+    await supervisor.start()
+    print(supervisor.children["sleeper"].pid, flush=True)
+    await asyncio.sleep(600)
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_children_end_when_the_supervisor_is_killed() -> None:
+    """SIGKILL leaves the supervisor no chance to stop its children: the kernel's parent-death signal
+    (set by tools/die_with_parent.py before the child's program runs) ends them."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    supervisor = subprocess.Popen([PY, "-c", _SUPERVISE_ONE], stdout=subprocess.PIPE, text=True, cwd=root)
+    try:
+        assert supervisor.stdout is not None
+        child = int(supervisor.stdout.readline())
+        assert _alive(child)
+        supervisor.kill()
+        supervisor.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child), "the child outlived its supervisor"
+    finally:
+        supervisor.kill()
