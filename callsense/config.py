@@ -25,7 +25,14 @@ Envoy's edge (its public listener) has settings of its own, read by
 ``tools.envoy_config.MeshLayout.from_config`` (``callsense up`` flags win):
 CALLSENSE_RATE_LIMIT_PER_KEY (50 requests/s per API key), CALLSENSE_RATE_LIMIT_PER_KEY_BURST (100),
 CALLSENSE_RATE_LIMIT_PER_IP (20/s per address without a key), CALLSENSE_RATE_LIMIT_PER_IP_BURST (40),
-and CALLSENSE_TLS_CERT + CALLSENSE_TLS_KEY (unset: plaintext).
+CALLSENSE_TLS_CERT + CALLSENSE_TLS_KEY (unset: plaintext), and the company's identity provider whose JWTs
+Envoy validates (unset: API keys only): CALLSENSE_JWT_ISSUER, CALLSENSE_JWT_AUDIENCES (comma-separated), and
+CALLSENSE_JWT_JWKS_FILE or CALLSENSE_JWT_JWKS_URI (+ CALLSENSE_JWT_JWKS_CACHE_S, CALLSENSE_JWT_JWKS_CA).
+
+CALLSENSE_EDGE_SECRET (``Config.edge_secret``) is shared by Envoy and the gateway: when it validates JWTs,
+Envoy's public listener sends it with every request (``EDGE_HEADER``), and the gateway believes the claims
+Envoy forwards (``JWT_PAYLOAD_HEADER``) only when it matches (gateway/auth/edge.py). ``callsense up`` makes
+one per run.
 
 An address is used both to bind a server and to reach it; in a cluster, set it to the service's name
 (e.g. ``scorer:50053``) for clients and let the server bind ``0.0.0.0`` with the same port
@@ -36,10 +43,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 PREFIX = "CALLSENSE_"
+
+EDGE_SECRET_ENV = PREFIX + "EDGE_SECRET"
+EDGE_HEADER = "x-callsense-edge"
+"""Envoy's public listener sets it to the edge secret on every request when it validates JWTs (a client's
+own is removed first, on every listener)."""
+JWT_PAYLOAD_HEADER = "x-callsense-jwt-payload"
+"""The claims of a JWT Envoy validated (base64url of their JSON); a client's own is removed first."""
+EDGE_SECRET_MIN_LENGTH = 16
 
 
 class ConfigError(ValueError):
@@ -67,6 +82,9 @@ class Config:
     mesh_proxy: str | None = None
     """Envoy's internal listener, "host:port": internal calls go through it, naming the service as the
     authority."""
+    edge_secret: str | None = field(default=None, repr=False)
+    """Shared with Envoy (``EDGE_SECRET_ENV``): the gateway trusts a forwarded JWT payload only with it; None:
+    never (API keys and sessions only)."""
 
     @staticmethod
     def bind_address(addr: str, host: str = "0.0.0.0") -> str:
@@ -98,6 +116,20 @@ def _addr(env: Mapping[str, str], name: str, default: str) -> str:
     return value
 
 
+def edge_secret(env: Mapping[str, str]) -> str | None:
+    """``CALLSENSE_EDGE_SECRET``, or None when unset; ConfigError when too short to be a secret (Envoy sends
+    "-" for an unset one: that must never match)."""
+    secret = env.get(EDGE_SECRET_ENV, "").strip()
+    if not secret:
+        return None
+    if len(secret) < EDGE_SECRET_MIN_LENGTH:
+        raise ConfigError(
+            f"{EDGE_SECRET_ENV}: at least {EDGE_SECRET_MIN_LENGTH} characters "
+            "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return secret
+
+
 def load_config(env: Mapping[str, str] | None = None) -> Config:
     """Read the configuration from ``env`` (default: ``os.environ``); raise ConfigError on bad values."""
     env = os.environ if env is None else env
@@ -120,4 +152,5 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         database_url=env.get(PREFIX + "DATABASE_URL") or env.get("DATABASE_URL") or None,
         data_dir=Path(env.get(PREFIX + "DATA_DIR") or d.data_dir),
         mesh_proxy=_addr(env, "MESH_PROXY", "") if env.get(PREFIX + "MESH_PROXY", "").strip() else None,
+        edge_secret=edge_secret(env),
     )

@@ -21,6 +21,7 @@ import psycopg
 import psycopg_pool
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from callsense.config import EDGE_HEADER, JWT_PAYLOAD_HEADER
 from callsense.domain import CallStatistics, UtteranceScore, compute_call_stats
 from callsense.telemetry import call_context
 from callsense.v1 import audio_pb2, chopper_pb2, scorer_pb2, sentiment_pb2, sentiment_pb2_grpc
@@ -207,12 +208,17 @@ class SentimentServicer(sentiment_pb2_grpc.SentimentServicer):
         return call_record_proto(row)
 
     async def _caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
-        """The key in the call's ``authorization`` metadata ("Bearer csk_..."); UNAUTHENTICATED without."""
+        """The key in the call's ``authorization`` metadata ("Bearer csk_..."), or the claims of a JWT that
+        Envoy validated and forwarded as metadata (gateway/auth/edge.py); UNAUTHENTICATED without."""
         metadata = dict(context.invocation_metadata() or ())
-        authorization = metadata.get("authorization")
+
+        def text(key: str) -> str | None:
+            value = metadata.get(key)
+            return value if isinstance(value, str) else None
+
         try:
             return await self._gateway.authenticator.authenticate(
-                authorization if isinstance(authorization, str) else None, None
+                text("authorization"), None, edge=text(EDGE_HEADER), jwt_payload=text(JWT_PAYLOAD_HEADER)
             )
         except InputError as err:
             status = grpc.StatusCode.UNAVAILABLE if err.code == ErrorCode.DATABASE_UNAVAILABLE else err.status

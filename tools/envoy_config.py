@@ -34,6 +34,18 @@ The public listener is the edge, and only it (the internal one is trusted and un
   TLS), each only where the gateway set none of its own.
 - **TLS** when ``tls_cert`` and ``tls_key`` are set (TLS 1.2+, ALPN h2 and http/1.1: gRPC, browsers and
   WebSockets on one port); Envoy then tells the gateway ``x-forwarded-proto: https``.
+- **JWTs of the company's identity provider** when ``jwt_issuer`` is set (``jwt_authn``, after the rate
+  limit so a flood of tokens is limited before any signature is checked): a valid ``Authorization: Bearer
+  <JWT>`` (signature by the provider's JWKS, ``jwt_issuer``, one of ``jwt_audiences``, ``exp`` required and
+  not past) reaches the gateway as ``JWT_PAYLOAD_HEADER`` (base64url of the claims) instead of the token,
+  with ``EDGE_HEADER`` set to the secret Envoy and the gateway share
+  (``%ENVIRONMENT(CALLSENSE_EDGE_SECRET)%``: the secret is in Envoy's environment, never in this file).
+  Anything else (an API key, no credential, an expired or foreign token) passes untouched and without the
+  payload: the gateway decides (a key is checked, a token that is not a key is a 401).
+
+Both listeners remove a client's own ``JWT_PAYLOAD_HEADER`` and ``EDGE_HEADER`` before anything else looks
+at the request (``early_header_mutation_extensions``: before routing and every filter, ``jwt_authn``
+included), so neither can be forged through Envoy.
 
 Both listeners normalise the path before routing (RFC 3986 dot segments and unreserved percent-escapes,
 merged slashes, ``%2F``/``%5C`` unescaped) so that the path Envoy matches is the path the gateway acts on:
@@ -70,10 +82,19 @@ from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import yaml
 
-from callsense.config import PREFIX, Config, ConfigError, split_host_port
+from callsense.config import (
+    EDGE_HEADER,
+    EDGE_SECRET_ENV,
+    JWT_PAYLOAD_HEADER,
+    PREFIX,
+    Config,
+    ConfigError,
+    split_host_port,
+)
 
 if TYPE_CHECKING:
     from envoy_data_plane.envoy.config.bootstrap.v3 import Bootstrap
@@ -90,6 +111,18 @@ _HEALTH_EVENT_SINK = "envoy.extensions.health_check.event_sinks.file.v3.HealthCh
 _LOCAL_RATE_LIMIT = "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
 _RATE_LIMIT_FILTER = "envoy.filters.http.local_ratelimit"
 _DOWNSTREAM_TLS = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+_UPSTREAM_TLS = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+_JWT_AUTHN = "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
+_JWT_FILTER = "envoy.filters.http.jwt_authn"
+_EARLY_HEADER_MUTATION = "envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation"
+JWT_PROVIDER = "idp"
+"""The name of the identity provider in ``jwt_authn``'s config (and its stats)."""
+JWKS_CLUSTER = "jwt_jwks"
+"""The cluster Envoy fetches a remote JWKS (``jwt_jwks_uri``) through."""
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+"""Debian's (and the python:slim image's) CA bundle: what the JWKS host's certificate is checked against."""
+IDENTITY_HEADERS = (JWT_PAYLOAD_HEADER, EDGE_HEADER)
+"""Only Envoy may set them: a client's own are removed on every listener before any filter runs."""
 
 CALL_ID_HEADER = "x-call-id"
 CALL_ID_QUERY = "call_id"
@@ -123,6 +156,14 @@ RATE_LIMIT_ENV = {
     "rate_limit_per_ip_burst": PREFIX + "RATE_LIMIT_PER_IP_BURST",
 }
 TLS_ENV = {"tls_cert": PREFIX + "TLS_CERT", "tls_key": PREFIX + "TLS_KEY"}
+JWT_ENV = {
+    "jwt_issuer": PREFIX + "JWT_ISSUER",
+    "jwt_audiences": PREFIX + "JWT_AUDIENCES",
+    "jwt_jwks_file": PREFIX + "JWT_JWKS_FILE",
+    "jwt_jwks_uri": PREFIX + "JWT_JWKS_URI",
+    "jwt_jwks_cache_s": PREFIX + "JWT_JWKS_CACHE_S",
+    "jwt_jwks_ca": PREFIX + "JWT_JWKS_CA",
+}
 
 _ACCESS_LOG_FORMAT = (
     '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" %RESPONSE_CODE% '
@@ -184,6 +225,20 @@ class MeshLayout:
     """PEM certificate chain of the public listener (with ``tls_key``); None: plaintext."""
     tls_key: str | None = None
     """PEM private key of ``tls_cert``."""
+    jwt_issuer: str | None = None
+    """The identity provider's ``iss`` (e.g. "https://login.example.com/"); None: no JWT validation, API keys
+    only. With it: ``jwt_audiences`` and one of ``jwt_jwks_file`` / ``jwt_jwks_uri``."""
+    jwt_audiences: Sequence[str] = ()
+    """The ``aud`` values accepted (callsense's client id at the provider): a token the provider issued for
+    another application does not open callsense."""
+    jwt_jwks_file: str | None = None
+    """A local JWKS (JSON) file of the provider's public keys, read when Envoy starts."""
+    jwt_jwks_uri: str | None = None
+    """The provider's JWKS URL (``jwks_uri`` of its OIDC discovery document), https (http only to a
+    loopback host: a local test provider); fetched when Envoy starts and every ``jwt_jwks_cache_s``."""
+    jwt_jwks_cache_s: int = 600
+    jwt_jwks_ca: str = SYSTEM_CA_BUNDLE
+    """PEM CA bundle the JWKS host's certificate must chain to (its name is checked too)."""
 
     def __post_init__(self) -> None:
         # Lists are accepted for convenience; tuples keep the layout hashable and immutable.
@@ -212,6 +267,34 @@ class MeshLayout:
             raise ValueError(f"MeshLayout.rate_limit_tracked: {self.rate_limit_tracked} must be at least 1")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("MeshLayout: tls_cert and tls_key go together (both, or neither for plaintext)")
+        self._check_jwt()
+
+    def _check_jwt(self) -> None:
+        audiences = tuple(a.strip() for a in self.jwt_audiences if a.strip())
+        object.__setattr__(self, "jwt_audiences", audiences)
+        if not self.jwt_issuer:
+            if audiences or self.jwt_jwks_file or self.jwt_jwks_uri:
+                raise ValueError("MeshLayout: JWT settings without jwt_issuer (CALLSENSE_JWT_ISSUER)")
+            return
+        if not audiences:
+            raise ValueError(
+                "MeshLayout.jwt_audiences: at least one (CALLSENSE_JWT_AUDIENCES, callsense's client id at "
+                "the identity provider): without it a token issued for any application would do"
+            )
+        if (self.jwt_jwks_file is None) == (self.jwt_jwks_uri is None):
+            raise ValueError(
+                "MeshLayout: one of jwt_jwks_file and jwt_jwks_uri (CALLSENSE_JWT_JWKS_FILE or _URI) with "
+                "jwt_issuer"
+            )
+        if self.jwt_jwks_uri is not None:
+            _jwks_host(self.jwt_jwks_uri)  # raises ValueError on a URL Envoy could not fetch safely
+        if self.jwt_jwks_cache_s < 1:
+            raise ValueError(f"MeshLayout.jwt_jwks_cache_s: {self.jwt_jwks_cache_s} must be at least 1")
+
+    @property
+    def jwt(self) -> bool:
+        """Whether the public listener validates JWTs of an identity provider."""
+        return bool(self.jwt_issuer)
 
     @property
     def tls(self) -> bool:
@@ -229,8 +312,8 @@ class MeshLayout:
 
         The OTLP endpoint is the one the services export to (``OTEL_EXPORTER_OTLP_ENDPOINT``), so Envoy's
         spans land in the same collector as theirs. The edge settings come from ``RATE_LIMIT_ENV`` and
-        ``TLS_ENV`` (``CALLSENSE_RATE_LIMIT_PER_KEY``, ``CALLSENSE_TLS_CERT``, ...) where set; ``overrides``
-        win over both.
+        ``TLS_ENV`` and ``JWT_ENV`` (``CALLSENSE_RATE_LIMIT_PER_KEY``, ``CALLSENSE_TLS_CERT``,
+        ``CALLSENSE_JWT_ISSUER``, ...) where set; ``overrides`` win over them.
         """
         env = os.environ if env is None else env
         edge: dict[str, Any] = {}
@@ -240,6 +323,14 @@ class MeshLayout:
         for name, variable in TLS_ENV.items():
             if text := env.get(variable, "").strip():
                 edge[name] = text
+        for name, variable in JWT_ENV.items():
+            if text := env.get(variable, "").strip():
+                if name == "jwt_audiences":
+                    edge[name] = tuple(a.strip() for a in text.split(",") if a.strip())
+                elif name == "jwt_jwks_cache_s":
+                    edge[name] = int(_env_number(variable, text, int))
+                else:
+                    edge[name] = text
         layout = cls(
             listener_port=config.envoy_port,
             internal_port=config.envoy_internal_port,
@@ -266,6 +357,26 @@ def _env_number(variable: str, text: str, kind: type[float] | type[int]) -> floa
 
 
 _CLUSTER_FIELDS = ("gateway_http", "gateway_grpc", "asr", "chopper", "scorer", "postcall")
+
+
+def _jwks_host(uri: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of a JWKS URL; ValueError unless https (or http to a loopback host)."""
+    try:
+        parts = urlsplit(uri)
+        port = parts.port
+    except ValueError as e:
+        raise ValueError(f"MeshLayout.jwt_jwks_uri: {uri!r} is not a URL: {e}") from None
+    host = parts.hostname or ""
+    if parts.scheme not in ("https", "http") or not host:
+        raise ValueError(f"MeshLayout.jwt_jwks_uri: {uri!r} is not an https:// URL")
+    if parts.scheme == "http" and not (
+        host == "localhost" or (_is_ip(host) and ipaddress.ip_address(host).is_loopback)
+    ):
+        raise ValueError(
+            f"MeshLayout.jwt_jwks_uri: {uri!r}: the keys that decide who may sign in must come over https "
+            "(plain http only from a loopback host)"
+        )
+    return parts.scheme, host, port or (443 if parts.scheme == "https" else 80)
 
 
 @dataclass(frozen=True)
@@ -428,6 +539,40 @@ def _cluster(upstream: _Upstream, layout: MeshLayout) -> Json:
     return cluster
 
 
+def _jwks_cluster(layout: MeshLayout) -> Json:
+    """The identity provider's JWKS host, over TLS checked against ``jwt_jwks_ca`` for that very name."""
+    assert layout.jwt_jwks_uri is not None
+    scheme, host, port = _jwks_host(layout.jwt_jwks_uri)
+    cluster: Json = {
+        "name": JWKS_CLUSTER,
+        # One name, re-resolved by DNS (a provider's many addresses behind it: LOGICAL_DNS, as Envoy advises).
+        **(
+            {"type": "STATIC"}
+            if _is_ip(host)
+            else {"type": "LOGICAL_DNS", "dns_lookup_family": "V4_PREFERRED"}
+        ),
+        "connect_timeout": "5s",
+        "load_assignment": _load_assignment(
+            JWKS_CLUSTER, [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+        ),
+    }
+    if scheme == "https":
+        san = {"san_type": "IP_ADDRESS" if _is_ip(host) else "DNS", "matcher": {"exact": host}}
+        context = _typed(
+            _UPSTREAM_TLS,
+            sni=host,
+            common_tls_context={
+                "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+                "validation_context": {
+                    "trusted_ca": {"filename": layout.jwt_jwks_ca},
+                    "match_typed_subject_alt_names": [san],
+                },
+            },
+        )
+        cluster["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": context}
+    return cluster
+
+
 def _otel_cluster(endpoint: str) -> Json:
     # OTEL_EXPORTER_OTLP_ENDPOINT is a URL ("http://otel:4317"); Envoy wants the host and port.
     address = endpoint.split("://", 1)[-1].rstrip("/")
@@ -510,7 +655,14 @@ def _public_route_config(layout: MeshLayout) -> Json:
     # One virtual host for every authority: naming a service as the authority changes nothing here.
     host = _catch_all_host(_PUBLIC_RULES, layout)
     host["response_headers_to_add"] = _security_headers(layout)
-    return {"name": "public", "virtual_hosts": [host]}
+    config: Json = {"name": "public", "virtual_hosts": [host]}
+    if layout.jwt:
+        # The gateway believes JWT_PAYLOAD_HEADER only next to this secret: a request that reached it some
+        # other way than through this listener carries no identity. Envoy reads the secret from its own
+        # environment when it starts ("-" when unset, which the gateway never accepts).
+        edge = {"key": EDGE_HEADER, "value": f"%ENVIRONMENT({EDGE_SECRET_ENV})%"}
+        config["request_headers_to_add"] = [{"header": edge, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
+    return config
 
 
 def _internal_route_config(layout: MeshLayout) -> Json:
@@ -581,6 +733,51 @@ def _local_rate_limit(layout: MeshLayout) -> Json:
     )
 
 
+def _remote_jwks(layout: MeshLayout) -> Json:
+    assert layout.jwt_jwks_uri is not None
+    return {
+        "http_uri": {"uri": layout.jwt_jwks_uri, "cluster": JWKS_CLUSTER, "timeout": "5s"},
+        "cache_duration": _duration(layout.jwt_jwks_cache_s),
+        # Fetched when Envoy starts (the listener opens once the first fetch has answered or failed) and
+        # again before the cache runs out, never on a request's path; a failed fetch is tried again every
+        # second, and until one succeeds every token fails (passes to the gateway without its claims: 401).
+        "async_fetch": {},
+        "retry_policy": {
+            "num_retries": 3,
+            "retry_back_off": {"base_interval": "0.500s", "max_interval": "5s"},
+        },
+    }
+
+
+def _jwt_authn(layout: MeshLayout) -> Json:
+    """Validate a Bearer JWT of the identity provider and hand its claims to the gateway; never refuse."""
+    provider: Json = {
+        "issuer": layout.jwt_issuer,
+        "audiences": list(layout.jwt_audiences),
+        "require_expiration": True,  # a token that never expires is not accepted
+        # Only the Authorization header (never an access_token query parameter: URLs end up in logs).
+        "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+        # forward is false: a valid token is taken off the request; the gateway gets its claims instead.
+        "forward_payload_header": JWT_PAYLOAD_HEADER,
+    }
+    if layout.jwt_jwks_file is not None:
+        provider["local_jwks"] = {"filename": layout.jwt_jwks_file}
+    else:
+        provider["remote_jwks"] = _remote_jwks(layout)
+    # A valid token, or else anything at all: an API key (not a JWT), no credential, a bad token pass
+    # untouched and without the payload header, and the gateway decides (401 for what is not a key).
+    requirement = {
+        "requires_any": {"requirements": [{"provider_name": JWT_PROVIDER}, {"allow_missing_or_failed": {}}]}
+    }
+    return _typed(
+        _JWT_AUTHN,
+        providers={JWT_PROVIDER: provider},
+        rules=[{"match": {"prefix": "/"}, "requires": requirement}],
+        bypass_cors_preflight=True,
+        stat_prefix=JWT_PROVIDER,  # http.public.jwt_authn.idp.* in Envoy's stats
+    )
+
+
 def _http_filters(layout: MeshLayout, *, public: bool) -> list[Json]:
     filters: list[Json] = [
         # gRPC-Web -> gRPC before routing, so browsers reach the same gRPC routes as native clients.
@@ -596,6 +793,10 @@ def _http_filters(layout: MeshLayout, *, public: bool) -> list[Json]:
     ]
     if public and layout.rate_limited:
         filters.append({"name": _RATE_LIMIT_FILTER, "typed_config": _local_rate_limit(layout)})
+    if public and layout.jwt:
+        # After the rate limit: it counts a token's requests by its authorization header, which a valid
+        # token loses here, and a flood of made-up tokens is cut before any signature is checked.
+        filters.append({"name": _JWT_FILTER, "typed_config": _jwt_authn(layout)})
     filters.append(
         {
             "name": "envoy.filters.http.router",
@@ -632,12 +833,21 @@ def _access_log() -> list[Json]:
     return [{"name": "envoy.access_loggers.stdout", "typed_config": logger}]
 
 
+def _identity_headers_removed() -> list[Json]:
+    """A client's own identity headers, removed before routing and before any filter (jwt_authn included)
+    sees the request: only Envoy sets them. (A route's request_headers_to_remove would run after
+    jwt_authn and remove Envoy's own payload instead.)"""
+    mutation = _typed(_EARLY_HEADER_MUTATION, mutations=[{"remove": name} for name in IDENTITY_HEADERS])
+    return [{"name": "envoy.http.early_header_mutation.header_mutation", "typed_config": mutation}]
+
+
 def _connection_manager(name: str, route_config: Json, layout: MeshLayout, *, public: bool) -> Json:
     idle = _duration(layout.stream_idle_timeout_s)
     hcm = _typed(
         _HCM,
         stat_prefix=name,  # http.public.*, http.internal.* in Envoy's stats
         codec_type="AUTO",  # HTTP/1.1 (REST, WebSocket, gRPC-Web) and h2c (gRPC) on one port
+        early_header_mutation_extensions=_identity_headers_removed(),
         route_config=route_config,
         # Route on the path the upstream will act on: "/a/../metrics", "/%6Detrics", "//metrics" and
         # "/metrics%2F" are all "/metrics" to Starlette, so they must be to the routes that refuse it.
@@ -735,6 +945,8 @@ def build(layout: MeshLayout) -> Json:
     clusters = [_cluster(upstream, layout) for upstream in _UPSTREAMS]
     if layout.otlp_endpoint:
         clusters.append(_otel_cluster(layout.otlp_endpoint))
+    if layout.jwt_jwks_uri:
+        clusters.append(_jwks_cluster(layout))
     return {
         "node": {"id": "callsense-envoy", "cluster": "callsense"},
         "admin": {"address": _socket_address(layout.admin_host, layout.admin_port)},
@@ -757,10 +969,12 @@ def _import_any_types() -> None:
     import envoy_data_plane.envoy.extensions.access_loggers.stream.v3
     import envoy_data_plane.envoy.extensions.filters.http.cors.v3
     import envoy_data_plane.envoy.extensions.filters.http.grpc_web.v3
+    import envoy_data_plane.envoy.extensions.filters.http.jwt_authn.v3
     import envoy_data_plane.envoy.extensions.filters.http.local_ratelimit.v3
     import envoy_data_plane.envoy.extensions.filters.http.router.v3
     import envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3
     import envoy_data_plane.envoy.extensions.health_check.event_sinks.file.v3
+    import envoy_data_plane.envoy.extensions.http.early_header_mutation.header_mutation.v3
     import envoy_data_plane.envoy.extensions.resource_monitors.downstream_connections.v3
     import envoy_data_plane.envoy.extensions.transport_sockets.tls.v3
     import envoy_data_plane.envoy.extensions.upstreams.http.v3  # noqa: F401

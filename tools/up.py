@@ -10,7 +10,9 @@ Ctrl-C stops everything in reverse order and leaves no process or shared-memory 
 
 Envoy's public listener is the edge: rate limits per API key and per client address (``--rate-limit-*``,
 ``CALLSENSE_RATE_LIMIT_*``), and TLS with the user's certificate (``--tls-cert``/``--tls-key``) or a
-self-signed one for local use (``--tls-self-signed``); plaintext without either.
+self-signed one for local use (``--tls-self-signed``); plaintext without either. With an identity provider
+(``CALLSENSE_JWT_ISSUER``, ...) it validates JWTs too, and hands their claims to the gateway next to an edge
+secret made for the run (``CALLSENSE_EDGE_SECRET``, unless set) that only Envoy and the gateway are given.
 """
 
 from __future__ import annotations
@@ -18,14 +20,15 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import secrets
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from callsense.config import Config, ConfigError, load_config, split_host_port
+from callsense.config import EDGE_SECRET_ENV, Config, ConfigError, load_config, split_host_port
 from tools.envoy_config import MeshLayout, write
 from tools.supervisor import GrpcReady, HttpReady, ProcessSpec, Supervisor, envoy_spec
 
@@ -164,9 +167,17 @@ def scorer_addresses(config: Config, replicas: int) -> list[str]:
 
 
 def mesh_specs(
-    config: Config, options: UpOptions, database_url: str, envoy_yaml: Path, *, tls: bool = False
+    config: Config,
+    options: UpOptions,
+    database_url: str,
+    envoy_yaml: Path,
+    *,
+    tls: bool = False,
+    edge_secret: str | None = None,
 ) -> list[ProcessSpec]:
-    """The child processes of the mesh, in dependency order (``tls``: Envoy's public port speaks TLS)."""
+    """The child processes of the mesh, in dependency order (``tls``: Envoy's public port speaks TLS;
+    ``edge_secret``: given to Envoy and the gateway only, as ``CALLSENSE_EDGE_SECRET``)."""
+    edge = {EDGE_SECRET_ENV: edge_secret} if edge_secret else {}
     python = sys.executable
     envoy_addr = f"127.0.0.1:{config.envoy_port}"
     public = f"{'https' if tls else 'http'}://127.0.0.1:{config.envoy_port}"
@@ -174,16 +185,19 @@ def mesh_specs(
     # The gateway's mesh proxy is Envoy's internal listener: the public one refuses the services.
     mesh_proxy = f"127.0.0.1:{config.envoy_internal_port}"
     specs = [
-        envoy_spec(
-            "envoy",
-            envoy_yaml,
-            admin_port=config.envoy_admin_port,
-            urls=[
-                f"{public}/docs  (REST API)",
-                f"{websocket}/v1/sentiment/stream  (WebSocket)",
-                f"{envoy_addr}  (gRPC{' over TLS' if tls else ''})",
-                f"http://{mesh_proxy}/metrics  (internal listener: metrics, the services; never public)",
-            ],
+        replace(
+            envoy_spec(
+                "envoy",
+                envoy_yaml,
+                admin_port=config.envoy_admin_port,
+                urls=[
+                    f"{public}/docs  (REST API)",
+                    f"{websocket}/v1/sentiment/stream  (WebSocket)",
+                    f"{envoy_addr}  (gRPC{' over TLS' if tls else ''})",
+                    f"http://{mesh_proxy}/metrics  (internal listener: metrics, the services; never public)",
+                ],
+            ),
+            env=edge,  # its public listener sends it to the gateway (only when it validates JWTs)
         ),
         ProcessSpec(
             "chopper",
@@ -230,7 +244,7 @@ def mesh_specs(
             "gateway",
             [python, "-m", "gateway"],
             # The gateway reaches the services through Envoy: load-balanced across replicas, traced.
-            env={"DATABASE_URL": database_url, "CALLSENSE_MESH_PROXY": mesh_proxy},
+            env={"DATABASE_URL": database_url, "CALLSENSE_MESH_PROXY": mesh_proxy, **edge},
             ready=HttpReady(f"http://{config.gateway_http}/readyz"),
             depends_on=[spec.name for spec in specs],
             ready_timeout_s=90.0,
@@ -258,7 +272,9 @@ async def run(options: UpOptions) -> int:
         envoy_yaml = options.envoy_config or config.data_dir / "envoy.yaml"
         envoy_yaml.parent.mkdir(parents=True, exist_ok=True)
         write(layout, envoy_yaml)
-        specs = mesh_specs(config, options, database_url, envoy_yaml, tls=layout.tls)
+        # Envoy proves to the gateway that a JWT's claims came through it with this (new each run).
+        edge_secret = config.edge_secret or secrets.token_urlsafe(32)
+        specs = mesh_specs(config, options, database_url, envoy_yaml, tls=layout.tls, edge_secret=edge_secret)
         return await Supervisor(specs).run()
     finally:
         if embedded is not None:

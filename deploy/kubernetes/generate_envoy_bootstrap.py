@@ -1,7 +1,7 @@
 """Write ``envoy-bootstrap.yaml``: the Envoy bootstrap of the Kubernetes layout (a ConfigMap via kustomize).
 
     python deploy/kubernetes/generate_envoy_bootstrap.py [--otlp-endpoint http://otel-collector:4317]
-        [--tls-dir /etc/envoy-tls] [PATH]
+        [--tls-dir /etc/envoy-tls] [--jwt-issuer ISS --jwt-audience AUD --jwt-jwks-uri URL] [PATH]
 
 The layout is ``tools.envoy_config.MeshLayout`` with every upstream at its Kubernetes Service name and
 the port from ``callsense.config``'s defaults (``scorer:50053``, ...). Those Services are headless, so the
@@ -15,6 +15,11 @@ address (``MeshLayout``'s defaults) and adds the security headers.
 ``--tls-dir DIR`` makes the public listener speak TLS with ``DIR/tls.crt`` and ``DIR/tls.key``: the keys of a
 ``kubernetes.io/tls`` Secret mounted at DIR (``TLS_DIR``, see deploy/README.md). The checked-in bootstrap
 is plaintext (TLS ends at your load balancer or Ingress, or you mount a Secret and regenerate).
+
+``--jwt-issuer ISS --jwt-audience AUD --jwt-jwks-uri URL`` makes the public listener validate the JWTs of
+the company's identity provider (its ``iss``, callsense's client id there, its ``jwks_uri``) and hand their
+claims to the gateway next to ``CALLSENSE_EDGE_SECRET``, which the Envoy and gateway Deployments read from
+the same Secret (deploy/README.md, "Identity provider"). The checked-in bootstrap validates none.
 ``tests/tools/test_kubernetes_manifests.py`` fails when the checked-in file differs from what this writes
 (tracing off, no TLS).
 """
@@ -65,13 +70,25 @@ def cluster_config() -> Config:
     )
 
 
-def cluster_layout(otlp_endpoint: str | None = None, tls_dir: str | None = None) -> MeshLayout:
+def cluster_layout(
+    otlp_endpoint: str | None = None,
+    tls_dir: str | None = None,
+    *,
+    jwt_issuer: str | None = None,
+    jwt_audiences: Sequence[str] = (),
+    jwt_jwks_uri: str | None = None,
+) -> MeshLayout:
     """The mesh as the manifests lay it out: one Service name per upstream, the internal listener on the
     pod network (the gateway is another pod), tracing only if asked, TLS with the certificate Secret
-    mounted at ``tls_dir`` only if asked."""
+    mounted at ``tls_dir`` only if asked, JWTs of an identity provider validated only if asked."""
     tls = {"tls_cert": f"{tls_dir}/tls.crt", "tls_key": f"{tls_dir}/tls.key"} if tls_dir else {}
+    jwt = (
+        {"jwt_issuer": jwt_issuer, "jwt_audiences": tuple(jwt_audiences), "jwt_jwks_uri": jwt_jwks_uri}
+        if jwt_issuer or jwt_audiences or jwt_jwks_uri
+        else {}
+    )
     return MeshLayout.from_config(
-        cluster_config(), env={}, otlp_endpoint=otlp_endpoint, internal_host="0.0.0.0", **tls
+        cluster_config(), env={}, otlp_endpoint=otlp_endpoint, internal_host="0.0.0.0", **tls, **jwt
     )
 
 
@@ -94,8 +111,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"TLS on the public listener with DIR/tls.crt and DIR/tls.key (a kubernetes.io/tls Secret "
         f"mounted there, e.g. {TLS_DIR}); default: plaintext",
     )
+    parser.add_argument("--jwt-issuer", metavar="ISS", help="validate JWTs of this identity provider (iss)")
+    parser.add_argument(
+        "--jwt-audience",
+        metavar="AUD",
+        action="append",
+        default=[],
+        help="an accepted aud (callsense's client id at the provider); repeat for more",
+    )
+    parser.add_argument("--jwt-jwks-uri", metavar="URL", help="the provider's JWKS (its jwks_uri), https")
     args = parser.parse_args(argv)
-    args.path.write_text(render(cluster_layout(args.otlp_endpoint, args.tls_dir)), encoding="utf-8")
+    try:
+        layout = cluster_layout(
+            args.otlp_endpoint,
+            args.tls_dir,
+            jwt_issuer=args.jwt_issuer,
+            jwt_audiences=args.jwt_audience,
+            jwt_jwks_uri=args.jwt_jwks_uri,
+        )
+    except ValueError as e:  # ConfigError included: a flag that does not fit
+        parser.error(str(e))
+    args.path.write_text(render(layout), encoding="utf-8")
     print(f"wrote {args.path}")
     return 0
 

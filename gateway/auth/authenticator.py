@@ -1,5 +1,6 @@
 """A credential to a Principal: API keys (``Authorization: Bearer csk_...``, gRPC metadata
-``authorization``) and browser sessions (the ``callsense_session`` cookie).
+``authorization``), browser sessions (the ``callsense_session`` cookie), and the claims of a JWT that
+Envoy validated (``x-callsense-jwt-payload``, believed only next to the edge secret: gateway/auth/edge.py).
 
 Lookups are cached per key id and session for ``fresh_s`` (30 s), so a busy client costs the database one
 query per half minute, and a revocation takes effect within that time on every replica. When the database
@@ -21,6 +22,7 @@ import psycopg_pool
 
 from gateway.auth.access import unauthenticated
 from gateway.auth.credentials import KeyRecord, Principal, is_session_token, parse_key, secret_matches
+from gateway.auth.edge import EdgeTrust
 from gateway.auth.key_store import KeyStore
 from gateway.calls.errors import ErrorCode, InputError
 
@@ -45,16 +47,32 @@ class Authenticator:
         stale_s: float = 3600.0,
         clock: Callable[[], float] = time.monotonic,
         max_entries: int = 100_000,
+        edge: EdgeTrust | None = None,
     ) -> None:
         self.keys = keys
+        self.edge = EdgeTrust.from_env() if edge is None else edge
+        """Whether and how forwarded JWT claims are believed (default: from the environment)."""
+        self._untrusted_payload_logged = False
         self._fresh_s = fresh_s
         self._stale_s = stale_s
         self._clock = clock
         self._max_entries = max_entries
         self._cache: dict[str, _Cached] = {}
 
-    async def authenticate(self, authorization: str | None, session_cookie: str | None) -> Principal:
-        """The Principal of a request: its ``Authorization`` header if it has one, else its cookie."""
+    async def authenticate(
+        self,
+        authorization: str | None,
+        session_cookie: str | None,
+        *,
+        edge: str | None = None,
+        jwt_payload: str | None = None,
+    ) -> Principal:
+        """The Principal of a request: the JWT claims Envoy forwarded (``jwt_payload``) when ``edge`` holds
+        the edge secret, else its ``Authorization`` header if it has one, else its cookie."""
+        if jwt_payload is not None:
+            if self.edge.trusts(edge):
+                return self.edge.principal(jwt_payload)
+            self._log_untrusted_payload()
         if authorization:
             scheme, _, token = authorization.strip().partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
@@ -91,6 +109,16 @@ class Authenticator:
             raise unauthenticated("the session has ended; sign in again at /signin")
         principal: Principal = record.principal
         return principal
+
+    def _log_untrusted_payload(self) -> None:
+        if not self._untrusted_payload_logged:  # once: a client may send it with every request
+            self._untrusted_payload_logged = True
+            log.warning(
+                "ignored a JWT payload header without the edge secret (logged once): it did not come through "
+                "Envoy's public listener, or Envoy and the gateway have different CALLSENSE_EDGE_SECRET"
+                "%s",
+                "" if self.edge.secret else " (the gateway has none)",
+            )
 
     def forget(self, entry: str) -> None:
         self._cache.pop(entry, None)

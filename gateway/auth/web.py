@@ -1,7 +1,9 @@
 """The HTTP side of identity: the dependency every protected route takes, the browser session routes
 (``/v1/session``), the sign-in page's guard, and the WebSocket handshake check.
 
-Backend clients send ``Authorization: Bearer <key>``. Browsers sign in once with a key at ``/signin``:
+Backend clients send ``Authorization: Bearer <key>``, or a JWT of the company's identity provider that Envoy
+validated (its claims arrive as ``x-callsense-jwt-payload``: gateway/auth/edge.py). Browsers sign in once
+with a key at ``/signin``:
 ``POST /v1/session`` sets an HttpOnly, SameSite=Strict cookie holding a session token (never the key), so
 page scripts never see a credential and other sites cannot ride on it. A WebSocket upgrade carries the
 cookie too; its ``Origin`` must be the gateway's own or one of the tenant's ``allowed_origins``, so a page
@@ -18,6 +20,7 @@ from fastapi import APIRouter, Depends, Request, Response, WebSocket
 from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import BaseModel, Field
 
+from callsense.config import EDGE_HEADER, JWT_PAYLOAD_HEADER
 from callsense.tenants import TenantsConfig
 from gateway.auth.access import forbidden
 from gateway.auth.authenticator import SESSION_COOKIE, Authenticator
@@ -36,8 +39,16 @@ def _authenticator(request: Request | WebSocket) -> Authenticator:
 
 async def principal_of(request: Request) -> Principal:
     """The caller of a protected route (401 ``unauthenticated`` without a valid credential)."""
-    return await _authenticator(request).authenticate(
-        request.headers.get("authorization"), request.cookies.get(SESSION_COOKIE)
+    return await _authenticate(request)
+
+
+async def _authenticate(connection: Request | WebSocket) -> Principal:
+    headers = connection.headers
+    return await _authenticator(connection).authenticate(
+        headers.get("authorization"),
+        connection.cookies.get(SESSION_COOKIE),
+        edge=headers.get(EDGE_HEADER),
+        jwt_payload=headers.get(JWT_PAYLOAD_HEADER),
     )
 
 
@@ -65,9 +76,7 @@ async def websocket_principal(websocket: WebSocket, tenants: TenantsConfig) -> P
     """The caller of a WebSocket upgrade, or None after refusing it (HTTP 401 or 403 with the API's error
     body where the server supports denial responses, else a 1008 close before accepting)."""
     try:
-        principal = await _authenticator(websocket).authenticate(
-            websocket.headers.get("authorization"), websocket.cookies.get(SESSION_COOKIE)
-        )
+        principal = await _authenticate(websocket)
         check_origin(websocket, tenants, principal)
     except InputError as err:
         await deny_upgrade(websocket, err)

@@ -745,6 +745,76 @@ async def test_call_id_on_every_span_of_the_call_trace(mesh: RunningMesh, kind: 
     assert not untagged, f"spans of trace {trace_id} without call.id={call_id}: {untagged}"
 
 
+# --------------------------------------------------------------------------------------------- a stage dies
+
+RESTART_LINES = [
+    "We went through the proposal with our finance team on Monday.",
+    "The integration with our billing system is what matters most here.",
+    "Honestly that is more than we planned to spend this year.",
+    "Could you send over the onboarding plan before Friday?",
+]
+
+
+def _mesh_child(mesh: RunningMesh, module: str) -> psutil.Process:
+    for proc in psutil.Process(mesh.process.pid).children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if module in proc.cmdline():
+                return proc
+    pytest.fail(mesh.diagnose(f"no {module} process under `callsense up`"))
+
+
+async def _scores(mesh: RunningMesh, ws: Any, count: int) -> list[dict[str, Any]]:
+    scores: list[dict[str, Any]] = []
+    while len(scores) < count:
+        event = json.loads(await asyncio.wait_for(ws.recv(), CALL_TIMEOUT_S))
+        assert event["type"] != "error", mesh.diagnose(f"error event: {event}")
+        if event["type"] == "score":
+            scores.append(event)
+    return scores
+
+
+async def test_a_call_survives_its_scorer_and_chopper_being_killed(mesh: RunningMesh) -> None:
+    """SIGKILL the scorer, then the chopper, of `callsense up` in the middle of a live call through Envoy:
+    the supervisor starts each again, the gateway opens the stream again through Envoy and sends what was
+    not answered. Sent, scored and stored: all equal, in order, none twice."""
+    call_id = f"e2e-restart-{uuid.uuid4().hex[:8]}"
+    texts: list[str] = []
+    async with ws_connect(
+        mesh.ws_url, additional_headers={**mesh.headers, "x-call-id": call_id}, open_timeout=10
+    ) as ws:
+        await ws.send(json.dumps({"type": "start", "call_id": call_id}))
+        assert json.loads(await ws.recv())["type"] == "started"
+        scores: list[dict[str, Any]] = []
+        for module in ("scorer_service", "chopper_service"):
+            for killed in (False, True):
+                if killed:
+                    victim = _mesh_child(mesh, module)
+                    victim.kill()
+                    victim.wait(timeout=10)
+                for _ in range(2):
+                    text = f"{RESTART_LINES[len(texts) % len(RESTART_LINES)][:-1]} (point {len(texts)})."
+                    start_ms, end_ms = _utterance_times(len(texts))
+                    message = {"type": "utterance", "text": text, "channel": "customer"}
+                    await ws.send(json.dumps(message | {"start_ms": start_ms, "end_ms": end_ms}))
+                    texts.append(text)
+                scores += await _scores(mesh, ws, 2)
+        await ws.send(json.dumps({"type": "stop"}))
+        summary = (await mesh.events_until_summary(ws, f"WebSocket call {call_id}"))[-1]
+    # The restarted processes are the mesh's now: the Ctrl-C test checks they stop too.
+    mesh.descendants = psutil.Process(mesh.process.pid).children(recursive=True)
+
+    assert [s["text"] for s in scores] == texts, mesh.diagnose("scores lost, doubled or out of order")
+    assert summary["status"] == "ended" and summary["utterance_count"] == len(texts), summary
+    stored = await asyncio.to_thread(
+        _query, mesh, "SELECT text FROM nlp_events WHERE call_id = %s ORDER BY utterance_id", call_id
+    )
+    assert [row[0] for row in stored] == texts
+    restarts = re.findall(r"^callsense \| (scorer|chopper) .*(?:restart|again)", mesh.output(400), re.M)
+    assert {"scorer", "chopper"} <= set(restarts), mesh.diagnose(
+        "the supervisor did not say it restarted them"
+    )
+
+
 # --------------------------------------------------------------------------------------------- Ctrl-C
 
 

@@ -8,6 +8,8 @@ Two tenants: "acme" (the fixture's service key, and agent / manager keys made he
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,9 +24,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 from websockets.typing import Origin
 
+from callsense.config import EDGE_HEADER, JWT_PAYLOAD_HEADER
 from callsense.v1 import audio_pb2, sentiment_pb2, sentiment_pb2_grpc
 from gateway.auth.authenticator import SESSION_COOKIE
 from gateway.auth.credentials import Role
+from gateway.auth.edge import EdgeTrust
 from tests.support.auth import bearer, keyed_channel
 from tests.support.mesh import RunningGateway
 from tests.support.ws_client import receive, receive_until_summary, send
@@ -363,3 +367,99 @@ async def test_grpc_stream_call_takes_the_tenant_from_the_key(tenants: Tenants) 
             await stream.read()
         assert claimed.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert await tenants.gw.gateway.get_call(call_id) is None
+
+
+# ----------------------------------------------------------------------------------- identity provider
+
+EDGE_SECRET = "edge-secret-for-this-test-" + "e" * 24
+
+
+def through_envoy(tenant: str, role: Role = Role.SERVICE, **claims: str) -> dict[str, str]:
+    """What Envoy sends the gateway for a valid JWT of the company's identity provider: its claims
+    (base64url JSON, the token itself taken off) and the edge secret."""
+    body = {"iss": "https://login.example.com/", "sub": "u-42", "aud": "callsense", "exp": 4102444800}
+    body |= {"tenant": tenant, "role": role.value, **claims}
+    encoded = base64.urlsafe_b64encode(json.dumps(body).encode()).rstrip(b"=").decode()
+    return {EDGE_HEADER: EDGE_SECRET, JWT_PAYLOAD_HEADER: encoded}
+
+
+async def test_identity_provider_claims_from_envoy_reach_their_tenant_only(
+    tenants: Tenants, live_acme_call: tuple[str, ClientConnection]
+) -> None:
+    """A request with the claims Envoy forwards for a valid JWT (and the edge secret) is the claims' tenant
+    and role, over REST, the WebSocket upgrade and gRPC metadata; without the secret it is nobody."""
+    tenants.gw.gateway.authenticator.edge = EdgeTrust(EDGE_SECRET)
+    live_id, _ = live_acme_call
+    call_id = await ended_acme_call(tenants)  # agent a1, team east
+    async with http(tenants) as client:
+        for headers, status in [
+            (through_envoy("acme"), 200),
+            (through_envoy("acme", Role.AGENT, agent="a1"), 200),
+            (through_envoy("acme", Role.AGENT, agent="a2"), 403),
+            (through_envoy("acme", Role.MANAGER, team="west"), 403),
+            (through_envoy("globex"), 403),
+        ]:
+            assert (await client.get(f"/v1/calls/{call_id}", headers=headers)).status_code == status, headers
+        call = (await client.get(f"/v1/calls/{call_id}", headers=through_envoy("acme"))).json()
+        assert call["metadata"]["tenant"] == "acme" and call["events"][0]["text"] == LINE
+        me = await client.get("/v1/session", headers=through_envoy("acme", Role.MANAGER, team="east"))
+        assert me.json() == {"tenant": "acme", "role": "manager", "agent": "", "team": "east"}
+        # A call started with the claims is the claims' tenant's, never the body's.
+        batch = {
+            "call_id": new_call_id(),
+            "utterances": [{"text": LINE, "channel": "customer", "start_ms": 0, "end_ms": 2500}],
+        }
+        globex = through_envoy("globex")
+        claimed = batch | {"metadata": {"tenant": "acme"}}
+        assert_error(await client.post("/v1/sentiment/batch", json=claimed, headers=globex), 403, "forbidden")
+        assert (await client.post("/v1/sentiment/batch", json=batch, headers=globex)).status_code == 200
+        stored = (await client.get(f"/v1/calls/{batch['call_id']}", headers=globex)).json()
+        assert stored["metadata"]["tenant"] == "globex"
+        # Claims without the edge secret, or with another, are no credential at all.
+        forged = through_envoy("acme") | {EDGE_HEADER: "edge-secret-of-someone-else-000000"}
+        unproven = {k: v for k, v in through_envoy("acme").items() if k != EDGE_HEADER}
+        for headers in (forged, unproven):
+            assert_error(await client.get(f"/v1/calls/{call_id}", headers=headers), 401, "unauthenticated")
+        # No tenant: the provider vouched for the person, not for their access to callsense.
+        no_tenant = through_envoy("")
+        assert_error(await client.get(f"/v1/calls/{call_id}", headers=no_tenant), 403, "forbidden")
+
+    # The WebSocket upgrade: another tenant's claims cannot watch acme's live call; acme's can.
+    async with connect(
+        f"{tenants.gw.ws_url}?watch={live_id}", additional_headers=through_envoy("globex")
+    ) as ws:
+        event = await receive(ws)
+        assert event["type"] == "error" and event["code"] == "forbidden"
+    async with connect(
+        f"{tenants.gw.ws_url}?watch={live_id}", additional_headers=through_envoy("acme")
+    ) as ws:
+        assert await receive(ws) == {"type": "watching", "call_id": live_id}
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(tenants.gw.ws_url, additional_headers=unproven):
+            pass
+    assert refused.value.response.status_code == 401
+
+    # gRPC: Envoy forwards the same headers as metadata.
+    async with grpc.aio.insecure_channel(tenants.gw.grpc_target) as channel:
+        stub = sentiment_pb2_grpc.SentimentStub(channel)
+        request = sentiment_pb2.GetCallRequest(call_id=call_id)
+        reply = await stub.GetCall(request, metadata=tuple(through_envoy("acme").items()), timeout=30)
+        assert reply.metadata.tenant == "acme"
+        with pytest.raises(grpc.aio.AioRpcError) as other_tenant:
+            await stub.GetCall(request, metadata=tuple(through_envoy("globex").items()), timeout=30)
+        assert other_tenant.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.aio.AioRpcError) as unproven_call:
+            await stub.GetCall(request, metadata=tuple(unproven.items()), timeout=30)
+        assert unproven_call.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_identity_provider_admin_is_named_in_the_audit(tenants: Tenants) -> None:
+    """An erasure by an admin of the identity provider is audited as jwt:<iss>:<sub>."""
+    tenants.gw.gateway.authenticator.edge = EdgeTrust(EDGE_SECRET)
+    call_id = await ended_acme_call(tenants)
+    async with http(tenants) as client:
+        erased = await client.delete(f"/v1/calls/{call_id}", headers=through_envoy("acme", Role.ADMIN))
+    assert erased.status_code == 204, erased.text
+    async with tenants.gw.gateway.stores.default.pool.connection() as conn:
+        cur = await conn.execute("SELECT tenant, actor FROM audit_log WHERE target = %s", (call_id,))
+        assert await cur.fetchall() == [("acme", "jwt:https://login.example.com/:u-42")]

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -85,6 +86,9 @@ async def test_a_database_outage_never_stalls_the_live_path_and_loses_nothing(
                 sent += 1
                 await asyncio.sleep(SEND_EVERY_S)
             assert spooled.spooling
+            async with httpx.AsyncClient(base_url=gw.http_url, timeout=30) as http:
+                ready = (await http.get("/readyz")).json()
+            assert ready["ready"] and ready["checks"]["database"].startswith("unreachable"), ready
             pg.thaw()
 
             after = [await scored(ws, sent + i) for i in range(3)]

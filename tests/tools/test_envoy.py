@@ -5,19 +5,24 @@ The edge is tried, not read: through the real Envoy's public listener the intern
 authority) and /metrics are refused without reaching any upstream, however the path is spelt, while its
 internal listener reaches them; cross-origin calls are refused unless an origin is configured; each API key
 and each address without a key has its own rate limit (429 / RESOURCE_EXHAUSTED from Envoy, health checks
-exempt); every answer carries the security headers; and with a certificate the public listener speaks TLS
-to browsers, gRPC and WebSocket clients alike."""
+exempt); every answer carries the security headers; with a certificate the public listener speaks TLS
+to browsers, gRPC and WebSocket clients alike; and with an identity provider it validates JWTs (keys made
+here with the openssl command) and hands their claims to the gateway next to the edge secret, while API keys
+and bad tokens pass untouched and a client can forge neither header."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import io
+import json
 import ssl
 import stat
 import struct
 import subprocess
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,10 +39,12 @@ from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 from websockets.http11 import Request, Response
 
-from callsense.config import ConfigError, load_config
+from callsense.config import EDGE_HEADER, EDGE_SECRET_ENV, JWT_PAYLOAD_HEADER, ConfigError, load_config
 from tools.envoy_config import (
     DEFAULT_PATH,
     HSTS,
+    JWKS_CLUSTER,
+    JWT_PROVIDER,
     SECURITY_HEADERS,
     MeshLayout,
     build,
@@ -384,6 +391,219 @@ def test_tls_config_passes_envoy_validation(tmp_path: Path) -> None:
     _validate(render(MeshLayout(tls_cert=str(cert), tls_key=str(key))), tmp_path)
 
 
+# --- the identity provider: JWTs validated at the edge ------------------------------------------------
+
+ISSUER = "https://login.example.com/"
+AUDIENCE = "callsense-client"
+EDGE_SECRET = "edge-secret-of-this-module-" + "x" * 24
+"""Envoy's CALLSENSE_EDGE_SECRET in the live tests: what the gateway would compare."""
+JWT_FILTER = "envoy.filters.http.jwt_authn"
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _openssl(*args: str, data: bytes | None = None) -> bytes:
+    return subprocess.run(["openssl", *args], input=data, capture_output=True, check=True, timeout=60).stdout
+
+
+def _rsa_key(path: Path) -> Path:
+    _openssl("genrsa", "-out", str(path), "2048")
+    return path
+
+
+def _jwks(key: Path, kid: str) -> dict[str, Any]:
+    """The JWKS of ``key``'s public half: its modulus (``openssl rsa -modulus``) and exponent 65537."""
+    modulus = _openssl("rsa", "-in", str(key), "-noout", "-modulus").decode().strip().partition("=")[2]
+    public = {"kty": "RSA", "alg": "RS256", "use": "sig", "kid": kid, "e": "AQAB"}
+    return {"keys": [public | {"n": _b64url(bytes.fromhex(modulus))}]}
+
+
+def _jwt(key: Path, claims: Mapping[str, Any], kid: str = "k1") -> str:
+    """An RS256 JWT of ``claims`` signed with ``key`` (``openssl dgst -sha256 -sign``)."""
+    header = {"alg": "RS256", "typ": "JWT", "kid": kid}
+    signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+    signature = _openssl("dgst", "-sha256", "-sign", str(key), data=signing_input.encode())
+    return f"{signing_input}.{_b64url(signature)}"
+
+
+def _claims(**more: Any) -> dict[str, Any]:
+    now = int(time.time())
+    base = {"iss": ISSUER, "aud": AUDIENCE, "sub": "u-42", "iat": now, "exp": now + 3600}
+    return base | {"tenant": "acme", "role": "manager", "team": "east"} | more
+
+
+def _jwt_layout(**more: Any) -> MeshLayout:
+    jwks = more.pop("jwt_jwks_file", None) or ("/idp/jwks.json" if "jwt_jwks_uri" not in more else None)
+    return MeshLayout(jwt_issuer=ISSUER, jwt_audiences=[AUDIENCE], jwt_jwks_file=jwks, **more)
+
+
+def _jwt_filter(config: dict[str, Any]) -> dict[str, Any]:
+    (found,) = [f["typed_config"] for f in _hcm(config, "public")["http_filters"] if f["name"] == JWT_FILTER]
+    return found
+
+
+def test_without_an_identity_provider_nothing_validates_jwts() -> None:
+    config = build(MeshLayout())
+    for listener in ("public", "internal"):
+        assert JWT_FILTER not in _filter_names(config, listener)
+        assert "request_headers_to_add" not in _hcm(config, listener)["route_config"]
+    assert JWKS_CLUSTER not in _clusters(config)
+
+
+def test_identity_headers_are_removed_before_any_filter_on_both_listeners() -> None:
+    for layout in (MeshLayout(), _jwt_layout()):
+        config = build(layout)
+        for listener in ("public", "internal"):
+            (early,) = _hcm(config, listener)["early_header_mutation_extensions"]
+            assert early["name"] == "envoy.http.early_header_mutation.header_mutation"
+            assert early["typed_config"]["mutations"] == [
+                {"remove": JWT_PAYLOAD_HEADER},
+                {"remove": EDGE_HEADER},
+            ]
+            # Never a route's request_headers_to_remove: it runs after jwt_authn (Envoy's own would go).
+            assert "request_headers_to_remove" not in str(_hcm(config, listener)["route_config"])
+
+
+def test_jwt_authn_on_the_public_listener_only() -> None:
+    config = build(_jwt_layout())
+    # After the rate limit (it counts the token's authorization header, which a valid token loses).
+    assert _filter_names(config, "public") == [
+        "envoy.filters.http.grpc_web",
+        "envoy.filters.http.cors",
+        "envoy.filters.http.local_ratelimit",
+        JWT_FILTER,
+        "envoy.filters.http.router",
+    ]
+    assert JWT_FILTER not in _filter_names(config, "internal")
+    jwt = _jwt_filter(config)
+    assert jwt["providers"] == {
+        JWT_PROVIDER: {
+            "issuer": ISSUER,
+            "audiences": [AUDIENCE],
+            "require_expiration": True,
+            "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+            "forward_payload_header": JWT_PAYLOAD_HEADER,
+            "local_jwks": {"filename": "/idp/jwks.json"},
+        }
+    }
+    # Never refuses: a valid token adds the payload, anything else passes without it (the gateway decides).
+    assert jwt["rules"] == [
+        {
+            "match": {"prefix": "/"},
+            "requires": {
+                "requires_any": {
+                    "requirements": [{"provider_name": JWT_PROVIDER}, {"allow_missing_or_failed": {}}]
+                }
+            },
+        }
+    ]
+    assert jwt["bypass_cors_preflight"] is True
+    # The edge secret on every public request, from Envoy's environment (never written in the file).
+    assert _hcm(config, "public")["route_config"]["request_headers_to_add"] == [
+        {
+            "header": {"key": EDGE_HEADER, "value": f"%ENVIRONMENT({EDGE_SECRET_ENV})%"},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+        }
+    ]
+    assert "request_headers_to_add" not in _hcm(config, "internal")["route_config"]
+    # With the rate limits off the filter is still there, right before the router.
+    off = build(_jwt_layout(rate_limit_per_key=0, rate_limit_per_ip=0))
+    assert _filter_names(off, "public")[-2:] == [JWT_FILTER, "envoy.filters.http.router"]
+
+
+def test_a_remote_jwks_is_fetched_over_checked_tls() -> None:
+    config = build(_jwt_layout(jwt_jwks_uri="https://login.example.com/oauth2/v1/keys", jwt_jwks_cache_s=300))
+    remote = _jwt_filter(config)["providers"][JWT_PROVIDER]["remote_jwks"]
+    assert "local_jwks" not in _jwt_filter(config)["providers"][JWT_PROVIDER]
+    assert remote["http_uri"] == {
+        "uri": "https://login.example.com/oauth2/v1/keys",
+        "cluster": JWKS_CLUSTER,
+        "timeout": "5s",
+    }
+    assert remote["cache_duration"] == "300s" and remote["async_fetch"] == {}
+    cluster = _clusters(config)[JWKS_CLUSTER]
+    assert cluster["type"] == "LOGICAL_DNS"
+    address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    assert address["socket_address"] == {"address": "login.example.com", "port_value": 443}
+    tls = cluster["transport_socket"]["typed_config"]
+    assert tls["@type"].endswith("UpstreamTlsContext") and tls["sni"] == "login.example.com"
+    # Without a validation context Envoy would take any certificate: the CA bundle and the name are checked.
+    assert tls["common_tls_context"]["validation_context"] == {
+        "trusted_ca": {"filename": "/etc/ssl/certs/ca-certificates.crt"},
+        "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": "login.example.com"}}],
+    }
+    by_ip = _clusters(build(_jwt_layout(jwt_jwks_uri="https://10.1.2.3:8443/keys", jwt_jwks_ca="/ca.pem")))
+    tls = by_ip[JWKS_CLUSTER]["transport_socket"]["typed_config"]["common_tls_context"]["validation_context"]
+    assert tls["trusted_ca"] == {"filename": "/ca.pem"}
+    assert tls["match_typed_subject_alt_names"][0]["san_type"] == "IP_ADDRESS"
+    assert by_ip[JWKS_CLUSTER]["type"] == "STATIC"
+    # Plain http only from this host (a local test provider): no TLS to check there.
+    local = _clusters(build(_jwt_layout(jwt_jwks_uri="http://127.0.0.1:5556/keys")))[JWKS_CLUSTER]
+    assert "transport_socket" not in local
+
+
+def test_identity_provider_settings_from_the_environment() -> None:
+    env = {
+        "CALLSENSE_JWT_ISSUER": ISSUER,
+        "CALLSENSE_JWT_AUDIENCES": f"{AUDIENCE}, other-client ,",
+        "CALLSENSE_JWT_JWKS_URI": "https://login.example.com/keys",
+        "CALLSENSE_JWT_JWKS_CACHE_S": "120",
+        "CALLSENSE_JWT_JWKS_CA": "/etc/company-ca.pem",
+    }
+    layout = MeshLayout.from_config(load_config({}), env=env)
+    assert layout.jwt and layout.jwt_issuer == ISSUER
+    assert layout.jwt_audiences == (AUDIENCE, "other-client")
+    assert (layout.jwt_jwks_uri, layout.jwt_jwks_cache_s, layout.jwt_jwks_ca) == (
+        "https://login.example.com/keys",
+        120,
+        "/etc/company-ca.pem",
+    )
+    assert not MeshLayout.from_config(load_config({}), env={}).jwt
+    base = {"CALLSENSE_JWT_ISSUER": ISSUER, "CALLSENSE_JWT_AUDIENCES": AUDIENCE}
+    for bad, match in [
+        ({"CALLSENSE_JWT_ISSUER": ISSUER, "CALLSENSE_JWT_JWKS_FILE": "/k.json"}, "jwt_audiences"),
+        (base, "one of jwt_jwks_file and jwt_jwks_uri"),
+        (base | {"CALLSENSE_JWT_JWKS_FILE": "/k.json", "CALLSENSE_JWT_JWKS_URI": "https://a/k"}, "one of"),
+        (base | {"CALLSENSE_JWT_JWKS_URI": "http://login.example.com/keys"}, "https"),
+        (base | {"CALLSENSE_JWT_JWKS_URI": "login.example.com/keys"}, "https"),
+        (base | {"CALLSENSE_JWT_JWKS_URI": "https://a/k", "CALLSENSE_JWT_JWKS_CACHE_S": "0"}, "cache"),
+        (base | {"CALLSENSE_JWT_JWKS_URI": "https://a/k", "CALLSENSE_JWT_JWKS_CACHE_S": "1h"}, "CACHE_S"),
+        ({"CALLSENSE_JWT_AUDIENCES": AUDIENCE}, "without jwt_issuer"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            MeshLayout.from_config(load_config({}), env=bad)
+
+
+def test_callsense_up_gives_the_edge_secret_to_envoy_and_the_gateway_only(tmp_path: Path) -> None:
+    config = load_config({"CALLSENSE_DATA_DIR": str(tmp_path)})
+    specs = mesh_specs(
+        config, UpOptions(), "postgresql://db/x", tmp_path / "envoy.yaml", edge_secret=EDGE_SECRET
+    )
+    given = {spec.name for spec in specs if spec.env.get(EDGE_SECRET_ENV) == EDGE_SECRET}
+    assert given == {"envoy", "gateway"}
+    assert all(
+        EDGE_SECRET_ENV not in spec.env for spec in mesh_specs(config, UpOptions(), "x", tmp_path / "e")
+    )
+
+
+def test_jwt_configs_pass_envoy_validation(tmp_path: Path) -> None:
+    """Envoy reads the local JWKS and the JWKS host's CA bundle to validate: both exist here."""
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps(_jwks(_rsa_key(tmp_path / "idp.key"), "k1")))
+    ca, ca_key = self_signed_certificate(tmp_path / "ca")
+    for layout in (
+        _jwt_layout(jwt_jwks_file=str(jwks)),
+        _jwt_layout(jwt_jwks_uri="https://login.example.com/keys", jwt_jwks_ca=str(ca)),
+        _jwt_layout(
+            jwt_jwks_uri="https://[2001:db8::1]:8443/keys", jwt_jwks_ca=str(ca), rate_limit_per_key=0
+        ),
+        _jwt_layout(jwt_jwks_uri="http://localhost:5556/keys", tls_cert=str(ca), tls_key=str(ca_key)),
+    ):
+        _validate(render(layout), tmp_path)
+
+
 def test_checked_in_config_is_current() -> None:
     assert DEFAULT_PATH.read_text() == render(MeshLayout()), (
         "envoy/envoy.yaml is stale: run `python -m tools.envoy_config`"
@@ -471,9 +691,12 @@ class _GrpcBackend(grpc.GenericRpcHandler):
     """Answers every unary call, whatever its method, with the name of its cluster, and records it: a
     call that never shows up here never reached this upstream. Health checks go to the health servicer."""
 
-    def __init__(self, cluster: str, calls: list[tuple[str, str]]) -> None:
+    def __init__(
+        self, cluster: str, calls: list[tuple[str, str]], metadata: list[dict[str, Any]] | None = None
+    ) -> None:
         self._cluster = cluster
         self._calls = calls
+        self._metadata = metadata
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method: str = handler_call_details.method
@@ -482,6 +705,8 @@ class _GrpcBackend(grpc.GenericRpcHandler):
 
         async def answer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             self._calls.append((self._cluster, method))
+            if self._metadata is not None:
+                self._metadata.append(dict(context.invocation_metadata() or ()))
             return self._cluster.encode()
 
         return grpc.unary_unary_rpc_method_handler(answer)
@@ -539,6 +764,8 @@ class Mesh:
     """A second Envoy over the same upstreams with tiny rate limits (``LIMIT_BURST``, then 0.1/s)."""
     tls: TlsEdge = field(repr=False)
     """A third whose public listener speaks TLS."""
+    grpc_metadata: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    """The metadata of every call gateway_grpc answered (health checks aside)."""
 
 
 async def _start_grpc_server(handlers: list[grpc.GenericRpcHandler]) -> tuple[grpc.aio.Server, int]:
@@ -550,14 +777,17 @@ async def _start_grpc_server(handlers: list[grpc.GenericRpcHandler]) -> tuple[gr
 
 
 @contextlib.asynccontextmanager
-async def _envoy(layout: MeshLayout, directory: Path, **more: MeshLayout) -> AsyncIterator[None]:
+async def _envoy(
+    layout: MeshLayout, directory: Path, *, env: Mapping[str, str] | None = None, **more: MeshLayout
+) -> AsyncIterator[None]:
     """A real Envoy serving ``layout`` (and one for each of ``more``, by name, started at the same time)
-    until the block ends (ready: each one's admin /ready says LIVE)."""
+    until the block ends (ready: each one's admin /ready says LIVE); ``env``: added to their environment."""
     specs = []
     for name, each in {"envoy": layout, **more}.items():
         config = directory / f"{name}.yaml"
         config.write_text(render(each))
-        specs.append(envoy_spec(name, config, admin_port=each.admin_port, concurrency=1))
+        spec = envoy_spec(name, config, admin_port=each.admin_port, concurrency=1)
+        specs.append(replace(spec, env=dict(env or {})))
     supervisor = Supervisor(specs, out=io.StringIO())
     await supervisor.start()
     try:
@@ -594,9 +824,11 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
         gateway_health = health.aio.HealthServicer()
         grpc_addrs: dict[str, list[str]] = {}
         grpc_calls: list[tuple[str, str]] = []
+        grpc_metadata: list[dict[str, Any]] = []
         for cluster in ("gateway_grpc", "asr", "chopper", "scorer", "postcall"):
             servicer = gateway_health if cluster == "gateway_grpc" else health.aio.HealthServicer()
-            grpc_server, port = await _start_grpc_server([_GrpcBackend(cluster, grpc_calls)])
+            recorded = grpc_metadata if cluster == "gateway_grpc" else None
+            grpc_server, port = await _start_grpc_server([_GrpcBackend(cluster, grpc_calls, recorded)])
             health_pb2_grpc.add_HealthServicer_to_server(servicer, grpc_server)
             stack.push_async_callback(grpc_server.stop, None)
             grpc_addrs[cluster] = [f"127.0.0.1:{port}"]
@@ -654,6 +886,7 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
             layout,
             limited,
             TlsEdge(tls, cert),
+            grpc_metadata=grpc_metadata,
         )
     assert envoy_shm_files() <= shm_before, "Envoy left hot-restart shared memory behind"
 
@@ -1026,3 +1259,158 @@ async def test_tls_port_refuses_plaintext_and_the_internal_listener_stays_plain(
     # The internal listener (the gateway's mesh proxy) is inside the host or cluster: plaintext, as before.
     internal = f"127.0.0.1:{mesh.tls.layout.internal_port}"
     assert await _unary(internal, "/callsense.v1.Scorer/Ping") == b"scorer"
+
+
+# --- the identity provider, live: a real Envoy validating JWTs ------------------------------------------
+
+
+@dataclass(frozen=True)
+class JwtEdge:
+    layout: MeshLayout
+    key: Path
+    """The identity provider's signing key (its public half is the Envoy's JWKS file)."""
+    other_key: Path
+    """Anybody else's key, with the same key id."""
+
+    def token(self, key: Path | None = None, **claims: Any) -> str:
+        return _jwt(key or self.key, _claims(**claims))
+
+    @property
+    def port(self) -> int:
+        return self.layout.listener_port
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def jwt_edge(mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[JwtEdge]:
+    """The module's upstreams behind one more Envoy that validates the JWTs of a local identity provider
+    (a JWKS file), with CALLSENSE_EDGE_SECRET in its environment as `callsense up` gives it."""
+    directory = tmp_path_factory.mktemp("envoy-jwt")
+    key, other = _rsa_key(directory / "idp.key"), _rsa_key(directory / "other.key")
+    jwks = directory / "jwks.json"
+    jwks.write_text(json.dumps(_jwks(key, "k1")))
+    layout = _ports(
+        replace(
+            mesh.layout,
+            otlp_endpoint=None,
+            jwt_issuer=ISSUER,
+            jwt_audiences=[AUDIENCE],
+            jwt_jwks_file=str(jwks),
+        )
+    )
+    async with _envoy(layout, directory, env={EDGE_SECRET_ENV: EDGE_SECRET}):
+        yield JwtEdge(layout, key, other)
+
+
+FORGED = {JWT_PAYLOAD_HEADER: _b64url(b'{"tenant":"globex","role":"admin"}'), EDGE_HEADER: "forged-secret"}
+"""What a client might send to pass as someone Envoy vouched for."""
+
+
+async def _seen(mesh: Mesh, port: int, path: str, headers: Mapping[str, str]) -> Request:
+    """GET ``path`` through the listener at ``port``; the request as the gateway_http replica saw it."""
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+        reply = await client.get(path, headers=dict(headers))
+    assert reply.status_code == 200 and reply.text.endswith(f" {path}\n"), (reply.status_code, reply.text)
+    (seen,) = [r for r in mesh.http_requests if r.path == path]
+    return seen
+
+
+def _claims_of(request_headers: Any) -> dict[str, Any]:
+    (encoded,) = request_headers.get_all(JWT_PAYLOAD_HEADER)
+    claims: dict[str, Any] = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+    return claims
+
+
+@live
+async def test_a_valid_jwt_reaches_the_gateway_as_its_claims_and_the_edge_secret(
+    mesh: Mesh, jwt_edge: JwtEdge
+) -> None:
+    claims = _claims(role="agent", agent="a1")
+    token = _jwt(jwt_edge.key, claims)
+    for path, forged in [("/jwt/valid", {}), ("/jwt/valid-and-forged", FORGED)]:
+        seen = await _seen(mesh, jwt_edge.port, path, {"authorization": f"Bearer {token}", **forged})
+        assert _claims_of(seen.headers) == claims  # Envoy's payload only: a forged one was removed first
+        assert seen.headers.get_all(EDGE_HEADER) == [EDGE_SECRET]
+        assert "authorization" not in seen.headers  # the token itself stays at the edge
+
+
+@live
+async def test_a_token_envoy_does_not_accept_passes_without_claims(mesh: Mesh, jwt_edge: JwtEdge) -> None:
+    """Expired, another issuer, another audience, another key's signature, no expiry: the request goes on
+    untouched (the gateway answers 401: it is no key), never with a payload."""
+    now = int(time.time())
+    bad = {
+        "expired": jwt_edge.token(exp=now - 3600, iat=now - 7200),
+        "issuer": jwt_edge.token(iss="https://evil.example.com/"),
+        "audience": jwt_edge.token(aud="another-app"),
+        "signature": jwt_edge.token(jwt_edge.other_key),
+        "no-exp": _jwt(jwt_edge.key, {k: v for k, v in _claims().items() if k != "exp"}),
+        "not-yet": jwt_edge.token(nbf=now + 3600),
+        "tampered": (lambda t: t[: t.index(".") + 1] + _b64url(b'{"role":"admin"}') + t[t.rindex(".") :])(
+            jwt_edge.token()
+        ),
+    }
+    for name, token in bad.items():
+        path = f"/jwt/bad-{name}"
+        seen = await _seen(mesh, jwt_edge.port, path, {"authorization": f"Bearer {token}", **FORGED})
+        assert seen.headers.get_all(JWT_PAYLOAD_HEADER) == [], name
+        assert seen.headers.get_all("authorization") == [f"Bearer {token}"], name
+        assert seen.headers.get_all(EDGE_HEADER) == [EDGE_SECRET], name
+
+
+@live
+async def test_api_keys_and_no_credential_pass_untouched(mesh: Mesh, jwt_edge: JwtEdge) -> None:
+    key = "Bearer csk_0123456789ab_" + "A" * 43
+    seen = await _seen(mesh, jwt_edge.port, "/jwt/api-key", {"authorization": key, **FORGED})
+    assert seen.headers.get_all("authorization") == [key]
+    assert seen.headers.get_all(JWT_PAYLOAD_HEADER) == []
+    anonymous = await _seen(mesh, jwt_edge.port, "/jwt/anonymous", FORGED)
+    assert "authorization" not in anonymous.headers
+    assert anonymous.headers.get_all(JWT_PAYLOAD_HEADER) == []
+    assert anonymous.headers.get_all(EDGE_HEADER) == [EDGE_SECRET]
+
+
+@live
+async def test_identity_headers_cannot_be_forged_through_a_listener_without_jwt(
+    mesh: Mesh, jwt_edge: JwtEdge
+) -> None:
+    """The internal listener validates nothing and vouches for nobody; the module's Envoy without an
+    identity provider neither: a client's own payload and edge headers never get through."""
+    token = jwt_edge.token()
+    for port, path in [
+        (jwt_edge.layout.internal_port, "/jwt/internal"),
+        (mesh.port, "/jwt/no-provider"),
+        (mesh.internal_port, "/jwt/no-provider-internal"),
+    ]:
+        seen = await _seen(mesh, port, path, {"authorization": f"Bearer {token}", **FORGED})
+        assert seen.headers.get_all("authorization") == [f"Bearer {token}"], path
+        assert seen.headers.get_all(JWT_PAYLOAD_HEADER) == [], path
+        assert seen.headers.get_all(EDGE_HEADER) == [], path
+
+
+@live
+async def test_jwt_over_grpc_and_the_websocket_upgrade(mesh: Mesh, jwt_edge: JwtEdge) -> None:
+    claims = _claims(sub="grpc-user")
+    metadata = (("authorization", f"Bearer {_jwt(jwt_edge.key, claims)}"), *FORGED.items())
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{jwt_edge.port}") as channel:
+        ping = channel.unary_unary("/callsense.v1.Sentiment/Ping")
+        assert await ping(b"", metadata=metadata, timeout=5) == b"gateway_grpc"
+    seen = mesh.grpc_metadata[-1]
+    assert "authorization" not in seen and seen[EDGE_HEADER] == EDGE_SECRET
+    assert _claims_of(_Multi(seen)) == claims
+
+    ws_claims = _claims(sub="ws-user")
+    headers = {"authorization": f"Bearer {_jwt(jwt_edge.key, ws_claims)}", **FORGED}
+    url = f"ws://127.0.0.1:{jwt_edge.port}/jwt/stream?call_id=jwt-ws"
+    async with ws_connect(url, additional_headers=headers, ping_interval=None, open_timeout=5) as ws:
+        await ws.send("start")
+        assert await ws.recv() == "echo: start"
+    (upgrade,) = [r for r in mesh.http_requests if r.path.startswith("/jwt/stream")]
+    assert _claims_of(upgrade.headers) == ws_claims
+    assert upgrade.headers.get_all(EDGE_HEADER) == [EDGE_SECRET]
+
+
+class _Multi(dict[str, Any]):
+    """gRPC metadata (one value per key) read like HTTP headers."""
+
+    def get_all(self, key: str) -> list[Any]:
+        return [self[key]] if key in self else []
