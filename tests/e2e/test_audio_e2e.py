@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -39,14 +38,11 @@ from gateway.twilio import stream_path
 from tests.e2e.test_mesh_e2e import (
     E2E_TWILIO_TOKEN,
     RunningMesh,
-    _force_stop,
-    _postmaster_pid,
     _query,
-    _running,
-    start_mesh,
+    mesh_data_dir,
+    speaking_mesh,
 )
-from tests.support.audio import normalise_words, require_speech_tools, speak_pcm16
-from tests.support.otlp_collector import OtlpCollector
+from tests.support.audio import normalise_words, speak_pcm16
 from tests.support.twilio import twilio_signed
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -194,26 +190,13 @@ async def check_stored(
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("callsense-audio-data")
-    yield path
-    postmaster = _postmaster_pid(path / "postgres")
-    if postmaster is None or not _running(postmaster):
-        shutil.rmtree(path / "postgres", ignore_errors=True)  # ~40 MB; pytest keeps its last temp dirs
+    yield from mesh_data_dir(tmp_path_factory, "callsense-audio-data")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def mesh(data_dir: Path) -> AsyncIterator[RunningMesh]:
-    from asr_service.recognizer import default_model_dir
-
-    require_speech_tools()
-    if not (default_model_dir() / "model.bin").is_file():
-        pytest.skip(f"WHISPER MODEL ABSENT: {default_model_dir()} has no model.bin")
-    with OtlpCollector() as collector:
-        running = await start_mesh(data_dir, collector, data_dir.parent / "up-audio.log")
-        try:
-            yield running
-        finally:
-            await asyncio.to_thread(_force_stop, running)
+    async with speaking_mesh(data_dir, "up-audio.log") as running:
+        yield running
 
 
 # --------------------------------------------------------------------------------------------- WebSocket

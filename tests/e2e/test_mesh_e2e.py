@@ -50,6 +50,7 @@ from callsense.database import start_embedded_postgres
 from callsense.v1 import audio_pb2, scorer_pb2, sentiment_pb2, sentiment_pb2_grpc
 from gateway.auth.credentials import mint_key
 from scorer_service.inference import DEFAULT_MODEL
+from tests.support.audio import require_speech_tools
 from tests.support.auth import bearer, keyed_channel
 from tests.support.otlp_collector import ExportedSpan, OtlpCollector
 from tools.ports import free_port, free_port_run, free_ports
@@ -351,15 +352,36 @@ def _force_stop(mesh: RunningMesh) -> None:
             psutil.Process(mesh.postmaster_pid).terminate()
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    # One for both meshes of the module: the second finds the database initialised (a warm start).
-    path = tmp_path_factory.mktemp("callsense-data")
+def mesh_data_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Path]:
+    """A data directory for `callsense up` (the e2e modules' ``data_dir`` fixtures); its database
+    cluster (~40 MB; pytest keeps its last few temp dirs) is dropped at the end once nothing runs it."""
+    path = tmp_path_factory.mktemp(name)
     yield path
-    # pytest keeps its last few temp dirs; a database cluster is ~40 MB: drop it once nothing runs it.
     postmaster = _postmaster_pid(path / "postgres")
     if postmaster is None or not _running(postmaster):
         shutil.rmtree(path / "postgres", ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def speaking_mesh(data_dir: Path, log_name: str) -> AsyncIterator[RunningMesh]:
+    """`callsense up` for the audio modules: skips loudly without espeak-ng or the Whisper model."""
+    from asr_service.recognizer import default_model_dir
+
+    require_speech_tools()
+    if not (default_model_dir() / "model.bin").is_file():
+        pytest.skip(f"WHISPER MODEL ABSENT: {default_model_dir()} has no model.bin")
+    with OtlpCollector() as collector:
+        running = await start_mesh(data_dir, collector, data_dir.parent / log_name)
+        try:
+            yield running
+        finally:
+            await asyncio.to_thread(_force_stop, running)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    # One for both meshes of the module: the second finds the database initialised (a warm start).
+    yield from mesh_data_dir(tmp_path_factory, "callsense-data")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

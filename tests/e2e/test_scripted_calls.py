@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -42,13 +41,9 @@ from tests.e2e.test_mesh_e2e import (
     E2E_TWILIO_TOKEN,
     ROOT,
     RunningMesh,
-    _force_stop,
-    _postmaster_pid,
-    _running,
-    start_mesh,
+    mesh_data_dir,
+    speaking_mesh,
 )
-from tests.support.audio import require_speech_tools
-from tests.support.otlp_collector import OtlpCollector
 from tests.support.twilio import twilio_signed
 from tools.demo import CallAudio, DemoError, play, synthesize_call
 from tools.scripted_calls import SCRIPTS, ScriptedCall, Span, check_events
@@ -222,28 +217,17 @@ def write_table() -> None:
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("callsense-scripted-data")
-    yield path
-    postmaster = _postmaster_pid(path / "postgres")
-    if postmaster is None or not _running(postmaster):
-        shutil.rmtree(path / "postgres", ignore_errors=True)  # ~40 MB; pytest keeps its last temp dirs
+    yield from mesh_data_dir(tmp_path_factory, "callsense-scripted-data")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def mesh(data_dir: Path) -> AsyncIterator[RunningMesh]:
-    from asr_service.recognizer import default_model_dir
-
-    require_speech_tools()
-    if not (default_model_dir() / "model.bin").is_file():
-        pytest.skip(f"WHISPER MODEL ABSENT: {default_model_dir()} has no model.bin")
     PLAYED.clear()
-    with OtlpCollector() as collector:
-        running = await start_mesh(data_dir, collector, data_dir.parent / "up-scripted.log")
-        try:
+    try:
+        async with speaking_mesh(data_dir, "up-scripted.log") as running:
             yield running
-        finally:
-            write_table()
-            await asyncio.to_thread(_force_stop, running)
+    finally:
+        write_table()
 
 
 SPOKEN: dict[tuple[str, int], CallAudio] = {}

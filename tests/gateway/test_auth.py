@@ -75,15 +75,20 @@ def utterance(text: str = LINE) -> dict[str, Any]:
     return {"type": "utterance", "text": text, "channel": "customer", "start_ms": 0, "end_ms": 2500}
 
 
+async def started_with_a_score(ws: ClientConnection, call_id: str) -> None:
+    """Start ``call_id`` as acme's agent a1 of team east, and have one utterance scored."""
+    await send(ws, start(call_id, team="east"))
+    assert (await receive(ws))["type"] == "started"
+    await send(ws, utterance())
+    assert (await receive(ws))["type"] == "score"
+
+
 @pytest_asyncio.fixture
 async def live_acme_call(tenants: Tenants) -> AsyncIterator[tuple[str, ClientConnection]]:
     """A live call of acme's agent a1 (team east), driven over the WebSocket with a1's key."""
     call_id = new_call_id()
     async with connect(tenants.gw.ws_url, additional_headers=bearer(tenants.acme_agent_a1)) as ws:
-        await send(ws, start(call_id, team="east"))
-        assert (await receive(ws))["type"] == "started"
-        await send(ws, utterance())
-        assert (await receive(ws))["type"] == "score"
+        await started_with_a_score(ws, call_id)
         yield call_id, ws
         await send(ws, {"type": "stop"})
         await receive_until_summary(ws)
@@ -271,10 +276,7 @@ async def test_watching_another_tenants_call_is_refused(
 async def test_a_dropped_call_cannot_be_taken_over_by_another_tenant_or_agent(tenants: Tenants) -> None:
     call_id = new_call_id()
     async with connect(tenants.gw.ws_url, additional_headers=bearer(tenants.acme_agent_a1)) as ws:
-        await send(ws, start(call_id, team="east"))
-        assert (await receive(ws))["type"] == "started"
-        await send(ws, utterance())
-        assert (await receive(ws))["type"] == "score"
+        await started_with_a_score(ws, call_id)
     # The driver is gone; within the grace period only someone who may see the call resumes it.
     for key in (tenants.globex, tenants.acme_agent_a2):
         async with connect(tenants.gw.ws_url, additional_headers=bearer(key)) as thief:

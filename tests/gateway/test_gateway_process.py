@@ -43,29 +43,12 @@ async def _wait_ready(url: str, process: asyncio.subprocess.Process, log: Path) 
 
 
 async def test_python_m_gateway(mesh_services: MeshServices, gateway_db_url: str, tmp_path: Path) -> None:
-    http_addr, grpc_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     trace, log = tmp_path / "spans.jsonl", tmp_path / "gateway.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env.update(
-        DATABASE_URL=gateway_db_url,
-        CALLSENSE_CHOPPER_ADDR=mesh_services.chopper_addr,
-        CALLSENSE_SCORER_ADDR=mesh_services.scorer_addr,
-        CALLSENSE_POSTCALL_ADDR=mesh_services.postcall_addr,
-        CALLSENSE_GATEWAY_HTTP=http_addr,
-        CALLSENSE_GATEWAY_GRPC=grpc_addr,
-        CALLSENSE_TRACE_FILE=str(trace),
+    key = await _key(gateway_db_url)
+    process, http_addr, grpc_addr = await _gateway_process(
+        mesh_services, gateway_db_url, tmp_path, log, CALLSENSE_TRACE_FILE=str(trace)
     )
-    keys = await KeyStore.open(gateway_db_url)
     try:
-        key = await make_key(keys)
-    finally:
-        await keys.close()
-    with log.open("wb") as out:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", cwd=ROOT, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT
-        )
-    try:
-        await _wait_ready(f"http://{http_addr}/readyz", process, log)
         async with grpc.aio.insecure_channel(grpc_addr) as channel:
             health = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service="callsense.v1.Sentiment"), timeout=5
@@ -118,11 +101,19 @@ async def test_python_m_gateway(mesh_services: MeshServices, gateway_db_url: str
     assert {s["service.name"] for s in spans} == {"gateway"}
 
 
+async def _key(db_url: str) -> str:
+    keys = await KeyStore.open(db_url)
+    try:
+        return await make_key(keys)
+    finally:
+        await keys.close()
+
+
 async def _gateway_process(
-    mesh_services: MeshServices, db_url: str, data_dir: Path, log: Path
-) -> tuple[asyncio.subprocess.Process, str]:
-    """A `python -m gateway` on free ports; its HTTP address once ready."""
-    http_addr = f"127.0.0.1:{free_port()}"
+    mesh_services: MeshServices, db_url: str, data_dir: Path, log: Path, **env_extra: str
+) -> tuple[asyncio.subprocess.Process, str, str]:
+    """A `python -m gateway` on free ports; its HTTP and gRPC addresses once ready."""
+    http_addr, grpc_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env.update(
         DATABASE_URL=db_url,
@@ -130,15 +121,21 @@ async def _gateway_process(
         CALLSENSE_SCORER_ADDR=mesh_services.scorer_addr,
         CALLSENSE_POSTCALL_ADDR=mesh_services.postcall_addr,
         CALLSENSE_GATEWAY_HTTP=http_addr,
-        CALLSENSE_GATEWAY_GRPC=f"127.0.0.1:{free_port()}",
+        CALLSENSE_GATEWAY_GRPC=grpc_addr,
         CALLSENSE_DATA_DIR=str(data_dir),
+        **env_extra,
     )
     with log.open("wb") as out:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway", cwd=ROOT, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT
         )
-    await _wait_ready(f"http://{http_addr}/readyz", process, log)
-    return process, http_addr
+    try:
+        await _wait_ready(f"http://{http_addr}/readyz", process, log)
+    except BaseException:
+        if process.returncode is None:
+            process.kill()
+        raise
+    return process, http_addr, grpc_addr
 
 
 async def test_a_call_goes_on_at_another_gateway_when_its_own_is_killed(
@@ -148,11 +145,7 @@ async def test_a_call_goes_on_at_another_gateway_when_its_own_is_killed(
     other (as Envoy would send it) with the same call id: the call resumes with its stored scores replayed,
     utterances the client sends again are not scored twice, new ones go on. Counted at the end: sent,
     scored, stored all equal, no duplicates."""
-    keys = await KeyStore.open(gateway_db_url)
-    try:
-        key = await make_key(keys)
-    finally:
-        await keys.close()
+    key = await _key(gateway_db_url)
     lines = [f"We reviewed item {i} of the proposal with the finance team this week." for i in range(6)]
 
     def utterance(i: int) -> str:
@@ -175,8 +168,8 @@ async def test_a_call_goes_on_at_another_gateway_when_its_own_is_killed(
                 got.append(event)
         return got
 
-    a, a_http = await _gateway_process(mesh_services, gateway_db_url, tmp_path / "a", tmp_path / "a.log")
-    b, b_http = await _gateway_process(mesh_services, gateway_db_url, tmp_path / "b", tmp_path / "b.log")
+    a, a_http, _ = await _gateway_process(mesh_services, gateway_db_url, tmp_path / "a", tmp_path / "a.log")
+    b, b_http, _ = await _gateway_process(mesh_services, gateway_db_url, tmp_path / "b", tmp_path / "b.log")
     call_id = f"failover-{uuid.uuid4().hex[:8]}"
     try:
         ws = await connect(f"ws://{a_http}/v1/sentiment/stream", additional_headers=bearer(key))

@@ -28,7 +28,6 @@ from websockets.exceptions import InvalidStatus
 from asr_service.audio import mulaw_encode
 from callsense.tenants import TenantsConfig, TenantSettings
 from callsense.v1 import audio_pb2, sentiment_pb2, sentiment_pb2_grpc
-from gateway.postcall_client import AfterCall
 from gateway.twilio import UNTENANTED_STREAM_PATH, stream_path
 from tests.support.audio import SENTENCE_A, normalise_words, speak_pcm16
 from tests.support.mesh import MeshServices, RunningGateway, _serve_gateway
@@ -61,12 +60,8 @@ async def twilio_gateway(
 ) -> AsyncIterator[RunningGateway]:
     """Like audio_gateway (the real ASR behind it), with TENANTS' Twilio auth tokens."""
     config = mesh_services.config(asr_addr=asr_addr, database_url=gateway_db_url)
-    after_call = AfterCall.for_config(config, TENANTS)
-    try:
-        async with _serve_gateway(config, after_call=after_call) as running:
-            yield running
-    finally:
-        await after_call.close()
+    async with _serve_gateway(config, tenants=TENANTS) as running:
+        yield running
 
 
 def twilio_url(gw: RunningGateway, tenant: str = "acme") -> str:

@@ -16,7 +16,6 @@ from websockets.asyncio.client import connect
 
 from callsense.tenants import TenantsConfig, TenantSettings
 from gateway.auth.credentials import Role
-from gateway.postcall_client import AfterCall
 from tests.support.auth import bearer
 from tests.support.mesh import MeshServices, RunningGateway, _serve_gateway
 from tests.support.ws_client import receive, receive_until_summary, send
@@ -34,12 +33,8 @@ LINES = [
 async def gw(mesh_services: MeshServices, gateway_db_url: str) -> AsyncIterator[RunningGateway]:
     config = mesh_services.config(database_url=gateway_db_url)
     tenants = TenantsConfig(tenants={"hush": TenantSettings(store_transcripts=False)})
-    after_call = AfterCall.for_config(config, tenants)
-    try:
-        async with _serve_gateway(config, after_call=after_call) as running:
-            yield running
-    finally:
-        await after_call.close()
+    async with _serve_gateway(config, tenants=tenants) as running:
+        yield running
 
 
 def batch(call_id: str) -> dict[str, object]:

@@ -26,14 +26,12 @@ import httpx
 import psutil
 import psycopg
 import pytest
-from psycopg import sql
 
 from callsense import grpc_runtime
 from callsense.config import Config
 from callsense.database import (
     EmbeddedPostgres,
     database_url,
-    default_data_dir,
     start_embedded_postgres,
 )
 from callsense.domain import Channel, UtteranceScore
@@ -50,6 +48,7 @@ from gateway.calls.service import Gateway
 from gateway.grpc_api import add_to_server
 from gateway.store import Store, StoreRouter, UnknownCallError
 from tests.support.auth import bearer, keyed_channel, make_key
+from tests.support.mesh import fresh_database
 
 pytestmark = pytest.mark.slow
 
@@ -57,35 +56,16 @@ pytestmark = pytest.mark.slow
 # --- fixtures (the server fixture is meant to move to conftest.py) ------------------------------------------
 
 
+# The server is tests/support/mesh.py's gateway_pg (the test data dir, never `callsense up`'s), and
+# fresh_db_url (a database per test) comes from there too.
 @pytest.fixture(scope="session")
-def pg_server() -> Iterator[EmbeddedPostgres]:
-    # Not the data dir of `callsense up`, so a dev server and a test run never share databases.
-    data_dir = default_data_dir().with_name(default_data_dir().name + "-test")
-    with start_embedded_postgres(data_dir, database="postgres") as pg:
-        yield pg
-
-
-def _fresh_database(pg: EmbeddedPostgres) -> Iterator[str]:
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    url = pg.create_database(name)
-    yield url
-    with psycopg.connect(pg.database_uri("postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+def db_url(gateway_pg: EmbeddedPostgres) -> Iterator[str]:
+    yield from fresh_database(gateway_pg)
 
 
 @pytest.fixture(scope="session")
-def db_url(pg_server: EmbeddedPostgres) -> Iterator[str]:
-    yield from _fresh_database(pg_server)
-
-
-@pytest.fixture(scope="session")
-def eu_db_url(pg_server: EmbeddedPostgres) -> Iterator[str]:
-    yield from _fresh_database(pg_server)
-
-
-@pytest.fixture
-def fresh_db_url(pg_server: EmbeddedPostgres) -> Iterator[str]:
-    yield from _fresh_database(pg_server)
+def eu_db_url(gateway_pg: EmbeddedPostgres) -> Iterator[str]:
+    yield from fresh_database(gateway_pg)
 
 
 @pytest.fixture

@@ -26,11 +26,9 @@ from typing import Any
 import grpc
 import grpc.aio
 import httpx
-import psycopg
 import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from psycopg import sql
 from websockets.asyncio.client import connect
 
 from callsense import grpc_runtime
@@ -51,6 +49,7 @@ from tests.support.mesh import (
     _serve_gateway,
     _stop,
     _wait_serving,
+    fresh_database,
     spawn_postcall,
 )
 from tools.ports import free_port
@@ -109,11 +108,7 @@ def crm_tenants_file(crm_receiver: WebhookReceiver, tmp_path_factory: pytest.Tem
 @pytest.fixture(scope="module")
 def crm_db_url(gateway_pg: EmbeddedPostgres) -> Iterator[str]:
     """A database of this module's own: only its worker's dispatcher delivers its outbox."""
-    name = f"postcall_test_{uuid.uuid4().hex[:12]}"
-    url = gateway_pg.create_database(name)
-    yield url
-    with psycopg.connect(gateway_pg.database_uri("postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    yield from fresh_database(gateway_pg, "postcall_test")
 
 
 def _start_worker(addr: str, db_url: str, tenants_file: Path, log: Path) -> subprocess.Popen[bytes]:

@@ -36,6 +36,7 @@ from psycopg import sql
 from callsense import grpc_runtime
 from callsense.config import Config
 from callsense.database import EmbeddedPostgres, default_data_dir, start_embedded_postgres
+from callsense.tenants import TenantsConfig
 from gateway.__main__ import _Server
 from gateway.app import create_app
 from gateway.auth.credentials import Role
@@ -77,11 +78,22 @@ def gateway_pg() -> Iterator[EmbeddedPostgres]:
 @pytest.fixture(scope="session")
 def gateway_db_url(gateway_pg: EmbeddedPostgres) -> Iterator[str]:
     """A fresh database for this test session, dropped at its end."""
-    name = f"gateway_test_{uuid.uuid4().hex[:12]}"
-    url = gateway_pg.create_database(name)
+    yield from fresh_database(gateway_pg, "gateway_test")
+
+
+def fresh_database(pg: EmbeddedPostgres, prefix: str = "test") -> Iterator[str]:
+    """A new database's URL (migrated by whoever opens it first); dropped when the generator ends."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    url = pg.create_database(name)
     yield url
-    with psycopg.connect(gateway_pg.database_uri("postgres"), autocommit=True) as conn:
+    with psycopg.connect(pg.database_uri("postgres"), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def fresh_db_url(gateway_pg: EmbeddedPostgres) -> Iterator[str]:
+    """A database of this test's own, dropped at its end."""
+    yield from fresh_database(gateway_pg)
 
 
 # --------------------------------------------------------------------------------------------- services
@@ -293,10 +305,13 @@ async def _serve_gateway(
     after_call: AfterCall | None = None,
     *,
     tenant: str = TEST_TENANT,
+    tenants: TenantsConfig | None = None,
 ) -> AsyncIterator[RunningGateway]:
+    """A gateway in this loop; its calls' reports from the worker at ``config.postcall_addr`` (with
+    ``tenants``' settings) unless ``after_call`` is given; ``tenant``: the tenant of its key."""
     settings = settings or SessionSettings(grace_s=0.5, finish_timeout_s=30.0)
     own_after_call = after_call is None
-    after_call = after_call or AfterCall.for_config(config)  # the worker at config.postcall_addr
+    after_call = after_call or AfterCall.for_config(config, tenants)  # the worker at config.postcall_addr
     gateway = await Gateway.open(config, settings=settings, after_call=after_call)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

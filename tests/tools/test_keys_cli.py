@@ -5,14 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
-from collections.abc import Iterator
 
-import psycopg
 import pytest
-from psycopg import sql
 
-from callsense.database import EmbeddedPostgres
 from gateway.auth.authenticator import Authenticator
 from gateway.auth.credentials import Role
 from gateway.auth.key_store import KeyStore
@@ -20,15 +15,6 @@ from gateway.calls.errors import InputError
 from tools.cli import main
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def database_url(gateway_pg: EmbeddedPostgres) -> Iterator[str]:
-    name = f"keys_cli_{uuid.uuid4().hex[:12]}"
-    url = gateway_pg.create_database(name)
-    yield url
-    with psycopg.connect(gateway_pg.database_uri("postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 async def _authenticate(url: str, token: str) -> tuple[str, Role, str]:
@@ -40,7 +26,8 @@ async def _authenticate(url: str, token: str) -> tuple[str, Role, str]:
     return principal.tenant, principal.role, principal.agent
 
 
-def test_create_list_revoke(database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_create_list_revoke(fresh_db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    database_url = fresh_db_url
     db = ["keys", "--database-url", database_url]
     assert main([*db, "create", "--tenant", "acme", "--role", "agent", "--agent", "sam", "--json"]) == 0
     made = json.loads(capsys.readouterr().out)
