@@ -183,6 +183,30 @@ async def test_server_has_health_and_reflection() -> None:
         await grpc_runtime.stop_server(server, grace_s=0)
 
 
+async def test_a_request_that_does_not_decode_is_invalid_argument_on_every_server() -> None:
+    """Bytes that are not the method's request message: INVALID_ARGUMENT naming the method, not UNKNOWN,
+    for unary and streaming methods alike (callsense/grpc_decoding.py; here on health and reflection)."""
+    server = await grpc_runtime.start_server(lambda s: [], "127.0.0.1:0")
+    try:
+        async with grpc_runtime.insecure_channel(grpc_runtime.server_info(server).address) as channel:
+            garbage = b"\xff\xff\xff\xff"
+            with pytest.raises(grpc.aio.AioRpcError) as unary:
+                await channel.unary_unary("/grpc.health.v1.Health/Check")(garbage, timeout=5)
+            assert unary.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "/grpc.health.v1.Health/Check" in (unary.value.details() or "")
+            reflection = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+            good = reflection_pb2.ServerReflectionRequest(list_services="").SerializeToString()
+            stream = channel.stream_stream(reflection)(iter([good, garbage]), timeout=5)
+            answers = []
+            with pytest.raises(grpc.aio.AioRpcError) as streamed:
+                async for answer in stream:
+                    answers.append(answer)
+            assert streamed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert len(answers) == 1  # the good message before the bad one was answered
+    finally:
+        await grpc_runtime.stop_server(server, 0.1)
+
+
 async def test_receive_limit_is_enforced() -> None:
     server = await grpc_runtime.start_server(add_fixed_scorer, "127.0.0.1:0", max_receive_bytes=1024)
     try:
