@@ -75,14 +75,14 @@ async def test_a_call_survives_its_scorer_and_chopper_being_killed(
         started[name].send_signal(signal.SIGKILL)
         started[name].wait(timeout=10)
 
-    await start("chopper")
-    await start("scorer")
     config = mesh_services.config(
         database_url=gateway_db_url, chopper_addr=chopper_addr, scorer_addr=scorer_addr
     )
     settings = SessionSettings(grace_s=5.0, stage_reopen_s=90.0)
     call_id = f"restart-{uuid.uuid4().hex[:8]}"
     try:
+        await start("chopper")
+        await start("scorer")
         async with _serve_gateway(config, settings) as gw:
             async with connect(gw.ws_url, additional_headers=gw.headers) as ws:
                 await send(ws, {"type": "start", "call_id": call_id})

@@ -278,32 +278,32 @@ async def test_a_call_ending_while_the_worker_is_down_is_stored_and_completed_wh
     has no lines, and the worker owes, then completes, the report, the tags and the CRM push."""
     addr, db_url = f"127.0.0.1:{free_port()}", delivery_db_url
     worker = _start_worker(addr, db_url, crm_tenants_file, tmp_path / "worker-1.log")
-    async with _gateway(mesh_services, addr, db_url, crm_tenants) as gateway:
-        served, errors = await live_call(gateway, f"post-up-{uuid.uuid4().hex[:8]}")  # the worker answers
-        assert errors == [] and served["lines"]
-        _stop(worker)  # SIGTERM: the worker is gone
+    try:  # whatever fails, no worker outlives the test
+        async with _gateway(mesh_services, addr, db_url, crm_tenants) as gateway:
+            served, errors = await live_call(gateway, f"post-up-{uuid.uuid4().hex[:8]}")  # the worker answers
+            assert errors == [] and served["lines"]
+            _stop(worker)  # SIGTERM: the worker is gone
 
-        call_id = f"post-down-{uuid.uuid4().hex[:8]}"
-        summary_event, errors = await live_call(gateway, call_id)
-        [error] = errors
-        assert (error["code"], error["fatal"]) == (ErrorCode.POSTCALL_UNAVAILABLE, False), error
-        assert "stored" in error["message"]
-        assert summary_event["lines"] == [] and summary_event["objection_tags"] == []
+            call_id = f"post-down-{uuid.uuid4().hex[:8]}"
+            summary_event, errors = await live_call(gateway, call_id)
+            [error] = errors
+            assert (error["code"], error["fatal"]) == (ErrorCode.POSTCALL_UNAVAILABLE, False), error
+            assert "stored" in error["message"]
+            assert summary_event["lines"] == [] and summary_event["objection_tags"] == []
 
-        owed = await stored_call(gateway, call_id)
-        assert owed["status"] == "ended" and len(owed["events"]) >= len(CALL)  # no score lost
-        assert summary_event["utterance_count"] == len(owed["events"]) == owed["stats"]["utterance_count"]
-        assert owed["summary"]["report_pending"] is True and owed["summary"]["lines"] == []
-        assert owed["summary"]["reason"] == "hangup"
-        await asyncio.sleep(0.5)
-        assert not any(r.json().get("call_id") == call_id for r in crm_receiver.received())  # not yet
+            owed = await stored_call(gateway, call_id)
+            assert owed["status"] == "ended" and len(owed["events"]) >= len(CALL)  # no score lost
+            assert summary_event["utterance_count"] == len(owed["events"]) == owed["stats"]["utterance_count"]
+            assert owed["summary"]["report_pending"] is True and owed["summary"]["lines"] == []
+            assert owed["summary"]["reason"] == "hangup"
+            await asyncio.sleep(0.5)
+            assert not any(r.json().get("call_id") == call_id for r in crm_receiver.received())  # not yet
 
-        worker = _start_worker(addr, db_url, crm_tenants_file, tmp_path / "worker-2.log")  # back
-        try:
+            worker = _start_worker(addr, db_url, crm_tenants_file, tmp_path / "worker-2.log")  # back
             payload = await delivered(crm_receiver, call_id)  # the sweep completed it and pushed it
             completed = await stored_call(gateway, call_id)
-        finally:
-            _stop(worker)
+    finally:
+        _stop(worker)
     summary = completed["summary"]
     assert "report_pending" not in summary
     check_report(summary)
