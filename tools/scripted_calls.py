@@ -157,6 +157,25 @@ class ScriptedCall:
 RED_AFTER_SECOND_NO_S = 10.0
 GREEN_WITHIN_S = 30.0
 
+
+def sours_to_red(cue: Topic, summary_has: tuple[str, ...]) -> Expectation:
+    """What a call that sours expects: green allowed before the first clear "no", then amber allowed, red
+    not before the first "no" and by RED_AFTER_SECOND_NO_S after the second; one ``cue`` after the first."""
+    return Expectation(
+        badges=(
+            BadgeStep("green", optional=True, by=At("first-no", "start")),
+            BadgeStep("amber", optional=True, not_before=At("first-no", "start")),
+            BadgeStep(
+                "red",
+                not_before=At("first-no", "start"),
+                by=At("second-no", "end", RED_AFTER_SECOND_NO_S),
+            ),
+        ),
+        cues=(CueStep(cue, not_before=At("first-no", "start")),),
+        summary_has=summary_has,
+    )
+
+
 HAPPY_CLOSE = ScriptedCall(
     name="happy-close",
     about="a warm customer who buys; one mild worry about onboarding does not cool the call",
@@ -233,19 +252,7 @@ SOURS_AT_PRICE = ScriptedCall(
         agent("Let me send you a written offer today, and we can talk again on Friday."),
         customer("Sure, send it over. But I wouldn't expect much to change on our side.", "negative"),
     ),
-    expect=Expectation(
-        badges=(
-            BadgeStep("green", optional=True, by=At("first-no", "start")),
-            BadgeStep("amber", optional=True, not_before=At("first-no", "start")),
-            BadgeStep(
-                "red",
-                not_before=At("first-no", "start"),
-                by=At("second-no", "end", RED_AFTER_SECOND_NO_S),
-            ),
-        ),
-        cues=(CueStep("pricing", not_before=At("first-no", "start")),),
-        summary_has=("pricing", "negative"),
-    ),
+    expect=sours_to_red(cue="pricing", summary_has=("pricing", "negative")),
 )
 
 SOURS_AT_TIMELINE = ScriptedCall(
@@ -286,19 +293,7 @@ SOURS_AT_TIMELINE = ScriptedCall(
         agent("Let me talk to our implementation team and come back with a plan by Thursday."),
         customer("Okay, but if it can't be done by June, we'll have to wait until next year.", "negative"),
     ),
-    expect=Expectation(
-        badges=(
-            BadgeStep("green", optional=True, by=At("first-no", "start")),
-            BadgeStep("amber", optional=True, not_before=At("first-no", "start")),
-            BadgeStep(
-                "red",
-                not_before=At("first-no", "start"),
-                by=At("second-no", "end", RED_AFTER_SECOND_NO_S),
-            ),
-        ),
-        cues=(CueStep("timeline", not_before=At("first-no", "start")),),
-        summary_has=("timeline", "negative"),
-    ),
+    expect=sours_to_red(cue="timeline", summary_has=("timeline", "negative")),
 )
 
 RECOVERS_AFTER_CONCESSION = ScriptedCall(
@@ -382,19 +377,7 @@ POLITE_BUT_LOST = ScriptedCall(
         agent("Understood. Thanks for your honesty, Tom."),
         customer("Thanks Sam. You've been very helpful, I'm sorry it didn't work out this time.", "negative"),
     ),
-    expect=Expectation(
-        badges=(
-            BadgeStep("green", optional=True, by=At("first-no", "start")),
-            BadgeStep("amber", optional=True, not_before=At("first-no", "start")),
-            BadgeStep(
-                "red",
-                not_before=At("first-no", "start"),
-                by=At("second-no", "end", RED_AFTER_SECOND_NO_S),
-            ),
-        ),
-        cues=(CueStep("need", not_before=At("first-no", "start")),),
-        summary_has=("negative",),
-    ),
+    expect=sours_to_red(cue="need", summary_has=("negative",)),
 )
 
 NEUTRAL_DISCOVERY = ScriptedCall(
