@@ -2,24 +2,25 @@
 
 Clients send frames of any size up to MAX_AUDIO_FRAME_BYTES, every channel interleaved or one channel's
 mono audio at a time; the ASR takes AudioChunks of at most AUDIO_CHUNK_MS (it refuses chunks over 1 s).
-A CallSession (gateway/calls/session.py) checks and cuts each frame with its ``AudioCutter``, queues the
-pieces (bounded: back-pressure on the client) and streams them with ``transcribe_requests``.
+A CallSession (gateway/calls/session.py) checks and cuts each frame with its ``AudioCutter`` and queues the
+pieces (bounded: back-pressure on the client); its ``AsrStream`` (gateway/calls/asr_stream.py) sends them,
+keeping in an ``AudioReplay`` what the ASR has not made finals of yet.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from callsense.domain import Channel
-from callsense.v1 import asr_pb2, audio_pb2
+from callsense.v1 import audio_pb2
 from gateway.calls.errors import ErrorCode, InputError
 from gateway.calls.inputs import (
     AUDIO_CHUNK_MS,
     CHANNELS,
     MAX_AUDIO_FRAME_BYTES,
     AudioInputFormat,
-    CallInfo,
 )
 
 
@@ -29,7 +30,12 @@ class AudioPiece:
 
     audio: bytes
     role: int  # audio_pb2.ChannelRole; CHANNEL_ROLE_UNSPECIFIED: all channels interleaved
-    timestamp_ms: int | None = None
+    timestamp_ms: int
+    """Call time of the piece's first sample: the client's timestamp where it sent one, else its source's
+    samples counted so far. Every piece has one, so audio sent again on a new ASR stream (after the ASR
+    went away) keeps its place in the call."""
+    end_ms: int
+    """Call time just after the piece's last sample."""
 
 
 class AudioCutter:
@@ -38,8 +44,9 @@ class AudioCutter:
     def __init__(self, audio: AudioInputFormat) -> None:
         self.audio = audio
         # Per source (None: interleaved frames; a role: that channel's mono frames), the part of the last
-        # frame short of a whole sample.
+        # frame short of a whole sample, and the call time (in samples) of the source's next sample.
         self._rest: dict[Channel | None, bytes] = {}
+        self._clock: dict[Channel | None, int] = {}
 
     def check(self, frame: bytes, role: Channel | None) -> None:
         """Refuse a frame over MAX_AUDIO_FRAME_BYTES, or one for a channel the call did not declare."""
@@ -58,46 +65,69 @@ class AudioCutter:
 
     def cut(self, frame: bytes, role: Channel | None, timestamp_ms: int | None) -> list[AudioPiece]:
         """The whole samples of ``frame`` (after what was left of the source's last frame), in pieces;
-        ``timestamp_ms`` (call time of the frame's first sample) gives each piece its own."""
+        ``timestamp_ms`` (call time of the frame's first sample) places them in the call, else they
+        follow the source's previous frame."""
         audio = self.audio
+        rate = audio.sample_rate_hz
         unit = audio.frame_bytes if role is None else audio.sample_bytes
         data = self._rest.get(role, b"") + frame
         usable = len(data) - len(data) % unit
         self._rest[role] = data[usable:]
-        step = max(unit, unit * audio.sample_rate_hz * AUDIO_CHUNK_MS // 1000)
+        first = timestamp_ms * rate // 1000 if timestamp_ms is not None else self._clock.get(role, 0)
+        self._clock[role] = first + usable // unit
+        step = max(unit, unit * rate * AUDIO_CHUNK_MS // 1000)
         proto_role = audio_pb2.CHANNEL_ROLE_UNSPECIFIED if role is None else CHANNELS[role]
         pieces = []
         for offset in range(0, usable, step):
-            at_ms = None
-            if timestamp_ms is not None:
-                at_ms = timestamp_ms + (offset // unit) * 1000 // audio.sample_rate_hz
-            pieces.append(AudioPiece(data[offset : min(offset + step, usable)], proto_role, at_ms))
+            end = min(offset + step, usable)
+            start_ms = (first + offset // unit) * 1000 // rate
+            end_ms = (first + end // unit) * 1000 // rate
+            pieces.append(AudioPiece(data[offset:end], proto_role, start_ms, end_ms))
         return pieces
 
 
-async def transcribe_requests(
-    call_id: str,
-    audio: AudioInputFormat,
-    info: CallInfo,
-    first: AudioPiece,
-    next_piece: Callable[[], Awaitable[AudioPiece | None]],
-    end_reason: Callable[[], str],
-) -> AsyncIterator[asr_pb2.TranscribeRequest]:
-    """A call's Transcribe stream: its start, its pieces of audio until ``next_piece`` answers None, then
-    its end (with the reason the call has by then)."""
-    yield asr_pb2.TranscribeRequest(call_id=call_id, start=audio.call_start(call_id, info))
-    seq = 0
-    piece: AudioPiece | None = first
-    while piece is not None:
-        chunk = audio_pb2.AudioChunk(
-            call_id=call_id,
-            seq=seq,
-            channel=piece.role,  # type: ignore[arg-type]  # an int of the ChannelRole enum
-            timestamp_ms=piece.timestamp_ms or 0,
-            audio=piece.audio,
-        )
-        yield asr_pb2.TranscribeRequest(call_id=call_id, chunk=chunk)
-        seq += 1
-        piece = await next_piece()
-    end = audio_pb2.CallEnd(call_id=call_id, reason=end_reason())
-    yield asr_pb2.TranscribeRequest(call_id=call_id, end=end)
+class AudioReplay:
+    """The part of a call's audio the ASR has not yet made finals of, kept to be sent again on a new
+    Transcribe stream when the ASR goes away (gateway/calls/asr_stream.py).
+
+    Per channel, the audio up to the end of its last final is done; a channel's own pieces are dropped once
+    done, interleaved pieces once done on every channel. A channel that stays silent makes no finals, so
+    at most ``limit_ms`` before the newest piece is kept whatever: the memory a call holds is bounded
+    (30 s of 16 kHz stereo PCM16 is about 2 MB), and a failure after longer than that loses the oldest
+    unfinished audio, which is only ever silence or speech the ASR was already far behind on.
+    """
+
+    def __init__(self, roles: Sequence[int], limit_ms: int) -> None:
+        self._finalised_ms = dict.fromkeys(roles, 0)
+        self._limit_ms = limit_ms
+        self._pieces: deque[AudioPiece] = deque()
+        self._newest_ms = 0
+
+    def add(self, piece: AudioPiece) -> None:
+        self._pieces.append(piece)
+        self._newest_ms = max(self._newest_ms, piece.end_ms)
+        self._trim()
+
+    def finalised(self, role: int, end_ms: int) -> None:
+        """The ASR made a final of ``role``'s audio up to ``end_ms``."""
+        if end_ms > self._finalised_ms.get(role, end_ms):
+            self._finalised_ms[role] = end_ms
+            self._trim()
+
+    def finalised_ms(self, role: int) -> int:
+        """Call time up to which ``role``'s audio has finals."""
+        return self._finalised_ms.get(role, 0)
+
+    def pending(self) -> list[AudioPiece]:
+        """The pieces still to be made finals of, in the order they came."""
+        return [piece for piece in self._pieces if piece.end_ms > self._done_ms(piece)]
+
+    def _done_ms(self, piece: AudioPiece) -> int:
+        if piece.role == audio_pb2.CHANNEL_ROLE_UNSPECIFIED:
+            return min(self._finalised_ms.values())
+        return self._finalised_ms.get(piece.role, 0)
+
+    def _trim(self) -> None:
+        pieces, oldest_kept = self._pieces, self._newest_ms - self._limit_ms
+        while pieces and (pieces[0].end_ms <= self._done_ms(pieces[0]) or pieces[0].end_ms < oldest_kept):
+            pieces.popleft()

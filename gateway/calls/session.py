@@ -37,8 +37,9 @@ import grpc.aio
 from callsense.domain import Channel, UtteranceScore
 from callsense.telemetry import call_context
 from callsense.v1 import asr_pb2, chopper_pb2, scorer_pb2
-from gateway.calls.audio import AudioCutter, AudioPiece, transcribe_requests
-from gateway.calls.errors import ErrorCode, InputError, StageError, describe_failure
+from gateway.calls.asr_stream import AsrStream
+from gateway.calls.audio import AudioCutter, AudioPiece
+from gateway.calls.errors import ErrorCode, InputError, describe_failure
 from gateway.calls.events import (
     CallOutcome,
     CallUpdate,
@@ -303,23 +304,21 @@ class CallSession:
             group.create_task(self._run_scorer())
 
     async def _run_asr(self, audio: AudioInputFormat) -> None:
-        """Opens the call's one Transcribe stream at its first audio, publishes every transcript event,
-        feeds the finals to the chopper and, once the ASR has flushed its last finals, ends the chopper's
-        stream."""
+        """Opens the call's Transcribe stream at its first audio (again if the ASR goes away), publishes
+        every transcript event, feeds the finals to the chopper and, once the ASR has flushed its last
+        finals, ends the chopper's stream."""
         first = await self._audio.get()
         if first is not None:
             assert self._stages.asr is not None
-            requests = transcribe_requests(
-                self.call_id, audio, self.metadata, first, self._next_audio, lambda: self._stop_reason
+            asr = AsrStream(
+                self._stages.asr,
+                audio.call_start(self.call_id, self.metadata),
+                self._next_audio,
+                lambda: self._stop_reason,
+                self._reopening("asr"),
+                replay_ms=int(self._settings.asr_replay_s * 1000),
             )
-            stream = self._stages.asr.Transcribe(requests)
-            try:
-                async for event in stream:
-                    await self._on_transcript(event)
-            except grpc.aio.AioRpcError as exc:
-                raise StageError("asr", exc) from exc
-            finally:
-                stream.cancel()
+            await asr.run(first, self._on_transcript)
         await self._inbox.put(None)
 
     async def _next_audio(self) -> AudioPiece | None:

@@ -32,8 +32,11 @@ class SessionSettings:
     stage_timeout_s: float = 60.0
     """Deadline of one batch request to the chopper or the scorer."""
     stage_reopen_s: float = 30.0
-    """How long a live call waits for a chopper or scorer that went away to come back (its stream is opened
-    again, to any healthy replica, and what was not answered is sent again) before it fails."""
+    """How long a live call waits for an ASR, chopper or scorer that went away to come back (its stream is
+    opened again, to any healthy replica, and what was not answered is sent again) before it fails."""
+    asr_replay_s: float = 30.0
+    """Audio a live call keeps, per call, of what the ASR has not made finals of yet, to send again on a new
+    stream if the ASR goes away (gateway/calls/audio.py AudioReplay); bounds the memory a call holds."""
     audio_queue_size: int = 64
     """Audio chunks (<= AUDIO_CHUNK_MS each) not yet sent to the ASR; a full queue makes audio wait."""
     audio_idle_timeout_s: float | None = 600.0

@@ -15,7 +15,8 @@ is sent again:
   been cut off midway.
 
 Any other status (INVALID_ARGUMENT: the call's own input; DEADLINE_EXCEEDED) still fails the call, as does
-a stage that stays away longer than the budget. The ASR stream is not re-opened yet: audio is not kept.
+a stage that stays away longer than the budget. The ASR's stream is re-opened the same way, with the audio
+it had not made finals of (gateway/calls/asr_stream.py).
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ class Reopening:
         self._since = None
 
 
-async def _stop(call: Any, writer: asyncio.Task[None]) -> None:
+async def stop_stream(call: Any, writer: asyncio.Task[None]) -> None:
+    """End a stream and its writer task, whatever state either is in."""
     writer.cancel()
     call.cancel()  # a no-op once finished; ends the RPC when the call's task is cancelled
     await asyncio.gather(writer, return_exceptions=True)
@@ -130,7 +132,7 @@ class ChopperStream:
                     next_utterance_id=self._next_id, previous_text=self._previous_text
                 )
             finally:
-                await _stop(call, writer)
+                await stop_stream(call, writer)
 
     async def _write(self, call: Any, resume: chopper_pb2.ChopResume | None) -> None:
         first = True
@@ -212,7 +214,7 @@ class ScorerStream:
             except grpc.aio.AioRpcError as exc:
                 await self._reopening.after(exc)
             finally:
-                await _stop(call, writer)
+                await stop_stream(call, writer)
         if self._pending:
             raise RuntimeError(f"the scorer answered no score for {len(self._pending)} utterance(s)")
 

@@ -197,6 +197,19 @@ def spawn_chopper(addr: str, log: Path) -> subprocess.Popen[bytes]:
     return _spawn("chopper_service", "CALLSENSE_CHOPPER_ADDR", addr, [], log)
 
 
+def require_whisper() -> None:
+    from asr_service.recognizer import default_model_dir
+
+    if not (default_model_dir() / "model.bin").is_file():
+        pytest.skip(f"WHISPER MODEL ABSENT: {default_model_dir()} has no model.bin")
+
+
+def spawn_asr(addr: str, log: Path) -> subprocess.Popen[bytes]:
+    """A real ASR service (Whisper tiny.en), ``python -m asr_service --bind addr``; call
+    ``require_whisper`` first, wait with ``_wait_serving``."""
+    return _spawn("asr_service", "CALLSENSE_ASR_ADDR", addr, ["--bind", addr], log)
+
+
 def spawn_scorer(addr: str, log: Path, model: Path | None = None) -> subprocess.Popen[bytes]:
     """A real scorer with the shipped model (one thread), ``python -m scorer_service`` on ``addr``."""
     model = model or _scorer_model()
@@ -241,13 +254,10 @@ def mesh_services(tmp_path_factory: pytest.TempPathFactory, postcall_addr: str) 
 @pytest.fixture(scope="session")
 def asr_addr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The real ASR service (Whisper tiny.en), a `python -m asr_service` subprocess on a free port."""
-    from asr_service.recognizer import default_model_dir
-
-    if not (default_model_dir() / "model.bin").is_file():
-        pytest.skip(f"WHISPER MODEL ABSENT: {default_model_dir()} has no model.bin")
+    require_whisper()
     logs = tmp_path_factory.mktemp("asr")
     addr = f"127.0.0.1:{free_port()}"
-    asr = _spawn("asr_service", "CALLSENSE_ASR_ADDR", addr, ["--bind", addr], logs / "asr.log")
+    asr = spawn_asr(addr, logs / "asr.log")
     try:
         _wait_serving("asr", addr, asr, logs / "asr.log")
         yield addr

@@ -67,7 +67,8 @@ def _of_kind(kind: str, docs: list[Doc] = RESOURCES) -> dict[str, Doc]:
     return {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == kind}
 
 
-DEPLOYMENTS = _of_kind("Deployment")
+DEPLOYMENTS = {**_of_kind("Deployment"), **_of_kind("StatefulSet")}
+"""The workloads by name: Deployments, and the gateway's StatefulSet (its own volume for the spool)."""
 SERVICES = _of_kind("Service")
 
 
@@ -239,6 +240,24 @@ def _selected_deployment(service: Doc) -> str:
     ]
     assert len(matches) == 1, f"Service {service['metadata']['name']} selects {matches}"
     return matches[0]
+
+
+def test_the_gateways_spool_outlives_its_pod() -> None:
+    """The data directory (the spool of live writes while PostgreSQL is away) is the replica's own volume
+    claim, never an emptyDir, which dies with the pod and what it had not written back with it."""
+    gateway = DEPLOYMENTS["gateway"]
+    assert gateway["kind"] == "StatefulSet" and gateway["spec"]["serviceName"] in SERVICES
+    env = {e["name"]: e.get("value") for e in _container("gateway").get("env", [])}
+    (mount,) = [
+        m for m in _container("gateway")["volumeMounts"] if m["mountPath"] == env["CALLSENSE_DATA_DIR"]
+    ]
+    claims = {c["metadata"]["name"] for c in gateway["spec"]["volumeClaimTemplates"]}
+    volumes = {v["name"] for v in gateway["spec"]["template"]["spec"].get("volumes", [])}
+    assert mount["name"] in claims and mount["name"] not in volumes
+    assert gateway["spec"]["persistentVolumeClaimRetentionPolicy"] == {
+        "whenDeleted": "Retain",
+        "whenScaled": "Retain",
+    }
 
 
 @pytest.mark.parametrize("name", sorted(DEPLOYMENTS))
