@@ -47,6 +47,12 @@ class AudioCutter:
         # frame short of a whole sample, and the call time (in samples) of the source's next sample.
         self._rest: dict[Channel | None, bytes] = {}
         self._clock: dict[Channel | None, int] = {}
+        self._origin = 0  # where a source's first frame without a timestamp starts, in samples
+
+    def continue_after(self, call_ms: int) -> None:
+        """The call began at another gateway (it died) and was heard there up to ``call_ms``: frames
+        without a timestamp go on after that, not from 0 (their words must not land on stored ones)."""
+        self._origin = call_ms * self.audio.sample_rate_hz // 1000
 
     def check(self, frame: bytes, role: Channel | None) -> None:
         """Refuse a frame over MAX_AUDIO_FRAME_BYTES, or one for a channel the call did not declare."""
@@ -73,7 +79,9 @@ class AudioCutter:
         data = self._rest.get(role, b"") + frame
         usable = len(data) - len(data) % unit
         self._rest[role] = data[usable:]
-        first = timestamp_ms * rate // 1000 if timestamp_ms is not None else self._clock.get(role, 0)
+        first = (
+            timestamp_ms * rate // 1000 if timestamp_ms is not None else self._clock.get(role, self._origin)
+        )
         self._clock[role] = first + usable // unit
         step = max(unit, unit * rate * AUDIO_CHUNK_MS // 1000)
         proto_role = audio_pb2.CHANNEL_ROLE_UNSPECIFIED if role is None else CHANNELS[role]

@@ -139,7 +139,8 @@ class CallSession:
     def take_over(self, stored: Sequence[UtteranceScore]) -> None:
         """Go on with a call another gateway held (it died; the client came back here): its stored scores
         become this session's history (replayed to the client, fed to the badge), utterance ids go on after
-        them, and an utterance the client sends again (same channel, times and text) is not scored twice."""
+        them, and an utterance the client sends again (same channel, times and text) is not scored twice. An
+        audio call's audio without timestamps goes on after the last stored utterance's end."""
         for event in sorted(stored, key=lambda e: e.utterance_id):
             self._scored.append(event)
             self._stored_keys.add((event.channel, event.start_ms, event.end_ms, event.text))
@@ -150,6 +151,8 @@ class CallSession:
             self._taken_over = chopper_pb2.ChopResume(
                 next_utterance_id=max(e.utterance_id for e in self._scored) + 1, previous_text=last.text
             )
+            if self._cutter is not None:
+                self._cutter.continue_after(max(e.end_ms for e in self._scored))
 
     async def open(self) -> None:
         """Store the call's start and open its streams; the pipeline runs as tasks of this call."""

@@ -27,6 +27,13 @@ def test_pieces_follow_their_source_or_the_clients_timestamp() -> None:
     assert cutter.cut(bytes(8 * 20), "customer", None)[0].timestamp_ms == 5_040
 
 
+def test_a_call_taken_over_goes_on_after_what_was_heard() -> None:
+    cutter = AudioCutter(STEREO_8K)
+    cutter.continue_after(42_000)  # the gateway that died had stored utterances up to 42 s
+    assert cutter.cut(bytes(2 * 8 * 50), None, None)[0].timestamp_ms == 42_000
+    assert cutter.cut(bytes(8 * 50), "agent", 50_000)[0].timestamp_ms == 50_000  # the client's time wins
+
+
 def piece(role: int, start_ms: int, end_ms: int) -> AudioPiece:
     return AudioPiece(b"\x00" * 8 * (end_ms - start_ms), role, start_ms, end_ms)
 

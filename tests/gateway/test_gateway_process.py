@@ -11,21 +11,25 @@ import signal
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import grpc.aio
 import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 
 from callsense.telemetry import read_trace_file
 from gateway.auth.key_store import KeyStore
 from gateway.store import Store
+from tests.support.audio import normalise_words, speak_pcm16
 from tests.support.auth import bearer, make_key
 from tests.support.mesh import ROOT, MeshServices
 from tools.ports import free_port
 
 pytestmark = pytest.mark.slow
+
+RATE = 16_000
 
 
 async def _wait_ready(url: str, process: asyncio.subprocess.Process, log: Path) -> None:
@@ -211,3 +215,77 @@ async def test_a_call_goes_on_at_another_gateway_when_its_own_is_killed(
     finally:
         await store.close()
     assert row is not None and [e.text for e in row.events] == lines  # each once, in order
+
+
+async def test_an_audio_call_goes_on_at_another_gateway_when_its_own_is_killed(
+    mesh_services: MeshServices, asr_addr: str, gateway_db_url: str, tmp_path: Path
+) -> None:
+    """The same with speech: the client comes back to the other replica and goes on speaking (frames
+    without timestamps); what it says there is placed after what the dead replica had heard, so the
+    stored call reads in order and nothing is scored twice."""
+    key = await _key(gateway_db_url)
+    audio = {"encoding": "pcm16", "sample_rate_hz": RATE, "channels": 1, "channel_roles": ["customer"]}
+    sentences = [
+        "We looked at the proposal with our team last week.",
+        "I would need to bring finance into the next call.",
+    ]
+
+    async def send_speech(ws: ClientConnection, text: str) -> None:
+        pcm = speak_pcm16(text).astype("<i2").tobytes() + bytes(RATE * 2)  # then a second of silence
+        for offset in range(0, len(pcm), RATE // 10):
+            await ws.send(pcm[offset : offset + RATE // 10])
+
+    async def until(ws: ClientConnection, kind: str) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        while not events or events[-1]["type"] != kind:
+            events.append(json.loads(await asyncio.wait_for(ws.recv(), 120)))
+            assert events[-1]["type"] != "error", events[-1]
+        return events
+
+    env = {"CALLSENSE_ASR_ADDR": asr_addr}
+    a, a_http, _ = await _gateway_process(
+        mesh_services, gateway_db_url, tmp_path / "a", tmp_path / "a.log", **env
+    )
+    b, b_http, _ = await _gateway_process(
+        mesh_services, gateway_db_url, tmp_path / "b", tmp_path / "b.log", **env
+    )
+    call_id = f"audio-failover-{uuid.uuid4().hex[:8]}"
+    start = json.dumps({"type": "start", "call_id": call_id, "audio": audio})
+    try:
+        ws = await connect(
+            f"ws://{a_http}/v1/sentiment/stream", additional_headers=bearer(key), max_size=None
+        )
+        await ws.send(start)
+        assert json.loads(await ws.recv())["type"] == "started"
+        await send_speech(ws, sentences[0])
+        first = (await until(ws, "score"))[-1]
+        a.send_signal(signal.SIGKILL)
+        await a.wait()
+
+        async with connect(f"ws://{b_http}/v1/sentiment/stream", additional_headers=bearer(key)) as again:
+            await again.send(start)
+            started = json.loads(await again.recv())
+            assert started["type"] == "started" and started["resumed"] is True
+            replayed = (await until(again, "score"))[-1]
+            await send_speech(again, sentences[1])
+            await again.send(json.dumps({"type": "stop"}))
+            events = await until(again, "summary")
+    finally:
+        for process in (a, b):
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+
+    assert replayed["utterance_id"] == first["utterance_id"] and replayed["text"] == first["text"]
+    new = [e for e in events if e["type"] == "score"]
+    assert new and all(s["start_ms"] >= first["end_ms"] for s in new), (first, new)
+    assert {"bring", "next"} <= set(normalise_words(" ".join(s["text"] for s in new)))
+    assert events[-1]["status"] == "ended" and events[-1]["utterance_count"] == 1 + len(new)
+    store = await Store.open(gateway_db_url, migrate=False)
+    try:
+        row = await store.get_call(call_id)
+    finally:
+        await store.close()
+    assert row is not None and [e.text for e in row.events] == [first["text"]] + [s["text"] for s in new]
+    starts = [e.start_ms for e in row.events]
+    assert starts == sorted(starts)
