@@ -42,6 +42,17 @@ The public listener is the edge, and only it (the internal one is trusted and un
   (``%ENVIRONMENT(CALLSENSE_EDGE_SECRET)%``: the secret is in Envoy's environment, never in this file).
   Anything else (an API key, no credential, an expired or foreign token) passes untouched and without the
   payload: the gateway decides (a key is checked, a token that is not a key is a 401).
+- **Browser sign-in with the identity provider** (OIDC, Envoy's ``oauth2`` filter, before ``jwt_authn``)
+  when ``oidc_authorize_url`` and the rest are set (``OIDC_ENV``; the JWT settings too): a browser's page
+  navigation (``Sec-Fetch-Mode: navigate``) without a session is redirected to the provider's login; its
+  code comes back to ``OIDC_CALLBACK_PATH``, Envoy fetches the tokens (``OIDC_TOKEN_CLUSTER``), keeps them
+  in HttpOnly cookies (encrypted and signed with the HMAC secret) and sends the browser on to the page it
+  asked for; ``OIDC_SIGNOUT_PATH`` clears them. On every later request of that browser Envoy forwards the
+  provider's ID token as ``ID_TOKEN_HEADER``, which ``jwt_authn`` validates like a Bearer JWT: the gateway
+  gets its claims. API clients never see a redirect: a request with an ``Authorization`` header, the key
+  sign-in page and its assets, a key session's cookie and the health checks pass untouched, and every other
+  request that is not a navigation (``/v1/`` calls, gRPC, WebSocket upgrades) goes on without an identity
+  when it has no valid session (the gateway answers 401) and with one when it has.
 
 Both listeners remove a client's own ``JWT_PAYLOAD_HEADER`` and ``EDGE_HEADER`` before anything else looks
 at the request (``early_header_mutation_extensions``: before routing and every filter, ``jwt_authn``
@@ -119,6 +130,23 @@ JWT_PROVIDER = "idp"
 """The name of the identity provider in ``jwt_authn``'s config (and its stats)."""
 JWKS_CLUSTER = "jwt_jwks"
 """The cluster Envoy fetches a remote JWKS (``jwt_jwks_uri``) through."""
+OIDC_TOKEN_CLUSTER = "oidc_token"
+"""The cluster Envoy reaches the identity provider's token endpoint (``oidc_token_url``) through."""
+OIDC_FILTER = "envoy.filters.http.oauth2"
+_OAUTH2 = "envoy.extensions.filters.http.oauth2.v3.OAuth2"
+OIDC_CALLBACK_PATH = "/oauth2/callback"
+"""Where the provider sends a browser back with its code: register ``https://<host>/oauth2/callback``."""
+OIDC_SIGNOUT_PATH = "/oauth2/signout"
+"""Clears the browser's provider session cookies (Envoy's), then redirects to ``/``."""
+ID_TOKEN_HEADER = "x-callsense-id-token"
+"""The provider's ID token, forwarded by the oauth2 filter from a browser's session to ``jwt_authn``."""
+OIDC_CLIENT_SECRET = "oidc_client_secret"
+OIDC_HMAC_SECRET = "oidc_hmac_secret"
+"""Names of the static generic secrets (read from their files) the oauth2 filter refers to."""
+SESSION_COOKIE = "callsense_session"
+"""The gateway's own session cookie of a key sign-in (gateway.auth.authenticator.SESSION_COOKIE)."""
+PUBLIC_PAGE_PATHS = ("/signin", "/static/", "/docs", "/openapi.json")
+"""The key sign-in page, the pages' assets and the API docs (public): never a redirect to the provider."""
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 """Debian's (and the python:slim image's) CA bundle: what the JWKS host's certificate is checked against."""
 IDENTITY_HEADERS = (JWT_PAYLOAD_HEADER, EDGE_HEADER)
@@ -164,6 +192,15 @@ JWT_ENV = {
     "jwt_jwks_cache_s": PREFIX + "JWT_JWKS_CACHE_S",
     "jwt_jwks_ca": PREFIX + "JWT_JWKS_CA",
 }
+OIDC_ENV = {
+    "oidc_authorize_url": PREFIX + "OIDC_AUTHORIZE_URL",
+    "oidc_token_url": PREFIX + "OIDC_TOKEN_URL",
+    "oidc_client_id": PREFIX + "OIDC_CLIENT_ID",
+    "oidc_client_secret_file": PREFIX + "OIDC_CLIENT_SECRET_FILE",
+    "oidc_hmac_secret_file": PREFIX + "OIDC_HMAC_SECRET_FILE",
+    "oidc_scopes": PREFIX + "OIDC_SCOPES",
+}
+OIDC_DEFAULT_SCOPES = ("openid", "email", "profile")
 
 _ACCESS_LOG_FORMAT = (
     '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" %RESPONSE_CODE% '
@@ -238,7 +275,24 @@ class MeshLayout:
     loopback host: a local test provider); fetched when Envoy starts and every ``jwt_jwks_cache_s``."""
     jwt_jwks_cache_s: int = 600
     jwt_jwks_ca: str = SYSTEM_CA_BUNDLE
-    """PEM CA bundle the JWKS host's certificate must chain to (its name is checked too)."""
+    """PEM CA bundle the JWKS host's certificate must chain to (its name is checked too); the token
+    endpoint's (``oidc_token_url``) as well: both are the identity provider's."""
+    oidc_authorize_url: str | None = None
+    """The provider's ``authorization_endpoint`` (OIDC discovery): where a browser without a session is
+    sent to sign in; None: browsers sign in with a key only. With it: every ``oidc_*`` setting, and the JWT
+    settings, with ``oidc_client_id`` among ``jwt_audiences``."""
+    oidc_token_url: str | None = None
+    """The provider's ``token_endpoint``; https (http only to a loopback host), like ``jwt_jwks_uri``."""
+    oidc_client_id: str | None = None
+    """callsense's client id at the provider (the ``aud`` of the ID tokens it issues for callsense)."""
+    oidc_client_secret_file: str | None = None
+    """A file holding the client's secret (its bytes as they are: no trailing newline), read when Envoy
+    starts; sent to the token endpoint with HTTP Basic authentication."""
+    oidc_hmac_secret_file: str | None = None
+    """A file holding the secret Envoy signs and encrypts its session cookies with (``callsense up`` makes
+    one per data directory); a new one ends every browser's session."""
+    oidc_scopes: Sequence[str] = OIDC_DEFAULT_SCOPES
+    """The scopes asked for; "openid" among them (without it there is no ID token)."""
 
     def __post_init__(self) -> None:
         # Lists are accepted for convenience; tuples keep the layout hashable and immutable.
@@ -268,6 +322,7 @@ class MeshLayout:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("MeshLayout: tls_cert and tls_key go together (both, or neither for plaintext)")
         self._check_jwt()
+        self._check_oidc()
 
     def _check_jwt(self) -> None:
         audiences = tuple(a.strip() for a in self.jwt_audiences if a.strip())
@@ -291,6 +346,47 @@ class MeshLayout:
         if self.jwt_jwks_cache_s < 1:
             raise ValueError(f"MeshLayout.jwt_jwks_cache_s: {self.jwt_jwks_cache_s} must be at least 1")
 
+    def _check_oidc(self) -> None:
+        scopes = tuple(s.strip() for s in self.oidc_scopes if s.strip())
+        object.__setattr__(self, "oidc_scopes", scopes)
+        names = [name for name in OIDC_ENV if name != "oidc_scopes"]
+        missing = [name for name in names if not getattr(self, name)]
+        if len(missing) == len(names):
+            if scopes != OIDC_DEFAULT_SCOPES:
+                raise ValueError(
+                    f"MeshLayout.oidc_scopes ({OIDC_ENV['oidc_scopes']}) without oidc_authorize_url "
+                    f"({OIDC_ENV['oidc_authorize_url']})"
+                )
+            return
+        if missing:
+            named = ", ".join(f"{name} ({OIDC_ENV[name]})" for name in missing)
+            raise ValueError(f"MeshLayout: browser sign-in with the identity provider also needs {named}")
+        if not self.jwt:
+            raise ValueError(
+                f"MeshLayout: browser sign-in with the identity provider ({OIDC_ENV['oidc_authorize_url']}) "
+                "needs the JWT settings too (CALLSENSE_JWT_ISSUER, _AUDIENCES, _JWKS_URI or _JWKS_FILE): "
+                "the ID token Envoy forwards is validated by jwt_authn"
+            )
+        if self.oidc_client_id not in self.jwt_audiences:
+            raise ValueError(
+                f"MeshLayout.oidc_client_id {self.oidc_client_id!r} ({OIDC_ENV['oidc_client_id']}) must be "
+                "one of jwt_audiences (CALLSENSE_JWT_AUDIENCES): the ID tokens the provider issues for "
+                "callsense name it as their audience"
+            )
+        if "openid" not in scopes:
+            raise ValueError(
+                f"MeshLayout.oidc_scopes ({OIDC_ENV['oidc_scopes']}): {' '.join(scopes)!r} lacks 'openid' "
+                "(without it the provider issues no ID token)"
+            )
+        assert self.oidc_authorize_url is not None and self.oidc_token_url is not None
+        _idp_host(self.oidc_authorize_url, "oidc_authorize_url", "a browser's sign-in")
+        _idp_host(self.oidc_token_url, "oidc_token_url", "the codes and tokens that sign a user in")
+
+    @property
+    def oidc(self) -> bool:
+        """Whether browsers sign in with the identity provider at the edge (Envoy's oauth2 filter)."""
+        return bool(self.oidc_authorize_url)
+
     @property
     def jwt(self) -> bool:
         """Whether the public listener validates JWTs of an identity provider."""
@@ -312,8 +408,9 @@ class MeshLayout:
 
         The OTLP endpoint is the one the services export to (``OTEL_EXPORTER_OTLP_ENDPOINT``), so Envoy's
         spans land in the same collector as theirs. The edge settings come from ``RATE_LIMIT_ENV`` and
-        ``TLS_ENV`` and ``JWT_ENV`` (``CALLSENSE_RATE_LIMIT_PER_KEY``, ``CALLSENSE_TLS_CERT``,
-        ``CALLSENSE_JWT_ISSUER``, ...) where set; ``overrides`` win over them.
+        ``TLS_ENV``, ``JWT_ENV`` and ``OIDC_ENV`` (``CALLSENSE_RATE_LIMIT_PER_KEY``, ``CALLSENSE_TLS_CERT``,
+        ``CALLSENSE_JWT_ISSUER``, ``CALLSENSE_OIDC_AUTHORIZE_URL``, ...) where set; ``overrides`` win over
+        them.
         """
         env = os.environ if env is None else env
         edge: dict[str, Any] = {}
@@ -331,6 +428,10 @@ class MeshLayout:
                     edge[name] = int(_env_number(variable, text, int))
                 else:
                     edge[name] = text
+        for name, variable in OIDC_ENV.items():
+            if text := env.get(variable, "").strip():
+                # Scopes as the provider's docs write them: "openid email profile" (or comma-separated).
+                edge[name] = tuple(text.replace(",", " ").split()) if name == "oidc_scopes" else text
         layout = cls(
             listener_port=config.envoy_port,
             internal_port=config.envoy_internal_port,
@@ -361,20 +462,27 @@ _CLUSTER_FIELDS = ("gateway_http", "gateway_grpc", "asr", "chopper", "scorer", "
 
 def _jwks_host(uri: str) -> tuple[str, str, int]:
     """(scheme, host, port) of a JWKS URL; ValueError unless https (or http to a loopback host)."""
+    return _idp_host(uri, "jwt_jwks_uri", "the keys that decide who may sign in")
+
+
+def _idp_host(uri: str, name: str, what: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of the identity provider's URL ``name``; ValueError unless https (or http to a
+    loopback host: a local test provider), the message saying that ``what`` must not go in the clear."""
+    variable = {**JWT_ENV, **OIDC_ENV}[name]
     try:
         parts = urlsplit(uri)
         port = parts.port
     except ValueError as e:
-        raise ValueError(f"MeshLayout.jwt_jwks_uri: {uri!r} is not a URL: {e}") from None
+        raise ValueError(f"MeshLayout.{name} ({variable}): {uri!r} is not a URL: {e}") from None
     host = parts.hostname or ""
     if parts.scheme not in ("https", "http") or not host:
-        raise ValueError(f"MeshLayout.jwt_jwks_uri: {uri!r} is not an https:// URL")
+        raise ValueError(f"MeshLayout.{name} ({variable}): {uri!r} is not an https:// URL")
     if parts.scheme == "http" and not (
         host == "localhost" or (_is_ip(host) and ipaddress.ip_address(host).is_loopback)
     ):
         raise ValueError(
-            f"MeshLayout.jwt_jwks_uri: {uri!r}: the keys that decide who may sign in must come over https "
-            "(plain http only from a loopback host)"
+            f"MeshLayout.{name} ({variable}): {uri!r}: {what} must go over https (plain http only to a "
+            "loopback host)"
         )
     return parts.scheme, host, port or (443 if parts.scheme == "https" else 80)
 
@@ -542,9 +650,22 @@ def _cluster(upstream: _Upstream, layout: MeshLayout) -> Json:
 def _jwks_cluster(layout: MeshLayout) -> Json:
     """The identity provider's JWKS host, over TLS checked against ``jwt_jwks_ca`` for that very name."""
     assert layout.jwt_jwks_uri is not None
-    scheme, host, port = _jwks_host(layout.jwt_jwks_uri)
+    return _idp_cluster(JWKS_CLUSTER, _jwks_host(layout.jwt_jwks_uri), layout.jwt_jwks_ca)
+
+
+def _oidc_token_cluster(layout: MeshLayout) -> Json:
+    """The provider's token endpoint host: the same rules as the JWKS host's."""
+    assert layout.oidc_token_url is not None
+    where = _idp_host(layout.oidc_token_url, "oidc_token_url", "the codes and tokens that sign a user in")
+    return _idp_cluster(OIDC_TOKEN_CLUSTER, where, layout.jwt_jwks_ca)
+
+
+def _idp_cluster(name: str, where: tuple[str, str, int], ca: str) -> Json:
+    """A host of the identity provider, over TLS checked against ``ca`` for that very name (plain only for a
+    loopback host, which ``_idp_host`` allowed)."""
+    scheme, host, port = where
     cluster: Json = {
-        "name": JWKS_CLUSTER,
+        "name": name,
         # One name, re-resolved by DNS (a provider's many addresses behind it: LOGICAL_DNS, as Envoy advises).
         **(
             {"type": "STATIC"}
@@ -552,9 +673,7 @@ def _jwks_cluster(layout: MeshLayout) -> Json:
             else {"type": "LOGICAL_DNS", "dns_lookup_family": "V4_PREFERRED"}
         ),
         "connect_timeout": "5s",
-        "load_assignment": _load_assignment(
-            JWKS_CLUSTER, [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-        ),
+        "load_assignment": _load_assignment(name, [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]),
     }
     if scheme == "https":
         san = {"san_type": "IP_ADDRESS" if _is_ip(host) else "DNS", "matcher": {"exact": host}}
@@ -564,7 +683,7 @@ def _jwks_cluster(layout: MeshLayout) -> Json:
             common_tls_context={
                 "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
                 "validation_context": {
-                    "trusted_ca": {"filename": layout.jwt_jwks_ca},
+                    "trusted_ca": {"filename": ca},
                     "match_typed_subject_alt_names": [san],
                 },
             },
@@ -755,8 +874,11 @@ def _jwt_authn(layout: MeshLayout) -> Json:
         "issuer": layout.jwt_issuer,
         "audiences": list(layout.jwt_audiences),
         "require_expiration": True,  # a token that never expires is not accepted
-        # Only the Authorization header (never an access_token query parameter: URLs end up in logs).
-        "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+        # Only the Authorization header (never an access_token query parameter: URLs end up in logs), and
+        # with browser sign-in the ID token the oauth2 filter forwards from a browser's session. (A client
+        # may send that header itself: it is one more place for a token jwt_authn checks, no more.)
+        "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}]
+        + ([{"name": ID_TOKEN_HEADER}] if layout.oidc else []),
         # forward is false: a valid token is taken off the request; the gateway gets its claims instead.
         "forward_payload_header": JWT_PAYLOAD_HEADER,
     }
@@ -778,6 +900,101 @@ def _jwt_authn(layout: MeshLayout) -> Json:
     )
 
 
+def _oidc_matchers() -> tuple[list[Json], list[Json]]:
+    """(pass_through_matcher, allow_failed_matcher) of the oauth2 filter: what never meets it, and what is
+    never redirected to the provider (it goes on without an identity when its session is missing or bad)."""
+
+    def path_prefix(prefix: str) -> Json:
+        # :path carries the query ("/signin?next=..."): a prefix, never an exact match. A pass-through too
+        # wide costs nothing: such a request reaches the gateway without an identity, which decides.
+        return {"name": ":path", "string_match": {"prefix": prefix}}
+
+    pass_through: list[Json] = [
+        # An API client's key or token: the oauth2 filter would drop the header and put the session's on.
+        {"name": "authorization", "present_match": True},
+        # A browser signed in with a key: its session cookie is the gateway's to check.
+        {"name": "cookie", "string_match": {"contains": f"{SESSION_COOKIE}="}},
+        *(path_prefix(path) for path in (*HEALTH_PATHS, *PUBLIC_PAGE_PATHS)),
+    ]
+    allow_failed = [
+        # Only a browser's page navigation is sent to the provider: anything else without a session (a
+        # page script's fetch, a WebSocket upgrade, gRPC, curl) goes on to the gateway, which answers 401
+        # in its own shape; never a 302 to an HTML login an API client cannot follow. Browsers send
+        # Sec-Fetch-Mode since Chrome 76, Firefox 90 and Safari 16.4; an older one is never sent to the
+        # provider (it gets the gateway's /signin, with a key).
+        {
+            "name": "sec-fetch-mode",
+            "string_match": {"exact": "navigate"},
+            "invert_match": True,
+            "treat_missing_header_as_empty": True,
+        },
+        # Nor the API, even typed into the address bar.
+        path_prefix("/v1/"),
+    ]
+    return pass_through, allow_failed
+
+
+def _oauth2(layout: MeshLayout) -> Json:
+    """Browser sign-in with the identity provider (OIDC authorization code flow, run by Envoy)."""
+    pass_through, allow_failed = _oidc_matchers()
+    # SameSite=Lax, not Strict: the provider sends the browser back to the callback from its own site, and
+    # a Strict nonce or PKCE cookie would not come with that navigation (the sign-in fails); the session's
+    # cookies set there would not come with the redirect on to the page either (Strict cookies skip a chain
+    # that began on another site: the page would send the browser to the provider again, in a loop). Lax
+    # still keeps them off other sites' POSTs, frames and scripts' requests (cross-site request forgery),
+    # while a GET of a page from a link elsewhere is signed in. Envoy marks them HttpOnly and Secure itself
+    # (browsers send them back over https only, and to http://localhost): browser sign-in needs TLS.
+    cookies = (
+        "bearer_token",
+        "oauth_hmac",
+        "oauth_expires",
+        "id_token",
+        "refresh_token",
+        "oauth_nonce",
+        "code_verifier",
+    )
+    config = {
+        "token_endpoint": {"cluster": OIDC_TOKEN_CLUSTER, "uri": layout.oidc_token_url, "timeout": "5s"},
+        "authorization_endpoint": layout.oidc_authorize_url,
+        "credentials": {
+            "client_id": layout.oidc_client_id,
+            "token_secret": {"name": OIDC_CLIENT_SECRET},
+            "hmac_secret": {"name": OIDC_HMAC_SECRET},
+        },
+        # The scheme the browser used (use_remote_address: Envoy's own connection's), the host it asked for.
+        "redirect_uri": f"%REQ(x-forwarded-proto)%://%REQ(:authority)%{OIDC_CALLBACK_PATH}",
+        "redirect_path_matcher": {"path": {"exact": OIDC_CALLBACK_PATH}},
+        "signout_path": {"path": {"exact": OIDC_SIGNOUT_PATH}},
+        # The ID token, not the access token (forward_bearer_token): OIDC makes it a JWT signed by the
+        # provider with callsense's client id as its audience, which jwt_authn can check; an access token is
+        # opaque at many providers, or a JWT for another audience (an API's). Not into Authorization: Envoy
+        # refuses that next to a pass-through on it, and the rate limit keys on that header.
+        "forward_id_token": {"header": ID_TOKEN_HEADER},
+        "auth_scopes": list(layout.oidc_scopes),
+        # RFC 6749 2.3.1: every provider must take the client's credentials this way.
+        "auth_type": "BASIC_AUTH",
+        # A refresh answer need not carry a new ID token (OIDC Core 12.2), and the ID token is what the
+        # gateway believes: the session lasts as long as its ID token, then a page navigation goes by the
+        # provider again (without a prompt while the provider's own session lives).
+        "use_refresh_token": False,
+        "pass_through_matcher": pass_through,
+        "allow_failed_matcher": allow_failed,
+        "cookie_configs": {f"{name}_cookie_config": {"same_site": "LAX"} for name in cookies},
+        "stat_prefix": "oidc",  # added to the filter's stats' names (oauth_success, oauth_failure, ...)
+    }
+    return _typed(_OAUTH2, config=config)
+
+
+def _oidc_secrets(layout: MeshLayout) -> list[Json]:
+    """The oauth2 filter's secrets, read from their files when Envoy starts (generic secrets of the
+    bootstrap, which the filter's SdsSecretConfig names): never in this file."""
+    files = {
+        OIDC_CLIENT_SECRET: layout.oidc_client_secret_file,
+        OIDC_HMAC_SECRET: layout.oidc_hmac_secret_file,
+    }
+    return [{"name": name, "generic_secret": {"secret": {"filename": path}}} for name, path in files.items()]
+
+
 def _http_filters(layout: MeshLayout, *, public: bool) -> list[Json]:
     filters: list[Json] = [
         # gRPC-Web -> gRPC before routing, so browsers reach the same gRPC routes as native clients.
@@ -793,6 +1010,10 @@ def _http_filters(layout: MeshLayout, *, public: bool) -> list[Json]:
     ]
     if public and layout.rate_limited:
         filters.append({"name": _RATE_LIMIT_FILTER, "typed_config": _local_rate_limit(layout)})
+    if public and layout.oidc:
+        # After the rate limit (a flood of callbacks is cut before Envoy calls the token endpoint), before
+        # jwt_authn, which validates the ID token it forwards.
+        filters.append({"name": OIDC_FILTER, "typed_config": _oauth2(layout)})
     if public and layout.jwt:
         # After the rate limit: it counts a token's requests by its authorization header, which a valid
         # token loses here, and a flood of made-up tokens is cut before any signature is checked.
@@ -947,10 +1168,14 @@ def build(layout: MeshLayout) -> Json:
         clusters.append(_otel_cluster(layout.otlp_endpoint))
     if layout.jwt_jwks_uri:
         clusters.append(_jwks_cluster(layout))
+    static: Json = {"listeners": _listeners(layout), "clusters": clusters}
+    if layout.oidc:
+        clusters.append(_oidc_token_cluster(layout))
+        static["secrets"] = _oidc_secrets(layout)
     return {
         "node": {"id": "callsense-envoy", "cluster": "callsense"},
         "admin": {"address": _socket_address(layout.admin_host, layout.admin_port)},
-        "static_resources": {"listeners": _listeners(layout), "clusters": clusters},
+        "static_resources": static,
         "overload_manager": _overload_manager(layout),
     }
 
@@ -971,6 +1196,7 @@ def _import_any_types() -> None:
     import envoy_data_plane.envoy.extensions.filters.http.grpc_web.v3
     import envoy_data_plane.envoy.extensions.filters.http.jwt_authn.v3
     import envoy_data_plane.envoy.extensions.filters.http.local_ratelimit.v3
+    import envoy_data_plane.envoy.extensions.filters.http.oauth2.v3
     import envoy_data_plane.envoy.extensions.filters.http.router.v3
     import envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3
     import envoy_data_plane.envoy.extensions.health_check.event_sinks.file.v3

@@ -13,6 +13,10 @@ Envoy's public listener is the edge: rate limits per API key and per client addr
 self-signed one for local use (``--tls-self-signed``); plaintext without either. With an identity provider
 (``CALLSENSE_JWT_ISSUER``, ...) it validates JWTs too, and hands their claims to the gateway next to an edge
 secret made for the run (``CALLSENSE_EDGE_SECRET``, unless set) that only Envoy and the gateway are given.
+With browser sign-in at the provider too (``CALLSENSE_OIDC_AUTHORIZE_URL``, ...), Envoy keeps browsers'
+sessions in cookies signed with a secret made once per data directory (``data_dir/oidc/hmac-secret``, unless
+``CALLSENSE_OIDC_HMAC_SECRET_FILE`` names one), so a restart signs nobody out, and the gateway is told
+(``CALLSENSE_OIDC_BROWSER``) so that its sign-in page offers the provider.
 """
 
 from __future__ import annotations
@@ -24,12 +28,13 @@ import secrets
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from callsense.config import EDGE_SECRET_ENV, Config, ConfigError, load_config, split_host_port
-from tools.envoy_config import MeshLayout, write
+from tools.envoy_config import OIDC_ENV, MeshLayout, write
 from tools.supervisor import GrpcReady, HttpReady, ProcessSpec, Supervisor, envoy_spec
 
 SCORER_PORT_STEP = 1000  # replica i of the scorer listens on the first replica's port + i * 1000
@@ -118,6 +123,26 @@ def self_signed_certificate(directory: Path, *, days: int = SELF_SIGNED_DAYS) ->
     return cert, key
 
 
+OIDC_HMAC_SECRET_BYTES = 32
+
+
+def oidc_hmac_secret(directory: Path) -> Path:
+    """The secret Envoy signs and encrypts browsers' provider sessions with: ``directory/hmac-secret``
+    (0600 in a 0700 directory), made once and reused, so sessions outlive a restart of the mesh."""
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    path = directory / "hmac-secret"
+    if path.is_file() and path.stat().st_size >= OIDC_HMAC_SECRET_BYTES:
+        return path
+    tmp = path.with_name(".hmac-secret.tmp")
+    tmp.unlink(missing_ok=True)
+    tmp.touch(mode=0o600)  # never readable by others, not even before the secret is in it
+    # No trailing newline: Envoy takes the file's bytes as they are.
+    tmp.write_text(secrets.token_urlsafe(OIDC_HMAC_SECRET_BYTES), encoding="ascii")
+    tmp.replace(path)
+    return path
+
+
 def _is_ip_literal(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
@@ -126,8 +151,12 @@ def _is_ip_literal(host: str) -> bool:
     return True
 
 
-def edge_overrides(options: UpOptions, config: Config) -> dict[str, Any]:
-    """The ``MeshLayout`` fields the options set (the rest come from the environment or the defaults)."""
+def edge_overrides(
+    options: UpOptions, config: Config, env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The ``MeshLayout`` fields the options set (the rest come from the environment or the defaults), and
+    the HMAC secret of browser sign-in at the provider when ``env`` asks for that and names none."""
+    env = os.environ if env is None else env
     overrides: dict[str, Any] = {
         name: getattr(options, name)
         for name in (
@@ -151,7 +180,29 @@ def edge_overrides(options: UpOptions, config: Config) -> dict[str, Any]:
             if not os.access(path, os.R_OK):
                 raise ConfigError(f"cannot read the TLS file {path}")
         overrides |= {"tls_cert": str(options.tls_cert.resolve()), "tls_key": str(options.tls_key.resolve())}
+    wants_oidc = env.get(OIDC_ENV["oidc_authorize_url"], "").strip()
+    if wants_oidc and not env.get(OIDC_ENV["oidc_hmac_secret_file"], "").strip():
+        overrides["oidc_hmac_secret_file"] = str(oidc_hmac_secret(config.data_dir.resolve() / "oidc"))
+    if wants_oidc and (client_secret := env.get(OIDC_ENV["oidc_client_secret_file"], "").strip()):
+        _check_client_secret(Path(client_secret))
     return overrides
+
+
+def _check_client_secret(path: Path) -> None:
+    """Envoy sends the file's bytes as the secret, a trailing newline included (the provider then refuses
+    every sign-in with a bare "OAuth flow failed."): say so before anything starts."""
+    variable = OIDC_ENV["oidc_client_secret_file"]
+    try:
+        secret = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{variable}: cannot read {path}: {e.strerror}") from None
+    if not secret.strip():
+        raise ConfigError(f"{variable}: {path} is empty")
+    if secret != secret.strip():
+        raise ConfigError(
+            f"{variable}: {path} has whitespace around the secret (a trailing newline?), which Envoy would "
+            "send as part of it; write it with printf '%s' \"$SECRET\" > FILE"
+        )
 
 
 def embedded_data_dir(config: Config) -> Path | None:
@@ -174,10 +225,15 @@ def mesh_specs(
     *,
     tls: bool = False,
     edge_secret: str | None = None,
+    oidc_browser: bool = False,
 ) -> list[ProcessSpec]:
     """The child processes of the mesh, in dependency order (``tls``: Envoy's public port speaks TLS;
-    ``edge_secret``: given to Envoy and the gateway only, as ``CALLSENSE_EDGE_SECRET``)."""
+    ``edge_secret``: given to Envoy and the gateway only, as ``CALLSENSE_EDGE_SECRET``; ``oidc_browser``:
+    Envoy signs browsers in with the identity provider, which the gateway's sign-in page then offers)."""
+    from gateway.auth.web import OIDC_BROWSER_ENV
+
     edge = {EDGE_SECRET_ENV: edge_secret} if edge_secret else {}
+    oidc = {OIDC_BROWSER_ENV: "1"} if oidc_browser else {}
     python = sys.executable
     envoy_addr = f"127.0.0.1:{config.envoy_port}"
     public = f"{'https' if tls else 'http'}://127.0.0.1:{config.envoy_port}"
@@ -244,7 +300,7 @@ def mesh_specs(
             "gateway",
             [python, "-m", "gateway"],
             # The gateway reaches the services through Envoy: load-balanced across replicas, traced.
-            env={"DATABASE_URL": database_url, "CALLSENSE_MESH_PROXY": mesh_proxy, **edge},
+            env={"DATABASE_URL": database_url, "CALLSENSE_MESH_PROXY": mesh_proxy, **edge, **oidc},
             ready=HttpReady(f"http://{config.gateway_http}/readyz"),
             depends_on=[spec.name for spec in specs],
             ready_timeout_s=90.0,
@@ -274,7 +330,15 @@ async def run(options: UpOptions) -> int:
         write(layout, envoy_yaml)
         # Envoy proves to the gateway that a JWT's claims came through it with this (new each run).
         edge_secret = config.edge_secret or secrets.token_urlsafe(32)
-        specs = mesh_specs(config, options, database_url, envoy_yaml, tls=layout.tls, edge_secret=edge_secret)
+        specs = mesh_specs(
+            config,
+            options,
+            database_url,
+            envoy_yaml,
+            tls=layout.tls,
+            edge_secret=edge_secret,
+            oidc_browser=layout.oidc,
+        )
         return await Supervisor(specs).run()
     finally:
         if embedded is not None:

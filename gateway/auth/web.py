@@ -8,10 +8,15 @@ with a key at ``/signin``:
 page scripts never see a credential and other sites cannot ride on it. A WebSocket upgrade carries the
 cookie too; its ``Origin`` must be the gateway's own or one of the tenant's ``allowed_origins``, so a page
 elsewhere cannot open a call in a signed-in user's name.
+
+Where the edge signs browsers in with the identity provider too (``OIDC_BROWSER_ENV``), the sign-in page
+offers that as well (``GET /v1/session/options``): the edge keeps that session in its own HttpOnly cookies
+and hands the gateway the provider's claims like a JWT's, so the gateway holds no state for it.
 """
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
@@ -30,6 +35,11 @@ from gateway.schemas import ErrorResponse, error_response
 
 SESSION_LIFETIME = timedelta(hours=12)
 """A browser stays signed in for a working day; then it signs in again."""
+OIDC_BROWSER_ENV = "CALLSENSE_OIDC_BROWSER"
+"""Set ("1") where the edge in front of the gateway signs browsers in with the identity provider (``callsense
+up`` sets it when Envoy does): the sign-in page then offers that beside the key."""
+OIDC_SIGNOUT_PATH = "/oauth2/signout"
+"""Where a browser ends its identity provider session at the edge (tools/envoy_config.py)."""
 
 
 def _authenticator(request: Request | WebSocket) -> Authenticator:
@@ -114,6 +124,17 @@ class SignIn(BaseModel):
     key: str = Field(min_length=1, max_length=200, description="An API key (csk_...).")
 
 
+class SignInOptions(BaseModel):
+    key: bool = Field(default=True, description="An API key can be signed in with (POST /v1/session).")
+    identity_provider: bool = Field(
+        description="The edge signs browsers in with the company's identity provider: a page opened "
+        "without a session goes by the provider's sign-in."
+    )
+    signout_path: str | None = Field(
+        default=None, description="Where a browser ends its identity provider session."
+    )
+
+
 class SessionOut(BaseModel):
     tenant: str
     role: str
@@ -145,6 +166,14 @@ async def sign_in(body: SignIn, request: Request) -> JSONResponse:
         secure=_is_https(request),
     )
     return response
+
+
+@router.get("/v1/session/options", response_model=SignInOptions)
+async def sign_in_options() -> SignInOptions:
+    """How a browser may sign in here (no credential needed: the sign-in page asks before anyone has one)."""
+    # Read per request, not once at import: a dictionary lookup, and a test can set it for one test.
+    oidc = os.environ.get(OIDC_BROWSER_ENV, "").strip().lower() in ("1", "true", "yes")
+    return SignInOptions(identity_provider=oidc, signout_path=OIDC_SIGNOUT_PATH if oidc else None)
 
 
 @router.get("/v1/session", response_model=SessionOut, responses=_SESSION_ERRORS)
