@@ -74,7 +74,11 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _add_soft_labels(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("soft-labels", help="a fine-tuned teacher's logits over training sets, to distil from")
-    p.add_argument("--teacher", required=True, help="the teacher's checkpoint (train's output/best)")
+    p.add_argument(
+        "--teacher",
+        required=True,
+        help="the teacher: a checkpoint (train's output/best) or a served model dir (scorer_service/model)",
+    )
     p.add_argument("--sets", nargs="+", required=True, help="named corpora or label files, as for train")
     p.add_argument("--output", required=True, help="the JSON Lines file to write")
     p.add_argument("--context", action="store_true", help="the teacher reads the previous utterance")

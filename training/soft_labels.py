@@ -4,6 +4,12 @@ Distilling online (teacher and student in one batch) needs both to share a token
 forward pass per student step and epoch. A large teacher (MPNet-base, its own tokenizer) is run once over
 all the text instead; its logits go to a JSON Lines file keyed by the text (and the previous utterance when
 the teacher read one), and `callsense train --soft-labels FILE` trains the student on them.
+
+The teacher may also be a served model (a directory holding ``model_card.json`` and an ``.onnx`` file, such
+as scorer_service/model): its log-probabilities stand for logits (the same softmax). That is how a new
+student keeps what the served one knows of a corpus (its own soft labels on the general text) while it
+learns a domain from a larger teacher (that teacher's on the sales text): files written for different
+sets are concatenated into one, the later file's line winning for a text both hold.
 """
 
 from __future__ import annotations
@@ -25,23 +31,47 @@ def soft_key(example: LabelledUtterance, context: bool) -> str:
 def write_soft_labels(
     teacher: str, examples: Sequence[LabelledUtterance], out: Path, *, context: bool = False, threads: int = 2
 ) -> int:
-    """Run the teacher checkpoint over `examples` (each distinct key once) and write its logits."""
-    import torch
-
-    from training.train import load_model, predict_logits
-
-    torch.set_num_threads(threads)
-    model, tokenizer = load_model(teacher)
+    """Run the teacher (a training checkpoint or a served model) over `examples` (each distinct key once)
+    and write its logits."""
     unique: dict[str, LabelledUtterance] = {}
     for example in examples:
         unique.setdefault(soft_key(example, context), example)
     keys = list(unique)
-    logits = predict_logits(model, tokenizer, [unique[k] for k in keys], context)
+    if _is_served_model(Path(teacher)):
+        logits = _served_logits(Path(teacher), [unique[k] for k in keys], threads)
+    else:
+        import torch
+
+        from training.train import load_model, predict_logits
+
+        torch.set_num_threads(threads)
+        model, tokenizer = load_model(teacher)
+        logits = predict_logits(model, tokenizer, [unique[k] for k in keys], context)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", encoding="utf-8") as handle:
         for key, row in zip(keys, logits, strict=True):
             handle.write(json.dumps({"key": key, "logits": [round(float(v), 5) for v in row]}) + "\n")
     return len(keys)
+
+
+def _is_served_model(path: Path) -> bool:
+    return path.is_dir() and (path / "model_card.json").is_file() and any(path.glob("*.onnx"))
+
+
+def _served_logits(model_dir: Path, examples: Sequence[LabelledUtterance], threads: int) -> np.ndarray:
+    """Log-probabilities of a served model (scorer_service's runtime: what the scorer answers)."""
+    from callsense.tokenization import TextRejected
+    from scorer_service.inference import SentimentInput, SentimentModel
+
+    (onnx,) = sorted(model_dir.glob("*.onnx"))[:1]
+    model = SentimentModel.load(onnx, threads=threads)
+    inputs = [SentimentInput(e.text, e.previous_text) for e in examples]
+    rows = []
+    for example, prediction in zip(examples, model.predict(inputs), strict=True):
+        if isinstance(prediction, TextRejected):
+            raise ValueError(f"the served model refuses {example.text[:80]!r}: {prediction}")
+        rows.append([prediction.p_negative, prediction.p_neutral, prediction.p_positive])
+    return np.log(np.clip(np.asarray(rows, dtype=np.float64), 1e-7, 1.0))
 
 
 def read_soft_labels(path: Path) -> dict[str, np.ndarray]:

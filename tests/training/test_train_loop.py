@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -101,3 +102,24 @@ def test_distils_from_soft_labels_written_by_a_teacher(tiny_base: Path, tmp_path
     config.train = [str(TEST_SET), "sales:dev"]  # texts the teacher never saw: refused, not guessed
     with pytest.raises(ValueError, match="no logits for"):
         Trainer(config)
+
+
+def test_the_served_model_writes_soft_labels_that_match_what_it_serves(tmp_path: Path) -> None:
+    """A served model as the teacher (what a new student must not forget): its soft labels are the
+    log-probabilities the scorer answers, so their softmax is the scorer's own probabilities."""
+    from callsense.tokenization import SHIPPED_MODEL_DIR
+    from scorer_service.inference import SentimentInput, SentimentModel
+    from training.data import load_sources
+    from training.soft_labels import read_soft_labels, write_soft_labels
+
+    examples = load_sources([str(TEST_SET)]).examples
+    soft = tmp_path / "served.jsonl"
+    written = write_soft_labels(str(SHIPPED_MODEL_DIR), examples, soft, threads=1)
+    assert written == len({e.text for e in examples})
+    table = read_soft_labels(soft)
+    served = SentimentModel.load(threads=1).predict([SentimentInput(e.text) for e in examples[:5]])
+    for example, prediction in zip(examples[:5], served, strict=True):
+        assert not isinstance(prediction, Exception)
+        probs = np.exp(table[example.text]) / np.exp(table[example.text]).sum()
+        expected = [prediction.p_negative, prediction.p_neutral, prediction.p_positive]
+        assert np.allclose(probs, expected, atol=1e-4), (example.text, probs, expected)
