@@ -4,6 +4,7 @@ and final events out; bad streams end with the status that says what to fix."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator, Iterable
 
@@ -158,10 +159,21 @@ async def test_telephone_noise_gives_no_events(asr: Asr) -> None:
 async def expect_status(
     asr: Asr, requests: list[asr_pb2.TranscribeRequest], code: grpc.StatusCode, pattern: str
 ) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await transcribe(asr, requests)
-    assert caught.value.code() == code, caught.value.details()
-    assert re.search(pattern, caught.value.details() or ""), caught.value.details()
+    """The stream ends with ``code``. Written message by message, as the gateway writes (a request
+    iterator still sending after the server has answered can end the call INTERNAL on the client's side:
+    "Failed execute_batch", a race of the client library, seen once in a clean-clone run)."""
+    call = asr.stub.Transcribe()
+    for request in requests:
+        try:
+            await call.write(request)
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            break  # the server has ended the stream; its status says why
+    else:
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            await call.done_writing()
+    assert await call.code() == code, await call.details()
+    details = await call.details()
+    assert re.search(pattern, details or ""), details
 
 
 ONE_FRAME = b"\x00\x00\x00\x00"
@@ -210,6 +222,11 @@ async def test_bad_streams_are_invalid_argument(
     asr: Asr, requests: list[asr_pb2.TranscribeRequest], pattern: str
 ) -> None:
     await expect_status(asr, requests, grpc.StatusCode.INVALID_ARGUMENT, pattern)
+    # The status goes out as the handler aborts; the slot is released as its clean-up runs just after.
+    for _ in range(200):
+        if asr.servicer.scheduler.open_streams == 0:
+            break
+        await asyncio.sleep(0.01)
     assert asr.servicer.scheduler.open_streams == 0
 
 
