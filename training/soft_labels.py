@@ -17,10 +17,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from training.data import LabelledUtterance
+
+if TYPE_CHECKING:
+    from callsense.tokenization import SentimentTokenizer
 
 
 def soft_key(example: LabelledUtterance, context: bool) -> str:
@@ -59,19 +63,27 @@ def _is_served_model(path: Path) -> bool:
 
 
 def _served_logits(model_dir: Path, examples: Sequence[LabelledUtterance], threads: int) -> np.ndarray:
-    """Log-probabilities of a served model (scorer_service's runtime: what the scorer answers)."""
+    """Log-probabilities of a served model (scorer_service's runtime: what the scorer answers). A text
+    over the model's length is cut to its first words that fit, as training truncates it."""
     from callsense.tokenization import TextRejected
     from scorer_service.inference import SentimentInput, SentimentModel
 
     (onnx,) = sorted(model_dir.glob("*.onnx"))[:1]
     model = SentimentModel.load(onnx, threads=threads)
-    inputs = [SentimentInput(e.text, e.previous_text) for e in examples]
+    inputs = [SentimentInput(_fitting(model.tokenizer, e.text), e.previous_text) for e in examples]
     rows = []
     for example, prediction in zip(examples, model.predict(inputs), strict=True):
         if isinstance(prediction, TextRejected):
             raise ValueError(f"the served model refuses {example.text[:80]!r}: {prediction}")
         rows.append([prediction.p_negative, prediction.p_neutral, prediction.p_positive])
     return np.log(np.clip(np.asarray(rows, dtype=np.float64), 1e-7, 1.0))
+
+
+def _fitting(tokenizer: SentimentTokenizer, text: str) -> str:
+    words = text.split()
+    while len(words) > 1 and tokenizer.count(" ".join(words)) > tokenizer.max_tokens:
+        words = words[: max(1, len(words) * 9 // 10)]
+    return " ".join(words) if len(words) < len(text.split()) else text
 
 
 def read_soft_labels(path: Path) -> dict[str, np.ndarray]:

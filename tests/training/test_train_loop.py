@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -123,3 +124,8 @@ def test_the_served_model_writes_soft_labels_that_match_what_it_serves(tmp_path:
         probs = np.exp(table[example.text]) / np.exp(table[example.text]).sum()
         expected = [prediction.p_negative, prediction.p_neutral, prediction.p_positive]
         assert np.allclose(probs, expected, atol=1e-4), (example.text, probs, expected)
+    # A training text over the served model's 128 tokens is cut to its first words that fit, as training
+    # truncates it (the scorer itself refuses it: the chopper never sends one).
+    long = replace(examples[0], text=" ".join(["the rollout went well and the team is happy"] * 30))
+    assert write_soft_labels(str(SHIPPED_MODEL_DIR), [long], soft, threads=1) == 1
+    assert read_soft_labels(soft)[long.text].shape == (3,)
