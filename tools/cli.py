@@ -209,6 +209,12 @@ def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     p.add_argument("--card", default="", help="write model_card.json and MODEL_CARD.md into this folder")
     p.add_argument("--context", action="store_true", help="the model takes the previous utterance")
+    p.add_argument(
+        "--scripted-calls",
+        action="store_true",
+        help="instead: replay the six scripted calls offline through the live rules with the model "
+        "(tools/scripted_replay.py): each call's badge and what it misses; exit 1 if any misses",
+    )
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
@@ -219,6 +225,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate_sets, file_entry, onnx_model, write_model_card
 
     model_path = Path(args.model) if args.model else DEFAULT_MODEL
+    if args.scripted_calls:
+        return _replay_scripted_calls(model_path)
     tokenizer = Path(args.tokenizer) if args.tokenizer else model_path.parent / "tokenizer.json"
     uses_context = args.context or read_model_info(model_path.parent).uses_context
     reports = evaluate_sets(onnx_model(model_path, tokenizer, uses_context), args.sets)
@@ -244,6 +252,32 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         Path(args.card).mkdir(parents=True, exist_ok=True)
         write_model_card(Path(args.card), card)
     return 0
+
+
+def _replay_scripted_calls(model_path: Path) -> int:
+
+    from scorer_service.inference import SentimentInput, SentimentModel
+    from tools.scripted_replay import replay_with
+
+    model = SentimentModel.load(model_path, threads=2)
+
+    def score(texts: Sequence[str]) -> list[float]:
+        predictions = model.predict([SentimentInput(t) for t in texts])
+        return [p.score if not isinstance(p, Exception) else 0.5 for p in predictions]
+
+    verdicts = replay_with(score)
+    for verdict in verdicts:
+        outcome = "misses" if verdict.problems else "meets its expectation"
+        print(f"{verdict.name}: {outcome} ({verdict.badges})")
+        for line in verdict.customer_lines:
+            print(f"    {line}")
+        for problem in verdict.problems:
+            print(f"  ! {problem}")
+    passed = sum(not v.problems for v in verdicts)
+    print(
+        f"{passed} of {len(verdicts)} scripted calls meet their expectation (offline replay of {model_path})"
+    )
+    return 0 if passed == len(verdicts) else 1
 
 
 def _add_score(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

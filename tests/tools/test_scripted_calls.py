@@ -12,19 +12,15 @@ an expectation no right model could meet is a bug in the script, not in the mode
 from __future__ import annotations
 
 import itertools
-import re
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import pytest
 
-from callsense.domain import UtteranceScore, compute_call_stats
-from gateway.live import BadgeChange, LiveCoach, ScoredUtteranceView
-from postcall.summary import build_report
 from tests.support.audio import normalise_words
+from tools import scripted_replay
 from tools.cli import main as cli_main
-from tools.demo import DEMO_SCRIPT, RATE_HZ, lay_out, natural_gaps
+from tools.demo import DEMO_SCRIPT
 from tools.scripted_calls import (
     DEFAULT_SCRIPT,
     SCRIPTS,
@@ -37,6 +33,7 @@ from tools.scripted_calls import (
     script_named,
     verdict,
 )
+from tools.scripted_replay import SENTENCE_END, estimated_spans
 
 NAMES = (
     "happy-close",
@@ -54,7 +51,6 @@ BLATANT = frozenset(
         "useless", "horrible", "garbage", "joke", "outrageous", "crazy", "nonsense", "pathetic",
     }
 )  # fmt: skip
-SENTENCE_END = re.compile(r"(?<=[.?!])\s+")
 
 
 # ------------------------------------------------------------------------------------------------ structure
@@ -129,64 +125,14 @@ def test_the_demo_command_lists_the_scripts_and_rejects_an_unknown_one(
 
 # ------------------------------------------------------------------------------------------------ replay
 
-SECONDS_PER_CHAR, SECONDS_PER_SENTENCE, SECONDS_OFFSET = 0.060, 0.43, -0.24
-"""espeak-ng at 150 words a minute, fitted over the scripts' lines (within 0.7 s of the real length)."""
-
-
-def estimated_spans(call: ScriptedCall) -> list[Span]:
-    """Where the demo would lay each line (tools/demo.py's gaps and lead-in), from estimated lengths."""
-    spoken = []
-    for line in call.lines:
-        sentences = len(SENTENCE_END.split(line.text.strip()))
-        seconds = SECONDS_PER_CHAR * len(line.text) + SECONDS_PER_SENTENCE * sentences + SECONDS_OFFSET
-        spoken.append((line.turn, np.zeros(round(seconds * 1000) * RATE_HZ // 1000, dtype=np.int16)))
-    audio = lay_out(spoken, natural_gaps(len(spoken) - 1), rate_hz=RATE_HZ)
-    return [(p.start_ms, p.end_ms) for p in audio.turns]
-
-
-def sentences_of(text: str, start_ms: int, end_ms: int) -> list[tuple[str, int, int]]:
-    """The chopper's utterances of one line: its sentences, a fragment under three words joined to the
-    next, each timed by its share of the characters."""
-    pieces: list[str] = []
-    for sentence in SENTENCE_END.split(text.strip()):
-        if pieces and len(pieces[-1].split()) < 3:
-            pieces[-1] += " " + sentence
-        else:
-            pieces.append(sentence)
-    total, cursor, out = sum(len(p) for p in pieces), start_ms, []
-    for piece in pieces:
-        end = cursor + (end_ms - start_ms) * len(piece) // total
-        out.append((piece, cursor, end))
-        cursor = end
-    return out
-
 
 def replay(
     call: ScriptedCall, spans: list[Span], scores: Mapping[Mood, float], *, whole_lines: bool = False
 ) -> list[dict[str, Any]]:
-    """The events the mesh would send for the call if every sentence scored its line's mood; with
-    ``whole_lines`` each line is one utterance, as when the ASR hears no sentence end inside it."""
-    coach = LiveCoach()
-    utterances: list[UtteranceScore] = []
-    events: list[dict[str, Any]] = []
-    for line, (start, end) in zip(call.lines, spans, strict=True):
-        pieces = [(line.text, start, end)] if whole_lines else sentences_of(line.text, start, end)
-        for text, a, b in pieces:
-            utterance_id = len(utterances)
-            score = scores[line.mood]
-            utterances.append(
-                UtteranceScore(call.name, utterance_id, line.speaker, a, b, text, line.mood, 0.0, 0.0, 0.0,
-                               score, "ideal")
-            )  # fmt: skip
-            view = ScoredUtteranceView(utterance_id, line.speaker, a, b, text, score)
-            for live in coach.observe(view):
-                if isinstance(live, BadgeChange):
-                    events.append({"type": "badge", "state": live.state.value, "at_ms": live.at_ms})
-                else:
-                    events.append({"type": "cue", "topic": live.topic, "at_ms": live.at_ms})
-    report = build_report(utterances, compute_call_stats(utterances))
-    events.append({"type": "summary", "badge": coach.badge_state.value, "lines": list(report.lines)})
-    return events
+    """The events the mesh would send for the call if every sentence scored its line's mood."""
+    return scripted_replay.replay(
+        call, spans, lambda line, texts: [scores[line.mood]] * len(texts), whole_lines=whole_lines
+    )
 
 
 # A right model's scores (p_positive + 0.5 * p_neutral): a clearly positive line 0.8-0.9, a polite but
@@ -241,3 +187,20 @@ def test_the_verdict_says_what_came_back_differently() -> None:
     text = verdict(call, spans, flat)
     assert "badge: expected amber -> (green) -> (amber) -> red, got amber" in text, text
     assert "cues: expected pricing, got none" in text, text
+
+
+def test_evaluate_replays_the_scripted_calls_with_a_real_model(capsys: pytest.CaptureFixture[str]) -> None:
+    """`callsense evaluate --scripted-calls`: the served model's real scores through the live rules, one
+    verdict per script with its customer lines scored, and an exit code that says whether all were met."""
+    code = cli_main(["evaluate", "--scripted-calls"])
+    out = capsys.readouterr().out.splitlines()
+    verdicts = {line.split(":")[0]: line for line in out if line.split(":")[0] in SCRIPTS}
+    assert list(verdicts) == list(SCRIPTS)
+    met = [name for name, line in verdicts.items() if "meets its expectation" in line]
+    assert out[-1].startswith(f"{len(met)} of {len(SCRIPTS)} scripted calls meet their expectation")
+    assert code == (0 if len(met) == len(SCRIPTS) else 1)
+    scored = [line for line in out if line.startswith("    ")]
+    assert len(scored) >= sum(
+        1 for call in SCRIPTS.values() for line in call.lines if line.speaker == "customer"
+    )
+    assert all(0.0 <= float(line.split()[0]) <= 1.0 for line in scored)
