@@ -17,6 +17,8 @@ CALLSENSE_ENVOY_INTERNAL_PORT  8081                        Envoy's internal port
 CALLSENSE_ENVOY_ADMIN_PORT     9901                        Envoy's admin port
 DATABASE_URL                   (unset: embedded Postgres)  PostgreSQL URL; CALLSENSE_DATABASE_URL wins
 CALLSENSE_DATA_DIR             ./var                       runtime state: embedded database, logs, ...
+CALLSENSE_MODEL_REGISTRY       CALLSENSE_DATA_DIR/models   the sentiment model's versions and which one
+                                                           the scorers serve (callsense/model_registry.py)
 CALLSENSE_MESH_PROXY           (unset: dial directly)      Envoy's internal listener, host:port; the
                                                            gateway then reaches the services (the post-call
                                                            worker too) through it (load-balanced, traced)
@@ -79,6 +81,9 @@ class Config:
     database_url: str | None = None
     """None means: start the embedded PostgreSQL under data_dir."""
     data_dir: Path = Path("var")
+    model_registry: Path = Path("var/models")
+    """The local model registry (``callsense models``); scorers started without ``--model`` serve its
+    current version."""
     mesh_proxy: str | None = None
     """Envoy's internal listener, "host:port": internal calls go through it, naming the service as the
     authority."""
@@ -134,6 +139,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
     """Read the configuration from ``env`` (default: ``os.environ``); raise ConfigError on bad values."""
     env = os.environ if env is None else env
     d = Config()
+    data_dir = Path(env.get(PREFIX + "DATA_DIR") or d.data_dir)
     return Config(
         asr_addr=_addr(env, "ASR_ADDR", d.asr_addr),
         chopper_addr=_addr(env, "CHOPPER_ADDR", d.chopper_addr),
@@ -150,7 +156,8 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
             env.get(PREFIX + "ENVOY_ADMIN_PORT") or str(d.envoy_admin_port), PREFIX + "ENVOY_ADMIN_PORT"
         ),
         database_url=env.get(PREFIX + "DATABASE_URL") or env.get("DATABASE_URL") or None,
-        data_dir=Path(env.get(PREFIX + "DATA_DIR") or d.data_dir),
+        data_dir=data_dir,
+        model_registry=Path(env.get(PREFIX + "MODEL_REGISTRY") or data_dir / "models"),
         mesh_proxy=_addr(env, "MESH_PROXY", "") if env.get(PREFIX + "MESH_PROXY", "").strip() else None,
         edge_secret=edge_secret(env),
     )

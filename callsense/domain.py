@@ -1,5 +1,5 @@
 """The words every layer shares: who spoke, what the model said, one scored utterance, a call's statistics,
-and the rows the gateway and the post-call worker both read (a call, a day's roll-up).
+and the rows the gateway and the post-call worker both read (a call, a day's roll-up, a day's drift).
 
 Plain data and pure functions, no I/O: the services, the post-call worker and the tools all speak in these
 types, so none of them has to import another's persistence or transport module to name a scored utterance.
@@ -102,6 +102,36 @@ class RollupRow:
     customer_utterances: int
     avg_sentiment: float | None
     negative_rate: float | None
+
+
+@dataclass(frozen=True)
+class DriftRow:
+    """A row of drift_daily: one tenant's day of drift indicators (postcall/drift.py) and their checks
+    against the trailing days and the training baseline (postcall/drift_rule.py), as the worker stored
+    them."""
+
+    tenant: str
+    day: date
+    utterances: int
+    text_utterances: int
+    token_length: float | None
+    stop_word_ratio: float | None
+    oov_rate: float | None
+    negative_share: float | None
+    neutral_share: float | None
+    positive_share: float | None
+    mean_confidence: float | None
+    checks: list[dict[str, Any]]
+    """One object per indicator: name, value, baseline, trailing_mean, trailing_sd, trailing_days, z,
+    baseline_change, status ("drift", "usual", "learning", "little_data")."""
+    drifting: bool
+    alert_key: str | None
+    """The Slack message's dedupe key in webhook_outbox; None when no message was due."""
+    baseline_model: str
+    computed_at: datetime
+
+
+DRIFT_ROW_COLUMNS = tuple(f.name for f in fields(DriftRow))
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,9 @@ AddServicers = Callable[[grpc.aio.Server], Sequence[str]]
 """Registers servicers on a server and returns their full service names ("callsense.v1.Scorer")."""
 
 HEALTH_SERVICE_NAME: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+MODEL_VERSION_TRAILER = "x-callsense-model-version"
+"""Trailing metadata of a health check's answer: the model version the server serves (the scorer sets it),
+which the gateway's readiness reports; the health protocol has no field for it."""
 
 # Client pings every 30 s (also between calls, so a dead peer is noticed before the next call needs it);
 # the server must allow at least that rate or it answers GOAWAY "too_many_pings".

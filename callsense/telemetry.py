@@ -310,6 +310,16 @@ def up_down_counter(name: str, *, unit: str = "1", description: str = "") -> met
     )
 
 
+def gauge(name: str, *, unit: str = "1", description: str = "") -> metrics._Gauge:
+    """A gauge by name, created once: the last value set per attribute set (e.g. a tenant's drift
+    indicators of its last computed day)."""
+    return _instrument(  # type: ignore[no-any-return]
+        "gauge",
+        name,
+        lambda: metrics.get_meter(_METER_NAME).create_gauge(name, unit=unit, description=description),
+    )
+
+
 def _metric_readers() -> tuple[InMemoryMetricReader, list[MetricReader]]:
     """Always an in-memory reader (for /metrics and tests); OTLP export too when an endpoint is set."""
     memory = InMemoryMetricReader()

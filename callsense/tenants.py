@@ -21,8 +21,8 @@ callsense/tenants.example.toml)::
     [tenants.acme.live]
     red_enter = 0.25
 
-Each layer overrides the one before it, key by key (``live`` too): the built-in defaults; the environment
-(``CALLSENSE_CRM_WEBHOOK_URL``, ``CALLSENSE_CRM_WEBHOOK_SECRET``, ``CALLSENSE_SLACK_WEBHOOK_URL``,
+Each layer overrides the one before it, key by key (``live`` and ``drift`` too): the built-in defaults; the
+environment (``CALLSENSE_CRM_WEBHOOK_URL``, ``CALLSENSE_CRM_WEBHOOK_SECRET``, ``CALLSENSE_SLACK_WEBHOOK_URL``,
 ``CALLSENSE_NEGATIVE_RATE_ALERT``, ``CALLSENSE_TIMEZONE``); the file's ``[default]``; the tenant's own
 section. A tenant that is not named (and a call without a tenant) gets ``[default]``. An empty URL switches
 an inherited webhook off.
@@ -48,6 +48,10 @@ Keys of a section:
                           token (the default): the tenant's Twilio streams are refused. A token in
                           [default] serves every tenant not named (one Twilio account for all).
   live                    a table of BadgeSettings fields (window_s, red_enter, ...)
+  drift                   a table of DriftSettings fields (callsense/drift_settings.py: sigma,
+                          baseline_change, trailing_days, min_history_days, min_utterances, alert): when a
+                          day's language or scores have moved from the tenant's usual and from the training
+                          text far enough for the drift alert (postcall/drift_rule.py)
 
 Any other key, a value of the wrong type or out of range, or an unreadable file raises
 ``TenantConfigError`` naming the file, the section and the key.
@@ -70,6 +74,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from callsense.config import ConfigError
 from callsense.domain import Channel
+from callsense.drift_settings import DEFAULT_DRIFT, DriftSettings
 
 # --- the live rules' settings -------------------------------------------------------------------------------
 
@@ -216,10 +221,14 @@ _SECTION_KEYS = (
     "retention_days",
     "store_transcripts",
     "live",
+    "drift",
 )
+_NESTED_KEYS = ("live", "drift")
+"""Keys whose value is a table of a settings class's fields, merged key by key across the layers."""
 _SECRET_ENV_KEYS = ("crm_webhook_secret_env", "twilio_auth_token_env")
 """Keys that name an environment variable holding a secret (read with the environment, never stored)."""
 _BADGE_TYPES: dict[str, Any] = typing.get_type_hints(BadgeSettings)
+_DRIFT_TYPES: dict[str, Any] = typing.get_type_hints(DriftSettings)
 
 
 @functools.cache
@@ -263,6 +272,8 @@ class TenantSettings:
     store_transcripts: bool = True
     """False: the live path scores and stores each utterance without its text (scores, tags and the
     summary's figures stay; the text reaches only the live clients)."""
+    drift: DriftSettings = DEFAULT_DRIFT
+    """When the day's indicators of the model's input count as drift (postcall/drift_rule.py)."""
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.negative_rate_alert) and 0.0 <= self.negative_rate_alert <= 1.0):
@@ -390,8 +401,9 @@ def _resolve(
 
 
 def _merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
-    merged = {**base, **{k: v for k, v in layer.items() if k != "live"}}
-    merged["live"] = {**base.get("live", {}), **layer.get("live", {})}
+    merged = {**base, **{k: v for k, v in layer.items() if k not in _NESTED_KEYS}}
+    for key in _NESTED_KEYS:
+        merged[key] = {**base.get(key, {}), **layer.get(key, {})}
     return merged
 
 
@@ -400,6 +412,10 @@ def _build(values: dict[str, Any], where: str, source: str) -> TenantSettings:
         live = BadgeSettings(**values["live"])
     except ValueError as exc:
         raise TenantConfigError(f"{source} {where}.live: {exc}") from None
+    try:
+        drift = DriftSettings(**values["drift"])
+    except ValueError as exc:
+        raise TenantConfigError(f"{source} {where}.drift: {exc}") from None
     try:
         return TenantSettings(
             live=live,
@@ -413,6 +429,7 @@ def _build(values: dict[str, Any], where: str, source: str) -> TenantSettings:
             twilio_auth_token=values.get("twilio_auth_token") or None,
             retention_days=values.get("retention_days"),
             store_transcripts=values.get("store_transcripts", True),
+            drift=drift,
         )
     except ValueError as exc:
         raise TenantConfigError(f"{source} {where}: {exc}") from None
@@ -450,7 +467,9 @@ def _section(section: object, where: str, source: str, env: Mapping[str, str]) -
                 f"{source} {where}: {key}: unknown key; allowed: {', '.join(_SECTION_KEYS)}"
             )
         if key == "live":
-            layer["live"] = _live(value, f"{source} {where}.live")
+            layer["live"] = _table(value, f"{source} {where}.live", BadgeSettings, _BADGE_TYPES)
+        elif key == "drift":
+            layer["drift"] = _table(value, f"{source} {where}.drift", DriftSettings, _DRIFT_TYPES)
         elif key not in _SECRET_ENV_KEYS:  # read below, with the environment
             layer[key] = _checked(f"{source} {where}: {key}", partial(_section_value, key, value))
     if "crm_webhook_secret_env" in section:
@@ -497,15 +516,16 @@ def _section_value(key: str, value: object) -> Any:
     return text
 
 
-def _live(table: object, where: str) -> dict[str, Any]:
+def _table(table: object, where: str, settings: type, types: Mapping[str, Any]) -> dict[str, Any]:
+    """A nested table (``live``, ``drift``): keys of the ``settings`` dataclass, each of its type."""
     if not isinstance(table, dict):
-        raise TenantConfigError(f"{where} must be a table of BadgeSettings fields")
-    known = [f.name for f in fields(BadgeSettings)]
+        raise TenantConfigError(f"{where} must be a table of {settings.__name__} fields")
+    known = [f.name for f in fields(settings)]
     values = {}
     for key, value in table.items():
-        if key not in _BADGE_TYPES:
+        if key not in types:
             raise TenantConfigError(f"{where}: {key}: unknown key; allowed: {', '.join(known)}")
-        values[key] = _typed_at(f"{where}: {key}", value, _BADGE_TYPES[key])
+        values[key] = _typed_at(f"{where}: {key}", value, types[key])
     return values
 
 

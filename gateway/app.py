@@ -343,9 +343,12 @@ def _add_routes(app: FastAPI) -> None:
     @app.get("/readyz", response_model=ReadinessOut, responses={503: {"model": ReadinessOut}})
     async def readyz(request: Request) -> JSONResponse:
         """The chopper and the scorer are reachable (readiness); 503 otherwise. The database is reported
-        (``checks.database``) but does not decide: live calls go on while it is away."""
+        (``checks.database``) but does not decide: live calls go on while it is away. ``models`` names the
+        model version the scorer serves."""
         readiness = await _gateway(request).readiness()
-        body = ReadinessOut(ready=readiness.ready, checks=dict(readiness.checks))
+        body = ReadinessOut(
+            ready=readiness.ready, checks=dict(readiness.checks), models=dict(readiness.models)
+        )
         return JSONResponse(body.model_dump(), status_code=200 if readiness.ready else 503)
 
     @app.get("/metrics", response_class=PlainTextResponse)

@@ -1,4 +1,6 @@
-"""``GET /v1/reports/daily``: the stored daily roll-ups (written by the post-call worker, postcall/rollup.py).
+"""``GET /v1/reports/daily``: the stored daily roll-ups (written by the post-call worker, postcall/rollup.py);
+``GET /v1/reports/trend``: one team's or agent's days; ``GET /v1/reports/drift``: a tenant's drift indicators
+of a day (postcall/drift_job.py) against its trailing days and the training baseline.
 
 Included in the gateway app by ``create_app``. Thin: it reads ``daily_rollups`` from every database (the
 default one and each region's; rows are never merged across regions, whose data stays apart) and filters
@@ -9,7 +11,7 @@ answers 404 and says how to roll it up; one rolled up with no calls answers an e
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
@@ -21,7 +23,7 @@ from gateway.auth.web import Caller
 from gateway.calls.errors import ErrorCode
 from gateway.calls.service import Gateway
 from gateway.schemas import ErrorResponse, error_response
-from gateway.store import RollupRow
+from gateway.store import DriftRow, RollupRow
 
 router = APIRouter()
 _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -165,3 +167,111 @@ def _not_rolled_up(day: date) -> JSONResponse:
         f"(CALLSENSE_ROLLUP_AT), or run `callsense rollup --date {day.isoformat()}`"
     )
     return error_response(404, ErrorCode.NOT_FOUND, message)
+
+
+# --- drift --------------------------------------------------------------------------------------------------
+
+
+class DriftIndicatorOut(BaseModel):
+    """One indicator of the day, against the tenant's trailing days and the training text."""
+
+    name: Literal[
+        "token_length",
+        "stop_word_ratio",
+        "oov_rate",
+        "negative_share",
+        "neutral_share",
+        "positive_share",
+        "mean_confidence",
+    ] = Field(
+        description="token_length: mean tokens (of the served model's tokenizer) per utterance; "
+        "stop_word_ratio: share of English function words; oov_rate: share of words not in the training "
+        "text's vocabulary; the label mix; mean_confidence: mean top-class probability."
+    )
+    value: float | None = Field(description="The day's value; null when there was nothing to measure.")
+    baseline: float | None = Field(description="The value on the model's training text.")
+    trailing_mean: float | None = Field(description="Mean over the tenant's trailing days with enough data.")
+    trailing_sd: float | None = Field(description="Their sample standard deviation.")
+    trailing_days: int = Field(description="How many trailing days had enough utterances.")
+    z: float | None = Field(description="(value - trailing mean) in widened spreads; null while learning.")
+    baseline_change: float | None = Field(
+        description="(value - trailing mean) / baseline: the move in units of the training value."
+    )
+    status: Literal["drift", "unusual", "usual", "learning", "little_data"] = Field(
+        description="drift: beyond both bars on a day that drifted (postcall/drift_rule.py); unusual: "
+        "beyond both bars but not corroborated, so the day did not drift; learning: too few trailing "
+        "days; little_data: too few utterances that day."
+    )
+
+
+class DriftDayOut(BaseModel):
+    region: str = Field(description='The database the row comes from: "" for the default one.')
+    day: date
+    tenant: str
+    utterances: int = Field(description="Scored utterances of the tenant's calls that started that day.")
+    text_utterances: int = Field(description="Of those, the ones whose words were read.")
+    drifting: bool = Field(description="Whether any indicator drifted.")
+    alerted: bool = Field(description="Whether a Slack message was enqueued for it (once per day).")
+    baseline_model: str = Field(description="The model version the training baseline was made for.")
+    computed_at: datetime
+    indicators: list[DriftIndicatorOut]
+
+    @classmethod
+    def of(cls, region: str, row: DriftRow) -> DriftDayOut:
+        return cls(
+            region=region,
+            day=row.day,
+            tenant=row.tenant,
+            utterances=row.utterances,
+            text_utterances=row.text_utterances,
+            drifting=row.drifting,
+            alerted=row.alert_key is not None,
+            baseline_model=row.baseline_model,
+            computed_at=row.computed_at,
+            indicators=[DriftIndicatorOut.model_validate(check) for check in row.checks],
+        )
+
+
+class DriftReportOut(BaseModel):
+    date: date
+    tenant: str
+    rolled_up_at: datetime = Field(description="When the day was last rolled up (the latest database).")
+    days: list[DriftDayOut] = Field(
+        description="One per database holding the tenant's calls of that day; empty without calls."
+    )
+
+
+@router.get(
+    "/v1/reports/drift",
+    response_model=DriftReportOut,
+    responses={**_AUTH_ERRORS, 404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+)
+async def drift_report(
+    request: Request,
+    caller: Caller,
+    day: Annotated[date, Query(alias="date", description="The day, YYYY-MM-DD, in the tenant's time zone.")],
+    tenant: str | None = Query(
+        None, max_length=128, description="The key's tenant (the default); another tenant is refused."
+    ),
+) -> DriftReportOut | JSONResponse:
+    """What the model was asked to score that day, as drift indicators per tenant: each against the tenant's
+    trailing 28 days and the training text, and whether the day drifted (and was posted to Slack). The
+    figures cover the whole tenant, so only the keys that reach the whole tenant (admin, service) read
+    them."""
+    _check_tenant(caller, tenant)
+    if not may_see(caller, caller.tenant, "", ""):
+        raise forbidden("the drift indicators cover the whole tenant: read them with an admin or service key")
+    gateway: Gateway = request.app.state.gateway
+    days: list[DriftDayOut] = []
+    ran: list[datetime] = []
+    for region, store in gateway.stores.named_stores:
+        ran_at = await store.rollup_ran_at(day)
+        if ran_at is None:
+            continue
+        ran.append(ran_at)
+        row = await store.drift_day(caller.tenant, day)
+        if row is not None:
+            days.append(DriftDayOut.of(region, row))
+    if not ran:
+        return _not_rolled_up(day)
+    return DriftReportOut(date=day, tenant=caller.tenant, rolled_up_at=max(ran), days=days)

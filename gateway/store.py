@@ -6,8 +6,8 @@
   same transaction by callsense/outbox.py), which the post-call worker delivers.
 - ``StoreRouter``: data residency. A call whose region has its own database (``DATABASE_URL_EU``, ...) is
   stored only there; every other call goes to the default database.
-- The report pages' reads of the daily roll-ups (``daily_rollups``, ``rollup_trend``, ...); the post-call
-  worker writes them (postcall/rollup.py).
+- The report pages' reads of the daily roll-ups (``daily_rollups``, ``rollup_trend``, ...) and of the drift
+  indicators (``drift_day``); the post-call worker writes them (postcall/rollup.py, postcall/drift_job.py).
 
 Opening a pool, the migrations (callsense/migrations/) and region routing are the runtime's
 (callsense/storage.py); the rows both processes read are callsense/domain.py's.
@@ -28,12 +28,14 @@ from psycopg.types.json import Jsonb
 
 from callsense.domain import (
     CALL_ROW_COLUMNS,
+    DRIFT_ROW_COLUMNS,
     CallStatistics,
     UtteranceScore,
     call_row,
     compute_call_stats,
 )
 from callsense.domain import CallRow as CallRow  # the gateway's modules read a call as gateway.store's
+from callsense.domain import DriftRow as DriftRow
 from callsense.domain import RollupRow as RollupRow
 from callsense.outbox import OutboxSource, insert_outbox
 from callsense.privacy import Erasure, erase_call
@@ -126,6 +128,8 @@ _SELECT_ROLLUPS = f"""
     SELECT {", ".join(f.name for f in fields(RollupRow))} FROM daily_rollups
     WHERE day = %s ORDER BY tenant, team, agent
 """
+# Served by drift_daily's primary key (tenant, day) (migration 0007).
+_SELECT_DRIFT = f"SELECT {', '.join(DRIFT_ROW_COLUMNS)} FROM drift_daily WHERE tenant = %s AND day = %s"
 # Served by daily_rollups_tenant_team_day_idx (migration 0001).
 _SELECT_TREND = f"""
     SELECT {", ".join(f.name for f in fields(RollupRow))} FROM daily_rollups
@@ -304,6 +308,12 @@ class Store(Database):
                 _SELECT_TREND, {"tenant": tenant, "team": team, "agent": agent, "first": first, "last": last}
             )
             return await cur.fetchall()
+
+    async def drift_day(self, tenant: str, day: date) -> DriftRow | None:
+        """The tenant's drift indicators of `day` (None: no scored utterance that day, or not computed)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.cursor(row_factory=class_row(DriftRow)).execute(_SELECT_DRIFT, (tenant, day))
+            return await cur.fetchone()
 
     async def rolled_up_days(self, first: date, last: date) -> set[date]:
         """The days from `first` to `last` whose roll-up has run."""

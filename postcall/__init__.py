@@ -9,5 +9,9 @@
 - ``summary``: the manager's report (spikes, turning points, quarters, lines).
 - ``webhooks``: the outbox dispatcher (signing, delivery, retries) and ``callsense webhooks requeue``.
 - ``rollup``: the daily roll-ups, their Slack alerts, the nightly scheduler and ``callsense rollup``.
-- ``outbox_store``, ``rollup_store``, ``report_store``: the worker's repositories over its tables.
+- ``drift`` (+ ``drift_baseline.json``, written by ``callsense drift baseline``), ``drift_rule``,
+  ``drift_job``: each tenant's day of model input as drift indicators, checked against its trailing days
+  and the training text, run with the roll-up; its Slack alert and metrics.
+- ``outbox_store``, ``rollup_store``, ``report_store``, ``drift_store``: the worker's repositories over its
+  tables.
 """

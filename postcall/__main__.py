@@ -7,7 +7,9 @@ One process, one event loop:
   reflection; the gateway asks it for each call's report as the call ends;
 - the webhook outbox dispatcher of every database (CRM pushes, Slack alerts), woken by the databases'
   notifications;
-- the nightly roll-up scheduler with its alerts (``CALLSENSE_ROLLUP_AT``, default 00:15);
+- the nightly roll-up scheduler with its alerts (``CALLSENSE_ROLLUP_AT``, default 00:15), and with it the
+  drift check of each tenant's day (postcall/drift_job.py: the shipped baseline postcall/drift_baseline.json
+  and the served model's tokenizer, loaded at start-up; without them the roll-ups run without drift);
 - the sweep that completes the reports owed for calls that ended while this worker was unreachable;
 - the hourly retention purge of the tenants that set ``retention_days`` (postcall/retention.py).
 
@@ -34,6 +36,7 @@ from callsense.config import Config, ConfigError, load_config, split_host_port
 from callsense.storage import Database, RegionalStores, default_database_url
 from callsense.telemetry import setup_telemetry
 from callsense.tenants import TenantsConfig, load_tenants
+from postcall.drift_job import DriftJob
 from postcall.objections import tagger_from_env
 from postcall.outbox_store import OutboxStore
 from postcall.reports import DEFAULT_SWEEP_INTERVAL_S, OwedReportSweep, ReportBuilder
@@ -77,11 +80,14 @@ async def serve(
     rollup_at: time,
     builder: ReportBuilder,
     sweep_interval_s: float = DEFAULT_SWEEP_INTERVAL_S,
+    drift: DriftJob | None = None,
 ) -> None:
     async with default_database_url(config) as url:
         databases = await RegionalStores[Database].open_with(Database.open, url)
         dispatcher = OutboxDispatcher([OutboxStore(db.pool) for db in databases.stores], tenants)
-        scheduler = RollupScheduler(databases.stores, tenants, at=rollup_at, on_alerts=dispatcher.notify)
+        scheduler = RollupScheduler(
+            databases.stores, tenants, at=rollup_at, on_alerts=dispatcher.notify, drift=drift
+        )
         sweep = OwedReportSweep(
             databases.stores, builder, tenants, interval_s=sweep_interval_s, on_enqueued=dispatcher.notify
         )
@@ -121,8 +127,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         builder.warm_up()
     except Exception as exc:  # the encoder's weights missing: reports go out without model tags
         log.warning("the objection tagger could not load its encoder: %s", exc)
+    drift = None
     try:
-        asyncio.run(serve(config, bind, tenants, rollup_at, builder, args.sweep_interval_s))
+        drift = DriftJob.load()
+    except Exception as exc:  # no baseline or tokenizer: the roll-ups and alerts matter more than drift
+        log.warning("the drift check is off: %s", exc)
+    try:
+        asyncio.run(serve(config, bind, tenants, rollup_at, builder, args.sweep_interval_s, drift))
     except RuntimeError as exc:  # e.g. the address is taken
         log.error("%s", exc)
         return 1

@@ -19,6 +19,11 @@ least ``alert_min_utterances`` customer utterances, and whose tenant has a ``sla
 Slack message is enqueued in the outbox under the key ``slack:<day>:<tenant>:<team>``: however many times
 the day is rolled up, by however many replicas, the team gets one post for that day.
 
+With a ``DriftJob`` (``run_rollup(..., drift=job)``; the worker and ``callsense rollup`` pass one) the same
+run computes the day's drift indicators per tenant, checks them against the tenant's trailing days and the
+training baseline, stores them and enqueues at most one Slack message per tenant and day
+(postcall/drift_job.py): scheduled, caught up and re-run with the roll-up.
+
 ``RollupScheduler`` runs this inside the post-call worker: each night, ``CALLSENSE_ROLLUP_AT`` (default
 00:15, late enough for the day's calls to have ended) past the midnight that ends the day in the last of the
 tenants' time zones (with every tenant on UTC: at 00:15 UTC; with one in California too: at 00:15 there),
@@ -43,6 +48,8 @@ from callsense.domain import RollupRow
 from callsense.outbox import OutboxMessage
 from callsense.storage import Database, command_databases
 from callsense.tenants import TenantsConfig
+from postcall.drift import INDICATORS
+from postcall.drift_job import DriftJob, DriftRun
 from postcall.outbox_store import OutboxStore
 from postcall.rollup_store import DayWindow, RollupStore
 from postcall.webhooks import DeliveryPolicy, OutboxDispatcher
@@ -62,6 +69,13 @@ class RollupResult:
     """The Slack alerts the day's figures call for (also those enqueued by an earlier run)."""
     alerts_enqueued: int
     """How many of them were new in the outbox (0 when the day was rolled up before)."""
+    drift: DriftRun | None = None
+    """The day's drift indicators and alerts, when the run had a ``DriftJob``."""
+
+    @property
+    def any_enqueued(self) -> bool:
+        """Whether the run enqueued anything new (the dispatcher is then woken)."""
+        return bool(self.alerts_enqueued or (self.drift is not None and self.drift.alerts_enqueued))
 
 
 def day_window(day: date, zone: tzinfo) -> DayWindow:
@@ -79,17 +93,21 @@ def day_windows(day: date, tenants: TenantsConfig) -> tuple[DayWindow, dict[str,
     return default, {t: w for t, w in named.items() if w != default}
 
 
-async def run_rollup(db: Database, day: date, tenants: TenantsConfig) -> RollupResult:
-    """Roll up ``day`` in the database ``db``, enqueue its Slack alerts, and record the run."""
+async def run_rollup(
+    db: Database, day: date, tenants: TenantsConfig, drift: DriftJob | None = None
+) -> RollupResult:
+    """Roll up ``day`` in the database ``db``, enqueue its Slack alerts, check its drift (with a
+    ``DriftJob``), and record the run."""
     rollups = RollupStore(db.pool)
     default, named = day_windows(day, tenants)
     rows = await rollups.rollup_day(day, default, named)
     alerts = slack_alerts(day, rows, tenants)
     enqueued = await OutboxStore(db.pool).enqueue(alerts)
+    drift_run = None if drift is None else await drift.run(db, day, tenants, default, named)
     # Recorded last: a crash before this leaves the day to the scheduler's catch-up.
     await rollups.mark_rollup_ran(day, len(rows))
     log.info("roll-up of %s: %d rows, %d alerts (%d new)", day, len(rows), len(alerts), enqueued)
-    return RollupResult(day, tuple(rows), tuple(alerts), enqueued)
+    return RollupResult(day, tuple(rows), tuple(alerts), enqueued, drift_run)
 
 
 def slack_dedupe_key(day: date, tenant: str, team: str) -> str:
@@ -189,9 +207,11 @@ class RollupScheduler(BackgroundLoop):
         on_alerts: Callable[[], None] | None = None,
         retry_s: float = 300.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        drift: DriftJob | None = None,
     ) -> None:
         self._stores = list(stores)
         self._tenants = tenants
+        self._drift = drift
         self._at = at
         self._on_alerts = on_alerts
         self._retry_s = retry_s
@@ -220,9 +240,9 @@ class RollupScheduler(BackgroundLoop):
                 ran_at = await RollupStore(store.pool).rollup_ran_at(day)
                 if ran_at is not None and ran_at >= self.due_at(day):
                     continue
-                result = await run_rollup(store, day, self._tenants)
+                result = await run_rollup(store, day, self._tenants, self._drift)
                 self.runs += 1
-                if result.alerts_enqueued and self._on_alerts is not None:
+                if result.any_enqueued and self._on_alerts is not None:
                     self._on_alerts()
             except Exception:
                 log.exception("roll-up of %s failed; again in %.0f s", day, self._retry_s)
@@ -247,22 +267,28 @@ async def rollup_command(
     *,
     database_url: str | None = None,
     deliver_timeout_s: float = 10.0,
+    drift: DriftJob | None = None,
 ) -> dict[str, Any]:
-    """``callsense rollup``: roll ``day`` up in every database (the default one and each region's), post
-    its Slack alerts for at most ``deliver_timeout_s`` (what is not delivered stays in the outbox for the
-    post-call worker's dispatcher), and return the rows and alerts as JSON-ready data.
+    """``callsense rollup``: roll ``day`` up in every database (the default one and each region's), check
+    its drift (with a ``DriftJob``), post its Slack alerts for at most ``deliver_timeout_s`` (what is not
+    delivered stays in the outbox for the post-call worker's dispatcher), and return the rows and alerts as
+    JSON-ready data.
 
     The database is chosen as the processes choose it: ``database_url``, else ``DATABASE_URL``, else the
     embedded PostgreSQL under ``CALLSENSE_DATA_DIR``.
     """
     async with command_databases(config, database_url) as databases:
-        return await _rollup_everywhere(day, databases.stores, tenants, deliver_timeout_s)
+        return await _rollup_everywhere(day, databases.stores, tenants, deliver_timeout_s, drift)
 
 
 async def _rollup_everywhere(
-    day: date, databases: Sequence[Database], tenants: TenantsConfig, deliver_timeout_s: float
+    day: date,
+    databases: Sequence[Database],
+    tenants: TenantsConfig,
+    deliver_timeout_s: float,
+    drift: DriftJob | None,
 ) -> dict[str, Any]:
-    results = [await run_rollup(db, day, tenants) for db in databases]
+    results = [await run_rollup(db, day, tenants, drift) for db in databases]
     outboxes = [OutboxStore(db.pool) for db in databases]
     policy = DeliveryPolicy(timeout_s=deliver_timeout_s, lease_s=deliver_timeout_s + 60.0)
     dispatcher = OutboxDispatcher(outboxes, tenants, policy, kinds=["slack"], listen=False)
@@ -275,7 +301,8 @@ async def _rollup_everywhere(
         await dispatcher.stop()
     alerts = []
     for outbox, result in zip(outboxes, results, strict=True):
-        for alert in result.alerts:
+        day_alerts = [*result.alerts, *(result.drift.alerts if result.drift is not None else ())]
+        for alert in day_alerts:
             row = await outbox.outbox_message(alert.dedupe_key)
             delivered = row is not None and row.delivered_at is not None
             alerts.append({"dedupe_key": alert.dedupe_key, "tenant": alert.tenant, "delivered": delivered})
@@ -287,5 +314,20 @@ async def _rollup_everywhere(
             for row in result.rows
         ],
         "alerts": alerts,
-        "alerts_enqueued": sum(result.alerts_enqueued for result in results),
+        "alerts_enqueued": sum(
+            result.alerts_enqueued + (result.drift.alerts_enqueued if result.drift is not None else 0)
+            for result in results
+        ),
+        "drift": [
+            {
+                "tenant": row.tenant,
+                "utterances": row.utterances,
+                "drifting": row.drifting,
+                "indicators": {name: getattr(row, name) for name in INDICATORS},
+                "alert": row.alert_key,
+            }
+            for result in results
+            if result.drift is not None
+            for row in result.drift.rows
+        ],
     }

@@ -1,7 +1,14 @@
 """``python -m scorer_service``: run the Scorer gRPC service until SIGINT or SIGTERM.
 
-    python -m scorer_service [--bind ADDR] [--model PATH] [--max-batch N] [--max-wait-ms MS]
-                             [--max-queue N] [--threads N] [--backend auto|onnx|tensorrt]
+    python -m scorer_service [--bind ADDR] [--model PATH | --registry DIR [--registry-poll-s S]]
+                             [--max-batch N] [--max-wait-ms MS] [--max-queue N] [--threads N]
+                             [--backend auto|onnx|tensorrt]
+
+Which model: ``--model PATH`` serves that file and nothing else. Without it the scorer serves the model
+registry's current version (``--registry``, default ``CALLSENSE_MODEL_REGISTRY``, else
+``CALLSENSE_DATA_DIR/models``; the shipped model while the registry is empty) and follows it: a
+``callsense models promote`` or ``rollback`` is served within ``--registry-poll-s`` seconds, without a
+restart and without failing a request (scorer_service/reload.py).
 
 The model is loaded (and, on a GPU, its TensorRT engine built or read from the cache) and warmed up
 before the server binds, so health reports SERVING only once a request can be answered at full speed.
@@ -20,10 +27,12 @@ import grpc.aio
 
 from callsense import grpc_runtime
 from callsense.config import ConfigError, load_config
+from callsense.model_registry import ModelRegistry, RegistryError
 from callsense.telemetry import setup_telemetry
 from scorer_service.batcher import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT_MS
-from scorer_service.inference import DEFAULT_MODEL, SentimentInput, SentimentModel
-from scorer_service.server import ScorerServicer, add_scorer
+from scorer_service.inference import SentimentModel
+from scorer_service.reload import DEFAULT_POLL_S, ModelReloader, load_version
+from scorer_service.server import ModelVersionTrailer, ScorerServicer, add_scorer
 
 log = logging.getLogger("scorer_service")
 
@@ -35,7 +44,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--bind", help="host:port to listen on (default: CALLSENSE_SCORER_ADDR, 127.0.0.1:50053)"
     )
-    parser.add_argument("--model", type=Path, help="model.int8.onnx to serve (default: the shipped model)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--model",
+        type=Path,
+        help="model.int8.onnx to serve, pinned (default: the registry's current version)",
+    )
+    source.add_argument(
+        "--registry",
+        type=Path,
+        help="model registry to serve and follow "
+        "(default: CALLSENSE_MODEL_REGISTRY, else CALLSENSE_DATA_DIR/models)",
+    )
+    parser.add_argument(
+        "--registry-poll-s",
+        type=float,
+        default=DEFAULT_POLL_S,
+        help=f"how often to look for a promotion in the registry (default {DEFAULT_POLL_S:g} s)",
+    )
     parser.add_argument(
         "--max-batch",
         type=int,
@@ -65,20 +91,71 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.max_wait_ms < 0:
         parser.error("--max-wait-ms must not be negative")
+    if args.registry_poll_s <= 0:
+        parser.error("--registry-poll-s must be positive")
     return args
 
 
-async def serve(args: argparse.Namespace, model: SentimentModel, bind: str) -> None:
+async def serve(
+    args: argparse.Namespace, model: SentimentModel, bind: str, registry: ModelRegistry | None = None
+) -> None:
+    """Serve ``model``; with ``registry``, follow its current version from then on."""
     # The servicer (and its batcher) are made on the serving loop: asyncio objects belong to one loop.
     servicer = ScorerServicer.create(
         model, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue
     )
+    reloader = None
+    if registry is not None:
+        load = load_version(registry, threads=args.threads, backend=args.backend)
+        reloader = ModelReloader(registry, servicer, load, poll_s=args.registry_poll_s)
 
     def add(server: grpc.aio.Server) -> list[str]:
         return add_scorer(server, servicer)
 
-    # The server stops first (health NOT_SERVING, calls finish within the grace), then the batcher drains.
-    await grpc_runtime.serve_forever(add, bind, on_shutdown=servicer.close)
+    async def shutdown() -> None:
+        if reloader is not None:
+            await reloader.close()  # no swap while the batcher drains
+        await servicer.close()
+
+    if reloader is not None:
+        reloader.start()  # its first check reads the pointer again: a promotion since start-up is not missed
+    try:
+        # The server stops first (health NOT_SERVING, calls finish within the grace), then the batcher
+        # drains.
+        await grpc_runtime.serve_forever(
+            add, bind, on_shutdown=shutdown, interceptors=[ModelVersionTrailer(servicer)]
+        )
+    finally:
+        if reloader is not None:
+            await reloader.close()  # also when the server never started (the address was taken)
+
+
+class _StartError(Exception):
+    """The scorer cannot start; the message says why and what to fix."""
+
+
+def _load_first_model(args: argparse.Namespace) -> tuple[SentimentModel, ModelRegistry | None]:
+    """The model to serve at start-up, warmed up, and the registry to follow (None with ``--model``).
+    Raises _StartError with what to fix."""
+    registry = None
+    if args.model is not None:
+        model_path: Path = args.model
+        if not model_path.is_file():
+            raise _StartError(f"model file {model_path} not found: pass the path of a model.int8.onnx")
+    else:
+        try:
+            registry = ModelRegistry(args.registry or load_config().model_registry)
+            version = registry.current()
+            registry.verify(version)
+        except (RegistryError, ConfigError, OSError) as exc:
+            raise _StartError(f"cannot serve from the model registry: {exc}") from None
+        model_path = version.model_path
+    try:
+        model = SentimentModel.load(model_path, threads=args.threads, backend=args.backend)
+    except Exception as exc:  # ONNX Runtime, tokenizers and TensorRT raise their own exception types
+        raise _StartError(f"cannot load the sentiment model {model_path}: {exc}") from None
+    model.warm_up()
+    return model, registry
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -89,28 +166,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
-    model_path: Path = args.model or DEFAULT_MODEL
-    if not model_path.is_file():
-        log.error(
-            "model file %s not found: ship a model into scorer_service/model or pass --model", model_path
-        )
-        return 1
     try:
-        model = SentimentModel.load(model_path, threads=args.threads, backend=args.backend)
-    except Exception as exc:  # ONNX Runtime, tokenizers and TensorRT raise their own exception types
-        log.error("cannot load the sentiment model %s: %s", model_path, exc)
+        model, registry = _load_first_model(args)
+    except _StartError as exc:
+        log.error("%s", exc)
         return 1
-    # One forward pass before serving: the first real request should not pay for lazy initialisation.
-    model.predict_encoded([model.encode(SentimentInput("thanks, that sounds good"))])
     log.info(
-        "scorer model %s on %s; max batch %d, max wait %g ms",
+        "scorer model %s on %s (%s); max batch %d, max wait %g ms",
         model.info.version,
         model.backend.name,
+        f"following the registry {registry.root}" if registry is not None else f"pinned: {args.model}",
         args.max_batch,
         args.max_wait_ms,
     )
     try:
-        asyncio.run(serve(args, model, bind))
+        asyncio.run(serve(args, model, bind, registry))
     except RuntimeError as exc:  # e.g. the address is taken
         log.error("%s", exc)
         return 1

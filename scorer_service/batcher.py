@@ -20,6 +20,10 @@ Why this shape:
   flow control) instead of letting memory and latency grow without limit.
 - ``max_batch=1`` or ``max_wait_ms=0`` turns micro-batching off (one request per forward pass, never a
   wait), so the benchmark can compare against it.
+- A request may name the model it is for (``submit(encoded, model)``): the one whose tokenizer encoded
+  it. While the scorer swaps in a new model version, requests encoded by the old one are still queued;
+  a forward pass never mixes models, so each is scored by the model that encoded it, on the same single
+  inference thread (the old model is dropped once its last request is done).
 """
 
 from __future__ import annotations
@@ -114,6 +118,7 @@ class _Request:
     encoded: EncodedText
     future: asyncio.Future[Scored]
     enqueued_at: float  # loop.time() of submit
+    model: Predictor
 
 
 def plan_buckets(
@@ -211,10 +216,11 @@ class MicroBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer-inference")
         self._collector = asyncio.get_running_loop().create_task(self._collect(), name="micro-batcher")
 
-    async def submit(self, encoded: EncodedText) -> Scored:
+    async def submit(self, encoded: EncodedText, model: Predictor | None = None) -> Scored:
         """Queue one encoded text and wait for its prediction; waits first while the queue is full.
 
-        Cancelling the caller drops the request (it is skipped if its batch has not run yet).
+        ``model``: the model to score it with (the one that encoded it); default ``self.model``. Cancelling
+        the caller drops the request (it is skipped if its batch has not run yet).
         """
         if self._closed:
             raise BatcherClosed("the scorer is shutting down; retry on another replica")
@@ -223,7 +229,7 @@ class MicroBatcher:
         if self._collector.done():  # a bug killed the collector: fail now rather than hang forever
             raise RuntimeError("the micro-batcher's collector has stopped")
         loop = asyncio.get_running_loop()
-        request = _Request(encoded, loop.create_future(), loop.time())
+        request = _Request(encoded, loop.create_future(), loop.time(), model or self.model)
         self._putting += 1
         self._puts_done.clear()
         try:
@@ -304,38 +310,51 @@ class MicroBatcher:
         self.stats.dropped += len(batch) - len(live)
         if not live:
             return
-        groups = plan_buckets(
-            [len(r.encoded) for r in live], self.max_batch, self.slack_tokens, self.slack_ratio
-        )
-        for group in groups:
-            requests = [live[i] for i in group]
-            encoded = [r.encoded for r in requests]
-            try:
-                predictions, inference_ms = await loop.run_in_executor(
-                    self._executor, _timed, self.model, encoded
-                )
-            except Exception as exc:
-                self.stats.failed_batches += 1
-                for request in requests:
-                    if not request.future.done():
-                        request.future.set_exception(exc)
-                log.exception("forward pass of %d items failed", len(requests))
-                continue
-            size = len(requests)
-            width = max(len(e) for e in encoded)
-            self.stats.requests += size
-            self.stats.batches += 1
-            self.stats.batch_sizes[size] += 1
-            self.stats.padded_tokens += width * size
-            self.stats.real_tokens += sum(len(e) for e in encoded)
-            for request, prediction in zip(requests, predictions, strict=True):
+        for model, requests in _by_model(live):
+            for group in plan_buckets(
+                [len(r.encoded) for r in requests], self.max_batch, self.slack_tokens, self.slack_ratio
+            ):
+                await self._forward(loop, model, [requests[i] for i in group])
+
+    async def _forward(
+        self, loop: asyncio.AbstractEventLoop, model: Predictor, requests: list[_Request]
+    ) -> None:
+        """One forward pass of ``requests`` through ``model`` on the inference thread; settles their
+        futures (with its exception when it fails)."""
+        encoded = [r.encoded for r in requests]
+        try:
+            predictions, inference_ms = await loop.run_in_executor(self._executor, _timed, model, encoded)
+        except Exception as exc:
+            self.stats.failed_batches += 1
+            for request in requests:
                 if not request.future.done():
-                    request.future.set_result(Scored(prediction, inference_ms, size))
-            if self.on_batch is not None:
-                try:
-                    self.on_batch(BatchReport(size, width, inference_ms, self.queue_depth))
-                except Exception:  # metrics must never break scoring
-                    log.exception("on_batch hook failed")
+                    request.future.set_exception(exc)
+            log.exception("forward pass of %d items failed", len(requests))
+            return
+        size = len(requests)
+        width = max(len(e) for e in encoded)
+        self.stats.requests += size
+        self.stats.batches += 1
+        self.stats.batch_sizes[size] += 1
+        self.stats.padded_tokens += width * size
+        self.stats.real_tokens += sum(len(e) for e in encoded)
+        for request, prediction in zip(requests, predictions, strict=True):
+            if not request.future.done():
+                request.future.set_result(Scored(prediction, inference_ms, size))
+        if self.on_batch is not None:
+            try:
+                self.on_batch(BatchReport(size, width, inference_ms, self.queue_depth))
+            except Exception:  # metrics must never break scoring
+                log.exception("on_batch hook failed")
+
+
+def _by_model(requests: list[_Request]) -> list[tuple[Predictor, list[_Request]]]:
+    """``requests`` grouped by the model they are for, in order of first appearance (by identity: a model
+    need not be hashable)."""
+    groups: dict[int, tuple[Predictor, list[_Request]]] = {}
+    for request in requests:
+        groups.setdefault(id(request.model), (request.model, []))[1].append(request)
+    return list(groups.values())
 
 
 def _timed(model: Predictor, encoded: list[EncodedText]) -> tuple[list[Prediction], float]:

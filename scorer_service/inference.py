@@ -79,6 +79,11 @@ class SentimentModel:
             read_model_info(model_dir),
         )
 
+    def warm_up(self) -> None:
+        """One forward pass, so that the first real request does not pay for lazy initialisation. Call it
+        on the thread that loaded the model, before the model serves."""
+        self.predict_encoded([self.encode(SentimentInput("thanks, that sounds good"))])
+
     def encode(self, item: SentimentInput) -> EncodedText:
         """Raises TextRejected with a message that says what to fix."""
         previous = item.previous_text if self.info.uses_context else ""

@@ -22,20 +22,31 @@ whole with INVALID_ARGUMENT naming the index of the first bad utterance.
 Text longer than ``MAX_TEXT_CHARS`` is rejected without tokenising it: tokenising runs on the event loop
 (about 0.2 ms for an utterance) and a 1 MB text would hold every stream up for half a second.
 
+Model versions: the servicer scores with ``model`` until ``swap_model`` hands it another (the rolling reload
+of scorer_service/reload.py). An utterance is scored by the model whose tokenizer encoded it, through the
+one batcher (a forward pass never mixes models), so requests already queued or in a forward pass finish on
+the old model, new ones go to the new model, and none fails. Each score's ``model_version`` is the
+version that scored it. ``ModelVersionTrailer`` adds the served version to every health check's trailing
+metadata (the health protocol has no field for it), which the gateway's /readyz reports.
+
 Telemetry: each utterance is scored in a ``scorer.score_utterance`` span opened inside
 ``call_context(call_id)``, so it carries ``call.id`` (a shared stream may carry several calls); metrics are
 the forward-pass latency (``callsense.scorer.inference``), batch sizes (``callsense.scorer.batch_size``),
-time from request to score (``callsense.scorer.latency``) and the queue depth
-(``callsense.scorer.queue_depth``, an observable gauge over every batcher in the process).
+time from request to score (``callsense.scorer.latency``), the queue depth
+(``callsense.scorer.queue_depth``, an observable gauge over every batcher in the process) and the model
+served (``callsense.scorer.model``: 1 per servicer, with its ``model.version`` and ``scorer.backend``, an
+info metric).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
+import logging
 import threading
 import weakref
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,10 +55,13 @@ import grpc.aio
 from opentelemetry import metrics
 
 from callsense import telemetry
+from callsense.grpc_runtime import HEALTH_SERVICE_NAME, MODEL_VERSION_TRAILER
 from callsense.tokenization import EncodedText, TextRejected
 from callsense.v1 import chopper_pb2, scorer_pb2, scorer_pb2_grpc
 from scorer_service.batcher import BatcherClosed, BatchReport, MicroBatcher, Scored
 from scorer_service.inference import SentimentInput, SentimentModel
+
+log = logging.getLogger(__name__)
 
 SERVICE_NAME = "callsense.v1.Scorer"
 MAX_TEXT_CHARS = 8192
@@ -119,13 +133,49 @@ def _register_queue_gauge(batcher: MicroBatcher) -> None:
             _gauge_registered = True
 
 
+# Every servicer of the process reports the model it serves into one info gauge (registered once).
+_servicers: weakref.WeakSet[ScorerServicer] = weakref.WeakSet()
+_model_gauge_registered = False
+
+
+def observe_models(_options: metrics.CallbackOptions | None = None) -> Iterable[metrics.Observation]:
+    """The ``callsense.scorer.model`` gauge's observations: 1 per servicer, labelled with what it serves."""
+    for servicer in list(_servicers):
+        model = servicer.model
+        attributes = {"model.version": model.info.version, "scorer.backend": model.backend.name}
+        yield metrics.Observation(1, attributes)
+
+
+def _register_model_gauge(servicer: ScorerServicer) -> None:
+    global _model_gauge_registered
+    with _gauge_lock:
+        _servicers.add(servicer)
+        if not _model_gauge_registered:
+            metrics.get_meter("callsense").create_observable_gauge(
+                "callsense.scorer.model",
+                callbacks=[observe_models],
+                unit="1",
+                description="The model version served (1, labelled with model.version and scorer.backend)",
+            )
+            _model_gauge_registered = True
+
+
 # ------------------------------------------------------------------------------------------ servicer
+
+
+@dataclass(frozen=True)
+class _Encoded:
+    """An utterance's tokens and the model whose tokenizer made them (the one that must score them)."""
+
+    model: SentimentModel
+    tokens: EncodedText
 
 
 class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
     """Scores utterances with ``model`` through ``batcher`` (which must wrap the same model).
 
-    Construct it, and use it, on the server's event loop. ``close()`` drains the batcher.
+    Construct it, and use it, on the server's event loop. ``swap_model`` serves another model from then on;
+    ``close()`` drains the batcher.
     """
 
     def __init__(
@@ -133,7 +183,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
-        self.model = model
+        self._model = model
         self.batcher = batcher
         self.max_in_flight = max_in_flight
         self._metrics = _metrics()
@@ -147,6 +197,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
 
         batcher.on_batch = on_batch
         _register_queue_gauge(batcher)
+        _register_model_gauge(self)
 
     @classmethod
     def create(
@@ -161,6 +212,22 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         """A servicer with its own batcher over ``model``."""
         batcher = MicroBatcher(model, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue)
         return cls(model, batcher, max_in_flight=max_in_flight)
+
+    @property
+    def model(self) -> SentimentModel:
+        """The model new requests are encoded and scored with."""
+        return self._model
+
+    def swap_model(self, model: SentimentModel) -> None:
+        """Serve ``model`` (loaded and warmed up) from now on; call it on the server's event loop.
+
+        Requests encoded before keep the old model and are scored by it: a swap never fails a request nor
+        gives one the wrong tokenizer's ids. The old model goes once its last request is done.
+        """
+        previous = self._model
+        self._model = model
+        self.batcher.model = model
+        log.info("serving model %s (was %s)", model.info.version, previous.info.version)
 
     async def close(self) -> None:
         """Finish every queued utterance and stop the inference thread (after the server stopped)."""
@@ -201,7 +268,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
     async def ScoreBatch(
         self, request: scorer_pb2.ScoreBatchRequest, context: grpc.aio.ServicerContext
     ) -> scorer_pb2.ScoreBatchResponse:
-        encoded: list[EncodedText] = []
+        encoded: list[_Encoded] = []
         for index, utterance in enumerate(request.utterances):
             where = f"utterances[{index}]"
             try:
@@ -268,33 +335,40 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         where = f"call {request.call_id}, utterance_id {utterance.utterance_id}"
         return await self._score_encoded(utterance, self._encode(utterance, where), request.call_id)
 
-    def _encode(self, utterance: chopper_pb2.Utterance, where: str) -> EncodedText:
+    def _encode(self, utterance: chopper_pb2.Utterance, where: str) -> _Encoded:
         text = utterance.text
         if len(text) > MAX_TEXT_CHARS:
             raise Rejected(
                 f"{where}: text is {len(text)} characters; the model takes at most 128 tokens (a few "
                 "hundred characters): split it into utterances (the chopper service does this)"
             )
+        model = self._model  # the utterance stays with this model, also if another is swapped in meanwhile
         try:
-            return self.model.encode(SentimentInput(text, utterance.previous_text[-MAX_PREVIOUS_CHARS:]))
+            tokens = model.encode(SentimentInput(text, utterance.previous_text[-MAX_PREVIOUS_CHARS:]))
+            return _Encoded(model, tokens)
         except TextRejected as exc:
             raise Rejected(f"{where}: {exc}") from None
 
     async def _score_encoded(
-        self, utterance: chopper_pb2.Utterance, encoded: EncodedText, call_id: str | None = None
+        self, utterance: chopper_pb2.Utterance, encoded: _Encoded, call_id: str | None = None
     ) -> scorer_pb2.SentimentScore:
         loop = asyncio.get_running_loop()
         started = loop.time()
+        version = encoded.model.info.version
         with telemetry.tracer("callsense.scorer").start_as_current_span("scorer.score_utterance") as span:
             span.set_attribute("utterance.id", utterance.utterance_id)
-            span.set_attribute("scorer.tokens", len(encoded))
-            scored = await self.batcher.submit(encoded)
+            span.set_attribute("scorer.tokens", len(encoded.tokens))
+            span.set_attribute("model.version", version)
+            scored = await self.batcher.submit(encoded.tokens, encoded.model)
             span.set_attribute("scorer.batch_size", scored.batch_size)
             span.set_attribute("scorer.inference_ms", scored.inference_ms)
         self._metrics.latency.record((loop.time() - started) * 1000.0)
-        return self._to_proto(call_id or utterance.call_id, utterance.utterance_id, scored)
+        return self._to_proto(call_id or utterance.call_id, utterance.utterance_id, scored, version)
 
-    def _to_proto(self, call_id: str, utterance_id: int, scored: Scored) -> scorer_pb2.SentimentScore:
+    @staticmethod
+    def _to_proto(
+        call_id: str, utterance_id: int, scored: Scored, model_version: str
+    ) -> scorer_pb2.SentimentScore:
         p = scored.prediction
         return scorer_pb2.SentimentScore(
             call_id=call_id,
@@ -304,10 +378,46 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             p_positive=p.p_positive,
             score=p.score,
             label=_LABELS[p.label],
-            model_version=self.model.info.version,
+            model_version=model_version,
             inference_ms=scored.inference_ms,
             batch_size=scored.batch_size,
         )
+
+
+_HEALTH_CHECK = f"/{HEALTH_SERVICE_NAME}/Check"
+
+
+class ModelVersionTrailer(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc.aio is untyped here
+    """Adds ``MODEL_VERSION_TRAILER``: the version ``servicer`` serves, to every health check's answer.
+
+    The health protocol has no field for it, and readiness is where an operator looks during a rollout:
+    which version each replica serves (the gateway's /readyz shows it). Install it with
+    ``grpc_runtime.start_server(..., interceptors=[ModelVersionTrailer(servicer)])``.
+    """
+
+    def __init__(self, servicer: ScorerServicer) -> None:
+        self._servicer = servicer
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler_call_details.method != _HEALTH_CHECK or handler is None or handler.unary_unary is None:
+            return handler
+        check = handler.unary_unary
+        servicer = self._servicer
+
+        async def check_with_version(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            version = servicer.model.info.version
+            if version.isascii() and version.isprintable():  # metadata values must be printable ASCII
+                context.set_trailing_metadata(((MODEL_VERSION_TRAILER, version),))
+            result = check(request, context)
+            return await result if inspect.isawaitable(result) else result
+
+        replaced: grpc.RpcMethodHandler = handler._replace(unary_unary=check_with_version)
+        return replaced
 
 
 def add_scorer(server: grpc.aio.Server, servicer: ScorerServicer) -> list[str]:

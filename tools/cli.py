@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tools import keys_cli, labels_cli, objections_cli
+from tools import drift_cli, keys_cli, labels_cli, models_cli, objections_cli
 
 
 def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -527,6 +527,11 @@ def _add_rollup(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         default=10.0,
         help="seconds to spend posting alerts; the post-call worker retries what is left (default 10)",
     )
+    p.add_argument(
+        "--no-drift",
+        action="store_true",
+        help="skip the drift check of the day (postcall/drift_job.py), which runs by default",
+    )
 
 
 def _run_rollup(args: argparse.Namespace) -> int:
@@ -539,6 +544,7 @@ def _run_rollup(args: argparse.Namespace) -> int:
 
     from callsense.config import ConfigError, load_config
     from callsense.tenants import load_tenants
+    from postcall.drift_job import DriftJob
     from postcall.rollup import rollup_command
 
     try:
@@ -548,7 +554,8 @@ def _run_rollup(args: argparse.Namespace) -> int:
         return 2
     try:
         config, tenants = load_config(), load_tenants()
-    except ConfigError as exc:
+        drift = None if args.no_drift else DriftJob.load()
+    except (ConfigError, ValueError) as exc:  # ValueError: an unusable drift baseline
         print(f"callsense rollup: {exc}", file=sys.stderr)
         return 2
     try:
@@ -559,6 +566,7 @@ def _run_rollup(args: argparse.Namespace) -> int:
                 tenants,
                 database_url=args.database_url or None,
                 deliver_timeout_s=args.deliver_timeout,
+                drift=drift,
             )
         )
     except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
@@ -632,6 +640,8 @@ def build_parser() -> argparse.ArgumentParser:
     labels_cli.add_parser(sub)
     objections_cli.add_parser(sub)
     keys_cli.add_parser(sub)
+    models_cli.add_parser(sub)
+    drift_cli.add_parser(sub)
     return parser
 
 
@@ -653,6 +663,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "labels": labels_cli.run,
         "objections": objections_cli.run,
         "keys": keys_cli.run,
+        "models": models_cli.run,
+        "drift": drift_cli.run,
     }
     try:
         return handlers[args.command](args)

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import grpc
 import grpc.aio
@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from callsense.config import Config
 from callsense.domain import CallRow, Channel, UtteranceScore
-from callsense.grpc_runtime import service_channel, service_name
+from callsense.grpc_runtime import MODEL_VERSION_TRAILER, service_channel, service_name
 from callsense.telemetry import call_context
 from callsense.tenants import TenantsConfig
 from callsense.v1 import (
@@ -66,6 +66,15 @@ class BatchResult:
 class Readiness:
     ready: bool
     checks: Mapping[str, str]  # component -> "ok" or why not
+    models: Mapping[str, str] = field(default_factory=dict)
+    """Stage -> the model version it serves, where its health check says (the scorer's, during a rollout
+    the version of the replica that answered)."""
+
+
+@dataclass(frozen=True)
+class _StageHealth:
+    status: str  # "ok" or why not
+    model_version: str | None
 
 
 class Gateway:
@@ -197,14 +206,15 @@ class Gateway:
         """Ready when the chopper and the scorer answer (checked concurrently). The database is checked and
         reported but does not decide: live calls go on without it (their writes spool, gateway/spool.py),
         and a gateway taken out of rotation for a database outage would refuse the calls it can serve."""
-        names = ["database", *self._health_targets]
-        checks = [self._check_database(timeout_s)]
-        checks += [_check_grpc(ch, service, timeout_s) for ch, service in self._health_targets.values()]
-        results = dict(zip(names, await asyncio.gather(*checks), strict=True))
+        stages = [_check_grpc(ch, service, timeout_s) for ch, service in self._health_targets.values()]
+        database, answers = await asyncio.gather(self._check_database(timeout_s), asyncio.gather(*stages))
+        health = dict(zip(self._health_targets, answers, strict=True))
+        results = {"database": database} | {name: h.status for name, h in health.items()}
         if results["database"] != "ok":
             results["database"] += " (live calls go on; their writes are spooled)"
         ready = all(result == "ok" for name, result in results.items() if name != "database")
-        return Readiness(ready, results)
+        models = {name: h.model_version for name, h in health.items() if h.model_version}
+        return Readiness(ready, results, models)
 
     async def _check_database(self, timeout_s: float) -> str:
         try:
@@ -346,12 +356,16 @@ async def _run_cleanups(cleanups: Sequence[Callable[[], Awaitable[None]]]) -> No
             log.exception("clean-up %r failed", cleanup)
 
 
-async def _check_grpc(channel: grpc.aio.Channel, service: str, timeout_s: float) -> str:
+async def _check_grpc(channel: grpc.aio.Channel, service: str, timeout_s: float) -> _StageHealth:
     stub = health_pb2_grpc.HealthStub(channel)
     try:
-        reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
+        call = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
+        reply = await call
+        # The scorer names the model version it serves in the answer's trailing metadata.
+        trailers = await call.trailing_metadata()
     except grpc.aio.AioRpcError as exc:
-        return f"unreachable: {exc.code().name}"
+        return _StageHealth(f"unreachable: {exc.code().name}", None)
+    version = next((str(v) for k, v in trailers or () if k == MODEL_VERSION_TRAILER), None)
     if reply.status != health_pb2.HealthCheckResponse.SERVING:
-        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
-    return "ok"
+        return _StageHealth(str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)), version)
+    return _StageHealth("ok", version)

@@ -129,6 +129,7 @@ async def test_no_credential_reads_nothing_and_a_bad_one_neither(tenants: Tenant
         f"/v1/calls/{call_id}/timeline.png",
         "/v1/reports/daily?date=2026-12-01",
         "/v1/reports/trend?from=2026-11-01&to=2026-11-30&team=east",
+        "/v1/reports/drift?date=2026-12-01",
     ]
     async with http(tenants) as anonymous:
         for path in paths:
@@ -229,6 +230,8 @@ async def test_reports_are_the_keys_tenant_only(tenants: Tenants) -> None:
             "/v1/reports/trend", params={"from": "2026-11-01", "to": "2026-11-30", "tenant": "acme"}
         )
         assert_error(trend, 403, "forbidden")
+        drift = await globex.get("/v1/reports/drift", params={"date": "2026-12-01", "tenant": "acme"})
+        assert_error(drift, 403, "forbidden")
     async with http(tenants, tenants.acme_manager_west) as west:
         trend = await west.get(
             "/v1/reports/trend", params={"from": "2026-11-01", "to": "2026-11-30", "team": "east"}

@@ -477,7 +477,9 @@ async def test_unknown_call_is_404_and_service_endpoints_answer(running_gateway:
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_call_id"
     assert health.json() == {"status": "ok"}
     assert ready.status_code == 200
-    assert ready.json() == {"ready": True, "checks": {"database": "ok", "chopper": "ok", "scorer": "ok"}}
+    readiness = ready.json()
+    assert readiness["ready"] and readiness["checks"] == {"database": "ok", "chopper": "ok", "scorer": "ok"}
+    assert list(readiness["models"]) == ["scorer"] and readiness["models"]["scorer"]  # the version it serves
     assert "callsense_gateway_active_calls " in metrics.text
     assert metrics.headers["content-type"].startswith("text/plain")
     assert docs.status_code == 200

@@ -106,15 +106,23 @@ def _event(
 
 async def test_migrations_apply_once_even_when_processes_race(fresh_db_url: str) -> None:
     migrations = load_migrations()
-    assert [m.version for m in migrations] == ["0001", "0002", "0003", "0004", "0005", "0006"]
+    assert [m.version for m in migrations] == ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]
     # Three "replicas" starting at once: the advisory lock lets exactly one of them apply the migrations.
     conns = [await psycopg.AsyncConnection.connect(fresh_db_url, autocommit=True) for _ in range(3)]
     try:
         results = await asyncio.gather(*(apply_migrations(c, migrations) for c in conns))
-        assert sorted(results) == [[], [], ["0001", "0002", "0003", "0004", "0005", "0006"]]
+        assert sorted(results) == [[], [], ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]]
         assert await apply_migrations(conns[0], migrations) == []  # and again: nothing to do
         cur = await conns[0].execute("SELECT version FROM schema_migrations ORDER BY version")
-        assert await cur.fetchall() == [("0001",), ("0002",), ("0003",), ("0004",), ("0005",), ("0006",)]
+        assert await cur.fetchall() == [
+            ("0001",),
+            ("0002",),
+            ("0003",),
+            ("0004",),
+            ("0005",),
+            ("0006",),
+            ("0007",),
+        ]
         cur = await conns[0].execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1"
         )
@@ -124,6 +132,7 @@ async def test_migrations_apply_once_even_when_processes_race(fresh_db_url: str)
             "audit_log",
             "calls",
             "daily_rollups",
+            "drift_daily",
             "nlp_events",
             "rollup_runs",
             "schema_migrations",

@@ -18,6 +18,28 @@ const ui = {
   trendTitle: document.getElementById("trend-title"),
   trend: document.getElementById("trend"),
   trendNote: document.getElementById("trend-note"),
+  driftPanel: document.getElementById("drift-panel"),
+  driftTitle: document.getElementById("drift-title"),
+  driftVerdict: document.getElementById("drift-verdict"),
+  driftRows: document.getElementById("drift-rows"),
+};
+
+// The drift indicators (GET /v1/reports/drift) and their statuses, as people read them.
+const DRIFT_NAMES = {
+  token_length: "Tokens per utterance",
+  stop_word_ratio: "Stop-word ratio",
+  oov_rate: "Words outside the training vocabulary",
+  negative_share: "Negative share",
+  neutral_share: "Neutral share",
+  positive_share: "Positive share",
+  mean_confidence: "Mean confidence",
+};
+const DRIFT_STATUS = {
+  drift: "drift",
+  unusual: "unusual (alone: not a drift)",
+  usual: "usual",
+  learning: "learning (too few days yet)",
+  little_data: "too few utterances",
 };
 
 function shiftDay(day, days) {
@@ -111,10 +133,61 @@ function rowOf(row) {
   return tr;
 }
 
+function driftValue(name, value) {
+  if (typeof value !== "number") return "–";
+  return name === "token_length" ? value.toFixed(1) : percent(value);
+}
+
+function driftRowOf(check, region) {
+  const usual = typeof check.trailing_mean === "number"
+    ? `${driftValue(check.name, check.trailing_mean)} ± ${driftValue(check.name, check.trailing_sd)} (${check.trailing_days} days)`
+    : "–";
+  return el(
+    "tr",
+    { class: check.status === "drift" ? "alarming" : "", "data-testid": "drift-row", "data-indicator": check.name },
+    el("th", { scope: "row", text: `${DRIFT_NAMES[check.name] ?? check.name}${region ? ` · ${region}` : ""}` }),
+    el("td", { class: "num", "data-testid": "drift-value", text: driftValue(check.name, check.value) }),
+    el("td", { class: "num", text: usual }),
+    el("td", { class: "num", text: driftValue(check.name, check.baseline) }),
+    el("td", { "data-testid": "drift-status", text: DRIFT_STATUS[check.status] ?? check.status }),
+  );
+}
+
+/** The tenant's drift of the day; hidden when there is none to show (or the key does not reach it). */
+async function showDrift(day, tenant) {
+  const query = new URLSearchParams({ date: day });
+  if (tenant) query.set("tenant", tenant);
+  let report;
+  try {
+    report = await getJson(`/v1/reports/drift?${query}`);
+  } catch {
+    // 403: an agent's or a manager's key (drift covers the whole tenant); 404: the daily report says why.
+    ui.driftPanel.hidden = true;
+    return;
+  }
+  if (!report.days.length) {
+    ui.driftPanel.hidden = true;
+    return;
+  }
+  ui.driftTitle.textContent = `Drift on ${report.date}: what the model was asked to score`;
+  const drifting = report.days.filter((d) => d.drifting);
+  const verdicts = report.days.map((d) => {
+    const where = d.region ? ` (${d.region})` : "";
+    if (!d.drifting) return `No drift${where}: ${d.utterances} utterances within the usual.`;
+    const names = d.indicators.filter((i) => i.status === "drift").map((i) => (DRIFT_NAMES[i.name] ?? i.name).toLowerCase());
+    return `Drift${where}: ${names.join(", ")} moved away from the usual.` + (d.alerted ? " Posted to Slack." : "");
+  });
+  ui.driftVerdict.textContent = verdicts.join(" ");
+  ui.driftVerdict.className = `drift-verdict${drifting.length ? " alarming" : ""}`;
+  ui.driftRows.replaceChildren(...report.days.flatMap((d) => d.indicators.map((check) => driftRowOf(check, d.region))));
+  ui.driftPanel.hidden = false;
+}
+
 async function show(day, tenant) {
   ui.error.hidden = true;
   ui.result.hidden = true;
   ui.trendPanel.hidden = true;
+  ui.driftPanel.hidden = true;
   ui.status.textContent = `Loading ${day}…`;
   const query = new URLSearchParams({ date: day });
   if (tenant) query.set("tenant", tenant);
@@ -129,6 +202,7 @@ async function show(day, tenant) {
     );
     ui.result.hidden = false;
     ui.status.textContent = `Rolled up ${new Date(report.rolled_up_at).toLocaleString()}.`;
+    await showDrift(day, tenant);
   } catch (err) {
     ui.status.textContent = "";
     ui.error.textContent = err.message;
