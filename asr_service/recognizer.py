@@ -13,6 +13,8 @@ again at a later timestamp, as if the window went on. Three guards, cheapest fir
 - timestamp tokens past the end of the real audio are suppressed, so a "next sub-segment" cannot be
   placed after the speech (this alone removes most loops);
 - a sub-segment whose text repeats an earlier one of the same decode is dropped, with all after it;
+- a run of six words said a second time (the decoder starting the text over, as beam search does)
+  is cut off, with all after it;
 - a run of one n-gram repeated back to back (``MIN_LOOP_REPEATS``) is cut after its first occurrence
   (the compression ratio is measured before this cut, so a long loop still gets the text rejected).
 
@@ -47,6 +49,10 @@ TIME_PRECISION_S = 0.02
 MAX_AUDIO_S = 28.0
 """Longer audio is cut to this: with the tail pad it must fit Whisper's 30 s window."""
 MODEL_DIR_ENV = "CALLSENSE_ASR_MODEL_DIR"
+MAX_PROMPT_TOKENS = 223
+"""Whisper reads at most half its 448-token context as the previous text (as openai-whisper does)."""
+RESTART_WORDS = 6
+"""A run of this many words said a second time in one decode is a restart (see ``restart_start``)."""
 MIN_LOOP_REPEATS = {1: 5, 2: 4, 3: 3, 4: 3, 5: 3}
 """Back-to-back repeats of an n-gram (of n tokens) that count as a loop; longer n-grams loop at 2.
 ("no, no, no" is speech; "We need to pay for us. We need to pay for us." is a loop.)"""
@@ -159,12 +165,22 @@ class WhisperRecognizer:
         self.recognize(np.zeros(SAMPLE_RATE, dtype=np.float32), word_timestamps=True)
 
     def recognize(
-        self, audio: npt.ArrayLike, *, word_timestamps: bool = True, context_s: float = 0.0
+        self,
+        audio: npt.ArrayLike,
+        *,
+        word_timestamps: bool = True,
+        context_s: float = 0.0,
+        prompt: str = "",
+        beam_size: int = 1,
+        temperature: float = 0.0,
     ) -> Recognition:
         """Transcribe ``audio`` (16 kHz float32 mono, at most ``MAX_AUDIO_S``; longer is cut).
 
         The first ``context_s`` seconds are context only: heard, not returned (see the module docstring).
-        Word times are seconds from the start of ``audio``, context included.
+        Word times are seconds from the start of ``audio``, context included. ``prompt``: text said
+        before, which the decoder reads first (Whisper's ``<|startofprev|>``; its last
+        ``MAX_PROMPT_TOKENS`` tokens), as offline decoding does with ``condition_on_previous_text``.
+        ``beam_size`` 1 is greedy; ``temperature`` > 0 samples (the fallback of a rejected decode).
         """
         from faster_whisper.transcribe import get_ctranslate2_storage
 
@@ -184,10 +200,14 @@ class WhisperRecognizer:
             448,
             len(tok.sot_sequence) + self.config.base_tokens + int(self.config.tokens_per_second * audio_s),
         )
+        previous = tok.encode(" " + prompt.strip())[-MAX_PROMPT_TOKENS:] if prompt.strip() else []
+        start = [tok.sot_prev, *previous, *tok.sot_sequence] if previous else list(tok.sot_sequence)
+        sampling = {"sampling_topk": 0, "sampling_temperature": temperature} if temperature > 0 else {}
         result = self._model.model.generate(
             encoded,
-            [tok.sot_sequence],
-            beam_size=1,
+            [start],
+            beam_size=1 if temperature > 0 else max(1, beam_size),
+            **sampling,
             max_length=max_length,
             return_scores=True,
             return_no_speech_prob=True,
@@ -227,10 +247,25 @@ class WhisperRecognizer:
         it, the words after the context get this guard) a repeated tail; and whether anything was cut."""
         deduplicated, loop, dropped = self._strip_loops(tokens, context_s)
         text_tokens = deduplicated[:loop] if loop is not None else deduplicated
-        cut = False
+        cut = restarted = False
         if not context_s:
+            text_tokens, restarted = self._strip_restart(text_tokens)
             text_tokens, cut = self._strip_repeated_tail(text_tokens)
-        return text_tokens, dropped or cut or loop is not None
+        return text_tokens, dropped or cut or restarted or loop is not None
+
+    def _strip_restart(self, tokens: list[int]) -> tuple[list[int], bool]:
+        """``tokens`` up to where the text starts over (``restart_start``), and whether it did."""
+        starts: list[int] = []  # index of the first token of each word
+        words: list[str] = []
+        for i, t in enumerate(tokens):
+            piece = self._tokenizer.decode([t])
+            if not starts or piece.startswith(" "):
+                starts.append(i)
+                words.append(piece)
+            else:
+                words[-1] += piece
+        cut = restart_start([_normalise(w) for w in words])
+        return (tokens, False) if cut is None else (tokens[: starts[cut]], True)
 
     def _strip_repeated_tail(self, tokens: list[int]) -> tuple[list[int], bool]:
         """``tokens`` without a repeated tail (``repeated_tail``), and whether one was cut."""
@@ -301,8 +336,32 @@ def _after_context(
 ) -> tuple[tuple[RecognizedWord, ...], bool]:
     """The words whose middle falls after the context, without a repeated tail; and whether one was cut."""
     kept = tuple(w for w in words if (w.start_s + w.end_s) / 2 >= context_s)
+    restart = restart_start([_normalise(w.text) for w in kept])
+    if restart is not None:
+        kept = kept[:restart]
     cut = repeated_tail([_normalise(w.text) for w in kept])
+    if cut is None and restart is not None:
+        return kept, True
     return (kept, False) if cut is None else (kept[: cut[0]] + kept[cut[1] :], True)
+
+
+def restart_start(words: list[str]) -> int | None:
+    """Index of the first word where a run of ``RESTART_WORDS`` words said earlier in the same decode
+    begins again, or None. That is the decoder starting the text over after the real audio (seen with
+    beam search: a whole sentence twice, or its last clause twice, the copy differing by a comma), not
+    speech: people repeat a few words ("I think we need to, I think we need to get approval"), rarely six
+    in a row. ``words`` are normalised; empty ones
+    (punctuation) are skipped."""
+    spans = [i for i, w in enumerate(words) if w]
+    seen: set[tuple[str, ...]] = set()
+    for k in range(len(spans) - RESTART_WORDS + 1):
+        run = tuple(words[i] for i in spans[k : k + RESTART_WORDS])
+        if run in seen:
+            return spans[k]
+        # Only runs that end before this one starts count: "no no no no no no" is a loop, left to loop_start.
+        if k + 1 - RESTART_WORDS >= 0:
+            seen.add(tuple(words[i] for i in spans[k + 1 - RESTART_WORDS : k + 1]))
+    return None
 
 
 def loop_start(tokens: list[int]) -> int | None:

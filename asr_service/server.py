@@ -55,6 +55,7 @@ import grpc.aio
 from opentelemetry import metrics
 
 from asr_service.audio import AudioSpec, Encoding
+from asr_service.decoding import DecodeResult
 from asr_service.prosody import ProsodyFeatures
 from asr_service.recognizer import WhisperRecognizer
 from asr_service.recording import (
@@ -66,7 +67,7 @@ from asr_service.recording import (
     stream_recording,
 )
 from asr_service.scheduler import InferenceScheduler, StreamHandle, StreamLimitError
-from asr_service.streaming import CallTranscriber, DecodeResult, StreamingConfig, Transcript
+from asr_service.streaming import CallTranscriber, StreamingConfig, Transcript
 from asr_service.transcribe_file import SUPPORTED
 from asr_service.vad import SileroModel, shared_model
 from callsense import grpc_runtime, telemetry
@@ -109,6 +110,7 @@ def _invalid(message: str) -> Rejected:
 class _Metrics:
     decode_ms: metrics.Histogram
     segments: metrics.Counter
+    decodes_per_final: metrics.Histogram
     streams: metrics.UpDownCounter
 
 
@@ -117,7 +119,15 @@ def _metrics() -> _Metrics:
         decode_ms=telemetry.histogram(
             "callsense.asr.decode", description="Wall time of one Whisper decode on the inference thread"
         ),
-        segments=telemetry.counter("callsense.asr.segments", description="Decoded segments by outcome"),
+        segments=telemetry.counter(
+            "callsense.asr.segments", description="Decoded segments by kind and outcome (see _record)"
+        ),
+        decodes_per_final=telemetry.histogram(
+            "callsense.asr.final_decodes",
+            description="Whisper decodes one final took (context retry and temperature fallback included)",
+            unit="1",
+            boundaries=(1, 2, 3, 4, 5, 6, 7),
+        ),
         streams=telemetry.up_down_counter("callsense.asr.streams", description="Open Transcribe streams"),
     )
 
@@ -239,8 +249,12 @@ class AsrServicer(asr_pb2_grpc.AsrServicer):
     def _record(self, result: DecodeResult) -> None:
         kind = "final" if result.request.is_final else "partial"
         self._metrics.decode_ms.record(result.decode_ms, {"kind": kind})
-        outcome = "rejected" if result.rejected else "accepted"
+        # "unheard": a final of a second or more of speech that no decode could transcribe (sent
+        # empty with its reason); "rejected": non-speech, or a partial, dropped.
+        outcome = "unheard" if result.unheard else "rejected" if result.rejected else "accepted"
         self._metrics.segments.add(1, {"kind": kind, "outcome": outcome})
+        if result.request.is_final:
+            self._metrics.decodes_per_final.record(result.attempts)
 
     def stream_closed(self) -> None:
         self._metrics.streams.add(-1)
@@ -420,6 +434,7 @@ def transcript_message(call_id: str, role: audio_pb2.ChannelRole, t: Transcript)
         channel=role,
         no_speech_prob=t.no_speech_prob,
         avg_logprob=min(t.avg_logprob, 0.0),
+        unheard_reason=t.unheard_reason,
     )
     if t.prosody is not None:
         event.prosody.CopyFrom(prosody_message(t.prosody))

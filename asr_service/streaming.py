@@ -1,31 +1,10 @@
 """The incremental decoder: a call's audio in, partial and final transcript segments out.
 
-Per channel (``ChannelDecoder``, plain synchronous logic): the VAD cuts the 16 kHz stream into
-segments; while a segment is open a partial decode of everything heard so far is requested every
-``partial_interval_s`` (the first once it holds ``min_partial_s``), and the final decode as soon as the
-VAD ends the segment (``VadConfig.min_silence_ms`` of silence, 500 ms by default). Audio outside
-segments is never decoded: silence and noise cost only the front end (audio decoding, resampling
-and the VAD: 2-5 ms of CPU per second of audio).
-
-Decoding (``run_decode``, on the one inference thread of ``scheduler``): Whisper without the 30 s pad
-(``recognizer``), then the hallucination filter (``hallucination.judge``); finals also get word times
-and prosody. Partials skip word alignment: they are replaced within a second anyway.
-
-Context for finals (``StreamingConfig.context_s``, 2 s; partials decode their segment alone):
-
-- a final's decode also hears the pause before its segment, as far back as the end of the previous
-  segment and at most ``context_s``: speech too soft for the VAD is often there (a quiet "ask not",
-  the start of a sentence on an 8 kHz line), and its words then belong to the segment (their times
-  are clipped to it);
-- a final the filter rejects is decoded once more, hearing the end of the previous segment as well when
-  that ended less than ``context_s`` before it, and its words left out (the recogniser's
-  ``context_s``): alone, "ask not" came out as "S NOT!" and was dropped, after "And so my fellow
-  Americans" it is heard right. The previous speech is not heard on the first try because Whisper
-  merges a phrase said twice ("Hello? ... Hello?") into one.
-
-This costs the decode of up to 2 s more audio per final, and a second decode for a rejected final:
-on 65 clips of real speech (LJSpeech, JFK, RAVDESS), each at 16 kHz and at 8 kHz, a final took 167 ms
-of CPU on average instead of 138, and all the decodes of a call (partials included) 7 % more.
+Per channel (``channel.ChannelDecoder``, plain synchronous logic): the VAD cuts the 16 kHz stream into
+segments and says when a partial or final decode is due. Decoding (``decoding.run_decode``, on the one
+inference thread of ``scheduler``): Whisper without the 30 s pad (``recognizer``), then the hallucination
+filter (``hallucination.judge``); finals are decoded as offline decoding would (beam search, the
+channel's previous text as the prompt, temperature fallback) and also get word times and prosody.
 
 Per call (``CallTranscriber``, asyncio): audio decoding and the VAD run on a front-end thread, decodes
 on the scheduler's thread, so the event loop only moves bytes and results. Events come out in the order
@@ -35,7 +14,9 @@ Segment ids are public per channel and given out when a segment first yields tex
 final), so they run 0, 1, 2, ... with no gaps for segments that turned out to hold nothing. Exactly one
 final is sent for each id. If a segment showed partials and its final is then rejected (it was a
 hallucination after all), its final is sent with empty text and no words: listeners drop what the
-partials showed, and the chopper cuts no utterance from it.
+partials showed, and the chopper cuts no utterance from it. A rejected final of a segment in which the
+VAD heard at least a second of speech is sent the same way, with ``unheard_reason`` saying why: a turn
+nobody could transcribe is visible rather than gone.
 
 Times are milliseconds from the start of the call: each channel counts its 16 kHz samples, and a chunk
 whose ``timestamp_ms`` jumps ahead of that count (lost audio) moves the count forward, the gap counting
@@ -46,296 +27,21 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor
 from concurrent.futures import Future as ThreadFuture
-from dataclasses import dataclass, field
-
-import numpy as np
-import numpy.typing as npt
+from dataclasses import dataclass
 
 from asr_service.audio import AudioDecoder, AudioSpec, Encoding
-from asr_service.hallucination import FilterConfig, judge
-from asr_service.prosody import ProsodyFeatures, analyze
-from asr_service.recognizer import MAX_AUDIO_S, Recognition, WhisperRecognizer
+from asr_service.channel import ChannelDecoder, StreamingConfig
+from asr_service.decoding import ChannelText, DecodeRequest, DecodeResult, Word, run_decode
+from asr_service.prosody import ProsodyFeatures
+from asr_service.recognizer import WhisperRecognizer
 from asr_service.scheduler import StreamHandle
-from asr_service.vad import SAMPLE_RATE, SileroModel, SpeechEnd, SpeechStart, StreamingVad, VadConfig
+from asr_service.vad import SAMPLE_RATE, SileroModel, StreamingVad
 
-log = logging.getLogger(__name__)
-
-FloatArray = npt.NDArray[np.float32]
 SAMPLES_PER_MS = SAMPLE_RATE // 1000
-MAX_AUDIO_SAMPLES = int(MAX_AUDIO_S * SAMPLE_RATE)
-
-
-@dataclass(frozen=True)
-class StreamingConfig:
-    vad: VadConfig = field(default_factory=VadConfig)
-    filter: FilterConfig = field(default_factory=FilterConfig)
-    partials: bool = True
-    partial_interval_s: float = 1.0
-    """Time between two partial decodes of an open segment."""
-    min_partial_s: float = 1.0
-    """Audio a segment must hold before its first partial (shorter ones are mostly one word)."""
-    context_s: float = 2.0
-    """Audio before a segment that its final's decode may hear (0: none); see the module docstring."""
-    history_s: float = 1.0
-    """Audio kept before an open segment (or the present, between segments), on top of ``context_s``:
-    VAD padding + min speech + a window, with room."""
-    gap_tolerance_ms: int = 250
-    """A chunk's timestamp this far ahead of the samples counted means lost audio."""
-
-
-# ------------------------------------------------------------------------------- channel logic
-
-
-@dataclass(frozen=True)
-class DecodeRequest:
-    """A stretch of one channel's audio to decode: a segment so far (partial) or whole (final)."""
-
-    channel: int
-    segment: int
-    """Internal segment number within the channel (every VAD segment, whether it yields text or not)."""
-    is_final: bool
-    start_sample: int
-    """Position of ``audio[0]`` in the channel, 16 kHz samples from the start of the call."""
-    audio: FloatArray
-    context: FloatArray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
-    """Audio just before ``audio`` (finals; see the module docstring)."""
-    context_transcribed: int = 0
-    """Samples at the start of ``context`` that the previous segment covered; after them, the pause."""
-
-    @property
-    def start_ms(self) -> int:
-        return self.start_sample // SAMPLES_PER_MS
-
-    @property
-    def heard_start_sample(self) -> int:
-        """Position of the first sample the recogniser hears (context included)."""
-        return self.start_sample - len(self.context)
-
-    @property
-    def end_ms(self) -> int:
-        return (self.start_sample + len(self.audio)) // SAMPLES_PER_MS
-
-    @property
-    def duration_s(self) -> float:
-        return len(self.audio) / SAMPLE_RATE
-
-
-class _AudioBuffer:
-    """Recent samples of a channel addressed by absolute position; appends without re-copying."""
-
-    def __init__(self) -> None:
-        self._chunks: list[FloatArray] = []
-        self._start = 0  # position of the first kept sample
-        self._length = 0
-
-    @property
-    def start(self) -> int:
-        return self._start
-
-    @property
-    def end(self) -> int:
-        return self._start + self._length
-
-    def append(self, samples: FloatArray) -> None:
-        if len(samples):
-            self._chunks.append(samples)
-            self._length += len(samples)
-
-    def skip(self, n: int) -> None:
-        """Lost audio: forget everything, the next sample is at ``end + n``."""
-        self._start = self.end + n
-        self._chunks, self._length = [], 0
-
-    def slice(self, start: int, end: int) -> FloatArray:
-        start, end = max(start, self._start), min(end, self.end)
-        if end <= start:
-            return np.zeros(0, dtype=np.float32)
-        self._compact()
-        return self._chunks[0][start - self._start : end - self._start].copy()
-
-    def trim_before(self, position: int) -> None:
-        drop = min(position, self.end) - self._start
-        if drop <= 0:
-            return
-        self._compact()
-        self._chunks = [self._chunks[0][drop:]]
-        self._start += drop
-        self._length -= drop
-
-    def _compact(self) -> None:
-        if len(self._chunks) > 1:
-            self._chunks = [np.concatenate(self._chunks)]
-
-
-class ChannelDecoder:
-    """One channel: VAD segments, and when to decode them (no threads, no model calls)."""
-
-    def __init__(self, channel: int, vad: StreamingVad, config: StreamingConfig | None = None) -> None:
-        self.channel = channel
-        self.vad = vad
-        self.config = config or StreamingConfig()
-        self._buffer = _AudioBuffer()
-        self._segment = 0
-        self._open_start: int | None = None
-        self._previous_end = 0  # where the previous segment ended: its words are not transcribed again
-        self._last_partial = 0
-        self.speech_s = 0.0
-        """Seconds of audio sent to finals so far."""
-
-    @property
-    def position(self) -> int:
-        """Samples of this channel so far (16 kHz), lost audio included."""
-        return self._buffer.end
-
-    def push(self, samples: npt.ArrayLike) -> list[DecodeRequest]:
-        """Take the next samples; the decodes they make due."""
-        x = np.asarray(samples, dtype=np.float32).reshape(-1)
-        self._buffer.append(x)
-        requests = self._apply(self.vad.feed(x))
-        requests += self._partial_due()
-        self._trim()
-        return requests
-
-    def skip(self, n_samples: int) -> list[DecodeRequest]:
-        """``n_samples`` of audio were lost: an open segment ends before the gap."""
-        requests = self._apply(self.vad.skip(n_samples))
-        self._buffer.skip(n_samples)
-        return requests
-
-    def flush(self) -> list[DecodeRequest]:
-        """End of the call: the open segment's final, if any."""
-        requests = self._apply(self.vad.flush())
-        self._trim()
-        return requests
-
-    def _apply(self, events: Sequence[SpeechStart | SpeechEnd]) -> list[DecodeRequest]:
-        requests = []
-        for event in events:
-            if isinstance(event, SpeechStart):
-                self._open_start = event.sample
-                self._last_partial = event.sample
-            elif self._open_start is not None:
-                requests.append(self._request(self._open_start, event.sample, is_final=True))
-                self.speech_s += (event.sample - self._open_start) / SAMPLE_RATE
-                self._open_start = None
-                self._previous_end = event.sample
-                self._segment += 1
-        return requests
-
-    def _partial_due(self) -> list[DecodeRequest]:
-        c = self.config
-        start = self._open_start
-        if not c.partials or start is None:
-            return []
-        now = self.position
-        if now - start < c.min_partial_s * SAMPLE_RATE or now - self._last_partial < c.partial_interval_s * (
-            SAMPLE_RATE
-        ):
-            return []
-        self._last_partial = now
-        return [self._request(start, now, is_final=False)]
-
-    def _request(self, start: int, end: int, *, is_final: bool) -> DecodeRequest:
-        audio = self._buffer.slice(start, end)
-        start = max(start, end - len(audio))  # the buffer may hold less than asked right after a gap
-        if not is_final or self.config.context_s <= 0:
-            return DecodeRequest(self.channel, self._segment, is_final, start, audio)
-        # Context and segment together fit the recogniser's window.
-        context_samples = min(int(self.config.context_s * SAMPLE_RATE), MAX_AUDIO_SAMPLES - len(audio))
-        context = self._buffer.slice(start - max(context_samples, 0), start)
-        transcribed = min(max(self._previous_end - (start - len(context)), 0), len(context))
-        return DecodeRequest(self.channel, self._segment, is_final, start, audio, context, transcribed)
-
-    def _trim(self) -> None:
-        history = int((self.config.history_s + self.config.context_s) * SAMPLE_RATE)
-        keep = (self._open_start if self._open_start is not None else self.position) - history
-        # Trim only once twice the history has piled up: compacting on every 20 ms chunk would copy
-        # the whole history fifty times a second.
-        if keep - self._buffer.start >= history:
-            self._buffer.trim_before(keep)
-
-
-# ------------------------------------------------------------------------------- decoding
-
-
-@dataclass(frozen=True)
-class Word:
-    text: str
-    start_ms: int
-    end_ms: int
-    probability: float
-
-
-@dataclass(frozen=True)
-class DecodeResult:
-    """What the inference thread made of a request."""
-
-    request: DecodeRequest
-    recognition: Recognition
-    rejected: str | None
-    """Why the text was dropped (hallucination filter), or None."""
-    words: tuple[Word, ...]
-    prosody: ProsodyFeatures | None
-    decode_ms: float
-    """Wall time of the decode (recognition, filter, prosody) on the inference thread. (Not CPU time:
-    CTranslate2 computes on a worker thread of its own.)"""
-
-
-def run_decode(
-    recognizer: WhisperRecognizer, request: DecodeRequest, filter_config: FilterConfig | None = None
-) -> DecodeResult:
-    """Recognise, judge and (for an accepted final) measure prosody; runs on the inference thread."""
-    started = time.perf_counter()
-    recognition, heard_from = _recognize(recognizer, request, with_previous=False)
-    rejected = judge(recognition, filter_config)
-    if rejected and request.context_transcribed:  # heard after the previous speech, it may be clear
-        retry, retry_from = _recognize(recognizer, request, with_previous=True)
-        if judge(retry, filter_config) is None:
-            recognition, heard_from, rejected = retry, retry_from, None
-    # Within the segment: word alignment stretches the first word over the silence heard before it.
-    words = _clip_words(
-        tuple(
-            Word(
-                w.text,
-                (heard_from + int(round(w.start_s * SAMPLE_RATE))) // SAMPLES_PER_MS,
-                (heard_from + int(round(w.end_s * SAMPLE_RATE))) // SAMPLES_PER_MS,
-                w.probability,
-            )
-            for w in recognition.words
-        ),
-        request.start_ms,
-        request.end_ms,
-    )
-    prosody = None
-    if request.is_final and rejected is None:
-        span = (words[-1].end_ms - words[0].start_ms) / 1000.0 if words else None
-        prosody = analyze(request.audio, n_words=len(recognition.text.split()), speech_span_s=span)
-    decode_ms = (time.perf_counter() - started) * 1000.0
-    if rejected:
-        log.debug(
-            "segment %d.%d dropped: %s (%r)", request.channel, request.segment, rejected, recognition.text
-        )
-    return DecodeResult(request, recognition, rejected, words, prosody, decode_ms)
-
-
-def _recognize(
-    recognizer: WhisperRecognizer, request: DecodeRequest, *, with_previous: bool
-) -> tuple[Recognition, int]:
-    """The segment heard with the pause before it, and with the end of the previous segment too if
-    ``with_previous`` (its words left out); and the channel position of the first sample heard."""
-    skip = 0 if with_previous else request.context_transcribed
-    heard = np.concatenate([request.context[skip:], request.audio]) if len(request.context) else request.audio
-    recognition = recognizer.recognize(
-        heard,
-        word_timestamps=request.is_final,
-        context_s=request.context_transcribed / SAMPLE_RATE if with_previous else 0.0,
-    )
-    return recognition, request.heard_start_sample + skip
+__all__ = ["CallTranscriber", "SegmentNumbering", "StreamingConfig", "Transcript", "Word", "pcm16_spec"]
 
 
 @dataclass(frozen=True)
@@ -354,6 +60,8 @@ class Transcript:
     avg_logprob: float
     compression_ratio: float
     prosody: ProsodyFeatures | None
+    unheard_reason: str = ""
+    """Set on an empty final of a segment with speech that no decode could transcribe: why."""
 
 
 class SegmentNumbering:
@@ -378,6 +86,8 @@ class SegmentNumbering:
             return self._transcript(result, self._id(key), text=True)
         if key in self._assigned:  # partials were shown: close the segment with no text
             return self._transcript(result, self._assigned.pop(key), text=False)
+        if result.unheard:  # speech nobody could transcribe: say so rather than drop it
+            return self._transcript(result, self._id(key), text=False)
         return None
 
     def _id(self, key: tuple[int, int]) -> int:
@@ -403,15 +113,8 @@ class SegmentNumbering:
             avg_logprob=rec.avg_logprob,
             compression_ratio=rec.compression_ratio,
             prosody=result.prosody if text else None,
+            unheard_reason=(result.rejected or "") if result.unheard else "",
         )
-
-
-def _clip_words(words: tuple[Word, ...], start_ms: int, end_ms: int) -> tuple[Word, ...]:
-    out = []
-    for w in words:
-        a = min(max(w.start_ms, start_ms), end_ms)
-        out.append(Word(w.text, a, min(max(w.end_ms, a), end_ms), w.probability))
-    return tuple(out)
 
 
 # ------------------------------------------------------------------------------- one call
@@ -452,6 +155,11 @@ class CallTranscriber:
             asyncio.Queue()
         )
         self._numbering = SegmentNumbering()
+        # Each channel's accepted finals, the prompt of its next final (read and written on the
+        # inference thread only, where this call's decodes run one at a time and in order).
+        self._channel_texts = [
+            ChannelText(self.config.decoding.prompt_max_chars) for _ in range(spec.channels)
+        ]
         self._on_result = on_result
         self._finished = False
         self._closed = False
@@ -550,7 +258,14 @@ class CallTranscriber:
         for request in requests:
             key = ("channel", request.channel)
             future = self._stream.submit(
-                functools.partial(run_decode, self._recognizer, request, self.config.filter),
+                functools.partial(
+                    run_decode,
+                    self._recognizer,
+                    request,
+                    self.config.filter,
+                    self.config.decoding,
+                    self._channel_texts[request.channel],
+                ),
                 partial_key=None if request.is_final else key,
                 final_key=key if request.is_final else None,
             )

@@ -328,16 +328,19 @@ def transcribe_bytes(
     vad_model: SileroModel | None = None,
     partials: bool = False,
     chunk_ms: int = DEFAULT_CHUNK_MS,
+    config: StreamingConfig | None = None,
 ) -> FileTranscript:
     """Transcribe encoded audio (any ``AudioSpec`` the service takes, interleaved) through the
-    streaming path, fed ``chunk_ms`` at a time as fast as it is taken."""
+    streaming path, fed ``chunk_ms`` at a time as fast as it is taken. ``config`` replaces the
+    default streaming settings (``partials`` is then ignored)."""
     spec.validate()
     role_names = channel_roles(spec.channels, roles)
     if len(role_names) != spec.channels:
         raise ValueError("encoded audio cannot be downmixed here; give one role per channel")
     if recognizer is None:
         recognizer = WhisperRecognizer(RecognizerConfig(model_dir=str(model_dir) if model_dir else None))
-    config = StreamingConfig(partials=partials)
+    if config is None:
+        config = StreamingConfig(partials=partials)
     events = asyncio.run(
         _stream(data, spec, recognizer, vad_model or shared_model(), config, max(1, chunk_ms))
     )

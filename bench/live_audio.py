@@ -294,7 +294,9 @@ async def main_async(args: argparse.Namespace) -> int:
         # Under /var/tmp, not the repository: the embedded PostgreSQL (pgserver) chowns its data dir.
         data_dir = Path(tempfile.mkdtemp(prefix="callsense-bench-audio-", dir="/var/tmp"))
         try:
-            mesh = await start_mesh(data_dir, max_batch=16, max_wait_ms=5.0, replicas=1)
+            mesh = await start_mesh(
+                data_dir, max_batch=16, max_wait_ms=5.0, replicas=1, asr_model=args.asr_model
+            )
             try:
                 ws_url = mesh.url.replace("http", "ws", 1) + "/v1/sentiment/stream"
                 results = await measure_all(args, ws_url, mesh.process.pid)
@@ -312,7 +314,8 @@ async def main_async(args: argparse.Namespace) -> int:
     rtf = at_goal.asr_rtf if at_goal else float("nan")
     met = "n/a" if at_goal is None else str(p95 < GOAL_MS).lower()
     print(
-        f"live_audio end_to_score_p95_ms_{GOAL_CALLS}calls={p95:.0f} end_to_final_p95_ms_{GOAL_CALLS}calls="
+        f"live_audio asr_model={args.asr_model or 'default'} "
+        f"end_to_score_p95_ms_{GOAL_CALLS}calls={p95:.0f} end_to_final_p95_ms_{GOAL_CALLS}calls="
         f"{final_p95:.0f} asr_rtf_{GOAL_CALLS}calls={rtf:.3f} goal_p95_ms={GOAL_MS:.0f} goal_met={met}",
         flush=True,
     )
@@ -327,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--turns", type=int, default=8, help="turns per call (default 8, about 50 s)")
     parser.add_argument("--gap", type=float, default=0.5, help="seconds of silence added between turns")
     parser.add_argument("--url", default="", help="a running mesh (Envoy's base URL); default: start one")
+    parser.add_argument(
+        "--asr-model", help="the ASR's Whisper model for the mesh it starts (default tiny.en)"
+    )
     args = parser.parse_args(argv)
     if min(args.calls) < 1 or args.turns < 1 or args.gap < 0:
         parser.error("need --calls >= 1, --turns >= 1 and --gap >= 0")

@@ -89,7 +89,9 @@ class Mesh:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
-async def start_mesh(data_dir: Path, *, max_batch: int, max_wait_ms: float, replicas: int) -> Mesh:
+async def start_mesh(
+    data_dir: Path, *, max_batch: int, max_wait_ms: float, replicas: int, asr_model: str | None = None
+) -> Mesh:
     envoy_port = free_port()
     # The bench owns every port and path; the developer's own mesh settings must not leak in. No trace
     # export (its batching would share the two cores with what is measured); logs at WARNING for the same.
@@ -117,7 +119,7 @@ async def start_mesh(data_dir: Path, *, max_batch: int, max_wait_ms: float, repl
         "--scorer-replicas", str(replicas),
         "--scorer-max-batch", str(max_batch),
         "--scorer-max-wait-ms", str(max_wait_ms),
-    ]  # fmt: skip
+    ] + (["--asr-model", asr_model] if asr_model else [])  # fmt: skip
     with log.open("wb") as out:
         process = subprocess.Popen(
             argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,

@@ -19,8 +19,9 @@ Audio calls: a start with ``"audio": {"encoding": "pcm16"|"mulaw"|"alaw", "sampl
 "channel_roles"}``, then binary frames of audio (any size up to 1 MB; about 50 ms is typical). The call's
 one Asr.Transcribe stream answers with
                      {"type": "transcript", "call_id", "seq", "segment_id", "is_final", "text", "channel",
-                      "start_ms", "end_ms"}
-and every final is chopped and scored like a text utterance. Errors: audio_not_enabled (binary frames
+                      "start_ms", "end_ms", "unheard_reason"}
+and every final is chopped and scored like a text utterance (an empty final with an ``unheard_reason``
+is a turn with speech nobody could transcribe: shown, not scored). Errors: audio_not_enabled (binary frames
 without audio in start), invalid_audio_format, frame_too_large.
 
 A bad message gets an error event and the connection and its call go on; nothing accepted is lost. After

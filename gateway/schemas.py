@@ -453,6 +453,11 @@ class Health(BaseModel):
 class ReadinessOut(BaseModel):
     ready: bool
     checks: dict[str, str] = Field(description='Component -> "ok" or why it is not ready.')
+    models: dict[str, str] = Field(
+        default_factory=dict,
+        description="Stage -> the model version it serves, as its health check says (the scorer's; with "
+        "several replicas, the one that answered).",
+    )
 
 
 # --------------------------------------------------------------------------------------------- events
@@ -495,6 +500,11 @@ class TranscriptEventOut(BaseModel):
     channel: Channel
     start_ms: int
     end_ms: int
+    unheard_reason: str = Field(
+        default="",
+        description="Only on a final with empty text whose segment held a second or more of speech that no "
+        "decode could transcribe: why (the turn is reported, not scored). Empty otherwise.",
+    )
 
     @classmethod
     def of(cls, event: LiveTranscript) -> TranscriptEventOut:
@@ -508,6 +518,7 @@ class TranscriptEventOut(BaseModel):
             channel=event.channel,
             start_ms=t.start_ms,
             end_ms=t.end_ms,
+            unheard_reason=t.unheard_reason,
         )
 
 

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tools import drift_cli, keys_cli, labels_cli, models_cli, objections_cli
+from tools import asr_eval_cli, drift_cli, keys_cli, labels_cli, models_cli, objections_cli
 
 
 def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -318,6 +318,11 @@ def _add_up(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--scorer-replicas", type=int, default=1, help="scorer processes behind Envoy")
     p.add_argument("--scorer-max-batch", type=int, default=16, help="largest micro-batch (1: no batching)")
     p.add_argument("--scorer-max-wait-ms", type=float, default=5.0, help="longest wait to fill a micro-batch")
+    p.add_argument(
+        "--asr-model",
+        metavar="NAME|DIR",
+        help="the live ASR's Whisper model: tiny.en (default), base, or a CTranslate2 Whisper directory",
+    )
     edge = p.add_argument_group("the edge (Envoy's public port)")
     edge.add_argument(
         "--rate-limit-per-key",
@@ -377,6 +382,7 @@ def _run_up(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_self_signed=args.tls_self_signed,
+        asr_model=args.asr_model,
     )
     return main(options)
 
@@ -642,6 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys_cli.add_parser(sub)
     models_cli.add_parser(sub)
     drift_cli.add_parser(sub)
+    asr_eval_cli.add_parser(sub)
     return parser
 
 
@@ -665,6 +672,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "keys": keys_cli.run,
         "models": models_cli.run,
         "drift": drift_cli.run,
+        "evaluate-asr": asr_eval_cli.run,
     }
     try:
         return handlers[args.command](args)

@@ -55,6 +55,9 @@ class UpOptions:
     tls_key: Path | None = None
     tls_self_signed: bool = False
     """Make (or reuse) a certificate for localhost under the data directory."""
+    asr_model: str | None = None
+    """The ASR's Whisper model: a name of ``asr_service.models.PACKAGED`` or a directory (None: the
+    ASR's own default, ``CALLSENSE_ASR_MODEL_DIR`` or tiny.en)."""
 
 
 SELF_SIGNED_DAYS = 365
@@ -283,7 +286,8 @@ def mesh_specs(
     specs.append(
         ProcessSpec(
             "asr",
-            [python, "-m", "asr_service", "--bind", config.asr_addr],
+            [python, "-m", "asr_service", "--bind", config.asr_addr]
+            + (["--model", options.asr_model] if options.asr_model else []),
             ready=GrpcReady(config.asr_addr),
         )
     )

@@ -55,7 +55,7 @@ class Word(_message.Message):
     def __init__(self, text: _Optional[str] = ..., start_ms: _Optional[int] = ..., end_ms: _Optional[int] = ..., probability: _Optional[float] = ...) -> None: ...
 
 class TranscriptEvent(_message.Message):
-    __slots__ = ("call_id", "segment_id", "is_final", "text", "words", "start_ms", "end_ms", "channel", "no_speech_prob", "avg_logprob", "prosody")
+    __slots__ = ("call_id", "segment_id", "is_final", "text", "words", "start_ms", "end_ms", "channel", "no_speech_prob", "avg_logprob", "prosody", "unheard_reason")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_ID_FIELD_NUMBER: _ClassVar[int]
     IS_FINAL_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +67,7 @@ class TranscriptEvent(_message.Message):
     NO_SPEECH_PROB_FIELD_NUMBER: _ClassVar[int]
     AVG_LOGPROB_FIELD_NUMBER: _ClassVar[int]
     PROSODY_FIELD_NUMBER: _ClassVar[int]
+    UNHEARD_REASON_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     segment_id: int
     is_final: bool
@@ -78,4 +79,5 @@ class TranscriptEvent(_message.Message):
     no_speech_prob: float
     avg_logprob: float
     prosody: _prosody_pb2.Prosody
-    def __init__(self, call_id: _Optional[str] = ..., segment_id: _Optional[int] = ..., is_final: _Optional[bool] = ..., text: _Optional[str] = ..., words: _Optional[_Iterable[_Union[Word, _Mapping]]] = ..., start_ms: _Optional[int] = ..., end_ms: _Optional[int] = ..., channel: _Optional[_Union[_audio_pb2.ChannelRole, str]] = ..., no_speech_prob: _Optional[float] = ..., avg_logprob: _Optional[float] = ..., prosody: _Optional[_Union[_prosody_pb2.Prosody, _Mapping]] = ...) -> None: ...
+    unheard_reason: str
+    def __init__(self, call_id: _Optional[str] = ..., segment_id: _Optional[int] = ..., is_final: _Optional[bool] = ..., text: _Optional[str] = ..., words: _Optional[_Iterable[_Union[Word, _Mapping]]] = ..., start_ms: _Optional[int] = ..., end_ms: _Optional[int] = ..., channel: _Optional[_Union[_audio_pb2.ChannelRole, str]] = ..., no_speech_prob: _Optional[float] = ..., avg_logprob: _Optional[float] = ..., prosody: _Optional[_Union[_prosody_pb2.Prosody, _Mapping]] = ..., unheard_reason: _Optional[str] = ...) -> None: ...

@@ -37,11 +37,6 @@ STALL_S = 0.5
 MAX_BYTES = 2_000_000
 
 
-@pytest.fixture(scope="module")
-def recognizer() -> WhisperRecognizer:
-    return WhisperRecognizer()
-
-
 @pytest.fixture
 async def asr(recognizer: WhisperRecognizer) -> AsyncIterator[tuple[asr_pb2_grpc.AsrStub, AsrServicer]]:
     servicer = AsrServicer(recognizer, max_streams=2, stall_s=STALL_S, max_recording_bytes=MAX_BYTES)

@@ -32,11 +32,6 @@ CUSTOMER, AGENT, MIXED = audio_pb2.CUSTOMER, audio_pb2.AGENT, audio_pb2.MIXED
 PCM16_16K_STEREO = audio_pb2.AudioFormat(encoding=audio_pb2.PCM16, sample_rate_hz=16000, channels=2)
 
 
-@pytest.fixture(scope="module")
-def recognizer() -> WhisperRecognizer:
-    return WhisperRecognizer()
-
-
 class Asr:
     def __init__(self, stub: asr_pb2_grpc.AsrStub, servicer: AsrServicer) -> None:
         self.stub = stub

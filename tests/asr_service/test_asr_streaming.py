@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 from asr_service.audio import AudioDecoder, AudioSpec, Encoding, mulaw_encode, resample
+from asr_service.channel import ChannelDecoder
+from asr_service.decoding import DecodeRequest, DecodeResult, run_decode
 from asr_service.hallucination import judge, normalise
 from asr_service.recognizer import (
     Recognition,
@@ -26,14 +28,10 @@ from asr_service.recognizer import (
 from asr_service.scheduler import InferenceScheduler, StreamLimitError
 from asr_service.streaming import (
     CallTranscriber,
-    ChannelDecoder,
-    DecodeRequest,
-    DecodeResult,
     SegmentNumbering,
     StreamingConfig,
     Transcript,
     pcm16_spec,
-    run_decode,
 )
 from asr_service.vad import StreamingVad, shared_model
 from tests.support.audio import (
@@ -47,11 +45,6 @@ from tests.support.audio import (
     white_noise,
     word_error_rate,
 )
-
-
-@pytest.fixture(scope="module")
-def recognizer() -> WhisperRecognizer:
-    return WhisperRecognizer()
 
 
 def push_all(decoder: ChannelDecoder, x: np.ndarray, chunk: int = 320) -> list[DecodeRequest]:
@@ -237,10 +230,16 @@ def test_what_whisper_hears_in_non_speech_is_rejected(
     recognizer: WhisperRecognizer, signal: np.ndarray
 ) -> None:
     # The second line of defence: should the VAD let non-speech through, the filter drops the text.
+    # Three seconds the VAD took for speech are not dropped silently: an empty final says why.
     request = DecodeRequest(0, 0, True, 0, signal)
     result = run_decode(recognizer, request)
     assert result.rejected is not None, result.recognition
-    assert SegmentNumbering().event(result) is None
+    event = SegmentNumbering().event(result)
+    assert event is not None and event.is_final
+    assert (event.text, event.words, event.unheard_reason) == ("", (), result.rejected)
+    # Shorter than a second, it is dropped (a cough, a click).
+    short = run_decode(recognizer, DecodeRequest(0, 0, True, 0, signal[: len(signal) // 4]))
+    assert short.rejected is not None and SegmentNumbering().event(short) is None
 
 
 def test_mulaw_telephone_speech_is_transcribed(recognizer: WhisperRecognizer) -> None:

@@ -1,67 +1,41 @@
 """Word error rate of the streaming path against faster-whisper's stock offline transcription.
 
-The clips of ../shared/data/speech/asr (LJSpeech and the JFK excerpt, references in manifest.tsv)
-go through ``transcribe_file``'s streaming path (VAD, Whisper without the 30 s pad, hallucination
-filter) and through ``WhisperModel.transcribe`` on the whole file; the streaming WER must stay within
-2 points of the offline one, at 16 kHz PCM and at 8 kHz G.711 mu-law (converted here: resampled to
-8 kHz and mu-law encoded with ``asr_service.audio``; offline gets the same audio decoded back to
-16 kHz). The stereo clip must keep each speaker on their own channel.
+Measured as the field measures it (``tools.asr_eval``): Whisper's English text normaliser on both
+sides, word-level edit distance summed over a set. Each set goes through the service's streaming path
+(``transcribe_bytes``: audio decoder, resampler, Silero VAD, Whisper per segment, hallucination filter)
+and through ``WhisperModel.transcribe`` on the whole clip with its defaults (beam 5, temperature
+fallback, conditioned on the previous text), at 16 kHz PCM and over a phone line (8 kHz G.711 mu-law,
+encoded by ``asr_service.audio``; offline gets the same bytes decoded back to 16 kHz).
+
+- ``asr_dev`` (24 LJSpeech clips, about three minutes): streaming within 1 point of offline at both
+  rates, and at most 5 % at 16 kHz and 6 % at 8 kHz mu-law (issue 14's goals for the default model);
+- ``asr`` (five clips, 91 words) and the RAVDESS held-out clips (90 clips, 540 words, emotional speech):
+  streaming within 2 points of offline (91 words cannot decide a 1-point question: one misheard phrase
+  is 3 points);
+- the stereo clip keeps each speaker on their own channel.
 """
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-from asr_service.audio import (
-    MULAW_TO_PCM16,
-    AudioSpec,
-    Encoding,
-    mulaw_encode,
-    resample,
-    to_float,
-)
 from asr_service.recognizer import WhisperRecognizer
-from asr_service.transcribe_file import (
-    LoadedAudio,
-    load_audio,
-    load_offline_model,
-    offline_transcribe,
-    transcribe_audio,
-    transcribe_bytes,
-    transcribe_file,
-)
-from tests.support.audio import normalise_words, word_error_rate
+from asr_service.transcribe_file import load_offline_model, transcribe_file
+from tests.support.audio import normalise_words
+from tools.asr_eval import Clip, SetAbsent, WerRow, load_set, measure, misheard, offline_text, streaming_text
 
 pytestmark = [pytest.mark.evaluation, pytest.mark.slow]  # reads the corpora: minutes, not seconds
 
-MAX_GAP_POINTS = 2.0
 STEREO_AGENT = (
     "He began a confused complaint against the wizard, who had vanished behind the curtain on the left."
 )
 STEREO_CUSTOMER = "The horizon seems extremely distant."
-
-# Measured with tiny.en int8, finals hearing the pause before them and, on a retry, the end of the
-# previous segment (streaming.py): 16 kHz streaming 2.20% vs offline 1.10%; 8 kHz mu-law 5.49% vs
-# 2.20% (before: 4.40% / 9.89%). The 8 kHz gap is JFK's opening alone: "and so am i fell america",
-# 4 errors where offline makes 1 ("And so my fellow America"; both also say "concern"). Offline is
-# right there only because its 30 s window holds the speech that follows: offline on the same audio
-# cut where the segment ends (2.3 s), or at 3.0 s, also says "And so am I fellow America."; it says
-# "my fellow" once "ask not" is in its window too (4.5 s). A final, due as the speech ends, cannot hear
-# that. Strict: it goes red once fixed.
-OPENING_NEEDS_LOOKAHEAD = pytest.mark.xfail(
-    strict=True,
-    reason="at 8 kHz JFK's opening is only heard right with the speech after it (see the note above)",
-)
-
-
-@pytest.fixture(scope="module")
-def recognizer() -> WhisperRecognizer:
-    return WhisperRecognizer()
+ASR_DEV_MAX_GAP_POINTS = 1.0
+ASR_DEV_MAX_WER = {"16k": 5.0, "8k-mulaw": 6.0}
+SMALL_SET_MAX_GAP_POINTS = 2.0
 
 
 @pytest.fixture(scope="module")
@@ -69,117 +43,66 @@ def offline_model() -> Any:
     return load_offline_model()
 
 
-@pytest.fixture(scope="module")
-def clips(shared_data: Path) -> list[tuple[str, LoadedAudio, str]]:
-    folder = shared_data / "speech" / "asr"
-    if not (folder / "manifest.tsv").is_file():
-        pytest.skip(f"SHARED DATA ABSENT: {folder}/manifest.tsv not found")
-    with (folder / "manifest.tsv").open(encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
-    assert rows, "manifest.tsv lists no clips"
-    return [(row["id"], load_audio(folder / row["file"]), row["reference"]) for row in rows]
+def clips_of(name: str, shared_data: Path) -> list[Clip]:
+    try:
+        return load_set(name, shared_data)
+    except SetAbsent as exc:
+        pytest.skip(f"SHARED DATA ABSENT: {exc}")
 
 
-def corpus_wer(references: list[str], hypotheses: list[str]) -> float:
-    """Errors over reference words across all clips, in percent."""
-    errors = sum(
-        word_error_rate(r, h) * len(normalise_words(r)) for r, h in zip(references, hypotheses, strict=True)
+def both_ways(
+    clips: list[Clip], name: str, rate: str, recognizer: WhisperRecognizer, offline_model: Any
+) -> tuple[WerRow, WerRow, str]:
+    streaming = measure(clips, name, rate, "streaming", lambda a: streaming_text(a, rate, recognizer))
+    offline = measure(clips, name, rate, "offline", lambda a: offline_text(a, rate, offline_model))
+    message = (
+        f"{name} {rate}: streaming WER {streaming.wer_percent:.2f}% vs offline {offline.wer_percent:.2f}% "
+        f"({streaming.reference_words} words)\n{misheard([streaming, offline])}"
     )
-    return 100.0 * errors / sum(len(normalise_words(r)) for r in references)
-
-
-def report(name: str, refs: list[str], streaming: list[str], offline: list[str]) -> str:
-    wer_s, wer_o = corpus_wer(refs, streaming), corpus_wer(refs, offline)
-    lines = [f"{name}: streaming WER {wer_s:.2f}% vs offline {wer_o:.2f}%"]
-    for ref, s, o in zip(refs, streaming, offline, strict=True):
-        lines.append(f"  ref: {ref}\n  str: {s}\n  off: {o}")
-    return "\n".join(lines)
-
-
-def test_streaming_wer_is_within_two_points_of_offline_at_16khz(
-    clips: list[tuple[str, LoadedAudio, str]], recognizer: WhisperRecognizer, offline_model: Any
-) -> None:
-    refs = [ref for _, _, ref in clips]
-    streaming, offline = streaming_and_offline([a for _, a, _ in clips], "16k", recognizer, offline_model)
-    message = report("16 kHz PCM", refs, streaming, offline)
     print(message)
-    assert corpus_wer(refs, streaming) <= corpus_wer(refs, offline) + MAX_GAP_POINTS, message
-
-
-def telephone(audio: LoadedAudio) -> tuple[bytes, np.ndarray]:
-    """The clip as a phone line carries it (8 kHz G.711 mu-law bytes), and those bytes decoded back to
-    16 kHz float32 for the offline transcription."""
-    narrow = resample(to_float(audio.mono()), audio.sample_rate_hz, 8000)
-    mulaw = mulaw_encode(np.round(np.clip(narrow, -1.0, 32767 / 32768) * 32768.0).astype(np.int16))
-    return mulaw.tobytes(), resample(to_float(MULAW_TO_PCM16[mulaw]), 8000)
-
-
-def streaming_and_offline(
-    audios: list[LoadedAudio], rate: str, recognizer: WhisperRecognizer, offline_model: Any
-) -> tuple[list[str], list[str]]:
-    """Each clip's text through the streaming path and through stock offline transcription, at 16 kHz
-    PCM ("16k") or over a phone line ("8k mu-law")."""
-    streaming, offline = [], []
-    for audio in audios:
-        if rate == "16k":
-            streaming.append(transcribe_audio(audio, channels=["mixed"], recognizer=recognizer).text)
-            offline.append(offline_transcribe(audio.mono_16k(), model=offline_model).text)
-        else:
-            data, heard = telephone(audio)
-            spec = AudioSpec(Encoding.MULAW, 8000, 1)
-            streaming.append(transcribe_bytes(data, spec, recognizer=recognizer).text)
-            offline.append(offline_transcribe(heard, model=offline_model).text)
-    return streaming, offline
-
-
-@OPENING_NEEDS_LOOKAHEAD
-def test_streaming_wer_is_within_two_points_of_offline_at_8khz_mulaw(
-    clips: list[tuple[str, LoadedAudio, str]], recognizer: WhisperRecognizer, offline_model: Any
-) -> None:
-    refs = [ref for _, _, ref in clips]
-    streaming, offline = streaming_and_offline(
-        [a for _, a, _ in clips], "8k mu-law", recognizer, offline_model
-    )
-    message = report("8 kHz mu-law", refs, streaming, offline)
-    print(message)
-    assert corpus_wer(refs, streaming) <= corpus_wer(refs, offline) + MAX_GAP_POINTS, message
-
-
-# RAVDESS: 18 actors, two sentences, eight emotions. A second, larger check that streaming loses nothing
-# against offline (the five clips above hold 91 words, so one misheard phrase is 3 points), on emotional
-# speech, where Silero scores shouting and fear low. The VAD thresholds (vad.py) were chosen on the clips
-# whose index is 0 or 1 modulo 3; these are held out from that choice: index 2 modulo 6, 90 clips,
-# 540 words, every actor. Measured, tiny.en int8: 16 kHz streaming 2.78% vs offline 5.56%; 8 kHz mu-law
-# 9.44% vs 11.48% (offline hallucinates on some; streaming at the old 0.5 / 0.35: 3.15% and 10.74%).
-RAVDESS_SENTENCES = {"01": "Kids are talking by the door", "02": "Dogs are sitting by the door"}
-RAVDESS_HELD_OUT = slice(2, None, 6)
+    return streaming, offline, message
 
 
 @pytest.fixture(scope="module")
-def ravdess(shared_data: Path) -> list[tuple[LoadedAudio, str]]:
-    folder = shared_data / "speech" / "emotion" / "ravdess"
-    files = sorted(folder.glob("*.flac"))[RAVDESS_HELD_OUT]
-    if not files:
-        pytest.skip(f"SHARED DATA ABSENT: no RAVDESS clips in {folder}")
-    # File names are MM-VC-EE-II-SS-RR-AA: SS is the sentence.
-    return [(load_audio(f), RAVDESS_SENTENCES[f.name.split("-")[4]]) for f in files]
+def asr_dev(shared_data: Path) -> list[Clip]:
+    return clips_of("asr_dev", shared_data)
 
 
-@pytest.mark.parametrize("rate", ["16k", "8k mu-law"])
-def test_streaming_wer_on_emotional_speech_is_within_two_points_of_offline(
-    ravdess: list[tuple[LoadedAudio, str]], rate: str, recognizer: WhisperRecognizer, offline_model: Any
+@pytest.mark.parametrize("rate", ["16k", "8k-mulaw"])
+def test_streaming_on_asr_dev_is_within_a_point_of_offline_and_under_the_goal(
+    asr_dev: list[Clip], rate: str, recognizer: WhisperRecognizer, offline_model: Any
 ) -> None:
-    refs = [ref for _, ref in ravdess]
-    streaming, offline = streaming_and_offline([a for a, _ in ravdess], rate, recognizer, offline_model)
-    wer_s, wer_o = corpus_wer(refs, streaming), corpus_wer(refs, offline)
-    misheard = [
-        f"  ref: {r}\n  str: {s}\n  off: {o}"
-        for r, s, o in zip(refs, streaming, offline, strict=True)
-        if s != o
-    ]
-    message = f"RAVDESS {rate}: streaming WER {wer_s:.2f}% vs offline {wer_o:.2f}%\n" + "\n".join(misheard)
-    print(message)
-    assert wer_s <= wer_o + MAX_GAP_POINTS, message
+    streaming, offline, message = both_ways(asr_dev, "asr_dev", rate, recognizer, offline_model)
+    assert streaming.wer_percent <= offline.wer_percent + ASR_DEV_MAX_GAP_POINTS, message
+    assert streaming.wer_percent <= ASR_DEV_MAX_WER[rate], message
+
+
+# JFK's opening at 8 kHz: streaming hears "And so am I fell in America" (5 errors), offline "And so my
+# fellow American" (1). Offline is right only because its 30 s window holds the speech that follows:
+# offline on the same audio cut where the segment ends (2.3 s), or at 3.0 s, also says "And so am I fellow
+# America"; it says "my fellow" once "ask not" is in its window too (4.5 s). A final, due as the speech
+# ends, cannot hear that. Whisper base streams it right (issue 14's ladder). Strict: red once fixed.
+OPENING_NEEDS_LOOKAHEAD = pytest.mark.xfail(
+    strict=True,
+    reason="at 8 kHz JFK's opening is only heard right with the speech after it (see the note above)",
+)
+
+
+@pytest.mark.parametrize(
+    ("set_name", "rate"),
+    [
+        ("asr", "16k"),
+        pytest.param("asr", "8k-mulaw", marks=OPENING_NEEDS_LOOKAHEAD),
+        ("ravdess", "16k"),
+        ("ravdess", "8k-mulaw"),
+    ],
+)
+def test_streaming_is_within_two_points_of_offline(
+    shared_data: Path, set_name: str, rate: str, recognizer: WhisperRecognizer, offline_model: Any
+) -> None:
+    clips = clips_of(set_name, shared_data)
+    streaming, offline, message = both_ways(clips, set_name, rate, recognizer, offline_model)
+    assert streaming.wer_percent <= offline.wer_percent + SMALL_SET_MAX_GAP_POINTS, message
 
 
 @pytest.fixture(scope="module")

@@ -54,8 +54,10 @@ async def test_speech_is_transcribed_scored_and_stored(audio_gateway: RunningGat
     for t in transcripts:
         assert t["call_id"] == call_id and t["channel"] == "customer"
         assert set(t) == {
-            "type", "call_id", "seq", "segment_id", "is_final", "text", "channel", "start_ms", "end_ms"
+            "type", "call_id", "seq", "segment_id", "is_final", "text", "channel", "start_ms", "end_ms",
+            "unheard_reason",
         }  # fmt: skip
+        assert t["unheard_reason"] == ""  # clear speech: every turn heard
         assert 0 <= t["start_ms"] <= t["end_ms"] <= len(audio) // 2 * 1000 // RATE + 100
 
     scores = [e for e in events if e["type"] == "score"]

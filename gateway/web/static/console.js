@@ -117,6 +117,22 @@ function onTranscript(event) {
   }
   row.dataset.final = String(event.is_final);
   row.dataset.startMs = String(event.start_ms);
+  if (event.is_final && !event.text) {
+    segments.delete(key);
+    if (!event.unheard_reason) {
+      row.remove(); // what the partials showed was not speech after all
+      return;
+    }
+    // A turn with speech that nothing could transcribe: say so where the transcript is, unscored.
+    row.className = "row unheard";
+    row.dataset.testid = "transcript-unheard";
+    row.replaceChildren(
+      ...meta(event.start_ms, event.channel),
+      el("span", { class: "text", text: `(not transcribed: ${event.unheard_reason})` }),
+    );
+    keepScrolledToEnd(() => ui.transcript.append(row));
+    return;
+  }
   row.replaceChildren(...meta(event.start_ms, event.channel), el("span", { class: "text", text: event.text }));
 }
 
