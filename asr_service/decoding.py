@@ -18,6 +18,8 @@ A final is what the chopper cuts and the scorer scores, so it gets what offline 
   ``context_s``): alone, "ask not" came out as "S NOT!" and was dropped; after "And so my fellow
   Americans" it is heard right. The previous speech is not heard on the first try because Whisper
   merges a phrase said twice ("Hello? ... Hello?") into one;
+- **a greedy retry** when the beam's decode is rejected: beam search now and then ends at once ("."
+  for a whole turn), where the greedy path reads the words;
 - **temperature fallback** (``fallback_temperatures``) when the decode went wrong rather than heard
   nothing (faster-whisper's rule: too repetitive, or a low log-probability without Whisper judging the
   audio silent): sampled again at rising temperatures, the prompt left out above 0.5 (as
@@ -226,6 +228,13 @@ def _decode_final(
     rejected, attempts = judge(recognition, filter_config), 1
     if rejected and request.context_transcribed:  # heard after the previous speech, it may be clear
         retry, retry_from = _recognize(recognizer, request, with_previous=True, prompt=prompt, beam=beam)
+        attempts += 1
+        if judge(retry, filter_config) is None:
+            return retry, retry_from, None, attempts
+    if rejected and beam > 1:
+        # Beam search now and then settles on ending at once ("." for a whole 5 s turn at 8 kHz, with
+        # no_speech_prob 0.17), where the greedy path reads the words: try it before sampling.
+        retry, retry_from = _recognize(recognizer, request, with_previous=False, prompt=prompt, beam=1)
         attempts += 1
         if judge(retry, filter_config) is None:
             return retry, retry_from, None, attempts

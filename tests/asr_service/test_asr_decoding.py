@@ -98,7 +98,8 @@ def test_noise_gets_no_temperature_fallback(recognizer: WhisperRecognizer) -> No
     spy = RecordingRecognizer(recognizer)
     result = run_decode(spy, DecodeRequest(0, 0, True, 0, silence(2.0)))  # type: ignore[arg-type]
     assert result.rejected is not None
-    assert result.attempts == len(spy.calls) == 1
+    assert result.attempts == len(spy.calls) == 2  # the beam's decode, then the greedy one
+    assert all(c["temperature"] == 0.0 for c in spy.calls)
 
 
 def test_a_rejected_decode_that_went_wrong_is_sampled_again_until_one_is_accepted(
@@ -114,8 +115,13 @@ def test_a_rejected_decode_that_went_wrong_is_sampled_again_until_one_is_accepte
 
     spy = LoopingFirst(recognizer)
     result = run_decode(spy, DecodeRequest(0, 0, True, 0, speak(SENTENCE_A)))  # type: ignore[arg-type]
+    # The beam's decode, the greedy one, then sampling from the lowest temperature up.
     assert result.rejected is None and result.attempts == 3
-    assert [c["temperature"] for c in spy.calls] == [0.0, *DecodingConfig().fallback_temperatures[:2]]
+    assert [(c["beam_size"], c["temperature"]) for c in spy.calls] == [
+        (DecodingConfig().final_beam_size, 0.0),
+        (1, 0.0),
+        (1, DecodingConfig().fallback_temperatures[0]),
+    ]
 
 
 def test_a_turn_no_decode_accepts_still_gets_a_final_that_says_why(recognizer: WhisperRecognizer) -> None:
@@ -125,7 +131,7 @@ def test_a_turn_no_decode_accepts_still_gets_a_final_that_says_why(recognizer: W
 
     spy = AlwaysLooping(recognizer)
     result = run_decode(spy, DecodeRequest(0, 0, True, 0, speak(SENTENCE_A)))  # type: ignore[arg-type]
-    assert result.unheard and result.attempts == 1 + len(DecodingConfig().fallback_temperatures)
+    assert result.unheard and result.attempts == 2 + len(DecodingConfig().fallback_temperatures)
     event = SegmentNumbering().event(result)
     assert event is not None and event.is_final and event.text == ""
     assert event.unheard_reason == result.rejected and "repetitive" in event.unheard_reason

@@ -61,9 +61,9 @@ TWILIO_SCRIPTS = tuple(SCRIPTS)
 # above the badge's red line, so these calls stay amber and no cue fires. Strict: the day a model that
 # hears them ships, these pass, the mark fails the run, and it must be removed.
 MODEL_GAP = frozenset({"sours-at-price", "sours-at-timeline", "recovers-after-concession", "polite-but-lost"})
-# Over 16 kHz PCM the happy call also fails with it: its warm lines score 0.43-0.58 as the ASR hears them,
-# so the badge turns green and falls back to amber before the call ends (seen in two runs of two).
-PCM_MODEL_GAP = MODEL_GAP | {"happy-close"}
+# Over 16 kHz PCM the happy call failed with greedy finals (its warm lines scored 0.43-0.58 as the ASR
+# heard them); with beam-search finals it passes (a clean-clone run of 2026-12-03: green at 22.7 s, 0.73).
+PCM_MODEL_GAP = MODEL_GAP
 
 
 def scripts(names: tuple[str, ...], known_gap: frozenset[str] = MODEL_GAP) -> list[Any]:
@@ -326,3 +326,33 @@ async def test_scripted_call_through_twilio_at_8_khz_mulaw(mesh: RunningMesh, na
     begin = time.monotonic()
     events = await twilio_call(mesh, call_id, audio)
     check(Played(call, "twilio-mulaw", call_id, spans_of(audio), events, time.monotonic() - begin))
+
+
+# --------------------------------------------------------------------------------------------- every turn
+
+
+def turns_without_final(played: Played) -> list[str]:
+    """The script's turns that no final with text covers on the speaker's channel (issue 14: a turn of
+    clear speech must never vanish, whatever the model makes of its mood)."""
+    finals = [t for t in played.of_type("transcript") if t["is_final"] and t["text"].strip()]
+    missing = []
+    for line, (start, end) in zip(played.call.lines, played.spans, strict=True):
+        heard = [
+            t for t in finals if t["channel"] == line.speaker and t["start_ms"] < end and t["end_ms"] > start
+        ]
+        if not heard:
+            unheard = [t.get("unheard_reason", "") for t in played.of_type("transcript") if t["is_final"]]
+            missing.append(
+                f"{played.call.name} over {played.transport}: {line.speaker} {_s(start)}-{_s(end)} s "
+                f"{line.text!r} has no final (unheard finals of the call: {[r for r in unheard if r]})"
+            )
+    return missing
+
+
+def test_every_turn_of_every_scripted_call_got_a_final() -> None:
+    # Runs after the calls above (pytest keeps the file's order); they record what came back in PLAYED,
+    # including the calls the model gap marks as expected failures.
+    if not PLAYED:
+        pytest.skip("no scripted call was played in this run")
+    missing = [m for played in PLAYED for m in turns_without_final(played)]
+    assert not missing, "\n".join(missing)
