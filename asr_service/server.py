@@ -22,9 +22,11 @@ its audio in bursts more than ``stall_s`` apart gets its segments cut at each pa
 ``TranscribeRecording`` (a file after the fact; ``recording.py`` does the work): the file's bytes are
 spooled (to disk past 8 MB), decoded to 16 kHz once the client half-closes (on a worker thread), each
 channel runs through the offline decoder window by window as jobs of the same inference thread, and
-each segment goes out as a final ``TranscriptEvent``. INVALID_ARGUMENT: no start first, a bad call id,
-no data, more than ``max_recording_bytes`` or an hour of audio, a file that is not audio or is truncated,
-roles that do not fit its channels; RESOURCE_EXHAUSTED: no stream slot free (as for Transcribe).
+each segment goes out as a final ``TranscriptEvent``. A mono recording is first split by speaker
+(``RecordingStart.speaker_split``; its diarisation steps are jobs of the same thread). INVALID_ARGUMENT:
+no start first, a bad call id, no data, more than ``max_recording_bytes`` or an hour of audio, a file
+that is not audio or is truncated, roles that do not fit its channels, a speaker split that cannot
+apply; RESOURCE_EXHAUSTED: no stream slot free (as for Transcribe).
 
 Status codes of ``Transcribe`` (events sent before an error stand):
 
@@ -48,7 +50,7 @@ import tempfile
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import IO, cast
+from typing import IO, Any, cast
 
 import grpc
 import grpc.aio
@@ -56,6 +58,7 @@ from opentelemetry import metrics
 
 from asr_service.audio import AudioSpec, Encoding
 from asr_service.decoding import DecodeResult
+from asr_service.diarization import SegmentationModel
 from asr_service.prosody import ProsodyFeatures
 from asr_service.recognizer import WhisperRecognizer
 from asr_service.recording import (
@@ -64,6 +67,7 @@ from asr_service.recording import (
     Recording,
     channel_decodes,
     read_recording,
+    split_speakers,
     stream_recording,
 )
 from asr_service.scheduler import InferenceScheduler, StreamHandle, StreamLimitError
@@ -91,6 +95,12 @@ _ROLE_NAMES = {
     audio_pb2.CHANNEL_ROLE_UNSPECIFIED: "mixed",  # audio.proto: unknown is treated like MIXED
 }
 _ROLES_BY_NAME = {"customer": audio_pb2.CUSTOMER, "agent": audio_pb2.AGENT, "mixed": audio_pb2.MIXED}
+_SPEAKER_SPLITS = {
+    asr_pb2.SPEAKER_SPLIT_UNSPECIFIED: "auto",
+    asr_pb2.SPEAKER_SPLIT_NONE: "none",
+    asr_pb2.SPEAKER_SPLIT_AGENT_FIRST: "agent-first",
+    asr_pb2.SPEAKER_SPLIT_CUSTOMER_FIRST: "customer-first",
+}
 
 
 class Rejected(Exception):
@@ -145,8 +155,16 @@ class AsrServicer(asr_pb2_grpc.AsrServicer):
         max_chunk_ms: int = DEFAULT_MAX_CHUNK_MS,
         stall_s: float | None = DEFAULT_STALL_S,
         max_recording_bytes: int = MAX_RECORDING_BYTES,
+        recording_model: Any = None,
+        segmentation: SegmentationModel | None = None,
     ) -> None:
         self.recognizer = recognizer
+        # The speaker segmentation model for mono recordings split by speaker (None: the process's
+        # shared one, loaded the first time a recording needs it).
+        self.segmentation = segmentation
+        # faster-whisper's WhisperModel for recordings: by default the live streams' own (one copy per
+        # process); used only from the inference thread (each decoding step is one of its jobs).
+        self.recording_model = recording_model or recognizer.whisper_model
         self.config = config or StreamingConfig()
         self.vad_model = vad_model or shared_model()
         self.max_chunk_ms = max_chunk_ms
@@ -189,15 +207,15 @@ class AsrServicer(asr_pb2_grpc.AsrServicer):
             upload = await _receive_recording(request_iterator, self.max_recording_bytes)
             with telemetry.call_context(upload.call_id):
                 recording = await _decode_upload(upload)
-                # faster-whisper's stock decoder on the live streams' own model: one copy per process, used
-                # only from the inference thread (each decoding step is one of its jobs).
-                model = self.recognizer.whisper_model
+                model = self.recording_model
                 stream = self._open_stream(upload.call_id)
+                recording = await split_speakers(recording, stream, self.segmentation)
                 log.info(
-                    "call %s: transcribing a recording of %.1f s (%s)",
+                    "call %s: transcribing a recording of %.1f s (%s%s)",
                     upload.call_id,
                     recording.duration_s,
                     ", ".join(recording.roles),
+                    " split by speaker" if recording.split else "",
                 )
                 options = OfflineOptions(language=self.recognizer.config.language)
                 roles = [_ROLES_BY_NAME[r] for r in recording.roles]
@@ -482,6 +500,8 @@ class _Upload:
     """How messages name the file: its filename, else "the recording"."""
     roles: Sequence[str] | None
     file: IO[bytes]
+    speakers: str = "auto"
+    """How a recording heard as one channel is split by speaker (``recording.SPEAKER_SPLITS``)."""
 
 
 async def _receive_recording(
@@ -502,6 +522,7 @@ async def _receive_recording(
         call_id=call_id,
         name=start.filename[:200] or "the recording",
         roles=[_ROLE_NAMES.get(r, "mixed") for r in start.channel_roles] or None,
+        speakers=_SPEAKER_SPLITS.get(start.speaker_split, "auto"),  # an unknown value: the default
         file=tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES),  # noqa: SIM115 (closed by the caller)
     )
     try:
@@ -539,7 +560,9 @@ async def _decode_upload(upload: _Upload) -> Recording:
     """Decode a spooled recording on a worker thread; Rejected, saying what to fix, when it cannot be used."""
     with upload.file:
         try:
-            return await asyncio.to_thread(read_recording, upload.file, upload.name, upload.roles)
+            return await asyncio.to_thread(
+                read_recording, upload.file, upload.name, upload.roles, speakers=upload.speakers
+            )
         except ValueError as exc:
             raise _invalid(f"call {upload.call_id}: {exc}") from None
 

@@ -50,7 +50,45 @@ class UtteranceScore:
     score: float  # p_positive + 0.5 * p_neutral, in [0, 1]
     model_version: str
     inference_ms: float | None = None
+    text_p_negative: float | None = None
+    """The text model's probabilities alone when the voice's tone was fused into p_* (None: it was not,
+    and p_* are the text's)."""
+    text_p_neutral: float | None = None
+    text_p_positive: float | None = None
+    fusion_version: str | None = None
+    """The fusion head that fused them; None when the score is the text's alone."""
     created_at: datetime | None = None
+
+    @property
+    def tone_fused(self) -> bool:
+        return self.fusion_version is not None and self.text_p_negative is not None
+
+    @property
+    def text_score(self) -> float:
+        """The one-number score of the text alone (``score`` when nothing was fused)."""
+        if self.text_p_positive is None or self.text_p_neutral is None:
+            return self.score
+        return self.text_p_positive + 0.5 * self.text_p_neutral
+
+    @property
+    def text_label(self) -> Label:
+        if not self.tone_fused:
+            return self.label
+        probabilities = (self.text_p_negative or 0.0, self.text_p_neutral or 0.0, self.text_p_positive or 0.0)
+        return LABELS[probabilities.index(max(probabilities))]
+
+    @property
+    def tone_moved(self) -> bool:
+        """Whether the voice moved the score enough for a reader to care: another label than the words
+        alone, or the score moved by at least ``TONE_MOVED_SCORE``."""
+        return self.tone_fused and (
+            self.text_label != self.label or abs(self.score - self.text_score) >= TONE_MOVED_SCORE
+        )
+
+
+TONE_MOVED_SCORE = 0.15
+"""A fused score this far from the text's alone is shown as moved by tone (a sixth of the scale: about
+the gap between a neutral and a mildly negative utterance)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,9 @@ A directory the operator names (``CALLSENSE_MODEL_REGISTRY``, default ``CALLSENS
     versions/<V>/              one folder per version: model.int8.onnx, tokenizer.json, model_card.json (+ any
                                other file the model came with, e.g. MODEL_CARD.md, model.fp32.onnx)
     versions/<V>/manifest.json every file's size and sha256, when and from where it was added, its metrics
+    versions/<V>/checkpoint/   optional: the Hugging Face checkpoint the model was exported from (``add
+                               --checkpoint``), so ``callsense retrain`` can fine-tune it further; hashed in
+                               the manifest apart from the model's files (a scorer never reads or verifies it)
     .lock                      taken (flock) by every writer, so two commands never interleave
 
 A version is named by its card's ``version`` and identified by its files' hashes: adding the same version
@@ -32,6 +35,7 @@ thread.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import logging
@@ -70,6 +74,7 @@ from callsense.tokenization import SHIPPED_MODEL_DIR
 
 MANIFEST_FILE = "manifest.json"
 POINTER_FILE = "current.json"
+CHECKPOINT_DIR = "checkpoint"
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +108,17 @@ class ModelVersion:
     """The folder it was added from."""
     shipped: bool = False
     """The package's own model, served from the package because the registry does not hold it yet."""
+    checkpoint: tuple[FileEntry, ...] = ()
+    """The files of its ``checkpoint/`` folder (a Hugging Face checkpoint to fine-tune), if it has one."""
 
     @property
     def model_path(self) -> Path:
         return self.directory / MODEL_FILE
+
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        """The version's Hugging Face checkpoint folder; None when it was added without one."""
+        return self.directory / CHECKPOINT_DIR if self.checkpoint else None
 
 
 @dataclass(frozen=True)
@@ -169,29 +181,37 @@ def _state_to_json(state: RegistryState) -> dict[str, Any]:
     }
 
 
+def _files_to_json(files: tuple[FileEntry, ...]) -> dict[str, Any]:
+    return {f.name: {"bytes": f.bytes, "sha256": f.sha256} for f in files}
+
+
+def _files_from_json(data: Any) -> tuple[FileEntry, ...]:
+    return tuple(FileEntry(name, int(entry["bytes"]), str(entry["sha256"])) for name, entry in data.items())
+
+
 def _manifest_to_json(version: ModelVersion) -> dict[str, Any]:
-    return {
+    manifest = {
         "version": version.version,
         "added_at": version.added_at,
         "source": version.source,
-        "files": {f.name: {"bytes": f.bytes, "sha256": f.sha256} for f in version.files},
+        "files": _files_to_json(version.files),
         "metrics": dict(version.metrics),
     }
+    if version.checkpoint:
+        manifest[CHECKPOINT_DIR] = _files_to_json(version.checkpoint)
+    return manifest
 
 
 def _manifest_from_json(data: Any, directory: Path) -> ModelVersion:
     try:
-        files = tuple(
-            FileEntry(name, int(entry["bytes"]), str(entry["sha256"]))
-            for name, entry in data["files"].items()
-        )
         return ModelVersion(
             version=str(data["version"]),
             directory=directory,
-            files=files,
+            files=_files_from_json(data["files"]),
             metrics=dict(data.get("metrics") or {}),
             added_at=str(data.get("added_at", "")),
             source=str(data.get("source", "")),
+            checkpoint=_files_from_json(data.get(CHECKPOINT_DIR) or {}),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise RegistryError(f"{directory / MANIFEST_FILE} is not a version manifest ({exc!r})") from None
@@ -321,6 +341,24 @@ class ModelRegistry:
                     "model again"
                 )
 
+    def verify_checkpoint(self, version: ModelVersion) -> Path:
+        """Hash the files of ``version``'s checkpoint again and return its folder; InvalidModel when the
+        version has none, HashMismatch when a file is not what was added."""
+        folder = version.checkpoint_dir
+        if folder is None:
+            raise InvalidModel(f"version {version.version} has no checkpoint (add it with --checkpoint DIR)")
+        for entry in version.checkpoint:
+            path = folder / entry.name
+            try:
+                actual = file_sha256(path)
+            except FileNotFoundError:
+                raise InvalidModel(f"version {version.version}: {path} is missing") from None
+            if actual != entry.sha256:
+                raise HashMismatch(
+                    f"version {version.version}: {path} has sha256 {actual}, not {entry.sha256} as registered"
+                )
+        return folder
+
     def _read_manifest(self, directory: Path) -> ModelVersion:
         try:
             data = json.loads((directory / MANIFEST_FILE).read_text())
@@ -330,12 +368,28 @@ class ModelRegistry:
 
     # ------------------------------------------------------------------------------------------ writing
 
-    def add(self, source: Path) -> Added:
+    def add(self, source: Path, checkpoint: Path | None = None) -> Added:
         """Copy the model folder ``source`` into the registry as the version its card names, checking each
-        file against the sha256 its card declares. Does not serve it: ``promote`` does."""
+        file against the sha256 its card declares. Does not serve it: ``promote`` does.
+
+        ``checkpoint``: the Hugging Face checkpoint the model was exported from (``callsense train``'s
+        ``best/``), kept as the version's ``checkpoint/`` for a later retrain to continue from; attached to
+        an already registered version that has none yet."""
+        if checkpoint is not None:
+            _check_checkpoint(checkpoint)
         with self._locked():
             self._adopt_shipped()
-            return self._add(source)
+            added = self._add(source, checkpoint)
+            if checkpoint is None:
+                return added
+            if not added.version.checkpoint:
+                return Added(self._attach_checkpoint(added.version, checkpoint), added.new)
+            theirs = {name: file_sha256(path) for name, path in _checkpoint_files(checkpoint)}
+            if theirs != {e.name: e.sha256 for e in added.version.checkpoint}:
+                raise VersionConflict(
+                    f"version {added.version.version} is already registered with another checkpoint"
+                )
+            return added
 
     def promote(self, version: str) -> RegistryState:
         """Make ``version`` the one served (scorers that watch the registry switch to it); its files are
@@ -390,7 +444,7 @@ class ModelRegistry:
             # the operator's own model.
             log.warning("the shipped model was not registered: %s", exc)
 
-    def _add(self, source: Path) -> Added:
+    def _add(self, source: Path, checkpoint: Path | None = None) -> Added:
         if not source.is_dir():
             raise InvalidModel(
                 f"{source} is not a folder: add takes a model folder ({', '.join(REQUIRED_FILES)})"
@@ -425,6 +479,10 @@ class ModelRegistry:
                 if path.is_file() and not path.name.startswith(".") and path.name != MANIFEST_FILE
             ]
             check_against_card(entries, declared, source)
+            kept: tuple[FileEntry, ...] = ()
+            if checkpoint is not None:
+                (incoming / CHECKPOINT_DIR).mkdir()
+                kept = _copy_checkpoint(checkpoint, incoming / CHECKPOINT_DIR)
             added = ModelVersion(
                 version=version,
                 directory=final,
@@ -432,6 +490,7 @@ class ModelRegistry:
                 metrics=card_metrics(card),
                 added_at=_now(),
                 source=str(source.resolve()),
+                checkpoint=kept,
             )
             write_json_atomically(incoming / MANIFEST_FILE, _manifest_to_json(added))
             fsync_dir(incoming)
@@ -441,6 +500,26 @@ class ModelRegistry:
             raise
         fsync_dir(self.versions_dir)
         return Added(added, new=True)
+
+    def _attach_checkpoint(self, version: ModelVersion, checkpoint: Path) -> ModelVersion:
+        """Copy ``checkpoint`` into a registered version that has none: into a hidden folder first, renamed
+        into place complete, then the manifest replaced; a crash in between leaves the version as it was (a
+        folder the manifest does not list is removed here before the next try)."""
+        target = version.directory / CHECKPOINT_DIR
+        if target.exists():
+            shutil.rmtree(target)  # left by an attach that died before its manifest was written
+        staging = version.directory / f"{_INCOMING_PREFIX}{CHECKPOINT_DIR}-{secrets.token_hex(6)}"
+        staging.mkdir()
+        try:
+            kept = _copy_checkpoint(checkpoint, staging)
+            fsync_dir(staging)
+            os.rename(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        updated = dataclasses.replace(version, checkpoint=kept)
+        write_json_atomically(version.directory / MANIFEST_FILE, _manifest_to_json(updated))
+        return updated
 
     def _already_there(self, source: Path, final: Path, version: str) -> Added:
         existing = self._read_manifest(final)
@@ -472,3 +551,30 @@ class ModelRegistry:
         if self.versions_dir.is_dir():
             for leftover in self.versions_dir.glob(f"{_INCOMING_PREFIX}*"):
                 shutil.rmtree(leftover, ignore_errors=True)
+            for leftover in self.versions_dir.glob(f"*/{_INCOMING_PREFIX}*"):
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _checkpoint_files(checkpoint: Path) -> list[tuple[str, Path]]:
+    """The files of a checkpoint folder that make the checkpoint: its top level only (config, weights,
+    tokenizer, training.json); sub-folders such as ``callsense export``'s ``onnx/`` work files stay out."""
+    return [
+        (path.name, path)
+        for path in sorted(checkpoint.iterdir())
+        if path.is_file() and not path.name.startswith(".")
+    ]
+
+
+def _check_checkpoint(checkpoint: Path) -> None:
+    if not (checkpoint / "config.json").is_file():
+        raise InvalidModel(
+            f"{checkpoint} is not a Hugging Face checkpoint (no config.json): give the folder "
+            "`callsense train` saved (its best/), not the exported model"
+        )
+    names = {name for name, _ in _checkpoint_files(checkpoint)}
+    if not names & {"model.safetensors", "pytorch_model.bin"}:
+        raise InvalidModel(f"{checkpoint} has no weights (model.safetensors or pytorch_model.bin)")
+
+
+def _copy_checkpoint(checkpoint: Path, destination: Path) -> tuple[FileEntry, ...]:
+    return tuple(copy_hashed(path, destination / name) for name, path in _checkpoint_files(checkpoint))

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import cast
 
@@ -273,6 +273,20 @@ def _to_proto(call_id: str, u: Utterance, prosody: prosody_pb2.Prosody | None) -
     if prosody is not None:
         message.prosody.CopyFrom(prosody)
     return message
+
+
+def chop_offline(
+    call_id: str, events: Iterable[asr_pb2.TranscriptEvent], servicer: ChopperServicer | None = None
+) -> list[chopper_pb2.Utterance]:
+    """What a Chop stream answers to ``events`` (finals, in the order a client sends them) then the call's
+    end, computed in this process: ``callsense analyze`` and the tone evaluation cut a recording exactly as
+    the service would (masks, ids, prosody carried). Raises Rejected where the stream would end."""
+    stream = _StreamCalls(servicer or ChopperServicer())
+    utterances: list[chopper_pb2.Utterance] = []
+    for event in events:
+        utterances += stream.handle(chopper_pb2.ChopRequest(call_id=call_id, transcript=event))
+    end = audio_pb2.CallEnd(call_id=call_id, reason="offline")
+    return utterances + stream.handle(chopper_pb2.ChopRequest(call_id=call_id, end=end))
 
 
 def add_chopper(server: grpc.aio.Server, servicer: ChopperServicer) -> list[str]:

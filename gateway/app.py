@@ -30,8 +30,9 @@ gets the finals of what was said after a 2 s stall (the ASR's rule), and is stop
 ``audio_timeout`` after ``SessionSettings.audio_idle_timeout_s`` (10 minutes) without audio.
 
 ``POST /v1/sentiment/batch`` takes JSON utterances or, as ``multipart/form-data``, a recording (fields
-``call_id``, ``metadata`` as JSON text, ``channel_roles``, and the file ``recording``), which the ASR
-service transcribes (gateway/recording.py) before the same chopper-scorer-store path runs.
+``call_id``, ``metadata`` as JSON text, ``channel_roles``, ``speakers``, and the file ``recording``), which
+the ASR service transcribes (split by speaker when heard as one channel) before the same
+chopper-scorer-store path runs (gateway/recording.py).
 
 Twilio Media Streams (``/v1/twilio/stream/{tenant}``, signed by Twilio): a phone call's two tracks as
 8 kHz mu-law, protocol in gateway/twilio.py; its events reach watchers of the call like any other.
@@ -123,7 +124,9 @@ then `{{"type": "stop"}}`. Watch a call driven elsewhere with `{{"type": "watch"
 `?watch=CALL_ID`.
 
 Server to client: `started`, `score` (call_id, seq, utterance_id, text (PII masked), channel, start_ms,
-end_ms, label, p_negative, p_neutral, p_positive, score, model_version), `badge`, `cue`, `error` (code,
+end_ms, label, p_negative, p_neutral, p_positive, score, model_version; and tone_fused, text_p_negative,
+text_p_neutral, text_p_positive, text_score, text_label, tone_moved, fusion_version: the words' scores alone
+beside the ones fused with the voice's tone), `badge`, `cue`, `error` (code,
 message, fatal) and, last, `summary` (status, reason, utterance_count, avg/min sentiment, customer and agent
 averages, lines, badge: the final colour).
 
@@ -289,11 +292,17 @@ def _add_routes(app: FastAPI) -> None:
 
         - `application/json`: the call's utterances as text (split and PII-masked by the chopper);
         - `multipart/form-data`: the call's recording (wav, flac, mp3, ogg) in the file field `recording`,
-          with `call_id`, optional `metadata` (JSON text) and `channel_roles` ("agent,customer": who speaks
-          on each channel; default mono "mixed", stereo "agent,customer"). The ASR service transcribes it
-          (its offline decoder, the more accurate one); the answer adds `transcript`, what was heard.
+          with `call_id`, optional `metadata` (JSON text), `channel_roles` ("agent,customer": who speaks
+          on each channel; default mono one channel, stereo "agent,customer") and `speakers` (whether a
+          recording heard as one channel is split between agent and customer, as `callsense analyze
+          --speakers`: "auto", the default, splits a mono file sent without channel_roles, the first
+          speaker being the agent; "agent-first", "customer-first" split it, or a "mixed" downmix, saying
+          who speaks first; "none" keeps one "mixed" channel). The ASR service transcribes it (its
+          offline decoder, the more accurate one); the answer adds `transcript`, what was heard.
           400 `invalid_recording` for a file that is not audio, truncated or over an hour (the message
-          says which), 413 past the size limit, 422 `no_speech` when nothing was said, 503 without ASR.
+          says which), 413 past the size limit, 422 `invalid_speakers` for a `speakers` that is not one
+          of those or splits channels `channel_roles` names, 422 `no_speech` when nothing was said, 503
+          without ASR.
 
         Idempotent: the same call_id with the same utterances (or recording) returns the same result and
         stores nothing twice; a call_id that already holds different utterances answers 409.
@@ -447,7 +456,11 @@ async def _analyze_recording(request: Request, caller: Principal) -> BatchRespon
         if upload.size is not None and upload.size > max_bytes:
             raise too_large(max_bytes)
         recording = Recording(
-            upload.file, upload.filename or "", upload.content_type or "", fields.channel_roles
+            upload.file,
+            upload.filename or "",
+            upload.content_type or "",
+            fields.channel_roles,
+            fields.speakers,
         )
         with call_context(fields.call_id):
             metadata = owned_call(caller, fields.metadata.to_domain())
@@ -458,7 +471,7 @@ async def _analyze_recording(request: Request, caller: Principal) -> BatchRespon
 
 
 def _recording_fields(form: FormData) -> RecordingFields:
-    values = {name: form.get(name) for name in ("call_id", "metadata", "channel_roles")}
+    values = {name: form.get(name) for name in ("call_id", "metadata", "channel_roles", "speakers")}
     try:
         return RecordingFields.model_validate({k: v for k, v in values.items() if isinstance(v, str)})
     except ValidationError as exc:

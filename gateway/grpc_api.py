@@ -54,7 +54,14 @@ from gateway.calls.inputs import (
 from gateway.calls.registry import CallDriver
 from gateway.calls.service import Gateway
 from gateway.live import BadgeState
-from gateway.recording import Recording, analyze_recording, parse_channel_roles, spool
+from gateway.recording import (
+    Recording,
+    analyze_recording,
+    check_speakers,
+    parse_channel_roles,
+    speakers_of_split,
+    spool,
+)
 from gateway.store import CallRow
 
 log = logging.getLogger(__name__)
@@ -170,11 +177,13 @@ class SentimentServicer(sentiment_pb2_grpc.SentimentServicer):
         roles = await _checked(
             context, parse_channel_roles, [channel_from_role(r) for r in start.channel_roles]
         )
+        speakers = await _checked(context, speakers_of_split, start.speaker_split)
+        await _checked(context, partial(check_speakers, speakers), roles)  # before the upload is read
         with call_context(call_id):
             try:
                 file = await spool(_recording_bytes(requests), self._gateway.settings.max_recording_bytes)
                 with file:
-                    recording = Recording(file, start.filename, start.content_type, roles)
+                    recording = Recording(file, start.filename, start.content_type, roles, speakers)
                     result = await analyze_recording(self._gateway, call_id, metadata, recording)
             except InputError as err:
                 await _abort(context, err)
@@ -422,6 +431,12 @@ def scored_utterance_proto(event: UtteranceScore) -> sentiment_pb2.ScoredUtteran
         label=_LABELS[event.label],
         model_version=event.model_version,
         inference_ms=event.inference_ms or 0.0,
+        # Without tone the words' probabilities are the score's own (sentiment.proto: always set).
+        text_p_negative=event.text_p_negative if event.text_p_negative is not None else event.p_negative,
+        text_p_neutral=event.text_p_neutral if event.text_p_neutral is not None else event.p_neutral,
+        text_p_positive=event.text_p_positive if event.text_p_positive is not None else event.p_positive,
+        tone_fused=event.tone_fused,
+        fusion_version=event.fusion_version or "",
     )
     return sentiment_pb2.ScoredUtterance(utterance=utterance, score=score)
 

@@ -8,21 +8,30 @@ the same idempotency: the offline decoder is deterministic (greedy, temperature 
 same recording under the same call_id gives the same utterances, which the store already holds, and
 nothing is stored twice; another recording under a used call_id is a ``call_conflict``.
 
+A recording heard as one channel may be split between the call's two speakers (``speakers``, as
+``callsense analyze --speakers``, passed on as ``RecordingStart.speaker_split``): the ASR diarises it and
+its segments come back on the AGENT and CUSTOMER channels, so the scores and statistics are per role as for
+a stereo file. ``auto`` (the default) leaves it to the ASR, which splits a mono file sent without
+channel_roles (the opener being the agent) and nothing else: what the gateway did before it took
+``speakers``, so a stereo file, or one whose roles are given, is analysed as ever.
+
 Errors say what to fix, and nothing is stored for a recording that could not be used:
 ``invalid_recording`` (not audio, truncated, empty, roles that do not fit its channels, too long: the
 ASR's own message), ``no_speech`` (it decoded, but nobody said anything the recogniser believed),
 ``stage_failed`` (no ASR service, or it is busy or down: try again), ``recording_too_large`` (past
 ``SessionSettings.max_recording_bytes``, checked by the transports as the bytes arrive, before anything
-reaches the ASR).
+reaches the ASR), ``invalid_speakers`` (not a speaker split, or a split asked of channel_roles that already
+say who speaks: checked before the upload is read; a split asked of a stereo file sent without
+channel_roles is only found by the ASR, an ``invalid_recording``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Literal
 
 import grpc
 import grpc.aio
@@ -43,6 +52,16 @@ SUPPORTED = "wav, flac, mp3 or ogg"
 SPOOL_IN_MEMORY_BYTES = 8 * 1024 * 1024
 """An upload stays in memory up to this size, then goes to a temporary file."""
 
+SpeakerSplit = Literal["auto", "agent-first", "customer-first", "none"]
+SPEAKER_SPLITS: Mapping[SpeakerSplit, asr_pb2.SpeakerSplit] = {
+    "auto": asr_pb2.SPEAKER_SPLIT_UNSPECIFIED,  # the ASR's own default (asr.proto), not a choice made here
+    "agent-first": asr_pb2.SPEAKER_SPLIT_AGENT_FIRST,
+    "customer-first": asr_pb2.SPEAKER_SPLIT_CUSTOMER_FIRST,
+    "none": asr_pb2.SPEAKER_SPLIT_NONE,
+}
+"""The ``speakers`` values (``callsense analyze --speakers``'s) and the ASR's SpeakerSplit for each."""
+SPEAKER_SPLIT_NAMES: Mapping[int, SpeakerSplit] = {split: name for name, split in SPEAKER_SPLITS.items()}
+
 
 @dataclass(frozen=True)
 class Recording:
@@ -52,8 +71,11 @@ class Recording:
     filename: str = ""
     content_type: str = ""
     channel_roles: tuple[Channel, ...] = ()
-    """One role per channel of the file, or ("mixed",) to downmix; () for the default (mono: mixed,
-    stereo: agent then customer)."""
+    """One role per channel of the file, or ("mixed",) to downmix; () for the default (mono: one channel,
+    split by ``speakers``; stereo: agent then customer)."""
+    speakers: SpeakerSplit = "auto"
+    """Whether a recording heard as one channel is split between agent and customer, and who opens
+    (``SPEAKER_SPLITS``; checked against ``channel_roles`` by ``check_speakers``)."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +105,53 @@ def parse_channel_roles(value: str | Sequence[str] | None) -> tuple[Channel, ...
     if len(set(roles)) != len(roles):
         raise InputError(ErrorCode.INVALID_CHANNEL, "channel_roles repeats a role: give each channel its own")
     return roles  # type: ignore[return-value]  # each checked against CHANNELS above
+
+
+def parse_speakers(value: str | None) -> SpeakerSplit:
+    """A ``speakers`` value (any case; None or empty: auto); InputError listing the values."""
+    name = (value or "auto").strip().lower()
+    for split in SPEAKER_SPLITS:
+        if name == split:
+            return split
+    raise InputError(
+        ErrorCode.INVALID_SPEAKERS,
+        f"speakers {(value or '')[:40]!r} is not a speaker split; give auto (the default: a mono file is "
+        "split, who speaks first being the agent), agent-first, customer-first (the customer speaks "
+        "first) or none (one mixed channel)",
+    )
+
+
+def speakers_of_split(split: int) -> SpeakerSplit:
+    """gRPC's ``RecordingUpload.speaker_split`` as a ``speakers`` value; InputError for a number that is
+    not a SpeakerSplit (proto3 keeps unknown enum values: a newer client's, or a mistake)."""
+    name = SPEAKER_SPLIT_NAMES.get(split)
+    if name is None:
+        raise InputError(
+            ErrorCode.INVALID_SPEAKERS,
+            f"speaker_split {split} is not a SpeakerSplit; give SPEAKER_SPLIT_UNSPECIFIED (auto), "
+            "SPEAKER_SPLIT_AGENT_FIRST, SPEAKER_SPLIT_CUSTOMER_FIRST or SPEAKER_SPLIT_NONE",
+        )
+    return name
+
+
+def check_speakers(speakers: SpeakerSplit, channel_roles: Sequence[Channel]) -> None:
+    """InputError when ``speakers`` asks for a split that ``channel_roles`` rules out (the ASR would refuse
+    it too, after the whole upload; this says so before). A stereo file sent without roles is only known
+    as such to the ASR."""
+    if speakers in ("auto", "none") or not channel_roles or tuple(channel_roles) == ("mixed",):
+        return
+    if len(channel_roles) > 1:
+        raise InputError(
+            ErrorCode.INVALID_SPEAKERS,
+            f"speakers {speakers} splits a recording heard as one channel, and channel_roles gives "
+            f"{len(channel_roles)} ({', '.join(channel_roles)}); send channel_roles mixed to downmix it "
+            "first, or leave speakers at auto",
+        )
+    raise InputError(
+        ErrorCode.INVALID_SPEAKERS,
+        f"speakers {speakers} splits a mixed channel, and channel_roles gives the recording's one channel "
+        f"the role {channel_roles[0]}; send channel_roles mixed (or none), or leave speakers at auto",
+    )
 
 
 def too_large(max_bytes: int) -> InputError:
@@ -116,6 +185,7 @@ async def analyze_recording(
 ) -> RecordingResult:
     """Transcribe ``recording`` with the ASR, then score it as a batch (see the module docstring)."""
     validate_call_id(call_id)
+    check_speakers(recording.speakers, recording.channel_roles)  # the transports check it sooner, too
     if gateway.registry.get(call_id) is not None:  # before minutes of transcription, not after
         raise InputError(
             ErrorCode.CALL_CONFLICT,
@@ -125,7 +195,14 @@ async def analyze_recording(
     with call_context(call_id):
         finals = await transcribe(gateway, call_id, recording)
     utterances = [
-        UtteranceInput(e.text.strip(), channel_from_role(e.channel), e.start_ms, e.end_ms) for e in finals
+        UtteranceInput(
+            e.text.strip(),
+            channel_from_role(e.channel),
+            e.start_ms,
+            e.end_ms,
+            e.prosody if e.HasField("prosody") else None,  # the scorer fuses the voice's tone with the words
+        )
+        for e in finals
     ]
     if not utterances:
         raise InputError(
@@ -166,6 +243,7 @@ async def _requests(call_id: str, recording: Recording) -> AsyncIterator[asr_pb2
         filename=recording.filename,
         content_type=recording.content_type,
         channel_roles=[CHANNELS[r] for r in recording.channel_roles],  # type: ignore[misc]
+        speaker_split=SPEAKER_SPLITS[recording.speakers],
     )
     yield asr_pb2.RecordingChunk(call_id=call_id, start=start)
     while piece := await asyncio.to_thread(recording.file.read, UPLOAD_PIECE_BYTES):  # may be on disk

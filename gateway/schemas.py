@@ -43,7 +43,7 @@ from gateway.calls.inputs import (
     validate_metadata,
     validate_utterance,
 )
-from gateway.recording import parse_channel_roles
+from gateway.recording import SpeakerSplit, check_speakers, parse_channel_roles, parse_speakers
 from gateway.store import CallRow
 
 BadgeName = Literal["green", "amber", "red"]
@@ -232,10 +232,12 @@ class BatchRequest(_CallIdMixin):
 
 class RecordingFields(_CallIdMixin):
     """The form fields that come with an uploaded recording, validated (the file is read apart).
-    ``metadata`` may come as JSON text, ``channel_roles`` as "agent,customer" or a JSON list."""
+    ``metadata`` may come as JSON text, ``channel_roles`` as "agent,customer" or a JSON list, ``speakers``
+    as one of ``gateway.recording.SPEAKER_SPLITS``."""
 
     metadata: Metadata = Field(default_factory=lambda: Metadata())
     channel_roles: tuple[Channel, ...] = ()
+    speakers: SpeakerSplit = "auto"
 
     @field_validator("metadata", mode="before")
     @classmethod
@@ -266,6 +268,24 @@ class RecordingFields(_CallIdMixin):
                 raise _custom_error(err) from None
         return value
 
+    @field_validator("speakers", mode="before")
+    @classmethod
+    def _speakers_name(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return parse_speakers(value)
+            except InputError as err:  # else Pydantic's literal_error, without the code
+                raise _custom_error(err) from None
+        return value
+
+    @model_validator(mode="after")
+    def _split_fits_roles(self) -> RecordingFields:
+        try:
+            check_speakers(self.speakers, self.channel_roles)
+        except InputError as err:
+            raise _custom_error(err) from None
+        return self
+
 
 class BatchRecordingForm(BaseModel):
     """A finished call's recording to transcribe, score and summarise (``multipart/form-data``)."""
@@ -279,7 +299,20 @@ class BatchRecordingForm(BaseModel):
     channel_roles: str = Field(
         default="",
         description='Who speaks on each channel of the file, in channel order: "agent,customer" (or a JSON '
-        'list). Default: a mono file is "mixed", a stereo file "agent,customer"; "mixed" downmixes.',
+        'list). Default: a mono file is one channel (split by `speakers`), a stereo file "agent,customer"; '
+        '"mixed" downmixes.',
+    )
+    speakers: SpeakerSplit = Field(
+        default="auto",
+        description="Whether a recording heard as one channel (a mono file, or any file with channel_roles "
+        '"mixed") is split between agent and customer by a speaker model, as `callsense analyze --speakers`: '
+        '"auto" (a mono file sent without channel_roles is split, who speaks first being the agent; it '
+        'stays "mixed" when the ASR has no speaker model or hears one voice; any other file is not split), '
+        '"agent-first" or "customer-first" (split, who speaks first being the agent or the customer; also '
+        'splits a "mixed" downmix), "none" (never split: a mono file is one "mixed" channel). A split gives '
+        "utterances, scores and statistics per role. 422 `invalid_speakers` for another value or a split "
+        'with channel_roles other than "mixed"; 400 `invalid_recording` for a split of a stereo file sent '
+        'without channel_roles "mixed".',
     )
     recording: bytes = Field(
         description="The call's audio file: wav, flac, mp3 or ogg (anything FFmpeg reads), any sample rate, "
@@ -305,9 +338,31 @@ class ScoredUtteranceOut(BaseModel):
     p_positive: float = Field(description="Probability of positive, in [0, 1].")
     score: float = Field(description="p_positive + 0.5 * p_neutral, in [0, 1]: 0 most negative.")
     model_version: str = Field(description="Version of the model that scored it.")
+    tone_fused: bool = Field(
+        default=False,
+        description="Whether label, p_* and score fuse how it was said (the speaker's voice against their "
+        "own earlier turns in the call) with the words; false for text input, a mixed channel and a "
+        "speaker's first turn, where they are the words' alone.",
+    )
+    text_p_negative: float = Field(default=0.0, description="The words' probability of negative alone.")
+    text_p_neutral: float = Field(default=0.0, description="The words' probability of neutral alone.")
+    text_p_positive: float = Field(default=0.0, description="The words' probability of positive alone.")
+    text_score: float = Field(default=0.0, description="The words' score alone (= score when not fused).")
+    text_label: Label = Field(default="neutral", description="The words' most probable class alone.")
+    tone_moved: bool = Field(
+        default=False,
+        description="Tone changed the label, or moved the score by at least 0.15, against the words alone.",
+    )
+    fusion_version: str | None = Field(default=None, description="The fusion head's version when fused.")
 
     @classmethod
     def of(cls, event: UtteranceScore) -> ScoredUtteranceOut:
+        fused = event.tone_fused
+        text = (
+            (event.text_p_negative or 0.0, event.text_p_neutral or 0.0, event.text_p_positive or 0.0)
+            if fused
+            else (event.p_negative, event.p_neutral, event.p_positive)
+        )
         return cls(
             utterance_id=event.utterance_id,
             text=event.text,
@@ -320,6 +375,14 @@ class ScoredUtteranceOut(BaseModel):
             p_positive=event.p_positive,
             score=event.score,
             model_version=event.model_version,
+            tone_fused=fused,
+            text_p_negative=text[0],
+            text_p_neutral=text[1],
+            text_p_positive=text[2],
+            text_score=event.text_score,
+            text_label=event.text_label,
+            tone_moved=event.tone_moved,
+            fusion_version=event.fusion_version,
         )
 
 

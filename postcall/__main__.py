@@ -1,6 +1,7 @@
 """``python -m postcall``: the post-call worker, until SIGINT or SIGTERM.
 
     python -m postcall [--bind ADDR] [--sweep-interval-s S]
+                       [--retrain-schedule off|monthly [--retrain-at HH:MM] [--retrain-args "..."]]
 
 One process, one event loop:
 - the ``PostCall`` gRPC service (``Report``: a finished call's report, built in a thread), with health and
@@ -11,7 +12,11 @@ One process, one event loop:
   drift check of each tenant's day (postcall/drift_job.py: the shipped baseline postcall/drift_baseline.json
   and the served model's tokenizer, loaded at start-up; without them the roll-ups run without drift);
 - the sweep that completes the reports owed for calls that ended while this worker was unreachable;
-- the hourly retention purge of the tenants that set ``retention_days`` (postcall/retention.py).
+- the hourly retention purge of the tenants that set ``retention_days`` (postcall/retention.py);
+- with ``--retrain-schedule monthly``, the monthly ``callsense retrain`` as a subprocess, on day 1 at
+  ``--retrain-at`` UTC, with ``--retrain-args`` (or ``CALLSENSE_RETRAIN_ARGS``), its last run kept under
+  ``CALLSENSE_DATA_DIR`` (postcall/retrain_schedule.py). Off by default: on Kubernetes the retrain CronJob
+  does it (deploy/kubernetes/retrain.yaml).
 
 The address defaults to ``CALLSENSE_POSTCALL_ADDR``; the database is ``DATABASE_URL`` (with each region's
 ``DATABASE_URL_<REGION>``), else an embedded PostgreSQL; tenants come from ``CALLSENSE_TENANTS_FILE`` (the
@@ -26,7 +31,7 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import time
 
 import grpc.aio
@@ -41,6 +46,18 @@ from postcall.objections import tagger_from_env
 from postcall.outbox_store import OutboxStore
 from postcall.reports import DEFAULT_SWEEP_INTERVAL_S, OwedReportSweep, ReportBuilder
 from postcall.retention import RetentionPurge
+from postcall.retrain_schedule import (
+    DEFAULT_RETRAIN_AT,
+    RETRAIN_ARGS_ENV,
+    SCHEDULES,
+    STATE_FILE,
+    MonthlySchedule,
+    RetrainRunner,
+    RetrainScheduler,
+    parse_retrain_at,
+    retrain_args_from,
+    retrain_command,
+)
 from postcall.rollup import RollupScheduler, rollup_time_from_env
 from postcall.server import PostCallServicer, add_postcall
 from postcall.webhooks import OutboxDispatcher
@@ -62,6 +79,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="how often to look for calls whose report is owed (default "
         f"{DEFAULT_SWEEP_INTERVAL_S:g}; also at start-up)",
     )
+    parser.add_argument(
+        "--retrain-schedule",
+        choices=SCHEDULES,
+        default="off",
+        help="run `callsense retrain` from this worker: monthly, on day 1 at --retrain-at (default off)",
+    )
+    parser.add_argument(
+        "--retrain-at",
+        type=_utc_time,
+        default=DEFAULT_RETRAIN_AT,
+        help=f"UTC time of day of the monthly retrain, HH:MM (default {DEFAULT_RETRAIN_AT:%H:%M})",
+    )
+    parser.add_argument(
+        "--retrain-args",
+        help="the retrain's arguments as one shell-quoted string, e.g. '--labels gold.jsonl' "
+        f"(default: {RETRAIN_ARGS_ENV})",
+    )
     args = parser.parse_args(argv)
     if args.bind:
         try:
@@ -70,7 +104,36 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"--bind: {exc}")
     if not args.sweep_interval_s > 0:
         parser.error("--sweep-interval-s must be > 0")
+    if args.retrain_args is not None:
+        try:
+            retrain_command(args.retrain_args)
+        except ValueError as exc:  # an unclosed quote
+            parser.error(f"--retrain-args: {exc}")
     return args
+
+
+def _utc_time(value: str) -> time:
+    try:
+        return parse_retrain_at(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a UTC time of day as HH:MM ({exc})") from None
+
+
+def retrain_scheduler(
+    args: argparse.Namespace, config: Config, env: Mapping[str, str]
+) -> RetrainScheduler | None:
+    """The monthly retrain ``args`` ask for, None when off; ValueError when its arguments are missing or
+    do not split (a retrain without ``--labels`` would only exit 2 every month)."""
+    if args.retrain_schedule == "off":
+        return None
+    argv = retrain_command(retrain_args_from(args.retrain_args, env))
+    if argv == retrain_command(""):
+        raise ValueError(
+            f"--retrain-schedule {args.retrain_schedule} needs the retrain's arguments: --retrain-args "
+            f'"--labels FILE ..." or {RETRAIN_ARGS_ENV}'
+        )
+    runner = RetrainRunner(argv, config.data_dir / STATE_FILE)
+    return RetrainScheduler(runner, MonthlySchedule(args.retrain_at))
 
 
 async def serve(
@@ -81,6 +144,7 @@ async def serve(
     builder: ReportBuilder,
     sweep_interval_s: float = DEFAULT_SWEEP_INTERVAL_S,
     drift: DriftJob | None = None,
+    retrain: RetrainScheduler | None = None,
 ) -> None:
     async with default_database_url(config) as url:
         databases = await RegionalStores[Database].open_with(Database.open, url)
@@ -102,9 +166,13 @@ async def serve(
             await scheduler.start()
             await sweep.start()
             await purge.start()
+            if retrain is not None:
+                await retrain.start()
             # The server stops first (health NOT_SERVING, reports in progress finish within the grace).
             await grpc_runtime.serve_forever(add, bind)
         finally:
+            if retrain is not None:
+                await retrain.stop()  # a retrain in progress is stopped, and recorded as interrupted
             await purge.stop()
             await sweep.stop()
             await scheduler.stop()
@@ -120,7 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         bind = args.bind or config.postcall_addr
         tenants, rollup_at = load_tenants(), rollup_time_from_env(os.environ)
         builder = ReportBuilder(tagger_from_env())
-    except (ConfigError, ValueError) as exc:  # ValueError: a half-configured LLM endpoint, a bad model file
+        retrain = retrain_scheduler(args, config, os.environ)
+    except (ConfigError, ValueError) as exc:
+        # ValueError: a half-configured LLM endpoint, a bad model file, the retrain's arguments missing
         log.error("%s", exc)
         return 2
     try:
@@ -133,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # no baseline or tokenizer: the roll-ups and alerts matter more than drift
         log.warning("the drift check is off: %s", exc)
     try:
-        asyncio.run(serve(config, bind, tenants, rollup_at, builder, args.sweep_interval_s, drift))
+        asyncio.run(serve(config, bind, tenants, rollup_at, builder, args.sweep_interval_s, drift, retrain))
     except RuntimeError as exc:  # e.g. the address is taken
         log.error("%s", exc)
         return 1

@@ -2,13 +2,19 @@
 
     python -m scorer_service [--bind ADDR] [--model PATH | --registry DIR [--registry-poll-s S]]
                              [--max-batch N] [--max-wait-ms MS] [--max-queue N] [--threads N]
-                             [--backend auto|onnx|tensorrt]
+                             [--backend auto|onnx|tensorrt] [--fusion [PATH]]
 
 Which model: ``--model PATH`` serves that file and nothing else. Without it the scorer serves the model
 registry's current version (``--registry``, default ``CALLSENSE_MODEL_REGISTRY``, else
 ``CALLSENSE_DATA_DIR/models``; the shipped model while the registry is empty) and follows it: a
 ``callsense models promote`` or ``rollback`` is served within ``--registry-poll-s`` seconds, without a
 restart and without failing a request (scorer_service/reload.py).
+
+Tone (opt-in): with ``--fusion``, utterances that carry prosody are fused with how they were said by the
+shipped fusion head (scorer_service/fusion/fusion.json) or the one at ``--fusion PATH``; without it the
+words alone are scored. Off by default because the shipped head misses its RAVDESS goal (macro-F1 0.56
+against 0.60) and moves single lines of flat synthetic voices (FUSION_CARD.md). The head is independent
+of the text model (fusion/head.py), so it stays when the registry's version changes.
 
 The model is loaded (and, on a GPU, its TensorRT engine built or read from the cache) and warmed up
 before the server binds, so health reports SERVING only once a request can be answered at full speed.
@@ -30,6 +36,8 @@ from callsense.config import ConfigError, load_config
 from callsense.model_registry import ModelRegistry, RegistryError
 from callsense.telemetry import setup_telemetry
 from scorer_service.batcher import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT_MS
+from scorer_service.fusion.head import SHIPPED_HEAD, FusionHead, InvalidHead
+from scorer_service.fusion.tone import ToneFuser
 from scorer_service.inference import SentimentModel
 from scorer_service.reload import DEFAULT_POLL_S, ModelReloader, load_version
 from scorer_service.server import ModelVersionTrailer, ScorerServicer, add_scorer
@@ -85,6 +93,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--threads", type=int, default=1, help="intra-op threads of the CPU backend (default 1)"
     )
     parser.add_argument("--backend", choices=("auto", "onnx", "tensorrt"), default="auto")
+    parser.add_argument(
+        "--fusion",
+        type=Path,
+        nargs="?",
+        const=SHIPPED_HEAD,
+        help=f"fuse the voice's tone with the words: the shipped {SHIPPED_HEAD.name}, or the head at PATH "
+        "(default: the words alone)",
+    )
     args = parser.parse_args(argv)
     for name in ("max_batch", "max_queue", "threads"):
         if getattr(args, name) < 1:
@@ -97,12 +113,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 async def serve(
-    args: argparse.Namespace, model: SentimentModel, bind: str, registry: ModelRegistry | None = None
+    args: argparse.Namespace,
+    model: SentimentModel,
+    bind: str,
+    registry: ModelRegistry | None = None,
+    head: FusionHead | None = None,
 ) -> None:
-    """Serve ``model``; with ``registry``, follow its current version from then on."""
+    """Serve ``model`` (fused with tone by ``head`` when given); with ``registry``, follow its current
+    version from then on."""
     # The servicer (and its batcher) are made on the serving loop: asyncio objects belong to one loop.
     servicer = ScorerServicer.create(
-        model, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue
+        model,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        tone=ToneFuser(head) if head is not None else None,
     )
     reloader = None
     if registry is not None:
@@ -158,6 +183,16 @@ def _load_first_model(args: argparse.Namespace) -> tuple[SentimentModel, ModelRe
     return model, registry
 
 
+def _load_head(args: argparse.Namespace) -> FusionHead | None:
+    """The fusion head to serve, or None (text alone). Raises _StartError for a head named and unusable."""
+    if args.fusion is None:
+        return None
+    try:
+        return FusionHead.load(args.fusion)
+    except InvalidHead as exc:
+        raise _StartError(f"cannot load the tone fusion head: {exc}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_telemetry("scorer")  # before any server or channel exists: it instruments grpc.aio
@@ -167,6 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", exc)
         return 2
     try:
+        head = _load_head(args)
         model, registry = _load_first_model(args)
     except _StartError as exc:
         log.error("%s", exc)
@@ -179,8 +215,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.max_batch,
         args.max_wait_ms,
     )
+    log.info("tone fusion: %s", head.version if head is not None else "off (text alone)")
     try:
-        asyncio.run(serve(args, model, bind, registry))
+        asyncio.run(serve(args, model, bind, registry, head))
     except RuntimeError as exc:  # e.g. the address is taken
         log.error("%s", exc)
         return 1

@@ -29,6 +29,15 @@ the old model, new ones go to the new model, and none fails. Each score's ``mode
 version that scored it. ``ModelVersionTrailer`` adds the served version to every health check's trailing
 metadata (the health protocol has no field for it), which the gateway's /readyz reports.
 
+Tone (issue 15): with a ``ToneFuser``, an utterance that carries prosody is scored on its text, then fused
+with how it was said (scorer_service/fusion). The speaker's baseline is read and updated when the request
+is read, in the stream's order (so it grows as the call went, whatever order the batcher finishes in);
+the fusion itself is a few microseconds of NumPy on the event loop once the text probabilities are back.
+``Score`` keeps each call's baselines while a stream carries it (bounded, idle calls evicted:
+fusion/calls.py) and lets them go when the last stream carrying it ends; ``ScoreBatch`` reads each call of
+the request on its own, from its first utterance there, and keeps nothing. Every score carries the text
+model's probabilities beside the fused ones; without prosody they are the same and ``tone_fused`` is false.
+
 Telemetry: each utterance is scored in a ``scorer.score_utterance`` span opened inside
 ``call_context(call_id)``, so it carries ``call.id`` (a shared stream may carry several calls); metrics are
 the forward-pass latency (``callsense.scorer.inference``), batch sizes (``callsense.scorer.batch_size``),
@@ -59,22 +68,18 @@ from callsense.grpc_runtime import HEALTH_SERVICE_NAME, MODEL_VERSION_TRAILER
 from callsense.tokenization import EncodedText, TextRejected
 from callsense.v1 import chopper_pb2, scorer_pb2, scorer_pb2_grpc
 from scorer_service.batcher import BatcherClosed, BatchReport, MicroBatcher, Scored
+from scorer_service.fusion.features import FloatArray
+from scorer_service.fusion.tone import Fused, ToneFuser
 from scorer_service.inference import SentimentInput, SentimentModel
+from scorer_service.offline import MAX_PREVIOUS_CHARS, score_message
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "callsense.v1.Scorer"
 MAX_TEXT_CHARS = 8192
 """Longer texts are refused before tokenising; 128 tokens of speech are well under 1,000 characters."""
-MAX_PREVIOUS_CHARS = 2048
-"""Only the end of previous_text can fit in the 128-token context anyway; the rest is not tokenised."""
 DEFAULT_MAX_IN_FLIGHT = 64
 
-_LABELS = {
-    "negative": scorer_pb2.NEGATIVE,
-    "neutral": scorer_pb2.NEUTRAL,
-    "positive": scorer_pb2.POSITIVE,
-}
 BATCH_SIZE_BUCKETS: Sequence[float] = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
@@ -179,11 +184,19 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
     """
 
     def __init__(
-        self, model: SentimentModel, batcher: MicroBatcher, *, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+        self,
+        model: SentimentModel,
+        batcher: MicroBatcher,
+        *,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        tone: ToneFuser | None = None,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
         self._model = model
+        self.tone = tone
+        """None: every utterance is scored on its text alone."""
+        self._streams_per_call: dict[str, int] = {}
         self.batcher = batcher
         self.max_in_flight = max_in_flight
         self._metrics = _metrics()
@@ -208,10 +221,11 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         max_wait_ms: float = 5.0,
         max_queue: int = 1024,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        tone: ToneFuser | None = None,
     ) -> ScorerServicer:
         """A servicer with its own batcher over ``model``."""
         batcher = MicroBatcher(model, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue)
-        return cls(model, batcher, max_in_flight=max_in_flight)
+        return cls(model, batcher, max_in_flight=max_in_flight, tone=tone)
 
     @property
     def model(self) -> SentimentModel:
@@ -241,7 +255,8 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         # Tasks in request order; None marks the end of the requests. The semaphore bounds the tasks.
         pending: asyncio.Queue[asyncio.Task[scorer_pb2.SentimentScore] | None] = asyncio.Queue()
         slots = asyncio.Semaphore(self.max_in_flight)
-        reader = asyncio.create_task(self._read_stream(request_iterator, pending, slots))
+        calls: set[str] = set()  # the calls this stream carried: their baselines go when it ends
+        reader = asyncio.create_task(self._read_stream(request_iterator, pending, slots, calls))
         try:
             while (task := await pending.get()) is not None:
                 try:
@@ -264,6 +279,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
                     leftovers.append(leftover)
             # Retrieve their outcomes, or asyncio logs "exception was never retrieved" for each.
             await asyncio.gather(*leftovers, return_exceptions=True)
+            self._stream_ended(calls)
 
     async def ScoreBatch(
         self, request: scorer_pb2.ScoreBatchRequest, context: grpc.aio.ServicerContext
@@ -278,10 +294,15 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             except Rejected as exc:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
                 raise  # abort raises; not reached
+        # The request's calls on their own: a batch is whole calls after the fact, and the same request
+        # must get the same answer whatever was scored before it.
+        tone = self.tone.fresh() if self.tone is not None else None
+        now = asyncio.get_running_loop().time()
         tasks = []
         for utterance, item in zip(request.utterances, encoded, strict=True):
+            z = tone.observe(utterance.call_id, utterance, now) if tone is not None else None
             with telemetry.call_context(utterance.call_id):  # the task copies the context: its spans too
-                tasks.append(asyncio.create_task(self._score_encoded(utterance, item)))
+                tasks.append(asyncio.create_task(self._score_encoded(utterance, item, tone=tone, z=z)))
         try:
             scores = await asyncio.gather(*tasks)
         except Exception as exc:
@@ -309,20 +330,46 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         request_iterator: AsyncIterator[scorer_pb2.ScoreRequest],
         pending: asyncio.Queue[asyncio.Task[scorer_pb2.SentimentScore] | None],
         slots: asyncio.Semaphore,
+        calls: set[str],
     ) -> None:
         try:
             index = 0
             async for request in request_iterator:
                 await slots.acquire()  # at most max_in_flight of this stream's requests at once
                 call_id = request.call_id or request.utterance.call_id
+                z = self._observe_tone(request, calls)  # here: in the stream's order
                 # Each request's task starts inside its own call context (tasks copy the context).
                 with telemetry.call_context(call_id) if call_id else contextlib.nullcontext():
-                    pending.put_nowait(asyncio.create_task(self._score_request(request, index)))
+                    pending.put_nowait(asyncio.create_task(self._score_request(request, index, z)))
                 index += 1
         finally:
             pending.put_nowait(None)  # unbounded queue: never blocks, also when cancelled
 
-    async def _score_request(self, request: scorer_pb2.ScoreRequest, index: int) -> scorer_pb2.SentimentScore:
+    def _observe_tone(self, request: scorer_pb2.ScoreRequest, calls: set[str]) -> FloatArray | None:
+        """The request's deviation from its speaker's baseline (None: text alone); counts the stream as
+        one that carries the call, so the call's baselines stay until the last such stream ends."""
+        call_id = request.call_id
+        if self.tone is None or not call_id or request.utterance.call_id not in ("", call_id):
+            return None  # a bad request is refused by _score_request; it must not touch a baseline
+        if call_id not in calls:
+            calls.add(call_id)
+            self._streams_per_call[call_id] = self._streams_per_call.get(call_id, 0) + 1
+        return self.tone.observe(call_id, request.utterance, asyncio.get_running_loop().time())
+
+    def _stream_ended(self, calls: set[str]) -> None:
+        ended = set()
+        for call_id in calls:
+            left = self._streams_per_call.pop(call_id, 1) - 1
+            if left > 0:
+                self._streams_per_call[call_id] = left
+            else:
+                ended.add(call_id)
+        if self.tone is not None:
+            self.tone.release(ended)
+
+    async def _score_request(
+        self, request: scorer_pb2.ScoreRequest, index: int, z: FloatArray | None = None
+    ) -> scorer_pb2.SentimentScore:
         utterance = request.utterance
         where = f"request {index} (utterance_id {utterance.utterance_id})"
         if not request.call_id:
@@ -333,7 +380,8 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
                 f"{utterance.call_id!r}: they must be equal"
             )
         where = f"call {request.call_id}, utterance_id {utterance.utterance_id}"
-        return await self._score_encoded(utterance, self._encode(utterance, where), request.call_id)
+        encoded = self._encode(utterance, where)
+        return await self._score_encoded(utterance, encoded, request.call_id, tone=self.tone, z=z)
 
     def _encode(self, utterance: chopper_pb2.Utterance, where: str) -> _Encoded:
         text = utterance.text
@@ -350,7 +398,13 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             raise Rejected(f"{where}: {exc}") from None
 
     async def _score_encoded(
-        self, utterance: chopper_pb2.Utterance, encoded: _Encoded, call_id: str | None = None
+        self,
+        utterance: chopper_pb2.Utterance,
+        encoded: _Encoded,
+        call_id: str | None = None,
+        *,
+        tone: ToneFuser | None = None,
+        z: FloatArray | None = None,
     ) -> scorer_pb2.SentimentScore:
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -362,22 +416,20 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             scored = await self.batcher.submit(encoded.tokens, encoded.model)
             span.set_attribute("scorer.batch_size", scored.batch_size)
             span.set_attribute("scorer.inference_ms", scored.inference_ms)
+            fused = tone.fuse(scored.prediction, z) if tone is not None and z is not None else None
+            span.set_attribute("scorer.tone_fused", fused is not None)
         self._metrics.latency.record((loop.time() - started) * 1000.0)
-        return self._to_proto(call_id or utterance.call_id, utterance.utterance_id, scored, version)
+        return self._to_proto(call_id or utterance.call_id, utterance.utterance_id, scored, version, fused)
 
     @staticmethod
     def _to_proto(
-        call_id: str, utterance_id: int, scored: Scored, model_version: str
+        call_id: str, utterance_id: int, scored: Scored, model_version: str, fused: Fused | None = None
     ) -> scorer_pb2.SentimentScore:
-        p = scored.prediction
-        return scorer_pb2.SentimentScore(
-            call_id=call_id,
-            utterance_id=utterance_id,
-            p_negative=p.p_negative,
-            p_neutral=p.p_neutral,
-            p_positive=p.p_positive,
-            score=p.score,
-            label=_LABELS[p.label],
+        return score_message(
+            call_id,
+            utterance_id,
+            scored.prediction,
+            fused,
             model_version=model_version,
             inference_ms=scored.inference_ms,
             batch_size=scored.batch_size,

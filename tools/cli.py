@@ -11,7 +11,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tools import asr_eval_cli, drift_cli, keys_cli, labels_cli, models_cli, objections_cli
+from tools import (
+    asr_eval_cli,
+    diarization_eval_cli,
+    drift_cli,
+    fusion_cli,
+    keys_cli,
+    labels_cli,
+    models_cli,
+    objections_cli,
+    retrain_cli,
+)
 
 
 def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -323,6 +333,12 @@ def _add_up(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="NAME|DIR",
         help="the live ASR's Whisper model: tiny.en (default), base, or a CTranslate2 Whisper directory",
     )
+    p.add_argument(
+        "--tone",
+        action="store_true",
+        help="fuse the voice's tone with the words in the scorers (the shipped fusion head; "
+        "default: the words alone)",
+    )
     edge = p.add_argument_group("the edge (Envoy's public port)")
     edge.add_argument(
         "--rate-limit-per-key",
@@ -383,6 +399,7 @@ def _run_up(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         tls_self_signed=args.tls_self_signed,
         asr_model=args.asr_model,
+        tone_fusion=args.tone,
     )
     return main(options)
 
@@ -409,17 +426,30 @@ def _add_audio_options(p: argparse.ArgumentParser) -> None:
         default="",
         help="CTranslate2 Whisper directory (default: CALLSENSE_ASR_MODEL_DIR or tiny.en)",
     )
+    p.add_argument(
+        "--speakers",
+        default="auto",
+        choices=("auto", "agent-first", "customer-first", "none"),
+        help="a recording heard as one channel, split between agent and customer by a speaker model: "
+        "auto (a mono file is split, the one who speaks first being the agent), agent-first, "
+        "customer-first (the customer picks up and speaks first; these two also split a --channels "
+        "mixed downmix), or none (one mixed channel)",
+    )
 
 
 def _run_transcribe(args: argparse.Namespace) -> int:
     import json
 
+    from asr_service.attribution import split_file_transcript
+    from asr_service.diarization import DiarizationUnavailable, diarize
+    from asr_service.recording import split_opener
     from asr_service.transcribe_file import channel_roles, load_audio, transcribe_audio
 
     roles = [r for r in args.channels.split(",") if r.strip()] or None
     try:
         audio = load_audio(args.file)
-        channel_roles(audio.channels, roles)
+        names = channel_roles(audio.channels, roles)
+        opener = split_opener(args.speakers, audio.channels, names, explicit_roles=roles is not None)
     except ValueError as exc:
         print(f"callsense transcribe: {exc}", file=sys.stderr)
         return 2
@@ -430,6 +460,12 @@ def _run_transcribe(args: argparse.Namespace) -> int:
     except (OSError, RuntimeError) as exc:  # missing or unreadable model directory
         print(f"callsense transcribe: cannot load the Whisper model: {exc}", file=sys.stderr)
         return 1
+    if opener is not None:
+        try:
+            result = split_file_transcript(result, diarize(audio.mono_16k(), opener=opener))
+        except DiarizationUnavailable as exc:
+            print(f"callsense transcribe: {exc}", file=sys.stderr)
+            return 1
     print(json.dumps(result.as_json(), ensure_ascii=False))
     return 0
 
@@ -443,6 +479,15 @@ def _add_analyze(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("file", help="the recording; any sample rate, mono or stereo, up to an hour")
     _add_audio_options(p)
     p.add_argument("--sentiment-model", default="", help="an ONNX model (default: the shipped INT8 model)")
+    p.add_argument(
+        "--fusion",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PATH",
+        help="fuse each utterance's tone with its words: the shipped fusion.json, or the head at PATH "
+        "(default: the words alone, as the scorer does unless started with --fusion)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
 
 
@@ -454,8 +499,11 @@ def _run_analyze(args: argparse.Namespace) -> int:
 
     options = AnalyzeOptions(
         channels=[r for r in args.channels.split(",") if r.strip()] or None,
+        speakers=args.speakers,
         whisper_model_dir=Path(args.model_dir) if args.model_dir else None,
         sentiment_model=Path(args.sentiment_model) if args.sentiment_model else None,
+        tone=args.fusion is not None,
+        fusion=Path(args.fusion) if args.fusion else None,
     )
     try:
         analysis = analyze_file(args.file, options)
@@ -624,7 +672,9 @@ def _run_webhooks(args: argparse.Namespace) -> int:
 
 
 # Commands that need the `train` extra (torch, transformers, onnx) and the training/ package of a checkout.
-TRAINING_COMMANDS = frozenset({"train", "soft-labels", "soup", "export", "evaluate", "labels", "objections"})
+TRAINING_COMMANDS = frozenset(
+    {"train", "soft-labels", "soup", "export", "evaluate", "labels", "objections", "retrain"}
+)
 TRAINING_MODULES = frozenset({"training", "torch", "transformers", "onnx", "sklearn", "krippendorff"})
 
 
@@ -647,8 +697,11 @@ def build_parser() -> argparse.ArgumentParser:
     objections_cli.add_parser(sub)
     keys_cli.add_parser(sub)
     models_cli.add_parser(sub)
+    retrain_cli.add_parser(sub)
     drift_cli.add_parser(sub)
     asr_eval_cli.add_parser(sub)
+    diarization_eval_cli.add_parser(sub)
+    fusion_cli.add_parser(sub)
     return parser
 
 
@@ -671,8 +724,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "objections": objections_cli.run,
         "keys": keys_cli.run,
         "models": models_cli.run,
+        "retrain": retrain_cli.run,
         "drift": drift_cli.run,
         "evaluate-asr": asr_eval_cli.run,
+        "evaluate-diarization": diarization_eval_cli.run,
+        "train-fusion": fusion_cli.run,
+        "evaluate-fusion": fusion_cli.run,
     }
     try:
         return handlers[args.command](args)

@@ -4,10 +4,13 @@
         every version (the shipped model too), the current one marked, with its macro-F1 per set
     callsense models show VERSION [--json]
         a version's files and their sha256, its metrics, when and from where it was added, its promotions
-    callsense models add PATH
+    callsense models add PATH [--checkpoint DIR]
         copy a model folder (model.int8.onnx, tokenizer.json, model_card.json, + e.g. MODEL_CARD.md) into
         the registry as its card's version, each file checked against the sha256 the card declares;
-        prints the version. It is not served until promoted
+        prints the version. It is not served until promoted. --checkpoint keeps the Hugging Face
+        checkpoint it was exported from (train's best/) as the version's checkpoint/, hashed in its
+        manifest: `callsense retrain` fine-tunes it further (given for a registered version without
+        one, it is attached)
     callsense models promote VERSION
         serve VERSION: scorers that follow the registry load it, warm it up and switch to it without a
         restart and without failing a request; prints the version now current
@@ -50,6 +53,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     show.add_argument("--json", action="store_true")
     add = verbs.add_parser("add", help="register a model folder (hashes checked against its card)")
     add.add_argument("path", type=Path, help="folder with model.int8.onnx, tokenizer.json, model_card.json")
+    add.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="the Hugging Face checkpoint the model was exported from (train's best/), for retrains",
+    )
     promote = verbs.add_parser("promote", help="serve a version (scorers switch without a restart)")
     promote.add_argument("version")
     verbs.add_parser("rollback", help="serve again the version current before the last promotion")
@@ -100,6 +109,7 @@ def _show(registry: ModelRegistry, args: argparse.Namespace) -> int:
         "directory": str(version.directory),
         "source": version.source,
         "files": {f.name: {"bytes": f.bytes, "sha256": f.sha256} for f in version.files},
+        "checkpoint": {f.name: {"bytes": f.bytes, "sha256": f.sha256} for f in version.checkpoint},
         "metrics": dict(version.metrics),
         "promotions": promotions,
     }
@@ -115,6 +125,10 @@ def _show(registry: ModelRegistry, args: argparse.Namespace) -> int:
     for f in version.files:
         size = f"{f.bytes:,} bytes" if f.bytes >= 0 else "size not declared"
         print(f"  {f.name}  {size}  sha256 {f.sha256}")
+    if version.checkpoint:
+        print(f"checkpoint  {version.checkpoint_dir} (fine-tuned further by `callsense retrain`)")
+        for f in version.checkpoint:
+            print(f"  {f.name}  {f.bytes:,} bytes  sha256 {f.sha256}")
     if version.metrics:
         print("metrics")
         for name, values in version.metrics.items():
@@ -131,7 +145,7 @@ def _show(registry: ModelRegistry, args: argparse.Namespace) -> int:
 
 
 def _add(registry: ModelRegistry, args: argparse.Namespace) -> int:
-    added = registry.add(args.path)
+    added = registry.add(args.path, checkpoint=args.checkpoint)
     print(added.version.version)
     if added.new:
         print(

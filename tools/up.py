@@ -58,6 +58,8 @@ class UpOptions:
     asr_model: str | None = None
     """The ASR's Whisper model: a name of ``asr_service.models.PACKAGED`` or a directory (None: the
     ASR's own default, ``CALLSENSE_ASR_MODEL_DIR`` or tiny.en)."""
+    tone_fusion: bool = False
+    """Start the scorers with ``--fusion``: the voice's tone fused with the words (opt-in, FUSION_CARD.md)."""
 
 
 SELF_SIGNED_DAYS = 365
@@ -279,7 +281,8 @@ def mesh_specs(
                     str(options.scorer_max_batch),
                     "--max-wait-ms",
                     str(options.scorer_max_wait_ms),
-                ],
+                ]
+                + (["--fusion"] if options.tone_fusion else []),
                 ready=GrpcReady(address),
             )
         )

@@ -54,6 +54,7 @@ class TrainConfig:
     context: bool = False  # the previous utterance of the same call as the first segment of a pair
     emotion_weight: float = 0.0  # >0: an auxiliary 7-emotion head on the same features (not exported)
     epochs: int = 3
+    max_steps: int = 0  # >0: stop after this many optimiser steps (a budget; the schedule spans it)
     batch_size: int = 32
     learning_rate: float = 0.0  # 0: let the range test choose
     lr_finder_steps: int = 80
@@ -208,6 +209,8 @@ class Trainer:
         if config.emotion_weight > 0:
             self._attach_emotion_head()
         self.total_steps = self.steps_per_epoch * config.epochs
+        if config.max_steps > 0:
+            self.total_steps = min(self.total_steps, config.max_steps)
 
     def _attach_emotion_head(self) -> None:
         """A linear 7-emotion head reading what the sentiment classifier reads (its input, via a hook).
@@ -355,7 +358,8 @@ class Trainer:
                     loss=f"{loss.item():.3f}", ex_s=f"{rate:.0f}", lr=f"{scheduler.get_last_lr()[0]:.1e}"
                 )
                 end_of_epoch = step % self.steps_per_epoch == 0
-                if step % eval_every == 0 or end_of_epoch:
+                end_of_budget = step >= self.total_steps
+                if step % eval_every == 0 or end_of_epoch or end_of_budget:
                     report = self.evaluate_dev()
                     history.append({"step": step, "macro_f1": report["macro_f1"], "loss": loss.item()})
                     print(
@@ -371,6 +375,8 @@ class Trainer:
                     if stale >= self.config.patience * self.config.evals_per_epoch:
                         print(f"early stop: no dev gain in {stale} evaluations")
                         stop = True
+                if end_of_budget:
+                    stop = True  # the step budget is spent (evaluated and checkpointed just above/below)
                 if step % self.config.checkpoint_every == 0 or end_of_epoch or stop:
                     self.save_checkpoint(
                         {
@@ -390,6 +396,11 @@ class Trainer:
                     break
             if stop:
                 break
-        summary = {"best_dev_macro_f1": best_f1, "history": history, "learning_rate": learning_rate}
+        summary = {
+            "best_dev_macro_f1": best_f1,
+            "history": history,
+            "learning_rate": learning_rate,
+            "steps": step,
+        }
         (self.output / "history.json").write_text(json.dumps(summary, indent=1))
         return summary

@@ -26,23 +26,25 @@ from callsense.v1 import audio_pb2 as callsense_dot_v1_dot_audio__pb2
 from callsense.v1 import prosody_pb2 as callsense_dot_v1_dot_prosody__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63\x61llsense/v1/asr.proto\x12\x0c\x63\x61llsense.v1\x1a\x18\x63\x61llsense/v1/audio.proto\x1a\x1a\x63\x61llsense/v1/prosody.proto\"k\n\x0eRecordingChunk\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12-\n\x05start\x18\x02 \x01(\x0b\x32\x1c.callsense.v1.RecordingStartH\x00\x12\x0e\n\x04\x64\x61ta\x18\x03 \x01(\x0cH\x00\x42\t\n\x07payload\"{\n\x0eRecordingStart\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\x30\n\rchannel_roles\x18\x04 \x03(\x0e\x32\x19.callsense.v1.ChannelRole\"\xaa\x01\n\x11TranscribeRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12(\n\x05start\x18\x02 \x01(\x0b\x32\x17.callsense.v1.CallStartH\x00\x12)\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x18.callsense.v1.AudioChunkH\x00\x12$\n\x03\x65nd\x18\x04 \x01(\x0b\x32\x15.callsense.v1.CallEndH\x00\x42\t\n\x07payload\"K\n\x04Word\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x10\n\x08start_ms\x18\x02 \x01(\x04\x12\x0e\n\x06\x65nd_ms\x18\x03 \x01(\x04\x12\x13\n\x0bprobability\x18\x04 \x01(\x02\"\xb4\x02\n\x0fTranscriptEvent\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x12\n\nsegment_id\x18\x02 \x01(\r\x12\x10\n\x08is_final\x18\x03 \x01(\x08\x12\x0c\n\x04text\x18\x04 \x01(\t\x12!\n\x05words\x18\x05 \x03(\x0b\x32\x12.callsense.v1.Word\x12\x10\n\x08start_ms\x18\x06 \x01(\x04\x12\x0e\n\x06\x65nd_ms\x18\x07 \x01(\x04\x12*\n\x07\x63hannel\x18\x08 \x01(\x0e\x32\x19.callsense.v1.ChannelRole\x12\x16\n\x0eno_speech_prob\x18\t \x01(\x02\x12\x13\n\x0b\x61vg_logprob\x18\n \x01(\x02\x12&\n\x07prosody\x18\x0b \x01(\x0b\x32\x15.callsense.v1.Prosody\x12\x16\n\x0eunheard_reason\x18\x0c \x01(\t2\xaf\x01\n\x03\x41sr\x12P\n\nTranscribe\x12\x1f.callsense.v1.TranscribeRequest\x1a\x1d.callsense.v1.TranscriptEvent(\x01\x30\x01\x12V\n\x13TranscribeRecording\x12\x1c.callsense.v1.RecordingChunk\x1a\x1d.callsense.v1.TranscriptEvent(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63\x61llsense/v1/asr.proto\x12\x0c\x63\x61llsense.v1\x1a\x18\x63\x61llsense/v1/audio.proto\x1a\x1a\x63\x61llsense/v1/prosody.proto\"k\n\x0eRecordingChunk\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12-\n\x05start\x18\x02 \x01(\x0b\x32\x1c.callsense.v1.RecordingStartH\x00\x12\x0e\n\x04\x64\x61ta\x18\x03 \x01(\x0cH\x00\x42\t\n\x07payload\"\xae\x01\n\x0eRecordingStart\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\x30\n\rchannel_roles\x18\x04 \x03(\x0e\x32\x19.callsense.v1.ChannelRole\x12\x31\n\rspeaker_split\x18\x05 \x01(\x0e\x32\x1a.callsense.v1.SpeakerSplit\"\xaa\x01\n\x11TranscribeRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12(\n\x05start\x18\x02 \x01(\x0b\x32\x17.callsense.v1.CallStartH\x00\x12)\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x18.callsense.v1.AudioChunkH\x00\x12$\n\x03\x65nd\x18\x04 \x01(\x0b\x32\x15.callsense.v1.CallEndH\x00\x42\t\n\x07payload\"K\n\x04Word\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x10\n\x08start_ms\x18\x02 \x01(\x04\x12\x0e\n\x06\x65nd_ms\x18\x03 \x01(\x04\x12\x13\n\x0bprobability\x18\x04 \x01(\x02\"\xb4\x02\n\x0fTranscriptEvent\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x12\n\nsegment_id\x18\x02 \x01(\r\x12\x10\n\x08is_final\x18\x03 \x01(\x08\x12\x0c\n\x04text\x18\x04 \x01(\t\x12!\n\x05words\x18\x05 \x03(\x0b\x32\x12.callsense.v1.Word\x12\x10\n\x08start_ms\x18\x06 \x01(\x04\x12\x0e\n\x06\x65nd_ms\x18\x07 \x01(\x04\x12*\n\x07\x63hannel\x18\x08 \x01(\x0e\x32\x19.callsense.v1.ChannelRole\x12\x16\n\x0eno_speech_prob\x18\t \x01(\x02\x12\x13\n\x0b\x61vg_logprob\x18\n \x01(\x02\x12&\n\x07prosody\x18\x0b \x01(\x0b\x32\x15.callsense.v1.Prosody\x12\x16\n\x0eunheard_reason\x18\x0c \x01(\t*\x86\x01\n\x0cSpeakerSplit\x12\x1d\n\x19SPEAKER_SPLIT_UNSPECIFIED\x10\x00\x12\x16\n\x12SPEAKER_SPLIT_NONE\x10\x01\x12\x1d\n\x19SPEAKER_SPLIT_AGENT_FIRST\x10\x02\x12 \n\x1cSPEAKER_SPLIT_CUSTOMER_FIRST\x10\x03\x32\xaf\x01\n\x03\x41sr\x12P\n\nTranscribe\x12\x1f.callsense.v1.TranscribeRequest\x1a\x1d.callsense.v1.TranscriptEvent(\x01\x30\x01\x12V\n\x13TranscribeRecording\x12\x1c.callsense.v1.RecordingChunk\x1a\x1d.callsense.v1.TranscriptEvent(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'callsense.v1.asr_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_SPEAKERSPLIT']._serialized_start=942
+  _globals['_SPEAKERSPLIT']._serialized_end=1076
   _globals['_RECORDINGCHUNK']._serialized_start=94
   _globals['_RECORDINGCHUNK']._serialized_end=201
-  _globals['_RECORDINGSTART']._serialized_start=203
-  _globals['_RECORDINGSTART']._serialized_end=326
-  _globals['_TRANSCRIBEREQUEST']._serialized_start=329
-  _globals['_TRANSCRIBEREQUEST']._serialized_end=499
-  _globals['_WORD']._serialized_start=501
-  _globals['_WORD']._serialized_end=576
-  _globals['_TRANSCRIPTEVENT']._serialized_start=579
-  _globals['_TRANSCRIPTEVENT']._serialized_end=887
-  _globals['_ASR']._serialized_start=890
-  _globals['_ASR']._serialized_end=1065
+  _globals['_RECORDINGSTART']._serialized_start=204
+  _globals['_RECORDINGSTART']._serialized_end=378
+  _globals['_TRANSCRIBEREQUEST']._serialized_start=381
+  _globals['_TRANSCRIBEREQUEST']._serialized_end=551
+  _globals['_WORD']._serialized_start=553
+  _globals['_WORD']._serialized_end=628
+  _globals['_TRANSCRIPTEVENT']._serialized_start=631
+  _globals['_TRANSCRIPTEVENT']._serialized_end=939
+  _globals['_ASR']._serialized_start=1079
+  _globals['_ASR']._serialized_end=1254
 # @@protoc_insertion_point(module_scope)

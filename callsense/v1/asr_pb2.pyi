@@ -1,12 +1,24 @@
 from callsense.v1 import audio_pb2 as _audio_pb2
 from callsense.v1 import prosody_pb2 as _prosody_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class SpeakerSplit(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SPEAKER_SPLIT_UNSPECIFIED: _ClassVar[SpeakerSplit]
+    SPEAKER_SPLIT_NONE: _ClassVar[SpeakerSplit]
+    SPEAKER_SPLIT_AGENT_FIRST: _ClassVar[SpeakerSplit]
+    SPEAKER_SPLIT_CUSTOMER_FIRST: _ClassVar[SpeakerSplit]
+SPEAKER_SPLIT_UNSPECIFIED: SpeakerSplit
+SPEAKER_SPLIT_NONE: SpeakerSplit
+SPEAKER_SPLIT_AGENT_FIRST: SpeakerSplit
+SPEAKER_SPLIT_CUSTOMER_FIRST: SpeakerSplit
 
 class RecordingChunk(_message.Message):
     __slots__ = ("call_id", "start", "data")
@@ -19,16 +31,18 @@ class RecordingChunk(_message.Message):
     def __init__(self, call_id: _Optional[str] = ..., start: _Optional[_Union[RecordingStart, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class RecordingStart(_message.Message):
-    __slots__ = ("call_id", "filename", "content_type", "channel_roles")
+    __slots__ = ("call_id", "filename", "content_type", "channel_roles", "speaker_split")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     FILENAME_FIELD_NUMBER: _ClassVar[int]
     CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_ROLES_FIELD_NUMBER: _ClassVar[int]
+    SPEAKER_SPLIT_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     filename: str
     content_type: str
     channel_roles: _containers.RepeatedScalarFieldContainer[_audio_pb2.ChannelRole]
-    def __init__(self, call_id: _Optional[str] = ..., filename: _Optional[str] = ..., content_type: _Optional[str] = ..., channel_roles: _Optional[_Iterable[_Union[_audio_pb2.ChannelRole, str]]] = ...) -> None: ...
+    speaker_split: SpeakerSplit
+    def __init__(self, call_id: _Optional[str] = ..., filename: _Optional[str] = ..., content_type: _Optional[str] = ..., channel_roles: _Optional[_Iterable[_Union[_audio_pb2.ChannelRole, str]]] = ..., speaker_split: _Optional[_Union[SpeakerSplit, str]] = ...) -> None: ...
 
 class TranscribeRequest(_message.Message):
     __slots__ = ("call_id", "start", "chunk", "end")

@@ -63,11 +63,13 @@ class AsrServicer:
         """One recorded call (wav, flac, mp3, ogg, or anything else FFmpeg reads): send a RecordingChunk with
         start, then the file's bytes in order in RecordingChunks of data (each under gRPC's 4 MB message
         limit; 1 MB is a good size), then half-close. Receive one final TranscriptEvent per segment (words,
-        times, prosody; never a partial), channel after channel and in time order within a channel; the
-        server closes the stream after the last one. A recording without speech gives no event.
+        times, prosody; never a partial), channel after channel and in time order within a channel (a mono
+        recording split by speaker: in time order, see SpeakerSplit); the server closes the stream after the
+        last one. A recording without speech gives no event.
         INVALID_ARGUMENT: no start first, a bad call id, no data, more than the service's size limit
         (256 MB by default) or duration limit (an hour), bytes that are not audio, a truncated or corrupt
-        file, channel_roles that do not fit the file's channels; the message says what to fix and which
+        file, channel_roles that do not fit the file's channels, a speaker_split that cannot apply to them;
+        the message says what to fix and which
         formats are accepted. RESOURCE_EXHAUSTED: the replica transcribes as many calls as it may (retry
         later or elsewhere). The decoding shares the replica's one inference thread fairly with live calls.
         """

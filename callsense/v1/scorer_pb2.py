@@ -25,23 +25,23 @@ _sym_db = _symbol_database.Default()
 from callsense.v1 import chopper_pb2 as callsense_dot_v1_dot_chopper__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x61llsense/v1/scorer.proto\x12\x0c\x63\x61llsense.v1\x1a\x1a\x63\x61llsense/v1/chopper.proto\"K\n\x0cScoreRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12*\n\tutterance\x18\x02 \x01(\x0b\x32\x17.callsense.v1.Utterance\"\xef\x01\n\x0eSentimentScore\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x14\n\x0cutterance_id\x18\x02 \x01(\r\x12\x12\n\np_negative\x18\x03 \x01(\x02\x12\x11\n\tp_neutral\x18\x04 \x01(\x02\x12\x12\n\np_positive\x18\x05 \x01(\x02\x12\r\n\x05score\x18\x06 \x01(\x02\x12+\n\x05label\x18\x07 \x01(\x0e\x32\x1c.callsense.v1.SentimentLabel\x12\x15\n\rmodel_version\x18\x08 \x01(\t\x12\x14\n\x0cinference_ms\x18\t \x01(\x02\x12\x12\n\nbatch_size\x18\n \x01(\r\"@\n\x11ScoreBatchRequest\x12+\n\nutterances\x18\x01 \x03(\x0b\x32\x17.callsense.v1.Utterance\"B\n\x12ScoreBatchResponse\x12,\n\x06scores\x18\x01 \x03(\x0b\x32\x1c.callsense.v1.SentimentScore*Z\n\x0eSentimentLabel\x12\x1f\n\x1bSENTIMENT_LABEL_UNSPECIFIED\x10\x00\x12\x0c\n\x08NEGATIVE\x10\x01\x12\x0b\n\x07NEUTRAL\x10\x02\x12\x0c\n\x08POSITIVE\x10\x03\x32\xa0\x01\n\x06Scorer\x12\x45\n\x05Score\x12\x1a.callsense.v1.ScoreRequest\x1a\x1c.callsense.v1.SentimentScore(\x01\x30\x01\x12O\n\nScoreBatch\x12\x1f.callsense.v1.ScoreBatchRequest\x1a .callsense.v1.ScoreBatchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x61llsense/v1/scorer.proto\x12\x0c\x63\x61llsense.v1\x1a\x1a\x63\x61llsense/v1/chopper.proto\"K\n\x0cScoreRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12*\n\tutterance\x18\x02 \x01(\x0b\x32\x17.callsense.v1.Utterance\"\xe5\x02\n\x0eSentimentScore\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x14\n\x0cutterance_id\x18\x02 \x01(\r\x12\x12\n\np_negative\x18\x03 \x01(\x02\x12\x11\n\tp_neutral\x18\x04 \x01(\x02\x12\x12\n\np_positive\x18\x05 \x01(\x02\x12\r\n\x05score\x18\x06 \x01(\x02\x12+\n\x05label\x18\x07 \x01(\x0e\x32\x1c.callsense.v1.SentimentLabel\x12\x15\n\rmodel_version\x18\x08 \x01(\t\x12\x14\n\x0cinference_ms\x18\t \x01(\x02\x12\x12\n\nbatch_size\x18\n \x01(\r\x12\x17\n\x0ftext_p_negative\x18\x0b \x01(\x02\x12\x16\n\x0etext_p_neutral\x18\x0c \x01(\x02\x12\x17\n\x0ftext_p_positive\x18\r \x01(\x02\x12\x12\n\ntone_fused\x18\x0e \x01(\x08\x12\x16\n\x0e\x66usion_version\x18\x0f \x01(\t\"@\n\x11ScoreBatchRequest\x12+\n\nutterances\x18\x01 \x03(\x0b\x32\x17.callsense.v1.Utterance\"B\n\x12ScoreBatchResponse\x12,\n\x06scores\x18\x01 \x03(\x0b\x32\x1c.callsense.v1.SentimentScore*Z\n\x0eSentimentLabel\x12\x1f\n\x1bSENTIMENT_LABEL_UNSPECIFIED\x10\x00\x12\x0c\n\x08NEGATIVE\x10\x01\x12\x0b\n\x07NEUTRAL\x10\x02\x12\x0c\n\x08POSITIVE\x10\x03\x32\xa0\x01\n\x06Scorer\x12\x45\n\x05Score\x12\x1a.callsense.v1.ScoreRequest\x1a\x1c.callsense.v1.SentimentScore(\x01\x30\x01\x12O\n\nScoreBatch\x12\x1f.callsense.v1.ScoreBatchRequest\x1a .callsense.v1.ScoreBatchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'callsense.v1.scorer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SENTIMENTLABEL']._serialized_start=524
-  _globals['_SENTIMENTLABEL']._serialized_end=614
+  _globals['_SENTIMENTLABEL']._serialized_start=642
+  _globals['_SENTIMENTLABEL']._serialized_end=732
   _globals['_SCOREREQUEST']._serialized_start=71
   _globals['_SCOREREQUEST']._serialized_end=146
   _globals['_SENTIMENTSCORE']._serialized_start=149
-  _globals['_SENTIMENTSCORE']._serialized_end=388
-  _globals['_SCOREBATCHREQUEST']._serialized_start=390
-  _globals['_SCOREBATCHREQUEST']._serialized_end=454
-  _globals['_SCOREBATCHRESPONSE']._serialized_start=456
-  _globals['_SCOREBATCHRESPONSE']._serialized_end=522
-  _globals['_SCORER']._serialized_start=617
-  _globals['_SCORER']._serialized_end=777
+  _globals['_SENTIMENTSCORE']._serialized_end=506
+  _globals['_SCOREBATCHREQUEST']._serialized_start=508
+  _globals['_SCOREBATCHREQUEST']._serialized_end=572
+  _globals['_SCOREBATCHRESPONSE']._serialized_start=574
+  _globals['_SCOREBATCHRESPONSE']._serialized_end=640
+  _globals['_SCORER']._serialized_start=735
+  _globals['_SCORER']._serialized_end=895
 # @@protoc_insertion_point(module_scope)

@@ -28,7 +28,7 @@ class ScoreRequest(_message.Message):
     def __init__(self, call_id: _Optional[str] = ..., utterance: _Optional[_Union[_chopper_pb2.Utterance, _Mapping]] = ...) -> None: ...
 
 class SentimentScore(_message.Message):
-    __slots__ = ("call_id", "utterance_id", "p_negative", "p_neutral", "p_positive", "score", "label", "model_version", "inference_ms", "batch_size")
+    __slots__ = ("call_id", "utterance_id", "p_negative", "p_neutral", "p_positive", "score", "label", "model_version", "inference_ms", "batch_size", "text_p_negative", "text_p_neutral", "text_p_positive", "tone_fused", "fusion_version")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     UTTERANCE_ID_FIELD_NUMBER: _ClassVar[int]
     P_NEGATIVE_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +39,11 @@ class SentimentScore(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_MS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_P_NEGATIVE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_P_NEUTRAL_FIELD_NUMBER: _ClassVar[int]
+    TEXT_P_POSITIVE_FIELD_NUMBER: _ClassVar[int]
+    TONE_FUSED_FIELD_NUMBER: _ClassVar[int]
+    FUSION_VERSION_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     utterance_id: int
     p_negative: float
@@ -49,7 +54,12 @@ class SentimentScore(_message.Message):
     model_version: str
     inference_ms: float
     batch_size: int
-    def __init__(self, call_id: _Optional[str] = ..., utterance_id: _Optional[int] = ..., p_negative: _Optional[float] = ..., p_neutral: _Optional[float] = ..., p_positive: _Optional[float] = ..., score: _Optional[float] = ..., label: _Optional[_Union[SentimentLabel, str]] = ..., model_version: _Optional[str] = ..., inference_ms: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
+    text_p_negative: float
+    text_p_neutral: float
+    text_p_positive: float
+    tone_fused: bool
+    fusion_version: str
+    def __init__(self, call_id: _Optional[str] = ..., utterance_id: _Optional[int] = ..., p_negative: _Optional[float] = ..., p_neutral: _Optional[float] = ..., p_positive: _Optional[float] = ..., score: _Optional[float] = ..., label: _Optional[_Union[SentimentLabel, str]] = ..., model_version: _Optional[str] = ..., inference_ms: _Optional[float] = ..., batch_size: _Optional[int] = ..., text_p_negative: _Optional[float] = ..., text_p_neutral: _Optional[float] = ..., text_p_positive: _Optional[float] = ..., tone_fused: _Optional[bool] = ..., fusion_version: _Optional[str] = ...) -> None: ...
 
 class ScoreBatchRequest(_message.Message):
     __slots__ = ("utterances",)

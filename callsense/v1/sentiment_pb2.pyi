@@ -161,18 +161,20 @@ class AnalyzeRecordingRequest(_message.Message):
     def __init__(self, call_id: _Optional[str] = ..., start: _Optional[_Union[RecordingUpload, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class RecordingUpload(_message.Message):
-    __slots__ = ("call_id", "metadata", "filename", "content_type", "channel_roles")
+    __slots__ = ("call_id", "metadata", "filename", "content_type", "channel_roles", "speaker_split")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     FILENAME_FIELD_NUMBER: _ClassVar[int]
     CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_ROLES_FIELD_NUMBER: _ClassVar[int]
+    SPEAKER_SPLIT_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     metadata: _audio_pb2.CallMetadata
     filename: str
     content_type: str
     channel_roles: _containers.RepeatedScalarFieldContainer[_audio_pb2.ChannelRole]
-    def __init__(self, call_id: _Optional[str] = ..., metadata: _Optional[_Union[_audio_pb2.CallMetadata, _Mapping]] = ..., filename: _Optional[str] = ..., content_type: _Optional[str] = ..., channel_roles: _Optional[_Iterable[_Union[_audio_pb2.ChannelRole, str]]] = ...) -> None: ...
+    speaker_split: _asr_pb2.SpeakerSplit
+    def __init__(self, call_id: _Optional[str] = ..., metadata: _Optional[_Union[_audio_pb2.CallMetadata, _Mapping]] = ..., filename: _Optional[str] = ..., content_type: _Optional[str] = ..., channel_roles: _Optional[_Iterable[_Union[_audio_pb2.ChannelRole, str]]] = ..., speaker_split: _Optional[_Union[_asr_pb2.SpeakerSplit, str]] = ...) -> None: ...
 
 class AnalyzeBatchResponse(_message.Message):
     __slots__ = ("call_id", "utterances", "summary")

@@ -94,8 +94,9 @@ class SentimentServicer:
         transcribes it with its offline decoder, and the call is scored as AnalyzeBatch scores it, with the
         same answer and the same idempotency. INVALID_ARGUMENT: no start first, a bad call id or metadata, a
         file that is not audio, is truncated or empty, is over an hour or over the gateway's size limit
-        (100 MB by default), roles that do not fit its channels, or no speech in it (the message says
-        which); ALREADY_EXISTS: the call_id holds other utterances; UNAVAILABLE: no ASR service, or busy.
+        (100 MB by default), roles that do not fit its channels, a speaker_split that cannot apply to them,
+        or no speech in it (the message says which); ALREADY_EXISTS: the call_id holds other utterances;
+        UNAVAILABLE: no ASR service, or busy.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

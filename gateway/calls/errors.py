@@ -49,6 +49,9 @@ class ErrorCode:
     RECORDING_TOO_LARGE = "recording_too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     NO_SPEECH = "no_speech"
+    INVALID_SPEAKERS = "invalid_speakers"
+    """A recording's ``speakers`` (speaker split) that is not one of auto, agent-first, customer-first, none,
+    or that splits a recording whose channel_roles already say who speaks (gateway/recording.py)."""
     UNAUTHENTICATED = "unauthenticated"
     """No credential, or one that is unknown, revoked or expired (HTTP 401, gRPC UNAUTHENTICATED)."""
     FORBIDDEN = "forbidden"

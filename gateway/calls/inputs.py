@@ -15,7 +15,7 @@ from typing import Any
 
 from callsense.domain import Channel
 from callsense.ids import is_valid_call_id
-from callsense.v1 import asr_pb2, audio_pb2
+from callsense.v1 import asr_pb2, audio_pb2, prosody_pb2
 from gateway.calls.errors import ErrorCode, InputError
 
 MAX_TEXT_CHARS = 8_000
@@ -82,6 +82,8 @@ class UtteranceInput:
     channel: Channel
     start_ms: int
     end_ms: int
+    prosody: prosody_pb2.Prosody | None = field(default=None, compare=False)  # a message is not hashable
+    """How it was said, when it came from the ASR (a recording): the scorer fuses it with the text."""
 
 
 def validate_call_id(call_id: object) -> str:
@@ -288,4 +290,5 @@ def transcript_event(call_id: str, segment_id: int, utterance: UtteranceInput) -
         start_ms=utterance.start_ms,
         end_ms=utterance.end_ms,
         channel=CHANNELS[utterance.channel],  # type: ignore[arg-type]  # an int of the ChannelRole enum
+        prosody=utterance.prosody,
     )

@@ -31,7 +31,8 @@ class Stages:
 
 
 def utterance_score(utterance: chopper_pb2.Utterance, score: scorer_pb2.SentimentScore) -> UtteranceScore:
-    """The stored form of a scored utterance."""
+    """The stored form of a scored utterance (with the text's probabilities alone when tone was fused)."""
+    fused = score.tone_fused
     return UtteranceScore(
         call_id=utterance.call_id,
         utterance_id=utterance.utterance_id,
@@ -46,6 +47,10 @@ def utterance_score(utterance: chopper_pb2.Utterance, score: scorer_pb2.Sentimen
         score=min(1.0, max(0.0, float(score.score))),  # float32 rounding must not break the CHECK
         model_version=score.model_version,
         inference_ms=float(score.inference_ms),
+        text_p_negative=float(score.text_p_negative) if fused else None,
+        text_p_neutral=float(score.text_p_neutral) if fused else None,
+        text_p_positive=float(score.text_p_positive) if fused else None,
+        fusion_version=score.fusion_version if fused else None,
     )
 
 

@@ -354,7 +354,7 @@ def turns_without_final(played: Played) -> list[str]:
     return missing
 
 
-def test_every_turn_of_every_scripted_call_got_a_final() -> None:
+async def test_every_turn_of_every_scripted_call_got_a_final() -> None:  # async: the module mark
     # Runs after the calls above (pytest keeps the file's order); they record what came back in PLAYED,
     # including the calls the model gap marks as expected failures.
     if not PLAYED:

@@ -132,6 +132,24 @@ async def test_random_websocket_frames_get_error_events_and_the_connection_goes_
     await _still_serving(gw)
 
 
+CLIENT_CORE_RACE = "Internal error from Core"
+
+
+async def _rpc_status(
+    channel: grpc.aio.Channel, unary: bool, path: str, payload: bytes
+) -> tuple[grpc.StatusCode, str]:
+    """The status of one call of ``path`` with ``payload`` (a stream sends it twice)."""
+    try:
+        if unary:
+            await channel.unary_unary(path)(payload, timeout=20)
+        else:
+            async for _ in channel.stream_stream(path)(iter([payload, payload]), timeout=20):
+                pass
+    except grpc.aio.AioRpcError as exc:
+        return exc.code(), exc.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
 async def test_malformed_grpc_messages_end_only_their_rpc_with_a_clear_status(
     running_gateway: RunningGateway,
 ) -> None:
@@ -144,20 +162,16 @@ async def test_malformed_grpc_messages_end_only_their_rpc_with_a_clear_status(
             payload = bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 512)))
             name = rng.choice([*methods, *unary])
             path = f"/callsense.v1.Sentiment/{name}"
-            try:
-                if name in unary:
-                    call = channel.unary_unary(path)(payload, timeout=20)
-                    await call
-                else:
-                    stream = channel.stream_stream(path)(iter([payload, payload]), timeout=20)
-                    async for _ in stream:
-                        pass
-                code = grpc.StatusCode.OK
-            except grpc.aio.AioRpcError as exc:
-                code = exc.code()
+            for _attempt in range(3):
+                code, details = await _rpc_status(channel, name in unary, path, payload)
+                # grpc/grpc#36066: a client write racing the server's early status fails in the client's
+                # own core with this message; the server never sent it. Sent again, the race is unlikely
+                # twice, and a status the server did send comes back the same every time.
+                if not (code == grpc.StatusCode.INTERNAL and details == CLIENT_CORE_RACE):
+                    break
             statuses[code.name] = statuses.get(code.name, 0) + 1
             assert code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), (
-                f"seed {SEED + 1} message {index} to {name}: {code.name}"
+                f"seed {SEED + 1} message {index} to {name}: {code.name} {details}"
             )
     print(f"\n{GRPC_MESSAGES} malformed gRPC messages: statuses {sorted(statuses.items())}")
     assert statuses.get("INVALID_ARGUMENT", 0) + statuses.get("NOT_FOUND", 0) > GRPC_MESSAGES // 2, statuses

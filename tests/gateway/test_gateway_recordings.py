@@ -1,6 +1,7 @@
 """Recordings uploaded to ``POST /v1/sentiment/batch`` (multipart) and gRPC ``AnalyzeRecording``, against
 the real mesh: the ASR (Whisper tiny.en) transcribes, the chopper cuts and masks, the scorer scores, the
 embedded PostgreSQL stores. Speech from espeak-ng; WAV, FLAC and Ogg written by sox, MP3 by PyAV's LAME.
+A mono mix-down of two voices, uploaded with ``speakers``, is split by the ASR into agent and customer.
 Bad uploads get a clear error and leave nothing stored."""
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ import pytest
 import pytest_asyncio
 
 from callsense.config import Config
-from callsense.v1 import audio_pb2, sentiment_pb2, sentiment_pb2_grpc
+from callsense.v1 import asr_pb2, audio_pb2, sentiment_pb2, sentiment_pb2_grpc
 from gateway.calls.settings import SessionSettings
 from tests.support.audio import SENTENCE_A, SENTENCE_B, require_speech_tools, speak_pcm16, word_error_rate
 from tests.support.mesh import MeshServices, RunningGateway, _serve_gateway
+from tests.tools.test_analyze_mono import LINES  # the two-voice call the CLI's split is tried on
+from tools.demo import synthesize_call
 from tools.ports import free_port
+from tools.scripted_calls import Turn
 
 pytestmark = pytest.mark.slow
 
@@ -99,6 +103,22 @@ def agent_then_customer() -> np.ndarray:
     stereo[RATE // 2 : RATE // 2 + len(agent), 0] = agent
     stereo[RATE + len(agent) : RATE + len(agent) + len(customer), 1] = customer
     return stereo
+
+
+def two_voices_mono() -> np.ndarray:
+    """``LINES`` (agent, customer, agent) spoken in the demo's two voices and mixed down to one channel,
+    as a phone system records a call."""
+    require_speech_tools()
+    stereo = synthesize_call([Turn(speaker, text) for speaker, text in LINES]).samples
+    mono: np.ndarray = stereo.astype(np.int32).sum(axis=1).clip(-32768, 32767).astype(np.int16)
+    return mono
+
+
+def by_role(segments: list[dict[str, str]]) -> dict[str, str]:
+    return {
+        role: " ".join(s["text"] for s in segments if s["channel"] == role)
+        for role in ("agent", "customer", "mixed")
+    }
 
 
 async def upload(
@@ -184,9 +204,17 @@ async def test_stereo_roles_idempotency_conflict_and_the_grpc_mirror(
     assert "not a readable audio file" in (caught.value.details() or ""), caught.value.details()
 
 
-def grpc_requests(call_id: str, data: bytes) -> list[sentiment_pb2.AnalyzeRecordingRequest]:
+def grpc_requests(
+    call_id: str,
+    data: bytes,
+    roles: tuple[audio_pb2.ChannelRole, ...] = (audio_pb2.AGENT, audio_pb2.CUSTOMER),
+    split: int = asr_pb2.SPEAKER_SPLIT_UNSPECIFIED,
+) -> list[sentiment_pb2.AnalyzeRecordingRequest]:
     start = sentiment_pb2.RecordingUpload(
-        call_id=call_id, filename="stereo.wav", channel_roles=[audio_pb2.AGENT, audio_pb2.CUSTOMER]
+        call_id=call_id,
+        filename="call.wav",
+        channel_roles=list(roles),
+        speaker_split=split,  # type: ignore[arg-type]  # an int: the tests send unknown values too
     )
     piece = 64 * 1024
     chunks = [
@@ -211,6 +239,7 @@ async def test_bad_uploads_get_clear_errors_and_leave_nothing_stored(
         ("call.wav", b"", {}, 400, "invalid_recording", "call.wav is empty"),
         ("call.wav", speech, {roles: "agent,customer"}, 400, "invalid_recording", "for audio of 1 channel"),
         ("call.wav", speech, {roles: "boss"}, 422, "invalid_channel", "'boss' is not a role"),
+        ("call.wav", speech, {"speakers": "both"}, 422, "invalid_speakers", "'both' is not a speaker split"),
         ("call.wav", speech, {meta: "{tenant"}, 422, "invalid_metadata", "metadata must be a JSON object"),
         ("call.wav", b"\x00" * (MAX_BYTES + 1), {}, 413, "recording_too_large", f"{MAX_BYTES:,} bytes"),
         ("call.wav", silence, {}, 422, "no_speech", "no speech was recognised in call.wav"),
@@ -258,6 +287,82 @@ async def test_the_openapi_document_describes_both_bodies(running_gateway: Runni
     for media in content.values():
         assert media["schema"]["$ref"].rsplit("/", 1)[1] in components
     form = components["BatchRecordingForm"]["properties"]
-    assert form["recording"]["format"] == "binary" and set(form) >= {"call_id", "metadata", "channel_roles"}
+    assert form["recording"]["format"] == "binary"
+    assert set(form) >= {"call_id", "metadata", "channel_roles", "speakers"}
+    assert form["speakers"]["enum"] == ["auto", "agent-first", "customer-first", "none"]
+    assert form["speakers"]["default"] == "auto" and "invalid_speakers" in form["speakers"]["description"]
     assert {"UtteranceIn", "Metadata"} <= set(components)
     json.dumps(schema)  # serialisable as served
+
+
+async def test_a_mono_two_voice_upload_split_agent_first_scores_each_role(
+    audio_gateway: RunningGateway, tmp_path: Path
+) -> None:
+    data = sox(two_voices_mono(), tmp_path, "mono.wav")
+    call_id = new_call_id()
+    async with httpx.AsyncClient(base_url=audio_gateway.http_url, headers=audio_gateway.headers) as http:
+        reply = await upload(http, call_id, data, "mono.wav", speakers="agent-first")
+        # The default (auto) splits a mono file the same way: the same answer, nothing stored twice.
+        default = await upload(http, call_id, data, "mono.wav")
+        kept = await upload(http, new_call_id(), data, "mono.wav", speakers="none")
+    assert reply.status_code == 200, reply.text
+    assert default.json() == reply.json(), default.text
+    assert kept.status_code == 200, kept.text
+    assert {u["channel"] for u in kept.json()["utterances"]} == {"mixed"}, kept.text  # none: not split
+    body = reply.json()
+    heard, said = by_role(body["transcript"]), by_role(body["utterances"])
+    assert {t["channel"] for t in body["transcript"]} == {"agent", "customer"}, heard
+    assert {u["channel"] for u in body["utterances"]} == {"agent", "customer"}, said
+    # The opener is the agent; each role gets its own lines' words, and none of the other's.
+    assert word_error_rate(f"{LINES[0][1]} {LINES[2][1]}", heard["agent"]) <= 0.2, heard
+    assert word_error_rate(LINES[1][1], heard["customer"]) <= 0.2, heard
+    assert "ridiculous" in said["customer"].lower() and "ridiculous" not in said["agent"].lower(), said
+    assert "renewal" in said["agent"].lower() and "renewal" not in said["customer"].lower(), said
+    stats = body["stats"]
+    assert stats["customer_avg_sentiment"] is not None and stats["agent_avg_sentiment"] is not None
+    stored = await audio_gateway.gateway.stores.default.list_events(call_id)
+    assert [(e.channel, e.text) for e in stored] == [(u["channel"], u["text"]) for u in body["utterances"]]
+
+    # gRPC AnalyzeRecording takes the same choice as speaker_split: told the customer opens, the
+    # same file comes back with the roles the other way round.
+    requests = grpc_requests(new_call_id(), data, roles=(), split=asr_pb2.SPEAKER_SPLIT_CUSTOMER_FIRST)
+    async with audio_gateway.channel() as channel:
+        swapped = await sentiment_pb2_grpc.SentimentStub(channel).AnalyzeRecording(
+            iter(requests), timeout=TIMEOUT_S
+        )
+    roles = {audio_pb2.AGENT: "agent", audio_pb2.CUSTOMER: "customer"}
+    other = by_role(
+        [{"channel": roles[u.utterance.channel], "text": u.utterance.text} for u in swapped.utterances]
+    )
+    assert other["agent"] == said["customer"] and other["customer"] == said["agent"], (other, said)
+
+
+async def test_a_bad_speakers_value_is_refused_before_the_asr(running_gateway: RunningGateway) -> None:
+    # No ASR behind this gateway: a good upload would be a 503, so a 4xx here was answered first.
+    data = b"RIFF" + b"\x00" * 2048
+    cases = [
+        ({"speakers": "sideways"}, "'sideways' is not a speaker split; give auto"),
+        ({"speakers": "agent-first", "channel_roles": "agent,customer"}, "channel_roles mixed to downmix"),
+        ({"speakers": "customer-first", "channel_roles": "customer"}, "the role customer"),
+    ]
+    async with httpx.AsyncClient(base_url=running_gateway.http_url, headers=running_gateway.headers) as http:
+        for fields, says in cases:
+            call_id = new_call_id()
+            reply = await upload(http, call_id, data, "call.wav", **fields)
+            assert reply.status_code == 422, (fields, reply.text)
+            error = reply.json()["error"]
+            assert error["code"] == "invalid_speakers" and says in error["message"], (fields, error)
+            assert await running_gateway.gateway.stores.default.get_call(call_id) is None
+
+    async with running_gateway.channel() as channel:
+        stub = sentiment_pb2_grpc.SentimentStub(channel)
+        for split, roles, says in [
+            (7, (), "speaker_split 7 is not a SpeakerSplit"),
+            (asr_pb2.SPEAKER_SPLIT_AGENT_FIRST, (audio_pb2.AGENT,), "the role agent"),
+        ]:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.AnalyzeRecording(
+                    iter(grpc_requests(new_call_id(), data, roles=roles, split=split))
+                )
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert says in (caught.value.details() or ""), caught.value.details()

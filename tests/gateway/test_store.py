@@ -106,12 +106,12 @@ def _event(
 
 async def test_migrations_apply_once_even_when_processes_race(fresh_db_url: str) -> None:
     migrations = load_migrations()
-    assert [m.version for m in migrations] == ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]
+    assert [m.version for m in migrations] == ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008"]
     # Three "replicas" starting at once: the advisory lock lets exactly one of them apply the migrations.
     conns = [await psycopg.AsyncConnection.connect(fresh_db_url, autocommit=True) for _ in range(3)]
     try:
         results = await asyncio.gather(*(apply_migrations(c, migrations) for c in conns))
-        assert sorted(results) == [[], [], ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]]
+        assert sorted(results) == [[], [], ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008"]]
         assert await apply_migrations(conns[0], migrations) == []  # and again: nothing to do
         cur = await conns[0].execute("SELECT version FROM schema_migrations ORDER BY version")
         assert await cur.fetchall() == [
@@ -122,6 +122,7 @@ async def test_migrations_apply_once_even_when_processes_race(fresh_db_url: str)
             ("0005",),
             ("0006",),
             ("0007",),
+            ("0008",),
         ]
         cur = await conns[0].execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1"
@@ -428,3 +429,23 @@ async def test_a_database_outage_answers_503_and_the_api_recovers_with_it() -> N
     finally:
         pg.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_a_fused_score_keeps_the_words_alone_beside_it(store: Store) -> None:
+    """nlp_events (0008): the text model's probabilities and the fusion head's version, NULL when no tone
+    was fused."""
+    call_id = _call_id()
+    await store.upsert_call_start(call_id, {})
+    plain = _event(call_id, 0, score=0.6)
+    fused = replace(
+        _event(call_id, 1, score=0.2),
+        text_p_negative=0.1,
+        text_p_neutral=0.7,
+        text_p_positive=0.2,
+        fusion_version="tone-x",
+    )
+    await store.record_scores([plain, fused])
+    stored = await store.list_events(call_id)
+    assert stored[0].fusion_version is None and stored[0].text_p_negative is None and not stored[0].tone_fused
+    assert (stored[1].text_p_negative, stored[1].fusion_version) == (0.1, "tone-x") and stored[1].tone_fused
+    assert stored[1].text_score == pytest.approx(0.55) and stored[1].tone_moved

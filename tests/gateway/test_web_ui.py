@@ -33,7 +33,7 @@ from PIL import Image
 from playwright.async_api import Browser, Page, Playwright, async_playwright, expect
 from websockets.asyncio.client import connect
 
-from callsense.domain import Channel, Label
+from callsense.domain import Channel, Label, UtteranceScore
 from callsense.tenants import TenantsConfig
 from gateway.heartbeat import FRESH_S, ORPHAN_AFTER_S, LiveCallHeartbeat
 from gateway.store import Store
@@ -395,6 +395,41 @@ async def test_review_page_lists_the_spikes_and_a_click_jumps_to_the_spike(
     tags = summary["objection_tags"]
     await expect(page.get_by_test_id("tag")).to_have_count(len(tags))
     await screenshot(page, "review-jump-to-spike.png")
+    assert errors.messages == []
+
+
+@slow
+async def test_review_page_marks_the_utterances_whose_tone_moved_the_score(
+    running_gateway: RunningGateway, browser: Browser
+) -> None:
+    gw, call_id = running_gateway, new_call_id("tone")
+    store = gw.gateway.stores.default
+    await store.upsert_call_start(call_id, {"tenant": "acme"})
+
+    def event(
+        i: int, fused: tuple[float, float, float], text: tuple[float, float, float] | None
+    ) -> UtteranceScore:
+        label: Label = ("negative", "neutral", "positive")[fused.index(max(fused))]  # type: ignore[assignment]
+        return UtteranceScore(
+            call_id, i, "customer", i * 3000, i * 3000 + 2000, f"Polite words number {i}.", label, *fused,
+            fused[2] + 0.5 * fused[1], "m-1", None, *(text or (None, None, None)),
+            "tone-x" if text else None,
+        )  # fmt: skip
+
+    await store.record_scores(
+        [
+            event(0, (0.1, 0.7, 0.2), None),  # the first turn: the words alone
+            event(1, (0.12, 0.68, 0.2), (0.1, 0.7, 0.2)),  # fused, hardly moved
+            event(2, (0.7, 0.2, 0.1), (0.1, 0.7, 0.2)),  # the voice hardened: moved to negative
+        ]
+    )
+    page, errors = await open_page(browser, f"{gw.http_url}/review/{call_id}", height=720, key=gw.key)
+    await expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    marks = page.get_by_test_id("tone-moved")
+    await expect(marks).to_have_count(1)
+    await expect(page.locator(".row[data-tone-moved]")).to_have_attribute("data-utterance-id", "2")
+    await expect(marks.first).to_contain_text("0.55→0.20")
+    await screenshot(page, "review-tone-moved.png")
     assert errors.messages == []
 
 

@@ -317,3 +317,68 @@ def test_readers_never_see_half_a_pointer_while_versions_are_promoted(
         thread.join(10)
     assert errors == [] and seen <= {SHIPPED, "v2"}
     assert leftovers(registry) == []
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+
+
+def make_checkpoint(folder: Path, weights: bytes = b"fp32 weights") -> Path:
+    """A Hugging Face checkpoint as `callsense train` saves one (its best/), with export's work folder."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text('{"num_labels": 3}')
+    (folder / "model.safetensors").write_bytes(weights)
+    (folder / "training.json").write_text('{"config": {"train": ["meld:train"]}}')
+    (folder / "onnx").mkdir()  # `callsense export`'s default work folder: not part of the checkpoint
+    (folder / "onnx" / "model.fp32.onnx").write_bytes(b"big")
+    return folder
+
+
+def test_a_checkpoint_is_kept_with_its_version_hashed_apart_from_the_served_files(
+    registry: ModelRegistry, tmp_path: Path
+) -> None:
+    checkpoint = make_checkpoint(tmp_path / "best")
+    added = registry.add(make_model(tmp_path / "v2", "v2", b"B"), checkpoint=checkpoint)
+    version = added.version
+    assert version.checkpoint_dir == registry.versions_dir / "v2" / "checkpoint"
+    assert sorted(f.name for f in version.checkpoint) == ["config.json", "model.safetensors", "training.json"]
+    assert not (registry.versions_dir / "v2" / "checkpoint" / "onnx").exists()
+    assert registry.get("v2") == version  # the manifest keeps it
+    assert registry.verify_checkpoint(version) == version.checkpoint_dir
+    assert "checkpoint" not in {f.name for f in version.files}
+    registry.verify(version)  # what a scorer checks is the model's files alone
+    # Altered after it was added: a retrain refuses to start from it.
+    (version.checkpoint_dir / "model.safetensors").write_bytes(b"other weights")
+    with pytest.raises(HashMismatch, match="model.safetensors has sha256"):
+        registry.verify_checkpoint(version)
+    registry.verify(version)  # serving is not concerned
+    assert leftovers(registry) == []
+
+
+def test_a_checkpoint_is_attached_to_a_version_registered_without_one_once(
+    registry: ModelRegistry, tmp_path: Path
+) -> None:
+    source = make_model(tmp_path / "v2", "v2", b"B")
+    plain = registry.add(source).version
+    assert plain.checkpoint == () and plain.checkpoint_dir is None
+    with pytest.raises(InvalidModel, match="has no checkpoint"):
+        registry.verify_checkpoint(plain)
+    attached = registry.add(source, checkpoint=make_checkpoint(tmp_path / "best")).version
+    assert registry.get("v2").checkpoint == attached.checkpoint != ()
+    assert registry.add(source, checkpoint=tmp_path / "best").version == attached  # the same: idempotent
+    with pytest.raises(VersionConflict, match="another checkpoint"):
+        registry.add(source, checkpoint=make_checkpoint(tmp_path / "other", b"other weights"))
+    assert [p.name for p in (registry.versions_dir / "v2").iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_folder_that_is_no_checkpoint_is_refused_before_anything_is_copied(
+    registry: ModelRegistry, tmp_path: Path
+) -> None:
+    exported = make_model(tmp_path / "v2", "v2", b"B")
+    with pytest.raises(InvalidModel, match="no config.json"):
+        registry.add(exported, checkpoint=exported)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_text("{}")
+    with pytest.raises(InvalidModel, match="has no weights"):
+        registry.add(exported, checkpoint=bare)
+    assert not registry.root.exists()

@@ -28,10 +28,11 @@ def require_speech_tools() -> None:
 
 
 @functools.lru_cache(maxsize=16)
-def _speak(text: str, rate_hz: int, words_per_minute: int) -> bytes:
+def _speak(text: str, rate_hz: int, words_per_minute: int, pitch: int = 50, amplitude: int = 100) -> bytes:
     require_speech_tools()
     espeak = subprocess.run(
-        ["espeak-ng", "-v", "en-us", "-s", str(words_per_minute), "--stdout", text],
+        ["espeak-ng", "-v", "en-us", "-s", str(words_per_minute), "-p", str(pitch), "-a", str(amplitude)]
+        + ["--stdout", text],
         check=True,
         capture_output=True,
         timeout=60,
@@ -62,9 +63,13 @@ def _speak(text: str, rate_hz: int, words_per_minute: int) -> bytes:
     return sox.stdout
 
 
-def speak_pcm16(text: str, rate_hz: int = RATE, words_per_minute: int = 150) -> npt.NDArray[np.int16]:
-    """``text`` spoken by espeak-ng (en-us), mono 16-bit at ``rate_hz``."""
-    return np.frombuffer(_speak(text, rate_hz, words_per_minute), dtype="<i2").astype(np.int16)
+def speak_pcm16(
+    text: str, rate_hz: int = RATE, words_per_minute: int = 150, *, pitch: int = 50, amplitude: int = 100
+) -> npt.NDArray[np.int16]:
+    """``text`` spoken by espeak-ng (en-us), mono 16-bit at ``rate_hz``; ``pitch`` 0-99 (espeak's default
+    50) and ``amplitude`` 0-200 (default 100) change the voice (tone fusion tests harden it)."""
+    pcm = _speak(text, rate_hz, words_per_minute, pitch, amplitude)
+    return np.frombuffer(pcm, dtype="<i2").astype(np.int16)
 
 
 def speak(text: str, rate_hz: int = RATE, words_per_minute: int = 150) -> FloatArray:

@@ -210,12 +210,14 @@ def spawn_asr(addr: str, log: Path) -> subprocess.Popen[bytes]:
     return _spawn("asr_service", "CALLSENSE_ASR_ADDR", addr, ["--bind", addr], log)
 
 
-def spawn_scorer(addr: str, log: Path, model: Path | None = None) -> subprocess.Popen[bytes]:
-    """A real scorer with the shipped model (one thread), ``python -m scorer_service`` on ``addr``."""
+def spawn_scorer(
+    addr: str, log: Path, model: Path | None = None, *, fusion: bool = False
+) -> subprocess.Popen[bytes]:
+    """A real scorer with the shipped model (one thread), ``python -m scorer_service`` on ``addr``;
+    ``fusion``: with the shipped tone fusion head (``--fusion``)."""
     model = model or _scorer_model()
-    return _spawn(
-        "scorer_service", "CALLSENSE_SCORER_ADDR", addr, ["--model", str(model), "--threads", "1"], log
-    )
+    args = ["--model", str(model), "--threads", "1"] + (["--fusion"] if fusion else [])
+    return _spawn("scorer_service", "CALLSENSE_SCORER_ADDR", addr, args, log)
 
 
 @pytest.fixture(scope="session")
@@ -265,6 +267,19 @@ def asr_addr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         _stop(asr)
 
 
+@pytest.fixture(scope="session")
+def tone_scorer_addr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A second real scorer, started with the shipped tone fusion head (``--fusion``: tone is opt-in)."""
+    logs = tmp_path_factory.mktemp("tone-scorer")
+    addr = f"127.0.0.1:{free_port()}"
+    scorer = spawn_scorer(addr, logs / "scorer.log", fusion=True)
+    try:
+        _wait_serving("scorer", addr, scorer, logs / "scorer.log")
+        yield addr
+    finally:
+        _stop(scorer)
+
+
 # --------------------------------------------------------------------------------------------- gateway
 
 
@@ -304,6 +319,18 @@ async def audio_gateway(
 ) -> AsyncIterator[RunningGateway]:
     """Like running_gateway, with the real ASR service behind it (audio calls)."""
     config = mesh_services.config(asr_addr=asr_addr, database_url=gateway_db_url)
+    async with _serve_gateway(config) as running:
+        yield running
+
+
+@pytest_asyncio.fixture
+async def tone_audio_gateway(
+    mesh_services: MeshServices, asr_addr: str, tone_scorer_addr: str, gateway_db_url: str
+) -> AsyncIterator[RunningGateway]:
+    """Like audio_gateway, its scorer fusing the voice's tone with the words."""
+    config = mesh_services.config(
+        asr_addr=asr_addr, scorer_addr=tone_scorer_addr, database_url=gateway_db_url
+    )
     async with _serve_gateway(config) as running:
         yield running
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from asr_service.streaming import Transcript
+from callsense.v1 import audio_pb2
 from scorer_service.inference import DEFAULT_MODEL
 from tests.support.audio import SENTENCE_B, require_speech_tools, speak_pcm16, word_error_rate
 from tools.analyze import chop
@@ -119,9 +120,14 @@ def test_chop_masks_and_orders_segments_across_channels() -> None:
         start_ms=3000, end_ms=6000, no_speech_prob=0.0, avg_logprob=-0.2, compression_ratio=1.2, prosody=None,
     )  # fmt: skip
     agent = dataclasses.replace(customer, channel=0, text="Can I call you back?", start_ms=0, end_ms=2500)
-    utterances = chop([customer, agent])
+    utterances = chop([customer, agent], ("agent", "customer"))
     assert [(u.utterance_id, u.channel, u.text, u.previous_text) for u in utterances] == [
-        (0, 0, "Can I call you back?", ""),
-        (1, 1, "Sure. Call me at [PHONE] tomorrow.", "Can I call you back?"),  # "Sure." alone is merged
+        (0, audio_pb2.AGENT, "Can I call you back?", ""),
+        (
+            1,
+            audio_pb2.CUSTOMER,
+            "Sure. Call me at [PHONE] tomorrow.",
+            "Can I call you back?",
+        ),  # "Sure." merged
     ]
     assert [(u.start_ms, u.end_ms) for u in utterances] == [(0, 2500), (3000, 6000)]

@@ -557,6 +557,187 @@ def test_disruption_budgets_leave_room_to_drain() -> None:
         assert pdb["spec"]["minAvailable"] < replicas, f"{name}: a node drain could never evict a pod"
 
 
+# --- the monthly retrain -------------------------------------------------------------------------------
+
+TRAIN_DOCKERFILE = DEPLOY / "Dockerfile.train"
+THIRD_PARTY_ENV = {"HF_HUB_OFFLINE", "HF_HOME"}
+"""Variables the training libraries read (transformers, huggingface_hub), not our code."""
+
+
+def _retrain_pod() -> Doc:
+    (cronjob,) = _of_kind("CronJob").values()
+    pod: Doc = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return pod
+
+
+def _retrain_mounts() -> dict[str, str]:
+    """Mount path -> the PersistentVolumeClaim mounted there (emptyDirs: "emptyDir")."""
+    pod = _retrain_pod()
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (container,) = pod["containers"]
+    return {
+        m["mountPath"]: volumes[m["name"]].get("persistentVolumeClaim", {}).get("claimName", "emptyDir")
+        for m in container["volumeMounts"]
+    }
+
+
+def _mounted_on(path: str, mounts: dict[str, str]) -> str:
+    """The claim whose mount holds ``path``; fails when no volume does (the root filesystem is read-only)."""
+    owners = [claim for mount, claim in mounts.items() if Path(path).is_relative_to(mount)]
+    assert owners, f"{path} is on no volume: the container's root filesystem is read-only"
+    return max(owners, key=len)
+
+
+def test_the_retrain_cronjob_runs_monthly_once_at_a_time_and_never_retries_a_gate_answer() -> None:
+    (cronjob,) = _of_kind("CronJob").values()
+    spec = cronjob["spec"]
+    minute, hour, day, month, weekday = spec["schedule"].split()
+    assert (month, weekday) == ("*", "*") and day.isdigit() and 1 <= int(day) <= 28, "once a month"
+    assert minute.isdigit() and hour.isdigit()
+    assert spec["concurrencyPolicy"] == "Forbid"  # two retrains would race for the registry's pointer
+    assert spec["suspend"] is True, "applied suspended until its image and volumes exist (retrain.yaml)"
+    job = spec["jobTemplate"]["spec"]
+    assert job["backoffLimit"] == 0  # exit 3 (refused by the gate) is an answer, not a failure to retry
+    assert _retrain_pod()["restartPolicy"] == "Never"
+
+
+def test_the_retrain_command_parses_and_reads_and_writes_only_its_volumes() -> None:
+    from tools.cli import build_parser
+
+    (container,) = _retrain_pod()["containers"]
+    command = container["command"]
+    scripts = {ep.name: ep.value for ep in entry_points(group="console_scripts")}
+    assert command[0] in scripts and scripts[command[0]] == "tools.cli:main"
+    args = build_parser().parse_args(command[1:])  # exits (fails) on an unknown flag or a bad value
+    assert args.command == "retrain" and args.promote, "a candidate past the gate is promoted"
+    mounts = _retrain_mounts()
+    env = {e["name"]: e["value"] for e in container["env"]}
+    config = load_config(env)
+    for path in (args.labels, args.lines, args.report, config.data_dir, env["CALLSENSE_SHARED_DATA"]):
+        assert _mounted_on(str(path), mounts) == "callsense-training", path
+    assert _mounted_on(str(config.model_registry), mounts) == "callsense-models"
+    assert _mounted_on(env["HF_HOME"], mounts) == "emptyDir"
+    assert args.threads <= float(container["resources"]["limits"]["cpu"])
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(container["resources"][kind])
+
+
+def test_the_retrain_env_is_read_by_the_code() -> None:
+    (container,) = _retrain_pod()["containers"]
+    names = {e["name"] for e in container["env"]}
+    read = _env_names_read_by_code()
+    pattern = re.compile(r"(CALLSENSE|OTEL|DATABASE_URL)[A-Z0-9_]*[A-Z0-9]")
+    for package in ("tools", "training"):  # the training image runs these too
+        for path in (ROOT / package).rglob("*.py"):
+            try:
+                tree = ast.parse(path.read_text(encoding="utf-8"))
+            except SyntaxError:
+                continue  # not this test's concern: the linters and the module's own tests say so
+            for node in ast.walk(tree):
+                if (
+                    isinstance(node, ast.Constant)
+                    and isinstance(node.value, str)
+                    and pattern.fullmatch(node.value)
+                ):
+                    read.add(node.value)
+    assert "CALLSENSE_SHARED_DATA" in read  # the scan reached training/data.py
+    assert names - read - THIRD_PARTY_ENV == set(), "set for the retrain but read by no code"
+
+
+def test_the_registry_volume_is_shared_and_every_claim_is_in_the_kustomization() -> None:
+    claims = _of_kind("PersistentVolumeClaim")
+    assert set(_retrain_mounts().values()) - {"emptyDir"} <= set(claims)
+    assert claims["callsense-models"]["spec"]["accessModes"] == ["ReadWriteMany"], "every scorer reads it"
+
+
+def _claim_mounts(pod: Doc, container: Doc) -> dict[str, tuple[str, bool]]:
+    """Mount path -> (the PersistentVolumeClaim mounted there, whether read-only), claims only."""
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    mounts = {}
+    for mount in container.get("volumeMounts", []):
+        claim = volumes[mount["name"]].get("persistentVolumeClaim")
+        if claim is not None:
+            read_only = bool(mount.get("readOnly")) or bool(claim.get("readOnly"))
+            mounts[mount["mountPath"]] = (claim["claimName"], read_only)
+    return mounts
+
+
+def test_the_scorers_serve_the_registry_the_cronjob_writes() -> None:
+    """The scorer follows the registry (no --model, CALLSENSE_MODEL_REGISTRY) on a read-only mount of the
+    claim the CronJob promotes into, at the same path; the claim is ReadWriteMany (every replica, on any
+    node, reads it while the job writes it) and no other workload mounts it."""
+    import scorer_service.__main__ as scorer_main
+
+    container = _container("scorer")
+    args = scorer_main.parse_args(container["command"][3:])
+    assert args.model is None and args.registry is None, "the registry decides, named by the environment"
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    registry = load_config(env).model_registry
+    assert str(registry) == env["CALLSENSE_MODEL_REGISTRY"] == "/var/lib/callsense/models"
+    scorer_pod = DEPLOYMENTS["scorer"]["spec"]["template"]["spec"]
+    scorer_mounts = _claim_mounts(scorer_pod, container)
+    assert scorer_mounts[str(registry)] == ("callsense-models", True), "mounted read-only: scorers only read"
+    (claim,) = [v for v in scorer_pod["volumes"] if "persistentVolumeClaim" in v]
+    assert claim["persistentVolumeClaim"]["readOnly"] is True
+
+    (retrain,) = _retrain_pod()["containers"]
+    retrain_env = {e["name"]: e["value"] for e in retrain["env"]}
+    assert load_config(retrain_env).model_registry == registry, "the CronJob promotes where scorers look"
+    assert _claim_mounts(_retrain_pod(), retrain)[str(registry)] == ("callsense-models", False)
+
+    claims = _of_kind("PersistentVolumeClaim")
+    assert claims["callsense-models"]["spec"]["accessModes"] == ["ReadWriteMany"]
+    pods = {name: d["spec"]["template"]["spec"] for name, d in DEPLOYMENTS.items()}
+    pods["retrain"] = _retrain_pod()
+    users = {
+        name
+        for name, pod in pods.items()
+        for volume in pod.get("volumes", [])
+        if volume.get("persistentVolumeClaim", {}).get("claimName") == "callsense-models"
+    }
+    assert users == {"scorer", "retrain"}
+
+
+def test_an_empty_registry_volume_serves_the_shipped_model(tmp_path: Path) -> None:
+    """The first deployment, before any retrain: the freshly provisioned claim (empty but for what a file
+    system puts there) is a registry whose current version is the model in the image, verified, and
+    reading it writes nothing (the scorer's mount is read-only)."""
+    from callsense.model_registry import ModelRegistry
+
+    volume = tmp_path / "models"
+    (volume / "lost+found").mkdir(parents=True)
+    volume.chmod(0o555)
+    try:
+        registry = ModelRegistry(volume)
+        current = registry.current()
+        registry.verify(current)
+        assert current.shipped and current.model_path.is_file()
+        assert registry.pointer_signature() is None  # the reloader waits for the first promotion
+        assert [p.name for p in volume.iterdir()] == ["lost+found"]
+    finally:
+        volume.chmod(0o755)
+
+
+def test_the_training_image_has_what_the_retrain_needs() -> None:
+    """The CronJob's image is the serving image's release built from deploy/Dockerfile.train (torch,
+    training/, the sales corpus); the serving image still never trains."""
+    (container,) = _retrain_pod()["containers"]
+    name, _, tag = container["image"].partition(":")
+    (serving,) = KUSTOMIZATION["images"]
+    assert name == "callsense-train" and tag == serving["newTag"]
+    lines = [line.strip() for line in TRAIN_DOCKERFILE.read_text(encoding="utf-8").splitlines()]
+    text = "\n".join(line for line in lines if not line.startswith("#")).replace("\\\n", " ")
+    copied = {
+        source for line in text.splitlines() if line.startswith("COPY ") for source in shlex.split(line)[1:-1]
+    }
+    assert {"training", "data/sales", "tools", "callsense", "scorer_service"} <= copied
+    for source in copied:
+        assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
+    ignored = (DEPLOY / "Dockerfile.train.dockerignore").read_text(encoding="utf-8").split()
+    assert not {"training", "data", "data/sales"} & set(ignored)
+    assert "torch==" in text and ".[train]" in text
+
+
 # --- the image -----------------------------------------------------------------------------------------
 
 

@@ -101,3 +101,22 @@ def test_the_registry_defaults_to_the_environment(
     assert json.loads((tmp_path / "from-env" / "current.json").read_text())["current"] == V2
     assert sorted(p.name for p in (tmp_path / "from-env" / "versions").iterdir()) == sorted([shipped, V2])
     capsys.readouterr()
+
+
+def test_add_keeps_a_checkpoint_and_show_lists_it(
+    models: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shipped_version()
+    best = tmp_path / "best"  # what `callsense train` saves: config, weights, tokenizer, training.json
+    best.mkdir()
+    for name, text in (("config.json", "{}"), ("model.safetensors", "weights"), ("training.json", "{}")):
+        (best / name).write_text(text)
+    assert main([*models, "add", str(copy_as_version(tmp_path / "v2", V2)), "--checkpoint", str(best)]) == 0
+    capsys.readouterr()
+    assert main([*models, "show", V2, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert sorted(shown["checkpoint"]) == ["config.json", "model.safetensors", "training.json"]
+    assert main([*models, "show", V2]) == 0
+    assert "fine-tuned further by `callsense retrain`" in capsys.readouterr().out
+    assert main([*models, "add", str(tmp_path / "v2"), "--checkpoint", str(tmp_path / "v2")]) == 2
+    assert "not a Hugging Face checkpoint" in capsys.readouterr().err

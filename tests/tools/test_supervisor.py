@@ -228,6 +228,17 @@ def test_callsense_up_runs_the_post_call_worker_and_waits_for_its_health(tmp_pat
     assert [name for name in specs if name in ("postcall", "gateway")] == ["postcall", "gateway"]
 
 
+def test_callsense_up_fuses_tone_only_when_asked(tmp_path: Path) -> None:
+    """Tone fusion is opt-in: the scorers get ``--fusion`` with ``callsense up --tone`` and not otherwise."""
+
+    def scorer_argv(options: UpOptions) -> list[str]:
+        specs = mesh_specs(Config(), options, "postgresql://db/mesh", tmp_path / "envoy.yaml")
+        return [a for s in specs if s.name == "scorer" for a in s.argv]
+
+    assert "--fusion" not in scorer_argv(UpOptions())
+    assert "--fusion" in scorer_argv(UpOptions(tone_fusion=True))
+
+
 # `callsense up` as a user runs it: a supervisor process with an HTTP server and Envoy, stopped by Ctrl-C.
 _UP_SCRIPT = textwrap.dedent(
     """

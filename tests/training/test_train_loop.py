@@ -67,6 +67,15 @@ def test_learns_saves_best_and_resumes(tiny_base: Path, tmp_path: Path) -> None:
     assert resumed["history"][-1]["step"] == history[-1]["step"] * 24 // 20
 
 
+def test_a_step_budget_ends_the_run_evaluated_and_saved(tiny_base: Path, tmp_path: Path) -> None:
+    config = _config(tiny_base, tmp_path, epochs=20)
+    config.max_steps = 5  # four batches an epoch: the budget ends inside the second
+    summary = Trainer(config).run()
+    assert summary["steps"] == 5 and summary["history"][-1]["step"] == 5  # evaluated at the last step
+    assert [h["step"] for h in summary["history"]] == [4, 5]
+    assert (tmp_path / "best" / "model.safetensors").exists()
+
+
 def test_distils_a_shallower_student_from_a_teacher(tiny_base: Path, tmp_path: Path) -> None:
     teacher_run = Trainer(_config(tiny_base, tmp_path / "teacher", epochs=20)).run()
     config = _config(tiny_base, tmp_path / "student", epochs=20)

@@ -196,6 +196,18 @@ function renderQuarters(summary) {
   table.append(body);
 }
 
+/** The mark of an utterance whose score the voice's tone moved (the words alone said otherwise). */
+function toneMark(event) {
+  if (event.tone_moved !== true) return null;
+  const arrow = event.score < event.text_score ? "▼" : "▲";
+  return el("span", {
+    class: "tone-mark",
+    "data-testid": "tone-moved",
+    title: `The voice moved this score: the words alone ${event.text_label} ${formatScore(event.text_score)}, with the tone ${event.label} ${formatScore(event.score)}`,
+    text: `tone ${arrow} ${formatScore(event.text_score)}→${formatScore(event.score)}`,
+  });
+}
+
 function renderTranscript(events) {
   const rows = events.map((event) => {
     const row = el(
@@ -209,11 +221,12 @@ function renderTranscript(events) {
         "data-channel": event.channel,
         "data-score": event.score.toFixed(3),
         "data-band": scoreBand(event.score),
+        "data-tone-moved": event.tone_moved === true ? "true" : undefined,
         title: `${event.label}: score ${formatScore(event.score)}`,
       },
       el("span", { class: "time", text: formatCallTime(event.start_ms) }),
       el("span", { class: `channel channel-${event.channel}`, text: event.channel }),
-      el("span", { class: "text", text: event.text }),
+      el("span", { class: "text", text: event.text }, toneMark(event)),
       el("span", { class: "score", text: formatScore(event.score) }),
     );
     row.style.background = scoreColour(event.score);

@@ -1,0 +1,98 @@
+"""The parts of `callsense retrain` that need no training (training/retrain.py): the recipe read from a model
+card, and the report written either way (the end-to-end run is tests/tools/test_retrain_cli.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from callsense.tokenization import SHIPPED_MODEL_DIR
+from training.gate import SetScores, judge
+from training.retrain import recipe_of, render_report, write_report
+
+
+def test_the_recipe_is_the_shipped_cards_own() -> None:
+    card = json.loads((SHIPPED_MODEL_DIR / "model_card.json").read_text())
+    recipe = recipe_of(card)
+    assert (recipe.train, recipe.dev) == (["meld:train"], ["meld:dev"])
+    assert (recipe.learning_rate, recipe.batch_size, recipe.seed, recipe.context) == (4.7e-05, 32, 21, False)
+    assert recipe.base_model == "" and recipe.layers == 0  # the default base model, every layer
+    assert (recipe.calibrate_on, recipe.class_bias) == ("meld:dev", False)
+    assert recipe.keep_fp32_blocks == 1  # layer 0's attention stayed fp32
+    assert set(recipe.report_sets) == {"meld:dev", "dailydialog:valid", "tweeteval:val"}
+
+
+def test_a_card_without_a_recipe_gets_train_pys_defaults() -> None:
+    recipe = recipe_of({"version": "x", "calibration": {"temperature": 1.0}})
+    assert recipe.train == ["meld:train", "dailydialog:train", "tweeteval:val"] and recipe.dev == ["meld:dev"]
+    assert recipe.learning_rate == 0.0  # the range test chooses, as `callsense train` does
+    assert recipe.calibrate_on is None and recipe.keep_fp32_blocks == 0 and recipe.report_sets == []
+
+
+def test_a_retrained_cards_recipe_keeps_its_base_sets_not_the_tenant_files_of_its_run() -> None:
+    card = {
+        "training": {"config": {"train": ["meld:train", "/runs/r1/labels.train.jsonl"], "seed": 21}},
+        "retrain": {"base_sets": ["meld:train"], "from_version": "2026.11.26-1209"},
+    }
+    assert recipe_of(card).train == ["meld:train"] and recipe_of(card).seed == 21
+
+
+def report(outcome: str, scores: list[SetScores]) -> dict[str, Any]:
+    return {
+        "outcome": outcome,
+        "at": "2026-12-03T21:00:00Z",
+        "current": {"version": "v1", "directory": "/r/versions/v1"},
+        "candidate": {"version": "v2", "directory": "/w/candidate"},
+        "gate": judge(scores).to_json(),
+        "labels": {
+            "file": "gold.jsonl",
+            "kind": "adjudicated",
+            "lines": 400,
+            "calls": 20,
+            "undecided_left_out": 3,
+            "unmatched_left_out": 0,
+            "train_lines": 320,
+            "held_out_lines": 80,
+            "held_out_calls": ["acme-1", "acme-7", "acme-9", "acme-12"],
+            "held_out_share": 0.2,
+        },
+        "training": {
+            "base_sets": ["meld:train"],
+            "labels_repeat": 3,
+            "init": "/r/versions/v1/checkpoint",
+            "init_kind": "registry checkpoint",
+            "steps": 312,
+            "learning_rate": 4.7e-5,
+        },
+        "notes": [],
+        "metric": {"name": "callsense.retrain.outcomes", "attributes": {"outcome": outcome}},
+    }
+
+
+def test_a_refusal_report_says_which_set_and_check_failed(tmp_path: Path) -> None:
+    refused = report(
+        "refused",
+        [
+            SetScores("held-out labels", 80, 0.55, 0.71, 0.71),
+            SetScores("meld:dev", 1109, 0.668, 0.641, 0.642),
+        ],
+    )
+    (tmp_path / "reports").mkdir()
+    path = write_report(tmp_path / "reports" / "retrain-2026.12", refused)
+    assert path.name == "retrain-2026.12.json" and json.loads(path.read_text()) == refused
+    markdown = (tmp_path / "reports" / "retrain-2026.12.md").read_text()
+    assert markdown == render_report(refused)
+    assert "**Refused**: v1 stays served." in markdown
+    assert "| meld:dev | 1109 | 0.6680 | 0.6410 | -2.70 | 0.6420 | +0.10 | FAIL |" in markdown
+    assert "| held-out labels | 80 | 0.5500 | 0.7100 | +16.00 |" in markdown
+    assert "- meld:dev: macro-F1 drops 2.70 points against the current model" in markdown
+    assert '`callsense.retrain.outcomes{outcome="refused"}`' in markdown
+
+
+def test_a_promotion_report(tmp_path: Path) -> None:
+    promoted = report("promoted", [SetScores("sales:test", 741, 0.42, 0.60, 0.601)])
+    path = write_report(tmp_path / "good.json", promoted)
+    markdown = path.with_suffix(".md").read_text()
+    assert "**Promoted**: v2 is now served (was v1)." in markdown and "Why it was refused" not in markdown
+    assert "320 tenant lines x3" in markdown and "80 lines of 4 calls (20% of the calls" in markdown
