@@ -2,7 +2,9 @@
 
 The call: a stereo recording made of the ``speech/asr_dev`` clips (real read speech, LJSpeech) taking
 turns, agent on the left channel and customer on the right, 0.7 s between turns, each channel silent
-while the other speaks, as a two-party call recorder writes it; ``--repeats`` rounds of the 24 clips.
+while the other speaks, as a two-party call recorder writes it; ``--repeats`` rounds of the 24 clips;
+``--rate 8k-mulaw``: each clip as a phone line carries it (G.711 mu-law at 8 kHz), as most call
+recorders store calls.
 Each configuration transcribes it through ``asr_service.recording.transcribe_recording`` (what the ASR's
 TranscribeRecording and ``callsense analyze`` run: the VAD filter, Whisper, the hallucination guard,
 prosody), on this thread, with the settings given as ``MODEL:BEAM`` (beam 1: greedy, no fallback; beam
@@ -15,7 +17,7 @@ time's ratio to the first configuration (the baseline, tiny.en greedy unless tol
 Goal (issue 14): recordings use the most accurate model that transcribes an hour of stereo call audio in
 under 15 minutes on this machine. Last line: ``fastest=<config> most_accurate_within_15min=<config>``.
 
-Run: ``.venv/bin/python bench/recordings.py [--repeats 2] [tiny.en:1 tiny.en:5 base:5]``.
+Run: ``.venv/bin/python bench/recordings.py [--repeats 2] [--rate 16k|8k-mulaw] [MODEL:BEAM ...]``.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from asr_service.models import resolve_model_dir  # noqa: E402
 from asr_service.recording import OfflineOptions, Recording, transcribe_recording  # noqa: E402
 from asr_service.transcribe_file import load_offline_model  # noqa: E402
 from callsense.config import load_config  # noqa: E402
-from tools.asr_eval import corpus_wer, load_set  # noqa: E402
+from tools.asr_eval import RATES, corpus_wer, load_set, telephone  # noqa: E402
 
 HOUR_GOAL_MIN = 15.0
 GAP_S = 0.7
@@ -52,7 +54,7 @@ class StereoCall:
         return self.recording.duration_s
 
 
-def stereo_call(shared_data: Path, repeats: int, seed: int = 0) -> StereoCall:
+def stereo_call(shared_data: Path, repeats: int, rate: str = "16k", seed: int = 0) -> StereoCall:
     clips = load_set("asr_dev", shared_data)
     rng = np.random.default_rng(seed)
     channels: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
@@ -61,7 +63,8 @@ def stereo_call(shared_data: Path, repeats: int, seed: int = 0) -> StereoCall:
     turn = 0
     for _ in range(repeats):
         for index in rng.permutation(len(clips)):
-            speech = clips[index].audio.mono_16k()
+            audio = clips[index].audio
+            speech = telephone(audio)[1] if rate == "8k-mulaw" else audio.mono_16k()
             speaker = turn % 2
             channels[speaker].append(speech)
             channels[1 - speaker].append(np.zeros_like(speech))
@@ -103,14 +106,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("configs", nargs="*", default=["tiny.en:1", "tiny.en:5", "base:5"])
     parser.add_argument("--repeats", type=int, default=2, help="rounds of the 24 asr_dev clips (2: ~6 min)")
+    parser.add_argument(
+        "--rate", choices=RATES, default="16k", help="8k-mulaw: each clip as a phone line carries it"
+    )
     parser.add_argument("--shared-data", type=Path, default=REPO.parent / "shared" / "data")
     args = parser.parse_args(argv)
     if not (args.shared_data / "speech" / "asr_dev").is_dir():
         print(f"SKIPPED: {args.shared_data}/speech/asr_dev is absent (the bench reads real speech)")
         return 0
-    call = stereo_call(args.shared_data, args.repeats)
+    call = stereo_call(args.shared_data, args.repeats, args.rate)
     cache = load_config().data_dir / "asr-models"
-    print(f"stereo call: {call.duration_s / 60:.1f} min, {args.repeats} rounds of asr_dev", flush=True)
+    print(
+        f"stereo call: {call.duration_s / 60:.1f} min, {args.repeats} rounds of asr_dev, {args.rate}",
+        flush=True,
+    )
     print(f"{'config':<12} {'wall_s':>7} {'cpu_s':>7} {'hour_min':>9} {'WER_%':>6} {'x_base':>7}")
     rows: list[Row] = []
     for config in args.configs:
