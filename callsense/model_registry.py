@@ -328,18 +328,12 @@ class ModelRegistry:
         for name in REQUIRED_FILES:
             if not (version.directory / name).is_file():
                 raise InvalidModel(f"version {version.version}: {version.directory / name} is missing")
-        for entry in version.files:
-            path = version.directory / entry.name
-            try:
-                actual = file_sha256(path)
-            except FileNotFoundError:
-                raise InvalidModel(f"version {version.version}: {path} is missing") from None
-            if actual != entry.sha256:
-                raise HashMismatch(
-                    f"version {version.version}: {path} has sha256 {actual}, not {entry.sha256} as "
-                    "registered: the file was altered or corrupted; remove the version's folder and add the "
-                    "model again"
-                )
+        _check_hashes(
+            version,
+            version.directory,
+            version.files,
+            ": the file was altered or corrupted; remove the version's folder and add the model again",
+        )
 
     def verify_checkpoint(self, version: ModelVersion) -> Path:
         """Hash the files of ``version``'s checkpoint again and return its folder; InvalidModel when the
@@ -347,16 +341,7 @@ class ModelRegistry:
         folder = version.checkpoint_dir
         if folder is None:
             raise InvalidModel(f"version {version.version} has no checkpoint (add it with --checkpoint DIR)")
-        for entry in version.checkpoint:
-            path = folder / entry.name
-            try:
-                actual = file_sha256(path)
-            except FileNotFoundError:
-                raise InvalidModel(f"version {version.version}: {path} is missing") from None
-            if actual != entry.sha256:
-                raise HashMismatch(
-                    f"version {version.version}: {path} has sha256 {actual}, not {entry.sha256} as registered"
-                )
+        _check_hashes(version, folder, version.checkpoint)
         return folder
 
     def _read_manifest(self, directory: Path) -> ModelVersion:
@@ -553,6 +538,24 @@ class ModelRegistry:
                 shutil.rmtree(leftover, ignore_errors=True)
             for leftover in self.versions_dir.glob(f"*/{_INCOMING_PREFIX}*"):
                 shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _check_hashes(
+    version: ModelVersion, folder: Path, entries: tuple[FileEntry, ...], advice: str = ""
+) -> None:
+    """Hash each of ``entries`` in ``folder`` again: InvalidModel for a missing file, HashMismatch (its
+    message ending with ``advice``) for one that is not what was registered."""
+    for entry in entries:
+        path = folder / entry.name
+        try:
+            actual = file_sha256(path)
+        except FileNotFoundError:
+            raise InvalidModel(f"version {version.version}: {path} is missing") from None
+        if actual != entry.sha256:
+            raise HashMismatch(
+                f"version {version.version}: {path} has sha256 {actual}, not {entry.sha256} as registered"
+                + advice
+            )
 
 
 def _checkpoint_files(checkpoint: Path) -> list[tuple[str, Path]]:

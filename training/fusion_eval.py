@@ -73,14 +73,7 @@ def prosody_only(head: FusionHead) -> Fitted | None:
     data = head.card.get("prosody_only")
     if not isinstance(data, dict):
         return None
-    layers = tuple(
-        Layer(
-            np.asarray(x["weights"], dtype=np.float64),
-            np.asarray(x["bias"], dtype=np.float64),
-            str(x["activation"]),
-        )
-        for x in data["layers"]
-    )
+    layers = tuple(Layer.from_json(x) for x in data["layers"])
     config = FitConfig(
         str(data["features"]),
         str(data["expansion"]),

@@ -232,9 +232,6 @@ def _comparison_json(fitted: Fitted) -> dict[str, Any]:
     return {
         **asdict(fitted.config),
         "offset": fitted.offset.tolist(),
-        "layers": [
-            {"weights": x.weights.tolist(), "bias": x.bias.tolist(), "activation": x.activation}
-            for x in fitted.layers
-        ],
+        "layers": [layer.to_json() for layer in fitted.layers],
         "feature_names": list(FEATURE_NAMES),
     }

@@ -50,6 +50,17 @@ class Layer:
     activation: str
     """``tanh`` or ``linear``."""
 
+    def to_json(self) -> dict[str, Any]:
+        return {"weights": self.weights.tolist(), "bias": self.bias.tolist(), "activation": self.activation}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Layer:
+        return cls(
+            np.asarray(data["weights"], dtype=np.float64),
+            np.asarray(data["bias"], dtype=np.float64),
+            str(data["activation"]),
+        )
+
 
 @dataclass(frozen=True)
 class FusionHead:
@@ -133,14 +144,7 @@ class FusionHead:
                 "clip": self.prior.clip,
                 "floor": self.prior.floor,
             },
-            "layers": [
-                {
-                    "weights": layer.weights.tolist(),
-                    "bias": layer.bias.tolist(),
-                    "activation": layer.activation,
-                }
-                for layer in self.layers
-            ],
+            "layers": [layer.to_json() for layer in self.layers],
             "gate": self.gate.to_json() if self.gate is not None else None,
         }
 
@@ -152,14 +156,7 @@ class FusionHead:
                 raise InvalidHead(f"format {data.get('format')!r}, expected {FORMAT!r}")
             baseline = data["baseline"]
             spread = baseline["prior_spread"]
-            layers = tuple(
-                Layer(
-                    np.asarray(layer["weights"], dtype=np.float64),
-                    np.asarray(layer["bias"], dtype=np.float64),
-                    str(layer["activation"]),
-                )
-                for layer in data["layers"]
-            )
+            layers = tuple(Layer.from_json(layer) for layer in data["layers"])
             known = {"format", "version", "labels", "features", "expansion", "baseline", "layers", "gate"}
             gate = data.get("gate")
             return cls(

@@ -9,7 +9,6 @@ land on the right role 99-100 % of the time (asserted: 95 %), their DER is 0.0-0
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,11 +20,15 @@ import pytest
 
 from asr_service.diarization import SegmentationModel
 from asr_service.recognizer import WhisperRecognizer
-from asr_service.server import SERVICE_NAME, AsrServicer, add_asr
+from asr_service.server import AsrServicer
 from asr_service.transcribe_file import load_offline_model
-from callsense import grpc_runtime
 from callsense.v1 import asr_pb2, asr_pb2_grpc, audio_pb2
-from tests.asr_service.test_asr_recording import agent_then_customer, recording_requests, wav_bytes
+from tests.asr_service.test_asr_recording import (
+    agent_then_customer,
+    recording_requests,
+    serving_asr,
+    wav_bytes,
+)
 from tests.support.audio import SENTENCE_A, require_speech_tools, speak_pcm16, word_error_rate
 from tools import diarization_eval
 
@@ -39,16 +42,8 @@ MAX_SCRIPTED_DER = 0.03
 
 @pytest.fixture
 async def asr(recognizer: WhisperRecognizer) -> AsyncIterator[tuple[asr_pb2_grpc.AsrStub, AsrServicer]]:
-    servicer = AsrServicer(recognizer, max_streams=2, max_recording_bytes=8_000_000)
-    server = await grpc_runtime.start_server(lambda s: add_asr(s, servicer), "127.0.0.1:0")
-    channel = grpc_runtime.insecure_channel(grpc_runtime.server_info(server).address)
-    try:
-        await grpc_runtime.wait_for_serving(channel, SERVICE_NAME)
-        yield asr_pb2_grpc.AsrStub(channel), servicer
-    finally:
-        await channel.close()
-        await grpc_runtime.stop_server(server, grace_s=0.5)
-        await asyncio.to_thread(servicer.shutdown)
+    async with serving_asr(recognizer, max_recording_bytes=8_000_000) as served:
+        yield served
 
 
 async def transcribe(
