@@ -72,12 +72,12 @@ case "$verb" in
         # where it cannot be installed (not root, offline) still comes up, with the reason said.
         command -v espeak-ng >/dev/null || apt_install espeak-ng ||
             echo "dev.sh: espeak-ng is missing: the mesh runs, but \`callsense demo\` cannot speak" >&2
-        python_env dev
+        python_env dev,asr-base
         exec "$VENV/bin/callsense" up "$@"
         ;;
     test)
         apt_install espeak-ng sox chromium  # chromium: the browser tests (Playwright drives it)
-        python_env train,dev
+        python_env train,dev,asr-base
         label_studio_env
         set +e
         "$VENV/bin/python" -m pytest -ra "$@"
@@ -86,11 +86,11 @@ case "$verb" in
         exit $rc
         ;;
     fast)
-        python_env train,dev
+        python_env train,dev,asr-base
         exec "$VENV/bin/python" -m pytest -ra -m "not slow" "$@"
         ;;
     check)
-        python_env train,dev
+        python_env train,dev,asr-base
         failed=0
         run() { echo "== $*" >&2; "$@" || failed=1; }
         run "$VENV/bin/ruff" check .
@@ -102,7 +102,7 @@ case "$verb" in
         exit $failed
         ;;
     lock)
-        python_env train,dev
+        python_env train,dev,asr-base
         {
             echo "# Every package of the dev + train environment at the versions the suite passed with."
             echo "# Used as pip constraints by dev.sh and deploy/Dockerfile; rewrite with ./dev.sh lock."

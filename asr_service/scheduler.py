@@ -1,10 +1,17 @@
-"""One inference thread for the whole process, shared fairly by every stream.
+"""The inference threads of the whole process (one by default), shared fairly by every stream.
 
-Whisper runs with one CPU thread per process (two busy cores: more threads only fight), so every
-stream's decodes go through one queue. Fairness is round-robin across streams: the thread takes the
-oldest job of the next stream that has one, so a caller who talks for an hour cannot starve a call that
-just started. Within a stream jobs run in submission order, which keeps a segment's partials before its
-final and a call's events in order.
+Each Whisper decode runs on one CPU thread (more threads per decode only fight on two cores), so every
+stream's decodes go through one queue served by ``workers`` threads (the model is loaded with as many
+CTranslate2 workers, so their decodes run in parallel). Fairness is round-robin across streams: a thread
+takes the oldest job of the next stream that has one, so a caller who talks for an hour cannot starve a
+call that just started. Within a stream jobs run one at a time in submission order (a stream whose job
+is running is passed over), which keeps a segment's partials before its final and a call's events in
+order.
+
+Finals first: a stream whose next job is a final (or any job that is not a partial) is served before any
+stream whose next job is a partial. A final is what the rep waits for (end of speech -> score); a partial
+that waits is replaced by a fresher one anyway. Under load partials thus come less often and finals keep
+their pace (``bench/live_audio.py``).
 
 Partials are best effort: a partial job that has not started yet is replaced when a newer one for the
 same key (a channel of the stream) arrives, and dropped when that key's final arrives; its future
@@ -40,20 +47,28 @@ class _Job:
     partial_key: Hashable | None = None
     """Set for replaceable (partial) jobs: the key that a newer partial or the final shares."""
 
+    @property
+    def is_partial(self) -> bool:
+        return self.partial_key is not None
+
 
 @dataclass
 class _Stream:
     id: int
     jobs: collections.deque[_Job] = field(default_factory=collections.deque)
     closed: bool = False
+    running: bool = False
+    """One of its jobs is on a thread: its next one waits (a stream's jobs run in order)."""
 
 
 class InferenceScheduler:
-    """Runs jobs on one thread, round-robin across streams, FIFO within a stream."""
+    """Runs jobs on ``workers`` threads, finals first, round-robin across streams, in order within one."""
 
-    def __init__(self, max_streams: int = 8, *, name: str = "asr-inference") -> None:
+    def __init__(self, max_streams: int = 8, *, workers: int = 1, name: str = "asr-inference") -> None:
         if max_streams < 1:
             raise ValueError("max_streams must be at least 1")
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
         self.max_streams = max_streams
         self._lock = threading.Condition()
         self._streams: dict[int, _Stream] = {}
@@ -62,8 +77,11 @@ class InferenceScheduler:
         self._stopping = False
         self.jobs_run = 0
         self.partials_dropped = 0
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True) for i in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     # -------------------------------------------------------------------------------- streams
 
@@ -127,7 +145,7 @@ class InferenceScheduler:
                 for job in stream.jobs:
                     job.future.cancel()
                 stream.jobs.clear()
-            if not stream.jobs:
+            if not stream.jobs and not stream.running:
                 self._forget(stream)
 
     def _forget(self, stream: _Stream) -> None:
@@ -137,37 +155,53 @@ class InferenceScheduler:
 
     # -------------------------------------------------------------------------------- thread
 
-    def _next_job(self) -> _Job | None:
-        """The next job in round-robin order; None when stopping. Holds the lock while waiting."""
+    def _next_job(self) -> tuple[_Stream, _Job] | None:
+        """The next job: the first stream in round-robin order whose next job is a final, else the first
+        whose next job is a partial; streams with a job running are passed over. None when stopping.
+        Holds the lock while waiting."""
         with self._lock:
             while True:
-                for _ in range(len(self._ring)):
-                    stream = self._streams[self._ring[0]]
-                    self._ring.rotate(-1)
-                    if stream.jobs:
-                        job = stream.jobs.popleft()
-                        if stream.closed and not stream.jobs:
-                            self._forget(stream)
-                        return job
+                for partials in (False, True):
+                    for offset in range(len(self._ring)):
+                        stream = self._streams[self._ring[offset]]
+                        if stream.running or not stream.jobs or stream.jobs[0].is_partial != partials:
+                            continue
+                        self._ring.rotate(-(offset + 1))  # the streams after it come first next time
+                        stream.running = True
+                        return stream, stream.jobs.popleft()
                 if self._stopping:
                     return None
                 self._lock.wait()
 
+    def _done(self, stream: _Stream) -> None:
+        with self._lock:
+            stream.running = False
+            if stream.closed and not stream.jobs:
+                self._forget(stream)
+            self._lock.notify_all()  # its next job may run now, on any thread
+
     def _run(self) -> None:
         while True:
-            job = self._next_job()
-            if job is None:
+            taken = self._next_job()
+            if taken is None:
                 return
+            stream, job = taken
             if not job.future.set_running_or_notify_cancel():
+                self._done(stream)
                 continue
+            error: BaseException | None = None
             try:
                 result = job.fn()
             except BaseException as exc:  # reported to the stream that submitted it
                 log.exception("inference job failed")
-                job.future.set_exception(exc)
+                error = exc
+            self.jobs_run += 1
+            # The stream's books first: whoever the result wakes sees its slot as it now is.
+            self._done(stream)
+            if error is not None:
+                job.future.set_exception(error)
             else:
                 job.future.set_result(result)
-            self.jobs_run += 1
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop taking streams, cancel queued jobs, let the running one finish."""
@@ -179,7 +213,8 @@ class InferenceScheduler:
                 stream.jobs.clear()
             self._lock.notify_all()
         if wait:
-            self._thread.join()
+            for thread in self._threads:
+                thread.join()
 
 
 @dataclass(frozen=True)

@@ -163,14 +163,14 @@ class AsrServicer(asr_pb2_grpc.AsrServicer):
         # shared one, loaded the first time a recording needs it).
         self.segmentation = segmentation
         # faster-whisper's WhisperModel for recordings: by default the live streams' own (one copy per
-        # process); used only from the inference thread (each decoding step is one of its jobs).
+        # process); used only from the inference threads (each decoding step is one of their jobs).
         self.recording_model = recording_model or recognizer.whisper_model
         self.config = config or StreamingConfig()
         self.vad_model = vad_model or shared_model()
         self.max_chunk_ms = max_chunk_ms
         self.stall_s = stall_s
         self.max_recording_bytes = max_recording_bytes
-        self.scheduler = InferenceScheduler(max_streams)
+        self.scheduler = InferenceScheduler(max_streams, workers=recognizer.config.workers)
         # One front-end thread (decode, resample, VAD: 2-5 ms of CPU per second of audio per channel)
         # keeps the second core for Whisper.
         self._frontend = ThreadPoolExecutor(1, thread_name_prefix="asr-frontend")

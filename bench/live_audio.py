@@ -9,10 +9,12 @@ each turn's speech ends is known exactly; the wall time at which the frame holdi
 turn's end of speech.
 
 Measured per turn: end of speech -> the final transcript covering it, and -> the last score cut from
-that final (p50 / p95 over all turns of a run). Also the interval between successive partial results of
-a segment, the CPU time of the ASR, scorer, chopper and gateway processes over the run per second of
-call (psutil; 1.0 = one core busy for every call in progress), and the ASR's real-time factor (its CPU
-seconds per second of call audio, a stereo call's second counted once).
+that final (p50 / p95 over all turns of a run); start of speech -> the first provisional score of the
+turn (the mood of its stable words while it is still spoken, gateway/calls/provisional.py), and the share
+of turns that had one before their final (a turn of a few words has none). Also the interval between
+successive partial results of a segment, the CPU time of the ASR, scorer, chopper and gateway processes
+over the run per second of call (psutil; 1.0 = one core busy for every call in progress), and the ASR's
+real-time factor (its CPU seconds per second of call audio, a stereo call's second counted once).
 
 By default the bench starts its own mesh (`callsense up` on free ports, as bench/text_path.py does) and
 plays one short warm-up call first. With --url it measures a running mesh instead (no CPU figures).
@@ -122,6 +124,10 @@ class Samples:
     to_final_ms: list[float] = field(default_factory=list)
     to_score_ms: list[float] = field(default_factory=list)
     partial_interval_ms: list[float] = field(default_factory=list)
+    to_provisional_ms: list[float] = field(default_factory=list)
+    """Start of speech -> the turn's first provisional score, for turns that had one before the final."""
+    provisional_lead_ms: list[float] = field(default_factory=list)
+    """How long before the turn's final its first provisional score came."""
     missed: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -148,6 +154,18 @@ def measure(record: CallRecord, samples: Samples) -> None:
             continue
         final_at, final = finals[-1]
         samples.to_final_ms.append((final_at - speech_end) * 1000)
+        provisional = [
+            at
+            for at, e in events
+            if e["type"] == "provisional"
+            and e["channel"] == channel
+            and final["start_ms"] <= e["end_ms"] <= final["end_ms"] + MATCH_SLACK_MS
+            and at < final_at
+        ]
+        if provisional:
+            speech_start = record.sent_at[placed.start_sample // frame_samples]
+            samples.to_provisional_ms.append((min(provisional) - speech_start) * 1000)
+            samples.provisional_lead_ms.append((final_at - min(provisional)) * 1000)
         scores = [
             at
             for at, e in events
@@ -182,6 +200,11 @@ def service_processes(root_pid: int) -> dict[str, list[psutil.Process]]:
     return found
 
 
+def resident_mb(processes: dict[str, list[psutil.Process]]) -> float:
+    """Resident memory of the measured processes together, in MB."""
+    return float(sum(p.memory_info().rss for procs in processes.values() for p in procs)) / 1e6
+
+
 def cpu_seconds(processes: dict[str, list[psutil.Process]]) -> dict[str, float]:
     totals = {}
     for name, procs in processes.items():
@@ -201,9 +224,17 @@ class RunResult:
     to_score_p95_ms: float
     partial_interval_p50_ms: float
     partial_interval_p95_ms: float
+    to_provisional_p50_ms: float
+    to_provisional_p95_ms: float
+    provisional_lead_p50_ms: float
+    provisional_turns: int
+    """Turns with a provisional score before their final."""
     call_seconds: float
     cpu_s: dict[str, float]
     """CPU seconds of each measured service over the run (empty without our own mesh)."""
+    memory_mb: tuple[float, float]
+    """Resident memory of the measured services before and after the run (Python keeps what it took, so
+    after is about the peak); nan without our own mesh."""
     errors: list[str]
 
     def cpu_per_stream(self, name: str | None = None) -> float:
@@ -220,9 +251,11 @@ class RunResult:
 async def run_load(url: str, calls: Sequence[CallAudio], root_pid: int | None) -> RunResult:
     processes = service_processes(root_pid) if root_pid is not None else {}
     before = cpu_seconds(processes)
+    memory_before = resident_mb(processes) if processes else float("nan")
     tasks = [play_call(url, audio, delay_s=0.7 * index) for index, audio in enumerate(calls)]
     records = await asyncio.gather(*tasks, return_exceptions=True)
     after = cpu_seconds(processes)
+    memory_after = resident_mb(processes) if processes else float("nan")
     samples = Samples()
     for record in records:
         if isinstance(record, BaseException):
@@ -239,8 +272,13 @@ async def run_load(url: str, calls: Sequence[CallAudio], root_pid: int | None) -
         to_score_p95_ms=percentile(samples.to_score_ms, 95),
         partial_interval_p50_ms=_median(samples.partial_interval_ms),
         partial_interval_p95_ms=percentile(samples.partial_interval_ms, 95),
+        to_provisional_p50_ms=_median(samples.to_provisional_ms),
+        to_provisional_p95_ms=percentile(samples.to_provisional_ms, 95),
+        provisional_lead_p50_ms=_median(samples.provisional_lead_ms),
+        provisional_turns=len(samples.to_provisional_ms),
         call_seconds=sum(c.duration_s for c in calls),
         cpu_s={name: after[name] - before[name] for name in before},
+        memory_mb=(memory_before, memory_after),
         errors=samples.errors + [f"missed {m}" for m in samples.missed],
     )
 
@@ -256,7 +294,9 @@ def print_table(results: Sequence[RunResult]) -> None:
     head = (
         f"{'calls':>5} {'turns':>5} {'missed':>6} | {'eos->final p50':>14} {'p95':>6} | "
         f"{'eos->score p50':>14} {'p95':>6} | {'partial every p50':>17} {'p95':>6} | "
-        f"{'CPU/stream':>10} {'asr=RTF':>7} {'scorer':>6} {'chopper':>7} {'gateway':>7}"
+        f"{'sos->provisional p50':>20} {'p95':>6} {'lead p50':>8} {'turns':>5} | "
+        f"{'CPU/stream':>10} {'asr=RTF':>7} {'scorer':>6} {'chopper':>7} {'gateway':>7} | "
+        f"{'RSS before':>10} {'after MB':>8}"
     )
     print(head)
     print("-" * len(head))
@@ -266,8 +306,11 @@ def print_table(results: Sequence[RunResult]) -> None:
             f"{r.to_final_p50_ms:>11.0f} ms {r.to_final_p95_ms:>6.0f} | "
             f"{r.to_score_p50_ms:>11.0f} ms {r.to_score_p95_ms:>6.0f} | "
             f"{r.partial_interval_p50_ms:>14.0f} ms {r.partial_interval_p95_ms:>6.0f} | "
+            f"{r.to_provisional_p50_ms:>17.0f} ms {r.to_provisional_p95_ms:>6.0f} "
+            f"{r.provisional_lead_p50_ms:>5.0f} ms {r.provisional_turns:>5} | "
             f"{r.cpu_per_stream():>10.3f} {r.asr_rtf:>7.3f} {r.cpu_per_stream('scorer'):>6.3f} "
-            f"{r.cpu_per_stream('chopper'):>7.3f} {r.cpu_per_stream('gateway'):>7.3f}",
+            f"{r.cpu_per_stream('chopper'):>7.3f} {r.cpu_per_stream('gateway'):>7.3f} | "
+            f"{r.memory_mb[0]:>10.0f} {r.memory_mb[1]:>8.0f}",
             flush=True,
         )
         for error in r.errors[:5]:
@@ -295,7 +338,12 @@ async def main_async(args: argparse.Namespace) -> int:
         data_dir = Path(tempfile.mkdtemp(prefix="callsense-bench-audio-", dir="/var/tmp"))
         try:
             mesh = await start_mesh(
-                data_dir, max_batch=16, max_wait_ms=5.0, replicas=1, asr_model=args.asr_model
+                data_dir,
+                max_batch=16,
+                max_wait_ms=5.0,
+                replicas=1,
+                asr_model=args.asr_model,
+                asr_workers=args.asr_workers,
             )
             try:
                 ws_url = mesh.url.replace("http", "ws", 1) + "/v1/sentiment/stream"
@@ -312,11 +360,14 @@ async def main_async(args: argparse.Namespace) -> int:
     p95 = at_goal.to_score_p95_ms if at_goal else float("nan")
     final_p95 = at_goal.to_final_p95_ms if at_goal else float("nan")
     rtf = at_goal.asr_rtf if at_goal else float("nan")
+    provisional_p50 = at_goal.to_provisional_p50_ms if at_goal else float("nan")
     met = "n/a" if at_goal is None else str(p95 < GOAL_MS).lower()
     print(
-        f"live_audio asr_model={args.asr_model or 'default'} "
+        f"live_audio asr_model={args.asr_model or 'default'} asr_workers={args.asr_workers} "
         f"end_to_score_p95_ms_{GOAL_CALLS}calls={p95:.0f} end_to_final_p95_ms_{GOAL_CALLS}calls="
-        f"{final_p95:.0f} asr_rtf_{GOAL_CALLS}calls={rtf:.3f} goal_p95_ms={GOAL_MS:.0f} goal_met={met}",
+        f"{final_p95:.0f} asr_rtf_{GOAL_CALLS}calls={rtf:.3f} "
+        f"start_to_provisional_p50_ms_{GOAL_CALLS}calls={provisional_p50:.0f} "
+        f"goal_p95_ms={GOAL_MS:.0f} goal_met={met}",
         flush=True,
     )
     return 0 if all(not r.errors for r in results) else 1
@@ -333,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--asr-model", help="the ASR's Whisper model for the mesh it starts (default tiny.en)"
     )
+    parser.add_argument("--asr-workers", type=int, default=1, help="Whisper decodes at once (default 1)")
     args = parser.parse_args(argv)
     if min(args.calls) < 1 or args.turns < 1 or args.gap < 0:
         parser.error("need --calls >= 1, --turns >= 1 and --gap >= 0")

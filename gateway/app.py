@@ -21,7 +21,12 @@ one Asr.Transcribe stream answers with
                      {"type": "transcript", "call_id", "seq", "segment_id", "is_final", "text", "channel",
                       "start_ms", "end_ms", "unheard_reason"}
 and every final is chopped and scored like a text utterance (an empty final with an ``unheard_reason``
-is a turn with speech nobody could transcribe: shown, not scored). Errors: audio_not_enabled (binary frames
+is a turn with speech nobody could transcribe: shown, not scored). While a turn is being spoken its stable
+words are scored too:
+                     {"type": "provisional", "call_id", "seq", "channel", "segment_id", "text", "end_ms",
+                      "label", "p_negative", "p_neutral", "p_positive", "score", "model_version"}
+replaced by the next provisional event of the segment and then by its final's scores; never stored, never
+the badge's (gateway/calls/provisional.py). Errors: audio_not_enabled (binary frames
 without audio in start), invalid_audio_format, frame_too_large.
 
 A bad message gets an error event and the connection and its call go on; nothing accepted is lost. After

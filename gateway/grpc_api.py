@@ -34,6 +34,7 @@ from gateway.calls.events import (
     LiveBadge,
     LiveCue,
     LiveError,
+    LiveProvisional,
     LiveScore,
     LiveSummary,
     LiveTranscript,
@@ -463,6 +464,16 @@ def event_proto(event: CallUpdate) -> sentiment_pb2.CallEvent:
     sequence, see LiveError)."""
     if isinstance(event, LiveTranscript):
         return sentiment_pb2.CallEvent(call_id=event.call_id, seq=event.seq, transcript=event.source)
+    if isinstance(event, LiveProvisional):
+        mood = event.mood
+        provisional = sentiment_pb2.ProvisionalScore(
+            channel=mood.role,  # type: ignore[arg-type]  # an int of the ChannelRole enum
+            segment_id=mood.segment_id,
+            text=mood.text,
+            end_ms=mood.end_ms,
+            score=mood.score,
+        )
+        return sentiment_pb2.CallEvent(call_id=event.call_id, seq=event.seq, provisional=provisional)
     if isinstance(event, LiveScore):
         return sentiment_pb2.CallEvent(
             call_id=event.call_id, seq=event.seq, score=scored_utterance_proto(event.scored)

@@ -27,6 +27,7 @@ from gateway.calls.events import (
     LiveBadge,
     LiveCue,
     LiveError,
+    LiveProvisional,
     LiveScore,
     LiveSummary,
     LiveTranscript,
@@ -585,6 +586,44 @@ class TranscriptEventOut(BaseModel):
         )
 
 
+class ProvisionalEventOut(BaseModel):
+    """WebSocket, server -> client: the mood of a turn still being spoken, from the words its partials agree
+    on so far. Replaced by the next provisional event of the same segment and, in the end, by the ``score``
+    events of its final's utterances. Never stored; the badge and the cues act on finals only."""
+
+    type: Literal["provisional"] = "provisional"
+    call_id: str
+    seq: int = Field(description="Sequence number of the event within the call (shared with scores).")
+    channel: Channel = Field(description="Who is speaking.")
+    segment_id: int = Field(description="The transcript segment (of the partials) whose words were scored.")
+    text: str = Field(description="The stable words scored (the tail from the last sentence; not masked).")
+    end_ms: int = Field(description="Call time of the end of the partial scored, in ms.")
+    label: Label = Field(description="The most probable class.")
+    p_negative: float
+    p_neutral: float
+    p_positive: float
+    score: float = Field(description="p_positive + 0.5 * p_neutral, in [0, 1]: 0 most negative.")
+    model_version: str
+
+    @classmethod
+    def of(cls, event: LiveProvisional) -> ProvisionalEventOut:
+        mood, score = event.mood, event.mood.score
+        return cls(
+            call_id=event.call_id,
+            seq=event.seq,
+            channel=mood.channel,
+            segment_id=mood.segment_id,
+            text=mood.text,
+            end_ms=mood.end_ms,
+            label=mood.label,
+            p_negative=score.p_negative,
+            p_neutral=score.p_neutral,
+            p_positive=score.p_positive,
+            score=min(1.0, max(0.0, score.score)),
+            model_version=score.model_version,
+        )
+
+
 class BadgeEventOut(BaseModel):
     """WebSocket, server -> client: the live badge changed colour (after the score that changed it)."""
 
@@ -657,6 +696,8 @@ def event_json(event: CallUpdate) -> dict[str, Any]:
     """A call event as the WebSocket sends it."""
     if isinstance(event, LiveTranscript):
         return TranscriptEventOut.of(event).model_dump()
+    if isinstance(event, LiveProvisional):
+        return ProvisionalEventOut.of(event).model_dump()
     if isinstance(event, LiveScore):
         scored = ScoredUtteranceOut.of(event.scored).model_dump()
         return ScoreEventOut(**scored, call_id=event.call_id, seq=event.seq).model_dump()

@@ -334,6 +334,12 @@ def _add_up(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="the live ASR's Whisper model: tiny.en (default), base, or a CTranslate2 Whisper directory",
     )
     p.add_argument(
+        "--asr-workers",
+        type=int,
+        default=1,
+        help="Whisper decodes the ASR runs at once (default 1; see docs/capacity.md)",
+    )
+    p.add_argument(
         "--tone",
         action="store_true",
         help="fuse the voice's tone with the words in the scorers (the shipped fusion head; "
@@ -399,6 +405,7 @@ def _run_up(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         tls_self_signed=args.tls_self_signed,
         asr_model=args.asr_model,
+        asr_workers=args.asr_workers,
         tone_fusion=args.tone,
     )
     return main(options)

@@ -379,6 +379,8 @@ class CallView:
         at = self._clock()
         if kind == "transcript":
             self._transcript(at, event)
+        elif kind == "provisional":
+            self._provisional(at, event)
         elif kind == "score":
             bar = "#" * round(event["score"] * 10)
             label = self._paint(f"{event['label']:<8}", event["label"])
@@ -392,6 +394,16 @@ class CallView:
             self._line(f"{at}  ERROR      {event.get('code')}: {event.get('message')}")
         elif kind == "summary":
             self.summary(event)
+
+    def _provisional(self, at: str, event: Event) -> None:
+        """The mood so far of a turn being spoken: on a terminal, added to its partial line."""
+        mood = f"~{event['score']:.2f} {event['label']} so far"
+        key = (str(event["channel"]), int(event["segment_id"]))
+        if not self._tty:
+            self._line(f"{at}  {event['channel']:<8} ~  {mood}")
+        elif self._partial_key == key:
+            base = self._partial.split("  [~", 1)[0]
+            self._show_partial(key, f"{base}  [{mood}]")
 
     def _transcript(self, at: str, event: Event) -> None:
         key = (str(event["channel"]), int(event["segment_id"]))

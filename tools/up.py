@@ -58,6 +58,8 @@ class UpOptions:
     asr_model: str | None = None
     """The ASR's Whisper model: a name of ``asr_service.models.PACKAGED`` or a directory (None: the
     ASR's own default, ``CALLSENSE_ASR_MODEL_DIR`` or tiny.en)."""
+    asr_workers: int = 1
+    """Whisper decodes the ASR runs at once (``python -m asr_service --workers``; docs/capacity.md)."""
     tone_fusion: bool = False
     """Start the scorers with ``--fusion``: the voice's tone fused with the words (opt-in, FUSION_CARD.md)."""
 
@@ -290,7 +292,8 @@ def mesh_specs(
         ProcessSpec(
             "asr",
             [python, "-m", "asr_service", "--bind", config.asr_addr]
-            + (["--model", options.asr_model] if options.asr_model else []),
+            + (["--model", options.asr_model] if options.asr_model else [])
+            + (["--workers", str(options.asr_workers)] if options.asr_workers != 1 else []),
             ready=GrpcReady(config.asr_addr),
         )
     )

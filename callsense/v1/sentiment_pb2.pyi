@@ -115,7 +115,7 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., fatal: _Optional[bool] = ...) -> None: ...
 
 class CallEvent(_message.Message):
-    __slots__ = ("call_id", "seq", "transcript", "score", "badge", "cue", "summary", "error")
+    __slots__ = ("call_id", "seq", "transcript", "score", "badge", "cue", "summary", "error", "provisional")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TRANSCRIPT_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +124,7 @@ class CallEvent(_message.Message):
     CUE_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    PROVISIONAL_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     seq: int
     transcript: _asr_pb2.TranscriptEvent
@@ -132,7 +133,22 @@ class CallEvent(_message.Message):
     cue: CoachingCue
     summary: CallSummary
     error: Error
-    def __init__(self, call_id: _Optional[str] = ..., seq: _Optional[int] = ..., transcript: _Optional[_Union[_asr_pb2.TranscriptEvent, _Mapping]] = ..., score: _Optional[_Union[ScoredUtterance, _Mapping]] = ..., badge: _Optional[_Union[BadgeChange, _Mapping]] = ..., cue: _Optional[_Union[CoachingCue, _Mapping]] = ..., summary: _Optional[_Union[CallSummary, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    provisional: ProvisionalScore
+    def __init__(self, call_id: _Optional[str] = ..., seq: _Optional[int] = ..., transcript: _Optional[_Union[_asr_pb2.TranscriptEvent, _Mapping]] = ..., score: _Optional[_Union[ScoredUtterance, _Mapping]] = ..., badge: _Optional[_Union[BadgeChange, _Mapping]] = ..., cue: _Optional[_Union[CoachingCue, _Mapping]] = ..., summary: _Optional[_Union[CallSummary, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., provisional: _Optional[_Union[ProvisionalScore, _Mapping]] = ...) -> None: ...
+
+class ProvisionalScore(_message.Message):
+    __slots__ = ("channel", "segment_id", "text", "end_ms", "score")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    END_MS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    channel: _audio_pb2.ChannelRole
+    segment_id: int
+    text: str
+    end_ms: int
+    score: _scorer_pb2.SentimentScore
+    def __init__(self, channel: _Optional[_Union[_audio_pb2.ChannelRole, str]] = ..., segment_id: _Optional[int] = ..., text: _Optional[str] = ..., end_ms: _Optional[int] = ..., score: _Optional[_Union[_scorer_pb2.SentimentScore, _Mapping]] = ...) -> None: ...
 
 class WatchCallRequest(_message.Message):
     __slots__ = ("call_id",)

@@ -1,8 +1,9 @@
 """The live events of a call: what its subscribers (the WebSocket, gRPC watchers, the console) are pushed.
 
-A call's events form one sequence (``seq``): transcript segments, scores, badge changes, coaching cues,
-errors of the call and, last, its summary. ``CallUpdate`` is their union. ``CallOutcome`` is the end of a
-call (how it ended, its statistics and report), carried by the LiveSummary and by a batch's result.
+A call's events form one sequence (``seq``): transcript segments, provisional scores, scores, badge
+changes, coaching cues, errors of the call and, last, its summary. ``CallUpdate`` is their union.
+``CallOutcome`` is the end of a call (how it ended, its statistics and report), carried by the
+LiveSummary and by a batch's result.
 Transports turn these into their wire format (gateway/schemas.py for JSON, gateway/grpc_api.py for
 sentiment.proto); the names differ from the proto messages on purpose, these are not the wire types.
 """
@@ -17,6 +18,7 @@ from callsense.report import CallReport, tag_names
 from callsense.v1 import asr_pb2
 from gateway.calls.errors import InputError
 from gateway.calls.inputs import channel_from_role
+from gateway.calls.provisional import ProvisionalMood
 from gateway.live import BadgeChange, BadgeState, CoachingCue
 
 
@@ -127,7 +129,16 @@ class LiveTranscript:
         return channel_from_role(self.source.channel)
 
 
-CallUpdate = LiveTranscript | LiveScore | LiveBadge | LiveCue | LiveSummary | LiveError
+@dataclass(frozen=True)
+class LiveProvisional:
+    """The mood of a turn still being spoken (gateway/calls/provisional.py); never stored, not the badge's."""
+
+    call_id: str
+    seq: int
+    mood: ProvisionalMood
+
+
+CallUpdate = LiveTranscript | LiveProvisional | LiveScore | LiveBadge | LiveCue | LiveSummary | LiveError
 
 
 def client_error(call_id: str, err: InputError, *, fatal: bool = False) -> LiveError:

@@ -8,8 +8,9 @@ A CallSession opens ONE ``Chopper.Chop`` stream and ONE ``Scorer.Score`` stream 
 A call that declares audio also opens one ``Asr.Transcribe`` stream (at its first audio) whose finals feed
 the inbox. Each scored utterance also goes through the call's ``LiveCoach`` (gateway/live.py, settings per
 tenant): the badge changes and coaching cues it returns are call events like the scores, in the same
-sequence, each right after the score that caused it. The call ends through ``finish_call``
-(gateway/calls/finish.py), the same end as a batch's.
+sequence, each right after the score that caused it. The partials of an audio call also go to its
+``ProvisionalScorer`` (gateway/calls/provisional.py): the mood of a turn while it is being spoken, published
+and never stored. The call ends through ``finish_call`` (gateway/calls/finish.py), the same end as a batch's.
 
 Every hop is a bounded asyncio queue: a client that sends faster than the mesh scores waits in
 ``submit`` (and through it its socket), memory never grows without limit. Events go out through
@@ -46,6 +47,7 @@ from gateway.calls.events import (
     LiveBadge,
     LiveCue,
     LiveError,
+    LiveProvisional,
     LiveScore,
     LiveSummary,
     LiveTranscript,
@@ -59,6 +61,7 @@ from gateway.calls.inputs import (
     channel_from_role,
     transcript_event,
 )
+from gateway.calls.provisional import ProvisionalMood, ProvisionalScorer
 from gateway.calls.settings import SessionSettings
 from gateway.calls.stage_streams import ChopperStream, Reopening, ScorerStream
 from gateway.calls.stages import Stages, utterance_score
@@ -127,6 +130,14 @@ class CallSession:
         self._grace: asyncio.Task[None] | None = None
         self._idle_stop: asyncio.Future[CallOutcome] | None = None
         self._coach = LiveCoach(settings_for(metadata.tenant, settings.badge_settings))
+        self._provisional = ProvisionalScorer(
+            call_id,
+            stages.scorer,
+            self._publish_provisional,
+            metrics,
+            context=lambda: self._scored[-1].text if self._scored else "",
+            settings=settings.provisional,
+        )
         self._done: asyncio.Future[CallOutcome] = asyncio.get_running_loop().create_future()
         self.driver_attached = False
         self.accepted = 0
@@ -321,7 +332,10 @@ class CallSession:
                 self._reopening("asr"),
                 replay_ms=int(self._settings.asr_replay_s * 1000),
             )
-            await asr.run(first, self._on_transcript)
+            try:
+                await asr.run(first, self._on_transcript)
+            finally:
+                await self._provisional.close()
         await self._inbox.put(None)
 
     async def _next_audio(self) -> AudioPiece | None:
@@ -339,11 +353,15 @@ class CallSession:
 
     async def _on_transcript(self, event: asr_pb2.TranscriptEvent) -> None:
         self._publish(lambda seq: LiveTranscript(self.call_id, seq, event))
+        self._provisional.on_transcript(event)
         self._metrics.count("callsense_gateway_transcripts_total", final=str(event.is_final).lower())
         if event.is_final and event.text.strip():
             self._accepted_at[(channel_from_role(event.channel), event.segment_id)] = time.perf_counter()
             self.accepted += 1
             await self._inbox.put(event)
+
+    def _publish_provisional(self, mood: ProvisionalMood) -> None:
+        self._publish(lambda seq: LiveProvisional(self.call_id, seq, mood))
 
     async def _run_chopper(self) -> None:
         chopper = ChopperStream(

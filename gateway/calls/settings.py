@@ -14,6 +14,19 @@ from callsense.tenants import BadgeSettings
 
 
 @dataclass(frozen=True)
+class ProvisionalSettings:
+    """When a partial is worth a provisional score (gateway/calls/provisional.py)."""
+
+    enabled: bool = True
+    min_words: int = 3
+    """Fewer stable words than this are not scored: "Well, I" says nothing yet."""
+    max_words: int = 48
+    """The tail scored at most (the scorer reads under 128 tokens)."""
+    timeout_s: float = 2.0
+    """Deadline of one ScoreBatch; later than that the next partial has come anyway."""
+
+
+@dataclass(frozen=True)
 class SessionSettings:
     """Queue bounds and timeouts of every session of a gateway."""
 
@@ -47,3 +60,5 @@ class SessionSettings:
     """Largest recording ``POST /v1/sentiment/batch`` takes (413 past it)."""
     badge_settings: Mapping[str, BadgeSettings] = field(default_factory=dict)
     """Live-rule settings (badge and cues) per tenant id; a tenant not named gets tenants.DEFAULT_SETTINGS."""
+    provisional: ProvisionalSettings = field(default_factory=ProvisionalSettings)
+    """Provisional scores of the turns being spoken (audio calls)."""

@@ -40,7 +40,7 @@ def utterance_score(utterance: chopper_pb2.Utterance, score: scorer_pb2.Sentimen
         start_ms=utterance.start_ms,
         end_ms=utterance.end_ms,
         text=utterance.text,
-        label=_LABELS.get(score.label, _label_of(score)),
+        label=score_label(score),
         p_negative=float(score.p_negative),
         p_neutral=float(score.p_neutral),
         p_positive=float(score.p_positive),
@@ -52,6 +52,11 @@ def utterance_score(utterance: chopper_pb2.Utterance, score: scorer_pb2.Sentimen
         text_p_positive=float(score.text_p_positive) if fused else None,
         fusion_version=score.fusion_version if fused else None,
     )
+
+
+def score_label(score: scorer_pb2.SentimentScore) -> Label:
+    """The score's label, or its most probable class when the label was left unset."""
+    return _LABELS.get(score.label) or _label_of(score)
 
 
 def _label_of(score: scorer_pb2.SentimentScore) -> Label:

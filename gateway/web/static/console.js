@@ -133,7 +133,36 @@ function onTranscript(event) {
     keepScrolledToEnd(() => ui.transcript.append(row));
     return;
   }
-  row.replaceChildren(...meta(event.start_ms, event.channel), el("span", { class: "text", text: event.text }));
+  row.replaceChildren(
+    ...meta(event.start_ms, event.channel),
+    el("span", { class: "text", text: event.text }),
+    ...provisionalMood(row),
+  );
+}
+
+// The mood of a turn still being spoken (a "provisional" event), greyed beside its partial: the badge and
+// the cues wait for the final, and so does the row's colour.
+function provisionalMood(row) {
+  if (row.dataset.mood === undefined) return [];
+  const score = Number(row.dataset.mood);
+  return [
+    el("span", {
+      class: "mood",
+      "data-testid": "provisional-mood",
+      "data-band": scoreBand(score),
+      title: `${row.dataset.moodLabel} so far (provisional: the words heard until now)`,
+      text: `~${formatScore(score)}`,
+    }),
+  ];
+}
+
+function onProvisional(event) {
+  const row = segments.get(`${event.channel}:${event.segment_id}`);
+  if (!row || row.dataset.final === "true") return; // its final came first: the score follows
+  row.dataset.mood = String(event.score);
+  row.dataset.moodLabel = event.label;
+  row.querySelector(".mood")?.remove();
+  row.append(...provisionalMood(row));
 }
 
 function onScore(event) {
@@ -209,6 +238,9 @@ function handleEvent(conn, event) {
       break;
     case "transcript":
       onTranscript(event);
+      break;
+    case "provisional":
+      onProvisional(event);
       break;
     case "score":
       onScore(event);
