@@ -18,6 +18,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import grpc.aio
 
@@ -95,6 +96,22 @@ async def serve(servicer: AsrServicer, bind: str) -> None:
     await grpc_runtime.serve_forever(add, bind, on_shutdown=on_shutdown)
 
 
+def _recording_model_dir(spec: str | None, cache: Path) -> Path | None:
+    """The recordings' model directory (None: the live model). A model asked for by name must load; the
+    default (base where installed) falls back to the live model when it cannot be put together, e.g. on a
+    read-only data directory: recordings then cost accuracy, never the service."""
+    chosen = recording_model_spec(spec)
+    if chosen is None:
+        return None
+    if spec is not None:
+        return resolve_model_dir(chosen, cache)
+    try:
+        return resolve_model_dir(chosen, cache)
+    except (ModelUnavailable, OSError) as exc:
+        log.warning("recordings use the live model: Whisper %s is unavailable (%s)", chosen, exc)
+        return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_telemetry("asr")  # before any server or channel exists: it instruments grpc.aio
@@ -106,8 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cache = load_config().data_dir / "asr-models"
     try:
         model_dir = resolve_model_dir(args.model, cache)
-        recording_spec = recording_model_spec(args.recording_model)
-        recording_dir = resolve_model_dir(recording_spec, cache) if recording_spec else None
+        recording_dir = _recording_model_dir(args.recording_model, cache)
     except (ModelUnavailable, OSError) as exc:
         log.error("cannot find the Whisper model: %s", exc)
         return 1

@@ -108,3 +108,16 @@ def test_recordings_use_base_only_where_its_packages_are_installed(monkeypatch: 
     missing = PackagedModel("base", ("not-a-package",), ("callsense_no_such_module",), "data")
     monkeypatch.setitem(models.PACKAGED, "base", missing)
     assert recording_model_spec(None) is None
+
+
+def test_the_default_recording_model_falls_back_where_it_cannot_be_put_together(tmp_path: Path) -> None:
+    from asr_service.__main__ import _recording_model_dir
+
+    if not models.installed("base"):
+        pytest.skip("WHISPER BASE ABSENT: pip install 'callsense[asr-base]' (./dev.sh installs it)")
+    unwritable = tmp_path / "a-file"
+    unwritable.write_text("not a directory")  # the data directory cannot be made: base cannot be joined
+    assert _recording_model_dir(None, unwritable) is None  # the default: the live model, with a warning
+    assert _recording_model_dir("live", unwritable) is None
+    with pytest.raises(OSError):
+        _recording_model_dir("base", unwritable)  # asked for by name: the service must not start without it
