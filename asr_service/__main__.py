@@ -22,6 +22,7 @@ from pathlib import Path
 
 import grpc.aio
 
+from asr_service.channel import StreamingConfig
 from asr_service.models import (
     DEFAULT_RECORDING_MODEL,
     LIVE,
@@ -78,11 +79,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--compute-type", default="int8", help="CTranslate2 compute type (default int8)")
     parser.add_argument("--language", default="en", help="language for multilingual models (default en)")
+    parser.add_argument(
+        "--partial-interval",
+        type=float,
+        default=StreamingConfig().partial_interval_s,
+        metavar="S",
+        help="seconds between two partial decodes of an open segment; 0: no partials (default %(default)g; "
+        "longer: fewer decodes, more calls per replica, later provisional scores: docs/capacity.md)",
+    )
     args = parser.parse_args(argv)
     if args.max_streams < 1:
         parser.error("--max-streams must be at least 1")
     if args.workers < 1:
         parser.error("--workers must be at least 1")
+    if args.partial_interval < 0:
+        parser.error("--partial-interval must be 0 (no partials) or more")
     return args
 
 
@@ -157,7 +168,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("Whisper model %s loaded for recordings", recording_dir)
     else:
         log.info("recordings use the live model")
-    servicer = AsrServicer(recognizer, max_streams=args.max_streams, recording_model=recording_model)
+    streaming = (
+        StreamingConfig(partials=False)
+        if args.partial_interval == 0
+        else StreamingConfig(partial_interval_s=args.partial_interval)
+    )
+    servicer = AsrServicer(
+        recognizer, max_streams=args.max_streams, config=streaming, recording_model=recording_model
+    )
     try:
         asyncio.run(serve(servicer, bind))
     except RuntimeError as exc:  # e.g. the address is taken

@@ -344,6 +344,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 replicas=1,
                 asr_model=args.asr_model,
                 asr_workers=args.asr_workers,
+                asr_partial_interval_s=args.partial_interval,
             )
             try:
                 ws_url = mesh.url.replace("http", "ws", 1) + "/v1/sentiment/stream"
@@ -364,6 +365,7 @@ async def main_async(args: argparse.Namespace) -> int:
     met = "n/a" if at_goal is None else str(p95 < GOAL_MS).lower()
     print(
         f"live_audio asr_model={args.asr_model or 'default'} asr_workers={args.asr_workers} "
+        f"partial_interval={args.partial_interval or 'default'} "
         f"end_to_score_p95_ms_{GOAL_CALLS}calls={p95:.0f} end_to_final_p95_ms_{GOAL_CALLS}calls="
         f"{final_p95:.0f} asr_rtf_{GOAL_CALLS}calls={rtf:.3f} "
         f"start_to_provisional_p50_ms_{GOAL_CALLS}calls={provisional_p50:.0f} "
@@ -385,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
         "--asr-model", help="the ASR's Whisper model for the mesh it starts (default tiny.en)"
     )
     parser.add_argument("--asr-workers", type=int, default=1, help="Whisper decodes at once (default 1)")
+    parser.add_argument(
+        "--partial-interval", type=float, help="seconds between the ASR's partials (default: its own, 1 s)"
+    )
     args = parser.parse_args(argv)
     if min(args.calls) < 1 or args.turns < 1 or args.gap < 0:
         parser.error("need --calls >= 1, --turns >= 1 and --gap >= 0")

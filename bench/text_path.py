@@ -18,7 +18,8 @@ The last line: `text_path calls=50 p50_ms=.. p95_ms=.. utt_s=.. p95_ratio_nobatc
 Goal on the 2-core dev box: p95 under 50 ms at 50 calls.
 
 Capacity: `--sweep 100 200 300 500 700` runs those loads one after another on one mesh (batched) and
-stops at the first that misses p95 < 50 ms or loses an utterance; the last line is then
+stops at the first that misses p95 < 50 ms or loses an utterance (the per-key rate limit is off: every
+simulated call sends the bench's one key); the last line is then
 `text_path_capacity max_calls_p95_under_50ms=..`, with each load's p95 as a ratio to the first's. The
 clients run in the bench's own process on the same two cores, so the figure is a floor.
 
@@ -47,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
@@ -102,6 +104,8 @@ async def start_mesh(
     replicas: int,
     asr_model: str | None = None,
     asr_workers: int = 1,
+    asr_partial_interval_s: float | None = None,
+    key_rate_limit: bool = True,
 ) -> Mesh:
     envoy_port = free_port()
     # The bench owns every port and path; the developer's own mesh settings must not leak in. No trace
@@ -131,6 +135,10 @@ async def start_mesh(
         "--scorer-max-batch", str(max_batch),
         "--scorer-max-wait-ms", str(max_wait_ms),
     ] + (["--asr-model", asr_model] if asr_model else []) + ["--asr-workers", str(asr_workers)]  # fmt: skip
+    if asr_partial_interval_s is not None:
+        argv += ["--asr-partial-interval", str(asr_partial_interval_s)]
+    if not key_rate_limit:  # every simulated call sends the one bench key: hundreds of calls are one tenant
+        argv += ["--rate-limit-per-key", "0"]
     with log.open("wb") as out:
         process = subprocess.Popen(
             argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
@@ -336,27 +344,54 @@ async def measure_own_mesh(args: argparse.Namespace, data_dir: Path, max_batch: 
 GOAL_P95_MS = 50.0
 
 
+async def settle(mesh: Mesh, idle_share: float = 0.15, timeout_s: float = 180.0) -> None:
+    """Wait until the mesh is idle (its processes together under ``idle_share`` of one core for a
+    second): the post-call worker digests the previous load's ended calls for a while (summaries, tags),
+    and on a 2-core box that would be measured as the next load's latency."""
+    processes = [psutil.Process(mesh.process.pid), *psutil.Process(mesh.process.pid).children(recursive=True)]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        before = sum(p.cpu_times().user + p.cpu_times().system for p in processes if p.is_running())
+        await asyncio.sleep(1.0)
+        after = sum(p.cpu_times().user + p.cpu_times().system for p in processes if p.is_running())
+        if after - before < idle_share:
+            return
+    print(f"    the mesh was still busy after {timeout_s:g} s; measuring anyway", flush=True)
+
+
+def _met(result: RunResult) -> bool:
+    """Within the goal: p95 under 50 ms, nothing lost, no error but the post-call worker's being busy at
+    the calls' end (the worker catches up from its outbox: nothing of the live path is lost)."""
+    errors = [e for e in result.errors if not e.startswith("postcall_unavailable")]
+    return result.p95_ms < GOAL_P95_MS and result.lost == 0 and not errors
+
+
 async def sweep(args: argparse.Namespace) -> int:
     """Increasing loads on one mesh until one misses the goal; the largest that met it."""
     data_dir = Path(tempfile.mkdtemp(prefix="callsense-bench-", dir="/var/tmp"))
     results: list[RunResult] = []
     try:
         mesh = await start_mesh(
-            data_dir, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, replicas=args.scorer_replicas
+            data_dir,
+            max_batch=args.max_batch,
+            max_wait_ms=args.max_wait_ms,
+            replicas=args.scorer_replicas,
+            key_rate_limit=False,
         )
         try:
             for calls in args.sweep:
+                await settle(mesh)
                 result = await run_load(mesh.url, calls, args.duration, args.interval, args.warmup)
                 ratio = result.p95_ms / results[0].p95_ms if results else 1.0
                 report(f"sweep (p95 x{ratio:.2f})", result)
                 results.append(result)
-                if not (result.p95_ms < GOAL_P95_MS and result.lost == 0 and not result.errors):
+                if not _met(result):
                     break
         finally:
             await asyncio.to_thread(stop_mesh, mesh)
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
-    met = [r.calls for r in results if r.p95_ms < GOAL_P95_MS and r.lost == 0 and not r.errors]
+    met = [r.calls for r in results if _met(r)]
     tried = ",".join(str(r.calls) for r in results)
     print(
         f"text_path_capacity max_calls_p95_under_50ms={max(met, default=0)} tried={tried} "

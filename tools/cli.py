@@ -340,6 +340,12 @@ def _add_up(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="Whisper decodes the ASR runs at once (default 1; see docs/capacity.md)",
     )
     p.add_argument(
+        "--asr-partial-interval",
+        type=float,
+        metavar="S",
+        help="seconds between partial transcripts of a turn (default 1; 0: none; see docs/capacity.md)",
+    )
+    p.add_argument(
         "--tone",
         action="store_true",
         help="fuse the voice's tone with the words in the scorers (the shipped fusion head; "
@@ -406,6 +412,7 @@ def _run_up(args: argparse.Namespace) -> int:
         tls_self_signed=args.tls_self_signed,
         asr_model=args.asr_model,
         asr_workers=args.asr_workers,
+        asr_partial_interval_s=args.asr_partial_interval,
         tone_fusion=args.tone,
     )
     return main(options)

@@ -59,6 +59,8 @@ class UpOptions:
     """The ASR's Whisper model: a name of ``asr_service.models.PACKAGED`` or a directory (None: the
     ASR's own default, ``CALLSENSE_ASR_MODEL_DIR`` or tiny.en)."""
     asr_workers: int = 1
+    asr_partial_interval_s: float | None = None
+    """Seconds between the ASR's partial decodes of an open segment (None: its default, 1 s; 0: none)."""
     """Whisper decodes the ASR runs at once (``python -m asr_service --workers``; docs/capacity.md)."""
     tone_fusion: bool = False
     """Start the scorers with ``--fusion``: the voice's tone fused with the words (opt-in, FUSION_CARD.md)."""
@@ -293,7 +295,12 @@ def mesh_specs(
             "asr",
             [python, "-m", "asr_service", "--bind", config.asr_addr]
             + (["--model", options.asr_model] if options.asr_model else [])
-            + (["--workers", str(options.asr_workers)] if options.asr_workers != 1 else []),
+            + (["--workers", str(options.asr_workers)] if options.asr_workers != 1 else [])
+            + (
+                ["--partial-interval", str(options.asr_partial_interval_s)]
+                if options.asr_partial_interval_s is not None
+                else []
+            ),
             ready=GrpcReady(config.asr_addr),
         )
     )

@@ -239,6 +239,22 @@ def test_callsense_up_fuses_tone_only_when_asked(tmp_path: Path) -> None:
     assert "--fusion" in scorer_argv(UpOptions(tone_fusion=True))
 
 
+def test_callsense_up_passes_the_asr_capacity_settings_and_the_asr_takes_them(tmp_path: Path) -> None:
+    """`--asr-workers` and `--asr-partial-interval` reach the ASR's command line, which its own parser
+    takes (0: no partials); the defaults add nothing."""
+    from asr_service.__main__ import parse_args
+
+    def asr_argv(options: UpOptions) -> list[str]:
+        specs = mesh_specs(Config(), options, "postgresql://db/mesh", tmp_path / "envoy.yaml")
+        argv = next(s.argv for s in specs if s.name == "asr")
+        return argv[argv.index("asr_service") + 1 :]
+
+    assert "--workers" not in asr_argv(UpOptions()) and "--partial-interval" not in asr_argv(UpOptions())
+    args = parse_args(asr_argv(UpOptions(asr_workers=2, asr_partial_interval_s=2.0)))
+    assert (args.workers, args.partial_interval) == (2, 2.0)
+    assert parse_args(asr_argv(UpOptions(asr_partial_interval_s=0.0))).partial_interval == 0.0
+
+
 # `callsense up` as a user runs it: a supervisor process with an HTTP server and Envoy, stopped by Ctrl-C.
 _UP_SCRIPT = textwrap.dedent(
     """
