@@ -87,6 +87,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="seconds between two partial decodes of an open segment; 0: no partials (default %(default)g; "
         "longer: fewer decodes, more calls per replica, later provisional scores: docs/capacity.md)",
     )
+    parser.add_argument(
+        "--partial-batch",
+        type=int,
+        default=StreamingConfig().partial_batch,
+        metavar="N",
+        help="most partials of different calls decoded as one Whisper batch (default %(default)d: each "
+        "alone; batches cost less CPU per partial but did not cut latency here: docs/capacity.md)",
+    )
     args = parser.parse_args(argv)
     if args.max_streams < 1:
         parser.error("--max-streams must be at least 1")
@@ -94,6 +102,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--workers must be at least 1")
     if args.partial_interval < 0:
         parser.error("--partial-interval must be 0 (no partials) or more")
+    if args.partial_batch < 1:
+        parser.error("--partial-batch must be at least 1 (1: each partial decoded alone)")
     return args
 
 
@@ -171,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     streaming = (
         StreamingConfig(partials=False)
         if args.partial_interval == 0
-        else StreamingConfig(partial_interval_s=args.partial_interval)
+        else StreamingConfig(partial_interval_s=args.partial_interval, partial_batch=args.partial_batch)
     )
     servicer = AsrServicer(
         recognizer, max_streams=args.max_streams, config=streaming, recording_model=recording_model

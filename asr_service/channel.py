@@ -9,18 +9,43 @@ front end (audio decoding, resampling and the VAD: 2-5 ms of CPU per second of a
 A final's request also carries the pause before its segment, as far back as the end of the previous
 segment and at most ``context_s``, and says how much of that the previous segment covered (see
 ``decoding`` for what the decoder does with it).
+
+**Early end** (``early_end_ms``, issue 17): the 500 ms of silence the VAD waits for is most of the time
+from the end of speech to the final. Once an open segment has been silent for half of ``early_end_ms``
+and no partial has heard all of its speech yet, a partial is asked for (the settling partial); once it
+has been silent for ``early_end_ms``, a probe (a partial of the segment so far). When the probe's text
+comes back (``note_partial``) and it is stable (the same words as the partial before it: the silence
+added none), ends like a finished sentence (. ? !, which Whisper writes; not an ellipsis), and the
+silence still holds, the segment ends there: the VAD ends it as the long silence would have, at the
+last speech plus ``VadConfig.pad_ms``, so the final hears exactly the audio it would have heard, and the
+rest of the silence starts nothing. Otherwise the segment waits for the VAD as before. A segment that
+is cut this way while its speaker was only pausing goes on as a new segment (a mid-sentence cut; see
+bench/endpointing.py for how often). Both extra partials are greedy decodes of the segment so far;
+they are sent as partials when partials are on.
+
+**Speculative final** (``speculative_final_ms``): the final's audio is complete once the segment has
+been silent for ``VadConfig.pad_ms`` (the segment ends at the last speech plus the pad); the rest of
+``min_silence_ms`` only confirms the end. So once the silence has lasted ``speculative_final_ms`` (the
+pad by default) the final is asked for at once, marked ``speculative``: the same request the end will
+make (audio, context, segment). When the VAD then ends the segment at that sample, the final it asks for
+is decoded alike (``decoding.same_decode``), and the caller answers it with the speculative decode,
+done or running, instead of decoding again (``streaming``): up to ``min_silence_ms - pad_ms`` sooner,
+the same text. When the speaker goes on first, the speculation is thrown away (``speculation`` no
+longer names it): no event is ever sent for it, and the caller skips or replaces its decode if it has
+not started (a later pause may speculate again). While a speculation stands no partial is asked for:
+the silence adds no words, and the thread should be free when the final is due.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
 
-from asr_service.decoding import DecodeRequest, DecodingConfig
-from asr_service.hallucination import FilterConfig
+from asr_service.decoding import DecodeRequest, DecodingConfig, same_decode
+from asr_service.hallucination import FilterConfig, normalise
 from asr_service.recognizer import MAX_AUDIO_S
 from asr_service.vad import SAMPLE_RATE, SpeechEnd, SpeechStart, StreamingVad, VadConfig
 
@@ -46,6 +71,61 @@ class StreamingConfig:
     VAD padding + min speech + a window, with room."""
     gap_tolerance_ms: int = 250
     """A chunk's timestamp this far ahead of the samples counted means lost audio."""
+    early_end_ms: int = 0
+    """Silence after which a segment whose text is stable and ends a sentence ends without waiting for
+    ``vad.min_silence_ms`` (see the module docstring); 0: off. At least ``vad.pad_ms`` (the final must
+    hear the same audio as after a normal end), less than ``vad.min_silence_ms``. Off by default: on
+    asr_dev at 16 kHz (bench/endpointing.py) 200 ms ended 2 of 24 turns early, one of them mid-sentence,
+    WER 5.24 -> 5.47 %, and end of speech -> final got slower (p50 1103 -> 1310 ms, p95 1476 -> 2341 ms):
+    the extra partials hold the one inference thread when the final is due, and a partial of a long
+    segment takes longer than the 300 ms it could save."""
+
+    speculative_final_ms: int | None = None
+    """Silence after which the open segment's final is decoded already, before the VAD ends the segment
+    (see the module docstring); None: at ``vad.pad_ms``, once the final's audio is complete; 0: off.
+    Else within ``vad.pad_ms``..``vad.min_silence_ms`` - 1. On by default: on asr_dev at 16 kHz
+    (bench/endpointing.py, one call) end of speech -> final p50 1137 -> 765 ms, p95 1658 -> 1095 ms, every
+    clip sooner, the same text for all 24 clips, for 10 % more decodes (speculations made in pauses);
+    at 8 kHz mu-law p50 1128 -> 772 ms, p95 1603 -> 997 ms, again the same text. 300 ms saved less."""
+
+    partial_batch: int = 1
+    """Most partials of different calls decoded as one batch (``scheduler.Batch``); 1: each alone. Set by
+    ``python -m asr_service --partial-batch N`` (``callsense up --asr-partial-batch N``). Off by default:
+    a batch of 4 costs 0.67x the CPU per partial (bench/asr_batching.py), but live (bench/live_audio.py,
+    one worker) the freed time goes to more partials while a final waits behind a longer job: at 8 calls
+    end of speech -> score p50 1496-1529 ms alone against 1643-1778 ms in batches of 4 (p95 2431-3058
+    against 2776-4256); only at 2 calls was it better (p95 1211 -> 1020 ms, one run each)."""
+
+    @property
+    def speculate_after_ms(self) -> int:
+        """The silence that makes a speculative final due; 0: never (off, or the pad is the whole
+        ``min_silence_ms``, so the end comes with the audio anyway)."""
+        ms = self.vad.pad_ms if self.speculative_final_ms is None else self.speculative_final_ms
+        return ms if ms < self.vad.min_silence_ms else 0
+
+    def validate(self) -> None:
+        self.vad.validate()
+        ms = self.speculative_final_ms
+        if ms and not self.vad.pad_ms <= ms < self.vad.min_silence_ms:
+            raise ValueError(
+                "speculative_final_ms must be None (at vad.pad_ms), 0 (off) or within "
+                f"vad.pad_ms..vad.min_silence_ms ({self.vad.pad_ms}..{self.vad.min_silence_ms - 1} ms): "
+                "before the pad the final's audio is not complete"
+            )
+        if self.early_end_ms and not self.vad.pad_ms <= self.early_end_ms < self.vad.min_silence_ms:
+            raise ValueError(
+                "early_end_ms must be 0 (off) or within vad.pad_ms..vad.min_silence_ms "
+                f"({self.vad.pad_ms}..{self.vad.min_silence_ms - 1} ms)"
+            )
+
+
+_CLOSING = "\"')]»”’"
+
+
+def ends_sentence(text: str) -> bool:
+    """``text`` ends like a finished sentence: . ? or ! (closing quotes aside), not an ellipsis."""
+    t = text.strip().rstrip(_CLOSING)
+    return t.endswith((".", "?", "!")) and not t.endswith("..")
 
 
 class _AudioBuffer:
@@ -102,24 +182,46 @@ class ChannelDecoder:
         self.channel = channel
         self.vad = vad
         self.config = config or StreamingConfig()
+        self.config.validate()
         self._buffer = _AudioBuffer()
         self._segment = 0
         self._open_start: int | None = None
         self._previous_end = 0  # where the previous segment ended: its words are not transcribed again
         self._last_partial = 0
+        self._partial_text = ""  # normalised text of the open segment's latest partial back
+        self._probe: DecodeRequest | None = None  # the probe whose text is awaited
+        self._probed_silence: int | None = None  # start of the silence the probe was taken in
         self.speech_s = 0.0
         """Seconds of audio sent to finals so far."""
+        self.early_ends = 0
+        """Segments ended early (see the module docstring)."""
+        self._speculation: DecodeRequest | None = None
+        self._speculated_silence: int | None = None  # start of the silence the speculation was made in
+        self.speculations = 0
+        """Speculative finals asked for (see the module docstring)."""
+        self.speculations_matched = 0
+        """Of those, the ones whose segment the VAD then ended at the same sample (the rest were pauses)."""
 
     @property
     def position(self) -> int:
         """Samples of this channel so far (16 kHz), lost audio included."""
         return self._buffer.end
 
+    @property
+    def speculation(self) -> DecodeRequest | None:
+        """The open segment's speculative final while it may still become the final (its silence holds);
+        None once the segment has ended or the speaker went on. Read by the inference thread (one
+        attribute read) to skip a speculation thrown away while its decode waited."""
+        return self._speculation
+
     def push(self, samples: npt.ArrayLike) -> list[DecodeRequest]:
         """Take the next samples; the decodes they make due."""
         x = np.asarray(samples, dtype=np.float32).reshape(-1)
         self._buffer.append(x)
         requests = self._apply(self.vad.feed(x))
+        if self._speculation is not None and self.vad.silence_start != self._speculated_silence:
+            self._speculation = None  # the speaker went on: that silence was a pause
+        requests += self._speculation_due()
         requests += self._partial_due()
         self._trim()
         return requests
@@ -136,14 +238,41 @@ class ChannelDecoder:
         self._trim()
         return requests
 
+    def note_partial(self, request: DecodeRequest, text: str | None) -> list[DecodeRequest]:
+        """The text a partial of this channel came back with ("" when the filter rejected it, None when
+        it was dropped undecoded); the final of an early end when the probe's text decides one."""
+        if request.is_final or request.segment != self._segment or self._open_start is None:
+            return []  # that segment has ended since
+        if request is not self._probe:
+            if text is not None:
+                self._partial_text = normalise(text)
+            return []
+        self._probe = None
+        heard = normalise(text or "")
+        before, self._partial_text = self._partial_text, heard
+        if not (heard and heard == before and ends_sentence(text or "")):
+            return []
+        if self.vad.silence_start != self._probed_silence:
+            return []  # the speaker went on while the probe was decoded
+        end = self.vad.end_segment()
+        if end is None:
+            return []
+        self.early_ends += 1
+        return self._apply([end])
+
     def _apply(self, events: Sequence[SpeechStart | SpeechEnd]) -> list[DecodeRequest]:
         requests = []
         for event in events:
+            self._probe, self._probed_silence, self._partial_text = None, None, ""
+            speculation, self._speculation, self._speculated_silence = self._speculation, None, None
             if isinstance(event, SpeechStart):
                 self._open_start = event.sample
                 self._last_partial = event.sample
             elif self._open_start is not None:
-                requests.append(self._request(self._open_start, event.sample, is_final=True))
+                final = self._request(self._open_start, event.sample, is_final=True)
+                if speculation is not None and same_decode(speculation, final):
+                    self.speculations_matched += 1
+                requests.append(final)
                 self.speech_s += (event.sample - self._open_start) / SAMPLE_RATE
                 self._open_start = None
                 self._previous_end = event.sample
@@ -153,9 +282,17 @@ class ChannelDecoder:
     def _partial_due(self) -> list[DecodeRequest]:
         c = self.config
         start = self._open_start
-        if not c.partials or start is None:
+        if start is None:
             return []
         now = self.position
+        if c.early_end_ms and self._probe is None:
+            early = self._early_end_partial(start, now)
+            if early is not None:
+                return [early]
+        # While the probe waits, no partial: a newer partial would replace it in the scheduler's queue.
+        # Nor while a speculative final stands (see the module docstring).
+        if not c.partials or self._probe is not None or self._speculation is not None:
+            return []
         if now - start < c.min_partial_s * SAMPLE_RATE or now - self._last_partial < c.partial_interval_s * (
             SAMPLE_RATE
         ):
@@ -163,11 +300,46 @@ class ChannelDecoder:
         self._last_partial = now
         return [self._request(start, now, is_final=False)]
 
-    def _request(self, start: int, end: int, *, is_final: bool) -> DecodeRequest:
+    def _speculation_due(self) -> list[DecodeRequest]:
+        """The speculative final, once the open segment's silence has lasted long enough (see the module
+        docstring); one per silence."""
+        after_ms = self.config.speculate_after_ms
+        silence, end = self.vad.silence_start, self.vad.pending_end
+        if not after_ms or self._open_start is None or silence is None or end is None:
+            return []
+        if silence == self._speculated_silence or self.position - silence < after_ms * SAMPLE_RATE // 1000:
+            return []
+        if end > self.position:  # a pad longer than the silence so far: the audio is not all here
+            return []
+        self._speculated_silence = silence
+        self._speculation = replace(self._request(self._open_start, end, is_final=True), speculative=True)
+        self.speculations += 1
+        return [self._speculation]
+
+    def _early_end_partial(self, start: int, now: int) -> DecodeRequest | None:
+        """The settling partial or the probe, when the silence at the end of the segment makes one due."""
+        silence = self.vad.silence_start
+        if silence is None or silence == self._probed_silence:
+            return None
+        silent_ms = (now - silence) * 1000 // SAMPLE_RATE
+        if silent_ms >= self.config.early_end_ms:
+            self._probed_silence = silence
+            self._last_partial = now
+            self._probe = self._request(start, now, is_final=False, probe=True)
+            return self._probe
+        # The probe is compared with the partial before it, so that one must have heard all the
+        # speech too (the cadence's last partial is up to a second old); the wait of half the early
+        # end keeps the short gaps between words from asking for one.
+        if silent_ms >= self.config.early_end_ms // 2 and self._last_partial < silence:
+            self._last_partial = now
+            return self._request(start, now, is_final=False, probe=True)
+        return None
+
+    def _request(self, start: int, end: int, *, is_final: bool, probe: bool = False) -> DecodeRequest:
         audio = self._buffer.slice(start, end)
         start = max(start, end - len(audio))  # the buffer may hold less than asked right after a gap
         if not is_final or self.config.context_s <= 0:
-            return DecodeRequest(self.channel, self._segment, is_final, start, audio)
+            return DecodeRequest(self.channel, self._segment, is_final, start, audio, probe=probe)
         # Context and segment together fit the recogniser's window.
         context_samples = min(int(self.config.context_s * SAMPLE_RATE), MAX_AUDIO_SAMPLES - len(audio))
         context = self._buffer.slice(start - max(context_samples, 0), start)

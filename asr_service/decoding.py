@@ -1,7 +1,10 @@
 """Decoding one request on the inference thread: Whisper, the hallucination filter, and for finals the
 retries that make them as good as offline decoding.
 
-A partial is decoded once, greedy, alone: it is replaced within a second anyway.
+A partial is decoded once, greedy: it is replaced within a second anyway. Partials of several calls
+waiting at once may be decoded as one batch (``run_partial_batch``, the scheduler's ``Batch``): each hears
+silence up to the longest of the batch, a small change for a text replaced within a second; finals,
+speculative ones included, are always decoded alone (their text is what is scored).
 
 A final is what the chopper cuts and the scorer scores, so it gets what offline decoding
 (``WhisperModel.transcribe``) gives every window, within the segment's own audio:
@@ -35,7 +38,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -82,6 +85,13 @@ class DecodeRequest:
     """Audio just before ``audio`` (finals; see the module docstring)."""
     context_transcribed: int = 0
     """Samples at the start of ``context`` that the previous segment covered; after them, the pause."""
+    probe: bool = False
+    """A partial asked for by the early end (``channel``), not by the partial cadence: its text decides
+    whether the segment ends early; shown like any partial, but not when partials are off."""
+    speculative: bool = False
+    """A final decoded before the VAD has ended its segment (``channel``'s speculative final): it is sent
+    only as the final it turns out to be (``adopt``), or thrown away; it adds nothing to ``ChannelText``
+    itself."""
 
     @property
     def start_ms(self) -> int:
@@ -149,6 +159,28 @@ class DecodeResult:
     ``rejected`` as the reason rather than dropped."""
 
 
+def same_decode(a: DecodeRequest, b: DecodeRequest) -> bool:
+    """``a`` and ``b`` are decoded alike: the same channel, segment and kind, the same audio and context
+    (a speculative final and the final it stands for), whatever else marks them."""
+    return (
+        (a.channel, a.segment, a.is_final, a.start_sample, a.context_transcribed)
+        == (b.channel, b.segment, b.is_final, b.start_sample, b.context_transcribed)
+        and np.array_equal(a.audio, b.audio)
+        and np.array_equal(a.context, b.context)
+    )
+
+
+def adopt(
+    speculative: DecodeResult, final: DecodeRequest, channel_text: ChannelText | None = None
+) -> DecodeResult:
+    """The speculative decode's result as ``final``'s (``same_decode``): the accepted text goes to the
+    channel's prompt now, as ``run_decode`` would have put it there. On the inference thread, in the
+    final's turn, so that the channel's next final reads it."""
+    if speculative.rejected is None and channel_text is not None:
+        channel_text.add(speculative.recognition.text)
+    return replace(speculative, request=final)
+
+
 def needs_fallback(recognition: Recognition, config: FilterConfig | None = None) -> bool:
     """The decode went wrong rather than heard silence (faster-whisper's rule for temperature
     fallback): too repetitive, or a low log-probability while Whisper does not judge the audio silent."""
@@ -175,6 +207,39 @@ def run_decode(
     else:
         recognition, heard_from = _recognize(recognizer, request, with_previous=False)
         rejected, attempts = judge(recognition, filter_config), 1
+    return _result(request, recognition, heard_from, rejected, attempts, started, decoding, channel_text)
+
+
+def run_partial_batch(
+    recognizer: WhisperRecognizer,
+    requests: list[DecodeRequest],
+    filter_config: FilterConfig | None = None,
+) -> list[DecodeResult]:
+    """Partials (of different calls) recognised in one batch (``WhisperRecognizer.recognize_batch``),
+    each then judged and made a result as ``run_decode`` makes a partial's; in order. ``decode_ms`` is
+    the batch's wall time: each waited for all of it."""
+    if any(r.is_final for r in requests):
+        raise ValueError("only partials are decoded in batches: a final's text must be as decoded alone")
+    started = time.perf_counter()
+    heard = [_heard(r, with_previous=False) for r in requests]
+    recognitions = recognizer.recognize_batch([audio for audio, _ in heard])
+    return [
+        _result(request, recognition, heard_from, judge(recognition, filter_config), 1, started)
+        for request, recognition, (_, heard_from) in zip(requests, recognitions, heard, strict=True)
+    ]
+
+
+def _result(
+    request: DecodeRequest,
+    recognition: Recognition,
+    heard_from: int,
+    rejected: str | None,
+    attempts: int,
+    started: float,
+    decoding: DecodingConfig | None = None,
+    channel_text: ChannelText | None = None,
+) -> DecodeResult:
+    """The request's result from its recognition: words in call time, prosody of an accepted final."""
     # Within the segment: word alignment stretches the first word over the silence heard before it.
     words = _clip_words(
         tuple(
@@ -193,7 +258,7 @@ def run_decode(
     if request.is_final and rejected is None:
         span = (words[-1].end_ms - words[0].start_ms) / 1000.0 if words else None
         prosody = analyze(request.audio, n_words=len(recognition.text.split()), speech_span_s=span)
-        if channel_text is not None:
+        if channel_text is not None and not request.speculative:
             channel_text.add(recognition.text)
     unheard = bool(
         request.is_final
@@ -267,8 +332,7 @@ def _recognize(
 ) -> tuple[Recognition, int]:
     """The segment heard with the pause before it, and with the end of the previous segment too if
     ``with_previous`` (its words left out); and the channel position of the first sample heard."""
-    skip = 0 if with_previous else request.context_transcribed
-    heard = np.concatenate([request.context[skip:], request.audio]) if len(request.context) else request.audio
+    heard, heard_from = _heard(request, with_previous=with_previous)
     recognition = recognizer.recognize(
         heard,
         word_timestamps=request.is_final,
@@ -277,7 +341,14 @@ def _recognize(
         beam_size=beam,
         temperature=temperature,
     )
-    return recognition, request.heard_start_sample + skip
+    return recognition, heard_from
+
+
+def _heard(request: DecodeRequest, *, with_previous: bool) -> tuple[FloatArray, int]:
+    """What the recogniser hears (see ``_recognize``) and the channel position of its first sample."""
+    skip = 0 if with_previous else request.context_transcribed
+    heard = np.concatenate([request.context[skip:], request.audio]) if len(request.context) else request.audio
+    return heard, request.heard_start_sample + skip
 
 
 def _clip_words(words: tuple[Word, ...], start_ms: int, end_ms: int) -> tuple[Word, ...]:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import os
 import re
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -189,22 +190,12 @@ class WhisperRecognizer:
         """
         from faster_whisper.transcribe import get_ctranslate2_storage
 
-        x = np.asarray(audio, dtype=np.float32).reshape(-1)[: int(MAX_AUDIO_S * SAMPLE_RATE)]
+        x = self._clip(audio)
         audio_s = len(x) / SAMPLE_RATE
         context_s = min(max(context_s, 0.0), audio_s)
         tok = self._tokenizer
-        padded = np.concatenate([x, np.zeros(int(self.config.pad_s * SAMPLE_RATE), dtype=np.float32)])
-        features = self._extractor(padded)[..., :-1]
-        if features.shape[-1] % 2:  # the encoder's stride-2 convolution wants an even frame count
-            features = features[..., :-1]
+        features = self._features(x, len(x))
         encoded = self._model.model.encode(get_ctranslate2_storage(features[None]))
-
-        last_timestamp = tok.timestamp_begin + int(np.ceil(audio_s / TIME_PRECISION_S))
-        beyond = list(range(last_timestamp + 1, tok.timestamp_begin + 1501))
-        max_length = min(
-            448,
-            len(tok.sot_sequence) + self.config.base_tokens + int(self.config.tokens_per_second * audio_s),
-        )
         previous = tok.encode(" " + prompt.strip())[-MAX_PROMPT_TOKENS:] if prompt.strip() else []
         start = [tok.sot_prev, *previous, *tok.sot_sequence] if previous else list(tok.sot_sequence)
         sampling = {"sampling_topk": 0, "sampling_temperature": temperature} if temperature > 0 else {}
@@ -213,22 +204,133 @@ class WhisperRecognizer:
             [start],
             beam_size=1 if temperature > 0 else max(1, beam_size),
             **sampling,
-            max_length=max_length,
+            max_length=self._max_length(audio_s),
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
-            suppress_tokens=self._suppress + beyond,
-            max_initial_timestamp_index=int(round(self.config.max_initial_timestamp_s / TIME_PRECISION_S)),
+            suppress_tokens=self._suppress + self._beyond(audio_s),
+            max_initial_timestamp_index=self._max_initial_timestamp,
         )[0]
         tokens: list[int] = list(result.sequences_ids[0])
-        # As faster-whisper: the score is the cumulated log-probability over len(tokens) (penalty 1).
-        avg_logprob = float(result.scores[0]) * len(tokens) / (len(tokens) + 1)
+        return self._recognition(
+            tokens,
+            float(result.scores[0]),
+            float(result.no_speech_prob),
+            audio_s=audio_s,
+            context_s=context_s,
+            word_timestamps=word_timestamps,
+            encoded=encoded,
+            frames=features.shape[-1],
+        )
 
+    def recognize_batch(self, audios: Sequence[npt.ArrayLike]) -> list[Recognition]:
+        """Greedy decodes of several stretches at once, as ``recognize`` with its defaults but without
+        word timestamps (partials): one ``encode`` of the batch and one ``generate`` with one prompt per
+        item, so that the decoder's per-step cost is shared.
+
+        The encoder wants one frame count, so each stretch is heard with silence up to the longest one
+        (plus ``pad_s``): the features of the longer silence, the recogniser's own padding. A shorter
+        stretch thus hears more silence after its speech than alone, and its text may differ a little
+        (bench/asr_batching.py counts how often). ``generate`` also takes one token cap and one list of
+        suppressed tokens for the batch: those of the longest stretch; each item is then cut back to
+        its own cap and before a timestamp past its own audio, which alone it could not have produced.
+        """
+        from faster_whisper.transcribe import get_ctranslate2_storage
+
+        clips = [self._clip(a) for a in audios]
+        if not clips:
+            return []
+        longest = max(len(x) for x in clips)
+        features = np.stack([self._features(x, longest) for x in clips])
+        encoded = self._model.model.encode(get_ctranslate2_storage(features))
+        tok = self._tokenizer
+        start = list(tok.sot_sequence)
+        results = self._model.model.generate(
+            encoded,
+            [start] * len(clips),
+            beam_size=1,
+            max_length=self._max_length(longest / SAMPLE_RATE),
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=self._suppress + self._beyond(longest / SAMPLE_RATE),
+            max_initial_timestamp_index=self._max_initial_timestamp,
+        )
+        recognitions = []
+        for x, result in zip(clips, results, strict=True):
+            audio_s = len(x) / SAMPLE_RATE
+            tokens: list[int] = list(result.sequences_ids[0])
+            # Alone, ``generate`` stops after max_length // 2 tokens (CTranslate2 4.8's Whisper, measured
+            # with the one-token start of English-only models; greedy, so the first tokens are the same).
+            cap = self._max_length(audio_s) // 2
+            last = self._last_timestamp(audio_s)
+            beyond = next((i for i, t in enumerate(tokens) if t > last), None)
+            cut = min(cap, len(tokens) if beyond is None else beyond)
+            recognitions.append(
+                self._recognition(
+                    tokens[:cut],
+                    float(result.scores[0]),
+                    float(result.no_speech_prob),
+                    audio_s=audio_s,
+                    context_s=0.0,
+                    word_timestamps=False,
+                    encoded=None,
+                    frames=features.shape[-1],
+                )
+            )
+        return recognitions
+
+    def _clip(self, audio: npt.ArrayLike) -> FloatArray:
+        return np.asarray(audio, dtype=np.float32).reshape(-1)[: int(MAX_AUDIO_S * SAMPLE_RATE)]
+
+    def _features(self, x: FloatArray, heard: int) -> FloatArray:
+        """Log-mel features of ``x`` followed by silence up to ``heard`` samples, plus ``pad_s``."""
+        silence = heard - len(x) + int(self.config.pad_s * SAMPLE_RATE)
+        padded = np.concatenate([x, np.zeros(silence, dtype=np.float32)])
+        features: FloatArray = self._extractor(padded)[..., :-1]
+        if features.shape[-1] % 2:  # the encoder's stride-2 convolution wants an even frame count
+            features = features[..., :-1]
+        return features
+
+    @property
+    def _max_initial_timestamp(self) -> int:
+        return int(round(self.config.max_initial_timestamp_s / TIME_PRECISION_S))
+
+    def _last_timestamp(self, audio_s: float) -> int:
+        """The last timestamp token within the audio: later ones are suppressed (module docstring)."""
+        return int(self._tokenizer.timestamp_begin + int(np.ceil(audio_s / TIME_PRECISION_S)))
+
+    def _beyond(self, audio_s: float) -> list[int]:
+        return list(range(self._last_timestamp(audio_s) + 1, self._tokenizer.timestamp_begin + 1501))
+
+    def _max_length(self, audio_s: float) -> int:
+        return min(
+            448,
+            len(self._tokenizer.sot_sequence)
+            + self.config.base_tokens
+            + int(self.config.tokens_per_second * audio_s),
+        )
+
+    def _recognition(
+        self,
+        tokens: list[int],
+        score: float,
+        no_speech_prob: float,
+        *,
+        audio_s: float,
+        context_s: float,
+        word_timestamps: bool,
+        encoded: Any,
+        frames: int,
+    ) -> Recognition:
+        """The generated ``tokens`` made into a ``Recognition``: repetitions cut, words aligned."""
+        # As faster-whisper: the score is the cumulated log-probability over len(tokens) (penalty 1).
+        avg_logprob = score * len(tokens) / (len(tokens) + 1)
         text_tokens, trimmed = self._cut_repetitions(tokens, context_s)
-        text = tok.decode(text_tokens).strip()
+        text = self._tokenizer.decode(text_tokens).strip()
         words: tuple[RecognizedWord, ...] = ()
         if (word_timestamps or context_s) and text_tokens:
-            content_frames = min(int(round(audio_s * 100)), features.shape[-1])
+            content_frames = min(int(round(audio_s * 100)), frames)
             words = self._align(text_tokens, encoded, content_frames, audio_s)
         if context_s:  # the words after the context; the repeated-tail guard works on them
             words, cut = _after_context(words, context_s)
@@ -239,7 +341,7 @@ class WhisperRecognizer:
         return Recognition(
             text=text,
             words=words if word_timestamps else (),
-            no_speech_prob=float(result.no_speech_prob),
+            no_speech_prob=no_speech_prob,
             avg_logprob=avg_logprob,
             compression_ratio=compression_ratio(text),
             audio_s=audio_s - context_s,

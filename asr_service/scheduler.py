@@ -17,6 +17,14 @@ Partials are best effort: a partial job that has not started yet is replaced whe
 same key (a channel of the stream) arrives, and dropped when that key's final arrives; its future
 resolves to None. Under load partials thus come less often, while every final still runs.
 
+Batches of partials (``max_batch``): when a thread takes a partial job that says how it may run with
+others (``Batch``), it also takes the partial jobs at the head of the streams after it in the ring whose
+``Batch.key`` is the same, up to ``max_batch`` jobs, and runs them with one call of the first job's
+``Batch.run`` (one Whisper encode and generate for all: CTranslate2's per-step cost is shared; see
+bench/asr_batching.py). Only heads join, so a stream's order holds; only in the partials' turn, so a final
+waiting at a stream's head is never passed over for one (it waits for the batch under way, as for a single
+decode); the streams served go to the back of the ring in turn. A job alone runs its own ``fn``.
+
 The number of open streams is capped (``StreamLimitError`` past it): each costs memory and a share of the
 thread, and a client told RESOURCE_EXHAUSTED can go to another replica.
 """
@@ -40,12 +48,26 @@ class StreamLimitError(RuntimeError):
     """No more streams may be opened now."""
 
 
+@dataclass(frozen=True)
+class Batch:
+    """How a partial job may run together with other streams' partials."""
+
+    key: Hashable
+    """Jobs whose keys are equal may run in one batch (the same model and the same filter)."""
+    item: Any
+    """What ``run`` takes for this job."""
+    run: Callable[[list[Any]], list[Any]]
+    """The results of several jobs' items, in order, each what the job's ``fn`` would return."""
+
+
 @dataclass
 class _Job:
     fn: Callable[[], Any]
     future: concurrent.futures.Future[Any]
     partial_key: Hashable | None = None
     """Set for replaceable (partial) jobs: the key that a newer partial or the final shares."""
+    batch: Batch | None = None
+    """Set for partial jobs that may run in a batch."""
 
     @property
     def is_partial(self) -> bool:
@@ -64,12 +86,17 @@ class _Stream:
 class InferenceScheduler:
     """Runs jobs on ``workers`` threads, finals first, round-robin across streams, in order within one."""
 
-    def __init__(self, max_streams: int = 8, *, workers: int = 1, name: str = "asr-inference") -> None:
+    def __init__(
+        self, max_streams: int = 8, *, workers: int = 1, max_batch: int = 1, name: str = "asr-inference"
+    ) -> None:
         if max_streams < 1:
             raise ValueError("max_streams must be at least 1")
         if workers < 1:
             raise ValueError("workers must be at least 1")
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
         self.max_streams = max_streams
+        self.max_batch = max_batch
         self._lock = threading.Condition()
         self._streams: dict[int, _Stream] = {}
         self._ring: collections.deque[int] = collections.deque()  # stream ids in round-robin order
@@ -77,6 +104,9 @@ class InferenceScheduler:
         self._stopping = False
         self.jobs_run = 0
         self.partials_dropped = 0
+        self.batches_run = 0
+        """Batches of two jobs or more (their jobs count in ``jobs_run``)."""
+        self.batched_jobs = 0
         self._threads = [
             threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True) for i in range(workers)
         ]
@@ -111,7 +141,12 @@ class InferenceScheduler:
             return sum(len(s.jobs) for s in self._streams.values())
 
     def _submit(
-        self, stream_id: int, fn: Callable[[], Any], partial_key: Hashable | None, final_key: Hashable | None
+        self,
+        stream_id: int,
+        fn: Callable[[], Any],
+        partial_key: Hashable | None,
+        final_key: Hashable | None,
+        batch: Batch | None,
     ) -> concurrent.futures.Future[Any]:
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         with self._lock:
@@ -121,7 +156,7 @@ class InferenceScheduler:
             replaced = partial_key if partial_key is not None else final_key
             if replaced is not None:
                 self._drop_partials(stream, replaced)
-            stream.jobs.append(_Job(fn, future, partial_key))
+            stream.jobs.append(_Job(fn, future, partial_key, batch if partial_key is not None else None))
             self._lock.notify()
         return future
 
@@ -155,10 +190,11 @@ class InferenceScheduler:
 
     # -------------------------------------------------------------------------------- thread
 
-    def _next_job(self) -> tuple[_Stream, _Job] | None:
+    def _next_jobs(self) -> list[tuple[_Stream, _Job]] | None:
         """The next job: the first stream in round-robin order whose next job is a final, else the first
-        whose next job is a partial; streams with a job running are passed over. None when stopping.
-        Holds the lock while waiting."""
+        whose next job is a partial; streams with a job running are passed over. A partial with a
+        ``Batch`` brings the matching heads of the streams after it (see the module docstring). None
+        when stopping. Holds the lock while waiting."""
         with self._lock:
             while True:
                 for partials in (False, True):
@@ -168,10 +204,32 @@ class InferenceScheduler:
                             continue
                         self._ring.rotate(-(offset + 1))  # the streams after it come first next time
                         stream.running = True
-                        return stream, stream.jobs.popleft()
+                        taken = [(stream, stream.jobs.popleft())]
+                        batch = taken[0][1].batch
+                        if batch is not None and self.max_batch > 1:
+                            taken += self._batch_mates(batch.key)
+                        return taken
                 if self._stopping:
                     return None
                 self._lock.wait()
+
+    def _batch_mates(self, key: Hashable) -> list[tuple[_Stream, _Job]]:
+        """Up to ``max_batch - 1`` partial heads batched under ``key``, in ring order (the stream just
+        served is last in the ring); each joins the back of the ring as it is taken, so the streams
+        passed over keep their place ahead of it. Holds the lock."""
+        mates: list[tuple[_Stream, _Job]] = []
+        for stream_id in list(self._ring)[:-1]:
+            if len(mates) == self.max_batch - 1:
+                break
+            stream = self._streams[stream_id]
+            head = stream.jobs[0] if stream.jobs and not stream.running else None
+            if head is None or head.batch is None or head.batch.key != key:
+                continue
+            self._ring.remove(stream_id)
+            self._ring.append(stream_id)
+            stream.running = True
+            mates.append((stream, stream.jobs.popleft()))
+        return mates
 
     def _done(self, stream: _Stream) -> None:
         with self._lock:
@@ -182,26 +240,42 @@ class InferenceScheduler:
 
     def _run(self) -> None:
         while True:
-            taken = self._next_job()
+            taken = self._next_jobs()
             if taken is None:
                 return
-            stream, job = taken
-            if not job.future.set_running_or_notify_cancel():
-                self._done(stream)
+            running = []
+            for stream, job in taken:
+                if job.future.set_running_or_notify_cancel():
+                    running.append((stream, job))
+                else:
+                    self._done(stream)
+            if not running:
                 continue
+            results: list[Any] = []
             error: BaseException | None = None
             try:
-                result = job.fn()
-            except BaseException as exc:  # reported to the stream that submitted it
+                if len(running) == 1:
+                    results = [running[0][1].fn()]
+                else:
+                    batch = running[0][1].batch
+                    assert batch is not None  # only jobs with a Batch are taken together
+                    results = batch.run([job.batch.item for _, job in running if job.batch is not None])
+                    if len(results) != len(running):
+                        raise RuntimeError(f"a batch of {len(running)} jobs gave {len(results)} results")
+            except BaseException as exc:  # reported to the streams that submitted them
                 log.exception("inference job failed")
                 error = exc
-            self.jobs_run += 1
-            # The stream's books first: whoever the result wakes sees its slot as it now is.
-            self._done(stream)
-            if error is not None:
-                job.future.set_exception(error)
-            else:
-                job.future.set_result(result)
+            self.jobs_run += len(running)
+            if len(running) > 1:
+                self.batches_run += 1
+                self.batched_jobs += len(running)
+            for i, (stream, job) in enumerate(running):
+                # The stream's books first: whoever the result wakes sees its slot as it now is.
+                self._done(stream)
+                if error is not None:
+                    job.future.set_exception(error)
+                else:
+                    job.future.set_result(results[i])
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop taking streams, cancel queued jobs, let the running one finish."""
@@ -230,9 +304,11 @@ class StreamHandle:
         *,
         partial_key: Hashable | None = None,
         final_key: Hashable | None = None,
+        batch: Batch | None = None,
     ) -> concurrent.futures.Future[Any]:
-        """Queue ``fn``; a ``partial_key`` makes it replaceable, a ``final_key`` drops queued partials."""
-        return self.scheduler._submit(self.id, fn, partial_key, final_key)
+        """Queue ``fn``; a ``partial_key`` makes it replaceable, a ``final_key`` drops queued partials,
+        a ``batch`` lets a partial run together with other streams' (see the module docstring)."""
+        return self.scheduler._submit(self.id, fn, partial_key, final_key, batch)
 
     def close(self, *, cancel: bool = False) -> None:
         """Release the stream's slot: at once with ``cancel``, else once its queued jobs have run."""

@@ -170,7 +170,9 @@ class AsrServicer(asr_pb2_grpc.AsrServicer):
         self.max_chunk_ms = max_chunk_ms
         self.stall_s = stall_s
         self.max_recording_bytes = max_recording_bytes
-        self.scheduler = InferenceScheduler(max_streams, workers=recognizer.config.workers)
+        self.scheduler = InferenceScheduler(
+            max_streams, workers=recognizer.config.workers, max_batch=self.config.partial_batch
+        )
         # One front-end thread (decode, resample, VAD: 2-5 ms of CPU per second of audio per channel)
         # keeps the second core for Whisper.
         self._frontend = ThreadPoolExecutor(1, thread_name_prefix="asr-frontend")

@@ -8,7 +8,18 @@ channel's previous text as the prompt, temperature fallback) and also get word t
 
 Per call (``CallTranscriber``, asyncio): audio decoding and the VAD run on a front-end thread, decodes
 on the scheduler's thread, so the event loop only moves bytes and results. Events come out in the order
-their decodes were requested, which keeps every partial before its segment's final.
+their decodes were requested, which keeps every partial before its segment's final. Each partial's text
+also goes back to its channel (``ChannelDecoder.note_partial``), whose early end may then end the segment
+and ask for its final; a probe of the early end is not sent as an event when partials are off.
+
+A speculative final (``channel``: the final asked for once the silence has lasted the VAD's pad) is
+queued as a replaceable job with its channel's partials' key, and never becomes an event itself. When
+the VAD ends the segment, the final's job takes the speculation's result if that was decoded alike
+(``decoding.same_decode``) and has run, which it has unless the final's arrival replaced it while it
+waited (a call's jobs run one at a time, in order); else it decodes. A speculation whose segment went
+on is replaced by the channel's next partial, speculation or final while queued, and skips itself if
+it comes up first. It is never batched with other calls' partials (its result must be the final's, as
+decoded alone); partials and probes are (``scheduler.Batch``; ``decoding.run_partial_batch``).
 
 Segment ids are public per channel and given out when a segment first yields text (a partial or its
 final), so they run 0, 1, 2, ... with no gaps for segments that turned out to hold nothing. Exactly one
@@ -27,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor
 from concurrent.futures import Future as ThreadFuture
@@ -34,10 +46,19 @@ from dataclasses import dataclass
 
 from asr_service.audio import AudioDecoder, AudioSpec, Encoding
 from asr_service.channel import ChannelDecoder, StreamingConfig
-from asr_service.decoding import ChannelText, DecodeRequest, DecodeResult, Word, run_decode
+from asr_service.decoding import (
+    ChannelText,
+    DecodeRequest,
+    DecodeResult,
+    Word,
+    adopt,
+    run_decode,
+    run_partial_batch,
+    same_decode,
+)
 from asr_service.prosody import ProsodyFeatures
 from asr_service.recognizer import WhisperRecognizer
-from asr_service.scheduler import StreamHandle
+from asr_service.scheduler import Batch, StreamHandle
 from asr_service.vad import SAMPLE_RATE, SileroModel, StreamingVad
 
 SAMPLES_PER_MS = SAMPLE_RATE // 1000
@@ -161,6 +182,10 @@ class CallTranscriber:
             ChannelText(self.config.decoding.prompt_max_chars) for _ in range(spec.channels)
         ]
         self._on_result = on_result
+        # Each channel's latest speculative final and its job (event loop only).
+        self._speculations: dict[int, tuple[DecodeRequest, ThreadFuture[DecodeResult | None]]] = {}
+        # The channels are fed on the front-end thread and told partials' texts on the event loop.
+        self._channels_lock = threading.Lock()
         self._finished = False
         self._closed = False
 
@@ -194,12 +219,16 @@ class CallTranscriber:
             item = await self._queue.get()
             if item is None:
                 return
-            _, future = item
+            request, future = item
             result = await asyncio.wrap_future(future)
+            if not request.is_final:
+                self._note(request, result)
             if result is None:  # a partial replaced by a newer one
                 continue
             if self._on_result is not None:
                 self._on_result(result)  # every result, rejected ones included (metrics, tests)
+            if request.probe and not self.config.partials:
+                continue
             event = self._numbering.event(result)
             if event is not None:
                 yield event
@@ -222,6 +251,12 @@ class CallTranscriber:
         return decoder
 
     def _front(self, data: bytes, channel: int | None, timestamp_ms: int | None) -> list[DecodeRequest]:
+        with self._channels_lock:
+            return self._front_locked(data, channel, timestamp_ms)
+
+    def _front_locked(
+        self, data: bytes, channel: int | None, timestamp_ms: int | None
+    ) -> list[DecodeRequest]:
         targets = self._channels if channel is None else [self._channels[channel]]
         requests: list[DecodeRequest] = []
         if timestamp_ms:
@@ -242,6 +277,10 @@ class CallTranscriber:
         return requests
 
     def _flush(self) -> list[DecodeRequest]:
+        with self._channels_lock:
+            return self._flush_locked()
+
+    def _flush_locked(self) -> list[DecodeRequest]:
         requests: list[DecodeRequest] = []
         for source, decoder in self._decoders.items():
             tails = decoder.flush()
@@ -254,22 +293,68 @@ class CallTranscriber:
 
     # ---------------------------------------------------------------- submission (event loop)
 
+    def _note(self, request: DecodeRequest, result: DecodeResult | None) -> None:
+        """A partial's text back to its channel; submits the final of an early end it decides.
+
+        On the event loop, so that such a final is queued before ``finish`` queues the end of the
+        events; the lock is held by the front end for one chunk at most (a few ms)."""
+        text = None if result is None else result.recognition.text if result.rejected is None else ""
+        with self._channels_lock:
+            requests = self._channels[request.channel].note_partial(request, text)
+        self._submit(requests)
+
     def _submit(self, requests: Sequence[DecodeRequest]) -> None:
         for request in requests:
             key = ("channel", request.channel)
+            if request.speculative:  # no event of its own (see the module docstring)
+                job = self._stream.submit(functools.partial(self._speculate, request), partial_key=key)
+                self._speculations[request.channel] = (request, job)
+                continue
+            if request.is_final:
+                held = self._speculations.pop(request.channel, None)
+                fn: Callable[[], DecodeResult] = functools.partial(self._final, request, held)
+            else:
+                fn = functools.partial(self._decode, request)
+            batch = None
+            if not request.is_final:  # the same key in every call of the process: one model, one filter
+                run = functools.partial(run_partial_batch, self._recognizer, filter_config=self.config.filter)
+                batch = Batch(("partial", id(self._recognizer), self.config.filter), request, run)
             future = self._stream.submit(
-                functools.partial(
-                    run_decode,
-                    self._recognizer,
-                    request,
-                    self.config.filter,
-                    self.config.decoding,
-                    self._channel_texts[request.channel],
-                ),
+                fn,
                 partial_key=None if request.is_final else key,
                 final_key=key if request.is_final else None,
+                batch=batch,
             )
             self._queue.put_nowait((request, future))
+
+    # ---------------------------------------------------------------- jobs (inference thread)
+
+    def _decode(self, request: DecodeRequest) -> DecodeResult:
+        c = self.config
+        return run_decode(
+            self._recognizer, request, c.filter, c.decoding, self._channel_texts[request.channel]
+        )
+
+    def _speculate(self, request: DecodeRequest) -> DecodeResult | None:
+        """A speculative final's decode, unless the channel threw it away while it waited (the one
+        attribute read races only with that: at worst one decode for nothing, or one made again)."""
+        if self._channels[request.channel].speculation is not request:
+            return None
+        return self._decode(request)
+
+    def _final(
+        self, request: DecodeRequest, held: tuple[DecodeRequest, ThreadFuture[DecodeResult | None]] | None
+    ) -> DecodeResult:
+        """A final: the result of the channel's speculation if it was decoded alike, else decoded now.
+        The speculation's job was queued before this one in the call's stream, whose jobs run one at a
+        time and in order, so it is done by now: run, skipped, or replaced while it waited (then None)."""
+        if held is not None:
+            speculative, job = held
+            if job.done() and not job.cancelled() and job.exception() is None:
+                result = job.result()
+                if result is not None and same_decode(speculative, request):
+                    return adopt(result, request, self._channel_texts[request.channel])
+        return self._decode(request)
 
 
 def pcm16_spec(sample_rate_hz: int = SAMPLE_RATE, channels: int = 1) -> AudioSpec:

@@ -3,7 +3,9 @@
 ``transcribe_file`` decodes a file (wav, flac, mp3, ogg, anything PyAV reads; any sample rate; mono or
 stereo) and feeds it to a ``streaming.CallTranscriber`` in ``chunk_ms`` pieces of PCM16 (50 ms), as fast
 as the CPU goes (no real-time pacing): the same audio decoder, resampler, Silero VAD, Whisper decoder and
-hallucination filter a live call goes through. Partials are off by default (nobody watches them).
+hallucination filter a live call goes through. Partials are off by default (nobody watches them), and
+so is the early end (``StreamingConfig.early_end_ms``): fed faster than real time, the probes come
+back when the audio has moved on, so whether a segment ended early would depend on the thread timing.
 
 Channels: a mono file is one ``mixed`` channel; a stereo file is ``agent`` (channel 0) and ``customer``
 (channel 1) unless ``channels`` says otherwise (``("customer", "agent")`` swaps them, ``("mixed",)``
@@ -340,7 +342,8 @@ def transcribe_bytes(
     if recognizer is None:
         recognizer = WhisperRecognizer(RecognizerConfig(model_dir=str(model_dir) if model_dir else None))
     if config is None:
-        config = StreamingConfig(partials=partials)
+        # See the module docstring; speculative finals only add decodes when audio comes faster than live.
+        config = StreamingConfig(partials=partials, early_end_ms=0, speculative_final_ms=0)
     events = asyncio.run(
         _stream(data, spec, recognizer, vad_model or shared_model(), config, max(1, chunk_ms))
     )

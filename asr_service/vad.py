@@ -161,6 +161,28 @@ class StreamingVad:
     def segment_start(self) -> int | None:
         return self._state.start if self._state.confirmed else None
 
+    @property
+    def silence_start(self) -> int | None:
+        """Where the silence at the end of the open segment began (None: no segment, or speech now).
+        A window between the two thresholds neither starts nor breaks a silence."""
+        return self._state.silence_start if self._state.confirmed else None
+
+    @property
+    def pending_end(self) -> int | None:
+        """Where the open segment ends if its present silence lasts (the last speech plus ``pad_ms``, at
+        most the present): the ``SpeechEnd`` that ``min_silence_ms`` of it would give. None: no segment,
+        or speech now."""
+        if self.silence_start is None:
+            return None
+        return max(min(self._state.last_speech_end + self._state.pad, self._position), self._state.start)
+
+    def end_segment(self) -> SpeechEnd | None:
+        """End the open segment now, as ``min_silence_ms`` of silence would have (the early end of
+        ``channel``): the same end (the last speech plus ``pad_ms``, at most the present), and the rest of
+        the silence then starts and extends nothing; speech after it opens a new segment as usual. The
+        recurrent state is kept, so what follows is scored exactly as it would have been."""
+        return self._state.close(self._position)
+
     def feed(self, samples: npt.ArrayLike) -> list[VadEvent]:
         """Score the new samples; the segment boundaries they decide, in order."""
         x = np.asarray(samples, dtype=np.float32).reshape(-1)

@@ -345,6 +345,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 asr_model=args.asr_model,
                 asr_workers=args.asr_workers,
                 asr_partial_interval_s=args.partial_interval,
+                asr_partial_batch=args.partial_batch,
             )
             try:
                 ws_url = mesh.url.replace("http", "ws", 1) + "/v1/sentiment/stream"
@@ -365,7 +366,7 @@ async def main_async(args: argparse.Namespace) -> int:
     met = "n/a" if at_goal is None else str(p95 < GOAL_MS).lower()
     print(
         f"live_audio asr_model={args.asr_model or 'default'} asr_workers={args.asr_workers} "
-        f"partial_interval={args.partial_interval or 'default'} "
+        f"partial_interval={args.partial_interval or 'default'} partial_batch={args.partial_batch} "
         f"end_to_score_p95_ms_{GOAL_CALLS}calls={p95:.0f} end_to_final_p95_ms_{GOAL_CALLS}calls="
         f"{final_p95:.0f} asr_rtf_{GOAL_CALLS}calls={rtf:.3f} "
         f"start_to_provisional_p50_ms_{GOAL_CALLS}calls={provisional_p50:.0f} "
@@ -389,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--asr-workers", type=int, default=1, help="Whisper decodes at once (default 1)")
     parser.add_argument(
         "--partial-interval", type=float, help="seconds between the ASR's partials (default: its own, 1 s)"
+    )
+    parser.add_argument(
+        "--partial-batch", type=int, default=1, help="most partials the ASR decodes as one batch (default 1)"
     )
     args = parser.parse_args(argv)
     if min(args.calls) < 1 or args.turns < 1 or args.gap < 0:

@@ -105,6 +105,7 @@ async def start_mesh(
     asr_model: str | None = None,
     asr_workers: int = 1,
     asr_partial_interval_s: float | None = None,
+    asr_partial_batch: int = 1,
     key_rate_limit: bool = True,
 ) -> Mesh:
     envoy_port = free_port()
@@ -137,6 +138,8 @@ async def start_mesh(
     ] + (["--asr-model", asr_model] if asr_model else []) + ["--asr-workers", str(asr_workers)]  # fmt: skip
     if asr_partial_interval_s is not None:
         argv += ["--asr-partial-interval", str(asr_partial_interval_s)]
+    if asr_partial_batch != 1:
+        argv += ["--asr-partial-batch", str(asr_partial_batch)]
     if not key_rate_limit:  # every simulated call sends the one bench key: hundreds of calls are one tenant
         argv += ["--rate-limit-per-key", "0"]
     with log.open("wb") as out:

@@ -346,6 +346,13 @@ def _add_up(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="seconds between partial transcripts of a turn (default 1; 0: none; see docs/capacity.md)",
     )
     p.add_argument(
+        "--asr-partial-batch",
+        type=int,
+        default=1,
+        metavar="N",
+        help="most partials of different calls decoded as one batch (default 1: each alone)",
+    )
+    p.add_argument(
         "--tone",
         action="store_true",
         help="fuse the voice's tone with the words in the scorers (the shipped fusion head; "
@@ -413,6 +420,7 @@ def _run_up(args: argparse.Namespace) -> int:
         asr_model=args.asr_model,
         asr_workers=args.asr_workers,
         asr_partial_interval_s=args.asr_partial_interval,
+        asr_partial_batch=args.asr_partial_batch,
         tone_fusion=args.tone,
     )
     return main(options)

@@ -61,6 +61,8 @@ class UpOptions:
     asr_workers: int = 1
     asr_partial_interval_s: float | None = None
     """Seconds between the ASR's partial decodes of an open segment (None: its default, 1 s; 0: none)."""
+    asr_partial_batch: int = 1
+    """Most partials of different calls the ASR decodes as one batch (1: each alone, its default)."""
     """Whisper decodes the ASR runs at once (``python -m asr_service --workers``; docs/capacity.md)."""
     tone_fusion: bool = False
     """Start the scorers with ``--fusion``: the voice's tone fused with the words (opt-in, FUSION_CARD.md)."""
@@ -300,7 +302,8 @@ def mesh_specs(
                 ["--partial-interval", str(options.asr_partial_interval_s)]
                 if options.asr_partial_interval_s is not None
                 else []
-            ),
+            )
+            + (["--partial-batch", str(options.asr_partial_batch)] if options.asr_partial_batch != 1 else []),
             ready=GrpcReady(config.asr_addr),
         )
     )

@@ -10,11 +10,26 @@ import numpy as np
 import pytest
 
 from asr_service.audio import AudioSpec, Encoding, mulaw_encode, resample
-from asr_service.decoding import ChannelText, DecodeRequest, DecodingConfig, needs_fallback, run_decode
+from asr_service.decoding import (
+    ChannelText,
+    DecodeRequest,
+    DecodingConfig,
+    needs_fallback,
+    run_decode,
+    run_partial_batch,
+)
 from asr_service.recognizer import Recognition, WhisperRecognizer, restart_start
 from asr_service.streaming import SegmentNumbering, pcm16_spec
 from asr_service.transcribe_file import transcribe_bytes
-from tests.support.audio import SENTENCE_A, SENTENCE_B, silence, speak, to_pcm16_bytes, word_error_rate
+from tests.support.audio import (
+    SENTENCE_A,
+    SENTENCE_B,
+    normalise_words,
+    silence,
+    speak,
+    to_pcm16_bytes,
+    word_error_rate,
+)
 
 
 def recognition(*, ratio: float = 1.2, logprob: float = -0.3, nsp: float = 0.05) -> Recognition:
@@ -156,3 +171,30 @@ def test_every_turn_of_a_call_gets_a_final(recognizer: WhisperRecognizer, line: 
     # espeak's robotic voice over 8 kHz mu-law is hard for tiny.en: there, half the words will do.
     for said, heard in zip(turns, texts, strict=True):
         assert word_error_rate(said, heard) <= (0.3 if line == "pcm16-16khz" else 0.5), (said, heard)
+
+
+def test_a_batch_of_partials_gives_each_stream_its_own_text(recognizer: WhisperRecognizer) -> None:
+    # Three calls' open segments of different lengths, one of them silence; the middle one is the longest.
+    audios = [speak(SENTENCE_A)[: 3 * 16_000], speak(SENTENCE_B), silence(2.0)]
+    requests = [DecodeRequest(i, 0, False, 16_000 * i, audio) for i, audio in enumerate(audios)]
+    batched = run_partial_batch(recognizer, requests)
+    alone = [run_decode(recognizer, request) for request in requests]
+    assert [r.request for r in batched] == requests
+    # Each its own words: the start of A, all of B, and nothing (rejected) for the silence.
+    assert word_error_rate(SENTENCE_B, batched[1].recognition.text) <= 0.15, batched[1].recognition.text
+    first = " ".join(normalise_words(batched[0].recognition.text))
+    assert first.startswith("i think the price"), first
+    assert "hello" not in first and "think" not in " ".join(normalise_words(batched[1].recognition.text))
+    assert not batched[2].recognition.text or batched[2].rejected is not None
+    # The longest hears what it hears alone (no more silence than its own pad): the same decode.
+    assert batched[1].recognition == alone[1].recognition
+    assert batched[1].rejected is None and batched[0].rejected is None
+    assert all(r.words == () and r.prosody is None for r in batched)  # partials: no words, no prosody
+
+
+def test_finals_are_never_decoded_in_a_batch(recognizer: WhisperRecognizer) -> None:
+    audio = speak(SENTENCE_A)
+    with pytest.raises(ValueError, match="only partials"):
+        run_partial_batch(
+            recognizer, [DecodeRequest(0, 0, False, 0, audio), DecodeRequest(1, 0, True, 0, audio)]
+        )

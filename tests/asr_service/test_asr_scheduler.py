@@ -1,13 +1,17 @@
-"""The inference scheduler's order: finals before partials, and several workers that never run two jobs
-of one stream at once (asr_service/scheduler.py). Its round-robin and partial replacement are tested in
-test_asr_streaming.py."""
+"""The inference scheduler's order: finals before partials, several workers that never run two jobs of
+one stream at once, and batches of partials that keep both (asr_service/scheduler.py). Its round-robin
+and partial replacement are tested in test_asr_streaming.py."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import threading
+from typing import Any
 
-from asr_service.scheduler import InferenceScheduler
+import pytest
+
+from asr_service.scheduler import Batch, InferenceScheduler, StreamHandle
 
 TIMEOUT_S = 5.0
 
@@ -64,3 +68,176 @@ def test_two_workers_decode_two_streams_at_once_but_one_stream_in_order() -> Non
         scheduler.shutdown()
     assert order_in_a == [0, 1, 2, 3]
     assert most_in_a == 1  # the second worker never took a's next job while its first was running
+
+
+# ------------------------------------------------------------------------------------ batches of partials
+
+
+class FakeBatches:
+    """A batch function that records each batch's items and answers ``batched <item>`` for each."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+
+    def run(self, items: list[Any]) -> list[Any]:
+        self.batches.append(list(items))
+        return [f"batched {item}" for item in items]
+
+    def batch(self, item: str, key: str = "whisper") -> Batch:
+        return Batch(key, item, self.run)
+
+
+def alone(item: str) -> str:
+    return f"alone {item}"
+
+
+class Blocker:
+    """A job that holds the one thread until ``release``: the queues fill behind it, in a known ring."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.gate = threading.Event()
+
+    def submit(self, stream: StreamHandle) -> concurrent.futures.Future[Any]:
+        job = stream.submit(self._hold)
+        assert self.started.wait(TIMEOUT_S)
+        return job
+
+    def _hold(self) -> None:
+        self.started.set()
+        self.gate.wait(TIMEOUT_S)
+
+    def release(self) -> None:
+        self.gate.set()
+
+
+def test_partials_at_the_heads_of_streams_run_as_one_batch_each_with_its_own_result() -> None:
+    scheduler = InferenceScheduler(max_streams=4, max_batch=4)
+    fake = FakeBatches()
+    hold = Blocker()
+    try:
+        a, b, c, d = (scheduler.open_stream() for _ in range(4))
+        blocker = hold.submit(d)
+        jobs = {
+            name: stream.submit(functools.partial(alone, name), partial_key=name, batch=fake.batch(name))
+            for name, stream in [("a", a), ("b", b), ("c", c)]
+        }
+        hold.release()
+        blocker.result(timeout=TIMEOUT_S)
+        results = {name: job.result(timeout=TIMEOUT_S) for name, job in jobs.items()}
+    finally:
+        scheduler.shutdown()
+    assert fake.batches == [["a", "b", "c"]]
+    assert results == {"a": "batched a", "b": "batched b", "c": "batched c"}
+    assert (scheduler.batches_run, scheduler.batched_jobs, scheduler.jobs_run) == (1, 3, 4)
+
+
+def test_a_batch_takes_only_heads_of_the_same_kind_and_a_final_still_goes_first() -> None:
+    scheduler = InferenceScheduler(max_streams=5, max_batch=8)
+    fake = FakeBatches()
+    hold = Blocker()
+    order: list[str] = []
+
+    def final(name: str) -> str:
+        order.append(name)
+        return name
+
+    def run(items: list[Any]) -> list[Any]:
+        order.append("batch " + " ".join(items))
+        return fake.run(items)
+
+    try:
+        a, b, c, d, e = (scheduler.open_stream() for _ in range(5))
+        blocker = hold.submit(e)
+        jobs = [
+            # a: two partials of two channels: only its head may join a batch, the other waits its turn.
+            a.submit(functools.partial(alone, "a0"), partial_key="a0", batch=Batch("w", "a0", run)),
+            a.submit(functools.partial(alone, "a1"), partial_key="a1", batch=Batch("w", "a1", run)),
+            # b: a partial batched under another key (another model): not with a's.
+            b.submit(functools.partial(alone, "b"), partial_key="b", batch=fake.batch("b", key="other")),
+            # c: a speculative final, replaceable but never batched: it runs alone.
+            c.submit(functools.partial(alone, "c"), partial_key="c"),
+            # d: a final behind nothing: it runs before any partial.
+            d.submit(functools.partial(final, "d final"), final_key="d"),
+            # e: a partial behind the blocker, batched like a's.
+            e.submit(functools.partial(alone, "e"), partial_key="e", batch=Batch("w", "e", run)),
+        ]
+        hold.release()
+        results = [job.result(timeout=TIMEOUT_S) for job in [blocker, *jobs]][1:]
+    finally:
+        scheduler.shutdown()
+    # d's final, then e's partial, the next in the ring, with a's head.
+    assert order[:2] == ["d final", "batch e a0"]
+    assert results == ["batched a0", "alone a1", "alone b", "alone c", "d final", "batched e"]
+    # a's second partial came up on its own later: a stream's jobs never share a batch.
+    assert fake.batches == [["e", "a0"]]
+
+
+def test_batches_keep_the_round_robin_and_respect_the_limit() -> None:
+    scheduler = InferenceScheduler(max_streams=4, max_batch=2)
+    fake = FakeBatches()
+    hold = Blocker()
+    try:
+        a, b, c, d = (scheduler.open_stream() for _ in range(4))
+        blocker = hold.submit(d)
+        jobs = []
+        for round_ in range(2):  # each stream two partials (of two channels: none replaces another)
+            for name, stream in [("a", a), ("b", b), ("c", c)]:
+                item = f"{name}{round_}"
+                jobs.append(
+                    stream.submit(functools.partial(alone, item), partial_key=item, batch=fake.batch(item))
+                )
+        hold.release()
+        for job in [blocker, *jobs]:
+            job.result(timeout=TIMEOUT_S)
+    finally:
+        scheduler.shutdown()
+    # a and b first; then c, which waited longest, before a and b come again; no stream twice in a row.
+    assert fake.batches == [["a0", "b0"], ["c0", "a1"], ["b1", "c1"]]
+
+
+def test_a_partial_alone_runs_its_own_function_and_no_batches_with_a_limit_of_one() -> None:
+    for max_batch, expected in [(1, ["alone a", "alone b"]), (2, ["batched a", "batched b"])]:
+        scheduler = InferenceScheduler(max_streams=3, max_batch=max_batch)
+        fake = FakeBatches()
+        hold = Blocker()
+        try:
+            a, b, c = (scheduler.open_stream() for _ in range(3))
+            blocker = hold.submit(c)
+            jobs = [
+                s.submit(functools.partial(alone, n), partial_key=n, batch=fake.batch(n))
+                for n, s in [("a", a), ("b", b)]
+            ]
+            hold.release()
+            results = [job.result(timeout=TIMEOUT_S) for job in [blocker, *jobs]][1:]
+            # Alone (nothing else waiting) a partial runs its own fn, not a batch of one.
+            lone = a.submit(functools.partial(alone, "x"), partial_key="x", batch=fake.batch("x"))
+            assert lone.result(timeout=TIMEOUT_S) == "alone x"
+        finally:
+            scheduler.shutdown()
+        assert results == expected
+
+
+def test_a_failed_batch_fails_each_of_its_jobs_and_the_streams_go_on() -> None:
+    scheduler = InferenceScheduler(max_streams=3, max_batch=4)
+    hold = Blocker()
+
+    def broken(items: list[Any]) -> list[Any]:
+        raise RuntimeError("the model fell over")
+
+    try:
+        a, b, c = (scheduler.open_stream() for _ in range(3))
+        blocker = hold.submit(c)
+        jobs = [
+            s.submit(functools.partial(alone, n), partial_key=n, batch=Batch("w", n, broken))
+            for n, s in [("a", a), ("b", b)]
+        ]
+        after = a.submit(functools.partial(alone, "later"), final_key="a final")
+        hold.release()
+        blocker.result(timeout=TIMEOUT_S)
+        for job in jobs:
+            with pytest.raises(RuntimeError, match="fell over"):
+                job.result(timeout=TIMEOUT_S)
+        assert after.result(timeout=TIMEOUT_S) == "alone later"
+    finally:
+        scheduler.shutdown()

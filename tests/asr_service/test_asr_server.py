@@ -16,6 +16,7 @@ import pytest
 from asr_service.audio import mulaw_encode
 from asr_service.recognizer import WhisperRecognizer
 from asr_service.server import SERVICE_NAME, AsrServicer, add_asr
+from asr_service.streaming import StreamingConfig
 from callsense import grpc_runtime
 from callsense.v1 import asr_pb2, asr_pb2_grpc, audio_pb2
 from tests.support.audio import (
@@ -238,3 +239,13 @@ async def test_streams_past_the_cap_are_resource_exhausted(recognizer: WhisperRe
         await first.write(end("first"))
         assert [e async for e in first] == []
         assert await transcribe(asr, [start("third"), end("third")]) == []  # the slot is free again
+
+
+def test_the_batch_of_partials_is_the_configs(recognizer: WhisperRecognizer) -> None:
+    """`python -m asr_service --partial-batch N` reaches the scheduler through StreamingConfig."""
+    for size in (1, 4):  # 1: off, the default (see StreamingConfig.partial_batch)
+        servicer = AsrServicer(recognizer, config=StreamingConfig(partial_batch=size))
+        try:
+            assert servicer.scheduler.max_batch == size
+        finally:
+            servicer.shutdown()

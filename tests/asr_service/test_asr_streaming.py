@@ -10,12 +10,13 @@ import asyncio
 import functools
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 
 from asr_service.audio import AudioDecoder, AudioSpec, Encoding, mulaw_encode, resample
-from asr_service.channel import ChannelDecoder
+from asr_service.channel import ChannelDecoder, ends_sentence
 from asr_service.decoding import DecodeRequest, DecodeResult, run_decode
 from asr_service.hallucination import judge, normalise
 from asr_service.recognizer import (
@@ -48,10 +49,12 @@ from tests.support.audio import (
 
 
 def push_all(decoder: ChannelDecoder, x: np.ndarray, chunk: int = 320) -> list[DecodeRequest]:
+    """Every request but the speculative finals (test_asr_speculative.py): the finals they stand for
+    come at the end as ever."""
     requests: list[DecodeRequest] = []
     for i in range(0, len(x), chunk):
         requests += decoder.push(x[i : i + chunk])
-    return requests + decoder.flush()
+    return [r for r in requests + decoder.flush() if not r.speculative]
 
 
 def transcripts(recognizer: WhisperRecognizer, requests: list[DecodeRequest]) -> list[Transcript]:
@@ -114,7 +117,7 @@ def push_all_open(decoder: ChannelDecoder, x: np.ndarray, chunk: int = 320) -> l
     requests: list[DecodeRequest] = []
     for i in range(0, len(x), chunk):
         requests += decoder.push(x[i : i + chunk])
-    return requests
+    return [r for r in requests if not r.speculative]
 
 
 # ------------------------------------------------------------------------------------ context
@@ -443,3 +446,204 @@ def test_a_repeated_tail_is_cut_once(recognizer: WhisperRecognizer, said: str, k
     out, cut = recognizer._strip_repeated_tail(tokenizer.encode(said))
     assert tokenizer.decode(out).strip() == kept
     assert cut == (said.strip() != kept)
+
+
+# ------------------------------------------------------------------------------- early end
+
+
+STABLE = "We would need a discount to move forward."
+EARLY = StreamingConfig(early_end_ms=200)  # off by default (bench/endpointing.py)
+
+
+def play_live(
+    decoder: ChannelDecoder, x: np.ndarray, answer: Callable[[DecodeRequest], str], chunk: int = 320
+) -> list[tuple[int, DecodeRequest]]:
+    """Feed ``x`` frame by frame, each partial answered at once with ``answer`` (a decode that takes no
+    time); every request with the channel position at which it was made."""
+    made: list[tuple[int, DecodeRequest]] = []
+
+    def take(requests: list[DecodeRequest]) -> None:
+        for request in requests:
+            made.append((decoder.position, request))
+            if not request.is_final:
+                take(decoder.note_partial(request, answer(request)))
+
+    for i in range(0, len(x), chunk):
+        take(decoder.push(x[i : i + chunk]))
+    take(decoder.flush())
+    return made
+
+
+def finals_of(made: list[tuple[int, DecodeRequest]]) -> list[tuple[int, DecodeRequest]]:
+    return [(at, r) for at, r in made if r.is_final and not r.speculative]
+
+
+def finished_within(start_s: float, end_s: float) -> Callable[[DecodeRequest], str]:
+    """Decodes that end a sentence once their audio reaches ``start_s`` (the speech has ended) and
+    before ``end_s``; before that the sentence is going on (SENTENCE_A pauses at its comma)."""
+
+    def answer(request: DecodeRequest) -> str:
+        end = request.start_sample + len(request.audio)
+        return STABLE if start_s * 16000 <= end < end_s * 16000 else "We would need a,"
+
+    return answer
+
+
+def a_end_s() -> float:
+    """Where SENTENCE_A's voice ends after 0.5 s of silence (espeak-ng ends on 0.4 s of silence)."""
+    return 0.5 + float(np.nonzero(np.abs(speak(SENTENCE_A)) > 1e-3)[0][-1]) / 16000
+
+
+@pytest.fixture(scope="module")
+def sentence_then_silence() -> np.ndarray:
+    return np.concatenate([silence(0.5), speak(SENTENCE_A), silence(1.2)])
+
+
+def test_early_end_ends_a_stable_finished_sentence_with_the_same_final(
+    sentence_then_silence: np.ndarray,
+) -> None:
+    x = sentence_then_silence
+    early = ChannelDecoder(0, StreamingVad(), StreamingConfig(early_end_ms=200))
+    ((early_at, early_final),) = finals_of(play_live(early, x, finished_within(a_end_s(), 99)))
+    late = ChannelDecoder(0, StreamingVad(), StreamingConfig(early_end_ms=0))
+    ((late_at, late_final),) = finals_of(play_live(late, x, finished_within(a_end_s(), 99)))
+    assert early.early_ends == 1 and late.early_ends == 0
+    # The final hears exactly what it would have after the long silence.
+    assert early_final.start_sample == late_final.start_sample
+    np.testing.assert_array_equal(early_final.audio, late_final.audio)
+    np.testing.assert_array_equal(early_final.context, late_final.context)
+    # Made 200 ms into the silence (and a frame or a VAD window), not 500 ms.
+    speech_end = early_final.start_sample + len(early_final.audio) - 200 * 16
+    assert 200 * 16 <= early_at - speech_end <= 260 * 16
+    assert late_at - speech_end >= 500 * 16
+
+
+@pytest.mark.parametrize(
+    ("config", "answer"),
+    [
+        (StreamingConfig(early_end_ms=0), finished_within(a_end_s(), 99)),
+        # The silence added words: each decode says more than the one before.
+        (StreamingConfig(early_end_ms=200), lambda r: " ".join(["word"] * (1 + len(r.audio) // 320)) + "."),
+        (StreamingConfig(early_end_ms=200), lambda r: "We would need a discount to move"),
+        (StreamingConfig(early_end_ms=200), lambda r: "We would need a discount to move,"),
+        (StreamingConfig(early_end_ms=200), lambda r: "We would need a discount to..."),
+        (StreamingConfig(early_end_ms=200), lambda r: ""),  # rejected by the filter
+    ],
+    ids=["off", "unstable", "no-punctuation", "comma", "ellipsis", "rejected"],
+)
+def test_no_early_end_without_a_stable_finished_sentence(
+    sentence_then_silence: np.ndarray, config: StreamingConfig, answer: Callable[[DecodeRequest], str]
+) -> None:
+    decoder = ChannelDecoder(0, StreamingVad(), config)
+    ((at, final),) = finals_of(play_live(decoder, sentence_then_silence, answer))
+    assert decoder.early_ends == 0
+    assert at - (final.start_sample + len(final.audio) - 200 * 16) >= 500 * 16
+
+
+def test_a_probe_answered_after_the_speaker_went_on_ends_nothing() -> None:
+    a, b = speak(SENTENCE_A), speak(SENTENCE_B)
+    decoder = ChannelDecoder(0, StreamingVad(), StreamingConfig(partials=False, early_end_ms=200))
+    held = [r for r in push_all_open(decoder, np.concatenate([silence(0.5), a, silence(0.3)])) if r.probe]
+    assert held and not any(r.is_final for r in held)
+    for r in held[:-1]:
+        assert decoder.note_partial(r, "We would need a,") == []
+    assert push_all_open(decoder, b[: 16000 // 2]) == []  # the speaker goes on within the 500 ms
+    assert decoder.note_partial(held[-1], STABLE) == []  # the silence it was taken in is over
+    assert decoder.early_ends == 0 and decoder.vad.in_speech
+
+
+def test_speech_after_an_early_end_opens_a_new_segment() -> None:
+    # A 300 ms pause: one segment for the VAD; two when the first part ends early.
+    a = speak(SENTENCE_A)[: int((a_end_s() - 0.5) * 16000)]
+    x = np.concatenate([silence(0.5), a, silence(0.3), speak(SENTENCE_B), silence(1.0)])
+    joined = finals_of(play_live(ChannelDecoder(0, StreamingVad(), EARLY), x, lambda r: "go on,"))
+    assert len(joined) == 1
+    decoder = ChannelDecoder(0, StreamingVad(), EARLY)
+    made = play_live(decoder, x, finished_within(a_end_s(), a_end_s() + 0.3))
+    (_, first), (_, second) = finals_of(made)
+    assert decoder.early_ends == 1
+    assert (first.segment, second.segment) == (0, 1)
+    first_end = first.start_sample + len(first.audio)
+    assert first_end <= second.start_sample <= first_end + int(0.3 * 16000)  # pre-roll, not the silence
+    assert second.context_transcribed > 0  # the second final hears the end of the first, as usual
+
+
+def test_partials_off_sends_no_probe_events_but_still_ends_early() -> None:
+    decoder = ChannelDecoder(0, StreamingVad(), StreamingConfig(partials=False, early_end_ms=200))
+    x = np.concatenate([silence(0.5), speak(SENTENCE_A), silence(1.0)])
+    made = play_live(decoder, x, finished_within(a_end_s(), 99))
+    assert all(r.probe for _, r in made if not r.is_final) and decoder.early_ends == 1
+
+
+def test_early_end_settings_and_sentence_ends() -> None:
+    for bad in (100, 500):  # below the VAD's pad (the final would hear less), or not early at all
+        with pytest.raises(ValueError, match="early_end_ms"):
+            StreamingConfig(early_end_ms=bad).validate()
+    StreamingConfig(early_end_ms=0).validate()
+    assert [ends_sentence(t) for t in ("Okay.", ' He said "no!"', "Really?", "So...", "well,", "")] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]
+
+
+def live_finals(
+    recognizer: WhisperRecognizer, x: np.ndarray, config: StreamingConfig
+) -> list[tuple[int, DecodeRequest, str]]:
+    """Like play_live with Whisper answering (at once): each final, where it was made, and its text."""
+    made = play_live(
+        ChannelDecoder(0, StreamingVad(), config),
+        x,
+        lambda r: (lambda d: d.recognition.text if d.rejected is None else "")(run_decode(recognizer, r)),
+    )
+    return [(at, r, run_decode(recognizer, r).recognition.text) for at, r in finals_of(made)]
+
+
+def test_early_end_with_whisper_gives_the_same_final_sooner(
+    recognizer: WhisperRecognizer, sentence_then_silence: np.ndarray
+) -> None:
+    ((early_at, early, early_text),) = live_finals(recognizer, sentence_then_silence, EARLY)
+    ((late_at, late, late_text),) = live_finals(
+        recognizer, sentence_then_silence, StreamingConfig(early_end_ms=0)
+    )
+    assert early_text == late_text and word_error_rate(SENTENCE_A, early_text) <= 0.15, early_text
+    speech_end = early.start_sample + len(early.audio) - 200 * 16
+    assert late_at - early_at >= 200 * 16, (early_at - speech_end, late_at - speech_end)
+
+
+async def test_call_transcriber_sends_an_early_final_before_the_long_silence(
+    recognizer: WhisperRecognizer, sentence_then_silence: np.ndarray
+) -> None:
+    # The speech and 0.4 s of silence only, no end of call: the VAD alone would never end the segment.
+    speech = sentence_then_silence[: len(sentence_then_silence) - int(0.8 * 16000)]
+    scheduler = InferenceScheduler(max_streams=1)
+    stream = scheduler.open_stream()
+    call = CallTranscriber(
+        recognizer=recognizer, stream=stream, spec=pcm16_spec(), vad_model=shared_model(), config=EARLY
+    )
+    final = asyncio.get_running_loop().create_future()
+
+    async def collect() -> None:
+        async for event in call.events():
+            if event.is_final and not final.done():
+                final.set_result(event)
+
+    collector = asyncio.create_task(collect())
+    try:
+        data = to_pcm16_bytes(speech)
+        settled = len(data) - 2 * int(0.3 * 16000)  # 100 ms into the silence: the settling partial is due
+        for i in range(0, settled, 640):
+            await call.feed(data[i : min(i + 640, settled)])
+        # Let it be decoded before the probe comes, as it would be live (a queued partial is replaced).
+        await asyncio.wrap_future(stream.submit(lambda: None))
+        for i in range(settled, len(data), 640):
+            await call.feed(data[i : i + 640])
+        event = await asyncio.wait_for(final, timeout=60)
+        assert word_error_rate(SENTENCE_A, event.text) <= 0.15, event.text
+    finally:
+        collector.cancel()
+        call.close()
+        scheduler.shutdown()

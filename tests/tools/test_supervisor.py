@@ -249,9 +249,9 @@ def test_callsense_up_passes_the_asr_capacity_settings_and_the_asr_takes_them(tm
         argv = next(s.argv for s in specs if s.name == "asr")
         return argv[argv.index("asr_service") + 1 :]
 
-    assert "--workers" not in asr_argv(UpOptions()) and "--partial-interval" not in asr_argv(UpOptions())
-    args = parse_args(asr_argv(UpOptions(asr_workers=2, asr_partial_interval_s=2.0)))
-    assert (args.workers, args.partial_interval) == (2, 2.0)
+    assert not {"--workers", "--partial-interval", "--partial-batch"} & set(asr_argv(UpOptions()))
+    args = parse_args(asr_argv(UpOptions(asr_workers=2, asr_partial_interval_s=2.0, asr_partial_batch=4)))
+    assert (args.workers, args.partial_interval, args.partial_batch) == (2, 2.0, 4)
     assert parse_args(asr_argv(UpOptions(asr_partial_interval_s=0.0))).partial_interval == 0.0
 
 

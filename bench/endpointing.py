@@ -1,0 +1,327 @@
+"""Early end of segments (issue 17) and speculative finals: streaming WER, mid-sentence cuts and end of
+speech -> final, with each on and off, in the same run.
+
+Each clip of the WER sets (``speech/asr_dev``, ``speech/asr``, RAVDESS's held-out clips; see
+tools/asr_eval.py) is played as one turn of a call: 0.5 s of silence, the clip, 1.5 s of silence, at 16 kHz
+PCM or as a phone line carries it (8 kHz G.711 mu-law), decoded by the service's ``AudioDecoder`` and fed
+to a ``ChannelDecoder`` in 20 ms frames, partials on (the service's defaults) but for ``early_end_ms`` and
+``speculative_final_ms``.
+
+Time is the audio's clock, and the inference thread is simulated on it: one decode at a time, in order,
+each taking the wall time it really took here (Whisper runs for real, tiny.en, one thread); a partial
+still queued when a newer one or the final comes is dropped, as ``scheduler`` does; a partial's text
+reaches the channel (``note_partial``) when its decode is done on that clock. So a probe's answer comes
+as late as it would live, with one call on the machine. A speculative final is queued like a partial (a
+newer request drops it while it waits) and skipped when it comes up after the channel threw it away; the
+final takes its result, at no cost, when it ran and was decoded alike, as ``streaming`` does.
+
+Rows, per set, rate, ``early_end_ms`` and ``speculative_final_ms`` (0: off; the first configuration
+is the baseline of the ratios):
+
+- WER of the finals against the references (Whisper's English normaliser, tools/asr_eval.py); with the
+  early end off it is the streaming WER of test_asr_wer.py;
+- ``early``: segments ended early; ``cuts``: those whose speaker went on, i.e. the channel's next segment
+  starts less than ``--cut-ms`` (700) after the early end; ``turn_early``: clips whose last segment
+  (the real end of the turn) ended early;
+- end of speech -> final, p50 / p95 over the clips: from the clip's last speech (the final's end less
+  the VAD's pad) to the time its last final's decode is done;
+- ``spec``: speculative finals decoded, ``used``: those that became the final (the others cost a
+  decode for nothing: a pause, not the end); ``same``: clips whose finals read exactly as the baseline's;
+- decodes per minute of audio (the CPU the probes and speculations cost), and the ratio to the baseline
+  of p50 and p95.
+
+Run: ``.venv/bin/python bench/endpointing.py [--sets asr_dev asr] [--rates 16k 8k-mulaw]
+[--early-end-ms 0] [--speculative-ms 0 200] [--limit N]``: every pair of the two lists. Last line:
+``endpointing <set>/<rate>/<early>/<speculative> ...`` per configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from asr_service.audio import AudioDecoder, AudioSpec, Encoding  # noqa: E402
+from asr_service.channel import ChannelDecoder, StreamingConfig  # noqa: E402
+from asr_service.decoding import DecodeRequest, DecodeResult, run_decode, same_decode  # noqa: E402
+from asr_service.recognizer import WhisperRecognizer  # noqa: E402
+from asr_service.vad import SAMPLE_RATE, StreamingVad, shared_model  # noqa: E402
+from tools.asr_eval import RATES, SETS, Clip, load_set, telephone, word_errors  # noqa: E402
+
+FloatArray = npt.NDArray[np.float32]
+FRAME = SAMPLE_RATE // 50  # 20 ms, as Twilio and browsers send
+LEAD_S, TAIL_S = 0.5, 1.5
+
+
+def stream_of(clip: Clip, rate: str) -> FloatArray:
+    """The clip as the channel gets it: through the service's audio decoder, silence around it."""
+    if rate == "16k":
+        spec = AudioSpec(Encoding.PCM16, clip.audio.sample_rate_hz, 1)
+        data = clip.audio.mono().astype("<i2").tobytes()
+    else:
+        data, _ = telephone(clip.audio)
+        spec = AudioSpec(Encoding.MULAW, 8000, 1)
+    decoder = AudioDecoder(spec)
+    speech = np.concatenate([decoder.decode(data)[0], decoder.flush()[0]])
+    lead = np.zeros(int(LEAD_S * SAMPLE_RATE), np.float32)
+    tail = np.zeros(int(TAIL_S * SAMPLE_RATE), np.float32)
+    return np.concatenate([lead, speech, tail]).astype(np.float32)
+
+
+@dataclass
+class Final:
+    request: DecodeRequest
+    result: DecodeResult
+    done_s: float
+    early: bool
+
+
+@dataclass
+class ClipRun:
+    finals: list[Final] = field(default_factory=list)
+    decodes: int = 0
+    speculations: int = 0
+    """Speculative finals decoded."""
+    used: int = 0
+    """Finals answered by their speculation."""
+
+
+@dataclass
+class _Job:
+    request: DecodeRequest
+    submitted_s: float
+    early: bool = False
+    result: DecodeResult | None = None
+    """A speculative final's, once decoded."""
+    speculation: _Job | None = None
+    """A final's: the speculative final's job decoded alike, whose result it takes if that ran."""
+
+
+class Simulation:
+    """One channel played in real time against one simulated inference thread (see the docstring)."""
+
+    def __init__(self, recognizer: WhisperRecognizer, config: StreamingConfig) -> None:
+        self.recognizer = recognizer
+        self.config = config
+        self.channel = ChannelDecoder(0, StreamingVad(shared_model(), config.vad), config)
+        self.queue: collections.deque[_Job] = collections.deque()
+        self.running: tuple[float, _Job, DecodeResult] | None = None
+        self.free_s = 0.0
+        self.held: _Job | None = None  # the latest speculative final
+        self.run = ClipRun()
+
+    def play(self, x: FloatArray) -> ClipRun:
+        for i in range(0, len(x), FRAME):
+            now = (i + FRAME) / SAMPLE_RATE
+            self.advance(now)
+            self.submit(self.channel.push(x[i : i + FRAME]), now)
+        end = len(x) / SAMPLE_RATE
+        self.advance(end)
+        self.submit(self.channel.flush(), end)
+        self.advance(float("inf"))
+        return self.run
+
+    def submit(self, requests: Sequence[DecodeRequest], now: float, *, early: bool = False) -> None:
+        for request in requests:
+            kept: collections.deque[_Job] = collections.deque()
+            for job in self.queue:  # a newer request drops the queued partials and speculations
+                if job.request.is_final and not job.request.speculative:
+                    kept.append(job)
+                elif not job.request.is_final:
+                    self.channel.note_partial(job.request, None)
+            self.queue = kept
+            job = _Job(request, now, early)
+            if request.speculative:
+                self.held = job
+            elif request.is_final:
+                held, self.held = self.held, None
+                if held is not None and same_decode(held.request, request):
+                    job.speculation = held
+            self.queue.append(job)
+
+    def advance(self, now: float) -> None:
+        """Run the simulated inference thread up to ``now``."""
+        while True:
+            if self.running is not None:
+                done_s, job, result = self.running
+                if done_s > now:
+                    return
+                self.running, self.free_s = None, done_s
+                self._deliver(job, result, done_s)
+            if not self.queue or max(self.free_s, self.queue[0].submitted_s) > now:
+                return
+            job = self.queue.popleft()
+            start_s = max(self.free_s, job.submitted_s)
+            if job.request.speculative and self.channel.speculation is not job.request:
+                continue  # thrown away while it waited: skipped
+            if job.speculation is not None and job.speculation.result is not None:
+                # It ran before this final (queued first, one thread): taken at no cost.
+                self.running = (start_s, job, replace(job.speculation.result, request=job.request))
+                self.run.used += 1
+                continue
+            started = time.perf_counter()
+            c = self.config
+            result = run_decode(self.recognizer, job.request, c.filter, c.decoding)
+            self.running = (start_s + time.perf_counter() - started, job, result)
+            self.run.decodes += 1
+            self.run.speculations += job.request.speculative
+
+    def _deliver(self, job: _Job, result: DecodeResult, done_s: float) -> None:
+        if job.request.speculative:
+            job.result = result
+            return
+        if job.request.is_final:
+            self.run.finals.append(Final(job.request, result, done_s, job.early))
+            return
+        text = result.recognition.text if result.rejected is None else ""
+        self.submit(self.channel.note_partial(job.request, text), done_s, early=True)
+
+
+@dataclass(frozen=True)
+class Row:
+    set_name: str
+    rate: str
+    early_end_ms: int
+    speculative_ms: int
+    clips: int
+    wer: float
+    early: int
+    cuts: int
+    turn_early: int
+    p50_ms: float
+    p95_ms: float
+    decodes_per_min: float
+    speculations: int
+    used: int
+    texts: tuple[str, ...]
+    """Each clip's finals, joined (compared across configurations)."""
+    latencies_ms: tuple[float, ...]
+    """Each clip's end of speech -> final."""
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def measure(
+    clips: Sequence[Clip],
+    streams: Sequence[FloatArray],
+    set_name: str,
+    rate: str,
+    config: StreamingConfig,
+    recognizer: WhisperRecognizer,
+    cut_ms: int,
+) -> Row:
+    pad_s = config.vad.pad_ms / 1000
+    errors = words = early = cuts = turn_early = decodes = speculations = used = 0
+    latencies: list[float] = []
+    texts: list[str] = []
+    for clip, x in zip(clips, streams, strict=True):
+        run = Simulation(recognizer, config).play(x)
+        decodes, speculations, used = decodes + run.decodes, speculations + run.speculations, used + run.used
+        text = " ".join(f.result.recognition.text.strip() for f in run.finals if f.result.rejected is None)
+        texts.append(text)
+        e, n = word_errors(clip.reference, text)
+        errors, words = errors + e, words + n
+        for a, b in zip(run.finals, run.finals[1:], strict=False):
+            end = a.request.start_sample + len(a.request.audio)
+            if a.early and b.request.start_sample - end < cut_ms * SAMPLE_RATE // 1000:
+                cuts += 1
+        early += sum(f.early for f in run.finals)
+        if run.finals:
+            last = run.finals[-1]
+            turn_early += last.early
+            speech_end_s = (last.request.start_sample + len(last.request.audio)) / SAMPLE_RATE - pad_s
+            latencies.append(1000 * (last.done_s - speech_end_s))
+    minutes = sum(len(x) for x in streams) / SAMPLE_RATE / 60
+    return Row(
+        set_name,
+        rate,
+        config.early_end_ms,
+        config.speculate_after_ms,
+        len(clips),
+        100 * errors / max(words, 1),
+        early,
+        cuts,
+        turn_early,
+        percentile(latencies, 50),
+        percentile(latencies, 95),
+        decodes / minutes,
+        speculations,
+        used,
+        tuple(texts),
+        tuple(latencies),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sets", nargs="+", choices=SETS, default=["asr_dev", "asr"])
+    parser.add_argument("--rates", nargs="+", choices=RATES, default=list(RATES))
+    parser.add_argument("--early-end-ms", nargs="+", type=int, default=[0], help="0: off")
+    parser.add_argument("--speculative-ms", nargs="+", type=int, default=[0, 200], help="0: off")
+    parser.add_argument("--limit", type=int, default=0, help="the first N clips of each set (0: all)")
+    parser.add_argument("--per-clip", action="store_true", help="each clip's end of speech -> final too")
+    parser.add_argument("--cut-ms", type=int, default=700, help="a next segment this soon: a cut")
+    parser.add_argument("--shared-data", type=Path, default=REPO.parent / "shared" / "data")
+    args = parser.parse_args(argv)
+    if not (args.shared_data / "speech").is_dir():
+        print(f"SKIPPED: {args.shared_data}/speech is absent (the bench reads real speech)")
+        return 0
+    recognizer = WhisperRecognizer()
+    base = StreamingConfig()
+    configs = [
+        replace(base, early_end_ms=early, speculative_final_ms=speculative)
+        for early in args.early_end_ms
+        for speculative in args.speculative_ms
+    ]
+    header = (
+        f"{'set':<8} {'rate':<9} {'early_ms':>8} {'spec_ms':>7} {'clips':>5} {'WER_%':>6} {'same':>4} "
+        f"{'early':>5} {'cuts':>4} {'turn_early':>10} {'spec':>4} {'used':>4} {'p50_ms':>7} {'p95_ms':>7} "
+        f"{'dec/min':>7} {'p50_x':>6} {'p95_x':>6}"
+    )
+    print(header, flush=True)
+    started = time.perf_counter()
+    summary: list[str] = []
+    for set_name in args.sets:
+        clips = load_set(set_name, args.shared_data)
+        clips = clips[: args.limit] if args.limit else clips
+        for rate in args.rates:
+            streams = [stream_of(c, rate) for c in clips]
+            rows: list[Row] = []
+            for config in configs:
+                row = measure(clips, streams, set_name, rate, config, recognizer, args.cut_ms)
+                rows.append(row)
+                p50_x, p95_x = row.p50_ms / rows[0].p50_ms, row.p95_ms / rows[0].p95_ms
+                same = sum(a == b for a, b in zip(row.texts, rows[0].texts, strict=True))
+                print(
+                    f"{set_name:<8} {rate:<9} {row.early_end_ms:>8} {row.speculative_ms:>7} {row.clips:>5} "
+                    f"{row.wer:6.2f} {same:>4} {row.early:>5} {row.cuts:>4} {row.turn_early:>10} "
+                    f"{row.speculations:>4} {row.used:>4} {row.p50_ms:7.0f} {row.p95_ms:7.0f} "
+                    f"{row.decodes_per_min:7.1f} {p50_x:6.2f} {p95_x:6.2f}",
+                    flush=True,
+                )
+                if args.per_clip:
+                    print("  per clip (ms): " + " ".join(f"{ms:.0f}" for ms in row.latencies_ms), flush=True)
+                summary.append(
+                    f"{set_name}/{rate}/{row.early_end_ms}/{row.speculative_ms}ms wer={row.wer:.2f} "
+                    f"same={same}/{row.clips} cuts={row.cuts} p50={row.p50_ms:.0f} p95={row.p95_ms:.0f} "
+                    f"dec/min={row.decodes_per_min:.1f}"
+                )
+    print(f"wall {time.perf_counter() - started:.0f} s")
+    print("endpointing " + "; ".join(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,412 @@
+"""Speculative finals: the final decoded once the silence has lasted the VAD's pad, used when the VAD
+ends the segment there, thrown away when the speaker goes on.
+
+The channel logic runs on the real VAD and espeak-ng speech; the call-level tests decode with a fake
+recogniser (instant, counting its calls) unless they say Whisper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from asr_service.channel import ChannelDecoder
+from asr_service.decoding import DecodeRequest, same_decode
+from asr_service.recognizer import Recognition, RecognizedWord, WhisperRecognizer
+from asr_service.scheduler import InferenceScheduler, StreamHandle
+from asr_service.streaming import CallTranscriber, StreamingConfig, Transcript, pcm16_spec
+from asr_service.vad import StreamingVad, VadConfig, shared_model
+from tests.support.audio import SENTENCE_A, SENTENCE_B, silence, speak, to_pcm16_bytes, word_error_rate
+
+FRAME = 320  # 20 ms
+PAD = 200 * 16  # the VAD's pad_ms, in samples
+ON = StreamingConfig(speculative_final_ms=200)
+OFF = StreamingConfig(speculative_final_ms=0)
+
+
+def voice_end(x: np.ndarray) -> int:
+    """The sample after the last audible one (espeak-ng ends its audio with silence)."""
+    return int(np.nonzero(np.abs(x) > 1e-3)[0][-1]) + 1
+
+
+def play(decoder: ChannelDecoder, x: np.ndarray, *, flush: bool = True) -> list[tuple[int, DecodeRequest]]:
+    """Feed ``x`` in 20 ms frames; every request with the channel position at which it was made."""
+    made: list[tuple[int, DecodeRequest]] = []
+    for i in range(0, len(x), FRAME):
+        made += [(decoder.position, r) for r in decoder.push(x[i : i + FRAME])]
+    if flush:
+        made += [(decoder.position, r) for r in decoder.flush()]
+    return made
+
+
+def end_of(request: DecodeRequest) -> int:
+    return request.start_sample + len(request.audio)
+
+
+CLAUSE_A, CLAUSE_B = "I think the price is way too high", "we would need a discount to move forward."
+
+
+def voiced(text: str) -> np.ndarray:
+    """``text`` spoken, without the silence espeak-ng ends it with."""
+    x = speak(text)
+    return x[: voice_end(x)]
+
+
+@pytest.fixture(scope="module")
+def sentence() -> np.ndarray:
+    """One clause, no pause inside it long enough to speculate in."""
+    return voiced(CLAUSE_B)
+
+
+@pytest.fixture(scope="module")
+def paused() -> np.ndarray:
+    """A 300 ms pause between two clauses: one segment for the VAD (it waits for 500 ms)."""
+    return np.concatenate([silence(0.5), voiced(CLAUSE_A), silence(0.3), voiced(CLAUSE_B), silence(1.0)])
+
+
+# ------------------------------------------------------------------------------- channel logic
+
+
+def test_speculation_is_asked_for_at_the_pad_and_the_end_makes_the_same_final(sentence: np.ndarray) -> None:
+    x = np.concatenate([silence(0.5), sentence, silence(1.2)])
+    decoder = ChannelDecoder(0, StreamingVad(), ON)
+    made = play(decoder, x)
+    speculative = [(at, r) for at, r in made if r.speculative]
+    finals = [(at, r) for at, r in made if r.is_final and not r.speculative]
+    assert len(speculative) == 1 and len(finals) == 1, [(at, r.speculative, r.is_final) for at, r in made]
+    (spec_at, spec), (final_at, final) = speculative[0], finals[0]
+    assert spec.is_final and spec.segment == final.segment
+    # The same decode: audio (ending at the last speech plus the pad), context, segment.
+    assert same_decode(spec, final) and end_of(spec) == end_of(final)
+    np.testing.assert_array_equal(spec.audio, final.audio)
+    np.testing.assert_array_equal(spec.context, final.context)
+    # Made 200 ms into the silence (and a frame or a VAD window more), the final 500 ms in.
+    speech_end = end_of(final) - PAD
+    assert 200 * 16 <= spec_at - speech_end <= 200 * 16 + 512 + FRAME, (spec_at - speech_end) / 16
+    assert final_at - speech_end >= 500 * 16
+    # No partial in between: the silence adds no words.
+    assert not any(spec_at < at <= final_at and not r.is_final for at, r in made)
+    assert (decoder.speculations, decoder.speculations_matched) == (1, 1)
+    assert decoder.speculation is None  # the segment has ended: nothing left to throw away
+
+
+def test_speculation_is_thrown_away_when_the_speaker_goes_on(paused: np.ndarray) -> None:
+    decoder = ChannelDecoder(0, StreamingVad(), ON)
+    made = play(decoder, paused)
+    speculative = [r for _, r in made if r.speculative]
+    (final,) = [r for _, r in made if r.is_final and not r.speculative]
+    assert len(speculative) == 2, "one in the pause, one at the end"
+    in_pause, at_end = speculative
+    assert in_pause.segment == final.segment and end_of(in_pause) < end_of(final) - 16000
+    assert not same_decode(in_pause, final) and same_decode(at_end, final)
+    assert (decoder.speculations, decoder.speculations_matched) == (2, 1)
+
+
+def test_the_channel_stops_naming_a_speculation_once_speech_resumes(paused: np.ndarray) -> None:
+    decoder = ChannelDecoder(0, StreamingVad(), StreamingConfig(partials=False, speculative_final_ms=200))
+    named: list[DecodeRequest | None] = []
+    made: list[DecodeRequest] = []
+    for i in range(0, len(paused), FRAME):
+        made += decoder.push(paused[i : i + FRAME])
+        named.append(decoder.speculation)
+    first = next(r for r in made if r.speculative)
+    held = [n is first for n in named]
+    # Named from when it was asked for until the speech after the pause, then never again.
+    start = held.index(True)
+    stop = held.index(False, start)
+    assert not any(held[stop:])
+    assert stop * FRAME < end_of(first) + int(0.3 * 16000)  # within the 300 ms pause (and a window)
+    # Partials off: the speculations and the final are all there is.
+    assert all(r.is_final for r in made)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [OFF, StreamingConfig(vad=VadConfig(min_silence_ms=200, pad_ms=200))],
+    ids=["zero", "pad-is-the-whole-silence"],
+)
+def test_no_speculation_when_off(sentence: np.ndarray, config: StreamingConfig) -> None:
+    x = np.concatenate([silence(0.5), sentence, silence(1.2)])
+    decoder = ChannelDecoder(0, StreamingVad(config=config.vad), config)
+    made = play(decoder, x)
+    assert not any(r.speculative for _, r in made) and decoder.speculations == 0
+    assert sum(r.is_final for _, r in made) == 1
+
+
+def test_speculation_settings() -> None:
+    for bad in (100, 500):  # before the pad (the audio is not complete), or no sooner than the end
+        with pytest.raises(ValueError, match="speculative_final_ms"):
+            StreamingConfig(speculative_final_ms=bad).validate()
+    assert StreamingConfig(speculative_final_ms=None).speculate_after_ms == 200  # at the VAD's pad
+    assert StreamingConfig(vad=VadConfig(pad_ms=300), speculative_final_ms=None).speculate_after_ms == 300
+    assert StreamingConfig(speculative_final_ms=350).speculate_after_ms == 350
+    assert OFF.speculate_after_ms == 0
+
+
+# ------------------------------------------------------------------------------- the call
+
+
+@dataclass
+class FakeRecognizer:
+    """Answers at once with one word per 400 ms heard; records each call's (samples heard, beam)."""
+
+    calls: list[tuple[int, int]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def recognize(self, audio: npt.ArrayLike, *, beam_size: int = 1, **_: object) -> Recognition:
+        n = len(np.asarray(audio))
+        with self.lock:
+            self.calls.append((n, beam_size))
+        words = tuple(
+            RecognizedWord(f" w{i}", i * 0.4, i * 0.4 + 0.3, 0.95) for i in range(max(1, n // 6400))
+        )
+        text = "".join(w.text for w in words).strip() + "."
+        return Recognition(text, words, 0.02, -0.1, 1.2, n / 16000)
+
+    def finals(self) -> int:
+        with self.lock:
+            return sum(beam > 1 for _, beam in self.calls)
+
+
+@dataclass
+class Call:
+    call: CallTranscriber
+    stream: StreamHandle
+    events: list[Transcript]
+    final: asyncio.Future[Transcript]
+
+    async def feed(self, x: np.ndarray) -> None:
+        data = to_pcm16_bytes(x)
+        for i in range(0, len(data), 2 * FRAME):
+            await self.call.feed(data[i : i + 2 * FRAME])
+
+    async def drain(self) -> None:
+        """Wait until every job queued so far has run (a stream's jobs run in order)."""
+        await asyncio.wrap_future(self.stream.submit(lambda: None))
+
+
+async def with_call(
+    recognizer: object, config: StreamingConfig, body: Callable[[Call], Awaitable[None]]
+) -> list[Transcript]:
+    """Run ``body`` against a call of one channel; the call's events once it has finished."""
+    scheduler = InferenceScheduler(max_streams=1)
+    stream = scheduler.open_stream()
+    call = CallTranscriber(
+        recognizer=recognizer,  # type: ignore[arg-type]
+        stream=stream,
+        spec=pcm16_spec(),
+        vad_model=shared_model(),
+        config=config,
+    )
+    events: list[Transcript] = []
+    final: asyncio.Future[Transcript] = asyncio.get_running_loop().create_future()
+
+    async def collect() -> None:
+        async for event in call.events():
+            events.append(event)
+            if event.is_final and not final.done():
+                final.set_result(event)
+
+    collector = asyncio.create_task(collect())
+    try:
+        await body(Call(call, stream, events, final))
+        await call.finish()
+        await asyncio.wait_for(collector, timeout=60)
+    finally:
+        collector.cancel()
+        call.close()
+        scheduler.shutdown()
+    return events
+
+
+async def test_the_final_takes_the_speculative_decode(sentence: np.ndarray) -> None:
+    x = np.concatenate([silence(0.5), sentence])
+    finals_after_end: dict[str, int] = {}
+
+    for name, config in (("on", ON), ("off", OFF)):
+        fake = FakeRecognizer()
+
+        async def body(c: Call, fake: FakeRecognizer = fake, name: str = name) -> None:
+            await c.feed(np.concatenate([x, silence(0.3)]))  # the speculation is due at 200 ms
+            await c.drain()
+            before = fake.finals()
+            await c.feed(silence(0.4))  # the VAD ends the segment
+            await asyncio.wait_for(c.final, timeout=30)
+            finals_after_end[name] = fake.finals() - before
+
+        events = await with_call(fake, config, body)
+        finals = [e for e in events if e.is_final]
+        assert len(finals) == 1 and finals[0].text.startswith("w0 w1"), finals
+        assert fake.finals() == 1  # decoded once, speculation or not
+    # With the speculation, nothing is left to decode once the VAD has ended the segment.
+    assert finals_after_end == {"on": 0, "off": 1}
+
+
+@pytest.mark.parametrize("partials", [True, False], ids=["partials-on", "partials-off"])
+async def test_a_thrown_away_speculation_is_never_decoded_nor_sent(
+    paused: np.ndarray, partials: bool
+) -> None:
+    # Held up behind a job that waits, the pause's speculation is still queued when the speaker goes
+    # on: a partial replaces it, or (partials off) it skips itself when its turn comes.
+    config = StreamingConfig(partials=partials, speculative_final_ms=200)
+    fake = FakeRecognizer()
+    gate = threading.Event()
+    # 1.2 s into the second clause: a partial is due by then (none is asked for while one speculates).
+    pause_over = int(0.8 * 16000) + len(voiced(CLAUSE_A)) + int(1.2 * 16000)
+
+    async def body(c: Call) -> None:
+        c.stream.submit(gate.wait)
+        await c.feed(paused[:pause_over])  # the pause, and speech again
+        assert fake.calls == []
+        gate.set()
+        await c.drain()
+        assert fake.finals() == 0  # the speculation was not decoded
+        await c.feed(paused[pause_over:])
+
+    events = await with_call(fake, config, body)
+    finals = [e for e in events if e.is_final]
+    assert len(finals) == 1 and fake.finals() == 1
+    assert all(e.segment_id == 0 for e in events)
+    assert [e.is_final for e in events][-1] is True
+    assert len({e.text for e in events if not e.is_final}) == sum(not e.is_final for e in events)
+
+
+# ------------------------------------------------------------------------------- with Whisper
+
+
+async def test_with_whisper_the_final_reads_the_same_and_comes_sooner(recognizer: WhisperRecognizer) -> None:
+    x = np.concatenate([silence(0.5), voiced(SENTENCE_A)])
+    text: dict[str, str] = {}
+    latency: dict[str, float] = {}
+    decodes_after_end: dict[str, int] = {}
+    calls = 0
+    original = recognizer.recognize
+
+    def counting(*args: object, **kwargs: object) -> Recognition:
+        nonlocal calls
+        calls += 1
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    recognizer.recognize = counting  # type: ignore[method-assign]
+    try:
+        for name, config in (("on", ON), ("off", OFF)):
+
+            async def body(c: Call, name: str = name) -> None:
+                await c.feed(np.concatenate([x, silence(0.3)]))
+                await c.drain()  # the speculation has been decoded, as it is live when the thread is free
+                before, started = calls, time.perf_counter()
+                await c.feed(silence(0.4))  # the VAD ends the segment: from here on, the final's latency
+                final = await asyncio.wait_for(c.final, timeout=60)
+                latency[name] = time.perf_counter() - started
+                decodes_after_end[name] = calls - before
+                text[name] = final.text
+
+            await with_call(recognizer, config, body)
+    finally:
+        del recognizer.recognize  # the instance attribute: back to the method
+    assert text["on"] == text["off"] and word_error_rate(SENTENCE_A, text["on"]) <= 0.15, text
+    assert decodes_after_end["on"] == 0 and decodes_after_end["off"] >= 1, decodes_after_end
+    assert latency["on"] < latency["off"], latency
+
+
+def test_two_sentences_speculate_per_segment() -> None:
+    # Each segment's speculation is its own: the second sentence's does not answer the first's final.
+    x = np.concatenate([silence(0.5), speak(SENTENCE_A), silence(1.2), speak(SENTENCE_B), silence(1.0)])
+    decoder = ChannelDecoder(0, StreamingVad(), ON)
+    made = play(decoder, x)
+    finals = [r for _, r in made if r.is_final and not r.speculative]
+    assert len(finals) == 2
+    for final in finals:
+        matching = [r for _, r in made if r.speculative and same_decode(r, final)]
+        assert len(matching) == 1 and matching[0].segment == final.segment
+
+
+async def test_partials_may_join_a_batch_but_a_speculative_final_never(
+    paused: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A batched decode hears silence up to the batch's longest segment: a speculation decoded so would
+    # not be the final decoded alone, which it stands for. So only partials (and probes) are offered.
+    offered: list[tuple[str, bool]] = []
+    submit = StreamHandle.submit
+
+    def spy(self: StreamHandle, fn: Callable[[], object], **options: object) -> object:
+        name = getattr(getattr(fn, "func", None), "__name__", "other")
+        offered.append((name, options.get("batch") is not None))
+        return submit(self, fn, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(StreamHandle, "submit", spy)
+
+    async def body(c: Call) -> None:
+        await c.feed(paused)
+
+    await with_call(FakeRecognizer(), ON, body)
+    kinds = {name: {batched for n, batched in offered if n == name} for name, _ in offered}
+    assert kinds["_decode"] == {True}  # the partials
+    assert kinds["_speculate"] == {False}
+    assert kinds["_final"] == {False}
+
+
+@dataclass
+class BatchingFake(FakeRecognizer):
+    """The fake recogniser with batches: each item answered as alone, each batch's size recorded."""
+
+    batches: list[int] = field(default_factory=list)
+
+    def recognize_batch(self, audios: list[npt.ArrayLike]) -> list[Recognition]:
+        self.batches.append(len(audios))
+        return [self.recognize(a) for a in audios]
+
+
+async def test_two_calls_partials_waiting_together_are_decoded_as_one_batch(paused: np.ndarray) -> None:
+    scheduler = InferenceScheduler(max_streams=3, max_batch=4)
+    fake = BatchingFake()
+    gate = threading.Event()
+    calls = [
+        CallTranscriber(
+            recognizer=fake,  # type: ignore[arg-type]
+            stream=scheduler.open_stream(),
+            spec=pcm16_spec(),
+            vad_model=shared_model(),
+            config=ON,
+        )
+        for _ in range(2)
+    ]
+    events: list[list[Transcript]] = [[], []]
+
+    async def collect(i: int) -> None:
+        async for event in calls[i].events():
+            events[i].append(event)
+
+    collectors = [asyncio.create_task(collect(i)) for i in range(2)]
+    open_segment = int(0.5 * 16000) + len(voiced(CLAUSE_A))  # the first clause: partials due, no final
+    try:
+        scheduler.open_stream().submit(gate.wait)  # holds the thread while both calls queue partials
+        for call in calls:
+            data = to_pcm16_bytes(paused[:open_segment])
+            for i in range(0, len(data), 2 * FRAME):
+                await call.feed(data[i : i + 2 * FRAME])
+        assert fake.calls == []
+        gate.set()
+        for call in calls:
+            data = to_pcm16_bytes(paused[open_segment:])
+            for i in range(0, len(data), 2 * FRAME):
+                await call.feed(data[i : i + 2 * FRAME])
+            await call.finish()
+        await asyncio.wait_for(asyncio.gather(*collectors), timeout=60)
+    finally:
+        for task in collectors:
+            task.cancel()
+        for call in calls:
+            call.close()
+        scheduler.shutdown()
+    assert fake.batches[0] == 2  # each call's latest partial, in one batch
+    for call_events in events:  # each call still gets its partials, then its one final
+        assert [e.is_final for e in call_events][-1] is True and sum(e.is_final for e in call_events) == 1
+        assert call_events[0].text.startswith("w0") and not call_events[0].is_final
