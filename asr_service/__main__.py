@@ -124,11 +124,11 @@ def _recording_model_dir(spec: str | None, cache: Path) -> Path | None:
     chosen = recording_model_spec(spec)
     if chosen is None:
         return None
-    if spec is not None:
-        return resolve_model_dir(chosen, cache)
     try:
         return resolve_model_dir(chosen, cache)
     except (ModelUnavailable, OSError) as exc:
+        if spec is not None:
+            raise
         log.warning("recordings use the live model: Whisper %s is unavailable (%s)", chosen, exc)
         return None
 

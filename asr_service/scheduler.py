@@ -265,10 +265,11 @@ class InferenceScheduler:
             except BaseException as exc:  # reported to the streams that submitted them
                 log.exception("inference job failed")
                 error = exc
-            self.jobs_run += len(running)
-            if len(running) > 1:
-                self.batches_run += 1
-                self.batched_jobs += len(running)
+            with self._lock:  # several workers count
+                self.jobs_run += len(running)
+                if len(running) > 1:
+                    self.batches_run += 1
+                    self.batched_jobs += len(running)
             for i, (stream, job) in enumerate(running):
                 # The stream's books first: whoever the result wakes sees its slot as it now is.
                 self._done(stream)

@@ -297,7 +297,10 @@ class CallTranscriber:
         """A partial's text back to its channel; submits the final of an early end it decides.
 
         On the event loop, so that such a final is queued before ``finish`` queues the end of the
-        events; the lock is held by the front end for one chunk at most (a few ms)."""
+        events; the lock is held by the front end for one chunk at most (a few ms). Without the early
+        end (its default) a partial's text decides nothing: no lock is taken."""
+        if not self.config.early_end_ms:
+            return
         text = None if result is None else result.recognition.text if result.rejected is None else ""
         with self._channels_lock:
             requests = self._channels[request.channel].note_partial(request, text)
