@@ -271,4 +271,18 @@ def test_the_baseline_command_on_a_small_text(tmp_path: Path, capsys: pytest.Cap
 def test_the_shipped_baseline_is_what_the_command_writes(shared_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "baseline.json"
     assert callsense(["drift", "baseline", "--out", str(out)]) == 0  # the defaults: the card's training text
-    assert json.loads(out.read_text()) == json.loads(DEFAULT_BASELINE_PATH.read_text())
+    written, shipped = json.loads(out.read_text()), json.loads(DEFAULT_BASELINE_PATH.read_text())
+    # The model's indicators come from int8 kernels whose rounding differs by CPU (AVX2 against AVX-512
+    # VNNI moved the mean confidence in the fifth decimal and can flip an utterance or two between
+    # classes), so those are compared within that much; everything read from the text must match exactly.
+    model_indicators = {
+        "mean_confidence": 1e-3,
+        "negative_share": 3e-3,
+        "neutral_share": 3e-3,
+        "positive_share": 3e-3,
+    }
+    written_indicators, shipped_indicators = written.pop("indicators"), shipped.pop("indicators")
+    assert written == shipped
+    assert written_indicators.keys() == shipped_indicators.keys()
+    for name, value in shipped_indicators.items():
+        assert written_indicators[name] == pytest.approx(value, abs=model_indicators.get(name, 0.0)), name
