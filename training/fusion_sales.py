@@ -13,8 +13,6 @@ predicted neutral.
 from __future__ import annotations
 
 import json
-import subprocess
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +29,7 @@ from scorer_service.inference import SentimentModel
 from scorer_service.offline import score_offline
 from training.data import SALES_DIR
 from training.fusion_calls import LABELS, spoken_call
-from training.fusion_data import HeardCache, HeardSegment, asr_signature, hear_file
+from training.fusion_data import HeardCache, HeardSegment, Hearing, asr_signature, hear_all
 from training.fusion_fit import Anchors
 from training.metrics import classification_report
 
@@ -68,39 +66,21 @@ def sales_calls(split: str = "test", directory: Path = SALES_DIR) -> dict[str, l
     return calls
 
 
-def speak_to(path: Path, text: str, voice: str) -> None:
-    """``text`` as a WAV file spoken by espeak-ng in ``voice`` at its default speed, pitch and level."""
-    wav = subprocess.run(
-        ["espeak-ng", "-v", voice, "--stdout", text], check=True, capture_output=True, timeout=60
-    ).stdout
-    path.write_bytes(wav)
-
-
 def hear_sales(
     calls: dict[str, list[SalesLine]],
     whisper_dir: Path,
     cache_path: Path,
     *,
+    workers: int | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, list[HeardSegment]]:
     """Each line spoken and heard through the ASR's recording path as its speaker's channel (cached)."""
-    from asr_service.transcribe_file import load_offline_model
-
     cache = HeardCache(cache_path, asr_signature(whisper_dir) + "-espeak")
     lines = [line for call in calls.values() for line in call]
-    todo = [line for line in lines if cache.get(line.line_id) is None]
-    if todo:
-        whisper = load_offline_model(whisper_dir)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "line.wav"
-            for i, line in enumerate(todo, 1):
-                speak_to(path, line.text, VOICES[line.speaker])
-                cache.put(line.line_id, hear_file(whisper, path, line.speaker))
-                if i % 50 == 0:
-                    cache.save()
-                    if log is not None:
-                        log(f"heard {i}/{len(todo)} sales lines")
-        cache.save()
+    hearings = [
+        Hearing(line.line_id, line.speaker, text=line.text, voice=VOICES[line.speaker]) for line in lines
+    ]
+    hear_all(hearings, whisper_dir, cache, workers=workers, log=log)
     return {line.line_id: cache.get(line.line_id) or [] for line in lines}
 
 
