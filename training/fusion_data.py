@@ -261,10 +261,9 @@ def hear_all(
     """Hears every one of ``hearings`` that ``cache`` lacks and saves it there.
 
     ``workers`` processes (default: one per core) each run one Whisper on one thread. One at a time, the
-    test fixture that hears the 741 spoken sales lines took 15 minutes of a 52-minute suite on a 2-vCPU
-    box; two workers gain only about 1.25x there (its two vCPUs give about 1.25 times one on this work: a
-    shared core or a CPU quota, the VM does not say), more where cores are real. Each hearing is heard
-    alone, so the result does not depend on the number of workers."""
+    test fixture that hears the 741 spoken sales lines took 909 s of a 52-minute suite on a 2-vCPU box;
+    with two workers, 583 s. Each hearing is heard alone, so the result does not depend on the number of
+    workers."""
     todo = [hearing for hearing in hearings if cache.get(hearing.key) is None]
     if not todo:
         return
