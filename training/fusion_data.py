@@ -301,8 +301,4 @@ def hear_clips(
     """Each clip's heard segments, from the cache where it holds them, else through the ASR."""
     cache = HeardCache(cache_path, asr_signature(whisper_dir))
     hear_all([Hearing(c.name, path=c.path) for c in clips], whisper_dir, cache, workers=workers, log=log)
-    heard: dict[str, list[HeardSegment]] = {}
-    for clip in clips:
-        segments = cache.get(clip.name)
-        heard[clip.name] = segments if segments is not None else []
-    return heard
+    return {clip.name: cache.get(clip.name) or [] for clip in clips}

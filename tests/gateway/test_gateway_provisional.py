@@ -162,7 +162,7 @@ async def test_a_long_objection_gets_its_mood_before_its_final(audio_gateway: Ru
         assert any(" ".join(normalise_words(p["text"])) in text for text in earlier), (p, earlier)
     # The objection is heard before its speaker is done: its own words are scored while the turn is still
     # going. (How low they score is the model's judgement, issue 12's business: the shipped model gave
-    # these polite words 0.37-0.48 from run to run, depending on where the partials stopped.)
+    # these polite words 0.24-0.48 from run to run, depending on where the partials stopped.)
     opener, objection = OBJECTION.split("Honestly", 1)
     objection_words = set(normalise_words(objection)) - set(normalise_words(opener))
     heard = [(normalise_words(p["text"]), round(p["score"], 2)) for p in provisional]
