@@ -8,6 +8,8 @@ Rows, same run, same inputs:
   onnx_int8_fused       the same, dynamic INT8 (per-channel weights)
   onnx_int8_shipped     the model the package ships (`scorer_service/model/model.int8.onnx`),
                         through `SentimentModel` exactly as the scorer serves it
+  shipped_with_context  where the shipped model reads the line before (its card's uses_context): the
+                        same inputs each after PREVIOUS, as served; the last line then reports this row
 Latency: batch 1, one thread, tokenise + forward, at about 20 and about 128 tokens (p50/p95 ms).
 Throughput: utterances/s over a mixed set, batch 32, length-bucketed, one thread.
 
@@ -38,6 +40,8 @@ LONG = (
     "whether the reporting module is included or is yet another add-on that we will be billed for later "
     "because that is exactly what happened last year."
 )
+PREVIOUS = "It comes to forty dollars per seat per month, billed annually."
+"""The line before SHORT, as the chopper sends it to a model that reads context (the agent's price)."""
 MIXED = [
     "Sounds good.",
     "Can you send me the contract by Friday?",
@@ -126,6 +130,10 @@ def main() -> None:
             rows[name] = measure_model(candidate, args.repeats)
     shipped = SentimentModel.load(DEFAULT_MODEL, threads=1, backend="onnx")
     rows["onnx_int8_shipped"] = measure_model(shipped, args.repeats)
+    served = "onnx_int8_shipped"
+    if shipped.info.uses_context:  # as served: each utterance after the line before it
+        served = "shipped_with_context"
+        rows[served] = measure_model(shipped, args.repeats, previous=PREVIOUS)
 
     import platform
 
@@ -136,8 +144,12 @@ def main() -> None:
             f"{name:<20} {row['p50_short']:8.2f} {row['p95_short']:8.2f} {row['p50_long']:8.2f} "
             f"{row['p95_long']:8.2f} {row['throughput']:8.1f}"
         )
-    base, ours = rows["hf_pipeline_fp32"], rows["onnx_int8_shipped"]
-    print(f"shipped model: {shipped.info.version} ({DEFAULT_MODEL.stat().st_size / 1e6:.1f} MB)")
+    base, ours = rows["hf_pipeline_fp32"], rows[served]
+    print(
+        f"shipped model: {shipped.info.version} ({DEFAULT_MODEL.stat().st_size / 1e6:.1f} MB), "
+        f"context: {shipped.info.uses_context} (short with its line before: "
+        f"{counter.count(PREVIOUS) + counter.count(SHORT) - 1} tokens)"
+    )
     print(
         f"speedup_int8_vs_hf_pipeline={base['p50_short'] / ours['p50_short']:.2f} "
         f"p95_ms_int8_20tok={ours['p95_short']:.2f}"
@@ -169,13 +181,14 @@ def measure(
     }
 
 
-def measure_model(model: object, repeats: int) -> dict[str, float]:
+def measure_model(model: object, repeats: int, previous: str = "") -> dict[str, float]:
+    """``previous``: every input scored after that line (a model without context ignores it)."""
     from scorer_service.inference import SentimentInput, SentimentModel
 
     assert isinstance(model, SentimentModel)
     return measure(
-        lambda text: model.predict_encoded([model.encode(SentimentInput(text))]),
-        lambda texts: model.predict([SentimentInput(t) for t in texts], max_batch=32),
+        lambda text: model.predict_encoded([model.encode(SentimentInput(text, previous))]),
+        lambda texts: model.predict([SentimentInput(t, previous) for t in texts], max_batch=32),
         repeats,
     )
 

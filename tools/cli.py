@@ -271,8 +271,9 @@ def _replay_scripted_calls(model_path: Path) -> int:
 
     model = SentimentModel.load(model_path, threads=2)
 
-    def score(texts: Sequence[str]) -> list[float]:
-        predictions = model.predict([SentimentInput(t) for t in texts])
+    def score(texts: Sequence[str], previous: Sequence[str]) -> list[float]:
+        # The model reads previous_text only if its card says it was trained with context.
+        predictions = model.predict([SentimentInput(t, p) for t, p in zip(texts, previous, strict=True)])
         return [p.score if not isinstance(p, Exception) else 0.5 for p in predictions]
 
     verdicts = replay_with(score)

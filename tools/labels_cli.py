@@ -1,7 +1,8 @@
 """`callsense labels ...`: the labelling workflow's commands (the arithmetic is in training/labels.py).
 
     callsense labels build [--data data/sales] [--packets N]
-        lines.jsonl from the written calls (ASR shape, split by call) and N annotation packets
+        lines.jsonl from the written calls (ASR shape, split by call) and N annotation packets of the calls
+        that have no gold label yet, numbered after the packets already there
     callsense labels agreement LABELS.jsonl... [--min-alpha 0.8] [--json]
         Krippendorff's alpha overall and per class, Cohen's kappa per pair; exits 1 below --min-alpha
     callsense labels adjudicate LABELS.jsonl... --out gold.jsonl
@@ -39,7 +40,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     verbs = p.add_subparsers(dest="verb", required=True)
     build = verbs.add_parser("build", help="lines.jsonl and annotation packets from the written calls")
     build.add_argument("--data", default=str(DEFAULT_DATA), help="the corpus folder (default data/sales)")
-    build.add_argument("--packets", type=int, default=0, help="annotation packets to write (default none)")
+    build.add_argument(
+        "--packets",
+        type=int,
+        default=0,
+        help="annotation packets to write of the calls without gold labels, numbered after those there "
+        "(default none)",
+    )
     agree = verbs.add_parser("agreement", help="how far the annotators agree")
     agree.add_argument("files", nargs="+", help="one JSON Lines file of labels per annotator")
     agree.add_argument("--min-alpha", type=float, default=0.8, help="exit 1 below this alpha (default 0.8)")
@@ -87,7 +94,16 @@ def _build(data: Path, packets: int) -> int:
     calls = len({r.call_id for r in rows})
     print(f"{data / 'lines.jsonl'}: {len(rows)} lines of {calls} calls")
     if packets:
-        for path in annotation_packets(rows, data / "annotation", packets):
+        # Only calls without gold labels: packets already labelled are never rewritten.
+        gold_path = data / "gold.jsonl"
+        gold_calls = (
+            {json.loads(line)["line_id"].rsplit(":", 1)[0] for line in gold_path.read_text().splitlines()}
+            if gold_path.exists()
+            else set()
+        )
+        new = [r for r in rows if r.call_id not in gold_calls]
+        first = len(list((data / "annotation").glob("packet-*.jsonl"))) + 1
+        for path in annotation_packets(new, data / "annotation", packets, first=first):
             print(f"packet: {path}")
     return 0
 

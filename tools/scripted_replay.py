@@ -29,8 +29,9 @@ SECONDS_PER_CHAR, SECONDS_PER_SENTENCE, SECONDS_OFFSET = 0.060, 0.43, -0.24
 """espeak-ng at 150 words a minute, fitted over the scripts' lines (within 0.7 s of the real length)."""
 SENTENCE_END = re.compile(r"(?<=[.?!])\s+")
 
-ScoreLines = Callable[[Sequence[str]], Sequence[float]]
-"""Scores (p_positive + 0.5 * p_neutral) of a batch of texts."""
+ScoreLines = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
+"""Scores (p_positive + 0.5 * p_neutral) of a batch of texts, each with the call's utterance before it
+(either speaker, as the chopper's previous_text; a model that takes no context ignores it)."""
 
 
 def estimated_spans(call: ScriptedCall) -> list[Span]:
@@ -64,18 +65,22 @@ def sentences_of(text: str, start_ms: int, end_ms: int) -> list[tuple[str, int, 
 def replay(
     call: ScriptedCall,
     spans: list[Span],
-    score_lines: Callable[[Line, Sequence[str]], Sequence[float]],
+    score_lines: Callable[[Line, Sequence[str], Sequence[str]], Sequence[float]],
     *,
     whole_lines: bool = False,
 ) -> list[dict[str, Any]]:
-    """The events the mesh would send for the call, each utterance scored by ``score_lines(line, texts)``;
-    with ``whole_lines`` each line is one utterance, as when the ASR hears no sentence end inside it."""
+    """The events the mesh would send for the call, each utterance scored by
+    ``score_lines(line, texts, previous_texts)`` (previous: the call's utterance before each, as the chopper
+    sends it); with ``whole_lines`` each line is one utterance, as when the ASR hears no sentence end
+    inside it."""
     coach = LiveCoach()
     utterances: list[UtteranceScore] = []
     events: list[dict[str, Any]] = []
     for line, (start, end) in zip(call.lines, spans, strict=True):
         pieces = [(line.text, start, end)] if whole_lines else sentences_of(line.text, start, end)
-        scores = score_lines(line, [text for text, _, _ in pieces])
+        texts = [text for text, _, _ in pieces]
+        before = utterances[-1].text if utterances else ""
+        scores = score_lines(line, texts, [before, *texts[:-1]])
         for (text, a, b), score in zip(pieces, scores, strict=True):
             utterance_id = len(utterances)
             utterances.append(
@@ -114,8 +119,8 @@ def _replay_one(call: ScriptedCall, score: ScoreLines) -> ReplayVerdict:
     spans = estimated_spans(call)
     lines: list[str] = []
 
-    def score_lines(line: Line, texts: Sequence[str]) -> Sequence[float]:
-        scores = score(texts)
+    def score_lines(line: Line, texts: Sequence[str], previous: Sequence[str]) -> Sequence[float]:
+        scores = score(texts, previous)
         if line.speaker == "customer":
             lines.extend(f"{s:.2f} {line.mood:<8} {t}" for t, s in zip(texts, scores, strict=True))
         return scores

@@ -176,9 +176,12 @@ def build_corpus(written_dir: Path, out: Path) -> list[CorpusLine]:
     return rows
 
 
-def annotation_packets(rows: Sequence[CorpusLine], out_dir: Path, parts: int) -> list[Path]:
+def annotation_packets(
+    rows: Sequence[CorpusLine], out_dir: Path, parts: int, first: int = 1
+) -> list[Path]:
     """Split the calls into ``parts`` packets for annotators: per call, its lines in order (line_id,
-    speaker, text) and nothing else. Packet k holds every ``parts``-th call from the k-th."""
+    speaker, text) and nothing else. Packet k holds every ``parts``-th call from the k-th; the packets are
+    numbered from ``first`` (a batch of new calls is packed after the packets already labelled)."""
     by_call: dict[str, list[CorpusLine]] = {}
     for row in rows:
         by_call.setdefault(row.call_id, []).append(row)
@@ -193,7 +196,7 @@ def annotation_packets(rows: Sequence[CorpusLine], out_dir: Path, parts: int) ->
             for i, (call_id, lines) in enumerate(sorted(by_call.items()))
             if i % parts == k
         ]
-        path = out_dir / f"packet-{k + 1}.jsonl"
+        path = out_dir / f"packet-{first + k}.jsonl"
         path.write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in calls), encoding="utf-8")
         paths.append(path)
     return paths

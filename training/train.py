@@ -79,17 +79,48 @@ def seed_everything(seed: int) -> None:
 def encode(
     tokenizer: Any, examples: Sequence[LabelledUtterance], context: bool, max_tokens: int
 ) -> dict[str, torch.Tensor]:
-    """Tokenise a batch, padded to its own longest item."""
+    """Tokenise a batch, padded to its own longest item; with ``context``, each item as the scorer encodes
+    it (callsense.tokenization): the previous utterance as the first segment, cut from its start so the
+    utterance fits, and none at all when there is none or no room (never an empty first segment)."""
     texts = [e.text for e in examples]
-    batch: dict[str, torch.Tensor]
-    if context:
-        previous = [e.previous_text or "" for e in examples]
-        batch = tokenizer(
-            previous, texts, truncation="only_first", max_length=max_tokens, padding=True, return_tensors="pt"
+    if not context:
+        batch: dict[str, torch.Tensor] = tokenizer(
+            texts, truncation=True, max_length=max_tokens, padding=True, return_tensors="pt"
         )
-    else:
-        batch = tokenizer(texts, truncation=True, max_length=max_tokens, padding=True, return_tensors="pt")
-    return batch
+        return batch
+    rows = [_encode_with_context(tokenizer, e.text, e.previous_text, max_tokens) for e in examples]
+    width = max(len(ids) for ids, _ in rows)
+    shape = (len(rows), width)
+    ids, types, mask = (
+        torch.zeros(shape, dtype=torch.long),
+        torch.zeros(shape, dtype=torch.long),
+        torch.zeros(shape, dtype=torch.long),
+    )
+    for row, (row_ids, row_types) in enumerate(rows):
+        ids[row, : len(row_ids)] = torch.tensor(row_ids)
+        types[row, : len(row_types)] = torch.tensor(row_types)
+        mask[row, : len(row_ids)] = 1
+    return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+
+
+def _encode_with_context(
+    tokenizer: Any, text: str, previous_text: str, max_tokens: int
+) -> tuple[list[int], list[int]]:
+    """One utterance with its context, as ``callsense.tokenization.Tokenizer.encode`` builds it (an
+    utterance too long for the model is cut here, where the scorer would refuse it)."""
+    own = tokenizer(text, truncation=True, max_length=max_tokens)
+    own_ids, own_types = list(own["input_ids"]), list(own["token_type_ids"])
+    previous = previous_text.strip()
+    if not previous or max_tokens - len(own_ids) - 1 <= 0:
+        return own_ids, own_types
+    if not tokenizer(previous, add_special_tokens=False)["input_ids"]:
+        return own_ids, own_types
+    pair = tokenizer(previous, text)
+    ids, types = list(pair["input_ids"]), list(pair["token_type_ids"])
+    overflow = len(ids) - max_tokens
+    if overflow > 0:  # drop the oldest words of the context, keep [CLS]
+        ids, types = ids[:1] + ids[1 + overflow :], types[:1] + types[1 + overflow :]
+    return ids, types
 
 
 def cosine_with_warmup(step: int, total: int, warmup: int) -> float:

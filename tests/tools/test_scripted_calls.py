@@ -131,7 +131,7 @@ def replay(
 ) -> list[dict[str, Any]]:
     """The events the mesh would send for the call if every sentence scored its line's mood."""
     return scripted_replay.replay(
-        call, spans, lambda line, texts: [scores[line.mood]] * len(texts), whole_lines=whole_lines
+        call, spans, lambda line, texts, _previous: [scores[line.mood]] * len(texts), whole_lines=whole_lines
     )
 
 
@@ -204,3 +204,19 @@ def test_evaluate_replays_the_scripted_calls_with_a_real_model(capsys: pytest.Ca
         1 for call in SCRIPTS.values() for line in call.lines if line.speaker == "customer"
     )
     assert all(0.0 <= float(line.split()[0]) <= 1.0 for line in scored)
+
+
+def test_the_replay_gives_each_utterance_the_one_before_as_the_chopper_does() -> None:
+    """A model that reads context must be replayed with it: each utterance after the call's previous one
+    (either speaker), the first after nothing."""
+    call = SCRIPTS["sours-at-price"]
+    seen: list[tuple[str, str]] = []
+
+    def score_lines(line: Any, texts: Any, previous: Any) -> list[float]:
+        seen.extend(zip(texts, previous, strict=True))
+        return [0.5] * len(texts)
+
+    scripted_replay.replay(call, estimated_spans(call), score_lines)
+    utterances = [text for text, _ in seen]
+    assert [before for _, before in seen] == ["", *utterances[:-1]]
+    assert len(utterances) > len(call.lines)  # lines of two sentences are two utterances

@@ -167,3 +167,33 @@ def test_the_report_counts_negative_lines_under_the_badges_red_line() -> None:
     report = classification_report(truth, probs)
     assert report["negative_below_red"] == pytest.approx(0.5)
     assert classification_report([1, 2], probs[2:])["negative_below_red"] is None
+
+
+def test_build_packs_only_calls_without_gold_labels_after_the_packets_there(tmp_path: Path) -> None:
+    from tools.cli import main as cli_main
+
+    def call(call_id: str) -> dict[str, Any]:
+        return {
+            "call_id": call_id, "industry": "retail", "product": "a tool", "deal_size": "small",
+            "buyer_personality": "warm", "outcome": "won", "objections": [],
+            "lines": [
+                {"speaker": "agent", "stage": "opening", "text": "Morning, how are you?"},
+                {"speaker": "customer", "stage": "opening", "text": "Good, thanks."},
+            ],
+        }  # fmt: skip
+
+    (tmp_path / "written").mkdir()
+    (tmp_path / "written" / "w1.jsonl").write_text(json.dumps(call("w1-001")) + "\n")
+    assert cli_main(["labels", "build", "--data", str(tmp_path), "--packets", "1"]) == 0
+    first = (tmp_path / "annotation" / "packet-1.jsonl").read_text()
+    gold = [{"line_id": f"w1-001:{n:02d}", "label": "neutral", "objection": None} for n in range(2)]
+    (tmp_path / "gold.jsonl").write_text("".join(json.dumps(g) + "\n" for g in gold))
+    batch = [call("w2-001"), call("w2-002")]
+    (tmp_path / "written" / "w2.jsonl").write_text("".join(json.dumps(c) + "\n" for c in batch))
+    assert cli_main(["labels", "build", "--data", str(tmp_path), "--packets", "2"]) == 0
+    assert (tmp_path / "annotation" / "packet-1.jsonl").read_text() == first  # labelled: left alone
+    packed = [
+        json.loads(p.read_text())["call_id"] for p in sorted((tmp_path / "annotation").glob("packet-[23]*"))
+    ]
+    assert packed == ["w2-001", "w2-002"]
+    assert len((tmp_path / "lines.jsonl").read_text().splitlines()) == 6

@@ -138,3 +138,30 @@ def test_the_served_model_writes_soft_labels_that_match_what_it_serves(tmp_path:
     long = replace(examples[0], text=" ".join(["the rollout went well and the team is happy"] * 30))
     assert write_soft_labels(str(SHIPPED_MODEL_DIR), [long], soft, threads=1) == 1
     assert read_soft_labels(soft)[long.text].shape == (3,)
+
+
+def test_context_is_encoded_for_training_as_the_scorer_encodes_it() -> None:
+    """A model trained with --context must see at training what the scorer feeds it: no empty first
+    segment when there is no previous line, the context cut from its start, a long line cut not refused."""
+    from callsense.tokenization import SentimentTokenizer
+    from training.data import LabelledUtterance
+    from training.train import encode
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(default_base_model())
+    served = SentimentTokenizer()
+    examples = [
+        LabelledUtterance(
+            "Hm. That's quite a bit more than we'd pencilled in.", 0, "t", previous_text="It's $40k."
+        ),
+        LabelledUtterance("Morning! Yes, good time, go ahead.", 1, "t"),  # the call's first line: no context
+        LabelledUtterance("Send it over.", 2, "t", previous_text=" ".join(["pricing"] * 300)),  # context cut
+    ]
+    batch = encode(tokenizer, examples, True, 128)
+    for row, example in enumerate(examples):
+        expected = served.encode(example.text, example.previous_text)
+        n = int(batch["attention_mask"][row].sum())
+        assert n == len(expected) <= 128
+        assert batch["input_ids"][row, :n].tolist() == expected.input_ids.tolist()
+        assert batch["token_type_ids"][row, :n].tolist() == expected.token_type_ids.tolist()
+    long_line = LabelledUtterance(" ".join(["fine"] * 300), 1, "t", previous_text="And the price?")
+    assert encode(tokenizer, [long_line], True, 128)["input_ids"].shape == (1, 128)  # cut, not an error
