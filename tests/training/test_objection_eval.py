@@ -27,10 +27,11 @@ from training.objection_eval import (
     score_predictions,
 )
 
-# The shipped tagger on the sales test split when it shipped (docs/objections.md): micro-F1 0.507,
-# false-tag rate 0.052 (15 of 288), on mentions 0.074. A tagger that does worse than this, less a line or
-# two of slack, does not ship; one that meets the goals turns the xfail below into a failure to remove.
-FLOOR_MICRO_F1 = 0.48
+# The shipped tagger on the sales test split of both corpus batches (docs/objections.md): micro-F1 0.521,
+# false-tag rate 0.049 (20 of 412), on mentions 0.073 (on batch 1's test split alone, when it shipped:
+# 0.507, 0.052, 0.074). A tagger that does worse than this, less a line or two of slack, does not ship;
+# one that meets the goals turns the xfail below into a failure to remove.
+FLOOR_MICRO_F1 = 0.50
 CEILING_FALSE_TAG_RATE = 0.06
 CEILING_MENTION_FALSE_TAG_RATE = 0.09
 
@@ -102,7 +103,7 @@ def test_the_shipped_weights_never_saw_the_test_split() -> None:
     assert (model.threshold, model.sentence_threshold) == (cv["threshold"], cv["sentence_threshold"])
     assert cv["written"]["false_tag_rate"] <= 0.04 and cv["asr"]["false_tag_rate"] <= GOAL_FALSE_TAG_RATE
     customer = [g for g in load_gold_lines(split="test") if g.speaker == "customer"]
-    assert len(customer) == 374 and sum(g.objection is not None for g in customer) == 86
+    assert len(customer) == 528 and sum(g.objection is not None for g in customer) == 116
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +116,7 @@ def test_split() -> ObjectionEvaluation:
 @pytest.mark.slow
 def test_the_shipped_tagger_is_no_worse_than_when_it_shipped(test_split: ObjectionEvaluation) -> None:
     report = render_text(test_split)
-    assert test_split.lines == 374, report
+    assert test_split.lines == 528, report
     assert test_split.micro.f1 >= FLOOR_MICRO_F1, report
     assert test_split.false_tag_rate <= CEILING_FALSE_TAG_RATE, report
     assert test_split.mention_false_tag_rate <= CEILING_MENTION_FALSE_TAG_RATE, report
@@ -124,8 +125,8 @@ def test_the_shipped_tagger_is_no_worse_than_when_it_shipped(test_split: Objecti
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 12's goals are not met: the shipped tagger measured micro-F1 0.507 and a false-tag rate "
-    "of 0.052 on the test split (docs/objections.md)",
+    reason="issue 12's goals are not met: the shipped tagger measured micro-F1 0.521 and a false-tag rate "
+    "of 0.049 on the test split of both batches (docs/objections.md)",
 )
 def test_the_shipped_tagger_meets_the_goals(test_split: ObjectionEvaluation) -> None:
     report = render_text(test_split)
