@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tools import (
     asr_eval_cli,
@@ -22,6 +23,9 @@ from tools import (
     objections_cli,
     retrain_cli,
 )
+
+if TYPE_CHECKING:
+    from scorer_service.inference import SentimentModel
 
 
 def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -235,10 +239,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate_sets, file_entry, onnx_model, write_model_card
 
     model_path = Path(args.model) if args.model else DEFAULT_MODEL
-    if args.scripted_calls:
-        return _replay_scripted_calls(model_path)
     tokenizer = Path(args.tokenizer) if args.tokenizer else model_path.parent / "tokenizer.json"
     uses_context = args.context or read_model_info(model_path.parent).uses_context
+    if args.scripted_calls:
+        return _replay_scripted_calls(onnx_model(model_path, tokenizer, uses_context), model_path)
     reports = evaluate_sets(onnx_model(model_path, tokenizer, uses_context), args.sets)
     for spec, report in reports.items():
         print(
@@ -264,15 +268,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _replay_scripted_calls(model_path: Path) -> int:
-
-    from scorer_service.inference import SentimentInput, SentimentModel
+def _replay_scripted_calls(model: SentimentModel, model_path: Path) -> int:
+    from scorer_service.inference import SentimentInput
     from tools.scripted_replay import replay_with
 
-    model = SentimentModel.load(model_path, threads=2)
-
     def score(texts: Sequence[str], previous: Sequence[str]) -> list[float]:
-        # The model reads previous_text only if its card says it was trained with context.
+        # The model reads previous_text only if it takes context (its card's uses_context, or --context).
         predictions = model.predict([SentimentInput(t, p) for t, p in zip(texts, previous, strict=True)])
         return [p.score if not isinstance(p, Exception) else 0.5 for p in predictions]
 

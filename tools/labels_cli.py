@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from training.labelling import SampledLine
     from training.labels import Annotation
+    from training.sales_corpus import CorpusLine
 
 DEFAULT_DATA = Path("data/sales")
 SHOWN_DISAGREEMENTS = 100
@@ -88,24 +90,42 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _build(data: Path, packets: int) -> int:
-    from training.sales_corpus import annotation_packets, build_corpus
+    from training.sales_corpus import build_corpus
 
     rows = build_corpus(data / "written", data / "lines.jsonl")
     calls = len({r.call_id for r in rows})
     print(f"{data / 'lines.jsonl'}: {len(rows)} lines of {calls} calls")
     if packets:
-        # Only calls without gold labels: packets already labelled are never rewritten.
-        gold_path = data / "gold.jsonl"
-        gold_calls = (
-            {json.loads(line)["line_id"].rsplit(":", 1)[0] for line in gold_path.read_text().splitlines()}
-            if gold_path.exists()
-            else set()
-        )
-        new = [r for r in rows if r.call_id not in gold_calls]
-        first = len(list((data / "annotation").glob("packet-*.jsonl"))) + 1
-        for path in annotation_packets(new, data / "annotation", packets, first=first):
-            print(f"packet: {path}")
+        _pack_new_calls(rows, data, packets)
     return 0
+
+
+def _pack_new_calls(rows: Sequence[CorpusLine], data: Path, packets: int) -> None:
+    """Packets of the calls that have neither gold labels nor a packet yet (never rewriting one out with
+    annotators), numbered after the highest packet there; no empty packets."""
+    from training.sales_corpus import annotation_packets
+
+    annotation = data / "annotation"
+    existing = sorted(annotation.glob("packet-*.jsonl"))
+    taken = {
+        json.loads(line)["call_id"]
+        for path in existing
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    }
+    gold_path = data / "gold.jsonl"
+    if gold_path.exists():
+        lines = gold_path.read_text(encoding="utf-8").splitlines()
+        taken |= {json.loads(line)["line_id"].rsplit(":", 1)[0] for line in lines if line.strip()}
+    new = [r for r in rows if r.call_id not in taken]
+    calls = len({r.call_id for r in new})
+    if not calls:
+        print("no calls without gold labels or a packet: no packets written")
+        return
+    numbers = [int(path.stem.removeprefix("packet-")) for path in existing if path.stem[7:].isdigit()]
+    first = max(numbers, default=0) + 1
+    for path in annotation_packets(new, annotation, min(packets, calls), first=first):
+        print(f"packet: {path}")
 
 
 def _read_all(files: list[str]) -> list[Annotation]:

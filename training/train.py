@@ -91,32 +91,34 @@ def encode(
     rows = [_encode_with_context(tokenizer, e.text, e.previous_text, max_tokens) for e in examples]
     width = max(len(ids) for ids, _ in rows)
     shape = (len(rows), width)
-    ids, types, mask = (
-        torch.zeros(shape, dtype=torch.long),
-        torch.zeros(shape, dtype=torch.long),
-        torch.zeros(shape, dtype=torch.long),
-    )
+    ids, types, mask = (torch.zeros(shape, dtype=torch.long) for _ in range(3))
     for row, (row_ids, row_types) in enumerate(rows):
         ids[row, : len(row_ids)] = torch.tensor(row_ids)
         types[row, : len(row_types)] = torch.tensor(row_types)
         mask[row, : len(row_ids)] = 1
-    return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if "token_type_ids" in tokenizer.model_input_names:  # BERT-like; MPNet and DistilBERT take none
+        batch["token_type_ids"] = types
+    return batch
 
 
 def _encode_with_context(
     tokenizer: Any, text: str, previous_text: str, max_tokens: int
 ) -> tuple[list[int], list[int]]:
-    """One utterance with its context, as ``callsense.tokenization.Tokenizer.encode`` builds it (an
-    utterance too long for the model is cut here, where the scorer would refuse it)."""
+    """One utterance with its context, as ``callsense.tokenization.SentimentTokenizer.encode`` builds it
+    (an utterance too long for the model is cut here, where the scorer would refuse it). The token types
+    are all 0 for a tokenizer that has none."""
     own = tokenizer(text, truncation=True, max_length=max_tokens)
-    own_ids, own_types = list(own["input_ids"]), list(own["token_type_ids"])
+    own_ids = list(own["input_ids"])
+    own_types = list(own.get("token_type_ids") or [0] * len(own_ids))
     previous = previous_text.strip()
     if not previous or max_tokens - len(own_ids) - 1 <= 0:
         return own_ids, own_types
     if not tokenizer(previous, add_special_tokens=False)["input_ids"]:
         return own_ids, own_types
     pair = tokenizer(previous, text)
-    ids, types = list(pair["input_ids"]), list(pair["token_type_ids"])
+    ids = list(pair["input_ids"])
+    types = list(pair.get("token_type_ids") or [0] * len(ids))
     overflow = len(ids) - max_tokens
     if overflow > 0:  # drop the oldest words of the context, keep [CLS]
         ids, types = ids[:1] + ids[1 + overflow :], types[:1] + types[1 + overflow :]

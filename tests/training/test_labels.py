@@ -197,3 +197,14 @@ def test_build_packs_only_calls_without_gold_labels_after_the_packets_there(tmp_
     ]
     assert packed == ["w2-001", "w2-002"]
     assert len((tmp_path / "lines.jsonl").read_text().splitlines()) == 6
+    # Run again while packets 2-3 are out with annotators: nothing new to pack, no packet rewritten or added.
+    assert cli_main(["labels", "build", "--data", str(tmp_path), "--packets", "2"]) == 0
+    assert sorted(p.name for p in (tmp_path / "annotation").glob("*")) == [
+        f"packet-{k}.jsonl" for k in (1, 2, 3)
+    ]
+    (tmp_path / "written" / "w3.jsonl").write_text(json.dumps(call("w3-001")) + "\n")
+    assert (
+        cli_main(["labels", "build", "--data", str(tmp_path), "--packets", "3"]) == 0
+    )  # one call: one packet
+    assert json.loads((tmp_path / "annotation" / "packet-4.jsonl").read_text())["call_id"] == "w3-001"
+    assert not (tmp_path / "annotation" / "packet-5.jsonl").exists()

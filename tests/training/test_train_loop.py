@@ -165,3 +165,18 @@ def test_context_is_encoded_for_training_as_the_scorer_encodes_it() -> None:
         assert batch["token_type_ids"][row, :n].tolist() == expected.token_type_ids.tolist()
     long_line = LabelledUtterance(" ".join(["fine"] * 300), 1, "t", previous_text="And the price?")
     assert encode(tokenizer, [long_line], True, 128)["input_ids"].shape == (1, 128)  # cut, not an error
+
+
+def test_context_encoding_takes_a_tokenizer_without_token_types() -> None:
+    """MPNet and DistilBERT tokenizers give no token types and their models take none."""
+    from training.data import LabelledUtterance
+    from training.train import encode
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(default_base_model())
+    tokenizer.model_input_names = ["input_ids", "attention_mask"]
+    examples = [
+        LabelledUtterance("That's more than we pencilled in.", 0, "t", previous_text="It's $40k a year."),
+        LabelledUtterance("Morning!", 1, "t"),
+    ]
+    batch = encode(tokenizer, examples, True, 128)
+    assert set(batch) == {"input_ids", "attention_mask"} and batch["input_ids"].shape[0] == 2
