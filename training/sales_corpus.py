@@ -176,9 +176,7 @@ def build_corpus(written_dir: Path, out: Path) -> list[CorpusLine]:
     return rows
 
 
-def annotation_packets(
-    rows: Sequence[CorpusLine], out_dir: Path, parts: int, first: int = 1
-) -> list[Path]:
+def annotation_packets(rows: Sequence[CorpusLine], out_dir: Path, parts: int, first: int = 1) -> list[Path]:
     """Split the calls into ``parts`` packets for annotators: per call, its lines in order (line_id,
     speaker, text) and nothing else. Packet k holds every ``parts``-th call from the k-th; the packets are
     numbered from ``first`` (a batch of new calls is packed after the packets already labelled)."""
