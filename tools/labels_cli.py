@@ -2,7 +2,7 @@
 
     callsense labels build [--data data/sales] [--packets N]
         lines.jsonl from the written calls (ASR shape, split by call) and N annotation packets of the calls
-        that have no gold label yet, numbered after the packets already there
+        that have neither a gold label nor a packet yet, numbered after the packets already there
     callsense labels agreement LABELS.jsonl... [--min-alpha 0.8] [--json]
         Krippendorff's alpha overall and per class, Cohen's kappa per pair; exits 1 below --min-alpha
     callsense labels adjudicate LABELS.jsonl... --out gold.jsonl
@@ -46,7 +46,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--packets",
         type=int,
         default=0,
-        help="annotation packets to write of the calls without gold labels, numbered after those there "
+        help="annotation packets to write of the calls without gold labels or a packet, numbered after those "
+        "there "
         "(default none)",
     )
     agree = verbs.add_parser("agreement", help="how far the annotators agree")
@@ -122,8 +123,8 @@ def _pack_new_calls(rows: Sequence[CorpusLine], data: Path, packets: int) -> Non
     if not calls:
         print("no calls without gold labels or a packet: no packets written")
         return
-    numbers = [int(path.stem.removeprefix("packet-")) for path in existing if path.stem[7:].isdigit()]
-    first = max(numbers, default=0) + 1
+    numbers = [path.stem.removeprefix("packet-") for path in existing]
+    first = max((int(n) for n in numbers if n.isdigit()), default=0) + 1
     for path in annotation_packets(new, annotation, min(packets, calls), first=first):
         print(f"packet: {path}")
 

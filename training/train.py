@@ -89,16 +89,10 @@ def encode(
         )
         return batch
     rows = [_encode_with_context(tokenizer, e.text, e.previous_text, max_tokens) for e in examples]
-    width = max(len(ids) for ids, _ in rows)
-    shape = (len(rows), width)
-    ids, types, mask = (torch.zeros(shape, dtype=torch.long) for _ in range(3))
-    for row, (row_ids, row_types) in enumerate(rows):
-        ids[row, : len(row_ids)] = torch.tensor(row_ids)
-        types[row, : len(row_types)] = torch.tensor(row_types)
-        mask[row, : len(row_ids)] = 1
-    batch = {"input_ids": ids, "attention_mask": mask}
-    if "token_type_ids" in tokenizer.model_input_names:  # BERT-like; MPNet and DistilBERT take none
-        batch["token_type_ids"] = types
+    features = {"input_ids": [ids for ids, _ in rows], "token_type_ids": [types for _, types in rows]}
+    if "token_type_ids" not in tokenizer.model_input_names:  # MPNet and DistilBERT take none
+        del features["token_type_ids"]
+    batch = tokenizer.pad(features, padding=True, return_tensors="pt")
     return batch
 
 
