@@ -14,7 +14,7 @@ import pytest
 
 from training.data import shared_data_dir
 
-pytest_plugins = ["tests.support.mesh", "tests.support.delivery"]
+pytest_plugins = ["tests.support.mesh", "tests.support.delivery", "tests.support.checkpoints"]
 
 TEST_DATA = Path(__file__).parent / "data"
 

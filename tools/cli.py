@@ -21,6 +21,7 @@ from tools import (
     labels_cli,
     models_cli,
     objections_cli,
+    recover_cli,
     retrain_cli,
 )
 
@@ -170,6 +171,12 @@ def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "or feed-forward) in fp32, ranked by dev macro-F1",
     )
     p.add_argument(
+        "--int8-weights",
+        choices=["s8-reduced", "u8"],
+        default="s8-reduced",
+        help="INT8 weight storage: signed 7-bit (default) or unsigned 8-bit (a context model loses less)",
+    )
+    p.add_argument(
         "--no-calibrate",
         action="store_true",
         help="skip fitting a temperature on dev (probabilities as trained)",
@@ -198,6 +205,7 @@ def _run_export(args: argparse.Namespace) -> int:
         report_sets=args.report,
         max_f1_drop=args.max_f1_drop,
         keep_fp32_blocks=args.keep_fp32_blocks,
+        int8_weights=args.int8_weights,
         calibrate=not args.no_calibrate,
         calibrate_on=args.calibrate_on,
         class_bias=args.class_bias,
@@ -697,7 +705,7 @@ def _run_webhooks(args: argparse.Namespace) -> int:
 
 # Commands that need the `train` extra (torch, transformers, onnx) and the training/ package of a checkout.
 TRAINING_COMMANDS = frozenset(
-    {"train", "soft-labels", "soup", "export", "evaluate", "labels", "objections", "retrain"}
+    {"train", "soft-labels", "soup", "export", "evaluate", "labels", "objections", "retrain", "recover"}
 )
 TRAINING_MODULES = frozenset({"training", "torch", "transformers", "onnx", "sklearn", "krippendorff"})
 
@@ -726,6 +734,7 @@ def build_parser() -> argparse.ArgumentParser:
     asr_eval_cli.add_parser(sub)
     diarization_eval_cli.add_parser(sub)
     fusion_cli.add_parser(sub)
+    recover_cli.add_parser(sub)
     return parser
 
 
@@ -754,6 +763,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "evaluate-diarization": diarization_eval_cli.run,
         "train-fusion": fusion_cli.run,
         "evaluate-fusion": fusion_cli.run,
+        "recover": recover_cli.run,
     }
     try:
         return handlers[args.command](args)

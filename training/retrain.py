@@ -121,6 +121,7 @@ class Recipe:
     """The set its temperature was fitted on; None: not calibrated."""
     class_bias: bool
     keep_fp32_blocks: int
+    int8_weights: str
     report_sets: list[str]
 
 
@@ -151,6 +152,7 @@ def recipe_of(card: dict[str, Any]) -> Recipe:
         calibrate_on=str(calibration.get("fitted_on") or dev[0]) if calibrated else None,
         class_bias=calibration.get("class_bias") is not None,
         keep_fp32_blocks=len(quantisation.get("fp32_blocks") or []),
+        int8_weights=str(quantisation.get("weights") or "s8-reduced"),
         report_sets=[name for name, m in (card.get("metrics") or {}).items() if isinstance(m, dict)],
     )
 
@@ -334,6 +336,7 @@ def _export(
         calibrate_on=recipe.calibrate_on or "",
         class_bias=recipe.class_bias,
         keep_fp32_blocks=keep,
+        int8_weights=recipe.int8_weights,
         notes=(
             f"Retrained by `callsense retrain` from {run.current.version} ({init_kind}) on the recipe's sets "
             f"plus {len(split.train)} of the tenant's labelled lines ({labels.kind}); "

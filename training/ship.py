@@ -51,7 +51,11 @@ class ShipConfig:
     calibrate_on: str = ""  # the set to calibrate on (default: dev)
     class_bias: bool = False  # also fit per-class offsets (a prior shift) on that set
     keep_fp32_blocks: int = 0  # keep this many of the most quantisation-sensitive blocks in fp32
+    int8_weights: str = "s8-reduced"  # how the INT8 weights are stored (training/export.py INT8_WEIGHTS)
     notes: str = ""
+
+
+_WEIGHT_WORDS = {"s8-reduced": "reduced range", "u8": "unsigned 8-bit weights"}
 
 
 def ship(config: ShipConfig) -> dict[str, Any]:
@@ -80,7 +84,9 @@ def ship(config: ShipConfig) -> dict[str, Any]:
             "fitted_on": calibration_set,
             "ece_before": expected_calibration_error(np.asarray(labels), probs),
         }
-    files, fusion_stats = export_all(config.checkpoint, config.workdir, temperature, bias)
+    files, fusion_stats = export_all(
+        config.checkpoint, config.workdir, temperature, bias, config.int8_weights
+    )
     fp32_report = evaluate_examples(onnx_model(files.fp32, tokenizer, uses_context), dev)
     mixed: dict[str, Any] = {}
     if config.keep_fp32_blocks > 0:
@@ -89,10 +95,11 @@ def ship(config: ShipConfig) -> dict[str, Any]:
             return float(evaluate_examples(onnx_model(path, tokenizer, uses_context), dev)["macro_f1"])
 
         kept, sensitivity = most_sensitive_blocks(
-            files.fused, config.workdir, dev_macro_f1, config.keep_fp32_blocks
+            files.fused, config.workdir, dev_macro_f1, config.keep_fp32_blocks, config.int8_weights
         )
         blocks = quantisable_blocks(files.fused)
-        quantise(files.fused, files.int8, keep_fp32=[name for block in kept for name in blocks[block]])
+        kept_nodes = [name for block in kept for name in blocks[block]]
+        quantise(files.fused, files.int8, keep_fp32=kept_nodes, weights=config.int8_weights)
         mixed = {"fp32_blocks": kept, "dev_macro_f1_with_block_kept_fp32": sensitivity}
     int8_model = onnx_model(files.int8, tokenizer, uses_context)
     int8_report = evaluate_examples(int8_model, dev)
@@ -100,6 +107,7 @@ def ship(config: ShipConfig) -> dict[str, Any]:
     config.destination.mkdir(parents=True, exist_ok=True)
     shutil.copy2(files.int8, config.destination / "model.int8.onnx")
     copy_tokenizer(config.checkpoint, config.destination)
+    weight_words = _WEIGHT_WORDS[config.int8_weights]
     card = {
         "version": version_stamp(),
         "description": (
@@ -114,7 +122,8 @@ def ship(config: ShipConfig) -> dict[str, Any]:
         "metrics": evaluate_sets(int8_model, config.report_sets),
         "calibration": calibration,
         "quantisation": {
-            "method": "dynamic INT8, per-channel, reduced range, after ONNX Runtime BERT fusions",
+            "method": f"dynamic INT8, per-channel, {weight_words}, after ONNX Runtime BERT fusions",
+            "weights": config.int8_weights,
             "dev_set": config.dev,
             "fp32_macro_f1": fp32_report["macro_f1"],
             "int8_macro_f1": int8_report["macro_f1"],

@@ -18,27 +18,6 @@ from training.export import QuantisationRejected, quantisation_gate
 TEST_SET = Path(__file__).parents[1] / "data" / "sales_sentiment.jsonl"
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small random BERT with the real tokenizer: the export path without a long training run."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=30522,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        num_labels=3,
-    )
-    model = transformers.BertForSequenceClassification(config)
-    path = tmp_path_factory.mktemp("tiny")
-    model.save_pretrained(path)
-    (path / "tokenizer.json").write_bytes((SHIPPED_MODEL_DIR / "tokenizer.json").read_bytes())
-    return path
-
-
 def test_export_fuse_quantise_keeps_the_model(tiny_checkpoint: Path, tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     from transformers import BertForSequenceClassification
@@ -171,3 +150,25 @@ def test_folded_temperature_divides_the_exported_logits(tiny_checkpoint: Path, t
     np.testing.assert_allclose(
         shifted.predict(inputs), plain.predict(inputs) * 2.0 + [1.0, 0.0, -0.5], rtol=1e-4, atol=1e-5
     )
+
+
+def test_int8_weights_are_stored_as_asked(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from scorer_service.backends.onnx import OnnxBackend
+    from training.export import export_all, quantise
+
+    files, _ = export_all(tiny_checkpoint, tmp_path)
+
+    def weight_types(path: Path) -> set[int]:  # of the dense layers (the embeddings are unsigned either way)
+        graph = onnx.load(str(path)).graph
+        quantised = [i for i in graph.initializer if i.name.endswith("_quantized") and len(i.dims) == 2]
+        return {i.data_type for i in quantised if "embeddings" not in i.name}
+
+    unsigned = quantise(files.fused, tmp_path / "u8.onnx", weights="u8")
+    assert weight_types(files.int8) == {onnx.TensorProto.INT8}  # the default: signed, reduced range
+    assert weight_types(unsigned) == {onnx.TensorProto.UINT8}
+    ids = np.array([[101, 2023, 3976, 2003, 2092, 2058, 102]], dtype=np.int64)
+    inputs = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    reference = OnnxBackend(files.fp32).predict(inputs)
+    np.testing.assert_allclose(OnnxBackend(unsigned).predict(inputs), reference, atol=0.1)
+    with pytest.raises(ValueError, match="unknown INT8 weight storage"):
+        quantise(files.fused, tmp_path / "x.onnx", weights="s4")

@@ -28,6 +28,8 @@ def test_a_card_without_a_recipe_gets_train_pys_defaults() -> None:
     assert recipe.train == ["meld:train", "dailydialog:train", "tweeteval:val"] and recipe.dev == ["meld:dev"]
     assert recipe.learning_rate == 0.0  # the range test chooses, as `callsense train` does
     assert recipe.calibrate_on is None and recipe.keep_fp32_blocks == 0 and recipe.report_sets == []
+    assert recipe.int8_weights == "s8-reduced"  # a card from before the choice existed
+    assert recipe_of({"quantisation": {"weights": "u8"}}).int8_weights == "u8"  # a retrain stores as served
 
 
 def test_a_retrained_cards_recipe_keeps_its_base_sets_not_the_tenant_files_of_its_run() -> None:

@@ -1,0 +1,110 @@
+"""Recovering fp32 weights from an exported model: exact from a fp32 graph, within a quantisation step
+from an INT8 one, the folded calibration taken back out, and a refusal when the template does not fit."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.export import export_all, quantisable_blocks, quantise
+from training.recover import RecoveryError, recover_checkpoint, recover_weights
+
+
+@pytest.fixture(scope="module")
+def trained_like(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with every parameter moved off its initial value: an untrained model's layer norms
+    are all ones and zeros, which the exporter merges into one initializer; a trained one's are not."""
+    torch = pytest.importorskip("torch")
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(1)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_checkpoint)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.02)
+    path = tmp_path_factory.mktemp("trained_like")
+    model.save_pretrained(path)
+    shutil.copy(tiny_checkpoint / "tokenizer.json", path / "tokenizer.json")
+    return path
+
+
+def _original(checkpoint: Path) -> dict[str, np.ndarray]:
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(checkpoint)
+    return {k: v.numpy() for k, v in model.state_dict().items() if not k.endswith("position_ids")}
+
+
+def test_a_fp32_graph_gives_back_every_weight_exactly(trained_like: Path, tmp_path: Path) -> None:
+    files, _ = export_all(trained_like, tmp_path)
+    recovered = recover_weights(files.fused)
+    original = _original(trained_like)
+    assert set(original) <= set(recovered)
+    for name, weight in original.items():
+        np.testing.assert_allclose(recovered[name], weight, atol=1e-6, err_msg=name)
+
+
+def test_an_int8_model_comes_back_within_a_quantisation_step_and_scores_alike(
+    trained_like: Path, tmp_path: Path
+) -> None:
+    torch = pytest.importorskip("torch")
+    from transformers import AutoModelForSequenceClassification
+
+    temperature, class_bias = 0.6, [0.3, 0.0, -0.2]
+    files, _ = export_all(trained_like, tmp_path / "onnx", temperature, class_bias)
+    served = tmp_path / "served"
+    served.mkdir()
+    # Layer 1's attention kept fp32, the rest INT8: the mixed graph the shipped model has.
+    quantise(
+        files.fused, served / "model.int8.onnx", keep_fp32=quantisable_blocks(files.fused)["layer1.attention"]
+    )
+    card = {"calibration": {"temperature": temperature, "class_bias": class_bias}, "uses_context": True}
+    (served / "model_card.json").write_text(json.dumps(card))
+    out = recover_checkpoint(served, trained_like, tmp_path / "recovered")
+
+    original, recovered = _original(trained_like), _original(out.output)
+    for name, weight in original.items():
+        # INT8 matrices: a quantisation step is about 1/127 of a column's range.
+        if weight.ndim == 2 and "embeddings" not in name:
+            error = np.abs(recovered[name] - weight).max()
+            assert error <= np.abs(weight).max() / 100, f"{name}: off by {error}"
+        elif "embeddings" not in name:  # biases and layer norms stay fp32 (the classifier's bias unfolded)
+            np.testing.assert_allclose(recovered[name], weight, atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(  # the fp32-kept attention block: exact
+        recovered["bert.encoder.layer.1.attention.self.query.weight"],
+        original["bert.encoder.layer.1.attention.self.query.weight"],
+        atol=1e-6,
+    )
+    assert json.loads((out.output / "training.json").read_text())["config"]["context"] is True
+
+    ids = torch.tensor([[101, 2023, 3976, 2003, 2092, 2058, 2256, 5166, 102]])
+    with torch.no_grad():
+        before = AutoModelForSequenceClassification.from_pretrained(trained_like)(input_ids=ids).logits
+        after = AutoModelForSequenceClassification.from_pretrained(out.output)(input_ids=ids).logits
+    np.testing.assert_allclose(after.numpy(), before.numpy(), atol=0.05)
+
+
+def test_a_template_of_another_shape_is_refused(trained_like: Path, tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    files, _ = export_all(trained_like, tmp_path / "onnx")
+    served = tmp_path / "served"
+    served.mkdir()
+    shutil.copy(files.int8, served / "model.int8.onnx")
+    (served / "model_card.json").write_text("{}")
+    wider = transformers.BertConfig(
+        vocab_size=30522,
+        hidden_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        num_labels=3,
+    )
+    template = tmp_path / "wider"
+    transformers.BertForSequenceClassification(wider).save_pretrained(template)
+    shutil.copy(trained_like / "tokenizer.json", template / "tokenizer.json")
+    with pytest.raises(RecoveryError, match="in the graph"):
+        recover_checkpoint(served, template, tmp_path / "out")
