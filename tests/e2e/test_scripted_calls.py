@@ -57,17 +57,19 @@ TIME_TOLERANCE_MS = 1_000
 SUMMARY_TIMEOUT_S = 90.0
 """After the last frame: the ASR catching up on a call sent faster than it was spoken, then the report."""
 TWILIO_SCRIPTS = tuple(SCRIPTS)
-# Calls the shipped model cannot yet hear right (issue 12): it scores polite buyer negativity at 0.39-0.53,
-# above the badge's red line, so these calls stay amber and no cue fires. Strict: the day a model that
-# hears them ships, these pass, the mark fails the run, and it must be removed.
-MODEL_GAP = frozenset({"sours-at-price", "sours-at-timeline", "recovers-after-concession", "polite-but-lost"})
-# Over 16 kHz PCM the happy call failed with greedy finals (its warm lines scored 0.43-0.58 as the ASR
-# heard them); with beam-search finals it passes (a clean-clone run of 2026-12-03: green at 22.7 s, 0.73).
+# Calls the shipped model cannot yet hear right (issue 12). The model of 2026-12-05 (context, sales corpus)
+# turns sours-at-price red over both transports (73.2 s, rolling 0.20 / 0.14, pricing cue); the others still
+# stay amber where they should turn red: sours-at-timeline cues its topic over PCM (67.0 s) but its rolling
+# score stays above the red line, and the polite no's of recovers-after-concession and polite-but-lost are
+# scored above it (a clean run of 2026-12-05). Strict: the day a model that hears them ships, these pass,
+# the mark fails the run, and it must be removed.
+MODEL_GAP = frozenset({"sours-at-timeline", "recovers-after-concession", "polite-but-lost"})
+# Over 16 kHz PCM the happy call passes (green at 22.7 s, 0.74, with the model of 2026-12-05).
 PCM_MODEL_GAP = MODEL_GAP
-# Over 8 kHz mu-law it now fails instead: with beam-search finals every turn is heard (see the last test),
-# but espeak's voice over the phone line comes back garbled ("Sound, talk, I'll find it a little bit right"
-# for "Sounds good, I'll sign it as soon as it arrives") and the warm lines score 0.44-0.72, so the rolling
-# score never reaches green (two clean-clone runs of 2026-12-03, both amber throughout).
+# Over 8 kHz mu-law it does not: espeak's voice over the phone line comes back garbled ("Sound, talk, I'll
+# find it a little bit right" for "Sounds good, I'll sign it as soon as it arrives"), and the one honest
+# worry ("Three weeks is a bit longer than I'd hoped") brings the badge from green (26.8 s) back to amber
+# at 58.7 s (0.45) with the model of 2026-12-05, as with the one before.
 MULAW_MODEL_GAP = MODEL_GAP | {"happy-close"}
 
 

@@ -1,11 +1,13 @@
-"""The shipped model on the shared dev sets: its card tells the truth, and quality does not regress.
+"""The shipped model on the shared dev sets and the sales test split: its card tells the truth, and
+quality does not regress.
 
-Reads ../shared/data; skipped loudly where it is absent. The targets on MELD dev are macro-F1 >= 0.67
-and weighted-F1 >= 0.68. As served (one forward pass per utterance) the shipped model's card records
-0.6677 and 0.6883: 0.3 points under the macro target (in padded batches it had measured 0.6748, which
-was batch-mates moving dynamic-INT8 scales). The floors sit a hair under what the shipped model
-measures (a single flipped prediction moves macro-F1 by about 0.001, and thread counts can flip one),
-so a retrain that does worse fails here.
+Reads ../shared/data; skipped loudly where it is absent. The model of 2026-12-05 reads the previous
+utterance and was fine-tuned from the MELD-only model before it onto the sales corpus (README, The model);
+as served (one forward pass per utterance) it measures MELD dev 0.6575 (the one before: 0.6677; issue
+12's goal 0.69 is not met), DailyDialog valid 0.6776 (0.6525), TweetEval validation 0.5861 (0.5855) and
+the sales test split 0.5952 (0.4155; the goal is 0.85). The floors sit a hair under what the shipped model
+measures (a single flipped prediction moves macro-F1 by about 0.001, and thread counts can flip one), so a
+retrain that does worse fails here.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from training.evaluate import evaluate_examples, onnx_model
 pytestmark = [pytest.mark.evaluation, pytest.mark.slow]  # reads the corpora: minutes, not seconds
 
 FLOORS = {
-    "meld:dev": {"macro_f1": 0.667, "weighted_f1": 0.68},
-    "dailydialog:valid": {"macro_f1": 0.63},
-    "tweeteval:val": {"macro_f1": 0.58},
+    "meld:dev": {"macro_f1": 0.655, "weighted_f1": 0.675},
+    "dailydialog:valid": {"macro_f1": 0.675},
+    "tweeteval:val": {"macro_f1": 0.583},
+    "sales:test": {"macro_f1": 0.59},
 }
 
 

@@ -15,12 +15,22 @@ from training.retrain import recipe_of, render_report, write_report
 def test_the_recipe_is_the_shipped_cards_own() -> None:
     card = json.loads((SHIPPED_MODEL_DIR / "model_card.json").read_text())
     recipe = recipe_of(card)
-    assert (recipe.train, recipe.dev) == (["meld:train"], ["meld:dev"])
-    assert (recipe.learning_rate, recipe.batch_size, recipe.seed, recipe.context) == (4.7e-05, 32, 21, False)
+    # The named sets only: the run's local files (its replayed lines) are in training.config.as_run.
+    named = ["meld:train", "dailydialog:train", "sales:train", "sales:train", "sales-asr:train"]
+    assert recipe.train == named
+    assert recipe.dev == ["sales:dev", "meld:dev"]
+    assert (recipe.learning_rate, recipe.batch_size, recipe.seed, recipe.context) == (2e-05, 32, 13, True)
     assert recipe.base_model == "" and recipe.layers == 0  # the default base model, every layer
-    assert (recipe.calibrate_on, recipe.class_bias) == ("meld:dev", False)
-    assert recipe.keep_fp32_blocks == 1  # layer 0's attention stayed fp32
-    assert set(recipe.report_sets) == {"meld:dev", "dailydialog:valid", "tweeteval:val"}
+    assert (recipe.calibrate_on, recipe.class_bias) == ("sales:dev", False)
+    assert (recipe.keep_fp32_blocks, recipe.int8_weights) == (0, "u8")
+    assert set(recipe.report_sets) == {
+        "meld:dev",
+        "dailydialog:valid",
+        "tweeteval:val",
+        "sales:dev",
+        "sales:test",
+        "sales-asr:test",
+    }
 
 
 def test_a_card_without_a_recipe_gets_train_pys_defaults() -> None:
