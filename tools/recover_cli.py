@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         recovered = recover_checkpoint(args.model_dir or DEFAULT_MODEL.parent, args.template, args.output)
-    except RecoveryError as exc:
+    except (RecoveryError, OSError) as exc:  # OSError: a missing model, card or template
         print(f"callsense recover: {exc}", file=sys.stderr)
         return 2
     print(

@@ -65,9 +65,13 @@ def recover_weights(
     Parameters are placed by the node that reads them, not by initializer names: the exporter merges
     initializers that hold the same values (every LayerNorm of an untrained model) under one name."""
     import onnx
+    from google.protobuf.message import DecodeError
     from onnx import numpy_helper
 
-    graph = onnx.load(str(onnx_path)).graph
+    try:
+        graph = onnx.load(str(onnx_path)).graph
+    except (OSError, DecodeError) as exc:
+        raise RecoveryError(f"{onnx_path}: no ONNX graph to read ({exc})") from exc
     arrays = _Initializers({i.name: numpy_helper.to_array(i) for i in graph.initializer}, onnx_path)
 
     def value(name: str) -> np.ndarray:
@@ -145,11 +149,16 @@ def recover_checkpoint(model_dir: Path, template: Path, output: Path) -> Recover
     calibration = card.get("calibration", {})
     temperature = float(calibration.get("temperature", 1.0))
     weights = recover_weights(model_dir / "model.int8.onnx", temperature, calibration.get("class_bias"))
-    model: Any = AutoModelForSequenceClassification.from_pretrained(template)
+    labels = card.get("labels") or ["negative", "neutral", "positive"]
+    # num_labels: a base encoder without a classifier gets one of the right shape to fill
+    model: Any = AutoModelForSequenceClassification.from_pretrained(template, num_labels=len(labels))
     expected = {k: v for k, v in model.state_dict().items() if not k.endswith("position_ids")}
     missing = sorted(set(expected) - set(weights))
     if missing:
         raise RecoveryError(f"not found in the graph: {', '.join(missing[:5])} ({len(missing)} in all)")
+    unused = sorted(set(weights) - set(expected))
+    if unused:  # e.g. a template with fewer layers: the recovered model would be cut short
+        raise RecoveryError(f"not in the template: {', '.join(unused[:5])} ({len(unused)} in all)")
     tensors = {}
     for name, reference in expected.items():
         tensor = torch.from_numpy(np.array(weights[name], dtype=np.float32))

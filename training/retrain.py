@@ -9,9 +9,11 @@ One run, in a work folder of its own (kept: it is the audit trail):
 2. The tenant's labels (training/tenant_labels.py), split by call: 20 % of the calls held out for the gate,
    never trained on. The rest joins the recipe's training sets (repeated ``labels_repeat`` times: a few
    hundred lines among MELD's ten thousand would barely move the model).
-3. Training (training/train.py) starts from the current version's ``checkpoint/`` when it has one (a
-   monthly refresh continues where the served model stopped: one epoch by default), else from ``--init``,
-   else from the recipe's base model (a full retrain: the recipe's epochs). ``budget_steps`` caps the steps.
+3. Training (training/train.py) starts from ``--init`` when given, else from the current version's
+   ``checkpoint/`` when it has one (a monthly refresh continues where the served model stopped: one epoch
+   by default), else from the current version's own weights recovered from its INT8 file
+   (training/recover.py; the shipped model has no checkpoint), else, when its graph cannot be read back,
+   from the recipe's base model (a full retrain: the recipe's epochs). ``budget_steps`` caps the steps.
 4. Export as ``callsense export`` does (training/ship.py): ONNX, the recipe's calibration, INT8 with as many
    blocks kept in fp32 as the current model kept. Its own INT8 check on dev refusing is not the end: the
    gate below measures and reports the same loss on every set.
@@ -80,7 +82,8 @@ class RetrainConfig:
     held_out_share: float = 0.2
     labels_repeat: int = 3
     init: Path | None = None
-    """A Hugging Face checkpoint to fine-tune; None: the current version's checkpoint, else the base model."""
+    """A Hugging Face checkpoint to fine-tune; None: the current version's checkpoint, else its recovered
+    weights, else the base model."""
     epochs: int = 0
     """0: one epoch from a checkpoint, the recipe's epochs from the base model."""
     budget_steps: int = 0
@@ -122,6 +125,8 @@ class Recipe:
     class_bias: bool
     keep_fp32_blocks: int
     int8_weights: str
+    quantisation_dev: str
+    """The set its INT8 export was checked on (the export's own check; the gate measures every set)."""
     report_sets: list[str]
 
 
@@ -153,6 +158,7 @@ def recipe_of(card: dict[str, Any]) -> Recipe:
         class_bias=calibration.get("class_bias") is not None,
         keep_fp32_blocks=len(quantisation.get("fp32_blocks") or []),
         int8_weights=str(quantisation.get("weights") or "s8-reduced"),
+        quantisation_dev=str(quantisation.get("dev_set") or dev[0]),
         report_sets=[name for name, m in (card.get("metrics") or {}).items() if isinstance(m, dict)],
     )
 
@@ -273,9 +279,15 @@ def _initial_checkpoint(
         return str(config.init), "--init"
     if current.checkpoint_dir is not None:
         return str(registry.verify_checkpoint(current)), "registry checkpoint"
+    from training.recover import RecoveryError, recover_checkpoint
     from training.train import default_base_model
 
-    return recipe.base_model or default_base_model(), "base model"
+    base = recipe.base_model or default_base_model()
+    try:  # the served weights themselves: a refresh, not a retrain from scratch
+        recovered = recover_checkpoint(current.directory, Path(base), config.work / "recovered")
+    except RecoveryError:
+        return base, "base model"
+    return str(recovered.output), "recovered from the served model"
 
 
 def _training_sets(run: _Run, base_sets: list[str], split: HeldOutSplit) -> list[str]:
@@ -294,7 +306,7 @@ def _train(run: _Run, train_sets: list[str], init: str, init_kind: str) -> tuple
     from training.train import TrainConfig, Trainer
 
     recipe, config = run.recipe, run.config
-    epochs = config.epochs or (recipe.epochs if init_kind == "base model" else 1)
+    epochs = config.epochs or (recipe.epochs if init_kind == "base model" else 1)  # else: a refresh
     train_config = TrainConfig(
         output=str(config.work / "train"),
         train=train_sets,
@@ -329,7 +341,7 @@ def _export(
         checkpoint=checkpoint,
         destination=destination,
         workdir=config.work / "onnx",
-        dev=recipe.dev[0],
+        dev=recipe.quantisation_dev,
         report_sets=[s for s in recipe.report_sets if _loadable(s)] or [recipe.dev[0]],
         max_f1_drop=config.rule.max_int8_loss_points,
         calibrate=recipe.calibrate_on is not None,

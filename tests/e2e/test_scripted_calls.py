@@ -76,7 +76,7 @@ MULAW_MODEL_GAP = MODEL_GAP | {"happy-close"}
 def scripts(names: tuple[str, ...], known_gap: frozenset[str] = MODEL_GAP) -> list[Any]:
     """The scripts as test parameters, those of ``known_gap`` marked as the known gap they are."""
     gap = pytest.mark.xfail(
-        strict=True, reason="issue 12: the shipped model scores polite buyer negativity above the red line"
+        strict=True, reason="issue 12: the shipped model does not yet hear this call as scripted (MODEL_GAP)"
     )
     return [pytest.param(name, marks=gap) if name in known_gap else name for name in names]
 

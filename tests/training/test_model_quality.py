@@ -27,7 +27,7 @@ FLOORS = {
     "meld:dev": {"macro_f1": 0.655, "weighted_f1": 0.675},
     "dailydialog:valid": {"macro_f1": 0.675},
     "tweeteval:val": {"macro_f1": 0.583},
-    "sales:test": {"macro_f1": 0.59},
+    "sales:test": {"macro_f1": 0.59, "negative_below_red": 0.43},  # 44.1 % of negatives under the red line
 }
 
 

@@ -10,26 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.export import export_all, quantisable_blocks, quantise
+from training.export import INT8_WEIGHTS, export_all, quantisable_blocks, quantise
 from training.recover import RecoveryError, recover_checkpoint, recover_weights
-
-
-@pytest.fixture(scope="module")
-def trained_like(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model with every parameter moved off its initial value: an untrained model's layer norms
-    are all ones and zeros, which the exporter merges into one initializer; a trained one's are not."""
-    torch = pytest.importorskip("torch")
-    from transformers import AutoModelForSequenceClassification
-
-    torch.manual_seed(1)
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_checkpoint)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.02)
-    path = tmp_path_factory.mktemp("trained_like")
-    model.save_pretrained(path)
-    shutil.copy(tiny_checkpoint / "tokenizer.json", path / "tokenizer.json")
-    return path
 
 
 def _original(checkpoint: Path) -> dict[str, np.ndarray]:
@@ -48,8 +30,9 @@ def test_a_fp32_graph_gives_back_every_weight_exactly(trained_like: Path, tmp_pa
         np.testing.assert_allclose(recovered[name], weight, atol=1e-6, err_msg=name)
 
 
+@pytest.mark.parametrize("weights", INT8_WEIGHTS)
 def test_an_int8_model_comes_back_within_a_quantisation_step_and_scores_alike(
-    trained_like: Path, tmp_path: Path
+    trained_like: Path, tmp_path: Path, weights: str
 ) -> None:
     torch = pytest.importorskip("torch")
     from transformers import AutoModelForSequenceClassification
@@ -60,7 +43,10 @@ def test_an_int8_model_comes_back_within_a_quantisation_step_and_scores_alike(
     served.mkdir()
     # Layer 1's attention kept fp32, the rest INT8: the mixed graph the shipped model has.
     quantise(
-        files.fused, served / "model.int8.onnx", keep_fp32=quantisable_blocks(files.fused)["layer1.attention"]
+        files.fused,
+        served / "model.int8.onnx",
+        keep_fp32=quantisable_blocks(files.fused)["layer1.attention"],
+        weights=weights,
     )
     card = {"calibration": {"temperature": temperature, "class_bias": class_bias}, "uses_context": True}
     (served / "model_card.json").write_text(json.dumps(card))
@@ -74,6 +60,10 @@ def test_an_int8_model_comes_back_within_a_quantisation_step_and_scores_alike(
             assert error <= np.abs(weight).max() / 100, f"{name}: off by {error}"
         elif "embeddings" not in name:  # biases and layer norms stay fp32 (the classifier's bias unfolded)
             np.testing.assert_allclose(recovered[name], weight, atol=1e-5, err_msg=name)
+        else:  # embeddings and their layer norm: 8 bits over the whole tensor's range
+            step = (max(weight.max(), 0.0) - min(weight.min(), 0.0)) / 255
+            error = np.abs(recovered[name] - weight).max()
+            assert error <= step, f"{name}: off by {error}, a step is {step}"
     np.testing.assert_allclose(  # the fp32-kept attention block: exact
         recovered["bert.encoder.layer.1.attention.self.query.weight"],
         original["bert.encoder.layer.1.attention.self.query.weight"],
@@ -106,5 +96,19 @@ def test_a_template_of_another_shape_is_refused(trained_like: Path, tmp_path: Pa
     template = tmp_path / "wider"
     transformers.BertForSequenceClassification(wider).save_pretrained(template)
     shutil.copy(trained_like / "tokenizer.json", template / "tokenizer.json")
-    with pytest.raises(RecoveryError, match="in the graph"):
+    with pytest.raises(RecoveryError, match="in the template"):
         recover_checkpoint(served, template, tmp_path / "out")
+    shallower = tmp_path / "shallower"  # a template with fewer layers would cut the model short
+    transformers.BertForSequenceClassification(
+        transformers.BertConfig(
+            vocab_size=30522,
+            hidden_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            intermediate_size=128,
+            num_labels=3,
+        )
+    ).save_pretrained(shallower)
+    shutil.copy(trained_like / "tokenizer.json", shallower / "tokenizer.json")
+    with pytest.raises(RecoveryError, match="not in the template: bert.encoder.layer.1"):
+        recover_checkpoint(served, shallower, tmp_path / "out")

@@ -1,5 +1,6 @@
 """The parts of `callsense retrain` that need no training (training/retrain.py): the recipe read from a model
-card, and the report written either way (the end-to-end run is tests/tools/test_retrain_cli.py)."""
+card, where training starts, and the report written either way (the end-to-end run is
+tests/tools/test_retrain_cli.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from callsense.tokenization import SHIPPED_MODEL_DIR
 from training.gate import SetScores, judge
-from training.retrain import recipe_of, render_report, write_report
+from training.retrain import RetrainConfig, _initial_checkpoint, recipe_of, render_report, write_report
 
 
 def test_the_recipe_is_the_shipped_cards_own() -> None:
@@ -23,6 +24,7 @@ def test_the_recipe_is_the_shipped_cards_own() -> None:
     assert recipe.base_model == "" and recipe.layers == 0  # the default base model, every layer
     assert (recipe.calibrate_on, recipe.class_bias) == ("sales:dev", False)
     assert (recipe.keep_fp32_blocks, recipe.int8_weights) == (0, "u8")
+    assert recipe.quantisation_dev == "meld:dev"  # its export's INT8 check; the gate measures every set
     assert set(recipe.report_sets) == {
         "meld:dev",
         "dailydialog:valid",
@@ -108,3 +110,31 @@ def test_a_promotion_report(tmp_path: Path) -> None:
     markdown = path.with_suffix(".md").read_text()
     assert "**Promoted**: v2 is now served (was v1)." in markdown and "Why it was refused" not in markdown
     assert "320 tenant lines x3" in markdown and "80 lines of 4 calls (20% of the calls" in markdown
+
+
+def test_a_version_without_a_checkpoint_is_refreshed_from_its_own_recovered_weights(
+    trained_like: Path, tmp_path: Path
+) -> None:
+    """The shipped model has no checkpoint/: a retrain starts from its weights read back from its INT8
+    file (training/recover.py), not from the base encoder, which would lose what the served model learnt."""
+    from callsense.model_registry import ModelVersion
+    from training.export import export_all
+
+    files, _ = export_all(trained_like, tmp_path / "onnx", temperature=0.8)
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "model.int8.onnx").write_bytes(files.int8.read_bytes())
+    (served / "model_card.json").write_text(
+        json.dumps({"version": "v1", "calibration": {"temperature": 0.8}})
+    )
+    current = ModelVersion(version="v1", directory=served, files=())
+    config = RetrainConfig(
+        labels=tmp_path / "labels.jsonl", registry=tmp_path / "registry", work=tmp_path / "work"
+    )
+    recipe = recipe_of({"training": {"config": {"base_model": str(trained_like)}}})
+    init, kind = _initial_checkpoint(None, current, config, recipe)  # type: ignore[arg-type]  # no registry read
+    assert kind == "recovered from the served model" and Path(init) == tmp_path / "work" / "recovered"
+    assert json.loads((Path(init) / "training.json").read_text())["recovered_from"]["version"] == "v1"
+
+    (served / "model.int8.onnx").write_bytes(b"not an onnx graph")  # unreadable: the base model, as before
+    assert _initial_checkpoint(None, current, config, recipe) == (str(trained_like), "base model")  # type: ignore[arg-type]
