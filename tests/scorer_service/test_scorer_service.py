@@ -250,6 +250,30 @@ def test_a_score_is_the_same_alone_and_among_batch_mates(model: SentimentModel) 
     assert model.predict_encoded(encoded) == alone  # what the batcher calls with a collected group
 
 
+# The same customer's praise, then an objection in plain words: the model of 2026-12-05 leans on the line
+# before too much and reads some of these as positive ("This looks fantastic." then "Unfortunately it's too
+# expensive for us right now." scores 0.75; alone 0.32). On the sales test split it does better than the
+# model before on negatives that follow a positive line (8 of 12 under 0.30 and none over 0.5, against 0
+# and 4), but a pair like these still fools it. Strict: the model that fixes them fails this mark.
+PRAISE_THEN_OBJECTION = [
+    ("This looks fantastic.", "Unfortunately it's too expensive for us right now."),
+    (
+        "Great to meet you too, the demo last week looked really good.",
+        "That price is ridiculous and way too expensive for us.",
+    ),
+]
+
+
+@pytest.mark.xfail(
+    strict=True, reason="issue 12: the context model reads an objection after praise as praise"
+)
+def test_an_objection_right_after_praise_scores_under_the_red_line(model: SentimentModel) -> None:
+    if not model.info.uses_context:
+        pytest.skip("the shipped model reads no context")
+    scores = model.predict([inference.SentimentInput(text, before) for before, text in PRAISE_THEN_OBJECTION])
+    assert all(s.score < 0.30 for s in scores), [round(s.score, 2) for s in scores]
+
+
 class Scorer:
     """A started server and a channel to it."""
 
