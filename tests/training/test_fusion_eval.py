@@ -8,9 +8,10 @@
   third of their macro-F1, so the shipped one is held to those (training/fusion_train.py). The day a head
   reaches both, that test passes unexpectedly and fails the run: drop its xfail then.
 - Text without audio (MELD dev, the sales test split): the fused scorer gives exactly the text scores.
-- The sales test split spoken by espeak-ng (flat synthetic voices): fused within a point of text (0.3887
-  to 0.3915 against 0.3917); "no lower at all", the goal, is a test of its own, expected to fail by those
-  thousandths.
+- The sales test split spoken by espeak-ng (flat synthetic voices): with the text model of 2026-11-26,
+  fused within a point of text (0.3887 to 0.3915 against 0.3917); with the model of 2026-12-05, which the
+  head was not fitted on, 5.5 points under (0.4772 against 0.5320): both bounds are marked as known gaps
+  until the head is refitted.
 
 Reads ../shared/data (skipped loudly where absent) and runs Whisper on a few hundred clips: minutes.
 """
@@ -155,6 +156,14 @@ def flat_voices(
     return result.text["macro_f1"], result.fused["macro_f1"], message
 
 
+@pytest.mark.xfail(
+    # The head was fitted on the text model of 2026-11-26's probabilities; with the model of 2026-12-05 it
+    # costs flat voices 5.5 points (text 0.5320, fused 0.4772 on 1,045 lines, a clean-clone run of
+    # 2026-12-05). Fusion is off by default; a head refitted on the new text model (callsense train-fusion)
+    # must pass this again, and then this mark fails the run.
+    reason="issue 15: the fusion head predates the text model of 2026-12-05 and is not refitted yet",
+    strict=True,
+)
 def test_sales_lines_in_flat_voices_lose_at_most_a_point_to_fusion(
     flat_voices: tuple[float, float, str],
 ) -> None:
@@ -165,7 +174,7 @@ def test_sales_lines_in_flat_voices_lose_at_most_a_point_to_fusion(
 @pytest.mark.xfail(
     # Not strict: Whisper's temperature fallback samples, so a few lines are heard differently from run to run
     # and the gap moves by a few thousandths (0.3887 and 0.3915 against 0.3917 in two runs).
-    reason="issue 15's goal, missed by up to 0.003 (0.3887-0.3915 against 0.3917)",
+    reason="issue 15's goal: missed by up to 0.003 with the text model of 2026-11-26, by 5.5 points with its successor",
     strict=False,
 )
 def test_sales_lines_in_flat_voices_lose_nothing_to_fusion(flat_voices: tuple[float, float, str]) -> None:
