@@ -174,7 +174,7 @@ def test_sales_lines_in_flat_voices_lose_at_most_a_point_to_fusion(
 @pytest.mark.xfail(
     # Not strict: Whisper's temperature fallback samples, so a few lines are heard differently from run to run
     # and the gap moves by a few thousandths (0.3887 and 0.3915 against 0.3917 in two runs).
-    reason="issue 15's goal: missed by up to 0.003 with the text model of 2026-11-26, by 5.5 points with its successor",
+    reason="issue 15's goal: missed by 0.003 with the text model of 2026-11-26, by 5.5 points with the next",
     strict=False,
 )
 def test_sales_lines_in_flat_voices_lose_nothing_to_fusion(flat_voices: tuple[float, float, str]) -> None:
