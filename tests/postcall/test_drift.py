@@ -113,8 +113,9 @@ async def test_a_day_of_new_jargon_alerts_once_and_ordinary_days_never(
                 assert statuses <= {"usual", "unusual"}, (day, tenant, statuses)
     acme = _row(month[ORDINARY_DAYS[-1]], "acme")
     assert acme.utterances == acme.text_utterances == 24
-    # The shipped model was trained on TV dialogue: sales words are often outside its vocabulary, every day.
-    assert acme.oov_rate is not None and 0.08 < acme.oov_rate < 0.2
+    # The shipped model's training text includes the sales corpus: an ordinary sales day's words are in its
+    # vocabulary (the model before, trained on TV dialogue alone, saw 8-20 % of them outside it every day).
+    assert acme.oov_rate is not None and acme.oov_rate < 0.05
 
     # The jargon day: acme drifts on its words (out-of-vocabulary rate and tokens per utterance); globex,
     # an ordinary day, does not.
