@@ -11,24 +11,27 @@ import pytest
 from callsense.tokenization import SHIPPED_MODEL_DIR
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch = pytest.importorskip("torch")
+def save_tiny_bert(path: Path, hidden_size: int = 64, layers: int = 2) -> Path:
+    """A random BERT classifier (3 labels, the real vocabulary and tokenizer) of the given shape, saved."""
     transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
     config = transformers.BertConfig(
         vocab_size=30522,
-        hidden_size=64,
-        num_hidden_layers=2,
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         intermediate_size=128,
         num_labels=3,
     )
-    model = transformers.BertForSequenceClassification(config)
-    path = tmp_path_factory.mktemp("tiny")
-    model.save_pretrained(path)
+    transformers.BertForSequenceClassification(config).save_pretrained(path)
     (path / "tokenizer.json").write_bytes((SHIPPED_MODEL_DIR / "tokenizer.json").read_bytes())
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.support.checkpoints import save_tiny_bert
 from training.export import INT8_WEIGHTS, export_all, quantisable_blocks, quantise
 from training.recover import RecoveryError, recover_checkpoint, recover_weights
 
@@ -79,36 +80,15 @@ def test_an_int8_model_comes_back_within_a_quantisation_step_and_scores_alike(
 
 
 def test_a_template_of_another_shape_is_refused(trained_like: Path, tmp_path: Path) -> None:
-    transformers = pytest.importorskip("transformers")
     files, _ = export_all(trained_like, tmp_path / "onnx")
     served = tmp_path / "served"
     served.mkdir()
     shutil.copy(files.int8, served / "model.int8.onnx")
     (served / "model_card.json").write_text("{}")
-    wider = transformers.BertConfig(
-        vocab_size=30522,
-        hidden_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        num_labels=3,
-    )
-    template = tmp_path / "wider"
-    transformers.BertForSequenceClassification(wider).save_pretrained(template)
-    shutil.copy(trained_like / "tokenizer.json", template / "tokenizer.json")
+    template = save_tiny_bert(tmp_path / "wider", hidden_size=96)
     with pytest.raises(RecoveryError, match="in the template"):
         recover_checkpoint(served, template, tmp_path / "out")
-    shallower = tmp_path / "shallower"  # a template with fewer layers would cut the model short
-    transformers.BertForSequenceClassification(
-        transformers.BertConfig(
-            vocab_size=30522,
-            hidden_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            intermediate_size=128,
-            num_labels=3,
-        )
-    ).save_pretrained(shallower)
-    shutil.copy(trained_like / "tokenizer.json", shallower / "tokenizer.json")
+    # A template with fewer layers would cut the model short.
+    shallower = save_tiny_bert(tmp_path / "shallower", layers=1)
     with pytest.raises(RecoveryError, match="not in the template: bert.encoder.layer.1"):
         recover_checkpoint(served, shallower, tmp_path / "out")
