@@ -48,6 +48,12 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--layers", type=int, default=0, help="keep this many encoder layers (a student)")
     p.add_argument("--context", action="store_true", help="feed the previous utterance as a sentence pair")
     p.add_argument(
+        "--context-swap",
+        type=float,
+        default=0.0,
+        help="with --context: share of long lines trained with an opposite-mood previous line (0: off)",
+    )
+    p.add_argument(
         "--emotion-weight", type=float, default=0.0, help="weight of an auxiliary emotion loss (0: off)"
     )
     p.add_argument("--epochs", type=int, default=3)
@@ -69,6 +75,7 @@ def _run_train(args: argparse.Namespace) -> int:
         "soft_labels",
         "layers",
         "context",
+        "context_swap",
         "emotion_weight",
         "epochs",
         "batch_size",

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from training.context_swap import previous_pools, swap_contexts
 from training.data import EMOTIONS, LABELS, LabelledUtterance, load_sources
 from training.lr_finder import find_learning_rate
 from training.metrics import classification_report
@@ -52,6 +53,7 @@ class TrainConfig:
     distill_alpha: float = 0.7
     distill_temperature: float = 2.0
     context: bool = False  # the previous utterance of the same call as the first segment of a pair
+    context_swap: float = 0.0  # with context: share of long lines given an opposite-mood previous line
     emotion_weight: float = 0.0  # >0: an auxiliary 7-emotion head on the same features (not exported)
     epochs: int = 3
     max_steps: int = 0  # >0: stop after this many optimiser steps (a budget; the schedule spans it)
@@ -223,6 +225,9 @@ class Trainer:
                     f"{config.soft_labels} has no logits for {len(missing)} training texts, "
                     f"e.g. {missing[0]!r}: write them with `callsense soft-labels` over the same sets"
                 )
+        if config.context_swap and not config.context:
+            raise ValueError("--context-swap swaps the previous line: it needs --context")
+        self.swap_pools = previous_pools(self.train_set) if config.context_swap > 0 else {}
         self.lengths = [len(self.tokenizer.tokenize(e.text)) for e in self.train_set]
         labels = [e.label for e in self.train_set]
         self.class_weights = torch.tensor(class_weights(labels), dtype=torch.float32)
@@ -265,7 +270,13 @@ class Trainer:
 
     def loss_of(self, model: Any, index: np.ndarray) -> torch.Tensor:
         examples = [self.train_set[i] for i in index]
-        batch = encode(self.tokenizer, examples, self.config.context, self.config.max_tokens)
+        swapped = np.zeros(len(examples), dtype=bool)
+        encoded = examples
+        if self.swap_pools:
+            # Seeded by the batch itself, so a resumed run swaps what the first run swapped.
+            rng = np.random.default_rng([self.config.seed, *(int(i) for i in index)])
+            encoded, swapped = swap_contexts(examples, self.swap_pools, self.config.context_swap, rng)
+        batch = encode(self.tokenizer, encoded, self.config.context, self.config.max_tokens)
         target = torch.tensor([e.label for e in examples])
         self._features.clear()
         logits = model(**batch).logits
@@ -287,11 +298,17 @@ class Trainer:
         else:
             return hard
         t = self.config.distill_temperature
-        soft = F.kl_div(
-            F.log_softmax(logits / t, dim=-1), F.softmax(teacher_logits / t, dim=-1), reduction="batchmean"
-        ) * (t * t)
+        soft_rows = F.kl_div(
+            F.log_softmax(logits / t, dim=-1), F.softmax(teacher_logits / t, dim=-1), reduction="none"
+        ).sum(dim=-1) * (t * t)
+        if swapped.any() and self.soft_labels is not None:
+            # The soft labels were written for each line with its own previous line, not the swapped one:
+            # for a swapped line they are no target, the line's label is. (A live teacher reads the pair
+            # as swapped, so its logits stay the target.)
+            own_label = F.cross_entropy(logits, target, weight=self.class_weights, reduction="none")
+            soft_rows = torch.where(torch.from_numpy(swapped), own_label, soft_rows)
         alpha = self.config.distill_alpha
-        return alpha * soft + (1 - alpha) * hard
+        return alpha * soft_rows.mean() + (1 - alpha) * hard
 
     def make_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=1e-5, weight_decay=self.config.weight_decay)

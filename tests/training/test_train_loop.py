@@ -180,3 +180,59 @@ def test_context_encoding_takes_a_tokenizer_without_token_types() -> None:
     ]
     batch = encode(tokenizer, examples, True, 128)
     assert set(batch) == {"input_ids", "attention_mask"} and batch["input_ids"].shape[0] == 2
+
+
+def test_a_line_given_a_swapped_context_learns_from_its_label_not_the_teacher(
+    tiny_base: Path, tmp_path: Path
+) -> None:
+    """The teacher's logits were written for each line with its own previous line: with another line
+    before it they are no target, so the loss of a swapped line does not move with them."""
+    from training.data import load_sources
+    from training.soft_labels import soft_key
+
+    calls = tmp_path / "calls.jsonl"
+    rows = [json.loads(line) for line in TEST_SET.read_text().splitlines()]
+    calls.write_text(
+        "".join(
+            json.dumps({**row, "previous_text": rows[i - 1]["text"] if i % 10 else ""}) + "\n"
+            for i, row in enumerate(rows)
+        )
+    )
+    examples = load_sources([str(calls)]).examples
+    assert (
+        sum(bool(e.previous_text) for e in examples) == len(examples) - 3
+    )  # each call's first line has none
+
+    def loss(swap: float, teacher_sign: float) -> float:
+        soft = tmp_path / f"soft{teacher_sign}.jsonl"
+        soft.write_text(
+            "".join(
+                json.dumps(
+                    {
+                        "key": soft_key(e, True),
+                        "logits": [teacher_sign * 4.0 * (k == e.label) for k in range(3)],
+                    }
+                )
+                + "\n"
+                for e in examples
+            )
+        )
+        config = _config(tiny_base, tmp_path / "run", epochs=1)
+        config.train, config.context, config.context_swap, config.soft_labels = (
+            [str(calls)],
+            True,
+            swap,
+            str(soft),
+        )
+        trainer = Trainer(config)
+        trainer.model.eval()
+        with_context = np.array([i for i, e in enumerate(trainer.train_set) if e.previous_text])
+        with torch.no_grad():
+            return float(trainer.loss_of(trainer.model, with_context))
+
+    assert loss(0.0, 1.0) != pytest.approx(loss(0.0, -1.0))  # unswapped: the teacher is a target
+    assert loss(1.0, 1.0) == pytest.approx(loss(1.0, -1.0))  # swapped: its label is
+    config = _config(tiny_base, tmp_path / "no_context", epochs=1)
+    config.context_swap = 0.3
+    with pytest.raises(ValueError, match="needs --context"):
+        Trainer(config)
