@@ -178,6 +178,14 @@ def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "or feed-forward) in fp32, ranked by dev macro-F1",
     )
     p.add_argument(
+        "--fp32-blocks",
+        nargs="+",
+        default=[],
+        metavar="BLOCK",
+        help="keep these blocks in fp32, by name: layerN.attention, layerN.attention_output, "
+        "layerN.ffn_in, layerN.ffn_out",
+    )
+    p.add_argument(
         "--int8-weights",
         choices=["s8-reduced", "u8"],
         default="s8-reduced",
@@ -212,6 +220,7 @@ def _run_export(args: argparse.Namespace) -> int:
         report_sets=args.report,
         max_f1_drop=args.max_f1_drop,
         keep_fp32_blocks=args.keep_fp32_blocks,
+        fp32_blocks=args.fp32_blocks,
         int8_weights=args.int8_weights,
         calibrate=not args.no_calibrate,
         calibrate_on=args.calibrate_on,
@@ -223,6 +232,9 @@ def _run_export(args: argparse.Namespace) -> int:
     except QuantisationRejected as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 3
+    except ValueError as exc:  # e.g. an fp32 block the graph does not have
+        print(f"callsense export: {exc}", file=sys.stderr)
+        return 2
     for spec, report in card["metrics"].items():
         print(f"{spec}: macro-F1 {report['macro_f1']:.4f} weighted-F1 {report['weighted_f1']:.4f}")
     print(f"shipped {card['version']} to {config.destination}")

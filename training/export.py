@@ -185,8 +185,9 @@ def quantise(onnx_path: Path, out: Path, keep_fp32: Sequence[str] = (), weights:
 
 def quantisable_blocks(onnx_path: Path) -> dict[str, list[str]]:
     """The quantisable nodes of a fused graph, grouped in blocks: for each encoder layer i,
-    "layer{i}.attention" (the fused QKV projection and attention), "layer{i}.attention_output" and
-    "layer{i}.ffn" (the two feed-forward matrices).
+    "layer{i}.attention" (the fused QKV projection and attention), "layer{i}.attention_output",
+    "layer{i}.ffn_in" and "layer{i}.ffn_out" (the feed-forward matrices: into the wide GELU layer, and
+    back; the second reads the GELU's outliers, which one dynamic INT8 scale per tensor serves worst).
 
     Unfused nodes carry their layer in their name ("/bert/encoder/layer.3/..."); fused Attention
     nodes do not, but the fuser emits them in graph order, one per layer, so the k-th is layer k's.
@@ -203,7 +204,10 @@ def quantisable_blocks(onnx_path: Path) -> dict[str, list[str]]:
             blocks.setdefault(f"layer{attention_seen}.attention", []).append(node.name)
             attention_seen += 1
         elif node.op_type in ("MatMul", "Gemm") and (match := re.search(r"layer\.(\d+)/", node.name)):
-            part = "attention_output" if "/attention/" in node.name else "ffn"
+            if "/attention/" in node.name:
+                part = "attention_output"
+            else:
+                part = "ffn_in" if "/intermediate/" in node.name else "ffn_out"
             blocks.setdefault(f"layer{match.group(1)}.{part}", []).append(node.name)
     return blocks
 

@@ -116,6 +116,8 @@ class Recipe:
     base_model: str
     layers: int
     context: bool
+    context_swap: float
+    """With context: the share of long lines trained with an opposite-mood previous line (0: none)."""
     epochs: int
     learning_rate: float
     batch_size: int
@@ -124,6 +126,9 @@ class Recipe:
     """The set its temperature was fitted on; None: not calibrated."""
     class_bias: bool
     keep_fp32_blocks: int
+    """How many blocks its export's sensitivity sweep kept in fp32 (a retrain sweeps again)."""
+    fp32_blocks: list[str]
+    """The blocks its export kept in fp32 by name (no sweep): a retrain keeps the same."""
     int8_weights: str
     quantisation_dev: str
     """The set its INT8 export was checked on (the export's own check; the gate measures every set)."""
@@ -144,19 +149,22 @@ def recipe_of(card: dict[str, Any]) -> Recipe:
     temperature = calibration.get("temperature", 1.0)
     calibrated = bool(calibration) and (temperature != 1.0 or calibration.get("class_bias") is not None)
     dev = list(config.get("dev") or defaults.dev)
+    swept = "dev_macro_f1_with_block_kept_fp32" in quantisation  # else the blocks were named
     return Recipe(
         train=list(retrained.get("base_sets") or config.get("train") or defaults.train),
         dev=dev,
         base_model=str(config.get("base_model") or ""),
         layers=int(config.get("layers") or 0),
         context=bool(card.get("uses_context", config.get("context", False))),
+        context_swap=float(config.get("context_swap") or 0.0),
         epochs=int(config.get("epochs") or defaults.epochs),
         learning_rate=float(training.get("learning_rate") or config.get("learning_rate") or 0.0),
         batch_size=int(config.get("batch_size") or defaults.batch_size),
         seed=int(config.get("seed") or defaults.seed),
         calibrate_on=str(calibration.get("fitted_on") or dev[0]) if calibrated else None,
         class_bias=calibration.get("class_bias") is not None,
-        keep_fp32_blocks=len(quantisation.get("fp32_blocks") or []),
+        keep_fp32_blocks=len(quantisation.get("fp32_blocks") or []) if swept else 0,
+        fp32_blocks=[] if swept else list(quantisation.get("fp32_blocks") or []),
         int8_weights=str(quantisation.get("weights") or "s8-reduced"),
         quantisation_dev=str(quantisation.get("dev_set") or dev[0]),
         report_sets=[name for name, m in (card.get("metrics") or {}).items() if isinstance(m, dict)],
@@ -314,6 +322,7 @@ def _train(run: _Run, train_sets: list[str], init: str, init_kind: str) -> tuple
         base_model=init,
         layers=recipe.layers if init_kind == "base model" else 0,
         context=recipe.context,
+        context_swap=recipe.context_swap if recipe.context else 0.0,
         epochs=epochs,
         max_steps=config.budget_steps,
         batch_size=recipe.batch_size,
@@ -337,6 +346,7 @@ def _export(
     recipe, config = run.recipe, run.config
     destination = config.work / "candidate"
     keep = recipe.keep_fp32_blocks if config.keep_fp32_blocks < 0 else config.keep_fp32_blocks
+    named = recipe.fp32_blocks if config.keep_fp32_blocks < 0 else []  # --keep-fp32-blocks N: a sweep
     ship_config = ShipConfig(
         checkpoint=checkpoint,
         destination=destination,
@@ -347,7 +357,8 @@ def _export(
         calibrate=recipe.calibrate_on is not None,
         calibrate_on=recipe.calibrate_on or "",
         class_bias=recipe.class_bias,
-        keep_fp32_blocks=keep,
+        keep_fp32_blocks=0 if named else keep,
+        fp32_blocks=named,
         int8_weights=recipe.int8_weights,
         notes=(
             f"Retrained by `callsense retrain` from {run.current.version} ({init_kind}) on the recipe's sets "

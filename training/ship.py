@@ -51,6 +51,7 @@ class ShipConfig:
     calibrate_on: str = ""  # the set to calibrate on (default: dev)
     class_bias: bool = False  # also fit per-class offsets (a prior shift) on that set
     keep_fp32_blocks: int = 0  # keep this many of the most quantisation-sensitive blocks in fp32
+    fp32_blocks: list[str] = field(default_factory=list)  # or these, by name (export.quantisable_blocks)
     int8_weights: str = "s8-reduced"  # how the INT8 weights are stored (training/export.py INT8_WEIGHTS)
     notes: str = ""
 
@@ -89,7 +90,17 @@ def ship(config: ShipConfig) -> dict[str, Any]:
     )
     fp32_report = evaluate_examples(onnx_model(files.fp32, tokenizer, uses_context), dev)
     mixed: dict[str, Any] = {}
-    if config.keep_fp32_blocks > 0:
+    if config.fp32_blocks and config.keep_fp32_blocks > 0:
+        raise ValueError("name the blocks to keep in fp32 or let the sweep choose them, not both")
+    if config.fp32_blocks:
+        blocks = quantisable_blocks(files.fused)
+        unknown = [name for name in config.fp32_blocks if name not in blocks]
+        if unknown:
+            raise ValueError(f"no block {', '.join(unknown)} in this graph: one of {', '.join(blocks)}")
+        kept_nodes = [name for block in config.fp32_blocks for name in blocks[block]]
+        quantise(files.fused, files.int8, keep_fp32=kept_nodes, weights=config.int8_weights)
+        mixed = {"fp32_blocks": list(config.fp32_blocks)}
+    elif config.keep_fp32_blocks > 0:
 
         def dev_macro_f1(path: Path) -> float:
             return float(evaluate_examples(onnx_model(path, tokenizer, uses_context), dev)["macro_f1"])

@@ -85,9 +85,11 @@ def test_mixed_precision_keeps_the_chosen_block_in_fp32(tiny_checkpoint: Path, t
     files, _ = export_all(tiny_checkpoint, tmp_path)
     blocks = quantisable_blocks(files.fused)
     assert sorted(blocks) == [
-        f"layer{i}.{part}" for i in (0, 1) for part in ("attention", "attention_output", "ffn")
+        f"layer{i}.{part}" for i in (0, 1) for part in ("attention", "attention_output", "ffn_in", "ffn_out")
     ]
-    assert blocks["layer1.attention"] == ["Attention_1"] and len(blocks["layer1.ffn"]) == 2
+    assert blocks["layer1.attention"] == ["Attention_1"]
+    assert blocks["layer1.ffn_in"] == ["/bert/encoder/layer.1/intermediate/dense/MatMul"]
+    assert blocks["layer1.ffn_out"] == ["/bert/encoder/layer.1/output/dense/MatMul"]
     mixed = quantise(files.fused, tmp_path / "mixed.onnx", keep_fp32=blocks["layer1.attention"])
     ops = {node.name: node.op_type for node in onnx.load(str(mixed)).graph.node}
     assert ops["Attention_1"] == "Attention"  # kept in fp32
@@ -172,3 +174,39 @@ def test_int8_weights_are_stored_as_asked(tiny_checkpoint: Path, tmp_path: Path)
     np.testing.assert_allclose(OnnxBackend(unsigned).predict(inputs), reference, atol=0.1)
     with pytest.raises(ValueError, match="unknown INT8 weight storage"):
         quantise(files.fused, tmp_path / "x.onnx", weights="s4")
+
+
+def test_an_export_keeps_the_blocks_it_is_told_to_in_fp32(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from training.ship import ShipConfig, ship
+
+    checkpoint = shutil.copytree(tiny_checkpoint, tmp_path / "checkpoint")
+    (checkpoint / "training.json").write_text(json.dumps({"config": {"context": False}}))
+
+    def config(destination: str, blocks: list[str]) -> ShipConfig:
+        return ShipConfig(
+            checkpoint,
+            tmp_path / destination,
+            tmp_path / f"{destination}-work",
+            dev=str(TEST_SET),
+            report_sets=[str(TEST_SET)],
+            max_f1_drop=100,  # an untrained tiny model: the gate is not what this test is about
+            calibrate=False,
+            fp32_blocks=blocks,
+        )
+
+    card = ship(config("ship", ["layer0.ffn_out", "layer1.ffn_out"]))
+    assert card["quantisation"]["fp32_blocks"] == ["layer0.ffn_out", "layer1.ffn_out"]
+    assert "dev_macro_f1_with_block_kept_fp32" not in card["quantisation"]  # named, not swept
+    ops = {
+        node.name: node.op_type for node in onnx.load(str(tmp_path / "ship" / "model.int8.onnx")).graph.node
+    }
+    for layer in (0, 1):
+        assert ops[f"/bert/encoder/layer.{layer}/output/dense/MatMul"] == "MatMul"  # fp32
+        assert (
+            f"/bert/encoder/layer.{layer}/intermediate/dense/MatMul_quant" in ops
+        )  # its neighbour quantised
+    with pytest.raises(ValueError, match="no block layer7.ffn_out"):
+        ship(config("bad", ["layer7.ffn_out"]))
