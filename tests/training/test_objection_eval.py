@@ -27,11 +27,12 @@ from training.objection_eval import (
     score_predictions,
 )
 
-# The shipped tagger on the sales test split of both corpus batches (docs/objections.md): micro-F1 0.521,
-# false-tag rate 0.049 (20 of 412), on mentions 0.073 (on batch 1's test split alone, when it shipped:
-# 0.507, 0.052, 0.074). A tagger that does worse than this, less a line or two of slack, does not ship;
-# one that meets the goals turns the xfail below into a failure to remove.
-FLOOR_MICRO_F1 = 0.50
+# The shipped tagger on the sales test split of the corpus's three batches (docs/objections.md): micro-F1
+# 0.487, false-tag rate 0.040 (23 of 570), on mentions 0.064 (on batches 1 and 2: 0.521, 0.049, 0.073; on
+# batch 1 alone, when it shipped: 0.507, 0.052, 0.074; batch 3 asks for more objections right after praise,
+# and the tagger misses more of them). A tagger that does worse than this, less a line or two of slack, does
+# not ship; one that meets the goals turns the xfail below into a failure to remove.
+FLOOR_MICRO_F1 = 0.47
 CEILING_FALSE_TAG_RATE = 0.06
 CEILING_MENTION_FALSE_TAG_RATE = 0.09
 
