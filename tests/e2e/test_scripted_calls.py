@@ -57,20 +57,18 @@ TIME_TOLERANCE_MS = 1_000
 SUMMARY_TIMEOUT_S = 90.0
 """After the last frame: the ASR catching up on a call sent faster than it was spoken, then the report."""
 TWILIO_SCRIPTS = tuple(SCRIPTS)
-# Calls the shipped model cannot yet hear right (issue 12). The model of 2026-12-05 (context, sales corpus)
-# turns sours-at-price red over both transports (73.2 s, rolling 0.20 / 0.14, pricing cue); the others still
-# stay amber where they should turn red: sours-at-timeline cues its topic over PCM (67.0 s) but its rolling
-# score stays above the red line, and the polite no's of recovers-after-concession and polite-but-lost are
-# scored above it (a clean run of 2026-12-05). Strict: the day a model that hears them ships, these pass,
-# the mark fails the run, and it must be removed.
-MODEL_GAP = frozenset({"sours-at-timeline", "recovers-after-concession", "polite-but-lost"})
-# Over 16 kHz PCM the happy call passes (green at 22.7 s, 0.74, with the model of 2026-12-05).
+# Calls the shipped model cannot yet hear right (issue 12). The model of 2026-12-05 06:37 (context, sales
+# corpus, mismatched-context training) turns sours-at-price red over both transports (73.2 s, rolling 0.16 /
+# 0.09, pricing cue) and sours-at-timeline red over PCM (67.0 s, 0.26, timeline cue); the polite no's of
+# recovers-after-concession and polite-but-lost are still scored above the red line (a run of 2026-12-05).
+# Strict: the day a model that hears them ships, these pass, the mark fails the run, and it must be removed.
+MODEL_GAP = frozenset({"recovers-after-concession", "polite-but-lost"})
+# Over 16 kHz PCM the happy call passes (green at 22.7 s, 0.77).
 PCM_MODEL_GAP = MODEL_GAP
-# Over 8 kHz mu-law it does not: espeak's voice over the phone line comes back garbled ("Sound, talk, I'll
-# find it a little bit right" for "Sounds good, I'll sign it as soon as it arrives"), and the one honest
-# worry ("Three weeks is a bit longer than I'd hoped") brings the badge from green (26.8 s) back to amber
-# at 58.7 s (0.45) with the model of 2026-12-05, as with the one before.
-MULAW_MODEL_GAP = MODEL_GAP | {"happy-close"}
+# Over 8 kHz mu-law: espeak's voice over the phone line comes back garbled ("Sound, talk, I'll find it a
+# little bit right" for "Sounds good, I'll sign it as soon as it arrives"); the happy call stays amber, and
+# sours-at-timeline's sour lines, heard less clearly, keep its rolling score above the red line, no cue.
+MULAW_MODEL_GAP = MODEL_GAP | {"happy-close", "sours-at-timeline"}
 
 
 def scripts(names: tuple[str, ...], known_gap: frozenset[str] = MODEL_GAP) -> list[Any]:

@@ -230,7 +230,9 @@ def test_drift_settings_from_the_tenants_file(tmp_path: Path) -> None:
 
 def test_the_shipped_baseline_is_small_and_names_its_model_and_text() -> None:
     card = json.loads((SHIPPED_MODEL_DIR / "model_card.json").read_text())
-    assert DEFAULT_BASELINE_PATH.stat().st_size < 100_000
+    # Its vocabulary grows with the training text (101 KB with the sales corpus's third batch): small means
+    # a file that ships in the image and loads in milliseconds, not a dump of the corpora.
+    assert DEFAULT_BASELINE_PATH.stat().st_size < 150_000
     baseline = load_baseline()
     assert baseline.model_version == card["version"]
     named = ["meld:train", "dailydialog:train", "sales:train", "sales:train", "sales-asr:train"]

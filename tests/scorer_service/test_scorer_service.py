@@ -250,11 +250,10 @@ def test_a_score_is_the_same_alone_and_among_batch_mates(model: SentimentModel) 
     assert model.predict_encoded(encoded) == alone  # what the batcher calls with a collected group
 
 
-# The same customer's praise, then an objection in plain words: the model of 2026-12-05 leans on the line
-# before too much and reads some of these as positive ("This looks fantastic." then "Unfortunately it's too
-# expensive for us right now." scores 0.75; alone 0.32). On the sales test split it does better than the
-# model before on negatives that follow a positive line (8 of 12 under 0.30 and none over 0.5, against 0
-# and 4), but a pair like these still fools it. Strict: the model that fixes them fails this mark.
+# The same customer's praise, then an objection in plain words: a context model leans on the line before
+# and reads some of these as positive. The model of 2026-12-05 03:17 scored them 0.75 and 0.82 (alone: 0.32
+# and 0.21); the one of 06:37, trained with mismatched context (`callsense train --context-swap`), 0.62
+# and 0.30 (alone: 0.28 and 0.15): better, not there. Strict: the model that fixes them fails this mark.
 PRAISE_THEN_OBJECTION = [
     ("This looks fantastic.", "Unfortunately it's too expensive for us right now."),
     (

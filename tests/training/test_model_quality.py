@@ -1,13 +1,14 @@
 """The shipped model on the shared dev sets and the sales test split: its card tells the truth, and
 quality does not regress.
 
-Reads ../shared/data; skipped loudly where it is absent. The model of 2026-12-05 reads the previous
-utterance and was fine-tuned from the MELD-only model before it onto the sales corpus (README, The model);
-as served (one forward pass per utterance) it measures MELD dev 0.6575 (the one before: 0.6677; issue
-12's goal 0.69 is not met), DailyDialog valid 0.6776 (0.6525), TweetEval validation 0.5861 (0.5855) and
-the sales test split 0.5952 (0.4155; the goal is 0.85). The floors sit a hair under what the shipped model
-measures (a single flipped prediction moves macro-F1 by about 0.001, and thread counts can flip one), so a
-retrain that does worse fails here.
+Reads ../shared/data; skipped loudly where it is absent. The model of 2026-12-05 06:37 reads the previous
+utterance: the weight average of two context runs fine-tuned from the MELD-only model of 2026-11-26 onto the
+sales corpus (README, The model). As served (one forward pass per utterance) it measures MELD dev 0.6558
+(2026-11-26: 0.6677; issue 12's goal 0.69 is not met), DailyDialog valid 0.6763 (0.6525), TweetEval
+validation 0.5882 (0.5855) and the sales test split of the corpus's three batches 0.6186 (the model it
+replaced, of 03:17: 0.6074; the goal is 0.85). The floors sit a hair under what the shipped model measures
+(a single flipped prediction moves macro-F1 by about 0.001, and thread counts can flip one), so a retrain
+that does worse fails here.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from training.evaluate import evaluate_examples, onnx_model
 pytestmark = [pytest.mark.evaluation, pytest.mark.slow]  # reads the corpora: minutes, not seconds
 
 FLOORS = {
-    "meld:dev": {"macro_f1": 0.655, "weighted_f1": 0.675},
-    "dailydialog:valid": {"macro_f1": 0.675},
-    "tweeteval:val": {"macro_f1": 0.583},
-    "sales:test": {"macro_f1": 0.59, "negative_below_red": 0.43},  # 44.1 % of negatives under the red line
+    "meld:dev": {"macro_f1": 0.653, "weighted_f1": 0.673},
+    "dailydialog:valid": {"macro_f1": 0.673},
+    "tweeteval:val": {"macro_f1": 0.585},
+    "sales:test": {"macro_f1": 0.615, "negative_below_red": 0.47},  # 48.1 % of negatives under the red line
 }
 
 
