@@ -175,7 +175,7 @@ def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         type=int,
         default=0,
         help="keep the N most quantisation-sensitive blocks (a layer's attention, attention output "
-        "or feed-forward) in fp32, ranked by dev macro-F1",
+        "or one of its two feed-forward matrices) in fp32, ranked by dev macro-F1",
     )
     p.add_argument(
         "--fp32-blocks",

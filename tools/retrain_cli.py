@@ -62,7 +62,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--epochs", type=int, default=0, help="0: 1 from a checkpoint, else the recipe's")
     p.add_argument("--budget-steps", type=int, default=0, help="stop after N training steps (0: no budget)")
     p.add_argument("--learning-rate", type=float, default=0.0, help="0: the recipe's")
-    p.add_argument("--keep-fp32-blocks", type=int, default=-1, help="-1: as many as the current model kept")
+    p.add_argument(
+        "--keep-fp32-blocks",
+        type=int,
+        default=-1,
+        help="-1: the blocks the current model kept (N: sweep for N)",
+    )
     p.add_argument("--max-drop", type=float, default=0.5, help="macro-F1 points a set may drop (0.5)")
     p.add_argument("--max-int8-loss", type=float, default=0.5, help="points INT8 may lose vs fp32 (0.5)")
     p.add_argument(

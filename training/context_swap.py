@@ -29,10 +29,13 @@ Pools = dict[str, dict[int, list[str]]]  # source -> label -> texts
 
 def previous_pools(examples: Sequence[LabelledUtterance]) -> Pools:
     """The texts a swapped-in previous line is drawn from, by source and label, each distinct text once:
-    a sales line gets a sales line before it, a TV line a TV line."""
+    a sales line gets a sales line before it, a TV line a TV line; only lines that were spoken after
+    another (a tweet was not)."""
     pools: dict[str, dict[int, dict[str, None]]] = {}
     for example in examples:
-        if len(example.text.split()) >= MIN_WORDS:
+        # Only lines of a conversation (they have a line before them): a file that mixes corpora, like
+        # replayed lines, must not give a TV line a tweet before it.
+        if example.previous_text.strip() and len(example.text.split()) >= MIN_WORDS:
             by_label = pools.setdefault(example.source, {label: {} for label in range(len(LABELS))})
             by_label[example.label][example.text] = None
     return {

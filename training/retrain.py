@@ -14,9 +14,10 @@ One run, in a work folder of its own (kept: it is the audit trail):
    by default), else from the current version's own weights recovered from its INT8 file
    (training/recover.py; the shipped model has no checkpoint), else, when its graph cannot be read back,
    from the recipe's base model (a full retrain: the recipe's epochs). ``budget_steps`` caps the steps.
-4. Export as ``callsense export`` does (training/ship.py): ONNX, the recipe's calibration, INT8 with as many
-   blocks kept in fp32 as the current model kept. Its own INT8 check on dev refusing is not the end: the
-   gate below measures and reports the same loss on every set.
+4. Export as ``callsense export`` does (training/ship.py): ONNX, the recipe's calibration, INT8 with the
+   blocks the current model kept in fp32 (the same named blocks, or as many chosen by a sweep again). Its
+   own INT8 check on dev refusing is not the end: the gate below measures and reports the same loss on
+   every set.
 5. The gate (training/gate.py): the current model's INT8, the candidate's INT8 and fp32 on the held-out
    labels, the sales test split and MELD dev. Passed: the candidate is added to the registry with its
    checkpoint, and promoted (scorers following the registry switch to it without a restart). Refused: it
@@ -90,7 +91,8 @@ class RetrainConfig:
     learning_rate: float = 0.0
     """0: the recipe's."""
     keep_fp32_blocks: int = -1
-    """-1: as many as the current model kept."""
+    """-1: the blocks the current model kept in fp32 (the same named ones, or as many by a sweep); N: a
+    sweep for N."""
     promote: bool = True
     rule: GateRule = field(default_factory=GateRule)
     shuffle_labels: bool = False

@@ -60,6 +60,8 @@ _WEIGHT_WORDS = {"s8-reduced": "reduced range", "u8": "unsigned 8-bit weights"}
 
 
 def ship(config: ShipConfig) -> dict[str, Any]:
+    if config.fp32_blocks and config.keep_fp32_blocks > 0:
+        raise ValueError("name the blocks to keep in fp32 or let the sweep choose them, not both")
     training = json.loads((config.checkpoint / "training.json").read_text())
     uses_context = bool(training["config"].get("context", False))
     tokenizer = config.checkpoint / "tokenizer.json"
@@ -90,8 +92,6 @@ def ship(config: ShipConfig) -> dict[str, Any]:
     )
     fp32_report = evaluate_examples(onnx_model(files.fp32, tokenizer, uses_context), dev)
     mixed: dict[str, Any] = {}
-    if config.fp32_blocks and config.keep_fp32_blocks > 0:
-        raise ValueError("name the blocks to keep in fp32 or let the sweep choose them, not both")
     if config.fp32_blocks:
         blocks = quantisable_blocks(files.fused)
         unknown = [name for name in config.fp32_blocks if name not in blocks]

@@ -195,6 +195,15 @@ class Trainer:
     """One training run: data, model, optimiser and the loop, with checkpoints in `output`."""
 
     def __init__(self, config: TrainConfig) -> None:
+        if not 0.0 <= config.context_swap <= 1.0:
+            raise ValueError(f"--context-swap is a share of lines, 0 to 1: not {config.context_swap}")
+        if config.context_swap and not config.context:
+            raise ValueError("--context-swap swaps the previous line: it needs --context")
+        if config.context_swap and config.teacher:
+            # A context teacher reads the swapped pair with the very streak habit the swap is to break.
+            raise ValueError(
+                "--context-swap trains swapped lines on their labels: give --soft-labels, not --teacher"
+            )
         self.config = config
         self.output = Path(config.output)
         self.output.mkdir(parents=True, exist_ok=True)
@@ -225,8 +234,6 @@ class Trainer:
                     f"{config.soft_labels} has no logits for {len(missing)} training texts, "
                     f"e.g. {missing[0]!r}: write them with `callsense soft-labels` over the same sets"
                 )
-        if config.context_swap and not config.context:
-            raise ValueError("--context-swap swaps the previous line: it needs --context")
         self.swap_pools = previous_pools(self.train_set) if config.context_swap > 0 else {}
         self.lengths = [len(self.tokenizer.tokenize(e.text)) for e in self.train_set]
         labels = [e.label for e in self.train_set]
@@ -298,17 +305,16 @@ class Trainer:
         else:
             return hard
         t = self.config.distill_temperature
-        soft_rows = F.kl_div(
+        distill_rows = F.kl_div(
             F.log_softmax(logits / t, dim=-1), F.softmax(teacher_logits / t, dim=-1), reduction="none"
         ).sum(dim=-1) * (t * t)
-        if swapped.any() and self.soft_labels is not None:
+        if swapped.any():
             # The soft labels were written for each line with its own previous line, not the swapped one:
-            # for a swapped line they are no target, the line's label is. (A live teacher reads the pair
-            # as swapped, so its logits stay the target.)
-            own_label = F.cross_entropy(logits, target, weight=self.class_weights, reduction="none")
-            soft_rows = torch.where(torch.from_numpy(swapped), own_label, soft_rows)
+            # for a swapped line they are no target, the line's label is (class-weighted, as in `hard`).
+            label_loss_rows = F.cross_entropy(logits, target, weight=self.class_weights, reduction="none")
+            distill_rows = torch.where(torch.from_numpy(swapped), label_loss_rows, distill_rows)
         alpha = self.config.distill_alpha
-        return alpha * soft_rows.mean() + (1 - alpha) * hard
+        return alpha * distill_rows.mean() + (1 - alpha) * hard
 
     def make_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=1e-5, weight_decay=self.config.weight_decay)

@@ -257,7 +257,8 @@ async def test_a_tenants_own_thresholds_make_red_come_earlier(
     gateway = await Gateway.open(config, settings=settings)
     # Pleased for 3 s, the agent's price, then 6 s sour: the customer's average at 12 s is about 0.40,
     # under quick's 0.50 and above the default 0.30. (Without the price line between them the model of
-    # 2026-12-05 reads the first sour line after the praise as praise: tests/scorer_service's known gap.)
+    # 2026-12-05 03:17 read the first sour line after the praise as praise: tests/scorer_service's known
+    # gap.)
     script = [SOUR_CALL[1], SOUR_CALL[2], SOUR_CALL[3], SOUR_CALL[4]]
     try:
         badges: dict[str, list[BadgeChange]] = {}

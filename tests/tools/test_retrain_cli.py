@@ -114,14 +114,22 @@ def test_one_call_is_too_few_to_hold_one_out(tmp_path: Path, capsys: pytest.Capt
 
 def sales_calls(count: int) -> list[tuple[str, list[tuple[str, str, str]]]]:
     """The first ``count`` calls of the sales corpus's train split (never its test split: the gate's), as
-    (call, [(speaker, text, gold label)]): polite buyers, reps, prices, objections."""
+    (call, [(speaker, text, gold label)]): polite buyers, reps, prices, objections. From the corpus's
+    first two batches (writers w1-w10), so that a batch added later does not change this tenant's calls:
+    the budgets and limits below were sized on them (batch 3's calls, which sort among them, gave a
+    two-layer candidate an INT8 loss of 8.6 points on 116 held-out lines)."""
+    first_batches = {f"w{n}" for n in range(1, 11)}
     gold = {
         row["line_id"]: row["label"]
         for row in map(json.loads, (SALES / "gold.jsonl").read_text(encoding="utf-8").splitlines())
     }
     calls: dict[str, list[tuple[str, str, str]]] = {}
     for line in map(json.loads, (SALES / "lines.jsonl").read_text(encoding="utf-8").splitlines()):
-        if line["split"] == "train" and gold.get(line["line_id"]):
+        if (
+            line["split"] == "train"
+            and gold.get(line["line_id"])
+            and line["call_id"].split("-")[0] in first_batches
+        ):
             calls.setdefault(line["call_id"], []).append(
                 (line["speaker"], line["text"], gold[line["line_id"]])
             )

@@ -104,7 +104,8 @@ def test_the_shipped_weights_never_saw_the_test_split() -> None:
     assert (model.threshold, model.sentence_threshold) == (cv["threshold"], cv["sentence_threshold"])
     assert cv["written"]["false_tag_rate"] <= 0.04 and cv["asr"]["false_tag_rate"] <= GOAL_FALSE_TAG_RATE
     customer = [g for g in load_gold_lines(split="test") if g.speaker == "customer"]
-    assert len(customer) == 528 and sum(g.objection is not None for g in customer) == 116
+    # The test split of the corpus's three batches (528 and 116 on batches 1-2, 374 and 86 on batch 1).
+    assert len(customer) == 739 and sum(g.objection is not None for g in customer) == 169
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +118,7 @@ def test_split() -> ObjectionEvaluation:
 @pytest.mark.slow
 def test_the_shipped_tagger_is_no_worse_than_when_it_shipped(test_split: ObjectionEvaluation) -> None:
     report = render_text(test_split)
-    assert test_split.lines == 528, report
+    assert test_split.lines == 739, report
     assert test_split.micro.f1 >= FLOOR_MICRO_F1, report
     assert test_split.false_tag_rate <= CEILING_FALSE_TAG_RATE, report
     assert test_split.mention_false_tag_rate <= CEILING_MENTION_FALSE_TAG_RATE, report
@@ -126,8 +127,8 @@ def test_the_shipped_tagger_is_no_worse_than_when_it_shipped(test_split: Objecti
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 12's goals are not met: the shipped tagger measured micro-F1 0.521 and a false-tag rate "
-    "of 0.049 on the test split of both batches (docs/objections.md)",
+    reason="issue 12's goals are not met: the shipped tagger measured micro-F1 0.487 and a false-tag rate "
+    "of 0.040 on the test split of the corpus's three batches (docs/objections.md)",
 )
 def test_the_shipped_tagger_meets_the_goals(test_split: ObjectionEvaluation) -> None:
     report = render_text(test_split)

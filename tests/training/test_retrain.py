@@ -44,7 +44,6 @@ def test_a_card_without_a_recipe_gets_train_pys_defaults() -> None:
     assert recipe.calibrate_on is None and recipe.keep_fp32_blocks == 0 and recipe.report_sets == []
     assert recipe.int8_weights == "s8-reduced"  # a card from before the choice existed
     assert recipe.context_swap == 0.0 and recipe.fp32_blocks == []
-    assert recipe_of({"training": {"config": {"context": True, "context_swap": 0.3}}}).context_swap == 0.3
     named = recipe_of({"quantisation": {"fp32_blocks": ["layer0.ffn_out"]}})  # a retrain keeps the same
     assert (named.fp32_blocks, named.keep_fp32_blocks) == (["layer0.ffn_out"], 0)
     swept = recipe_of(

@@ -186,37 +186,29 @@ def test_a_line_given_a_swapped_context_learns_from_its_label_not_the_teacher(
     tiny_base: Path, tmp_path: Path
 ) -> None:
     """The teacher's logits were written for each line with its own previous line: with another line
-    before it they are no target, so the loss of a swapped line does not move with them."""
+    before it they are no target, so the loss of a swapped line does not move with them; a short reaction
+    keeps its context and its teacher."""
+    from training.context_swap import MIN_WORDS
     from training.data import load_sources
     from training.soft_labels import soft_key
 
-    calls = tmp_path / "calls.jsonl"
+    reactions = [{"text": "Okay.", "label": "neutral"}, {"text": "Sounds good.", "label": "positive"}]
     rows = [json.loads(line) for line in TEST_SET.read_text().splitlines()]
-    calls.write_text(
-        "".join(
-            json.dumps({**row, "previous_text": rows[i - 1]["text"] if i % 10 else ""}) + "\n"
-            for i, row in enumerate(rows)
-        )
-    )
+    lines: list[dict[str, str]] = []
+    for start in range(0, len(rows), 10):  # three calls of ten lines, two short reactions in each
+        call = rows[start : start + 5] + reactions + rows[start + 5 : start + 10]
+        lines += [{**row, "previous_text": call[k - 1]["text"] if k else ""} for k, row in enumerate(call)]
+    calls = tmp_path / "calls.jsonl"
+    calls.write_text("".join(json.dumps(line) + "\n" for line in lines))
     examples = load_sources([str(calls)]).examples
-    assert (
-        sum(bool(e.previous_text) for e in examples) == len(examples) - 3
-    )  # each call's first line has none
 
-    def loss(swap: float, teacher_sign: float) -> float:
+    def trainer(swap: float, teacher_sign: float) -> Trainer:
         soft = tmp_path / f"soft{teacher_sign}.jsonl"
-        soft.write_text(
-            "".join(
-                json.dumps(
-                    {
-                        "key": soft_key(e, True),
-                        "logits": [teacher_sign * 4.0 * (k == e.label) for k in range(3)],
-                    }
-                )
-                + "\n"
-                for e in examples
-            )
-        )
+        logits = [
+            {"key": soft_key(e, True), "logits": [teacher_sign * 4.0 * (k == e.label) for k in range(3)]}
+            for e in examples
+        ]
+        soft.write_text("".join(json.dumps(row) + "\n" for row in logits))
         config = _config(tiny_base, tmp_path / "run", epochs=1)
         config.train, config.context, config.context_swap, config.soft_labels = (
             [str(calls)],
@@ -224,15 +216,33 @@ def test_a_line_given_a_swapped_context_learns_from_its_label_not_the_teacher(
             swap,
             str(soft),
         )
-        trainer = Trainer(config)
-        trainer.model.eval()
-        with_context = np.array([i for i, e in enumerate(trainer.train_set) if e.previous_text])
-        with torch.no_grad():
-            return float(trainer.loss_of(trainer.model, with_context))
+        made = Trainer(config)
+        made.model.eval()
+        return made
 
-    assert loss(0.0, 1.0) != pytest.approx(loss(0.0, -1.0))  # unswapped: the teacher is a target
-    assert loss(1.0, 1.0) == pytest.approx(loss(1.0, -1.0))  # swapped: its label is
-    config = _config(tiny_base, tmp_path / "no_context", epochs=1)
-    config.context_swap = 0.3
-    with pytest.raises(ValueError, match="needs --context"):
-        Trainer(config)
+    def loss(made: Trainer, index: np.ndarray) -> float:
+        with torch.no_grad():
+            return float(made.loss_of(made.model, index))
+
+    with_context = np.array([i for i, e in enumerate(examples) if e.previous_text])
+    short = np.array([i for i in with_context if len(examples[i].text.split()) < MIN_WORDS])
+    assert len(with_context) == len(examples) - 3 and len(short) == 6
+    plain = trainer(0.0, 1.0), trainer(0.0, -1.0)
+    assert loss(plain[0], with_context) != pytest.approx(loss(plain[1], with_context))  # the teacher counts
+    swapping = trainer(1.0, 1.0), trainer(1.0, -1.0)
+    # Every long line is swapped: only the short reactions' teacher moves the loss, by what it moves
+    # theirs alone (the loss is a mean over the rows).
+    moved = loss(swapping[0], with_context) - loss(swapping[1], with_context)
+    moved_short = loss(swapping[0], short) - loss(swapping[1], short)
+    assert moved != pytest.approx(0.0, abs=1e-6)
+    assert moved * len(with_context) == pytest.approx(moved_short * len(short), rel=1e-3)
+    # Which lines are swapped is fixed by the batch (a resumed run swaps the same), not by a running state.
+    half = trainer(0.5, 1.0)
+    assert loss(half, with_context) == loss(half, with_context)
+    for wrong, message in (({"context": False}, "needs --context"), ({"context_swap": 1.5}, "0 to 1")):
+        config = _config(tiny_base, tmp_path / "refused", epochs=1)
+        config.context, config.context_swap = True, 0.3
+        for name, value in wrong.items():
+            setattr(config, name, value)
+        with pytest.raises(ValueError, match=message):
+            Trainer(config)
