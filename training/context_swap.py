@@ -21,10 +21,15 @@ from training.data import LABELS, LabelledUtterance
 
 MIN_WORDS = 5  # shorter lines keep their own context (their mood may come from it)
 
-_NEGATIVE, _NEUTRAL, _POSITIVE = (LABELS.index(name) for name in ("negative", "neutral", "positive"))
+_NEGATIVE, _POSITIVE = LABELS.index("negative"), LABELS.index("positive")
 
 
 Pools = dict[str, dict[int, list[str]]]  # source -> label -> texts
+
+
+def _carries_its_own_mood(example: LabelledUtterance) -> bool:
+    """A line spoken after another, long enough that its words, not the line before, set its mood."""
+    return bool(example.previous_text.strip()) and len(example.text.split()) >= MIN_WORDS
 
 
 def previous_pools(examples: Sequence[LabelledUtterance]) -> Pools:
@@ -35,7 +40,7 @@ def previous_pools(examples: Sequence[LabelledUtterance]) -> Pools:
     for example in examples:
         # Only lines of a conversation (they have a line before them): a file that mixes corpora, like
         # replayed lines, must not give a TV line a tweet before it.
-        if example.previous_text.strip() and len(example.text.split()) >= MIN_WORDS:
+        if _carries_its_own_mood(example):
             by_label = pools.setdefault(example.source, {label: {} for label in range(len(LABELS))})
             by_label[example.label][example.text] = None
     return {
@@ -79,8 +84,7 @@ def swap_contexts(
     swapped = np.zeros(len(examples), dtype=bool)
     draws = rng.random(len(examples))
     for row, example in enumerate(examples):
-        eligible = bool(example.previous_text.strip()) and len(example.text.split()) >= MIN_WORDS
-        if not eligible or draws[row] >= rate:
+        if not _carries_its_own_mood(example) or draws[row] >= rate:
             out.append(example)
             continue
         drawn = _draw(pools.get(example.source, {}), _opposite(example.label), rng)

@@ -92,13 +92,12 @@ def ship(config: ShipConfig) -> dict[str, Any]:
     )
     fp32_report = evaluate_examples(onnx_model(files.fp32, tokenizer, uses_context), dev)
     mixed: dict[str, Any] = {}
+    kept_any = bool(config.fp32_blocks) or config.keep_fp32_blocks > 0
+    blocks = quantisable_blocks(files.fused) if kept_any else {}
     if config.fp32_blocks:
-        blocks = quantisable_blocks(files.fused)
         unknown = [name for name in config.fp32_blocks if name not in blocks]
         if unknown:
             raise ValueError(f"no block {', '.join(unknown)} in this graph: one of {', '.join(blocks)}")
-        kept_nodes = [name for block in config.fp32_blocks for name in blocks[block]]
-        quantise(files.fused, files.int8, keep_fp32=kept_nodes, weights=config.int8_weights)
         mixed = {"fp32_blocks": list(config.fp32_blocks)}
     elif config.keep_fp32_blocks > 0:
 
@@ -108,10 +107,10 @@ def ship(config: ShipConfig) -> dict[str, Any]:
         kept, sensitivity = most_sensitive_blocks(
             files.fused, config.workdir, dev_macro_f1, config.keep_fp32_blocks, config.int8_weights
         )
-        blocks = quantisable_blocks(files.fused)
-        kept_nodes = [name for block in kept for name in blocks[block]]
-        quantise(files.fused, files.int8, keep_fp32=kept_nodes, weights=config.int8_weights)
         mixed = {"fp32_blocks": kept, "dev_macro_f1_with_block_kept_fp32": sensitivity}
+    if mixed:  # export_all quantised every block: again, with the kept ones in fp32
+        kept_nodes = [name for block in mixed["fp32_blocks"] for name in blocks[block]]
+        quantise(files.fused, files.int8, keep_fp32=kept_nodes, weights=config.int8_weights)
     int8_model = onnx_model(files.int8, tokenizer, uses_context)
     int8_report = evaluate_examples(int8_model, dev)
     drop = quantisation_gate(fp32_report, int8_report, config.max_f1_drop)  # raises when refused
