@@ -1,6 +1,7 @@
 """``python -m asr_service``: run the Asr gRPC service until SIGINT or SIGTERM.
 
     python -m asr_service [--bind ADDR] [--model NAME|DIR] [--recording-model NAME|DIR|live] [--max-streams N]
+                          [--final-beam N]
 
 Whisper (one CTranslate2 model, int8, one CPU thread) and the Silero VAD are loaded and warmed up before
 the server binds, so health reports SERVING only once a call can be transcribed. The address defaults
@@ -23,6 +24,7 @@ from pathlib import Path
 import grpc.aio
 
 from asr_service.channel import StreamingConfig
+from asr_service.decoding import DecodingConfig
 from asr_service.models import (
     DEFAULT_RECORDING_MODEL,
     LIVE,
@@ -95,7 +97,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="most partials of different calls decoded as one Whisper batch (default %(default)d: each "
         "alone; batches cost less CPU per partial but did not cut latency here: docs/capacity.md)",
     )
+    parser.add_argument(
+        "--final-beam",
+        type=int,
+        default=DecodingConfig().final_beam_size,
+        metavar="N",
+        help="beam width of a segment's final decode; 1: greedy, as partials are (default %(default)d; "
+        "bench/endpointing.py --beams measures WER and end of speech -> final for each)",
+    )
     args = parser.parse_args(argv)
+    if args.final_beam < 1:
+        parser.error("--final-beam must be at least 1 (1: greedy)")
     if args.max_streams < 1:
         parser.error("--max-streams must be at least 1")
     if args.workers < 1:
@@ -105,6 +117,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.partial_batch < 1:
         parser.error("--partial-batch must be at least 1 (1: each partial decoded alone)")
     return args
+
+
+def streaming_config(args: argparse.Namespace) -> StreamingConfig:
+    """How each call's channels are decoded, from the command line (partials, their batches, finals' beam)."""
+    decoding = DecodingConfig(final_beam_size=args.final_beam)
+    if args.partial_interval == 0:
+        return StreamingConfig(partials=False, decoding=decoding)
+    return StreamingConfig(
+        partial_interval_s=args.partial_interval, partial_batch=args.partial_batch, decoding=decoding
+    )
 
 
 async def serve(servicer: AsrServicer, bind: str) -> None:
@@ -178,13 +200,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("Whisper model %s loaded for recordings", recording_dir)
     else:
         log.info("recordings use the live model")
-    streaming = (
-        StreamingConfig(partials=False)
-        if args.partial_interval == 0
-        else StreamingConfig(partial_interval_s=args.partial_interval, partial_batch=args.partial_batch)
-    )
     servicer = AsrServicer(
-        recognizer, max_streams=args.max_streams, config=streaming, recording_model=recording_model
+        recognizer,
+        max_streams=args.max_streams,
+        config=streaming_config(args),
+        recording_model=recording_model,
     )
     try:
         asyncio.run(serve(servicer, bind))

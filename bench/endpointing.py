@@ -20,6 +20,8 @@ is the baseline of the ratios):
 
 - WER of the finals against the references (Whisper's English normaliser, tools/asr_eval.py); with the
   early end off it is the streaming WER of test_asr_wer.py;
+- ``beam``: the finals' beam width (``DecodingConfig.final_beam_size``; partials are greedy either way):
+  a narrower beam decodes sooner, at what cost in words;
 - ``early``: segments ended early; ``cuts``: those whose speaker went on, i.e. the channel's next segment
   starts less than ``--cut-ms`` (700) after the early end; ``turn_early``: clips whose last segment
   (the real end of the turn) ended early;
@@ -31,8 +33,8 @@ is the baseline of the ratios):
   of p50 and p95.
 
 Run: ``.venv/bin/python bench/endpointing.py [--sets asr_dev asr] [--rates 16k 8k-mulaw]
-[--early-end-ms 0] [--speculative-ms 0 200] [--limit N]``: every pair of the two lists. Last line:
-``endpointing <set>/<rate>/<early>/<speculative> ...`` per configuration.
+[--early-end-ms 0] [--speculative-ms 0 200] [--beams 5] [--limit N]``: every combination of the three
+lists. Last line: ``endpointing <set>/<rate>/<early>/<speculative>/b<beam> ...`` per configuration.
 """
 
 from __future__ import annotations
@@ -193,6 +195,7 @@ class Row:
     rate: str
     early_end_ms: int
     speculative_ms: int
+    beam: int
     clips: int
     wer: float
     early: int
@@ -249,6 +252,7 @@ def measure(
         rate,
         config.early_end_ms,
         config.speculate_after_ms,
+        config.decoding.final_beam_size,
         len(clips),
         100 * errors / max(words, 1),
         early,
@@ -270,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rates", nargs="+", choices=RATES, default=list(RATES))
     parser.add_argument("--early-end-ms", nargs="+", type=int, default=[0], help="0: off")
     parser.add_argument("--speculative-ms", nargs="+", type=int, default=[0, 200], help="0: off")
+    parser.add_argument("--beams", nargs="+", type=int, default=[5], help="finals' beam widths")
     parser.add_argument("--limit", type=int, default=0, help="the first N clips of each set (0: all)")
     parser.add_argument("--per-clip", action="store_true", help="each clip's end of speech -> final too")
     parser.add_argument("--cut-ms", type=int, default=700, help="a next segment this soon: a cut")
@@ -281,13 +286,20 @@ def main(argv: list[str] | None = None) -> int:
     recognizer = WhisperRecognizer()
     base = StreamingConfig()
     configs = [
-        replace(base, early_end_ms=early, speculative_final_ms=speculative)
+        replace(
+            base,
+            early_end_ms=early,
+            speculative_final_ms=speculative,
+            decoding=replace(base.decoding, final_beam_size=beam),
+        )
         for early in args.early_end_ms
         for speculative in args.speculative_ms
+        for beam in args.beams
     ]
     header = (
-        f"{'set':<8} {'rate':<9} {'early_ms':>8} {'spec_ms':>7} {'clips':>5} {'WER_%':>6} {'same':>4} "
-        f"{'early':>5} {'cuts':>4} {'turn_early':>10} {'spec':>4} {'used':>4} {'p50_ms':>7} {'p95_ms':>7} "
+        f"{'set':<8} {'rate':<9} {'early_ms':>8} {'spec_ms':>7} {'beam':>4} {'clips':>5} "
+        f"{'WER_%':>6} {'same':>4} {'early':>5} {'cuts':>4} {'turn_early':>10} {'spec':>4} {'used':>4} "
+        f"{'p50_ms':>7} {'p95_ms':>7} "
         f"{'dec/min':>7} {'p50_x':>6} {'p95_x':>6}"
     )
     print(header, flush=True)
@@ -305,8 +317,9 @@ def main(argv: list[str] | None = None) -> int:
                 p50_x, p95_x = row.p50_ms / rows[0].p50_ms, row.p95_ms / rows[0].p95_ms
                 same = sum(a == b for a, b in zip(row.texts, rows[0].texts, strict=True))
                 print(
-                    f"{set_name:<8} {rate:<9} {row.early_end_ms:>8} {row.speculative_ms:>7} {row.clips:>5} "
-                    f"{row.wer:6.2f} {same:>4} {row.early:>5} {row.cuts:>4} {row.turn_early:>10} "
+                    f"{set_name:<8} {rate:<9} {row.early_end_ms:>8} {row.speculative_ms:>7} {row.beam:>4} "
+                    f"{row.clips:>5} {row.wer:6.2f} {same:>4} {row.early:>5} {row.cuts:>4} "
+                    f"{row.turn_early:>10} "
                     f"{row.speculations:>4} {row.used:>4} {row.p50_ms:7.0f} {row.p95_ms:7.0f} "
                     f"{row.decodes_per_min:7.1f} {p50_x:6.2f} {p95_x:6.2f}",
                     flush=True,
@@ -314,8 +327,9 @@ def main(argv: list[str] | None = None) -> int:
                 if args.per_clip:
                     print("  per clip (ms): " + " ".join(f"{ms:.0f}" for ms in row.latencies_ms), flush=True)
                 summary.append(
-                    f"{set_name}/{rate}/{row.early_end_ms}/{row.speculative_ms}ms wer={row.wer:.2f} "
-                    f"same={same}/{row.clips} cuts={row.cuts} p50={row.p50_ms:.0f} p95={row.p95_ms:.0f} "
+                    f"{set_name}/{rate}/{row.early_end_ms}/{row.speculative_ms}ms/b{row.beam} "
+                    f"wer={row.wer:.2f} same={same}/{row.clips} cuts={row.cuts} p50={row.p50_ms:.0f} "
+                    f"p95={row.p95_ms:.0f} "
                     f"dec/min={row.decodes_per_min:.1f}"
                 )
     print(f"wall {time.perf_counter() - started:.0f} s")

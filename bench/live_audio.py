@@ -346,6 +346,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 asr_workers=args.asr_workers,
                 asr_partial_interval_s=args.partial_interval,
                 asr_partial_batch=args.partial_batch,
+                asr_final_beam=args.final_beam,
             )
             try:
                 ws_url = mesh.url.replace("http", "ws", 1) + "/v1/sentiment/stream"
@@ -367,6 +368,7 @@ async def main_async(args: argparse.Namespace) -> int:
     print(
         f"live_audio asr_model={args.asr_model or 'default'} asr_workers={args.asr_workers} "
         f"partial_interval={args.partial_interval or 'default'} partial_batch={args.partial_batch} "
+        f"final_beam={args.final_beam or 'default'} "
         f"end_to_score_p95_ms_{GOAL_CALLS}calls={p95:.0f} end_to_final_p95_ms_{GOAL_CALLS}calls="
         f"{final_p95:.0f} asr_rtf_{GOAL_CALLS}calls={rtf:.3f} "
         f"start_to_provisional_p50_ms_{GOAL_CALLS}calls={provisional_p50:.0f} "
@@ -393,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--partial-batch", type=int, default=1, help="most partials the ASR decodes as one batch (default 1)"
+    )
+    parser.add_argument(
+        "--final-beam", type=int, help="beam width of the ASR's finals (default: its own; 1: greedy)"
     )
     args = parser.parse_args(argv)
     if min(args.calls) < 1 or args.turns < 1 or args.gap < 0:

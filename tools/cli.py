@@ -382,6 +382,12 @@ def _add_up(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="most partials of different calls decoded as one batch (default 1: each alone)",
     )
     p.add_argument(
+        "--asr-final-beam",
+        type=int,
+        metavar="N",
+        help="beam width of the ASR's final transcripts (default: the ASR's own; 1: greedy)",
+    )
+    p.add_argument(
         "--tone",
         action="store_true",
         help="fuse the voice's tone with the words in the scorers (the shipped fusion head; "
@@ -450,6 +456,7 @@ def _run_up(args: argparse.Namespace) -> int:
         asr_workers=args.asr_workers,
         asr_partial_interval_s=args.asr_partial_interval,
         asr_partial_batch=args.asr_partial_batch,
+        asr_final_beam=args.asr_final_beam,
         tone_fusion=args.tone,
     )
     return main(options)

@@ -59,11 +59,13 @@ class UpOptions:
     """The ASR's Whisper model: a name of ``asr_service.models.PACKAGED`` or a directory (None: the
     ASR's own default, ``CALLSENSE_ASR_MODEL_DIR`` or tiny.en)."""
     asr_workers: int = 1
+    """Whisper decodes the ASR runs at once (``python -m asr_service --workers``; docs/capacity.md)."""
     asr_partial_interval_s: float | None = None
     """Seconds between the ASR's partial decodes of an open segment (None: its default, 1 s; 0: none)."""
     asr_partial_batch: int = 1
     """Most partials of different calls the ASR decodes as one batch (1: each alone, its default)."""
-    """Whisper decodes the ASR runs at once (``python -m asr_service --workers``; docs/capacity.md)."""
+    asr_final_beam: int | None = None
+    """Beam width of the ASR's final decodes (None: its default, ``python -m asr_service --final-beam``)."""
     tone_fusion: bool = False
     """Start the scorers with ``--fusion``: the voice's tone fused with the words (opt-in, FUSION_CARD.md)."""
 
@@ -303,7 +305,8 @@ def mesh_specs(
                 if options.asr_partial_interval_s is not None
                 else []
             )
-            + (["--partial-batch", str(options.asr_partial_batch)] if options.asr_partial_batch != 1 else []),
+            + (["--partial-batch", str(options.asr_partial_batch)] if options.asr_partial_batch != 1 else [])
+            + (["--final-beam", str(options.asr_final_beam)] if options.asr_final_beam is not None else []),
             ready=GrpcReady(config.asr_addr),
         )
     )

@@ -338,6 +338,19 @@ def _train(run: _Run, train_sets: list[str], init: str, init_kind: str) -> tuple
     return config.work / "train" / "best", summary
 
 
+def fp32_blocks_of(recipe: Recipe, keep_fp32_blocks: int) -> tuple[int, list[str]]:
+    """What the candidate's export keeps in fp32: (blocks for a sensitivity sweep to choose, blocks named).
+
+    ``keep_fp32_blocks`` is RetrainConfig's: -1 keeps what the current model kept (the same named blocks,
+    or a sweep for as many as its own sweep chose); N asks for a sweep for N, whatever the current model
+    named. One of the two is always empty: ship() refuses both at once."""
+    if keep_fp32_blocks >= 0:
+        return keep_fp32_blocks, []
+    if recipe.fp32_blocks:
+        return 0, list(recipe.fp32_blocks)
+    return recipe.keep_fp32_blocks, []
+
+
 def _export(
     run: _Run, checkpoint: Path, labels: TenantLabels, split: HeldOutSplit, init_kind: str
 ) -> tuple[Path, dict[str, Any] | None, str | None]:
@@ -347,8 +360,7 @@ def _export(
 
     recipe, config = run.recipe, run.config
     destination = config.work / "candidate"
-    keep = recipe.keep_fp32_blocks if config.keep_fp32_blocks < 0 else config.keep_fp32_blocks
-    named = recipe.fp32_blocks if config.keep_fp32_blocks < 0 else []  # --keep-fp32-blocks N: a sweep
+    keep, named = fp32_blocks_of(recipe, config.keep_fp32_blocks)
     ship_config = ShipConfig(
         checkpoint=checkpoint,
         destination=destination,
@@ -359,7 +371,7 @@ def _export(
         calibrate=recipe.calibrate_on is not None,
         calibrate_on=recipe.calibrate_on or "",
         class_bias=recipe.class_bias,
-        keep_fp32_blocks=0 if named else keep,
+        keep_fp32_blocks=keep,
         fp32_blocks=named,
         int8_weights=recipe.int8_weights,
         notes=(

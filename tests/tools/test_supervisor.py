@@ -240,19 +240,30 @@ def test_callsense_up_fuses_tone_only_when_asked(tmp_path: Path) -> None:
 
 
 def test_callsense_up_passes_the_asr_capacity_settings_and_the_asr_takes_them(tmp_path: Path) -> None:
-    """`--asr-workers` and `--asr-partial-interval` reach the ASR's command line, which its own parser
-    takes (0: no partials); the defaults add nothing."""
-    from asr_service.__main__ import parse_args
+    """`--asr-workers`, `--asr-partial-interval`, `--asr-partial-batch` and `--asr-final-beam` reach the
+    ASR's command line, which its own parser takes into the channels' StreamingConfig (0: no partials);
+    the defaults add nothing."""
+    from asr_service.__main__ import parse_args, streaming_config
+    from asr_service.channel import StreamingConfig
 
     def asr_argv(options: UpOptions) -> list[str]:
         specs = mesh_specs(Config(), options, "postgresql://db/mesh", tmp_path / "envoy.yaml")
         argv = next(s.argv for s in specs if s.name == "asr")
         return argv[argv.index("asr_service") + 1 :]
 
-    assert not {"--workers", "--partial-interval", "--partial-batch"} & set(asr_argv(UpOptions()))
-    args = parse_args(asr_argv(UpOptions(asr_workers=2, asr_partial_interval_s=2.0, asr_partial_batch=4)))
-    assert (args.workers, args.partial_interval, args.partial_batch) == (2, 2.0, 4)
-    assert parse_args(asr_argv(UpOptions(asr_partial_interval_s=0.0))).partial_interval == 0.0
+    default = asr_argv(UpOptions())
+    assert not {"--workers", "--partial-interval", "--partial-batch", "--final-beam"} & set(default)
+    assert streaming_config(parse_args(default)) == StreamingConfig()
+    options = UpOptions(asr_workers=2, asr_partial_interval_s=2.0, asr_partial_batch=4, asr_final_beam=1)
+    args = parse_args(asr_argv(options))
+    assert (args.workers, args.partial_interval, args.partial_batch, args.final_beam) == (2, 2.0, 4, 1)
+    streaming = streaming_config(args)
+    assert (streaming.partial_interval_s, streaming.partial_batch) == (2.0, 4)
+    assert streaming.decoding.final_beam_size == 1 and StreamingConfig().decoding.final_beam_size == 5
+    silent = streaming_config(parse_args(asr_argv(UpOptions(asr_partial_interval_s=0.0, asr_final_beam=3))))
+    assert not silent.partials and silent.decoding.final_beam_size == 3
+    with pytest.raises(SystemExit):
+        parse_args(["--final-beam", "0"])
 
 
 # `callsense up` as a user runs it: a supervisor process with an HTTP server and Envoy, stopped by Ctrl-C.

@@ -10,7 +10,14 @@ from typing import Any
 
 from callsense.tokenization import SHIPPED_MODEL_DIR
 from training.gate import SetScores, judge
-from training.retrain import RetrainConfig, _initial_checkpoint, recipe_of, render_report, write_report
+from training.retrain import (
+    RetrainConfig,
+    _initial_checkpoint,
+    fp32_blocks_of,
+    recipe_of,
+    render_report,
+    write_report,
+)
 
 
 def test_the_recipe_is_the_shipped_cards_own() -> None:
@@ -52,6 +59,23 @@ def test_a_card_without_a_recipe_gets_train_pys_defaults() -> None:
     assert (swept.fp32_blocks, swept.keep_fp32_blocks) == ([], 1)  # a retrain sweeps again
     assert recipe_of({"training": {"config": {"context": True, "context_swap": 0.3}}}).context_swap == 0.3
     assert recipe_of({"quantisation": {"weights": "u8"}}).int8_weights == "u8"  # a retrain stores as served
+
+
+def test_a_candidates_fp32_blocks_follow_the_current_model_unless_a_sweep_is_asked_for() -> None:
+    named = recipe_of({"quantisation": {"fp32_blocks": ["layer0.ffn_out", "layer2.ffn_out"]}})
+    swept = recipe_of(
+        {"quantisation": {"fp32_blocks": ["layer3.ffn_in"], "dev_macro_f1_with_block_kept_fp32": {}}}
+    )
+    neither = recipe_of({})
+    # -1 (the default): the same named blocks, or a sweep for as many as the current model's sweep kept
+    assert fp32_blocks_of(named, -1) == (0, ["layer0.ffn_out", "layer2.ffn_out"])
+    assert fp32_blocks_of(swept, -1) == (1, [])
+    assert fp32_blocks_of(neither, -1) == (0, [])
+    # --keep-fp32-blocks N: a sweep for N, whatever the current model named (never both: ship() refuses)
+    assert fp32_blocks_of(named, 2) == (2, [])
+    assert fp32_blocks_of(named, 0) == (0, [])
+    assert fp32_blocks_of(swept, 3) == (3, [])
+    assert RetrainConfig.__dataclass_fields__["keep_fp32_blocks"].default == -1
 
 
 def test_a_retrained_cards_recipe_keeps_its_base_sets_not_the_tenant_files_of_its_run() -> None:
