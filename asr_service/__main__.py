@@ -1,7 +1,7 @@
 """``python -m asr_service``: run the Asr gRPC service until SIGINT or SIGTERM.
 
     python -m asr_service [--bind ADDR] [--model NAME|DIR] [--recording-model NAME|DIR|live] [--max-streams N]
-                          [--final-beam N]
+                          [--workers N] [--partial-interval S] [--partial-batch N] [--final-beam N] [...]
 
 Whisper (one CTranslate2 model, int8, one CPU thread) and the Silero VAD are loaded and warmed up before
 the server binds, so health reports SERVING only once a call can be transcribed. The address defaults

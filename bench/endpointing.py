@@ -15,8 +15,8 @@ as late as it would live, with one call on the machine. A speculative final is q
 newer request drops it while it waits) and skipped when it comes up after the channel threw it away; the
 final takes its result, at no cost, when it ran and was decoded alike, as ``streaming`` does.
 
-Rows, per set, rate, ``early_end_ms`` and ``speculative_final_ms`` (0: off; the first configuration
-is the baseline of the ratios):
+Rows, per set, rate, ``early_end_ms``, ``speculative_final_ms`` (0: off) and the finals' beam width (the
+first configuration is the baseline of the ratios):
 
 - WER of the finals against the references (Whisper's English normaliser, tools/asr_eval.py); with the
   early end off it is the streaming WER of test_asr_wer.py;
@@ -280,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cut-ms", type=int, default=700, help="a next segment this soon: a cut")
     parser.add_argument("--shared-data", type=Path, default=REPO.parent / "shared" / "data")
     args = parser.parse_args(argv)
+    if min(args.beams) < 1:
+        parser.error("--beams must be at least 1 (1: greedy)")
     if not (args.shared_data / "speech").is_dir():
         print(f"SKIPPED: {args.shared_data}/speech is absent (the bench reads real speech)")
         return 0

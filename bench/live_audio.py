@@ -402,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.calls) < 1 or args.turns < 1 or args.gap < 0:
         parser.error("need --calls >= 1, --turns >= 1 and --gap >= 0")
+    if args.final_beam is not None and (args.final_beam < 1 or args.url):
+        parser.error("--final-beam is at least 1, and sets the mesh the bench starts (not one at --url)")
     return asyncio.run(main_async(args))
 
 

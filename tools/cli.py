@@ -435,6 +435,14 @@ def _run_up(args: argparse.Namespace) -> int:
     if args.scorer_replicas < 1:
         print("--scorer-replicas must be at least 1", file=sys.stderr)
         return 2
+    for flag, value in (
+        ("--asr-workers", args.asr_workers),
+        ("--asr-partial-batch", args.asr_partial_batch),
+        ("--asr-final-beam", args.asr_final_beam),
+    ):
+        if value is not None and value < 1:  # else the ASR would refuse it after the mesh had started
+            print(f"{flag} must be at least 1", file=sys.stderr)
+            return 2
     if (args.tls_cert is None) != (args.tls_key is None):
         print("--tls-cert and --tls-key go together", file=sys.stderr)
         return 2

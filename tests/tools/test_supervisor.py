@@ -266,6 +266,26 @@ def test_callsense_up_passes_the_asr_capacity_settings_and_the_asr_takes_them(tm
         parse_args(["--final-beam", "0"])
 
 
+def test_callsense_up_takes_the_asr_settings_into_its_options_and_refuses_bad_ones(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The command line's ASR flags reach UpOptions (what the mesh specs above are built from); a value
+    under 1 is refused before anything starts, not by the ASR process once the mesh is up."""
+    import tools.up
+    from tools.cli import main
+
+    started: list[UpOptions] = []
+    monkeypatch.setattr(tools.up, "main", lambda options: started.append(options) or 0)
+    argv = ["up", "--asr-workers", "2", "--asr-partial-batch", "4", "--asr-final-beam", "1"]
+    assert main(argv) == 0
+    assert [(o.asr_workers, o.asr_partial_batch, o.asr_final_beam) for o in started] == [(2, 4, 1)]
+    assert main(["up"]) == 0 and started[-1].asr_final_beam is None
+    for flag in ("--asr-workers", "--asr-partial-batch", "--asr-final-beam"):
+        assert main(["up", flag, "0"]) == 2
+        assert f"{flag} must be at least 1" in capsys.readouterr().err
+    assert len(started) == 2
+
+
 # `callsense up` as a user runs it: a supervisor process with an HTTP server and Envoy, stopped by Ctrl-C.
 _UP_SCRIPT = textwrap.dedent(
     """
