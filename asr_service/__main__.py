@@ -106,8 +106,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "bench/endpointing.py --beams measures WER and end of speech -> final for each)",
     )
     args = parser.parse_args(argv)
-    if args.final_beam < 1:
-        parser.error("--final-beam must be at least 1 (1: greedy)")
     if args.max_streams < 1:
         parser.error("--max-streams must be at least 1")
     if args.workers < 1:
@@ -116,6 +114,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--partial-interval must be 0 (no partials) or more")
     if args.partial_batch < 1:
         parser.error("--partial-batch must be at least 1 (1: each partial decoded alone)")
+    if args.final_beam < 1:
+        parser.error("--final-beam must be at least 1 (1: greedy)")
     return args
 
 

@@ -301,8 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"{'set':<8} {'rate':<9} {'early_ms':>8} {'spec_ms':>7} {'beam':>4} {'clips':>5} "
         f"{'WER_%':>6} {'same':>4} {'early':>5} {'cuts':>4} {'turn_early':>10} {'spec':>4} {'used':>4} "
-        f"{'p50_ms':>7} {'p95_ms':>7} "
-        f"{'dec/min':>7} {'p50_x':>6} {'p95_x':>6}"
+        f"{'p50_ms':>7} {'p95_ms':>7} {'dec/min':>7} {'p50_x':>6} {'p95_x':>6}"
     )
     print(header, flush=True)
     started = time.perf_counter()
@@ -321,9 +320,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"{set_name:<8} {rate:<9} {row.early_end_ms:>8} {row.speculative_ms:>7} {row.beam:>4} "
                     f"{row.clips:>5} {row.wer:6.2f} {same:>4} {row.early:>5} {row.cuts:>4} "
-                    f"{row.turn_early:>10} "
-                    f"{row.speculations:>4} {row.used:>4} {row.p50_ms:7.0f} {row.p95_ms:7.0f} "
-                    f"{row.decodes_per_min:7.1f} {p50_x:6.2f} {p95_x:6.2f}",
+                    f"{row.turn_early:>10} {row.speculations:>4} {row.used:>4} {row.p50_ms:7.0f} "
+                    f"{row.p95_ms:7.0f} {row.decodes_per_min:7.1f} {p50_x:6.2f} {p95_x:6.2f}",
                     flush=True,
                 )
                 if args.per_clip:
@@ -331,8 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                 summary.append(
                     f"{set_name}/{rate}/{row.early_end_ms}/{row.speculative_ms}ms/b{row.beam} "
                     f"wer={row.wer:.2f} same={same}/{row.clips} cuts={row.cuts} p50={row.p50_ms:.0f} "
-                    f"p95={row.p95_ms:.0f} "
-                    f"dec/min={row.decodes_per_min:.1f}"
+                    f"p95={row.p95_ms:.0f} dec/min={row.decodes_per_min:.1f}"
                 )
     print(f"wall {time.perf_counter() - started:.0f} s")
     print("endpointing " + "; ".join(summary))
