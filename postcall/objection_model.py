@@ -59,6 +59,14 @@ class ObjectionModelError(ValueError):
     """The weights file is missing, of another format, or inconsistent."""
 
 
+def _optional_sha(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) != 64:
+        raise ValueError(f"stance_model_sha256 must be a SHA-256 in hex or null, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class ObjectionModel:
     weights: Array  # (len(CLASSES), features)
@@ -67,6 +75,9 @@ class ObjectionModel:
     context_weight: float
     sentence_threshold: float = 0.0
     card: dict[str, Any] = field(default_factory=dict)
+    # The SHA-256 of the sentiment model whose pooled state the weights read as stance features
+    # (postcall/stance.py); None: weights without stance features.
+    stance_model_sha256: str | None = None
 
     def __post_init__(self) -> None:
         if self.weights.ndim != 2 or self.weights.shape[0] != len(CLASSES):
@@ -106,6 +117,7 @@ class ObjectionModel:
             "threshold": self.threshold,
             "sentence_threshold": self.sentence_threshold,
             "context_weight": self.context_weight,
+            "stance_model_sha256": self.stance_model_sha256,
             "card": self.card,
             "bias": [round(float(v), 6) for v in self.bias],
             "weights": [[round(float(v), 6) for v in row] for row in self.weights],
@@ -127,6 +139,7 @@ class ObjectionModel:
                 context_weight=float(data["context_weight"]),
                 sentence_threshold=float(data["sentence_threshold"]),
                 card=dict(data.get("card") or {}),
+                stance_model_sha256=_optional_sha(data.get("stance_model_sha256")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ObjectionModelError(f"{source}: {exc}") from exc

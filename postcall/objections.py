@@ -46,6 +46,7 @@ from callsense.tenants import DEFAULT_SETTINGS, BadgeSettings
 from callsense.topics import Topic, topic_hits
 from postcall.encoder import Matrix, MiniLMEncoder, shared_encoder
 from postcall.objection_model import MODEL_PATH, NONE_CLASS, ObjectionModel
+from postcall.stance import STANCE_MODEL_PATH, StanceEncoder, check_stance_model, shared_stance_encoder
 
 log = logging.getLogger(__name__)
 
@@ -196,11 +197,13 @@ def segment_features(
     texts: Sequence[str],
     context_weight: float,
     live_settings: BadgeSettings = DEFAULT_SETTINGS,
+    stance: Matrix | None = None,
 ) -> Matrix:
     """The classifier's input, one row per segment of a call given in call order: the segment's MiniLM
     embedding; its phrase-rule hits (one 0/1 per tag); its topic-keyword hits (one 0/1 per tag's topic);
-    and ``context_weight`` times the embeddings of the segments just before and just after it (zeros at
-    the call's ends). A lone sentence is a call of one segment."""
+    ``context_weight`` times the embeddings of the segments just before and just after it (zeros at the
+    call's ends); and, last, its ``stance`` row when given (postcall/stance.py: how the sentiment model
+    reads the segment after the one before it). A lone sentence is a call of one segment."""
     count = embeddings.shape[0]
     if count != len(texts):
         raise ValueError(f"{count} embeddings for {len(texts)} texts")
@@ -210,9 +213,12 @@ def segment_features(
     after = np.zeros_like(embeddings)
     after[:-1] = embeddings[1:]
     weight = np.float32(context_weight)
-    return np.hstack(
-        [embeddings, hits.reshape(count, 2 * len(TAGS)), weight * before, weight * after]
-    ).astype(np.float32)
+    parts = [embeddings, hits.reshape(count, 2 * len(TAGS)), weight * before, weight * after]
+    if stance is not None:
+        if stance.shape[0] != count:
+            raise ValueError(f"{stance.shape[0]} stance rows for {count} texts")
+        parts.append(stance)
+    return np.hstack(parts).astype(np.float32)
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -231,7 +237,8 @@ def sentence_features(
 ) -> list[Matrix]:
     """Per segment (a row of ``segment_features`` and its text), one row per sentence: the sentence's
     embedding and hits in place of the segment's, the segment's context kept. A segment of one sentence
-    keeps its own row. ``embed`` encodes the sentences of all segments in one go."""
+    keeps its own row (the stance columns stay the segment's). ``embed`` encodes the sentences of all
+    segments in one go."""
     split = [split_sentences(text) for text in texts]
     several = sorted({sentence for sentences in split if len(sentences) > 1 for sentence in sentences})
     vectors = dict(zip(several, embed(several), strict=True)) if several else {}
@@ -265,7 +272,8 @@ class TaggerSettings:
 
 class LocalObjectionTagger:
     """Rules + the learned classifier; no network. Thread-safe; the weights load at construction (a broken
-    file fails at start-up), the encoder on the first ``tag`` (the process-wide one unless one is given)."""
+    file, or weights fitted on another sentiment model than the shipped one, fail at start-up), the
+    encoders on the first ``tag`` (the process-wide ones unless given)."""
 
     def __init__(
         self,
@@ -273,11 +281,18 @@ class LocalObjectionTagger:
         live_settings: BadgeSettings = DEFAULT_SETTINGS,
         encoder: MiniLMEncoder | None = None,
         model_path: Path = MODEL_PATH,
+        stance_encoder: StanceEncoder | None = None,
     ) -> None:
         self.settings = settings or TaggerSettings()
         self._live_settings = live_settings
         self._encoder = encoder
         self.model = ObjectionModel.load(model_path)
+        if self.model.stance_model_sha256 is not None:
+            check_stance_model(
+                self.model.stance_model_sha256,
+                stance_encoder.model_path if stance_encoder else STANCE_MODEL_PATH,
+            )
+        self._stance_encoder = stance_encoder
         self._lock = threading.Lock()
 
     def _shared_encoder(self) -> MiniLMEncoder:
@@ -285,6 +300,15 @@ class LocalObjectionTagger:
             if self._encoder is None:
                 self._encoder = shared_encoder()
             return self._encoder
+
+    def _stance(self, texts: Sequence[str]) -> Matrix | None:
+        if self.model.stance_model_sha256 is None:
+            return None
+        with self._lock:
+            if self._stance_encoder is None:
+                self._stance_encoder = shared_stance_encoder()
+            stance = self._stance_encoder
+        return stance.encode_call(texts)
 
     def tag(self, events: Sequence[UtteranceScore]) -> list[ObjectionTag]:
         segments = call_segments(events)
@@ -294,7 +318,7 @@ class LocalObjectionTagger:
         encoder = self._shared_encoder()
         texts = [e.text for e in segments]
         features = segment_features(
-            encoder.encode(texts), texts, self.model.context_weight, self._live_settings
+            encoder.encode(texts), texts, self.model.context_weight, self._live_settings, self._stance(texts)
         )
         rows = features[customer]
         sentences = sentence_features(rows, [texts[i] for i in customer], encoder.encode, self._live_settings)

@@ -3,7 +3,9 @@
 Data: the customer lines of the sales corpus's fitting splits (train and dev unless told otherwise; never
 test), each twice, as written and as the ASR writes it (one gold tag), with its neighbours in the call as
 context; plus the hand-written sentences of postcall/objection_examples.json, each a call of one sentence.
-Features: ``postcall.objections.segment_features``, the very function the tagger serves with.
+Features: ``postcall.objections.segment_features``, the very function the tagger serves with, stance
+rows included (``postcall.stance``: the shipped sentiment model's pooled state for each line read after
+the one before it; the weights record that model's SHA-256 and refuse to serve beside another).
 
 Model: a multinomial logistic regression (scikit-learn, lbfgs, L2 with ``C``) into "none" and the five
 tags; deterministic for given data. Its thresholds (the segment's, and the one its best sentence must
@@ -16,8 +18,8 @@ on. The phrase rules the tagger applies beside the model are left out of these f
 sentiment score; on the corpus they add no line the model misses).
 
 Choices made by cross-validation on train + dev (docs/objections.md): ``C``, ``CONTEXT_WEIGHT``, the ASR
-copies and the examples (each helped), and leaving the sentiment scores out of the features (no gain, and
-the tagger then does not depend on the sentiment model's calibration).
+copies and the examples (each helped), and leaving the sentiment scores out of the features (no gain), and the
+sentiment model's pooled state in (+0.06 micro-F1, docs/objections.md).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from callsense.report import TAGS
 from postcall.encoder import Matrix, MiniLMEncoder, shared_encoder
 from postcall.objection_model import CLASSES, MODEL_PATH, NONE_CLASS, ObjectionModel, tags_at
 from postcall.objections import TAGGED_CHANNELS, load_examples, segment_features, sentence_features
+from postcall.stance import StanceEncoder, file_sha256, shared_stance_encoder
 from training.objection_eval import (
     SALES_DIR,
     GoldLine,
@@ -102,12 +105,19 @@ class Rows:
         return np.stack(self.features).astype(np.float32)
 
 
-def corpus_rows(lines: Sequence[GoldLine], cache: EmbeddingCache, asr: bool) -> Rows:
+def corpus_rows(
+    lines: Sequence[GoldLine], cache: EmbeddingCache, asr: bool, stance: StanceEncoder | None
+) -> Rows:
     """The customer lines of ``lines`` as feature rows, each call's lines as the tagger sees a call."""
     rows = Rows([], [], [], [])
     for call_lines in by_call(lines).values():
         texts = [line.asr_text if asr else line.text for line in call_lines]
-        features = segment_features(cache.encode(texts), texts, CONTEXT_WEIGHT)
+        features = segment_features(
+            cache.encode(texts),
+            texts,
+            CONTEXT_WEIGHT,
+            stance=stance.encode_call(texts) if stance else None,
+        )
         for line, text, row in zip(call_lines, texts, features, strict=True):
             if line.speaker in TAGGED_CHANNELS:
                 rows.features.append(row)
@@ -117,12 +127,15 @@ def corpus_rows(lines: Sequence[GoldLine], cache: EmbeddingCache, asr: bool) -> 
     return rows
 
 
-def example_rows(cache: EmbeddingCache) -> Rows:
+def example_rows(cache: EmbeddingCache, stance: StanceEncoder | None) -> Rows:
     """The hand-written sentences, each a call of one sentence (so no context)."""
     rows = Rows([], [], [], [])
     for name, sentences in load_examples().items():
         for sentence in sentences:
-            rows.features.append(segment_features(cache.encode([sentence]), [sentence], CONTEXT_WEIGHT)[0])
+            own_stance = stance.encode_alone([sentence]) if stance else None
+            rows.features.append(
+                segment_features(cache.encode([sentence]), [sentence], CONTEXT_WEIGHT, stance=own_stance)[0]
+            )
             rows.labels.append(CLASSES.index(name))
             rows.lines.append(None)
             rows.texts.append(sentence)
@@ -221,6 +234,7 @@ def train(
     cache_path: Path | None = None,
     encoder: MiniLMEncoder | None = None,
     progress: Callable[[str], None] | None = None,
+    stance: StanceEncoder | None = None,
 ) -> ObjectionModel:
     """The classifier fitted on ``splits`` of the corpus (+ the examples), its threshold cross-validated."""
     if "test" in splits:
@@ -230,11 +244,12 @@ def train(
     say = progress or (lambda _: None)
     lines = [line for line in load_gold_lines(directory) if line.split in splits]
     cache = EmbeddingCache(encoder or shared_encoder(), cache_path)
-    say(f"embedding {len(lines)} lines (written and ASR) and the examples")
+    stance = stance or shared_stance_encoder()
+    say(f"embedding {len(lines)} lines (written and ASR) and the examples; stance: {stance.model_path}")
     written, asr, examples = (
-        corpus_rows(lines, cache, False),
-        corpus_rows(lines, cache, True),
-        example_rows(cache),
+        corpus_rows(lines, cache, False, stance),
+        corpus_rows(lines, cache, True, stance),
+        example_rows(cache, stance),
     )
     say(f"cross-validating over {len(written.labels)} customer lines")
     cv = cross_validate(written, asr, examples, cache)
@@ -249,7 +264,8 @@ def train(
         "command": command if tuple(splits) == FIT_SPLITS else f"{command} --splits {' '.join(splits)}",
         "encoder": ENCODER_NAME,
         "features": "segment_features: embedding, rule hits, topic hits, context_weight x the embeddings of "
-        "the segments before and after",
+        "the segments before and after, the sentiment model's pooled state (postcall/stance.py)",
+        "stance_model": str(stance.model_path.name),
         "fitted_on": {
             "splits": list(splits),
             "customer_lines": len(written.labels),
@@ -261,7 +277,13 @@ def train(
         "cross_validation": cv,
     }
     return ObjectionModel(
-        weights, bias, float(cv["threshold"]), CONTEXT_WEIGHT, float(cv["sentence_threshold"]), card
+        weights,
+        bias,
+        float(cv["threshold"]),
+        CONTEXT_WEIGHT,
+        float(cv["sentence_threshold"]),
+        card,
+        stance_model_sha256=file_sha256(stance.model_path),
     )
 
 

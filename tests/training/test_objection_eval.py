@@ -27,14 +27,14 @@ from training.objection_eval import (
     score_predictions,
 )
 
-# The shipped tagger on the sales test split of the corpus's three batches (docs/objections.md): micro-F1
-# 0.487, false-tag rate 0.040 (23 of 570), on mentions 0.064 (on batches 1 and 2: 0.521, 0.049, 0.073; on
-# batch 1 alone, when it shipped: 0.507, 0.052, 0.074; batch 3 asks for more objections right after praise,
-# and the tagger misses more of them). A tagger that does worse than this, less a line or two of slack, does
-# not ship; one that meets the goals turns the xfail below into a failure to remove.
-FLOOR_MICRO_F1 = 0.47
-CEILING_FALSE_TAG_RATE = 0.06
-CEILING_MENTION_FALSE_TAG_RATE = 0.09
+# The shipped tagger (with the sentiment model's stance features, fitted on the three batches' train + dev)
+# on the sales test split (docs/objections.md): micro-F1 0.559, false-tag rate 0.040 (23 of 570), on
+# mentions 0.068. The tagger before it (MiniLM alone, fitted on batch 1): 0.487, 0.040, 0.064. A tagger
+# that does worse than the shipped one, less a few lines of slack, does not ship; one that meets the goals
+# turns the xfail below into a failure to remove.
+FLOOR_MICRO_F1 = 0.54
+CEILING_FALSE_TAG_RATE = 0.05
+CEILING_MENTION_FALSE_TAG_RATE = 0.08
 
 
 def line(line_id: str, objection: str | None, text: str = "ok", label: str = "neutral") -> GoldLine:
@@ -127,7 +127,7 @@ def test_the_shipped_tagger_is_no_worse_than_when_it_shipped(test_split: Objecti
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 12's goals are not met: the shipped tagger measured micro-F1 0.487 and a false-tag rate "
+    reason="issue 12's goals are not met: the shipped tagger measured micro-F1 0.559 and a false-tag rate "
     "of 0.040 on the test split of the corpus's three batches (docs/objections.md)",
 )
 def test_the_shipped_tagger_meets_the_goals(test_split: ObjectionEvaluation) -> None:

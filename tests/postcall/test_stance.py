@@ -1,0 +1,78 @@
+"""The objection tagger's stance features: the shipped sentiment model's pooled state (postcall/stance.py),
+and the pin between the tagger's weights and that model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from postcall.objection_model import MODEL_PATH, ObjectionModel, ObjectionModelError
+from postcall.objections import LocalObjectionTagger
+from postcall.stance import (
+    STANCE_MODEL_PATH,
+    StanceEncoder,
+    StanceModelMismatchError,
+    check_stance_model,
+    file_sha256,
+)
+
+BUDGET_OVER = "Honestly that's well over what we budgeted for this."
+BUDGET_FITS = "That's within what we budgeted, so no problem there."
+
+
+@pytest.fixture(scope="module")
+def stance() -> StanceEncoder:
+    if not STANCE_MODEL_PATH.is_file():
+        pytest.skip(f"SHIPPED MODEL ABSENT: {STANCE_MODEL_PATH}; the stance features read it")
+    return StanceEncoder()
+
+
+def test_one_bounded_row_per_segment_each_independent_of_the_rest_of_the_call(stance: StanceEncoder) -> None:
+    call = ["So the annual plan comes to forty thousand.", BUDGET_OVER, "Understood, let me see."]
+    rows = stance.encode_call(call)
+    assert rows.shape == (3, stance.dimension) and rows.dtype == np.float32
+    assert np.abs(rows).max() <= 1.0  # the pooler's tanh
+    # One pass per segment: a segment's row depends on it and its predecessor only, never on its batch.
+    assert np.array_equal(stance.encode_call(call[:2])[1], rows[1])
+
+
+def test_a_segment_is_read_after_the_one_before_it(stance: StanceEncoder) -> None:
+    assert stance.uses_context  # the shipped model reads pairs; so does the tagger
+    after_price = stance.encode_call(["The annual plan comes to forty thousand.", "Five."])[1]
+    alone = stance.encode_alone(["Five."])[0]
+    assert not np.allclose(after_price, alone, atol=1e-3)
+
+
+def test_the_stance_tells_a_budget_that_hurts_from_one_that_fits(stance: StanceEncoder) -> None:
+    # The reason the features exist: MiniLM puts these two close together; the sentiment model does not.
+    from postcall.encoder import shared_encoder
+
+    def cosine(a: np.ndarray, b: np.ndarray) -> float:
+        return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+    minilm = shared_encoder().encode([BUDGET_OVER, BUDGET_FITS])
+    by_stance = stance.encode_alone([BUDGET_OVER, BUDGET_FITS])
+    assert cosine(*by_stance) < cosine(*minilm) - 0.2, (cosine(*by_stance), cosine(*minilm))
+
+
+def test_the_shipped_weights_were_fitted_on_the_shipped_sentiment_model() -> None:
+    # Shipping a sentiment model moves the pooled space: refit the tagger (callsense objections train).
+    model = ObjectionModel.load(MODEL_PATH)
+    assert model.stance_model_sha256 == file_sha256(STANCE_MODEL_PATH)
+    check_stance_model(model.stance_model_sha256)
+
+
+def test_weights_fitted_on_another_sentiment_model_refuse_to_start(tmp_path: Path) -> None:
+    weights = json.loads(MODEL_PATH.read_text())
+    weights["stance_model_sha256"] = "0" * 64
+    path = tmp_path / "objection_model.json"
+    path.write_text(json.dumps(weights))
+    with pytest.raises(StanceModelMismatchError, match="callsense objections train"):
+        LocalObjectionTagger(model_path=path)
+    weights["stance_model_sha256"] = "not a checksum"
+    path.write_text(json.dumps(weights))
+    with pytest.raises(ObjectionModelError, match="stance_model_sha256"):
+        ObjectionModel.load(path)
