@@ -2,19 +2,23 @@
 
 A multinomial logistic regression over one segment's features (``postcall.objections.segment_features``:
 the MiniLM embedding of the segment, its phrase-rule and topic-keyword hits, and the embeddings of the
-segments just before and after it in the call, scaled by ``context_weight``) into six classes: "none" and
+segments just before and after it in the call, scaled by ``context_weight``, and, when the weights name a
+``stance_model_sha256``, the segment's stance from that sentiment model, postcall/stance.py) into six
+classes: "none" and
 the five tags. A tag is given where its probability reaches ``threshold`` and one of the segment's
 sentences alone (in the segment's context) gives it at least ``sentence_threshold``: "I love the idea.
 What would it cost for forty seats?" resembles pushback as a whole, but neither sentence is pushback.
 
 The file is written by ``callsense objections train`` (training/objection_tagger.py, scikit-learn), which
-also records what it was fitted on and its cross-validated figures under ``card``; serving needs NumPy
-only. A missing or malformed file is an error at start-up, with the file's name and what is wrong.
+also records what it was fitted on and its cross-validated figures under ``card``; the classifier itself
+is NumPy only (the stance features need ONNX Runtime). A missing or malformed file is an error at
+start-up, with the file's name and what is wrong.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,7 +66,7 @@ class ObjectionModelError(ValueError):
 def _optional_sha(value: Any) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or len(value) != 64:
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{64}", value):
         raise ValueError(f"stance_model_sha256 must be a SHA-256 in hex or null, got {value!r}")
     return value
 

@@ -9,8 +9,10 @@ Only the customer's side is tagged (``customer`` and, on a mono line, ``mixed`` 
      segment is clearly positive ("not now, we're ready!"). The live coach's competitor rules (rivals'
      names, "another vendor"...) are only a feature: "we use HubSpot today" is a fact, not an objection.
   2. A learned classifier (``postcall/objection_model.py``, weights in ``objection_model.json``, NumPy):
-     a logistic regression over the segment's MiniLM embedding, its rule and topic-keyword hits, and the
-     embeddings of the segments just before and after it (what the rep said and answered), trained by
+     a logistic regression over the segment's MiniLM embedding, its rule and topic-keyword hits, the
+     embeddings of the segments just before and after it (what the rep said and answered), and its stance
+     (``postcall/stance.py``: the shipped sentiment model's pooled state, the segment read after the one
+     before it; the weights pin that model's checksum), trained by
      ``callsense objections train`` on the sales corpus's labelled customer lines and the hand-written
      sentences of ``objection_examples.json``. A tag is given where its probability reaches the model's
      threshold and one of the segment's sentences alone reaches the sentence threshold (both chosen by
@@ -301,14 +303,14 @@ class LocalObjectionTagger:
                 self._encoder = shared_encoder()
             return self._encoder
 
-    def _stance(self, texts: Sequence[str]) -> Matrix | None:
+    def _stance(self, texts: Sequence[str], rows: Sequence[int]) -> Matrix | None:
         if self.model.stance_model_sha256 is None:
             return None
         with self._lock:
             if self._stance_encoder is None:
                 self._stance_encoder = shared_stance_encoder()
             stance = self._stance_encoder
-        return stance.encode_call(texts)
+        return stance.encode_call(texts, rows)
 
     def tag(self, events: Sequence[UtteranceScore]) -> list[ObjectionTag]:
         segments = call_segments(events)
@@ -318,7 +320,11 @@ class LocalObjectionTagger:
         encoder = self._shared_encoder()
         texts = [e.text for e in segments]
         features = segment_features(
-            encoder.encode(texts), texts, self.model.context_weight, self._live_settings, self._stance(texts)
+            encoder.encode(texts),
+            texts,
+            self.model.context_weight,
+            self._live_settings,
+            self._stance(texts, customer),  # only the customer's rows are classified
         )
         rows = features[customer]
         sentences = sentence_features(rows, [texts[i] for i in customer], encoder.encode, self._live_settings)

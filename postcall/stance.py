@@ -3,15 +3,19 @@
 The MiniLM sentence embedding says what a segment is about (price, dates, a boss); it was trained for
 similarity, not for a buyer's stance, so "that's well over what we budgeted" and "that's within what we
 budgeted" lie close together. The shipped sentiment model was fine-tuned on sales calls to hear exactly
-that difference, reading each line with the one before it. Its pooled state (the 384 numbers its
-classifier reads, after the pooler's tanh) is the tagger's stance features: cross-validated on the
-sales corpus, micro-F1 0.483 -> 0.547 at the same false-tag rate (docs/objections.md).
+that difference, reading each line with the one before it. Here each segment is read after the segment
+before it in the call (start-time order: the order the tagger sees, and the corpus's), whichever side
+spoke it. Its pooled state (the 384 numbers its classifier reads, after the pooler's tanh) is the
+tagger's stance features: cross-validated on the sales corpus, micro-F1 0.483 -> 0.547 at the same
+false-tag rate (docs/objections.md).
 
 The tagger's weights are fitted to one sentiment model's pooled space, so they pin that model: the weights
 file records the SHA-256 of the ONNX file it was fitted with, and the tagger refuses to start against
-another (``StanceModelMismatchError``). It reads the *shipped* model file, never a tenant's retrained one,
-so a promotion in the model registry never moves the tagger's features. Shipping a new sentiment model
-means refitting the tagger (``callsense objections train``); a test fails until that is done.
+another (``StanceModelMismatchError``). The tokenizer and the model's card ship with the ONNX file and
+never change without it (``callsense export`` writes all three), so the file's checksum pins them too.
+The tagger reads the *shipped* model file, never a tenant's retrained one, so a promotion in the model
+registry never moves its features. Shipping a new sentiment model means refitting the tagger
+(``callsense objections train``); a test fails until that is done.
 
 The graph's pooled tensor is made a second output at load time (the ``onnx`` package edits the graph in
 memory; the file on disk stays the scorer's). One ONNX Runtime session, one thread, loaded on first use.
@@ -24,11 +28,16 @@ import json
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
 
-from callsense.tokenization import SHIPPED_MODEL_DIR, EncodedText, SentimentTokenizer, pad_batch
+from callsense.tokenization import SHIPPED_MODEL_DIR, EncodedText, SentimentTokenizer, TextRejected, pad_batch
+from postcall.objection_model import ObjectionModelError
+
+if TYPE_CHECKING:
+    import onnx
 
 STANCE_MODEL_PATH = SHIPPED_MODEL_DIR / "model.int8.onnx"
 # Only the end of the previous segment fits in the 128-token pair anyway (as the scorer cuts it).
@@ -37,8 +46,9 @@ MAX_PREVIOUS_CHARS = 2048
 Matrix = NDArray[np.float32]
 
 
-class StanceModelMismatchError(RuntimeError):
-    """The objection weights were fitted on another sentiment model than the one installed."""
+class StanceModelMismatchError(ObjectionModelError):
+    """The objection weights were fitted on another sentiment model than the one installed (a ValueError,
+    as a broken weights file is: the post-call worker exits 2 with this message)."""
 
 
 def file_sha256(path: Path) -> str:
@@ -51,7 +61,12 @@ def file_sha256(path: Path) -> str:
 
 def check_stance_model(expected_sha256: str, path: Path = STANCE_MODEL_PATH) -> None:
     """Raise ``StanceModelMismatchError`` unless ``path`` is the file the weights were fitted on."""
-    found = file_sha256(path) if path.is_file() else "missing"
+    if not path.is_file():
+        raise StanceModelMismatchError(
+            f"the objection tagger reads the sentiment model {path}, which is missing: restore the "
+            "shipped scorer_service/model/"
+        )
+    found = file_sha256(path)
     if found != expected_sha256:
         raise StanceModelMismatchError(
             f"the objection tagger's weights were fitted on the sentiment model with SHA-256 "
@@ -60,13 +75,9 @@ def check_stance_model(expected_sha256: str, path: Path = STANCE_MODEL_PATH) -> 
         )
 
 
-def _pooled_output_name(graph: object) -> str:
+def _pooled_output_name(graph: onnx.GraphProto) -> str:
     """The pooler's tanh output: what the classifier reads (torch's BERT export names it so)."""
-    names = [
-        node.output[0]
-        for node in graph.node  # type: ignore[attr-defined]
-        if node.op_type == "Tanh" and "pooler" in node.name
-    ]
+    names = [node.output[0] for node in graph.node if node.op_type == "Tanh" and "pooler" in node.name]
     if len(names) != 1:
         raise StanceModelMismatchError(
             f"expected one pooler Tanh node in the sentiment model's graph, found {len(names)}"
@@ -75,8 +86,8 @@ def _pooled_output_name(graph: object) -> str:
 
 
 class StanceEncoder:
-    """Segments of a call in, one pooled vector per segment out (each read after the one before it, when
-    the model was trained with context, as the scorer reads it). Thread-safe: one inference at a time."""
+    """Segments of a call in, one pooled vector per segment out, each read after the segment before it
+    when the model was trained with context. Thread-safe: one inference at a time."""
 
     def __init__(self, model_path: Path = STANCE_MODEL_PATH, threads: int = 1) -> None:
         import onnx
@@ -99,36 +110,41 @@ class StanceEncoder:
         self.uses_context = bool(card.get("uses_context", False))
         self._tokenizer = SentimentTokenizer(model_path.parent / "tokenizer.json")
         self._lock = threading.Lock()
+        # The width, from one real pass (the graph declares the added output without a shape).
+        (probe,) = self._session.run([self.output], pad_batch([self._tokenizer.encode("ok")]))
+        self.dimension = int(probe.shape[-1])
 
-    @property
-    def dimension(self) -> int:
-        shape = next(o.shape for o in self._session.get_outputs() if o.name == self.output)
-        return int(shape[-1])
-
-    def encode_call(self, texts: Sequence[str]) -> Matrix:
-        """One row per segment of a call given in call order, each read after the segment before it."""
-        encoded = [
-            self._encode(text, texts[i - 1][-MAX_PREVIOUS_CHARS:] if i else "")
-            for i, text in enumerate(texts)
-        ]
-        return self._run(encoded)
+    def encode_call(self, texts: Sequence[str], rows: Sequence[int] | None = None) -> Matrix:
+        """One row per segment of a call given in call order, each read after the segment before it;
+        only the ``rows`` asked for are computed (the customer's: the rep's rows are never read), the
+        others stay zeros."""
+        wanted = range(len(texts)) if rows is None else rows
+        return self._run(
+            len(texts),
+            {i: self._encode(texts[i], texts[i - 1][-MAX_PREVIOUS_CHARS:] if i else "") for i in wanted},
+        )
 
     def encode_alone(self, texts: Sequence[str]) -> Matrix:
         """One row per text, each read without context (a hand-written example sentence)."""
-        return self._run([self._encode(text, "") for text in texts])
+        return self._run(len(texts), {i: self._encode(text, "") for i, text in enumerate(texts)})
 
-    def _encode(self, text: str, previous: str) -> EncodedText:
-        # The tokenizer refuses an empty segment; the tagger never sends one, but a blank stays a blank.
-        return self._tokenizer.encode(text or ".", previous if self.uses_context else "")
+    def _encode(self, text: str, previous: str) -> EncodedText | None:
+        """None for a segment the model refuses (blank, or over its 128 tokens): its row stays zeros, the
+        stance of "nothing heard", and the call's other segments are still read."""
+        try:
+            return self._tokenizer.encode(text, previous if self.uses_context else "")
+        except TextRejected:
+            return None
 
-    def _run(self, encoded: list[EncodedText]) -> Matrix:
-        rows = np.zeros((len(encoded), self.dimension), dtype=np.float32)
+    def _run(self, count: int, encoded: dict[int, EncodedText | None]) -> Matrix:
+        rows = np.zeros((count, self.dimension), dtype=np.float32)
         with self._lock:
             # One pass per segment, as the scorer runs: the INT8 graph quantises its activations with one
             # scale per tensor, so a padded batch would give a segment features that depend on its batch.
-            for index, item in enumerate(encoded):
-                (pooled,) = self._session.run([self.output], pad_batch([item]))
-                rows[index] = pooled[0]
+            for index, item in encoded.items():
+                if item is not None:
+                    (pooled,) = self._session.run([self.output], pad_batch([item]))
+                    rows[index] = pooled[0]
         return rows
 
 

@@ -17,34 +17,44 @@ from pathlib import Path
 
 _EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _WINDOW_FLOOR = 20000  # above the well-known and most registered service ports
-_DEFAULT_EPHEMERAL_LOW = 32768  # Linux's default when the range cannot be read
+_LINUX_DEFAULT_EPHEMERAL = (32768, 60999)  # when the range cannot be read
+_MIN_WINDOW = 4000  # room for the scorer replicas' runs (ports 1000 apart) and a test session's servers
 
 
-def _window() -> range:
-    """The ports this module hands out: from ``_WINDOW_FLOOR`` up to the ephemeral range's start."""
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's ephemeral port range (low, high), inclusive; Linux's default where it cannot be read."""
     try:
-        low = int(_EPHEMERAL_RANGE.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = _DEFAULT_EPHEMERAL_LOW
-    if low - _WINDOW_FLOOR < 4000:  # an unusual range leaves too little below it: use the upper ports
-        return range(61000, 65536)
-    return range(_WINDOW_FLOOR, low)
+        low, high = (int(part) for part in _EPHEMERAL_RANGE.read_text().split())
+    except (OSError, ValueError):
+        return _LINUX_DEFAULT_EPHEMERAL
+    return low, high
 
 
-class _PortWalk:
-    """Walks the window from a random start, so two processes rarely meet and one never repeats itself."""
+def window(low: int, high: int) -> range | None:
+    """The ports to hand out beside an ephemeral range [low, high]: the larger gap below it (from
+    ``_WINDOW_FLOOR``) or above it; None when neither is ``_MIN_WINDOW`` ports wide (say a range of
+    1024-65535: then nothing is safe from outbound connections, and the OS's pick is as good as any)."""
+    below, above = range(_WINDOW_FLOOR, max(low, _WINDOW_FLOOR)), range(high + 1, 65536)
+    best = max(below, above, key=len)
+    return best if len(best) >= _MIN_WINDOW else None
 
-    def __init__(self, window: range) -> None:
-        self._window = window
-        self._offset = random.SystemRandom().randrange(len(window))
+
+class PortWalk:
+    """Walks a window from a given start, so two processes (random starts) rarely meet and one never
+    repeats itself: a port, or each port of a run, is handed out once, and only while it can be bound."""
+
+    def __init__(self, ports: range, start: int) -> None:
+        self._window = ports
+        self._offset = start
         self._handed_out: set[int] = set()
         self._lock = threading.Lock()
 
     def take(self, count: int = 1, step: int = 1) -> int:
         """A port ``p`` with ``p + i * step`` bindable and not handed out before, for every ``i < count``."""
-        span = (count - 1) * step
-        if span >= len(self._window):
-            raise RuntimeError(f"no run of {count} ports {step} apart fits in {self._window}")
+        if count < 1 or step < 1:
+            raise ValueError(f"count and step must be at least 1, got {count} and {step}")
+        if (count - 1) * step >= len(self._window):
+            raise RuntimeError(f"a run of {count} ports {step} apart does not fit in {self._window}")
         with self._lock:
             for _ in range(len(self._window)):
                 port = self._window[self._offset % len(self._window)]
@@ -55,10 +65,34 @@ class _PortWalk:
                 if all(_bindable(p) for p in run):
                     self._handed_out.update(run)
                     return port
-        raise RuntimeError(f"no free run of {count} ports {step} apart in {self._window}")
+        raise RuntimeError(f"no free run of {count} ports {step} apart left in {self._window}")
 
 
-_walk = _PortWalk(_window())
+def _os_pick(count: int, step: int) -> int:
+    """The OS's pick (bind port 0), for hosts whose ephemeral range leaves no window beside it."""
+    for _ in range(50):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        run = [port + i * step for i in range(count)]
+        if run[-1] <= 65535 and all(_bindable(p) for p in run[1:]):
+            return port
+    raise RuntimeError(f"no free run of {count} ports {step} apart")
+
+
+class _OsPicks:
+    def take(self, count: int = 1, step: int = 1) -> int:
+        return _os_pick(count, step)
+
+
+def _process_walk() -> PortWalk | _OsPicks:
+    ports = window(*ephemeral_range())
+    if ports is None:
+        return _OsPicks()
+    return PortWalk(ports, random.SystemRandom().randrange(len(ports)))
+
+
+_walk = _process_walk()
 
 
 def free_port() -> int:

@@ -112,11 +112,12 @@ def corpus_rows(
     rows = Rows([], [], [], [])
     for call_lines in by_call(lines).values():
         texts = [line.asr_text if asr else line.text for line in call_lines]
+        tagged = [i for i, line in enumerate(call_lines) if line.speaker in TAGGED_CHANNELS]
         features = segment_features(
             cache.encode(texts),
             texts,
             CONTEXT_WEIGHT,
-            stance=stance.encode_call(texts) if stance else None,
+            stance=stance.encode_call(texts, tagged) if stance else None,
         )
         for line, text, row in zip(call_lines, texts, features, strict=True):
             if line.speaker in TAGGED_CHANNELS:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from callsense.domain import UtteranceScore
 from postcall.objection_model import MODEL_PATH, ObjectionModel, ObjectionModelError
 from postcall.objections import LocalObjectionTagger
 from postcall.stance import (
@@ -30,6 +31,23 @@ def stance() -> StanceEncoder:
     return StanceEncoder()
 
 
+def event(text: str, channel: str, utterance_id: int) -> UtteranceScore:
+    return UtteranceScore(
+        call_id="c",
+        utterance_id=utterance_id,
+        channel=channel,  # type: ignore[arg-type]
+        start_ms=1000 * utterance_id,
+        end_ms=1000 * utterance_id + 900,
+        text=text,
+        label="neutral",
+        p_negative=0.2,
+        p_neutral=0.6,
+        p_positive=0.2,
+        score=0.5,
+        model_version="test",
+    )
+
+
 def test_one_bounded_row_per_segment_each_independent_of_the_rest_of_the_call(stance: StanceEncoder) -> None:
     call = ["So the annual plan comes to forty thousand.", BUDGET_OVER, "Understood, let me see."]
     rows = stance.encode_call(call)
@@ -37,6 +55,14 @@ def test_one_bounded_row_per_segment_each_independent_of_the_rest_of_the_call(st
     assert np.abs(rows).max() <= 1.0  # the pooler's tanh
     # One pass per segment: a segment's row depends on it and its predecessor only, never on its batch.
     assert np.array_equal(stance.encode_call(call[:2])[1], rows[1])
+    # Only the rows asked for are read (the tagger asks for the customer's); the others stay zeros.
+    some = stance.encode_call(call, rows=[1])
+    assert np.array_equal(some[1], rows[1]) and not some[[0, 2]].any()
+
+
+def test_a_segment_the_model_refuses_reads_as_nothing_and_the_rest_are_read(stance: StanceEncoder) -> None:
+    rows = stance.encode_call(["   ", "word " * 300, BUDGET_OVER])  # blank; over the model's 128 tokens
+    assert not rows[:2].any() and rows[2].any()
 
 
 def test_a_segment_is_read_after_the_one_before_it(stance: StanceEncoder) -> None:
@@ -65,14 +91,52 @@ def test_the_shipped_weights_were_fitted_on_the_shipped_sentiment_model() -> Non
     check_stance_model(model.stance_model_sha256)
 
 
-def test_weights_fitted_on_another_sentiment_model_refuse_to_start(tmp_path: Path) -> None:
+def test_weights_fitted_on_another_sentiment_model_refuse_to_start(
+    tmp_path: Path, stance: StanceEncoder
+) -> None:
     weights = json.loads(MODEL_PATH.read_text())
     weights["stance_model_sha256"] = "0" * 64
     path = tmp_path / "objection_model.json"
     path.write_text(json.dumps(weights))
     with pytest.raises(StanceModelMismatchError, match="callsense objections train"):
         LocalObjectionTagger(model_path=path)
-    weights["stance_model_sha256"] = "not a checksum"
+    # A mismatch is a broken weights file to the post-call worker: it exits 2 with the message.
+    assert issubclass(StanceModelMismatchError, ObjectionModelError)
+    for wrong in ("not a checksum", "A" * 64):
+        weights["stance_model_sha256"] = wrong
+        path.write_text(json.dumps(weights))
+        with pytest.raises(ObjectionModelError, match="stance_model_sha256"):
+            ObjectionModel.load(path)
+    # An encoder on another file is checked as the shipped one is.
+    other = tmp_path / "model" / "model.int8.onnx"
+    other.parent.mkdir()
+    other.write_bytes(STANCE_MODEL_PATH.read_bytes() + b"\0")
+    impostor = object.__new__(StanceEncoder)
+    impostor.model_path = other
+    with pytest.raises(StanceModelMismatchError, match="refit the tagger"):
+        LocalObjectionTagger(stance_encoder=impostor)
+    with pytest.raises(StanceModelMismatchError, match="missing"):
+        check_stance_model("0" * 64, tmp_path / "absent.onnx")
+
+
+def test_weights_without_stance_serve_without_reading_the_sentiment_model(tmp_path: Path) -> None:
+    # A weights file from before the stance features (or fitted without them) still serves: the tagger
+    # never loads the sentiment model for it. Here: the shipped weights less their stance columns.
+    weights = json.loads(MODEL_PATH.read_text())
+    width = len(weights["weights"][0]) - StanceEncoder().dimension
+    weights["weights"] = [row[:width] for row in weights["weights"]]
+    weights["stance_model_sha256"] = None
+    path = tmp_path / "objection_model.json"
     path.write_text(json.dumps(weights))
-    with pytest.raises(ObjectionModelError, match="stance_model_sha256"):
-        ObjectionModel.load(path)
+
+    class Unreadable(StanceEncoder):
+        def __init__(self) -> None:
+            self.model_path = STANCE_MODEL_PATH
+
+        def encode_call(self, texts: object, rows: object = None) -> np.ndarray:
+            raise AssertionError("weights without stance must not read the sentiment model")
+
+    tagger = LocalObjectionTagger(model_path=path, stance_encoder=Unreadable())
+    # Reading the sentiment model raises (above); so would features of the wrong width.
+    tagger.tag([event("The annual plan is forty thousand.", "agent", 0), event(BUDGET_OVER, "customer", 1)])
+    assert tagger.model.features == width
