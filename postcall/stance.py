@@ -23,7 +23,6 @@ memory; the file on disk stays the scorer's). One ONNX Runtime session, one thre
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
+from callsense.model_files import file_sha256
 from callsense.tokenization import SHIPPED_MODEL_DIR, EncodedText, SentimentTokenizer, TextRejected, pad_batch
 from postcall.objection_model import ObjectionModelError
 
@@ -49,14 +49,6 @@ Matrix = NDArray[np.float32]
 class StanceModelMismatchError(ObjectionModelError):
     """The objection weights were fitted on another sentiment model than the one installed (a ValueError,
     as a broken weights file is: the post-call worker exits 2 with this message)."""
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_stance_model(expected_sha256: str, path: Path = STANCE_MODEL_PATH) -> None:

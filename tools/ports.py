@@ -62,7 +62,7 @@ class PortWalk:
                 run = [port + i * step for i in range(count)]
                 if run[-1] >= self._window.stop or any(p in self._handed_out for p in run):
                     continue
-                if all(_bindable(p) for p in run):
+                if all(bindable(p) for p in run):
                     self._handed_out.update(run)
                     return port
         raise RuntimeError(f"no free run of {count} ports {step} apart left in {self._window}")
@@ -75,7 +75,7 @@ def _os_pick(count: int, step: int) -> int:
             sock.bind(("127.0.0.1", 0))
             port = int(sock.getsockname()[1])
         run = [port + i * step for i in range(count)]
-        if run[-1] <= 65535 and all(_bindable(p) for p in run[1:]):
+        if run[-1] <= 65535 and all(bindable(p) for p in run[1:]):
             return port
     raise RuntimeError(f"no free run of {count} ports {step} apart")
 
@@ -112,7 +112,8 @@ def free_port_run(count: int, step: int) -> int:
     return _walk.take(count, step)
 
 
-def _bindable(port: int) -> bool:
+def bindable(port: int) -> bool:
+    """Whether a TCP socket can bind ``port`` on 127.0.0.1 now (nothing listens on it)."""
     with socket.socket() as sock:
         try:
             sock.bind(("127.0.0.1", port))

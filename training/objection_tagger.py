@@ -33,11 +33,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from callsense.model_files import file_sha256
 from callsense.report import TAGS
 from postcall.encoder import Matrix, MiniLMEncoder, shared_encoder
 from postcall.objection_model import CLASSES, MODEL_PATH, NONE_CLASS, ObjectionModel, tags_at
 from postcall.objections import TAGGED_CHANNELS, load_examples, segment_features, sentence_features
-from postcall.stance import StanceEncoder, file_sha256, shared_stance_encoder
+from postcall.stance import StanceEncoder, shared_stance_encoder
 from training.objection_eval import (
     SALES_DIR,
     GoldLine,

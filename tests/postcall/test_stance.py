@@ -4,12 +4,13 @@ and the pin between the tagger's weights and that model."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from callsense.domain import UtteranceScore
+from callsense.model_files import file_sha256
 from postcall.objection_model import MODEL_PATH, ObjectionModel, ObjectionModelError
 from postcall.objections import LocalObjectionTagger
 from postcall.stance import (
@@ -17,8 +18,9 @@ from postcall.stance import (
     StanceEncoder,
     StanceModelMismatchError,
     check_stance_model,
-    file_sha256,
 )
+from scorer_service.inference import SentimentModel
+from tests.support.scored_lines import score_lines
 
 BUDGET_OVER = "Honestly that's well over what we budgeted for this."
 BUDGET_FITS = "That's within what we budgeted, so no problem there."
@@ -29,23 +31,6 @@ def stance() -> StanceEncoder:
     if not STANCE_MODEL_PATH.is_file():
         pytest.skip(f"SHIPPED MODEL ABSENT: {STANCE_MODEL_PATH}; the stance features read it")
     return StanceEncoder()
-
-
-def event(text: str, channel: str, utterance_id: int) -> UtteranceScore:
-    return UtteranceScore(
-        call_id="c",
-        utterance_id=utterance_id,
-        channel=channel,  # type: ignore[arg-type]
-        start_ms=1000 * utterance_id,
-        end_ms=1000 * utterance_id + 900,
-        text=text,
-        label="neutral",
-        p_negative=0.2,
-        p_neutral=0.6,
-        p_positive=0.2,
-        score=0.5,
-        model_version="test",
-    )
 
 
 def test_one_bounded_row_per_segment_each_independent_of_the_rest_of_the_call(stance: StanceEncoder) -> None:
@@ -107,36 +92,57 @@ def test_weights_fitted_on_another_sentiment_model_refuse_to_start(
         path.write_text(json.dumps(weights))
         with pytest.raises(ObjectionModelError, match="stance_model_sha256"):
             ObjectionModel.load(path)
-    # An encoder on another file is checked as the shipped one is.
-    other = tmp_path / "model" / "model.int8.onnx"
-    other.parent.mkdir()
-    other.write_bytes(STANCE_MODEL_PATH.read_bytes() + b"\0")
-    impostor = object.__new__(StanceEncoder)
-    impostor.model_path = other
+    # An encoder on another model file is checked as the shipped one is: here the shipped graph saved
+    # again with another doc string (it loads and runs; its checksum differs).
+    import onnx
+
+    other_dir = tmp_path / "model"
+    other_dir.mkdir()
+    graph = onnx.load(str(STANCE_MODEL_PATH))
+    graph.doc_string = "another sentiment model"
+    onnx.save(graph, str(other_dir / "model.int8.onnx"))
+    for name in ("tokenizer.json", "model_card.json"):
+        (other_dir / name).write_bytes((STANCE_MODEL_PATH.parent / name).read_bytes())
+    other = StanceEncoder(other_dir / "model.int8.onnx")
     with pytest.raises(StanceModelMismatchError, match="refit the tagger"):
-        LocalObjectionTagger(stance_encoder=impostor)
+        LocalObjectionTagger(stance_encoder=other)
     with pytest.raises(StanceModelMismatchError, match="missing"):
         check_stance_model("0" * 64, tmp_path / "absent.onnx")
 
 
-def test_weights_without_stance_serve_without_reading_the_sentiment_model(tmp_path: Path) -> None:
+def test_weights_without_stance_serve_without_reading_the_sentiment_model(
+    tmp_path: Path, stance: StanceEncoder
+) -> None:
     # A weights file from before the stance features (or fitted without them) still serves: the tagger
-    # never loads the sentiment model for it. Here: the shipped weights less their stance columns.
+    # never reads the sentiment model for it. Here: the shipped weights less their stance columns.
     weights = json.loads(MODEL_PATH.read_text())
-    width = len(weights["weights"][0]) - StanceEncoder().dimension
+    width = len(weights["weights"][0]) - stance.dimension
     weights["weights"] = [row[:width] for row in weights["weights"]]
     weights["stance_model_sha256"] = None
     path = tmp_path / "objection_model.json"
     path.write_text(json.dumps(weights))
 
-    class Unreadable(StanceEncoder):
+    class CountingStance(StanceEncoder):
+        """The shipped encoder, counting the calls it is asked to read."""
+
         def __init__(self) -> None:
-            self.model_path = STANCE_MODEL_PATH
+            super().__init__()
+            self.asked = 0
 
-        def encode_call(self, texts: object, rows: object = None) -> np.ndarray:
-            raise AssertionError("weights without stance must not read the sentiment model")
+        def encode_call(self, texts: Sequence[str], rows: Sequence[int] | None = None) -> np.ndarray:
+            self.asked += 1
+            return super().encode_call(texts, rows)
 
-    tagger = LocalObjectionTagger(model_path=path, stance_encoder=Unreadable())
-    # Reading the sentiment model raises (above); so would features of the wrong width.
-    tagger.tag([event("The annual plan is forty thousand.", "agent", 0), event(BUDGET_OVER, "customer", 1)])
-    assert tagger.model.features == width
+    counting = CountingStance()
+    tagger = LocalObjectionTagger(model_path=path, stance_encoder=counting)
+    lines = [
+        ("agent", 0, "For forty seats the annual plan is thirty-eight thousand."),
+        ("customer", 6, BUDGET_OVER),
+    ]
+    events = score_lines(SentimentModel.load(), lines, call_id="no-stance", utterance_ms=4000)
+    # Features of the wrong width would raise here.
+    assert all(tag.utterance_id == 1 for tag in tagger.tag(events))
+    assert counting.asked == 0
+    # The same encoder does read for the shipped weights, which name a stance model.
+    LocalObjectionTagger(stance_encoder=counting).tag(events)
+    assert counting.asked == 1

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from tools.ports import PortWalk, ephemeral_range, free_port, free_port_run, free_ports, window
+from tools.ports import PortWalk, bindable, ephemeral_range, free_port, free_port_run, free_ports, window
 
 
 def test_the_window_is_the_larger_gap_beside_the_ephemeral_range() -> None:
@@ -29,18 +29,9 @@ def _free_block(size: int) -> int:
     """The first port of ``size`` consecutive ports in the window that nothing listens on now."""
     ports = window(*ephemeral_range()) or range(20000, 30000)
     for first in range(ports.start, ports.stop - size, size):
-        if all(_can_bind(p) for p in range(first, first + size)):
+        if all(bindable(p) for p in range(first, first + size)):
             return first
     raise AssertionError("no free block of ports to test with")
-
-
-def _can_bind(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def test_a_walk_hands_each_port_out_once_wraps_around_and_says_when_it_runs_out() -> None:
