@@ -10,6 +10,8 @@ Rows, same run, same inputs:
                         through `SentimentModel` exactly as the scorer serves it
   shipped_with_context  where the shipped model reads the line before (its card's uses_context): the
                         same inputs each after PREVIOUS, as served; the last line then reports this row
+  served_u8_as_stored   on a CPU with VNNI only: the served row again with the INT8 weights as stored
+                        (unsigned) instead of signed (`callsense.int8_weights`): what signing them buys
 Latency: batch 1, one thread, tokenise + forward, at about 20 and about 128 tokens (p50/p95 ms).
 Throughput: utterances/s over a mixed set, batch 32, length-bucketed, one thread.
 
@@ -95,6 +97,7 @@ def main() -> None:
     torch.set_num_threads(1)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
+    from callsense.int8_weights import cpu_has_vnni
     from callsense.tokenization import SentimentTokenizer
     from scorer_service.backends.onnx import OnnxBackend
     from scorer_service.inference import DEFAULT_MODEL, ModelInfo, SentimentInput, SentimentModel
@@ -136,10 +139,17 @@ def main() -> None:
     if shipped.info.uses_context:  # as served: each utterance after the line before it
         served = "shipped_with_context"
         rows[served] = measure_model(shipped, args.repeats, previous=PREVIOUS)
+    if cpu_has_vnni():  # what signing the stored u8 weights buys here (callsense.int8_weights)
+        stored = SentimentModel(
+            OnnxBackend(DEFAULT_MODEL, threads=1, vnni=False), shipped.tokenizer, shipped.info
+        )
+        rows["served_u8_as_stored"] = measure_model(
+            stored, args.repeats, previous=PREVIOUS if shipped.info.uses_context else ""
+        )
 
     import platform
 
-    print(f"\ncpu: {platform.processor() or platform.machine()}, vnni: {_has_vnni()}")
+    print(f"\ncpu: {platform.processor() or platform.machine()}, vnni: {cpu_has_vnni()}")
     print(f"{'backend':<20} {'p50_20':>8} {'p95_20':>8} {'p50_128':>8} {'p95_128':>8} {'utt/s':>8}")
     for name, row in rows.items():
         print(
@@ -155,16 +165,6 @@ def main() -> None:
         f"speedup_int8_vs_hf_pipeline={base['p50_short'] / ours['p50_short']:.2f} "
         f"p95_ms_int8_20tok={ours['p95_short']:.2f}"
     )
-
-
-def _has_vnni() -> bool:
-    """INT8 speed-ups on x86 depend on VNNI instructions; say whether this CPU has them."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            flags = cpuinfo.read()
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
 def measure(
