@@ -6,9 +6,16 @@ for --duration seconds (default 60). Each utterance goes gateway -> Envoy -> cho
 and back as a `score` event; the time from send to that event is one sample. Utterances sent during the
 first --warmup seconds (connection set-up, first batches) are not counted.
 
-Reported per run: p50/p95/p99/max in ms, utterances/s scored, and anything lost. Then the same load
-with micro-batching off (`callsense up --scorer-max-batch 1`), and the ratio of the two p95s: what the
-scorer's micro-batcher buys (>1) or costs (<1) at this load.
+Steady state and hang-up are reported apart. Every call hangs up within the last interval (the phases
+that spread the utterances spread the ends too): N call ends in 3 s, each starting its report on the
+post-call worker, which a real mix of N calls (a few ends a second) never sees. p50/p95/p99/max are of
+the utterances sent before the first call hung up: N concurrent calls, which is what capacity means here;
+`hangup_p95_ms` is the p95 of those sent after, while the calls hang up (at 400 calls on the 2-core box:
+p95 10-36 ms in every 3-s window of the steady state, 134-270 ms in the hang-up).
+
+Reported per run: p50/p95/p99/max in ms, hangup_p95_ms, utterances/s scored, and anything lost. Then
+the same load with micro-batching off (`callsense up --scorer-max-batch 1`), and the ratio of the two
+p95s: what the scorer's micro-batcher buys (>1) or costs (<1) at this load.
 
 By default the bench starts its own mesh for each run (`callsense up` on free loopback ports, a
 throw-away data dir under /var/tmp, tracing export off, logs at WARNING) and stops it with Ctrl-C's
@@ -20,8 +27,10 @@ Goal on the 2-core dev box: p95 under 50 ms at 50 calls.
 Capacity: `--sweep 100 200 300 500 700` runs those loads one after another on one mesh (batched) and
 stops at the first that misses p95 < 50 ms or loses an utterance (the per-key rate limit is off: every
 simulated call sends the bench's one key); the last line is then
-`text_path_capacity max_calls_p95_under_50ms=..`, with each load's p95 as a ratio to the first's. The
-clients run in the bench's own process on the same two cores, so the figure is a floor.
+`text_path_capacity max_calls_p95_under_50ms=..`, with each load's p95 as a ratio to the first's, and
+after each load a `cpu_ms_per_utterance` line: each process's CPU over that load by role (scorer, gateway,
+chopper, Envoy, PostgreSQL, post-call worker, the load generator) per utterance sent. The clients run in
+the bench's own process on the same two cores, so the figure is a floor.
 
 Run: `.venv/bin/python bench/text_path.py [--calls 50] [--duration 60]` (short check: --calls 10
 --duration 20).
@@ -195,6 +204,10 @@ def stop_mesh(mesh: Mesh) -> None:
 @dataclass
 class CallStats:
     latencies_ms: list[float] = field(default_factory=list)
+    """Of the utterances sent before the first call hung up: the steady state of N calls."""
+    hangup_latencies_ms: list[float] = field(default_factory=list)
+    """Of those sent after it, while the calls hang up one after another (every call within one interval)."""
+    first_stop: float = math.inf
     sent: int = 0
     counted: int = 0
     """Sent after the warm-up: these must all come back scored."""
@@ -217,7 +230,8 @@ async def _read_scores(
         if kind == "score":
             started = sent_at.pop(event["utterance_id"], None)
             if started is not None and event["utterance_id"] in counted:
-                stats.latencies_ms.append((now - started) * 1000)
+                steady = started < stats.first_stop
+                (stats.latencies_ms if steady else stats.hangup_latencies_ms).append((now - started) * 1000)
         elif kind == "error":
             stats.errors.append(f"{event.get('code')}: {event.get('message')}")
         elif kind == "summary":
@@ -263,6 +277,7 @@ async def simulate_call(
             utterance_id += 1
         stats.sent += utterance_id
         stats.counted += len(counted)
+        stats.first_stop = min(stats.first_stop, time.perf_counter())
         await ws.send(json.dumps({"type": "stop"}))
         try:
             await asyncio.wait_for(reader, 60)
@@ -282,6 +297,8 @@ class RunResult:
     max_ms: float
     utt_s: float
     errors: list[str]
+    hangup_p95_ms: float
+    """p95 of the utterances sent while the calls hung up (not in p50_ms..max_ms: see the module doc)."""
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -308,7 +325,7 @@ async def run_load(url: str, calls: int, duration_s: float, interval_s: float, w
         if task.exception() is not None:
             stats.errors.append(f"call failed: {task.exception()!r}")
     measured_s = max(duration_s - warmup_s, 1e-9)
-    scored = len(stats.latencies_ms)
+    scored = len(stats.latencies_ms) + len(stats.hangup_latencies_ms)
     return RunResult(
         calls=calls,
         sent=stats.sent,
@@ -320,6 +337,7 @@ async def run_load(url: str, calls: int, duration_s: float, interval_s: float, w
         max_ms=max(stats.latencies_ms, default=float("nan")),
         utt_s=scored / measured_s,
         errors=stats.errors,
+        hangup_p95_ms=percentile(stats.hangup_latencies_ms, 95),
     )
 
 
@@ -327,7 +345,8 @@ def report(name: str, result: RunResult) -> None:
     print(
         f"{name:<24} calls={result.calls} sent={result.sent} measured={result.scored} lost={result.lost} "
         f"p50_ms={result.p50_ms:.1f} p95_ms={result.p95_ms:.1f} p99_ms={result.p99_ms:.1f} "
-        f"max_ms={result.max_ms:.1f} utt_s={result.utt_s:.1f} errors={len(result.errors)}",
+        f"max_ms={result.max_ms:.1f} hangup_p95_ms={result.hangup_p95_ms:.1f} utt_s={result.utt_s:.1f} "
+        f"errors={len(result.errors)}",
         flush=True,
     )
     for error in result.errors[:5]:
@@ -348,6 +367,63 @@ async def measure_own_mesh(args: argparse.Namespace, data_dir: Path, max_batch: 
 
 
 GOAL_P95_MS = 50.0
+
+ROLES = ("scorer_service", "gateway", "chopper_service", "postcall", "asr_service", "tools.cli")
+
+
+def _role(process: psutil.Process) -> str:
+    """Which part of the mesh a process is: its `python -m` module, Envoy, PostgreSQL, or the bench."""
+    try:
+        if process.pid == os.getpid():
+            return "load generator"
+        name, argv = process.name(), process.cmdline()
+    except psutil.Error:
+        return "gone"
+    if "envoy" in name:
+        return "envoy"
+    if "postgres" in name or (argv and "postgres" in argv[0]):
+        return "postgresql"
+    module = argv[argv.index("-m") + 1] if "-m" in argv[:-1] else ""
+    return module.split(".")[0] if module in ROLES else (module or name)
+
+
+CpuSnapshot = dict[int, tuple[str, float]]
+"""pid -> (role, user + system CPU seconds so far)."""
+
+
+def cpu_seconds_by_role(mesh: Mesh) -> CpuSnapshot:
+    """User + system CPU seconds of every process of the mesh and of the bench itself, by pid. The embedded
+    PostgreSQL daemonises (its postmaster is no child of `callsense up`): found by the mesh's data dir."""
+    root = psutil.Process(mesh.process.pid)
+    database: list[psutil.Process] = []
+    for process in psutil.process_iter(["name", "cmdline"]):
+        if "postgres" in (process.info["name"] or "") and str(mesh.log.parent) in " ".join(
+            process.info["cmdline"] or ()
+        ):
+            with contextlib.suppress(psutil.Error):
+                database += [process, *process.children()]
+    seen: CpuSnapshot = {}
+    for process in (psutil.Process(), root, *root.children(recursive=True), *database):
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            seen[process.pid] = (_role(process), times.user + times.system)
+    return seen
+
+
+def report_cpu(before: CpuSnapshot, after: CpuSnapshot, utterances: int) -> None:
+    """Milliseconds of CPU per utterance sent, by role, over one load (connecting, the calls' ends and the
+    post-call work they start included): where a box's two cores go."""
+    spent: dict[str, float] = {}
+    for pid, (role, seconds) in after.items():
+        spent[role] = spent.get(role, 0.0) + seconds - before.get(pid, (role, 0.0))[1]
+    per_utterance = {role: 1000 * s / max(utterances, 1) for role, s in spent.items() if s > 0.005}
+    ordered = sorted(per_utterance.items(), key=lambda item: -item[1])
+    print(
+        "    cpu_ms_per_utterance "
+        + " ".join(f"{role.replace(' ', '_')}={ms:.2f}" for role, ms in ordered)
+        + f" total={sum(per_utterance.values()):.2f}",
+        flush=True,
+    )
 
 
 async def settle(mesh: Mesh, idle_share: float = 0.15, timeout_s: float = 180.0) -> None:
@@ -387,9 +463,11 @@ async def sweep(args: argparse.Namespace) -> int:
         try:
             for calls in args.sweep:
                 await settle(mesh)
+                before = cpu_seconds_by_role(mesh)
                 result = await run_load(mesh.url, calls, args.duration, args.interval, args.warmup)
                 ratio = result.p95_ms / results[0].p95_ms if results else 1.0
                 report(f"sweep (p95 x{ratio:.2f})", result)
+                report_cpu(before, cpu_seconds_by_role(mesh), result.sent)
                 results.append(result)
                 if not _met(result):
                     break

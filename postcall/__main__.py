@@ -1,6 +1,6 @@
 """``python -m postcall``: the post-call worker, until SIGINT or SIGTERM.
 
-    python -m postcall [--bind ADDR] [--sweep-interval-s S]
+    python -m postcall [--bind ADDR] [--sweep-interval-s S] [--report-workers N] [--nice N]
                        [--retrain-schedule off|monthly [--retrain-at HH:MM] [--retrain-args "..."]]
 
 One process, one event loop:
@@ -17,6 +17,11 @@ One process, one event loop:
   ``--retrain-at`` UTC, with ``--retrain-args`` (or ``CALLSENSE_RETRAIN_ARGS``), its last run kept under
   ``CALLSENSE_DATA_DIR`` (postcall/retrain_schedule.py). Off by default: on Kubernetes the retrain CronJob
   does it (deploy/kubernetes/retrain.yaml).
+
+Post-call work yields to the live path: reports are built ``--report-workers`` at a time (default 1, about
+one core each; the NumPy encoder's BLAS on one thread too, where two cost 60 % more CPU for 20 % less wall
+time), and the process lowers its own CPU priority by ``--nice`` (default 10; 0 keeps it), so on a node
+it shares with the live services, their scores come first and the reports catch up (docs/capacity.md).
 
 The address defaults to ``CALLSENSE_POSTCALL_ADDR``; the database is ``DATABASE_URL`` (with each region's
 ``DATABASE_URL_<REGION>``), else an embedded PostgreSQL; tenants come from ``CALLSENSE_TENANTS_FILE`` (the
@@ -64,6 +69,8 @@ from postcall.webhooks import OutboxDispatcher
 
 log = logging.getLogger("postcall")
 
+DEFAULT_NICE = 10
+
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -78,6 +85,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_SWEEP_INTERVAL_S,
         help="how often to look for calls whose report is owed (default "
         f"{DEFAULT_SWEEP_INTERVAL_S:g}; also at start-up)",
+    )
+    parser.add_argument(
+        "--report-workers",
+        type=int,
+        default=1,
+        help="reports built at once, each on about one core (default 1; more where the worker has cores "
+        "of its own)",
+    )
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=DEFAULT_NICE,
+        help=f"lower this process's CPU priority by N (default {DEFAULT_NICE}: the live services on the same "
+        "node come first; 0 keeps it)",
     )
     parser.add_argument(
         "--retrain-schedule",
@@ -104,6 +125,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"--bind: {exc}")
     if not args.sweep_interval_s > 0:
         parser.error("--sweep-interval-s must be > 0")
+    if args.report_workers < 1:
+        parser.error("--report-workers must be >= 1")
+    if not 0 <= args.nice <= 19:
+        parser.error("--nice must be in 0..19")
     if args.retrain_args is not None:
         try:
             retrain_command(args.retrain_args)
@@ -178,16 +203,27 @@ async def serve(
             await scheduler.stop()
             await dispatcher.stop()  # what is not delivered yet stays in the outbox for the next start
             await databases.close()
+            builder.close()
+
+
+def yield_to_the_live_path(nice: int) -> None:
+    """Lower this process's CPU priority and keep NumPy's BLAS on one thread (see the module docstring)."""
+    from threadpoolctl import threadpool_limits
+
+    if nice:
+        os.nice(nice)
+    threadpool_limits(limits=1, user_api="blas")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    yield_to_the_live_path(args.nice)
     setup_telemetry("postcall")  # before any server or channel exists: it instruments grpc.aio
     try:
         config = load_config()
         bind = args.bind or config.postcall_addr
         tenants, rollup_at = load_tenants(), rollup_time_from_env(os.environ)
-        builder = ReportBuilder(tagger_from_env())
+        builder = ReportBuilder(tagger_from_env(), workers=args.report_workers)
         retrain = retrain_scheduler(args, config, os.environ)
     except (ConfigError, ValueError) as exc:
         # ValueError: a half-configured LLM endpoint, a bad model file, the retrain's arguments missing

@@ -1,15 +1,17 @@
 """The PostCall gRPC service: a thin layer over ``ReportBuilder``.
 
 ``Report`` converts the request's utterances (INVALID_ARGUMENT, naming the utterance, for a channel or a
-label left unspecified), builds the report in a worker thread (the tagger's encoder is CPU work: the event
-loop keeps serving health checks and other calls meanwhile), and answers it. Each request is handled
+label left unspecified), builds the report on the builder's threads (the tagger's encoders are CPU work: the
+event loop keeps serving health checks and other calls meanwhile; reports queue for a free thread), and
+answers it. A report still queued when the caller's deadline passes is not built (DEADLINE_EXCEEDED: the
+gateway has already ended the call with its report owed, and the sweep builds it). Each request is handled
 inside ``call_context(call_id)``, so its span and log lines carry ``call.id``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import time
 
 import grpc
 import grpc.aio
@@ -18,7 +20,7 @@ from callsense.grpc_runtime import service_name
 from callsense.report import report_to_proto, utterance_from_proto
 from callsense.telemetry import call_context
 from callsense.v1 import postcall_pb2, postcall_pb2_grpc
-from postcall.reports import ReportBuilder
+from postcall.reports import ReportBuilder, ReportExpiredError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,12 @@ class PostCallServicer(postcall_pb2_grpc.PostCallServicer):
                 events = [utterance_from_proto(u) for u in request.utterances]
             except ValueError as exc:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            report = await asyncio.to_thread(self._builder.build, events)
+            remaining = context.time_remaining()
+            deadline = None if remaining is None else time.monotonic() + remaining
+            try:
+                report = await self._builder.build_async(events, deadline)
+            except ReportExpiredError as exc:
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
             log.debug("call %s: report of %d utterances", request.call_id, len(events))
             return report_to_proto(report)
 

@@ -44,8 +44,8 @@ SERVERS: dict[str, list[tuple[str, str, str]]] = {
     "gateway": [("--http", "http", "gateway_http"), ("--grpc", "grpc", "gateway_grpc")],
 }
 ENVOY = "envoy"
-AUTOSCALED = ("scorer", "asr")
-"""The architecture asks for CPU-based scaling of these Deployments."""
+AUTOSCALED = ("scorer", "asr", "postcall")
+"""The architecture asks for CPU-based scaling of these Deployments (post-call: docs/capacity.md)."""
 
 Doc = dict[str, Any]
 
