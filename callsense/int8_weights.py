@@ -49,37 +49,57 @@ def sign_weights(model: onnx.ModelProto) -> int:
     """Rewrites the model's unsigned INT8 weights (and their zero points) as signed ones that dequantise
     to the same values, in place; returns how many tensors changed (0 for a model stored signed).
 
-    A weight is shifted only with its zero point: both must be u8 initialisers, or the node is left as
-    it is (an activation-by-activation product, or a symmetric weight without a zero point).
+    A weight is shifted only together with its zero point (both u8 initialisers), and only when every
+    node that reads either of them reads it as a weight or weight zero point of an operator listed above:
+    a tensor also read elsewhere (a quantised embedding table, a shared zero point of another kind) keeps
+    its type, and so does its partner.
     """
     import numpy as np
     from onnx import TensorProto, numpy_helper
 
     initialisers = {tensor.name: tensor for tensor in model.graph.initializer}
-    shifted: set[str] = set()
+    readers: dict[str, set[tuple[str, int]]] = {}
     for node in model.graph.node:
-        inputs = _WEIGHT_INPUTS.get(node.op_type)
-        if inputs is None or max(inputs) >= len(node.input):
-            continue
-        names = [node.input[i] for i in inputs]
-        tensors = [initialisers.get(name) for name in names]
-        if any(tensor is None or tensor.data_type != TensorProto.UINT8 for tensor in tensors):
-            continue
-        for name, tensor in zip(names, tensors, strict=True):
-            if name in shifted or tensor is None:
-                continue
-            values = numpy_helper.to_array(tensor).astype(np.int16) - 128
-            tensor.CopyFrom(numpy_helper.from_array(values.astype(np.int8), name))
-            shifted.add(name)
+        for slot, name in enumerate(node.input):
+            readers.setdefault(name, set()).add((node.op_type, slot))
+    allowed = {(op, slot) for op, slots in _WEIGHT_INPUTS.items() for slot in slots}
+    declared = {value.name for value in (*model.graph.input, *model.graph.value_info)}
+
+    def shiftable(name: str) -> bool:
+        tensor = initialisers.get(name)
+        return (
+            tensor is not None
+            and tensor.data_type == TensorProto.UINT8
+            and name not in declared
+            and readers.get(name, set()) <= allowed
+        )
+
+    pairs = [
+        (node.input[weight], node.input[zero_point])
+        for node in model.graph.node
+        if node.op_type in _WEIGHT_INPUTS
+        for weight, zero_point in [_WEIGHT_INPUTS[node.op_type]]
+        if zero_point < len(node.input)
+    ]
+    shifted = {name for pair in pairs if all(map(shiftable, pair)) for name in pair}
+    # A tensor shared by two nodes where only one pair can shift would leave a node with one u8 and one
+    # s8 input: drop such pairs until every node's weight and zero point agree.
+    while broken := {name for pair in pairs if not set(pair) <= shifted for name in pair} & shifted:
+        shifted -= broken
+    for name in shifted:
+        tensor = initialisers[name]
+        values = numpy_helper.to_array(tensor).astype(np.int16) - 128
+        tensor.CopyFrom(numpy_helper.from_array(values.astype(np.int8), name))
     return len(shifted)
 
 
-def load_for_this_cpu(model_path: Path, vnni: bool | None = None) -> tuple[onnx.ModelProto, int]:
-    """The ONNX model at `model_path`, its INT8 weights signed where this CPU has VNNI (`vnni` overrides
-    the detection: a bench compares both forms); with how many tensors were rewritten."""
+def load_for_this_cpu(model_path: Path, vnni: bool | None = None) -> tuple[onnx.ModelProto | None, int]:
+    """The ONNX model at `model_path` with its INT8 weights signed, and how many tensors were rewritten,
+    where this CPU has VNNI (`vnni` overrides the detection: a bench compares both forms); (None, 0)
+    without VNNI, where the file serves as it is (not even parsed here)."""
     import onnx
 
+    if not (cpu_has_vnni() if vnni is None else vnni):
+        return None, 0
     model = onnx.load(str(model_path))
-    if cpu_has_vnni() if vnni is None else vnni:
-        return model, sign_weights(model)
-    return model, 0
+    return model, sign_weights(model)

@@ -1,6 +1,7 @@
 """``python -m postcall``: the post-call worker, until SIGINT or SIGTERM.
 
-    python -m postcall [--bind ADDR] [--sweep-interval-s S] [--report-workers N] [--nice N]
+    python -m postcall [--bind ADDR] [--sweep-interval-s S] [--report-workers N]
+                       [--max-waiting-reports N] [--nice N]
                        [--retrain-schedule off|monthly [--retrain-at HH:MM] [--retrain-args "..."]]
 
 One process, one event loop:
@@ -20,8 +21,10 @@ One process, one event loop:
 
 Post-call work yields to the live path: reports are built ``--report-workers`` at a time (default 1, about
 one core each; the NumPy encoder's BLAS on one thread too, where two cost 60 % more CPU for 20 % less wall
-time), and the process lowers its own CPU priority by ``--nice`` (default 10; 0 keeps it), so on a node
-it shares with the live services, their scores come first and the reports catch up (docs/capacity.md).
+time), at most ``--max-waiting-reports`` are held (past it a call's report is owed at once, and the sweep
+builds it), and the process lowers its own CPU priority by ``--nice`` (default 10, its session's autogroup
+too; 0 keeps it), so on a node it shares with the live services, their scores come first and the reports
+catch up (docs/capacity.md).
 
 The address defaults to ``CALLSENSE_POSTCALL_ADDR``; the database is ``DATABASE_URL`` (with each region's
 ``DATABASE_URL_<REGION>``), else an embedded PostgreSQL; tenants come from ``CALLSENSE_TENANTS_FILE`` (the
@@ -33,11 +36,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import time
+from pathlib import Path
 
 import grpc.aio
 
@@ -49,7 +54,7 @@ from callsense.tenants import TenantsConfig, load_tenants
 from postcall.drift_job import DriftJob
 from postcall.objections import tagger_from_env
 from postcall.outbox_store import OutboxStore
-from postcall.reports import DEFAULT_SWEEP_INTERVAL_S, OwedReportSweep, ReportBuilder
+from postcall.reports import DEFAULT_MAX_WAITING, DEFAULT_SWEEP_INTERVAL_S, OwedReportSweep, ReportBuilder
 from postcall.retention import RetentionPurge
 from postcall.retrain_schedule import (
     DEFAULT_RETRAIN_AT,
@@ -94,6 +99,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "of its own)",
     )
     parser.add_argument(
+        "--max-waiting-reports",
+        type=int,
+        default=DEFAULT_MAX_WAITING,
+        help=f"reports queued or being built at most; past it a call's report is owed at once and the "
+        f"sweep builds it later (default {DEFAULT_MAX_WAITING})",
+    )
+    parser.add_argument(
         "--nice",
         type=int,
         default=DEFAULT_NICE,
@@ -125,8 +137,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"--bind: {exc}")
     if not args.sweep_interval_s > 0:
         parser.error("--sweep-interval-s must be > 0")
-    if args.report_workers < 1:
-        parser.error("--report-workers must be >= 1")
+    if not 1 <= args.report_workers <= args.max_waiting_reports:
+        parser.error("need 1 <= --report-workers <= --max-waiting-reports")
     if not 0 <= args.nice <= 19:
         parser.error("--nice must be in 0..19")
     if args.retrain_args is not None:
@@ -203,15 +215,25 @@ async def serve(
             await scheduler.stop()
             await dispatcher.stop()  # what is not delivered yet stays in the outbox for the next start
             await databases.close()
-            builder.close()
 
 
-def yield_to_the_live_path(nice: int) -> None:
-    """Lower this process's CPU priority and keep NumPy's BLAS on one thread (see the module docstring)."""
+AUTOGROUP = Path("/proc/self/autogroup")
+
+
+def yield_to_the_live_path(nice: int, autogroup: Path = AUTOGROUP) -> None:
+    """Lower this process's CPU priority and keep NumPy's BLAS on one thread (see the module docstring).
+
+    Where the kernel groups processes by session (CONFIG_SCHED_AUTOGROUP, on by default in desktop and
+    many cloud kernels), a nice value only ranks threads within their own session's group, and `callsense
+    up` starts every service in a session of its own: the group's own nice value is what ranks the worker
+    against the live services, so it is set too (sched(7))."""
     from threadpoolctl import threadpool_limits
 
     if nice:
         os.nice(nice)
+        # No autogroups here (a kernel without them, a read-only /proc): os.nice is what counts then.
+        with contextlib.suppress(OSError):
+            autogroup.write_text(str(nice))
     threadpool_limits(limits=1, user_api="blas")
 
 
@@ -223,7 +245,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config()
         bind = args.bind or config.postcall_addr
         tenants, rollup_at = load_tenants(), rollup_time_from_env(os.environ)
-        builder = ReportBuilder(tagger_from_env(), workers=args.report_workers)
+        builder = ReportBuilder(
+            tagger_from_env(), workers=args.report_workers, max_waiting=args.max_waiting_reports
+        )
         retrain = retrain_scheduler(args, config, os.environ)
     except (ConfigError, ValueError) as exc:
         # ValueError: a half-configured LLM endpoint, a bad model file, the retrain's arguments missing
@@ -246,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception:  # e.g. the database is unreachable: say so once, with the cause, and exit non-zero
         log.exception("the post-call worker could not start")
         return 1
+    finally:
+        builder.close()
     return 0
 
 

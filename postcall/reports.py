@@ -3,12 +3,15 @@ completes the reports the gateway could not get when their call ended.
 
 Building is CPU work (the MiniLM encoder, the stance encoder): ``ReportBuilder.build`` blocks, and callers
 on an event loop use ``build_async``, which runs it on the builder's own threads, ``workers`` of them (1 by
-default). Post-call work is never urgent and the live path shares the box: however many calls end at once,
-the worker takes at most that many cores (a burst of 400 call ends took both cores of a 2-core box through
-the default thread pool and pushed the live text path's p95 from 20 ms to 530 ms). A report that waited
-past its caller's deadline is not built (``ReportExpiredError``): the gateway has marked it owed, and the
-sweep builds it. Tagging must never cost a call its report: when the tagger fails, the report is built
-without tags and the failure is logged.
+default), with the caller's context (the call id and trace of its logs and spans). Post-call work is never
+urgent and the live path shares the box: however many calls end at once, the worker takes at most that many
+cores (a burst of 400 call ends took both cores of a 2-core box through asyncio's default threads and pushed
+the live text path's p95 to 530 ms). The queue is bounded: past ``max_waiting`` reports waiting or being
+built, ``build_async`` refuses at once (``ReportQueueFullError``); a caller that stops waiting (the
+gateway's deadline) cancels its report if no thread has started it. Either way the gateway ends the call
+with its report owed and the sweep builds it: nothing is lost, nothing is built for nobody. Tagging must
+never cost a call its report: when the tagger fails, the report is built without tags and the failure is
+logged.
 
 The sweep (``OwedReportSweep``, a task of the worker): at start-up and every ``interval_s``, in every
 database, each ended call marked ``REPORT_PENDING`` gets its report built from its stored utterances, then
@@ -19,8 +22,9 @@ completed row, as the gateway would have built it).
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import logging
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -53,42 +57,53 @@ _WARM_UP = UtteranceScore(
 )
 
 
-class ReportExpiredError(TimeoutError):
-    """The report's caller stopped waiting before a thread was free to build it."""
+DEFAULT_MAX_WAITING = 64
+"""Reports queued or being built at most (a long call's request holds its utterances: about 100 KB)."""
+
+
+class ReportQueueFullError(RuntimeError):
+    """The builder has ``max_waiting`` reports queued or in progress already."""
 
 
 class ReportBuilder:
     """The report of a call's scored utterances, with ``tagger``'s objection tags. Thread-safe.
 
-    ``workers``: how many reports ``build_async`` builds at once (each takes about one core)."""
+    ``workers``: how many reports ``build_async`` builds at once (each takes about one core);
+    ``max_waiting``: how many it holds, queued or in progress, before it refuses more."""
 
-    def __init__(self, tagger: ObjectionTagger, workers: int = 1) -> None:
-        if workers < 1:
-            raise ValueError(f"workers must be >= 1, got {workers}")
+    def __init__(
+        self, tagger: ObjectionTagger, workers: int = 1, max_waiting: int = DEFAULT_MAX_WAITING
+    ) -> None:
+        if workers < 1 or max_waiting < workers:
+            raise ValueError(f"need 1 <= workers <= max_waiting, got {workers} and {max_waiting}")
         self.tagger = tagger
         self.workers = workers
+        self.max_waiting = max_waiting
+        self.waiting = 0
+        """Reports accepted by ``build_async`` and not finished (queued or in progress); event loop only."""
         self._threads = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="report")
 
     def build(self, events: Sequence[UtteranceScore]) -> CallReport:
         """Blocking: from an event loop, use ``build_async``."""
         return build_report(events, compute_call_stats(events), self._tags(events))
 
-    async def build_async(
-        self, events: Sequence[UtteranceScore], deadline: float | None = None
-    ) -> CallReport:
-        """``build`` on the builder's threads, after the reports queued before it. ``deadline`` (a
-        ``time.monotonic()`` instant): ReportExpiredError instead of a report nobody waits for any more."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._threads, self._build_before, events, deadline)
-
-    def _build_before(self, events: Sequence[UtteranceScore], deadline: float | None) -> CallReport:
-        if deadline is not None and time.monotonic() >= deadline:
-            raise ReportExpiredError(f"the report of {len(events)} utterances waited past its deadline")
-        return self.build(events)
+    async def build_async(self, events: Sequence[UtteranceScore]) -> CallReport:
+        """``build`` on the builder's threads, after the reports queued before it; ReportQueueFullError at
+        once when ``max_waiting`` are waiting. Cancelling the caller cancels a report not yet started."""
+        if self.waiting >= self.max_waiting:
+            raise ReportQueueFullError(f"{self.waiting} reports are queued or being built already")
+        self.waiting += 1
+        try:
+            # run_in_executor, unlike asyncio.to_thread, does not carry the caller's context: copy it, so
+            # the report's log lines and spans keep the call's id and trace.
+            job = functools.partial(contextvars.copy_context().run, self.build, events)
+            return await asyncio.get_running_loop().run_in_executor(self._threads, job)
+        finally:
+            self.waiting -= 1
 
     def close(self) -> None:
-        """Stop the threads once the reports queued have been built."""
-        self._threads.shutdown(wait=True)
+        """Drop the reports not started (they stay owed; the sweep builds them) and wait for the rest."""
+        self._threads.shutdown(wait=True, cancel_futures=True)
 
     def warm_up(self) -> None:
         """Load the encoder and embed the labelled examples now (blocking, seconds), so that the first call
@@ -133,18 +148,24 @@ class OwedReportSweep(BackgroundLoop):
         """Reports completed by this sweep, for tests and logs."""
 
     async def sweep(self) -> int:
-        """One pass over every database; returns how many reports it completed."""
+        """One pass over every database; returns how many reports it completed. A full report queue (a
+        burst of call ends) ends the pass early: the rest wait for the next one."""
         done = 0
-        for owed in self._owed:
-            for call_id in await owed.pending_calls(self._batch):
-                events = await owed.events(call_id)
-                report = await self._builder.build_async(events)
-                call = await owed.complete(
-                    call_id, report.to_json(), tag_names(report.tags), outbox=crm_outbox(self._tenants)
-                )
-                if call is not None:
-                    done += 1
-                    log.info("call %s: owed report completed (%d tags)", call_id, len(call.objection_tags))
+        try:
+            for owed in self._owed:
+                for call_id in await owed.pending_calls(self._batch):
+                    events = await owed.events(call_id)
+                    report = await self._builder.build_async(events)
+                    call = await owed.complete(
+                        call_id, report.to_json(), tag_names(report.tags), outbox=crm_outbox(self._tenants)
+                    )
+                    if call is not None:
+                        done += 1
+                        log.info(
+                            "call %s: owed report completed (%d tags)", call_id, len(call.objection_tags)
+                        )
+        except ReportQueueFullError:
+            log.info("the report queue is full; the owed reports left wait for the next sweep")
         self.completed += done
         if done and self._on_enqueued is not None:
             self._on_enqueued()

@@ -80,7 +80,7 @@ def _pooled_output_name(graph: onnx.GraphProto) -> str:
 
 class StanceEncoder:
     """Segments of a call in, one pooled vector per segment out, each read after the segment before it
-    when the model was trained with context. Thread-safe: one inference at a time."""
+    when the model was trained with context. Thread-safe (ONNX Runtime sessions are)."""
 
     def __init__(self, model_path: Path = STANCE_MODEL_PATH, threads: int = 1) -> None:
         import onnx
@@ -88,7 +88,8 @@ class StanceEncoder:
 
         self.model_path = model_path
         # Signed INT8 weights on a VNNI CPU: the same features, bit for bit, sooner (callsense.int8_weights).
-        graph_model, _ = load_for_this_cpu(model_path)
+        signed, _ = load_for_this_cpu(model_path)
+        graph_model = signed if signed is not None else onnx.load(str(model_path))
         self.output = _pooled_output_name(graph_model.graph)
         graph_model.graph.output.append(
             onnx.helper.make_tensor_value_info(self.output, onnx.TensorProto.FLOAT, None)
@@ -103,7 +104,6 @@ class StanceEncoder:
         card = json.loads(card_path.read_text()) if card_path.is_file() else {}
         self.uses_context = bool(card.get("uses_context", False))
         self._tokenizer = SentimentTokenizer(model_path.parent / "tokenizer.json")
-        self._lock = threading.Lock()
         # The width, from one real pass (the graph declares the added output without a shape).
         (probe,) = self._session.run([self.output], pad_batch([self._tokenizer.encode("ok")]))
         self.dimension = int(probe.shape[-1])
@@ -132,13 +132,14 @@ class StanceEncoder:
 
     def _run(self, count: int, encoded: dict[int, EncodedText | None]) -> Matrix:
         rows = np.zeros((count, self.dimension), dtype=np.float32)
-        with self._lock:
-            # One pass per segment, as the scorer runs: the INT8 graph quantises its activations with one
-            # scale per tensor, so a padded batch would give a segment features that depend on its batch.
-            for index, item in encoded.items():
-                if item is not None:
-                    (pooled,) = self._session.run([self.output], pad_batch([item]))
-                    rows[index] = pooled[0]
+        # One pass per segment, as the scorer runs: the INT8 graph quantises its activations with one
+        # scale per tensor, so a padded batch would give a segment features that depend on its batch. No
+        # lock: ONNX Runtime runs one session from several threads at once (the post-call worker's
+        # --report-workers build that many reports in parallel).
+        for index, item in encoded.items():
+            if item is not None:
+                (pooled,) = self._session.run([self.output], pad_batch([item]))
+                rows[index] = pooled[0]
         return rows
 
 

@@ -39,7 +39,7 @@ class OnnxBackend:
                 model_path,
                 self.signed_tensors,
             )
-        source = model.SerializeToString() if self.signed_tensors else str(model_path)
+        source = model.SerializeToString() if model is not None and self.signed_tensors else str(model_path)
         self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.model_path = model_path
