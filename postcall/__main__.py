@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import sys
@@ -220,21 +219,27 @@ async def serve(
 AUTOGROUP = Path("/proc/self/autogroup")
 
 
-def yield_to_the_live_path(nice: int, autogroup: Path = AUTOGROUP) -> None:
-    """Lower this process's CPU priority and keep NumPy's BLAS on one thread (see the module docstring).
+def yield_to_the_live_path(nice: int, autogroup: Path = AUTOGROUP) -> bool:
+    """Lower this process's CPU priority and keep NumPy's BLAS on one thread (see the module docstring);
+    returns whether the session's autogroup got the nice value too.
 
     Where the kernel groups processes by session (CONFIG_SCHED_AUTOGROUP, on by default in desktop and
     many cloud kernels), a nice value only ranks threads within their own session's group, and `callsense
     up` starts every service in a session of its own: the group's own nice value is what ranks the worker
-    against the live services, so it is set too (sched(7))."""
+    against the live services, so it is set too (sched(7); raising it needs no privilege)."""
     from threadpoolctl import threadpool_limits
 
-    if nice:
-        os.nice(nice)
-        # No autogroups here (a kernel without them, a read-only /proc): os.nice is what counts then.
-        with contextlib.suppress(OSError):
-            autogroup.write_text(str(nice))
     threadpool_limits(limits=1, user_api="blas")
+    if not nice:
+        return False
+    os.nice(nice)
+    try:
+        autogroup.write_text(str(nice))
+    except OSError as exc:  # no autogroups (the file is absent) or a read-only /proc: os.nice is what counts
+        if autogroup.exists():
+            log.warning("could not lower the CPU priority of this session's autogroup: %s", exc)
+        return False
+    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -211,8 +211,8 @@ def test_the_worker_yields_the_cpu_and_keeps_blas_on_one_thread() -> None:
     probe = (
         "import os, json, pathlib; from threadpoolctl import threadpool_info; "
         "from postcall.__main__ import yield_to_the_live_path; before = os.nice(0); "
-        "yield_to_the_live_path(7); group = pathlib.Path('/proc/self/autogroup'); "
-        "print(json.dumps([os.nice(0) - before, group.read_text() if group.exists() else None, "
+        "grouped = yield_to_the_live_path(7); group = pathlib.Path('/proc/self/autogroup'); "
+        "print(json.dumps([os.nice(0) - before, group.read_text() if grouped else None, "
         "[p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas']]))"
     )
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2"}
@@ -226,7 +226,7 @@ def test_the_worker_yields_the_cpu_and_keeps_blas_on_one_thread() -> None:
     )
     niceness, autogroup, blas_threads = json.loads(out.stdout.strip().splitlines()[-1])
     assert niceness == 7
-    assert autogroup is None or autogroup.strip().endswith("nice 7"), autogroup
+    assert autogroup is None or autogroup.strip().endswith("nice 7"), autogroup  # None: no autogroup here
     assert blas_threads and set(blas_threads) == {1}
 
 
