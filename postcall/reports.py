@@ -80,7 +80,8 @@ class ReportBuilder:
         self.workers = workers
         self.max_waiting = max_waiting
         self.waiting = 0
-        """Reports accepted by ``build_async`` and not finished (queued or in progress); event loop only."""
+        """Reports accepted by ``build_async`` whose callers still wait (queued or in progress; a cancelled
+        caller's report leaves the count at once, even while a thread finishes it); event loop only."""
         self._threads = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="report")
 
     def build(self, events: Sequence[UtteranceScore]) -> CallReport:
