@@ -402,8 +402,6 @@ def cpu_seconds_by_role(mesh: Mesh) -> CpuSnapshot:
         if "postgres" in (process.info["name"] or "") and data_dir in " ".join(process.info["cmdline"] or ()):
             with contextlib.suppress(psutil.Error):
                 database += [process, *process.children()]
-    if not database:
-        print(f"    (no PostgreSQL under {data_dir}: its CPU is not counted)", flush=True)
     seen: CpuSnapshot = {}
     for process in (psutil.Process(), root, *root.children(recursive=True), *database):
         with contextlib.suppress(psutil.Error):
@@ -412,12 +410,20 @@ def cpu_seconds_by_role(mesh: Mesh) -> CpuSnapshot:
     return seen
 
 
-def report_cpu(before: CpuSnapshot, after: CpuSnapshot, utterances: int) -> None:
-    """Milliseconds of CPU per utterance sent, by role, over one load (connecting, the calls' ends and the
-    post-call work they start included): where a box's two cores go."""
+def cpu_spent(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
+    """CPU seconds spent between two snapshots, by role (a process new since ``before``: all of its own)."""
     spent: dict[str, float] = {}
     for pid, (role, seconds) in after.items():
         spent[role] = spent.get(role, 0.0) + seconds - before.get(pid, (role, 0.0))[1]
+    return spent
+
+
+def report_cpu(before: CpuSnapshot, after: CpuSnapshot, utterances: int) -> None:
+    """Milliseconds of CPU per utterance sent, by role, over one load (connecting, the calls' ends and the
+    post-call work they start included): where a box's two cores go."""
+    if "postgresql" not in {role for role, _ in after.values()}:
+        print("    (no PostgreSQL found under the mesh's data dir: its CPU is not counted)", flush=True)
+    spent = cpu_spent(before, after)
     per_utterance = {role: 1000 * s / max(utterances, 1) for role, s in spent.items() if s > 0.005}
     ordered = sorted(per_utterance.items(), key=lambda item: -item[1])
     print(
@@ -437,15 +443,15 @@ async def settle(mesh: Mesh, idle_share: float = 0.15, timeout_s: float = 300.0)
     """Wait until the mesh is quiet: its processes together under ``idle_share`` of one core in every
     second of SETTLE_QUIET_S. After a load the post-call worker digests its ended calls (summaries, tags),
     those owed in the hang-up on its next sweeps; on a 2-core box that would be measured as the next
-    load's latency."""
-    processes = [psutil.Process(mesh.process.pid), *psutil.Process(mesh.process.pid).children(recursive=True)]
+    load's latency. The mesh's processes are those `cpu_seconds_by_role` finds (PostgreSQL included), the
+    bench's own left out."""
     deadline = time.monotonic() + timeout_s
     quiet_since = time.monotonic()
     while time.monotonic() < deadline:
-        before = sum(p.cpu_times().user + p.cpu_times().system for p in processes if p.is_running())
+        before = cpu_seconds_by_role(mesh)
         await asyncio.sleep(1.0)
-        after = sum(p.cpu_times().user + p.cpu_times().system for p in processes if p.is_running())
-        if after - before >= idle_share:
+        spent = cpu_spent(before, cpu_seconds_by_role(mesh))
+        if sum(seconds for role, seconds in spent.items() if role != "load generator") >= idle_share:
             quiet_since = time.monotonic()
         elif time.monotonic() - quiet_since >= SETTLE_QUIET_S:
             return

@@ -77,7 +77,6 @@ class ReportBuilder:
         if workers < 1 or max_waiting < workers:
             raise ValueError(f"need 1 <= workers <= max_waiting, got {workers} and {max_waiting}")
         self.tagger = tagger
-        self.workers = workers
         self.max_waiting = max_waiting
         self.waiting = 0
         """Reports accepted by ``build_async`` whose callers still wait (queued or in progress; a cancelled

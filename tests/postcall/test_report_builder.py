@@ -5,12 +5,14 @@ below the live services' CPU priority (its session's autogroup too) with NumPy's
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 
 import grpc
 import grpc.aio
@@ -24,33 +26,25 @@ from postcall.__main__ import parse_args
 from postcall.objections import LocalObjectionTagger
 from postcall.reports import ReportBuilder, ReportQueueFullError
 from postcall.server import PostCallServicer, add_postcall
+from scorer_service.inference import SentimentModel
+from tests.support.scored_lines import score_lines
 from tools.ports import free_port
 
 LINES = (
-    ("agent", "The premium plan comes to five thousand a month for your team."),
-    ("customer", "Honestly that's well over what we budgeted for this year."),
-    ("customer", "I'd have to take it to our CFO before we go any further."),
+    ("agent", 0, "The premium plan comes to five thousand a month for your team."),
+    ("customer", 4, "Honestly that's well over what we budgeted for this year."),
+    ("customer", 8, "I'd have to take it to our CFO before we go any further."),
 )
 
 
+@functools.cache
+def _scored() -> tuple[UtteranceScore, ...]:
+    """LINES with the shipped sentiment model's scores, as the gateway stores them (scored once)."""
+    return tuple(score_lines(SentimentModel.load(), LINES, call_id="scored", utterance_ms=3000))
+
+
 def _call(call_id: str) -> list[UtteranceScore]:
-    return [
-        UtteranceScore(
-            call_id=call_id,
-            utterance_id=i,
-            channel=channel,  # type: ignore[arg-type]
-            start_ms=i * 4000,
-            end_ms=i * 4000 + 3000,
-            text=text,
-            label="neutral",
-            p_negative=0.3,
-            p_neutral=0.5,
-            p_positive=0.2,
-            score=0.45,
-            model_version="test-1",
-        )
-        for i, (channel, text) in enumerate(LINES)
-    ]
+    return [replace(event, call_id=call_id) for event in _scored()]
 
 
 class WatchedTagger:
