@@ -22,6 +22,7 @@ from datetime import date, datetime
 from typing import Any, Literal, Self
 
 import psycopg
+import psycopg_pool
 from psycopg import AsyncConnection
 from psycopg.rows import class_row, dict_row
 from psycopg.types.json import Jsonb
@@ -44,6 +45,10 @@ from callsense.storage import start_embedded_database as start_embedded_database
 
 # CallStart metadata keys that have their own column; everything else lands in calls.metadata.
 _CALL_COLUMNS = ("tenant", "region", "agent", "team", "language")
+
+
+UNREACHABLE = (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout, TimeoutError)
+"""What says the database cannot be reached now (as opposed to refusing a write it will always refuse)."""
 
 
 class UnknownCallError(LookupError):

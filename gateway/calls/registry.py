@@ -24,8 +24,8 @@ from gateway.calls.settings import SessionSettings
 from gateway.calls.stages import Stages
 from gateway.metrics import GatewayMetrics
 from gateway.postcall_client import AfterCall
-from gateway.spool import UNREACHABLE, SpooledStore, spool_path
-from gateway.store import CallRow, Store, StoreRouter
+from gateway.spool import SpooledStore, spool_path
+from gateway.store import UNREACHABLE, CallRow, Store, StoreRouter
 
 log = logging.getLogger(__name__)
 
