@@ -12,6 +12,8 @@ Rows, same run, same inputs:
                         same inputs each after PREVIOUS, as served; the last line then reports this row
   served_u8_as_stored   on a CPU with VNNI only: the served row again with the INT8 weights as stored
                         (unsigned) instead of signed (`callsense.int8_weights`): what signing them buys
+  served_fused_layer_norm  the served row again with the file's fused SkipLayerNormalization nodes
+                        instead of plain ones (`scorer_service/backends/layer_norm.py`): what unfusing buys
 Latency: batch 1, one thread, tokenise + forward, at about 20 and about 128 tokens (p50/p95 ms).
 Throughput: utterances/s over a mixed set, batch 32, length-bucketed, one thread.
 
@@ -147,13 +149,20 @@ def main() -> None:
             stored, args.repeats, previous=PREVIOUS if shipped.info.uses_context else ""
         )
 
+    fused_norms = SentimentModel(
+        OnnxBackend(DEFAULT_MODEL, threads=1, unfuse_layer_norm=False), shipped.tokenizer, shipped.info
+    )
+    rows["served_fused_layer_norm"] = measure_model(
+        fused_norms, args.repeats, previous=PREVIOUS if shipped.info.uses_context else ""
+    )
+
     import platform
 
     print(f"\ncpu: {platform.processor() or platform.machine()}, vnni: {cpu_has_vnni()}")
-    print(f"{'backend':<20} {'p50_20':>8} {'p95_20':>8} {'p50_128':>8} {'p95_128':>8} {'utt/s':>8}")
+    print(f"{'backend':<24} {'p50_20':>8} {'p95_20':>8} {'p50_128':>8} {'p95_128':>8} {'utt/s':>8}")
     for name, row in rows.items():
         print(
-            f"{name:<20} {row['p50_short']:8.2f} {row['p95_short']:8.2f} {row['p50_long']:8.2f} "
+            f"{name:<24} {row['p50_short']:8.2f} {row['p95_short']:8.2f} {row['p50_long']:8.2f} "
             f"{row['p95_long']:8.2f} {row['throughput']:8.1f}"
         )
     base, ours = rows["hf_pipeline_fp32"], rows[served]

@@ -112,6 +112,8 @@ def render_markdown(card: dict[str, Any]) -> str:
         lines.append("")
     if "quantisation" in card:
         lines += ["## Quantisation", "", "```json", json.dumps(card["quantisation"], indent=1), "```", ""]
+    if "serving" in card:  # how the scorer serves the file, where that differs from the file (re-measured)
+        lines += ["## Serving", "", card["serving"], ""]
     if "notes" in card:
         lines += ["## Notes", "", card["notes"], ""]
     return "\n".join(lines)

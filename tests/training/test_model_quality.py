@@ -4,9 +4,11 @@ quality does not regress.
 Reads ../shared/data; skipped loudly where it is absent. The model of 2026-12-05 06:37 reads the previous
 utterance: the weight average of two context runs fine-tuned from the MELD-only model of 2026-11-26 onto the
 sales corpus (README, The model). As served (one forward pass per utterance) it measures MELD dev 0.6558
-(2026-11-26: 0.6677; issue 12's goal 0.69 is not met), DailyDialog valid 0.6763 (0.6525), TweetEval
-validation 0.5882 (0.5855) and the sales test split of the corpus's three batches 0.6186 (the model it
-replaced, of 03:17: 0.6074; the goal is 0.85). The floors sit a hair under what the shipped model measures
+(2026-11-26: 0.6677; issue 12's goal 0.69 is not met), DailyDialog valid 0.6721 (0.6525), TweetEval
+validation 0.5870 (0.5855) and the sales test split of the corpus's three batches 0.6186 (the model it
+replaced, of 03:17: 0.6074; the goal is 0.85), served with plain layer norms (the card's Serving section:
+with the file's fused ones DailyDialog valid read 0.6763, 2 of its 475 predictions apart, and TweetEval
+0.5882). The floors sit a hair under what the shipped model measures
 (a single flipped prediction moves macro-F1 by about 0.001, and thread counts can flip one), so a retrain
 that does worse fails here.
 """
@@ -26,7 +28,7 @@ pytestmark = [pytest.mark.evaluation, pytest.mark.slow]  # reads the corpora: mi
 
 FLOORS = {
     "meld:dev": {"macro_f1": 0.653, "weighted_f1": 0.673},
-    "dailydialog:valid": {"macro_f1": 0.673},
+    "dailydialog:valid": {"macro_f1": 0.669},
     "tweeteval:val": {"macro_f1": 0.585},
     "sales:test": {"macro_f1": 0.615, "negative_below_red": 0.47},  # 48.1 % of negatives under the red line
 }
