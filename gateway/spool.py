@@ -62,7 +62,10 @@ class SpooledStore:
         self._retry_s = retry_s
         self._max_retry_s = max_retry_s
         self._scores = GroupCommit(  # gateway/group_commit.py
-            store.record_scores, store.record_score, on_written=self._count_score_batch
+            store.record_scores,
+            store.record_score,
+            timeout_s=direct_timeout_s,  # by then its callers have spooled
+            on_written=self._count_score_batch,
         )
         self._lock = asyncio.Lock()  # one order for appends and for the switch back to direct writes
         self._spooling = path.exists() and path.stat().st_size > 0  # left by a previous run: drain it first
@@ -92,7 +95,7 @@ class SpooledStore:
 
     async def close(self) -> None:
         """Stop the drainer; what is still spooled stays on disk for the next start."""
-        await self._scores.close()
+        await self._scores.close(timeout_s=self._direct_timeout_s)  # what still waits then spools
         if self._drainer is not None:
             self._drainer.cancel()
             await asyncio.gather(self._drainer, return_exceptions=True)

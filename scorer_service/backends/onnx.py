@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from callsense.int8_weights import load_for_this_cpu
-from scorer_service.backends.layer_norm import FUSION, unfuse_skip_layer_norm
+from scorer_service.backends.layer_norm import DISABLE_OPTIMIZERS, FUSION, unfuse_skip_layer_norm
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +30,22 @@ class OnnxBackend:
     batches_exactly = False
 
     def __init__(
-        self, model_path: Path, threads: int = 1, vnni: bool | None = None, unfuse_layer_norm: bool = True
+        self,
+        model_path: Path,
+        threads: int = 1,
+        vnni: bool | None = None,
+        unfuse_layer_norm: bool = True,
+        optimized_model_path: Path | None = None,
     ) -> None:
+        """``optimized_model_path``: where ONNX Runtime writes the graph it runs after its own fusions
+        (for inspection: tests check what is really served)."""
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if optimized_model_path is not None:
+            options.optimized_model_filepath = str(optimized_model_path)
         model, self.signed_tensors = load_for_this_cpu(model_path, vnni)
         if self.signed_tensors:
             log.info(
@@ -47,19 +56,17 @@ class OnnxBackend:
         self.unfused_layer_norms = 0
         if unfuse_layer_norm:
             if model is None:
-                import onnx
+                import onnx  # here, not at the top: the TensorRT backend's process never needs it
 
                 model = onnx.load(str(model_path))
             self.unfused_layer_norms = unfuse_skip_layer_norm(model)
+        if self.unfused_layer_norms:
+            # ONNX Runtime 1.32 does not fuse these back (tested), but its SkipLayerNormFusion exists to
+            # do just that; naming it here keeps a later version from undoing the rewrite.
+            options.add_session_config_entry(DISABLE_OPTIMIZERS, FUSION)
         rewritten = self.signed_tensors or self.unfused_layer_norms
         source = model.SerializeToString() if model is not None and rewritten else str(model_path)
-        self.session = ort.InferenceSession(
-            source,
-            options,
-            providers=["CPUExecutionProvider"],
-            # Fusing the plain layer norms back would undo `unfuse_skip_layer_norm`.
-            disabled_optimizers=[FUSION] if self.unfused_layer_norms else None,
-        )
+        self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.model_path = model_path
 

@@ -1,5 +1,6 @@
 """gateway.group_commit against a real PostgreSQL: many live calls' scores share transactions, each caller
-still hears about its own row only, and a caller that stops waiting does not stop its batch."""
+still hears about its own row only, a caller that stops waiting does not stop its batch, and when the
+database is away, a batch hangs or the writer stops, every waiting caller hears it at once (and spools)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import pytest
 
 from callsense.database import EmbeddedPostgres
 from callsense.domain import UtteranceScore
-from gateway.group_commit import GroupCommit
-from gateway.store import Store, UnknownCallError
+from gateway.group_commit import GroupCommit, GroupCommitStopped
+from gateway.store import UNREACHABLE, Store, UnknownCallError
 from tests.support.mesh import fresh_database
 
 pytestmark = pytest.mark.slow
@@ -126,21 +127,29 @@ async def test_a_row_the_database_refuses_fails_only_its_own_caller(store: Store
         assert len(await store.list_events(call_id)) == 1
 
 
+class HeldBatches:
+    """The real store's batch write, held at a gate once it has started (a batch under way)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.started = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def record_scores(self, batch: Sequence[UtteranceScore]) -> int:
+        self.started.set()
+        await self.gate.wait()
+        return await self.store.record_scores(batch)
+
+
 async def test_a_caller_that_stops_waiting_does_not_stop_its_batch(store: Store) -> None:
     calls = await started_calls(store, 6)
-    gate = asyncio.Event()
-
-    async def slow_batch(batch: Sequence[UtteranceScore]) -> int:
-        await gate.wait()
-        return await store.record_scores(batch)
-
-    group = GroupCommit(slow_batch, store.record_score)
-    first = asyncio.create_task(group.write(score(calls[0], 0)))  # written alone, at once
-    await first
+    held = HeldBatches(store)
+    group = GroupCommit(held.record_scores, store.record_score)
+    await group.write(score(calls[0], 0))  # alone: one insert, not held
     writes = [asyncio.create_task(group.write(score(c, 0))) for c in calls[1:]]
-    await asyncio.sleep(0)  # all five join one batch, held at the gate
+    await held.started.wait()  # all five in one batch, under way
     writes[0].cancel()
-    gate.set()
+    held.gate.set()
     results = await asyncio.gather(*writes, return_exceptions=True)
 
     assert isinstance(results[0], asyncio.CancelledError)
@@ -158,6 +167,55 @@ async def test_closing_waits_for_the_batch_under_way(store: Store) -> None:
     await group.close()
 
     assert all(w.done() and w.exception() is None for w in writes)
+
+
+async def test_a_writer_stopped_at_shutdown_tells_its_callers_to_spool(store: Store) -> None:
+    calls = await started_calls(store, 4)
+    held = HeldBatches(store)
+    group = GroupCommit(held.record_scores, store.record_score)
+    under_way = [asyncio.create_task(group.write(score(c, 0))) for c in calls[:2]]
+    await held.started.wait()
+    gathered = [asyncio.create_task(group.write(score(c, 0))) for c in calls[2:]]
+    await asyncio.sleep(0)
+
+    await group.close(timeout_s=0.05)  # the batch never gets past its gate
+
+    results = await asyncio.gather(*under_way, *gathered, return_exceptions=True)
+    assert all(isinstance(r, GroupCommitStopped) for r in results), results
+    assert all(isinstance(r, UNREACHABLE) for r in results)  # what gateway/spool.py spools
+
+
+async def test_a_batch_past_its_time_fails_everything_gathered(store: Store) -> None:
+    calls = await started_calls(store, 4)
+    held = HeldBatches(store)
+    group = GroupCommit(held.record_scores, store.record_score, timeout_s=0.05)
+    under_way = [asyncio.create_task(group.write(score(c, 0))) for c in calls[:2]]
+    await held.started.wait()
+    gathered = [asyncio.create_task(group.write(score(c, 0))) for c in calls[2:]]
+
+    results = await asyncio.gather(*under_way, *gathered, return_exceptions=True)
+
+    assert all(isinstance(r, TimeoutError) for r in results), results
+    assert group.waiting == 0  # none left to work through against a database that does not answer
+
+
+async def test_a_database_that_cannot_be_reached_fails_each_caller_once(db_url: str) -> None:
+    store = await Store.open(db_url, min_size=1, max_size=2)
+    calls = await started_calls(store, 3)
+    await store.close()  # the pool refuses every checkout from now on, as during an outage
+    attempts: list[int] = []
+
+    async def write_batch(batch: Sequence[UtteranceScore]) -> int:
+        attempts.append(len(batch))
+        return await store.record_scores(batch)
+
+    group = GroupCommit(write_batch, store.record_score, max_batch=2)
+    results = await asyncio.gather(
+        *(group.write(score(c, u)) for c in calls for u in range(2)), return_exceptions=True
+    )
+
+    assert all(isinstance(r, UNREACHABLE) for r in results), results
+    assert attempts == [2]  # the first failure answered everyone: no batch after it was tried
 
 
 def test_a_batch_cap_below_one_is_refused() -> None:
