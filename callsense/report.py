@@ -102,12 +102,25 @@ class CallReport:
     pending: bool = False
     """The empty stand-in of a report the post-call worker could not build when the call ended: its JSON
     says ``REPORT_PENDING``, and the worker's sweep replaces it (and sends the CRM push) later."""
+    worker_busy: bool = False
+    """Of a pending report: the worker answered but had too many reports waiting (RESOURCE_EXHAUSTED), as
+    opposed to not answering at all; what the call's clients are told (never stored)."""
 
     @classmethod
-    def owed(cls, stats: CallStatistics) -> CallReport:
-        """The stand-in stored while the worker is unreachable: no lines, tags or moments; the averages
-        the gateway knows."""
-        return cls((), (), (), (), (), stats.customer_avg_sentiment, stats.agent_avg_sentiment, pending=True)
+    def owed(cls, stats: CallStatistics, *, worker_busy: bool = False) -> CallReport:
+        """The stand-in stored while the worker cannot build the report: no lines, tags or moments; the
+        averages the gateway knows."""
+        return cls(
+            (),
+            (),
+            (),
+            (),
+            (),
+            stats.customer_avg_sentiment,
+            stats.agent_avg_sentiment,
+            pending=True,
+            worker_busy=worker_busy,
+        )
 
     def to_json(self) -> dict[str, Any]:
         stored = {

@@ -3,7 +3,7 @@ report (``PostCall.Report`` over gRPC), and hand the CRM push to the outbox (enq
 call's closing transaction, from the runtime's builder; the worker delivers it, woken by the database's
 notification).
 
-The worker must never cost a call its end. When it cannot answer (down, overloaded, past ``timeout_s``),
+The worker must never cost a call its end. When it cannot answer (down, too busy, past ``timeout_s``),
 the call ends all the same with an empty report that says it is owed (``CallReport.owed``: no lines and no
 tags, the averages the gateway knows, ``report_pending`` in the stored JSON), every score stays stored,
 the call's session tells its driver and watchers with a non-fatal ``error`` event (code
@@ -73,9 +73,11 @@ class AfterCall:
             reply = await self._postcall().Report(request, timeout=self.timeout_s)
             return report_from_proto(reply)
         except (grpc.aio.AioRpcError, ValueError) as exc:
-            why = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else f"a bad reply ({exc})"
+            code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else None
+            why = code.name if code is not None else f"a bad reply ({exc})"
             log.warning("call %s: the post-call worker did not answer (%s); its report is owed", call_id, why)
-            return CallReport.owed(stats)
+            # RESOURCE_EXHAUSTED: the worker is up, with too many reports waiting (postcall/reports.py).
+            return CallReport.owed(stats, worker_busy=code == grpc.StatusCode.RESOURCE_EXHAUSTED)
 
     def outbox(self) -> OutboxSource:
         """The CRM push, built by the store from the call's row as it ends (none while its report is owed)."""

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from callsense.domain import UtteranceScore, compute_call_stats
+from callsense.report import CallReport
 from gateway.calls.events import CallOutcome
 from gateway.live import BadgeState
 from gateway.postcall_client import AfterCall
@@ -31,7 +32,7 @@ async def finish_call(
     after_call: AfterCall,
     badge: BadgeState | None = None,
     on_store_failure: Callable[[], None] | None = None,
-    on_report_owed: Callable[[], None] | None = None,
+    on_report_owed: Callable[[CallReport], None] | None = None,
     store_text: bool = True,
 ) -> CallOutcome:
     """End a call whose scored utterances are ``scored``; returns its outcome.
@@ -45,7 +46,7 @@ async def finish_call(
     stats = compute_call_stats(scored)
     report = await after_call.report(scored, stats)
     if report.pending and on_report_owed is not None:
-        on_report_owed()
+        on_report_owed(report)
     outcome = CallOutcome.of(call_id, status, reason, stats, report, badge)
     try:
         await store.end_call(

@@ -36,6 +36,7 @@ import grpc
 import grpc.aio
 
 from callsense.domain import Channel, UtteranceScore
+from callsense.report import CallReport
 from callsense.telemetry import call_context
 from callsense.v1 import asr_pb2, chopper_pb2, scorer_pb2
 from gateway.calls.asr_stream import AsrStream
@@ -520,12 +521,19 @@ class CallSession:
             )
         )
 
-    def _on_report_owed(self) -> None:
-        """The post-call worker did not answer: the call's clients hear why its summary has no lines."""
-        message = (
-            "the post-call worker is unavailable: the call and its scores are stored; its objection tags, "
-            "summary lines and CRM push follow when the worker is back"
-        )
+    def _on_report_owed(self, report: CallReport) -> None:
+        """The post-call worker did not build the report: the call's clients hear why its summary has no
+        lines (the code is the same either way; the message says whether the worker is busy or away)."""
+        if report.worker_busy:
+            message = (
+                "the post-call worker is busy with other calls' reports: the call and its scores are "
+                "stored; its objection tags, summary lines and CRM push follow when the worker catches up"
+            )
+        else:
+            message = (
+                "the post-call worker is unavailable: the call and its scores are stored; its objection "
+                "tags, summary lines and CRM push follow when the worker is back"
+            )
         self._publish(
             lambda seq: LiveError(
                 self.call_id, seq, ErrorCode.POSTCALL_UNAVAILABLE, message, fatal=False, status="UNAVAILABLE"

@@ -288,7 +288,7 @@ async def test_a_call_ending_while_the_worker_is_down_is_stored_and_completed_wh
             summary_event, errors = await live_call(gateway, call_id)
             [error] = errors
             assert (error["code"], error["fatal"]) == (ErrorCode.POSTCALL_UNAVAILABLE, False), error
-            assert "stored" in error["message"]
+            assert "stored" in error["message"] and "unavailable" in error["message"]  # away, not busy
             assert summary_event["lines"] == [] and summary_event["objection_tags"] == []
 
             owed = await stored_call(gateway, call_id)

@@ -18,10 +18,11 @@ import grpc
 import grpc.aio
 import pytest
 
-from callsense.domain import UtteranceScore
+from callsense.domain import UtteranceScore, compute_call_stats
 from callsense.report import report_from_proto, utterance_to_proto
 from callsense.telemetry import call_context, current_call_id
 from callsense.v1 import postcall_pb2, postcall_pb2_grpc
+from gateway.postcall_client import AfterCall
 from postcall.__main__ import parse_args
 from postcall.objections import LocalObjectionTagger
 from postcall.reports import ReportBuilder, ReportQueueFullError
@@ -194,6 +195,14 @@ async def test_over_grpc_a_busy_worker_refuses_and_a_report_nobody_waits_for_is_
             await stub.Report(request("refused"), timeout=60)
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "busy" in (refused.value.details() or "")
+        # The gateway's side: the call ends with its report owed, and its clients hear the worker is busy.
+        events = _call("refused-by-the-gateway")
+        after_call = AfterCall(worker)
+        try:
+            owed = await after_call.report(events, compute_call_stats(events))
+        finally:
+            await after_call.close()
+        assert owed.pending and owed.worker_busy
         tagger.gate.set()
         assert report_from_proto(await first).tags and report_from_proto(await queued).tags
     assert tagger.tagged == ["first", "queued"], "a report nobody waited for, or one refused, was built"
