@@ -9,7 +9,7 @@ are null), and the proto conversions round-trip exactly (scores are doubles on t
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
 from callsense.domain import LABELS, REPORT_PENDING, CallStatistics, UtteranceScore
@@ -102,7 +102,7 @@ class CallReport:
     pending: bool = False
     """The empty stand-in of a report the post-call worker could not build when the call ended: its JSON
     says ``REPORT_PENDING``, and the worker's sweep replaces it (and sends the CRM push) later."""
-    worker_busy: bool = False
+    worker_busy: bool = field(default=False, compare=False)
     """Of a pending report: the worker answered but had too many reports waiting (RESOURCE_EXHAUSTED), as
     opposed to not answering at all; what the call's clients are told (never stored)."""
 

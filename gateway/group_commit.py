@@ -100,8 +100,9 @@ class GroupCommit:
                 batch = self._waiting[: self._max_batch]
                 del self._waiting[: self._max_batch]
                 await self._write(batch)
-        finally:  # stopped (a shutdown): nobody may wait for a batch that will not come
+        except BaseException:  # stopped (a shutdown) or broken: nobody may wait for a batch that won't come
             self._fail_all(batch, GroupCommitStopped("the score writer was stopped"))
+            raise
 
     async def _write(self, batch: list[Pending]) -> None:
         try:

@@ -73,11 +73,9 @@ class AfterCall:
             reply = await self._postcall().Report(request, timeout=self.timeout_s)
             return report_from_proto(reply)
         except (grpc.aio.AioRpcError, ValueError) as exc:
-            code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else None
-            why = code.name if code is not None else f"a bad reply ({exc})"
-            log.warning("call %s: the post-call worker did not answer (%s); its report is owed", call_id, why)
-            # RESOURCE_EXHAUSTED: the worker is up, with too many reports waiting (postcall/reports.py).
-            return CallReport.owed(stats, worker_busy=code == grpc.StatusCode.RESOURCE_EXHAUSTED)
+            why = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else f"a bad reply ({exc})"
+            log.warning("call %s: no report from the post-call worker (%s); its report is owed", call_id, why)
+            return CallReport.owed(stats, worker_busy=_worker_busy(exc))
 
     def outbox(self) -> OutboxSource:
         """The CRM push, built by the store from the call's row as it ends (none while its report is owed)."""
@@ -97,3 +95,14 @@ class AfterCall:
             self._channel = service_channel(address, "postcall", proxy)
             self._stub = postcall_pb2_grpc.PostCallStub(self._channel)
         return self._stub
+
+
+def _worker_busy(exc: Exception) -> bool:
+    """Whether the worker is up but behind: its own RESOURCE_EXHAUSTED (too many reports waiting; not the
+    channel's, which says a request is too large), or the deadline passing while the report was queued
+    (postcall/server.py)."""
+    if not isinstance(exc, grpc.aio.AioRpcError):
+        return False
+    if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return True
+    return exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "busy" in (exc.details() or "")

@@ -70,6 +70,7 @@ class SpooledStore:
         self._lock = asyncio.Lock()  # one order for appends and for the switch back to direct writes
         self._spooling = path.exists() and path.stat().st_size > 0  # left by a previous run: drain it first
         self._drainer: asyncio.Task[None] | None = None
+        self._closed = False
         self._drained = asyncio.Event()
         if not self._spooling:
             self._drained.set()
@@ -95,6 +96,7 @@ class SpooledStore:
 
     async def close(self) -> None:
         """Stop the drainer; what is still spooled stays on disk for the next start."""
+        self._closed = True  # scores spooled from here on wait on disk for the next start
         await self._scores.close(timeout_s=self._direct_timeout_s)  # what still waits then spools
         if self._drainer is not None:
             self._drainer.cancel()
@@ -169,6 +171,8 @@ class SpooledStore:
     # -- writing back
 
     def _ensure_drainer(self) -> None:
+        if self._closed:
+            return
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.create_task(self._drain(), name=f"drain {self.path.name}")
 

@@ -534,9 +534,10 @@ class CallSession:
                 "the post-call worker is unavailable: the call and its scores are stored; its objection "
                 "tags, summary lines and CRM push follow when the worker is back"
             )
+        status = "RESOURCE_EXHAUSTED" if report.worker_busy else "UNAVAILABLE"
         self._publish(
             lambda seq: LiveError(
-                self.call_id, seq, ErrorCode.POSTCALL_UNAVAILABLE, message, fatal=False, status="UNAVAILABLE"
+                self.call_id, seq, ErrorCode.POSTCALL_UNAVAILABLE, message, fatal=False, status=status
             )
         )
 
