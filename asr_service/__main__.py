@@ -105,6 +105,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="beam width of a segment's final decode; 1: greedy, as partials are (default %(default)d; "
         "bench/endpointing.py --beams measures WER and end of speech -> final for each)",
     )
+    parser.add_argument(
+        "--speculative-end-ms",
+        type=int,
+        default=StreamingConfig().speculative_end_ms,
+        metavar="MS",
+        help="silence after which a segment whose speculative final reads as a finished sentence ends "
+        "without waiting for the VAD's 500 ms; 0: off (default %(default)d; bench/endpointing.py "
+        "--speculative-end-ms measures WER, cuts and end of speech -> final for each)",
+    )
     args = parser.parse_args(argv)
     if args.max_streams < 1:
         parser.error("--max-streams must be at least 1")
@@ -116,6 +125,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--partial-batch must be at least 1 (1: each partial decoded alone)")
     if args.final_beam < 1:
         parser.error("--final-beam must be at least 1 (1: greedy)")
+    try:
+        streaming_config(args).validate()
+    except ValueError as exc:
+        parser.error(str(exc))
     return args
 
 
@@ -123,9 +136,12 @@ def streaming_config(args: argparse.Namespace) -> StreamingConfig:
     """How each call's channels are decoded, from the command line (partials, their batches, finals' beam)."""
     decoding = DecodingConfig(final_beam_size=args.final_beam)
     if args.partial_interval == 0:
-        return StreamingConfig(partials=False, decoding=decoding)
+        return StreamingConfig(partials=False, decoding=decoding, speculative_end_ms=args.speculative_end_ms)
     return StreamingConfig(
-        partial_interval_s=args.partial_interval, partial_batch=args.partial_batch, decoding=decoding
+        partial_interval_s=args.partial_interval,
+        partial_batch=args.partial_batch,
+        decoding=decoding,
+        speculative_end_ms=args.speculative_end_ms,
     )
 
 

@@ -16,7 +16,9 @@ A speculative final (``channel``: the final asked for once the silence has laste
 queued as a replaceable job with its channel's partials' key, and never becomes an event itself. When
 the VAD ends the segment, the final's job takes the speculation's result if that was decoded alike
 (``decoding.same_decode``) and has run, which it has unless the final's arrival replaced it while it
-waited (a call's jobs run one at a time, in order); else it decodes. A speculation whose segment went
+waited (a call's jobs run one at a time, in order); else it decodes. With ``speculative_end_ms`` the
+speculation's text also goes back to its channel (``ChannelDecoder.note_speculation``), which may end
+the segment there and then (``channel``: the speculative end). A speculation whose segment went
 on is replaced by the channel's next partial, speculation or final while queued, and skips itself if
 it comes up first. It is never batched with other calls' partials (its result must be the final's, as
 decoded alone); partials and probes are (``scheduler.Batch``; ``decoding.run_partial_batch``).
@@ -37,6 +39,7 @@ as silence.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -306,12 +309,36 @@ class CallTranscriber:
             requests = self._channels[request.channel].note_partial(request, text)
         self._submit(requests)
 
+    def _speculation_done(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        request: DecodeRequest,
+        job: ThreadFuture[DecodeResult | None],
+    ) -> None:
+        """A speculative final's decode is done (on the inference thread): its text to the event loop."""
+        with contextlib.suppress(RuntimeError):  # the loop has closed: the call is gone
+            loop.call_soon_threadsafe(self._note_speculation, request, job)
+
+    def _note_speculation(self, request: DecodeRequest, job: ThreadFuture[DecodeResult | None]) -> None:
+        """A speculation's text back to its channel; submits the final of a speculative end it decides
+        (on the event loop, as ``_note`` does and for the same reason)."""
+        if self._closed or job.cancelled() or job.exception() is not None:
+            return
+        result = job.result()
+        text = None if result is None else result.recognition.text if result.rejected is None else ""
+        with self._channels_lock:
+            requests = self._channels[request.channel].note_speculation(request, text)
+        self._submit(requests)
+
     def _submit(self, requests: Sequence[DecodeRequest]) -> None:
         for request in requests:
             key = ("channel", request.channel)
             if request.speculative:  # no event of its own (see the module docstring)
                 job = self._stream.submit(functools.partial(self._speculate, request), partial_key=key)
                 self._speculations[request.channel] = (request, job)
+                if self.config.speculative_end_ms:
+                    loop = asyncio.get_running_loop()
+                    job.add_done_callback(functools.partial(self._speculation_done, loop, request))
                 continue
             if request.is_final:
                 held = self._speculations.pop(request.channel, None)

@@ -1,11 +1,11 @@
-"""Early end of segments (issue 17) and speculative finals: streaming WER, mid-sentence cuts and end of
-speech -> final, with each on and off, in the same run.
+"""Early end of segments (issue 17), speculative finals and the speculative end, and the VAD's pad:
+streaming WER, mid-sentence cuts and end of speech -> final, with each on and off, in the same run.
 
 Each clip of the WER sets (``speech/asr_dev``, ``speech/asr``, RAVDESS's held-out clips; see
 tools/asr_eval.py) is played as one turn of a call: 0.5 s of silence, the clip, 1.5 s of silence, at 16 kHz
 PCM or as a phone line carries it (8 kHz G.711 mu-law), decoded by the service's ``AudioDecoder`` and fed
-to a ``ChannelDecoder`` in 20 ms frames, partials on (the service's defaults) but for ``early_end_ms`` and
-``speculative_final_ms``.
+to a ``ChannelDecoder`` in 20 ms frames, partials on (the service's defaults) but for ``early_end_ms``,
+``speculative_final_ms``, ``speculative_end_ms`` and the VAD's ``pad_ms``.
 
 Time is the audio's clock, and the inference thread is simulated on it: one decode at a time, in order,
 each taking the wall time it really took here (Whisper runs for real, tiny.en, one thread); a partial
@@ -13,18 +13,20 @@ still queued when a newer one or the final comes is dropped, as ``scheduler`` do
 reaches the channel (``note_partial``) when its decode is done on that clock. So a probe's answer comes
 as late as it would live, with one call on the machine. A speculative final is queued like a partial (a
 newer request drops it while it waits) and skipped when it comes up after the channel threw it away; the
-final takes its result, at no cost, when it ran and was decoded alike, as ``streaming`` does.
+final takes its result, at no cost, when it ran and was decoded alike, as ``streaming`` does; its text
+goes back to the channel when its decode is done (``note_speculation``: the speculative end).
 
-Rows, per set, rate, ``early_end_ms``, ``speculative_final_ms`` (0: off) and the finals' beam width (the
-first configuration is the baseline of the ratios):
+Rows, per set, rate, the VAD's pad, ``early_end_ms``, ``speculative_final_ms`` (0: off),
+``speculative_end_ms`` (0: off) and the finals' beam width (the first configuration is the baseline of
+the ratios; combinations that would speculate or end before the pad are left out):
 
 - WER of the finals against the references (Whisper's English normaliser, tools/asr_eval.py); with the
   early end off it is the streaming WER of test_asr_wer.py;
 - ``beam``: the finals' beam width (``DecodingConfig.final_beam_size``; partials are greedy either way):
   a narrower beam decodes sooner, at what cost in words;
-- ``early``: segments ended early; ``cuts``: those whose speaker went on, i.e. the channel's next segment
-  starts less than ``--cut-ms`` (700) after the early end; ``turn_early``: clips whose last segment
-  (the real end of the turn) ended early;
+- ``early``: segments ended early (early end or speculative end); ``cuts``: those whose speaker went
+  on, i.e. the channel's next segment starts less than ``--cut-ms`` (700) after the early end;
+  ``turn_early``: clips whose last segment (the real end of the turn) ended early;
 - end of speech -> final, p50 / p95 over the clips: from the clip's last speech (the final's end less
   the VAD's pad) to the time its last final's decode is done;
 - ``spec``: speculative finals decoded, ``used``: those that became the final (the others cost a
@@ -32,9 +34,10 @@ first configuration is the baseline of the ratios):
 - decodes per minute of audio (the CPU the probes and speculations cost), and the ratio to the baseline
   of p50 and p95.
 
-Run: ``.venv/bin/python bench/endpointing.py [--sets asr_dev asr] [--rates 16k 8k-mulaw]
-[--early-end-ms 0] [--speculative-ms 0 200] [--beams 5] [--limit N]``: every combination of the three
-lists. Last line: ``endpointing <set>/<rate>/<early>/<speculative>/b<beam> ...`` per configuration.
+Run: ``.venv/bin/python bench/endpointing.py [--sets asr_dev asr] [--rates 16k 8k-mulaw] [--pad-ms 200]
+[--early-end-ms 0] [--speculative-ms 0 200] [--speculative-end-ms 0] [--beams 5] [--limit N]``: every
+combination of the lists. Last line: ``endpointing <set>/<rate>/pad<pad>/<early>/<speculative>ms/end<end>/
+b<beam> ...`` per configuration.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ from asr_service.audio import AudioDecoder, AudioSpec, Encoding  # noqa: E402
 from asr_service.channel import ChannelDecoder, StreamingConfig  # noqa: E402
 from asr_service.decoding import DecodeRequest, DecodeResult, run_decode, same_decode  # noqa: E402
 from asr_service.recognizer import WhisperRecognizer  # noqa: E402
-from asr_service.vad import SAMPLE_RATE, StreamingVad, shared_model  # noqa: E402
+from asr_service.vad import SAMPLE_RATE, StreamingVad, VadConfig, shared_model  # noqa: E402
 from tools.asr_eval import RATES, SETS, Clip, load_set, telephone, word_errors  # noqa: E402
 
 FloatArray = npt.NDArray[np.float32]
@@ -181,6 +184,8 @@ class Simulation:
     def _deliver(self, job: _Job, result: DecodeResult, done_s: float) -> None:
         if job.request.speculative:
             job.result = result
+            text = result.recognition.text if result.rejected is None else ""
+            self.submit(self.channel.note_speculation(job.request, text), done_s, early=True)
             return
         if job.request.is_final:
             self.run.finals.append(Final(job.request, result, done_s, job.early))
@@ -193,8 +198,10 @@ class Simulation:
 class Row:
     set_name: str
     rate: str
+    pad_ms: int
     early_end_ms: int
     speculative_ms: int
+    speculative_end_ms: int
     beam: int
     clips: int
     wer: float
@@ -250,8 +257,10 @@ def measure(
     return Row(
         set_name,
         rate,
+        config.vad.pad_ms,
         config.early_end_ms,
         config.speculate_after_ms,
+        config.speculative_end_ms,
         config.decoding.final_beam_size,
         len(clips),
         100 * errors / max(words, 1),
@@ -273,8 +282,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", nargs="+", choices=SETS, default=["asr_dev", "asr"])
     parser.add_argument("--rates", nargs="+", choices=RATES, default=list(RATES))
     parser.add_argument("--early-end-ms", nargs="+", type=int, default=[0], help="0: off")
+    parser.add_argument(
+        "--speculative-end-ms", nargs="+", type=int, default=[0], help="0: off (channel: speculative end)"
+    )
     parser.add_argument("--speculative-ms", nargs="+", type=int, default=[0, 200], help="0: off")
     parser.add_argument("--beams", nargs="+", type=int, default=[5], help="finals' beam widths")
+    parser.add_argument(
+        "--pad-ms",
+        nargs="+",
+        type=int,
+        default=[VadConfig().pad_ms],
+        help="the VAD's pad (pre-roll and tail)",
+    )
     parser.add_argument("--limit", type=int, default=0, help="the first N clips of each set (0: all)")
     parser.add_argument("--per-clip", action="store_true", help="each clip's end of speech -> final too")
     parser.add_argument("--cut-ms", type=int, default=700, help="a next segment this soon: a cut")
@@ -290,16 +309,27 @@ def main(argv: list[str] | None = None) -> int:
     configs = [
         replace(
             base,
+            vad=replace(base.vad, pad_ms=pad),
             early_end_ms=early,
+            speculative_end_ms=spec_end,
             speculative_final_ms=speculative,
             decoding=replace(base.decoding, final_beam_size=beam),
         )
+        for pad in args.pad_ms
         for early in args.early_end_ms
         for speculative in args.speculative_ms
+        for spec_end in args.speculative_end_ms
         for beam in args.beams
+        # A speculation (or an early end) before the pad is refused: the final's audio is not complete.
+        if speculative in (0, pad) or speculative > pad
+        if early == 0 or early >= pad
+        if spec_end == 0 or (speculative and spec_end >= max(speculative, pad))
     ]
+    for config in configs:
+        config.validate()
     header = (
-        f"{'set':<8} {'rate':<9} {'early_ms':>8} {'spec_ms':>7} {'beam':>4} {'clips':>5} "
+        f"{'set':<8} {'rate':<9} {'pad_ms':>6} {'early_ms':>8} {'spec_ms':>7} {'s_end':>5} {'beam':>4} "
+        f"{'clips':>5} "
         f"{'WER_%':>6} {'same':>4} {'early':>5} {'cuts':>4} {'turn_early':>10} {'spec':>4} {'used':>4} "
         f"{'p50_ms':>7} {'p95_ms':>7} {'dec/min':>7} {'p50_x':>6} {'p95_x':>6}"
     )
@@ -318,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
                 p50_x, p95_x = row.p50_ms / rows[0].p50_ms, row.p95_ms / rows[0].p95_ms
                 same = sum(a == b for a, b in zip(row.texts, rows[0].texts, strict=True))
                 print(
-                    f"{set_name:<8} {rate:<9} {row.early_end_ms:>8} {row.speculative_ms:>7} {row.beam:>4} "
+                    f"{set_name:<8} {rate:<9} {row.pad_ms:>6} {row.early_end_ms:>8} {row.speculative_ms:>7} "
+                    f"{row.speculative_end_ms:>5} {row.beam:>4} "
                     f"{row.clips:>5} {row.wer:6.2f} {same:>4} {row.early:>5} {row.cuts:>4} "
                     f"{row.turn_early:>10} {row.speculations:>4} {row.used:>4} {row.p50_ms:7.0f} "
                     f"{row.p95_ms:7.0f} {row.decodes_per_min:7.1f} {p50_x:6.2f} {p95_x:6.2f}",
@@ -327,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
                 if args.per_clip:
                     print("  per clip (ms): " + " ".join(f"{ms:.0f}" for ms in row.latencies_ms), flush=True)
                 summary.append(
-                    f"{set_name}/{rate}/{row.early_end_ms}/{row.speculative_ms}ms/b{row.beam} "
+                    f"{set_name}/{rate}/pad{row.pad_ms}/{row.early_end_ms}/{row.speculative_ms}ms/"
+                    f"end{row.speculative_end_ms}/b{row.beam} "
                     f"wer={row.wer:.2f} same={same}/{row.clips} cuts={row.cuts} p50={row.p50_ms:.0f} "
                     f"p95={row.p95_ms:.0f} dec/min={row.decodes_per_min:.1f}"
                 )

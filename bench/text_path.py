@@ -117,6 +117,7 @@ async def start_mesh(
     asr_partial_interval_s: float | None = None,
     asr_partial_batch: int = 1,
     asr_final_beam: int | None = None,
+    asr_speculative_end_ms: int | None = None,
     key_rate_limit: bool = True,
 ) -> Mesh:
     envoy_port = free_port()
@@ -153,6 +154,8 @@ async def start_mesh(
         argv += ["--asr-partial-batch", str(asr_partial_batch)]
     if asr_final_beam is not None:
         argv += ["--asr-final-beam", str(asr_final_beam)]
+    if asr_speculative_end_ms is not None:
+        argv += ["--asr-speculative-end-ms", str(asr_speculative_end_ms)]
     if not key_rate_limit:  # every simulated call sends the one bench key: hundreds of calls are one tenant
         argv += ["--rate-limit-per-key", "0"]
     with log.open("wb") as out:

@@ -393,6 +393,13 @@ def _add_up(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="beam width of the ASR's final transcripts (default: the ASR's own; 1: greedy)",
     )
     p.add_argument(
+        "--asr-speculative-end-ms",
+        type=int,
+        metavar="MS",
+        help="silence after which a turn that reads as a finished sentence is final (default: the ASR's "
+        "own; 0: wait for the VAD's 500 ms)",
+    )
+    p.add_argument(
         "--tone",
         action="store_true",
         help="fuse the voice's tone with the words in the scorers (the shipped fusion head; "
@@ -448,6 +455,9 @@ def _run_up(args: argparse.Namespace) -> int:
         if value is not None and value < 1:  # else the ASR would refuse it after the mesh had started
             print(f"{flag} must be at least 1", file=sys.stderr)
             return 2
+    if args.asr_speculative_end_ms is not None and args.asr_speculative_end_ms < 0:
+        print("--asr-speculative-end-ms must be 0 (off) or more", file=sys.stderr)
+        return 2
     if (args.tls_cert is None) != (args.tls_key is None):
         print("--tls-cert and --tls-key go together", file=sys.stderr)
         return 2
@@ -470,6 +480,7 @@ def _run_up(args: argparse.Namespace) -> int:
         asr_partial_interval_s=args.asr_partial_interval,
         asr_partial_batch=args.asr_partial_batch,
         asr_final_beam=args.asr_final_beam,
+        asr_speculative_end_ms=args.asr_speculative_end_ms,
         tone_fusion=args.tone,
     )
     return main(options)

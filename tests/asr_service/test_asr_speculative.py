@@ -11,7 +11,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -410,3 +410,147 @@ async def test_two_calls_partials_waiting_together_are_decoded_as_one_batch(paus
     for call_events in events:  # each call still gets its partials, then its one final
         assert [e.is_final for e in call_events][-1] is True and sum(e.is_final for e in call_events) == 1
         assert call_events[0].text.startswith("w0") and not call_events[0].is_final
+
+
+# ------------------------------------------------------------------------------- speculative end
+
+SPECULATIVE_END = StreamingConfig(speculative_final_ms=200, speculative_end_ms=200)
+"""Off by default (see bench/endpointing.py); on here."""
+
+
+def play_answering(
+    decoder: ChannelDecoder, x: np.ndarray, answer: Callable[[DecodeRequest], str | None]
+) -> list[tuple[int, DecodeRequest]]:
+    """Like ``play``, each speculation answered at once with ``answer`` (a decode that takes no time)."""
+    made: list[tuple[int, DecodeRequest]] = []
+
+    def take(requests: list[DecodeRequest]) -> None:
+        for request in requests:
+            made.append((decoder.position, request))
+            if request.speculative:
+                take(decoder.note_speculation(request, answer(request)))
+
+    for i in range(0, len(x), FRAME):
+        take(decoder.push(x[i : i + FRAME]))
+    take(decoder.flush())
+    return made
+
+
+def finals_made(made: list[tuple[int, DecodeRequest]]) -> list[tuple[int, DecodeRequest]]:
+    return [(at, r) for at, r in made if r.is_final and not r.speculative]
+
+
+def test_a_finished_sentence_ends_its_segment_at_the_speculation(sentence: np.ndarray) -> None:
+    x = np.concatenate([silence(0.5), sentence, silence(1.2)])
+    decoder = ChannelDecoder(0, StreamingVad(), SPECULATIVE_END)
+    made = play_answering(decoder, x, lambda r: "We would need a discount to move forward.")
+    (spec_at, spec), *rest = [(at, r) for at, r in made if r.speculative]
+    ((final_at, final),) = finals_made(made)
+    assert rest == [] and decoder.speculative_ends == 1
+    assert final_at == spec_at  # ended as the answer came, not 300 ms of silence later
+    assert same_decode(spec, final)  # so the call answers it with the speculation's decode
+    # The final that the VAD would have made: the same audio, ending at the last speech plus the pad.
+    ((_, late),) = finals_made(play(ChannelDecoder(0, StreamingVad(), ON), x))
+    assert same_decode(late, final) and late.start_sample == final.start_sample
+    np.testing.assert_array_equal(late.audio, final.audio)
+    assert final_at - (end_of(final) - PAD) < 500 * 16
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "We would need a discount to move",
+        "We would need a discount to move,",
+        "We would need a discount to...",
+        "",  # rejected by the filter
+        None,  # skipped
+    ],
+    ids=["no-punctuation", "comma", "ellipsis", "rejected", "skipped"],
+)
+def test_a_speculation_that_is_no_finished_sentence_leaves_the_end_to_the_vad(
+    sentence: np.ndarray, answer: str | None
+) -> None:
+    x = np.concatenate([silence(0.5), sentence, silence(1.2)])
+    decoder = ChannelDecoder(0, StreamingVad(), SPECULATIVE_END)
+    ((at, final),) = finals_made(play_answering(decoder, x, lambda r: answer))
+    assert decoder.speculative_ends == 0
+    assert at - (end_of(final) - PAD) >= 500 * 16
+
+
+def test_an_early_answer_waits_for_the_speculative_end_silence(sentence: np.ndarray) -> None:
+    x = np.concatenate([silence(0.5), sentence, silence(1.2)])
+    config = StreamingConfig(speculative_final_ms=200, speculative_end_ms=350)
+    decoder = ChannelDecoder(0, StreamingVad(), config)
+    made = play_answering(decoder, x, lambda r: "We would need a discount to move forward.")
+    ((spec_at, spec),) = [(at, r) for at, r in made if r.speculative]
+    ((final_at, final),) = finals_made(made)
+    speech_end = end_of(final) - PAD
+    assert decoder.speculative_ends == 1 and same_decode(spec, final)
+    assert 350 * 16 <= final_at - speech_end < 500 * 16 and final_at > spec_at
+
+
+def test_an_answer_that_comes_after_the_speaker_went_on_ends_nothing(paused: np.ndarray) -> None:
+    decoder = ChannelDecoder(0, StreamingVad(), replace(SPECULATIVE_END, partials=False))
+    pause_over = int(0.8 * 16000) + len(voiced(CLAUSE_A)) + int(0.5 * 16000)
+    held = [r for _, r in play(decoder, paused[:pause_over], flush=False) if r.speculative]
+    assert len(held) == 1 and decoder.vad.in_speech  # asked for in the pause; the speaker went on
+    assert decoder.note_speculation(held[0], "I think the price is way too high.") == []
+    rest = play(decoder, paused[pause_over:])
+    assert decoder.speculative_ends == 0 and len(finals_made(rest)) == 1
+
+
+def test_a_sentence_said_in_a_pause_ends_its_own_segment(paused: np.ndarray) -> None:
+    # The pause's speculation reads as a finished sentence: the clause after it opens a new segment,
+    # whose final hears the first one's end as its context (as after any end).
+    decoder = ChannelDecoder(0, StreamingVad(), SPECULATIVE_END)
+    made = play_answering(decoder, paused, lambda r: "A finished sentence.")
+    (_, first), (_, second) = finals_made(made)
+    assert decoder.speculative_ends == 2 and (first.segment, second.segment) == (0, 1)
+    assert second.context_transcribed > 0
+
+
+def test_speculative_end_settings() -> None:
+    for bad in (
+        StreamingConfig(speculative_final_ms=0, speculative_end_ms=300),  # no speculation to end on
+        StreamingConfig(speculative_final_ms=300, speculative_end_ms=250),  # before the speculation
+        StreamingConfig(speculative_end_ms=500),  # no sooner than the VAD
+    ):
+        with pytest.raises(ValueError, match="speculative_end_ms"):
+            bad.validate()
+    StreamingConfig(speculative_end_ms=200).validate()
+    StreamingConfig(speculative_final_ms=300, speculative_end_ms=300).validate()
+
+
+async def test_the_call_sends_the_speculative_end_final_without_the_long_silence(
+    sentence: np.ndarray,
+) -> None:
+    # Only 300 ms of silence and no end of call: without the speculative end the VAD never ends it.
+    x = np.concatenate([silence(0.5), sentence, silence(0.3)])
+    fake = FakeRecognizer()
+
+    async def body(c: Call) -> None:
+        await c.feed(x)
+        final = await asyncio.wait_for(c.final, timeout=30)
+        assert final.text.startswith("w0 w1") and final.text.endswith(".")
+        assert fake.finals() == 1  # the speculation's decode, taken by the final
+
+    events = await with_call(fake, SPECULATIVE_END, body)
+    assert sum(e.is_final for e in events) == 1 and fake.finals() == 1
+
+
+async def test_with_whisper_the_speculative_end_reads_as_the_vads_end(recognizer: WhisperRecognizer) -> None:
+    x = np.concatenate([silence(0.5), voiced(SENTENCE_A)])
+    text: dict[str, str] = {}
+
+    async def ended_by_speculation(c: Call) -> None:
+        await c.feed(np.concatenate([x, silence(0.3)]))  # the VAD alone would wait for 500 ms
+        text["speculative end"] = (await asyncio.wait_for(c.final, timeout=60)).text
+
+    async def ended_by_the_vad(c: Call) -> None:
+        await c.feed(np.concatenate([x, silence(0.7)]))
+        text["vad"] = (await asyncio.wait_for(c.final, timeout=60)).text
+
+    await with_call(recognizer, SPECULATIVE_END, ended_by_speculation)
+    await with_call(recognizer, ON, ended_by_the_vad)
+    assert text["speculative end"] == text["vad"], text
+    assert word_error_rate(SENTENCE_A, text["vad"]) <= 0.15, text

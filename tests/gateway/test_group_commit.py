@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Sequence
 
 import pytest
 
-from callsense.database import EmbeddedPostgres
 from callsense.domain import UtteranceScore
 from gateway.group_commit import GroupCommit, GroupCommitStopped
 from gateway.store import UNREACHABLE, Store, UnknownCallError
-from tests.support.mesh import fresh_database
 
 pytestmark = pytest.mark.slow
 
@@ -24,18 +22,6 @@ LINES = (
     "We're already locked in with another vendor until spring.",
     "That sounds useful, send me the deck and I'll share it with the team.",
 )
-
-
-@pytest.fixture(scope="module")
-def db_url(gateway_pg: EmbeddedPostgres) -> Iterator[str]:
-    yield from fresh_database(gateway_pg)
-
-
-@pytest.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    store = await Store.open(db_url, min_size=1, max_size=4)
-    yield store
-    await store.close()
 
 
 class CountedStore:

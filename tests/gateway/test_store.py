@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -53,26 +53,14 @@ from tests.support.mesh import fresh_database
 pytestmark = pytest.mark.slow
 
 
-# --- fixtures (the server fixture is meant to move to conftest.py) ------------------------------------------
+# --- fixtures (db_url and store: tests/gateway/conftest.py) ---------------------------------------------
 
 
 # The server is tests/support/mesh.py's gateway_pg (the test data dir, never `callsense up`'s), and
 # fresh_db_url (a database per test) comes from there too.
 @pytest.fixture(scope="session")
-def db_url(gateway_pg: EmbeddedPostgres) -> Iterator[str]:
-    yield from fresh_database(gateway_pg)
-
-
-@pytest.fixture(scope="session")
 def eu_db_url(gateway_pg: EmbeddedPostgres) -> Iterator[str]:
     yield from fresh_database(gateway_pg)
-
-
-@pytest.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    store = await Store.open(db_url, min_size=1, max_size=4)
-    yield store
-    await store.close()
 
 
 def _call_id() -> str:

@@ -240,9 +240,10 @@ def test_callsense_up_fuses_tone_only_when_asked(tmp_path: Path) -> None:
 
 
 def test_callsense_up_passes_the_asr_capacity_settings_and_the_asr_takes_them(tmp_path: Path) -> None:
-    """`--asr-workers`, `--asr-partial-interval`, `--asr-partial-batch` and `--asr-final-beam` reach the
-    ASR's command line, which its own parser takes into the channels' StreamingConfig (0: no partials);
-    the defaults add nothing."""
+    """`--asr-workers`, `--asr-partial-interval`, `--asr-partial-batch`, `--asr-final-beam` and
+    `--asr-speculative-end-ms` reach the ASR's command line, which its own parser takes into the channels'
+    StreamingConfig (0: no partials); the defaults add nothing; a setting the channels refuse is refused by
+    the parser."""
     from asr_service.__main__ import parse_args, streaming_config
     from asr_service.channel import StreamingConfig
 
@@ -252,18 +253,37 @@ def test_callsense_up_passes_the_asr_capacity_settings_and_the_asr_takes_them(tm
         return argv[argv.index("asr_service") + 1 :]
 
     default = asr_argv(UpOptions())
-    assert not {"--workers", "--partial-interval", "--partial-batch", "--final-beam"} & set(default)
+    assert not {
+        "--workers",
+        "--partial-interval",
+        "--partial-batch",
+        "--final-beam",
+        "--speculative-end-ms",
+    } & set(default)
     assert streaming_config(parse_args(default)) == StreamingConfig()
-    options = UpOptions(asr_workers=2, asr_partial_interval_s=2.0, asr_partial_batch=4, asr_final_beam=1)
+    options = UpOptions(
+        asr_workers=2,
+        asr_partial_interval_s=2.0,
+        asr_partial_batch=4,
+        asr_final_beam=1,
+        asr_speculative_end_ms=300,
+    )
     args = parse_args(asr_argv(options))
     assert (args.workers, args.partial_interval, args.partial_batch, args.final_beam) == (2, 2.0, 4, 1)
     streaming = streaming_config(args)
     assert (streaming.partial_interval_s, streaming.partial_batch) == (2.0, 4)
+    assert streaming.speculative_end_ms == 300 and StreamingConfig().speculative_end_ms == 0
     assert streaming.decoding.final_beam_size == 1 and StreamingConfig().decoding.final_beam_size == 5
-    silent = streaming_config(parse_args(asr_argv(UpOptions(asr_partial_interval_s=0.0, asr_final_beam=3))))
+    silent = streaming_config(
+        parse_args(
+            asr_argv(UpOptions(asr_partial_interval_s=0.0, asr_final_beam=3, asr_speculative_end_ms=200))
+        )
+    )
     assert not silent.partials and silent.decoding.final_beam_size == 3
-    with pytest.raises(SystemExit):
-        parse_args(["--final-beam", "0"])
+    assert silent.speculative_end_ms == 200
+    for refused in (["--final-beam", "0"], ["--speculative-end-ms", "100"], ["--speculative-end-ms", "500"]):
+        with pytest.raises(SystemExit):  # greedy is 1; the end comes after the speculation, before the VAD's
+            parse_args(refused)
 
 
 def test_callsense_up_takes_the_asr_settings_into_its_options_and_refuses_bad_ones(
@@ -277,12 +297,17 @@ def test_callsense_up_takes_the_asr_settings_into_its_options_and_refuses_bad_on
     started: list[UpOptions] = []
     monkeypatch.setattr(tools.up, "main", lambda options: started.append(options) or 0)
     argv = ["up", "--asr-workers", "2", "--asr-partial-batch", "4", "--asr-final-beam", "1"]
-    assert main(argv) == 0
-    assert [(o.asr_workers, o.asr_partial_batch, o.asr_final_beam) for o in started] == [(2, 4, 1)]
+    assert main([*argv, "--asr-speculative-end-ms", "300"]) == 0
+    assert [
+        (o.asr_workers, o.asr_partial_batch, o.asr_final_beam, o.asr_speculative_end_ms) for o in started
+    ] == [(2, 4, 1, 300)]
     assert main(["up"]) == 0 and started[-1].asr_final_beam is None
+    assert started[-1].asr_speculative_end_ms is None
     for flag in ("--asr-workers", "--asr-partial-batch", "--asr-final-beam"):
         assert main(["up", flag, "0"]) == 2
         assert f"{flag} must be at least 1" in capsys.readouterr().err
+    assert main(["up", "--asr-speculative-end-ms", "-1"]) == 2
+    assert "--asr-speculative-end-ms must be 0 (off) or more" in capsys.readouterr().err
     assert len(started) == 2
 
 
