@@ -93,11 +93,11 @@ class StreamingConfig:
     speculative_end_ms: int = 0
     """Silence after which a segment whose speculative final reads as a finished sentence ends without
     waiting for ``vad.min_silence_ms`` (see the module docstring); 0: off. Needs speculative finals, and
-    at least their silence, less than ``vad.min_silence_ms``. Off by default: on RAVDESS (short single
-    sentences) 300 ms brought end of speech -> final p50 from 552 to 474 ms with no cut, and live at 2
-    calls p95 651 -> 562 ms, but read speech pauses at its commas and Whisper writes a full stop there:
-    on asr_dev it ended 24 segments early, 11 of them cuts (the reader went on within 700 ms, inside
-    one read sentence), and at 8 kHz cost words
+    at least their silence, less than ``vad.min_silence_ms``; not with ``early_end_ms``. Off by default:
+    on RAVDESS (short single sentences) 300 ms brought end of speech -> final p50 from 552 to 441 ms with
+    no cut, and live at 2 calls p95 from 651-906 to 556-625 ms (three runs each), but read speech pauses
+    at its commas and Whisper writes a full stop there: on asr_dev (24 read sentences) it ended 31
+    segments early, 14 of them cuts (the reader went on within 700 ms), and at 8 kHz cost words
     (bench/endpointing.py, README: Latency and capacity). For short conversational turns:
     ``python -m asr_service --speculative-end-ms 300``."""
 
@@ -133,14 +133,18 @@ class StreamingConfig:
                 f"vad.pad_ms..vad.min_silence_ms ({self.vad.pad_ms}..{self.vad.min_silence_ms - 1} ms): "
                 "before the pad the final's audio is not complete"
             )
-        if self.speculative_end_ms and not (
-            self.speculate_after_ms
-            and self.speculate_after_ms <= self.speculative_end_ms < self.vad.min_silence_ms
-        ):
-            raise ValueError(
-                "speculative_end_ms must be 0 (off) or, with speculative finals on, within their silence.."
-                f"vad.min_silence_ms - 1 ({self.speculate_after_ms}..{self.vad.min_silence_ms - 1} ms)"
-            )
+        if self.speculative_end_ms:
+            if not self.speculate_after_ms:
+                raise ValueError("speculative_end_ms needs speculative finals (speculative_final_ms not 0)")
+            if not self.speculate_after_ms <= self.speculative_end_ms < self.vad.min_silence_ms:
+                raise ValueError(
+                    "speculative_end_ms must be 0 (off) or within the speculation's silence.."
+                    f"vad.min_silence_ms - 1 ({self.speculate_after_ms}..{self.vad.min_silence_ms - 1} ms)"
+                )
+            if self.early_end_ms:
+                # The early end's probes are asked for while a speculation stands, and one of them could
+                # be queued after the final that the speculation's text decides.
+                raise ValueError("speculative_end_ms and early_end_ms are two ways to end early: one at most")
         if self.early_end_ms and not self.vad.pad_ms <= self.early_end_ms < self.vad.min_silence_ms:
             raise ValueError(
                 "early_end_ms must be 0 (off) or within vad.pad_ms..vad.min_silence_ms "
@@ -229,8 +233,9 @@ class ChannelDecoder:
         self.speculations = 0
         """Speculative finals asked for (see the module docstring)."""
         self.speculations_matched = 0
-        """Of those, the ones whose segment the VAD then ended at the same sample (the rest were pauses)."""
-        self._speculation_finished = False  # the standing speculation's text ends a sentence
+        """Of those, the ones whose segment then ended at the same sample, by the VAD or by the speculative
+        end (the rest were pauses)."""
+        self._finished_speculation: DecodeRequest | None = None  # a speculation whose text ends a sentence
         self.speculative_ends = 0
         """Segments ended by their speculation's finished sentence (see the module docstring)."""
 
@@ -253,7 +258,6 @@ class ChannelDecoder:
         requests = self._apply(self.vad.feed(x))
         if self._speculation is not None and self.vad.silence_start != self._speculated_silence:
             self._speculation = None  # the speaker went on: that silence was a pause
-            self._speculation_finished = False
         requests += self._speculative_end_due()
         requests += self._speculation_due()
         requests += self._partial_due()
@@ -299,13 +303,18 @@ class ChannelDecoder:
         None when it was skipped); the final of a speculative end when that text decides one."""
         if request is not self._speculation or not self.config.speculative_end_ms:
             return []  # the segment has ended since, or the speaker went on
-        self._speculation_finished = bool(text and normalise(text) and ends_sentence(text))
+        if text and normalise(text) and ends_sentence(text):
+            self._finished_speculation = request
         return self._speculative_end_due()
 
     def _speculative_end_due(self) -> list[DecodeRequest]:
         """The final of a speculative end, once its sentence is finished and the silence long enough."""
         silence = self.vad.silence_start
-        if not self._speculation_finished or self._speculation is None or silence is None:
+        if (
+            self._speculation is None
+            or self._finished_speculation is not self._speculation
+            or silence is None
+        ):
             return []
         if self.position - silence < self.config.speculative_end_ms * SAMPLE_RATE // 1000:
             return []
@@ -319,7 +328,7 @@ class ChannelDecoder:
         requests = []
         for event in events:
             self._probe, self._probed_silence, self._partial_text = None, None, ""
-            self._speculation_finished = False
+            self._finished_speculation = None
             speculation, self._speculation, self._speculated_silence = self._speculation, None, None
             if isinstance(event, SpeechStart):
                 self._open_start = event.sample

@@ -158,6 +158,12 @@ class DecodeResult:
     """A final rejected although the VAD heard ``unheard_min_speech_s`` of speech: sent empty with
     ``rejected`` as the reason rather than dropped."""
 
+    @property
+    def accepted_text(self) -> str:
+        """The text, or "" when the filter rejected it (what a channel is told of a partial or a
+        speculation)."""
+        return self.recognition.text if self.rejected is None else ""
+
 
 def same_decode(a: DecodeRequest, b: DecodeRequest) -> bool:
     """``a`` and ``b`` are decoded alike: the same channel, segment and kind, the same audio and context

@@ -304,7 +304,7 @@ class CallTranscriber:
         end (its default) a partial's text decides nothing: no lock is taken."""
         if not self.config.early_end_ms:
             return
-        text = None if result is None else result.recognition.text if result.rejected is None else ""
+        text = None if result is None else result.accepted_text
         with self._channels_lock:
             requests = self._channels[request.channel].note_partial(request, text)
         self._submit(requests)
@@ -325,7 +325,7 @@ class CallTranscriber:
         if self._closed or job.cancelled() or job.exception() is not None:
             return
         result = job.result()
-        text = None if result is None else result.recognition.text if result.rejected is None else ""
+        text = None if result is None else result.accepted_text
         with self._channels_lock:
             requests = self._channels[request.channel].note_speculation(request, text)
         self._submit(requests)

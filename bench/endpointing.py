@@ -25,7 +25,7 @@ the ratios; combinations that would speculate or end before the pad are left out
 - ``beam``: the finals' beam width (``DecodingConfig.final_beam_size``; partials are greedy either way):
   a narrower beam decodes sooner, at what cost in words;
 - ``early``: segments ended early (early end or speculative end); ``cuts``: those whose speaker went
-  on, i.e. the channel's next segment starts less than ``--cut-ms`` (700) after the early end;
+  on, i.e. the channel's next speech starts less than ``--cut-ms`` (700) after the early-ended speech;
   ``turn_early``: clips whose last segment (the real end of the turn) ended early;
 - end of speech -> final, p50 / p95 over the clips: from the clip's last speech (the final's end less
   the VAD's pad) to the time its last final's decode is done;
@@ -123,6 +123,7 @@ class Simulation:
         self.running: tuple[float, _Job, DecodeResult] | None = None
         self.free_s = 0.0
         self.held: _Job | None = None  # the latest speculative final
+        self.ended_early = 0  # the channel's early and speculative ends so far
         self.run = ClipRun()
 
     def play(self, x: FloatArray) -> ClipRun:
@@ -136,8 +137,14 @@ class Simulation:
         self.advance(float("inf"))
         return self.run
 
-    def submit(self, requests: Sequence[DecodeRequest], now: float, *, early: bool = False) -> None:
+    def submit(self, requests: Sequence[DecodeRequest], now: float) -> None:
+        # A final is early when the channel ended its segment itself (early or speculative end), in
+        # push() or when told a decode's text: its counters say which finals those were.
+        ended_early = self.channel.early_ends + self.channel.speculative_ends
+        early_finals, self.ended_early = ended_early - self.ended_early, ended_early
         for request in requests:
+            early = request.is_final and not request.speculative and early_finals > 0
+            early_finals -= early
             kept: collections.deque[_Job] = collections.deque()
             for job in self.queue:  # a newer request drops the queued partials and speculations
                 if job.request.is_final and not job.request.speculative:
@@ -184,14 +191,12 @@ class Simulation:
     def _deliver(self, job: _Job, result: DecodeResult, done_s: float) -> None:
         if job.request.speculative:
             job.result = result
-            text = result.recognition.text if result.rejected is None else ""
-            self.submit(self.channel.note_speculation(job.request, text), done_s, early=True)
+            self.submit(self.channel.note_speculation(job.request, result.accepted_text), done_s)
             return
         if job.request.is_final:
             self.run.finals.append(Final(job.request, result, done_s, job.early))
             return
-        text = result.recognition.text if result.rejected is None else ""
-        self.submit(self.channel.note_partial(job.request, text), done_s, early=True)
+        self.submit(self.channel.note_partial(job.request, result.accepted_text), done_s)
 
 
 @dataclass(frozen=True)
@@ -243,9 +248,11 @@ def measure(
         texts.append(text)
         e, n = word_errors(clip.reference, text)
         errors, words = errors + e, words + n
+        pad = config.vad.pad_ms * SAMPLE_RATE // 1000
         for a, b in zip(run.finals, run.finals[1:], strict=False):
-            end = a.request.start_sample + len(a.request.audio)
-            if a.early and b.request.start_sample - end < cut_ms * SAMPLE_RATE // 1000:
+            # From the last speech of one to the first speech of the next (the pads taken off).
+            speech_end = a.request.start_sample + len(a.request.audio) - pad
+            if a.early and b.request.start_sample + pad - speech_end < cut_ms * SAMPLE_RATE // 1000:
                 cuts += 1
         early += sum(f.early for f in run.finals)
         if run.finals:
@@ -321,12 +328,17 @@ def main(argv: list[str] | None = None) -> int:
         for spec_end in args.speculative_end_ms
         for beam in args.beams
         # A speculation (or an early end) before the pad is refused: the final's audio is not complete.
-        if speculative in (0, pad) or speculative > pad
+        if speculative == 0 or speculative >= pad
         if early == 0 or early >= pad
         if spec_end == 0 or (speculative and spec_end >= max(speculative, pad))
     ]
     for config in configs:
-        config.validate()
+        try:
+            config.validate()
+        except ValueError as exc:
+            parser.error(str(exc))
+    if not configs:
+        parser.error("no combination of --pad-ms, --speculative-ms, --speculative-end-ms is valid")
     header = (
         f"{'set':<8} {'rate':<9} {'pad_ms':>6} {'early_ms':>8} {'spec_ms':>7} {'s_end':>5} {'beam':>4} "
         f"{'clips':>5} "

@@ -411,10 +411,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("need --calls >= 1, --turns >= 1 and --gap >= 0")
     if args.final_beam is not None and (args.final_beam < 1 or args.url):
         parser.error("--final-beam is at least 1, and sets the mesh the bench starts (not one at --url)")
-    if args.speculative_end_ms is not None and (args.speculative_end_ms < 0 or args.url):
-        parser.error(
-            "--speculative-end-ms is 0 or more, and sets the mesh the bench starts (not one at --url)"
-        )
+    if args.speculative_end_ms is not None:
+        if args.url:
+            parser.error("--speculative-end-ms sets the mesh the bench starts (not one at --url)")
+        # Imported here: asr_service sets ONEDNN_MAX_CPU_ISA, which the mesh's processes would inherit.
+        from asr_service.channel import StreamingConfig
+
+        try:  # the ASR's own rule, before the mesh starts
+            StreamingConfig(speculative_end_ms=args.speculative_end_ms).validate()
+        except ValueError as exc:
+            parser.error(f"--speculative-end-ms: {exc}")
     return asyncio.run(main_async(args))
 
 

@@ -455,9 +455,14 @@ def _run_up(args: argparse.Namespace) -> int:
         if value is not None and value < 1:  # else the ASR would refuse it after the mesh had started
             print(f"{flag} must be at least 1", file=sys.stderr)
             return 2
-    if args.asr_speculative_end_ms is not None and args.asr_speculative_end_ms < 0:
-        print("--asr-speculative-end-ms must be 0 (off) or more", file=sys.stderr)
-        return 2
+    if args.asr_speculative_end_ms is not None:
+        from asr_service.channel import StreamingConfig
+
+        try:  # the ASR's own rule, before the mesh starts (as above)
+            StreamingConfig(speculative_end_ms=args.asr_speculative_end_ms).validate()
+        except ValueError as exc:
+            print(f"--asr-speculative-end-ms: {exc}", file=sys.stderr)
+            return 2
     if (args.tls_cert is None) != (args.tls_key is None):
         print("--tls-cert and --tls-key go together", file=sys.stderr)
         return 2

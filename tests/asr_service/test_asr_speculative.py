@@ -493,10 +493,32 @@ def test_an_answer_that_comes_after_the_speaker_went_on_ends_nothing(paused: np.
     decoder = ChannelDecoder(0, StreamingVad(), replace(SPECULATIVE_END, partials=False))
     pause_over = int(0.8 * 16000) + len(voiced(CLAUSE_A)) + int(0.5 * 16000)
     held = [r for _, r in play(decoder, paused[:pause_over], flush=False) if r.speculative]
-    assert len(held) == 1 and decoder.vad.in_speech  # asked for in the pause; the speaker went on
+    assert len(held) == 1  # asked for in the pause, not yet answered
+    assert decoder.speculation is None  # the speaker went on: the channel no longer names it
     assert decoder.note_speculation(held[0], "I think the price is way too high.") == []
     rest = play(decoder, paused[pause_over:])
     assert decoder.speculative_ends == 0 and len(finals_made(rest)) == 1
+    (final,) = [r for _, r in finals_made(rest)]
+    assert end_of(final) - end_of(held[0]) > 16000  # one segment: both clauses
+
+
+def test_a_finished_answer_waiting_for_its_silence_is_dropped_when_the_speaker_goes_on(
+    paused: np.ndarray,
+) -> None:
+    # 400 ms: longer than the 300 ms pause. The pause's speculation reads as a finished sentence, but its
+    # silence ends first; the turn's own speculation does not read as one: the VAD ends the turn.
+    config = StreamingConfig(partials=False, speculative_final_ms=200, speculative_end_ms=400)
+    decoder = ChannelDecoder(0, StreamingVad(), config)
+    answered: list[DecodeRequest] = []
+
+    def answer(request: DecodeRequest) -> str:
+        answered.append(request)
+        return "I think the price is way too high." if len(answered) == 1 else "we would need a discount to"
+
+    made = play_answering(decoder, paused, answer)
+    ((at, final),) = finals_made(made)
+    assert len(answered) == 2 and decoder.speculative_ends == 0
+    assert at - (end_of(final) - PAD) >= 500 * 16 and end_of(final) - end_of(answered[0]) > 16000
 
 
 def test_a_sentence_said_in_a_pause_ends_its_own_segment(paused: np.ndarray) -> None:
@@ -514,6 +536,7 @@ def test_speculative_end_settings() -> None:
         StreamingConfig(speculative_final_ms=0, speculative_end_ms=300),  # no speculation to end on
         StreamingConfig(speculative_final_ms=300, speculative_end_ms=250),  # before the speculation
         StreamingConfig(speculative_end_ms=500),  # no sooner than the VAD
+        StreamingConfig(speculative_end_ms=300, early_end_ms=300),  # two ways to end early
     ):
         with pytest.raises(ValueError, match="speculative_end_ms"):
             bad.validate()

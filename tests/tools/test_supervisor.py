@@ -306,8 +306,9 @@ def test_callsense_up_takes_the_asr_settings_into_its_options_and_refuses_bad_on
     for flag in ("--asr-workers", "--asr-partial-batch", "--asr-final-beam"):
         assert main(["up", flag, "0"]) == 2
         assert f"{flag} must be at least 1" in capsys.readouterr().err
-    assert main(["up", "--asr-speculative-end-ms", "-1"]) == 2
-    assert "--asr-speculative-end-ms must be 0 (off) or more" in capsys.readouterr().err
+    for refused in ("-1", "100", "500"):  # the ASR's own rule: after the speculation, before the VAD's end
+        assert main(["up", "--asr-speculative-end-ms", refused]) == 2
+        assert "--asr-speculative-end-ms: speculative_end_ms must be" in capsys.readouterr().err
     assert len(started) == 2
 
 
