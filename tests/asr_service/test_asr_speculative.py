@@ -577,3 +577,42 @@ async def test_with_whisper_the_speculative_end_reads_as_the_vads_end(recognizer
     await with_call(recognizer, ON, ended_by_the_vad)
     assert text["speculative end"] == text["vad"], text
     assert word_error_rate(SENTENCE_A, text["vad"]) <= 0.15, text
+
+
+async def test_a_call_closed_while_its_speculation_waits_decodes_and_sends_nothing_more(
+    sentence: np.ndarray,
+) -> None:
+    # The speculation's job is cancelled by close(): its done-callback still reaches the event loop, which
+    # must neither decode nor submit anything for a call that is gone, nor fail.
+    loop = asyncio.get_running_loop()
+    failures: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _, context: failures.append(context))
+    scheduler = InferenceScheduler(max_streams=1)
+    stream = scheduler.open_stream()
+    fake = FakeRecognizer()
+    call = CallTranscriber(
+        recognizer=fake,  # type: ignore[arg-type]
+        stream=stream,
+        spec=pcm16_spec(),
+        vad_model=shared_model(),
+        config=SPECULATIVE_END,
+    )
+    gate = threading.Event()
+    try:
+        held = stream.submit(gate.wait)  # holds the thread: the speculation waits behind it
+        data = to_pcm16_bytes(np.concatenate([silence(0.5), sentence, silence(0.3)]))
+        for i in range(0, len(data), 2 * FRAME):
+            await call.feed(data[i : i + 2 * FRAME])
+        (speculated,) = [r for r in call._speculations.values()]
+        assert speculated[0].speculative and not speculated[1].done()
+        call.close()
+        assert speculated[1].cancelled()
+        gate.set()
+        await asyncio.wrap_future(held)
+        await asyncio.sleep(0)  # one turn of the loop: the callback scheduled by the cancel has run
+    finally:
+        gate.set()
+        call.close()
+        scheduler.shutdown()
+        loop.set_exception_handler(None)
+    assert fake.calls == [] and failures == []
