@@ -19,6 +19,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import grpc.aio
@@ -134,15 +135,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def streaming_config(args: argparse.Namespace) -> StreamingConfig:
     """How each call's channels are decoded, from the command line (partials, their batches, finals' beam)."""
-    decoding = DecodingConfig(final_beam_size=args.final_beam)
-    if args.partial_interval == 0:
-        return StreamingConfig(partials=False, decoding=decoding, speculative_end_ms=args.speculative_end_ms)
-    return StreamingConfig(
-        partial_interval_s=args.partial_interval,
-        partial_batch=args.partial_batch,
-        decoding=decoding,
-        speculative_end_ms=args.speculative_end_ms,
+    config = StreamingConfig(
+        decoding=DecodingConfig(final_beam_size=args.final_beam), speculative_end_ms=args.speculative_end_ms
     )
+    if args.partial_interval == 0:
+        return replace(config, partials=False)
+    return replace(config, partial_interval_s=args.partial_interval, partial_batch=args.partial_batch)
 
 
 async def serve(servicer: AsrServicer, bind: str) -> None:

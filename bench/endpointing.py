@@ -18,7 +18,7 @@ goes back to the channel when its decode is done (``note_speculation``: the spec
 
 Rows, per set, rate, the VAD's pad, ``early_end_ms``, ``speculative_final_ms`` (0: off),
 ``speculative_end_ms`` (0: off) and the finals' beam width (the first configuration is the baseline of
-the ratios; combinations that would speculate or end before the pad are left out):
+the ratios; combinations the channel refuses, such as a speculation before the pad, are left out):
 
 - WER of the finals against the references (Whisper's English normaliser, tools/asr_eval.py); with the
   early end off it is the streaming WER of test_asr_wer.py;
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     recognizer = WhisperRecognizer()
     base = StreamingConfig()
-    configs = [
+    candidates = [
         replace(
             base,
             vad=replace(base.vad, pad_ms=pad),
@@ -327,18 +327,23 @@ def main(argv: list[str] | None = None) -> int:
         for speculative in args.speculative_ms
         for spec_end in args.speculative_end_ms
         for beam in args.beams
-        # A speculation (or an early end) before the pad is refused: the final's audio is not complete.
-        if speculative == 0 or speculative >= pad
-        if early == 0 or early >= pad
-        if spec_end == 0 or (speculative and spec_end >= max(speculative, pad))
     ]
-    for config in configs:
+    # The channel's own rules decide which combinations exist (a speculation or an end before the pad,
+    # a speculative end without speculation, ...): the others are left out, and said so.
+    configs: list[StreamingConfig] = []
+    for config in candidates:
         try:
             config.validate()
         except ValueError as exc:
-            parser.error(str(exc))
+            print(
+                f"left out: pad {config.vad.pad_ms}, early {config.early_end_ms}, speculative "
+                f"{config.speculative_final_ms}, end {config.speculative_end_ms}: {exc}",
+                file=sys.stderr,
+            )
+        else:
+            configs.append(config)
     if not configs:
-        parser.error("no combination of --pad-ms, --speculative-ms, --speculative-end-ms is valid")
+        parser.error("no combination of the lists is valid (see above)")
     header = (
         f"{'set':<8} {'rate':<9} {'pad_ms':>6} {'early_ms':>8} {'spec_ms':>7} {'s_end':>5} {'beam':>4} "
         f"{'clips':>5} "

@@ -532,7 +532,7 @@ def test_a_sentence_said_in_a_pause_ends_its_own_segment(paused: np.ndarray) -> 
     # The pause's speculation reads as a finished sentence: the clause after it opens a new segment,
     # whose final hears the first one's end as its context (as after any end).
     decoder = ChannelDecoder(0, StreamingVad(), SPECULATIVE_END)
-    made = play_answering(decoder, paused, lambda r: "A finished sentence.")
+    made = play_answering(decoder, paused, lambda r: "Honestly, that's more than we budgeted.")
     (_, first), (_, second) = finals_made(made)
     assert decoder.speculative_ends == 2 and (first.segment, second.segment) == (0, 1)
     assert second.context_transcribed > 0
