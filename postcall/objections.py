@@ -6,24 +6,22 @@ Only the customer's side is tagged (``customer`` and, on a mono line, ``mixed`` 
 
 - ``LocalObjectionTagger``: no network, always there. Two signals per segment:
   1. Phrase rules (``OBJECTION_RULES``): few, narrow, precise; a rule that fires gives its tag, unless the
-     segment is clearly positive ("not now, we're ready!"). The live coach's competitor rules (rivals'
-     names, "another vendor"...) are only a feature: "we use HubSpot today" is a fact, not an objection.
-  2. A learned classifier (``postcall/objection_model.py``, weights in ``objection_model.json``, NumPy):
-     a logistic regression over the segment's MiniLM embedding, its rule and topic-keyword hits, the
-     embeddings of the segments just before and after it (what the rep said and answered), and its stance
-     (``postcall/stance.py``: the shipped sentiment model's pooled state, the segment read after the one
-     before it; the weights pin that model's checksum), trained by
-     ``callsense objections train`` on the sales corpus's labelled customer lines and the hand-written
-     sentences of ``objection_examples.json``. A tag is given where its probability reaches the model's
-     threshold and one of the segment's sentences alone reaches the sentence threshold (both chosen by
-     cross-validation for precision); as in the corpus, usually one tag at most.
+     segment is clearly positive ("not now, we're ready!"). No rule names a rival: "we use HubSpot today"
+     is a fact, not an objection; the classifier tells the two apart.
+  2. A fine-tuned classifier (``postcall/objection_encoder.py``: MiniLM with adapters trained end to end,
+     in ``objection_adapter.safetensors``, run in NumPy) reads each customer segment with the rep's
+     segments before and after it (what the rep said and answered) and gives six probabilities, "none" and the
+     tags; a tag is given where its probability reaches the file's threshold (chosen on a held-out split
+     for precision).
+     Trained by ``callsense objections train`` (training/objection_finetune.py) on the sales corpus's
+     labelled customer lines and the hand-written sentences of ``objection_examples.json``.
   Figures: ``callsense objections evaluate`` and docs/objections.md.
 - ``LlmObjectionTagger``: asks an OpenAI-compatible chat-completions endpoint for the tags as JSON; any
   failure or malformed reply falls back to the local tagger (logged). Optional, never required.
 - ``tagger_from_env``: the LLM tagger when ``CALLSENSE_OBJECTIONS_LLM_URL`` is set, else the local one.
 
 Taggers block (encoder forward pass, HTTP): the caller runs ``tag`` in a thread. The local tagger
-encodes every segment of the call (the rep's too: they are the customer's context).
+encodes each customer segment once, with its neighbours.
 """
 
 from __future__ import annotations
@@ -32,27 +30,28 @@ import json
 import logging
 import os
 import re
-import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
-import numpy as np
 
 from callsense.domain import UtteranceScore
 from callsense.report import TAGS, ObjectionName, ObjectionTag
-from callsense.tenants import DEFAULT_SETTINGS, BadgeSettings
-from callsense.topics import Topic, topic_hits
-from postcall.encoder import Matrix, MiniLMEncoder, shared_encoder
-from postcall.objection_model import MODEL_PATH, NONE_CLASS, ObjectionModel
-from postcall.stance import STANCE_MODEL_PATH, StanceEncoder, check_stance_model, shared_stance_encoder
+from callsense.topics import Topic
+from postcall.objection_encoder import (
+    ADAPTER_PATH,
+    NONE_CLASS,
+    ObjectionClassifier,
+    segment_context,
+    shared_classifier,
+)
 
 log = logging.getLogger(__name__)
 
-# The live coach's topic for each tag: its keywords are a feature, and the summary names spikes by it.
+# The live coach's topic for each tag: the summary names spikes by it.
 TAG_TOPICS: Mapping[str, Topic] = {
     "pricing pushback": "pricing",
     "timeline concern": "timeline",
@@ -149,15 +148,10 @@ def _normalise(text: str) -> str:
     return " ".join(text.lower().replace("\u2019", "'").replace("\u2018", "'").split())
 
 
-def rule_tags(text: str, settings: BadgeSettings = DEFAULT_SETTINGS) -> set[ObjectionName]:
-    """The tags whose phrase rules match ``text``. Competitor mentions reuse the live coach's competitor
-    rules (tenant's competitor names, "another vendor", "alternatives"...): a hit the local tagger takes
-    as a feature, not as the tag (naming the tool they use is a fact, not an objection)."""
+def rule_tags(text: str) -> set[ObjectionName]:
+    """The tags whose phrase rules match ``text``."""
     normalised = _normalise(text)
-    found = {tag for tag, pattern in _rule_patterns() if pattern.search(normalised)}
-    if "competitor" in topic_hits(text, settings):
-        found.add("competitor mention")
-    return found
+    return {tag for tag, pattern in _rule_patterns() if pattern.search(normalised)}
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -189,80 +183,13 @@ def call_segments(events: Sequence[UtteranceScore]) -> list[UtteranceScore]:
     return sorted(unique.values(), key=lambda e: (e.start_ms, e.utterance_id))
 
 
-def _hits(text: str, live_settings: BadgeSettings) -> list[float]:
-    by_rule, topics = rule_tags(text, live_settings), topic_hits(text, live_settings)
-    return [float(tag in by_rule) for tag in TAGS] + [float(TAG_TOPICS[tag] in topics) for tag in TAGS]
-
-
-def segment_features(
-    embeddings: Matrix,
-    texts: Sequence[str],
-    context_weight: float,
-    live_settings: BadgeSettings = DEFAULT_SETTINGS,
-    stance: Matrix | None = None,
-) -> Matrix:
-    """The classifier's input, one row per segment of a call given in call order: the segment's MiniLM
-    embedding; its phrase-rule hits (one 0/1 per tag); its topic-keyword hits (one 0/1 per tag's topic);
-    ``context_weight`` times the embeddings of the segments just before and just after it (zeros at the
-    call's ends); and, last, its ``stance`` row when given (postcall/stance.py: how the sentiment model
-    reads the segment after the one before it). A lone sentence is a call of one segment."""
-    count = embeddings.shape[0]
-    if count != len(texts):
-        raise ValueError(f"{count} embeddings for {len(texts)} texts")
-    hits = np.array([_hits(text, live_settings) for text in texts], dtype=np.float32)
-    before = np.zeros_like(embeddings)
-    before[1:] = embeddings[:-1]
-    after = np.zeros_like(embeddings)
-    after[:-1] = embeddings[1:]
-    weight = np.float32(context_weight)
-    parts = [embeddings, hits.reshape(count, 2 * len(TAGS)), weight * before, weight * after]
-    if stance is not None:
-        if stance.shape[0] != count:
-            raise ValueError(f"{stance.shape[0]} stance rows for {count} texts")
-        parts.append(stance)
-    return np.hstack(parts).astype(np.float32)
-
-
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-
-
-def split_sentences(text: str) -> list[str]:
-    """The sentences of a segment, split after . ! or ? (a segment without punctuation is one sentence)."""
-    return [part for part in (p.strip() for p in _SENTENCE_END.split(text.strip())) if part] or [text]
-
-
-def sentence_features(
-    segment_rows: Matrix,
-    texts: Sequence[str],
-    embed: Callable[[list[str]], Matrix],
-    live_settings: BadgeSettings = DEFAULT_SETTINGS,
-) -> list[Matrix]:
-    """Per segment (a row of ``segment_features`` and its text), one row per sentence: the sentence's
-    embedding and hits in place of the segment's, the segment's context kept. A segment of one sentence
-    keeps its own row (the stance columns stay the segment's). ``embed`` encodes the sentences of all
-    segments in one go."""
-    split = [split_sentences(text) for text in texts]
-    several = sorted({sentence for sentences in split if len(sentences) > 1 for sentence in sentences})
-    vectors = dict(zip(several, embed(several), strict=True)) if several else {}
-    rows: list[Matrix] = []
-    for row, sentences in zip(segment_rows, split, strict=True):
-        block = np.repeat(row[None, :], len(sentences), axis=0)
-        if len(sentences) > 1:
-            dim = len(vectors[sentences[0]])
-            for i, sentence in enumerate(sentences):
-                block[i, :dim] = vectors[sentence]
-                block[i, dim : dim + 2 * len(TAGS)] = _hits(sentence, live_settings)
-        rows.append(block)
-    return rows
-
-
 @dataclass(frozen=True)
 class TaggerSettings:
-    """How the phrase rules act beside the classifier (whose threshold is in its weights file)."""
+    """How the phrase rules act beside the classifier (whose threshold is in its adapter file)."""
 
-    # A rule (other than a competitor's name, which is only a feature: "we use HubSpot" is a fact, not an
-    # objection) gives its tag outright, unless the segment is clearly positive (scored above this):
-    # positivity means the phrase is not an objection ("not now, we're ready!"), and the tag is not given.
+    # A rule (other than a competitor's name: "we use HubSpot" is a fact, not an objection) gives its tag
+    # outright, unless the segment is clearly positive (scored above this): positivity means the phrase is
+    # not an objection ("not now, we're ready!"), and the tag is not given.
     rule_max_score: float = 0.75
     rule_confidence: float = 0.9
 
@@ -273,65 +200,26 @@ class TaggerSettings:
 
 
 class LocalObjectionTagger:
-    """Rules + the learned classifier; no network. Thread-safe; the weights load at construction (a broken
-    file, or weights fitted on another sentiment model than the shipped one, fail at start-up), the
-    encoders on the first ``tag`` (the process-wide ones unless given)."""
+    """Rules + the fine-tuned classifier; no network. Thread-safe; the classifier loads at construction
+    (a broken adapter file, or base weights other than the ones it was trained on, fail at start-up)."""
 
     def __init__(
         self,
         settings: TaggerSettings | None = None,
-        live_settings: BadgeSettings = DEFAULT_SETTINGS,
-        encoder: MiniLMEncoder | None = None,
-        model_path: Path = MODEL_PATH,
-        stance_encoder: StanceEncoder | None = None,
+        model_path: Path = ADAPTER_PATH,
+        classifier: ObjectionClassifier | None = None,
     ) -> None:
         self.settings = settings or TaggerSettings()
-        self._live_settings = live_settings
-        self._encoder = encoder
-        self.model = ObjectionModel.load(model_path)
-        if self.model.stance_model_sha256 is not None:
-            check_stance_model(
-                self.model.stance_model_sha256,
-                stance_encoder.model_path if stance_encoder else STANCE_MODEL_PATH,
-            )
-        self._stance_encoder = stance_encoder
-        self._lock = threading.Lock()
-
-    def _shared_encoder(self) -> MiniLMEncoder:
-        with self._lock:
-            if self._encoder is None:
-                self._encoder = shared_encoder()
-            return self._encoder
-
-    def _stance(self, texts: Sequence[str], rows: Sequence[int]) -> Matrix | None:
-        if self.model.stance_model_sha256 is None:
-            return None
-        with self._lock:
-            if self._stance_encoder is None:
-                self._stance_encoder = shared_stance_encoder()
-            stance = self._stance_encoder
-        return stance.encode_call(texts, rows)
+        self.model = classifier or shared_classifier(model_path)
 
     def tag(self, events: Sequence[UtteranceScore]) -> list[ObjectionTag]:
         segments = call_segments(events)
         customer = [i for i, e in enumerate(segments) if e.channel in TAGGED_CHANNELS]
         if not customer:
             return []
-        encoder = self._shared_encoder()
-        texts = [e.text for e in segments]
-        features = segment_features(
-            encoder.encode(texts),
-            texts,
-            self.model.context_weight,
-            self._live_settings,
-            self._stance(texts, customer),  # only the customer's rows are classified
-        )
-        rows = features[customer]
-        sentences = sentence_features(rows, [texts[i] for i in customer], encoder.encode, self._live_settings)
-        by_model = self.model.tags(
-            self.model.probabilities(rows),
-            np.stack([self.model.probabilities(block).max(axis=0) for block in sentences]),
-        )
+        texts, channels = [e.text for e in segments], [e.channel for e in segments]
+        pairs = [(segment_context(texts, channels, i), texts[i]) for i in customer]
+        by_model = self.model.tags(self.model.probabilities(pairs))
         tags: list[ObjectionTag] = []
         for index, model_tags in zip(customer, by_model, strict=True):
             tags += self._tags_for(segments[index], dict(model_tags))
@@ -339,14 +227,14 @@ class LocalObjectionTagger:
 
     def _tags_for(self, event: UtteranceScore, by_model: Mapping[str, float]) -> list[ObjectionTag]:
         s = self.settings
-        by_rule = rule_tags(event.text, self._live_settings) - {"competitor mention"}
+        by_rule = rule_tags(event.text)
         tags: list[ObjectionTag] = []
         happy = event.score > s.rule_max_score
         for tag in TAGS:
             if tag in by_rule and not happy:
                 tags.append(ObjectionTag.for_event(event, tag, s.rule_confidence, "rules"))
-            # A rule's phrase said happily is no objection, whoever reads it: the model (which takes the
-            # rule's hit as a feature) does not give that tag either.
+            # A rule's phrase said happily is no objection, whoever reads it: the model's tag is not given
+            # either.
             elif tag in by_model and tag not in by_rule:
                 tags.append(ObjectionTag.for_event(event, tag, by_model[tag], "model"))
         return tags

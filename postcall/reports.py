@@ -1,7 +1,7 @@
 """A finished call's report, built (objection tags, then the manager's summary), and the sweep that
 completes the reports the gateway could not get when their call ended.
 
-Building is CPU work (the MiniLM encoder, the stance encoder): ``ReportBuilder.build`` blocks, and callers
+Building is CPU work (the objection tagger's MiniLM): ``ReportBuilder.build`` blocks, and callers
 on an event loop use ``build_async``, which runs it on the builder's own threads, ``workers`` of them (1 by
 default), with the caller's context (the call id and trace of its logs and spans). Post-call work is never
 urgent and the live path shares the box: however many calls end at once, the worker takes at most that many
@@ -106,8 +106,8 @@ class ReportBuilder:
         self._threads.shutdown(wait=True, cancel_futures=True)
 
     def warm_up(self) -> None:
-        """Load the encoder and embed the labelled examples now (blocking, seconds), so that the first call
-        does not wait for it. A tagger that asks an LLM warms up its local fallback, never the endpoint."""
+        """Run the tagger once now (blocking), so that the first call does not wait for its first pass. A
+        tagger that asks an LLM warms up its local fallback, never the endpoint."""
         local = self.tagger if isinstance(self.tagger, LocalObjectionTagger) else None
         local = local or getattr(self.tagger, "fallback", None)
         if isinstance(local, LocalObjectionTagger):

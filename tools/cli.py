@@ -238,11 +238,6 @@ def _run_export(args: argparse.Namespace) -> int:
     for spec, report in card["metrics"].items():
         print(f"{spec}: macro-F1 {report['macro_f1']:.4f} weighted-F1 {report['weighted_f1']:.4f}")
     print(f"shipped {card['version']} to {config.destination}")
-    from callsense.tokenization import SHIPPED_MODEL_DIR
-
-    if config.destination.resolve() == SHIPPED_MODEL_DIR.resolve():
-        # The objection tagger reads this model's pooled state (postcall/stance.py) and pins its checksum.
-        print("the objection tagger was fitted on the model this replaced: run `callsense objections train`")
     return 0
 
 

@@ -1,8 +1,7 @@
-"""The NumPy MiniLM encoder: same vectors as sentence-transformers, sensible similarities, loaded once."""
+"""The NumPy MiniLM encoder: same vectors as sentence-transformers, the same pooled pairs as transformers."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,6 @@ from postcall.encoder import (
     EncoderUnavailableError,
     MiniLMEncoder,
     default_model_dir,
-    shared_encoder,
 )
 
 SENTENCES = [
@@ -31,7 +29,7 @@ SENTENCES = [
 
 @pytest.fixture(scope="module")
 def encoder() -> MiniLMEncoder:
-    return shared_encoder()
+    return MiniLMEncoder.load()
 
 
 @pytest.mark.slow  # loads torch and sentence-transformers for the reference
@@ -73,34 +71,49 @@ def test_similar_sentences_are_closer_than_unrelated_ones(encoder: MiniLMEncoder
     assert price_a @ weather < 0.2
 
 
-def test_shared_encoder_loads_once_across_threads(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(encoder_module, "_shared", None)
-    loads: list[MiniLMEncoder] = []
-    real_load = MiniLMEncoder.load.__func__  # type: ignore[attr-defined]
-
-    def counting_load(cls: type[MiniLMEncoder], model_dir: Path | None = None) -> MiniLMEncoder:
-        loaded = real_load(cls, model_dir)
-        loads.append(loaded)
-        return loaded
-
-    monkeypatch.setattr(MiniLMEncoder, "load", classmethod(counting_load))
-    start = threading.Barrier(6)
-    got: list[MiniLMEncoder] = []
-
-    def worker() -> None:
-        start.wait()
-        got.append(shared_encoder())
-
-    threads = [threading.Thread(target=worker) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len(loads) == 1
-    assert len(got) == 6 and all(e is loads[0] for e in got)
-
-
 def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(EncoderUnavailableError, match="model.safetensors"):
         MiniLMEncoder(tmp_path)
     assert (default_model_dir() / "model.safetensors").is_file()
+
+
+PAIRS = [
+    (
+        "For forty seats that comes to about thirty-eight thousand a year.",
+        "Hm. That's well over what we budgeted.",
+    ),
+    ("", "We're already using HubSpot for that, to be honest."),  # a call's first segment: no context
+    ("Could we get the pilot going in March?", "march is tough we're in the middle of our audit"),
+    # Longer than 128 tokens: both sides cut the longer half first, from its end (a long context, then a
+    # segment that alone is longer than the limit).
+    (SENTENCES[-1], "Realistically not before summer."),
+    ("Could we get the pilot going in March?", SENTENCES[-1]),
+]
+
+
+@pytest.mark.slow  # loads torch and transformers for the reference
+def test_pairs_match_transformers(encoder: MiniLMEncoder) -> None:
+    torch = pytest.importorskip("torch", reason="torch and transformers are needed for the reference")
+    transformers = pytest.importorskip("transformers")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(default_model_dir()))
+    model = transformers.BertModel.from_pretrained(str(default_model_dir()), add_pooling_layer=False).eval()
+    batch = tokenizer(
+        [c for c, _ in PAIRS],
+        [t for _, t in PAIRS],
+        truncation=True,  # longest first, as training/objection_finetune.py
+        max_length=encoder_module.MAX_TOKENS,
+        padding=True,
+        return_tensors="pt",
+    )
+    with torch.no_grad():
+        states = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    reference = ((states * mask).sum(1) / mask.sum(1)).numpy()
+    ours = MiniLMEncoder(default_model_dir(), batch_size=3).pool_pairs(PAIRS)
+    assert ours.shape == (len(PAIRS), 384) and ours.dtype == np.float32
+    assert np.abs(ours - reference).max() < 1e-4
+    # Pooled states, not unit vectors; and the context changes how the same line reads.
+    assert not np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-2)
+    alone = encoder.pool_pairs([("", PAIRS[0][1])])
+    assert np.abs(alone[0] - ours[0]).max() > 1e-2
+    assert encoder.pool_pairs([]).shape == (0, 384)
