@@ -58,23 +58,34 @@ def tagger_context(before: str, after: str) -> str:
     return f"{before}{CONTEXT_JOINER}{after}"
 
 
-def segment_context(texts: Sequence[str], speakers: Sequence[str], index: int) -> str:
-    """``tagger_context`` for segment ``index`` of a call (``texts`` in call order, each segment's speaker
-    or channel): the nearest segment before and after it said by someone else, so that a customer's turn
-    cut into several segments is read against the rep's lines, not against its own next sentence (whose
+def segment_contexts(texts: Sequence[str], speakers: Sequence[str]) -> list[str]:
+    """``tagger_context`` for every segment of a call (``texts`` in call order, each segment's speaker or
+    channel): the nearest segment before and after it said by someone else, so that a customer's turn cut
+    into several segments is read against the rep's lines, not against its own next sentence (whose
     objection would bleed into this one). On a mono line (``mixed``: no other side to find) the adjacent
-    segments. Training (training/objection_finetune.py) and the tagger both build it here."""
-    own = speakers[index]
+    segments. Two passes over the call. Training (training/objection_finetune.py) and the tagger both
+    build it here."""
+    if len(texts) != len(speakers):
+        raise ValueError(f"{len(texts)} texts for {len(speakers)} speakers")
 
-    def other(step: int) -> str:
-        at = index + step
-        while 0 <= at < len(texts):
-            if own == MONO or speakers[at] != own:
-                return texts[at]
-            at += step
-        return ""
+    def nearest_other(order: range) -> list[str]:
+        """Walking the call in ``order``, each segment's nearest one already passed by someone else."""
+        found = [""] * len(texts)
+        passed: dict[str, int] = {}  # each speaker's segment passed last
+        previous = -1
+        for i in order:
+            own = speakers[i]
+            if own == MONO:
+                found[i] = texts[previous] if previous >= 0 else ""
+            else:
+                others = [at for speaker, at in passed.items() if speaker != own]
+                found[i] = texts[min(others, key=lambda at: abs(at - i))] if others else ""
+            passed[own], previous = i, i
+        return found
 
-    return tagger_context(other(-1), other(1))
+    before = nearest_other(range(len(texts)))
+    after = nearest_other(range(len(texts) - 1, -1, -1))
+    return [tagger_context(b, a) for b, a in zip(before, after, strict=True)]
 
 
 def merge_adapters(

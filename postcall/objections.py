@@ -45,7 +45,7 @@ from postcall.objection_encoder import (
     ADAPTER_PATH,
     NONE_CLASS,
     ObjectionClassifier,
-    segment_context,
+    segment_contexts,
     shared_classifier,
 )
 
@@ -217,8 +217,9 @@ class LocalObjectionTagger:
         customer = [i for i, e in enumerate(segments) if e.channel in TAGGED_CHANNELS]
         if not customer:
             return []
-        texts, channels = [e.text for e in segments], [e.channel for e in segments]
-        pairs = [(segment_context(texts, channels, i), texts[i]) for i in customer]
+        texts = [e.text for e in segments]
+        contexts = segment_contexts(texts, [e.channel for e in segments])
+        pairs = [(contexts[i], texts[i]) for i in customer]
         by_model = self.model.tags(self.model.probabilities(pairs))
         tags: list[ObjectionTag] = []
         for index, model_tags in zip(customer, by_model, strict=True):

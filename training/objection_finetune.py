@@ -2,7 +2,7 @@
 
 Data: the customer lines of the sales corpus's fitting splits (train and dev unless told otherwise; never
 test), each twice, as written and as the ASR writes it (one gold tag), each read with the rep's lines
-before and after it in its call (``postcall.objection_encoder.segment_context``, as the tagger reads a
+before and after it in its call (``postcall.objection_encoder.segment_contexts``, as the tagger reads a
 call: "That's forty thousand a year." / "Okay. That's a lot." / "I hear you. What if we..."); plus the
 hand-written sentences of postcall/objection_examples.json, each with an empty context (rubric-true near
 misses: a price question after praise, a fast-growing team, the tool they use today).
@@ -53,7 +53,7 @@ from postcall.objection_encoder import (
     LORA_A,
     LORA_B,
     NONE_CLASS,
-    segment_context,
+    segment_contexts,
     tagger_context,
 )
 from postcall.objections import load_examples
@@ -99,11 +99,10 @@ def corpus_examples(lines: Sequence[GoldLine], asr: bool) -> list[Example]:
     examples = []
     for call in by_call(lines).values():
         texts = [line.asr_text if asr else line.text for line in call]
-        speakers = [line.speaker for line in call]
-        for i, line in enumerate(call):
+        contexts = segment_contexts(texts, [line.speaker for line in call])
+        for line, text, context in zip(call, texts, contexts, strict=True):
             if line.speaker == "customer":
-                label = CLASSES.index(line.objection or NONE_CLASS)
-                examples.append(Example(segment_context(texts, speakers, i), texts[i], label, line))
+                examples.append(Example(context, text, CLASSES.index(line.objection or NONE_CLASS), line))
     return examples
 
 

@@ -22,7 +22,7 @@ from postcall.objection_encoder import (
     ObjectionClassifier,
     ObjectionModelError,
     merge_adapters,
-    segment_context,
+    segment_contexts,
     shared_classifier,
     tagger_context,
 )
@@ -183,12 +183,14 @@ def test_the_context_is_the_other_sides_lines_around_the_segment() -> None:
     )
     texts = ["Forty thousand a year.", "Hm.", "That's a lot.", "What if we phased it?", "Maybe.", "Bye."]
     speakers = ["agent", "customer", "customer", "agent", "customer", "customer"]
+    contexts = segment_contexts(texts, speakers)
     # A turn cut in two reads the rep's lines on both sides, not its own other half.
-    assert segment_context(texts, speakers, 1) == "Forty thousand a year. || What if we phased it?"
-    assert segment_context(texts, speakers, 2) == "Forty thousand a year. || What if we phased it?"
-    assert segment_context(texts, speakers, 5) == "What if we phased it? || "  # nothing after: empty
-    assert segment_context(texts, speakers, 0) == " || Hm."  # the rep's line reads the customer's
+    assert contexts[1] == contexts[2] == "Forty thousand a year. || What if we phased it?"
+    assert contexts[4] == contexts[5] == "What if we phased it? || "  # nothing after: empty
+    assert contexts[0] == " || Hm." and contexts[3] == "That's a lot. || Maybe."  # the rep's lines too
     # A mono line has no other side to find: the adjacent segments.
-    mono = ["mixed"] * len(texts)
-    assert segment_context(texts, mono, 2) == "Hm. || What if we phased it?"
-    assert segment_context(texts, mono, 0) == " || Hm."
+    mono = segment_contexts(texts, ["mixed"] * len(texts))
+    assert mono[2] == "Hm. || What if we phased it?" and mono[0] == " || Hm." and mono[5] == "Maybe. || "
+    assert segment_contexts([], []) == []
+    with pytest.raises(ValueError, match="2 texts for 1 speakers"):
+        segment_contexts(["a", "b"], ["agent"])
