@@ -192,10 +192,10 @@ class Call:
         await asyncio.wrap_future(self.stream.submit(lambda: None))
 
 
-async def with_call(
-    recognizer: object, config: StreamingConfig, body: Callable[[Call], Awaitable[None]]
-) -> list[Transcript]:
-    """Run ``body`` against a call of one channel; the call's events once it has finished."""
+def open_call(
+    recognizer: object, config: StreamingConfig
+) -> tuple[InferenceScheduler, StreamHandle, CallTranscriber]:
+    """A call of one channel (16 kHz PCM) on an inference thread of its own; the caller shuts both down."""
     scheduler = InferenceScheduler(max_streams=1)
     stream = scheduler.open_stream()
     call = CallTranscriber(
@@ -205,6 +205,14 @@ async def with_call(
         vad_model=shared_model(),
         config=config,
     )
+    return scheduler, stream, call
+
+
+async def with_call(
+    recognizer: object, config: StreamingConfig, body: Callable[[Call], Awaitable[None]]
+) -> list[Transcript]:
+    """Run ``body`` against a call of one channel; the call's events once it has finished."""
+    scheduler, stream, call = open_call(recognizer, config)
     events: list[Transcript] = []
     final: asyncio.Future[Transcript] = asyncio.get_running_loop().create_future()
 
@@ -594,16 +602,8 @@ async def test_a_call_closed_while_its_speculation_waits_decodes_and_sends_nothi
     loop = asyncio.get_running_loop()
     failures: list[dict[str, object]] = []
     loop.set_exception_handler(lambda _, context: failures.append(context))
-    scheduler = InferenceScheduler(max_streams=1)
-    stream = scheduler.open_stream()
     fake = FakeRecognizer()
-    call = CallTranscriber(
-        recognizer=fake,  # type: ignore[arg-type]
-        stream=stream,
-        spec=pcm16_spec(),
-        vad_model=shared_model(),
-        config=SPECULATIVE_END,
-    )
+    scheduler, stream, call = open_call(fake, SPECULATIVE_END)  # not with_call: it closes mid-call
     gate = threading.Event()
     try:
         held = stream.submit(gate.wait)  # holds the thread: the speculation waits behind it
