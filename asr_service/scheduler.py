@@ -11,7 +11,10 @@ order.
 Finals first: a stream whose next job is a final (or any job that is not a partial) is served before any
 stream whose next job is a partial. A final is what the rep waits for (end of speech -> score); a partial
 that waits is replaced by a fresher one anyway. Under load partials thus come less often and finals keep
-their pace (``bench/live_audio.py``).
+their pace (``bench/live_audio.py``). A replaceable job submitted ``urgent`` (a speculative final: the
+segment's final decoded while its silence is still being confirmed) is served in the finals' turn too,
+though it stays replaceable: behind another call's partials it would often still wait when the final
+came, and the final would decode again from the start.
 
 Partials are best effort: a partial job that has not started yet is replaced when a newer one for the
 same key (a channel of the stream) arrives, and dropped when that key's final arrives; its future
@@ -68,10 +71,13 @@ class _Job:
     """Set for replaceable (partial) jobs: the key that a newer partial or the final shares."""
     batch: Batch | None = None
     """Set for partial jobs that may run in a batch."""
+    urgent: bool = False
+    """A replaceable job served in the finals' turn (a speculative final)."""
 
     @property
-    def is_partial(self) -> bool:
-        return self.partial_key is not None
+    def waits_for_finals(self) -> bool:
+        """A partial: served only when no stream's next job is a final or an urgent one."""
+        return self.partial_key is not None and not self.urgent
 
 
 @dataclass
@@ -147,6 +153,7 @@ class InferenceScheduler:
         partial_key: Hashable | None,
         final_key: Hashable | None,
         batch: Batch | None,
+        urgent: bool = False,
     ) -> concurrent.futures.Future[Any]:
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         with self._lock:
@@ -156,7 +163,8 @@ class InferenceScheduler:
             replaced = partial_key if partial_key is not None else final_key
             if replaced is not None:
                 self._drop_partials(stream, replaced)
-            stream.jobs.append(_Job(fn, future, partial_key, batch if partial_key is not None else None))
+            kept_batch = batch if partial_key is not None and not urgent else None
+            stream.jobs.append(_Job(fn, future, partial_key, kept_batch, urgent))
             self._lock.notify()
         return future
 
@@ -191,16 +199,16 @@ class InferenceScheduler:
     # -------------------------------------------------------------------------------- thread
 
     def _next_jobs(self) -> list[tuple[_Stream, _Job]] | None:
-        """The next job: the first stream in round-robin order whose next job is a final, else the first
-        whose next job is a partial; streams with a job running are passed over. A partial with a
-        ``Batch`` brings the matching heads of the streams after it (see the module docstring). None
-        when stopping. Holds the lock while waiting."""
+        """The next job: the first stream in round-robin order whose next job is a final (or urgent),
+        else the first whose next job is a partial; streams with a job running are passed over. A
+        partial with a ``Batch`` brings the matching heads of the streams after it (see the module
+        docstring). None when stopping. Holds the lock while waiting."""
         with self._lock:
             while True:
-                for partials in (False, True):
+                for deferrable in (False, True):
                     for offset in range(len(self._ring)):
                         stream = self._streams[self._ring[offset]]
-                        if stream.running or not stream.jobs or stream.jobs[0].is_partial != partials:
+                        if stream.running or not stream.jobs or stream.jobs[0].waits_for_finals != deferrable:
                             continue
                         self._ring.rotate(-(offset + 1))  # the streams after it come first next time
                         stream.running = True
@@ -306,10 +314,12 @@ class StreamHandle:
         partial_key: Hashable | None = None,
         final_key: Hashable | None = None,
         batch: Batch | None = None,
+        urgent: bool = False,
     ) -> concurrent.futures.Future[Any]:
         """Queue ``fn``; a ``partial_key`` makes it replaceable, a ``final_key`` drops queued partials,
-        a ``batch`` lets a partial run together with other streams' (see the module docstring)."""
-        return self.scheduler._submit(self.id, fn, partial_key, final_key, batch)
+        a ``batch`` lets a partial run together with other streams', ``urgent`` serves a replaceable job
+        in the finals' turn, never batched (see the module docstring)."""
+        return self.scheduler._submit(self.id, fn, partial_key, final_key, batch, urgent)
 
     def close(self, *, cancel: bool = False) -> None:
         """Release the stream's slot: at once with ``cancel``, else once its queued jobs have run."""

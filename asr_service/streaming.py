@@ -13,7 +13,8 @@ also goes back to its channel (``ChannelDecoder.note_partial``), whose early end
 and ask for its final; a probe of the early end is not sent as an event when partials are off.
 
 A speculative final (``channel``: the final asked for once the silence has lasted the VAD's pad) is
-queued as a replaceable job with its channel's partials' key, and never becomes an event itself. When
+queued as a replaceable job with its channel's partials' key, served in the finals' turn
+(``scheduler``: urgent), and never becomes an event itself. When
 the VAD ends the segment, the final's job takes the speculation's result if that was decoded alike
 (``decoding.same_decode``) and has run, which it has unless the final's arrival replaced it while it
 waited (a call's jobs run one at a time, in order); else it decodes. With ``speculative_end_ms`` the
@@ -334,7 +335,9 @@ class CallTranscriber:
         for request in requests:
             key = ("channel", request.channel)
             if request.speculative:  # no event of its own (see the module docstring)
-                job = self._stream.submit(functools.partial(self._speculate, request), partial_key=key)
+                job = self._stream.submit(
+                    functools.partial(self._speculate, request), partial_key=key, urgent=True
+                )
                 self._speculations[request.channel] = (request, job)
                 if self.config.speculative_end_ms:
                     loop = asyncio.get_running_loop()

@@ -39,6 +39,31 @@ def test_a_final_goes_before_the_partials_of_other_streams() -> None:
     assert order == ["c final", "a partial", "b partial", "b final"]
 
 
+def test_an_urgent_replaceable_job_goes_before_partials_yet_is_still_replaced() -> None:
+    """A speculative final (urgent) is served in the finals' turn, never batched with partials, and
+    a newer job of its key still drops it while it waits."""
+    scheduler = InferenceScheduler(max_streams=3, max_batch=4)
+    gate = threading.Event()
+    order: list[str] = []
+    try:
+        a, b, c = scheduler.open_stream(), scheduler.open_stream(), scheduler.open_stream()
+        blocker = c.submit(gate.wait)
+        batch = Batch("partials", "a partial", lambda items: [order.append(f"batch {items}") for _ in items])
+        a_partial = a.submit(lambda: order.append("a partial alone"), partial_key="a0", batch=batch)
+        dropped = b.submit(lambda: order.append("b stale"), partial_key="b0", urgent=True)
+        b_urgent = b.submit(lambda: order.append("b urgent"), partial_key="b0", urgent=True)
+        c_partial = c.submit(lambda: order.append("c partial"), partial_key="c0")
+        gate.set()
+        for job in [blocker, a_partial, b_urgent, c_partial]:
+            job.result(timeout=TIMEOUT_S)
+        assert dropped.result(timeout=TIMEOUT_S) is None  # replaced by the newer one of its key
+    finally:
+        scheduler.shutdown()
+    # b's urgent job first though a's partial waited longer; a's partial runs alone (its one batch mate,
+    # c's head, has no Batch), then c's partial.
+    assert order == ["b urgent", "a partial alone", "c partial"]
+
+
 def test_two_workers_decode_two_streams_at_once_but_one_stream_in_order() -> None:
     scheduler = InferenceScheduler(max_streams=2, workers=2)
     both_running = threading.Barrier(2, timeout=TIMEOUT_S)
