@@ -71,7 +71,7 @@ from asr_service.recording import (
     stream_recording,
 )
 from asr_service.scheduler import InferenceScheduler, StreamHandle, StreamLimitError
-from asr_service.streaming import CallTranscriber, StreamingConfig, Transcript
+from asr_service.streaming import CallTranscriber, SpeculationCounts, StreamingConfig, Transcript
 from asr_service.transcribe_file import SUPPORTED
 from asr_service.vad import SileroModel, shared_model
 from callsense import grpc_runtime, telemetry
@@ -122,6 +122,7 @@ class _Metrics:
     segments: metrics.Counter
     decodes_per_final: metrics.Histogram
     streams: metrics.UpDownCounter
+    speculations: metrics.Counter
 
 
 def _metrics() -> _Metrics:
@@ -139,6 +140,12 @@ def _metrics() -> _Metrics:
             boundaries=(1, 2, 3, 4, 5, 6, 7),
         ),
         streams=telemetry.up_down_counter("callsense.asr.streams", description="Open Transcribe streams"),
+        speculations=telemetry.counter(
+            "callsense.asr.speculations",
+            description="Speculative finals of ended streams by outcome: used (the segment ended where it "
+            "was made), wasted (a pause: decoded for nothing), ended (used, and the speculative end ended "
+            "the segment)",
+        ),
     )
 
 
@@ -276,8 +283,12 @@ class AsrServicer(asr_pb2_grpc.AsrServicer):
         if result.request.is_final:
             self._metrics.decodes_per_final.record(result.attempts)
 
-    def stream_closed(self) -> None:
+    def stream_closed(self, speculations: SpeculationCounts) -> None:
         self._metrics.streams.add(-1)
+        counter = self._metrics.speculations
+        counter.add(speculations.matched, {"outcome": "used"})
+        counter.add(speculations.made - speculations.matched, {"outcome": "wasted"})
+        counter.add(speculations.ended, {"outcome": "ended"})
 
     def shutdown(self) -> None:
         """Stop the inference and front-end threads (after the server has stopped)."""
@@ -435,7 +446,7 @@ class _Call:
             for task in self._tasks:
                 task.cancel()
             self.transcriber.close()
-            self.servicer.stream_closed()
+            self.servicer.stream_closed(self.transcriber.speculation_counts())
 
 
 def transcript_message(call_id: str, role: audio_pb2.ChannelRole, t: Transcript) -> asr_pb2.TranscriptEvent:

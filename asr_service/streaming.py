@@ -66,7 +66,28 @@ from asr_service.scheduler import Batch, StreamHandle
 from asr_service.vad import SAMPLE_RATE, SileroModel, StreamingVad
 
 SAMPLES_PER_MS = SAMPLE_RATE // 1000
-__all__ = ["CallTranscriber", "SegmentNumbering", "StreamingConfig", "Transcript", "Word", "pcm16_spec"]
+__all__ = [
+    "CallTranscriber",
+    "SegmentNumbering",
+    "SpeculationCounts",
+    "StreamingConfig",
+    "Transcript",
+    "Word",
+    "pcm16_spec",
+]
+
+
+@dataclass(frozen=True)
+class SpeculationCounts:
+    """A call's speculative finals so far, all channels together (``channel``'s counters)."""
+
+    made: int
+    """Speculative finals asked for."""
+    matched: int
+    """Of those, the ones whose segment ended where they were made (the rest were pauses: a decode
+    for nothing)."""
+    ended: int
+    """Segments ended by the speculative end (``speculative_end_ms``)."""
 
 
 @dataclass(frozen=True)
@@ -196,6 +217,15 @@ class CallTranscriber:
     @property
     def channels(self) -> int:
         return len(self._channels)
+
+    def speculation_counts(self) -> SpeculationCounts:
+        """The call's speculative finals so far (read on the event loop; the counters are ints that the
+        front-end thread only increments)."""
+        return SpeculationCounts(
+            made=sum(c.speculations for c in self._channels),
+            matched=sum(c.speculations_matched for c in self._channels),
+            ended=sum(c.speculative_ends for c in self._channels),
+        )
 
     async def feed(self, data: bytes, *, channel: int | None = None, timestamp_ms: int | None = None) -> None:
         """Decode a chunk (off the event loop) and queue the decodes it makes due."""

@@ -12,12 +12,14 @@ import grpc
 import grpc.aio
 import numpy as np
 import pytest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from asr_service.audio import mulaw_encode
 from asr_service.recognizer import WhisperRecognizer
 from asr_service.server import SERVICE_NAME, AsrServicer, add_asr
 from asr_service.streaming import StreamingConfig
 from callsense import grpc_runtime
+from callsense.telemetry import setup_telemetry
 from callsense.v1 import asr_pb2, asr_pb2_grpc, audio_pb2
 from tests.support.audio import (
     SENTENCE_A,
@@ -142,6 +144,33 @@ async def test_two_channels_round_trip(asr: Asr, layout: str) -> None:
     agent_starts_ms = (0.5 + len(speak(SENTENCE_A)) / 16000 - 0.2) * 1000
     assert agent_starts_ms - 250 <= finals[AGENT].start_ms <= agent_starts_ms + 300  # 200 ms pre-roll
     assert asr.servicer.scheduler.open_streams == 0  # the slot is released when the stream ends
+
+
+def speculation_counts(reader: InMemoryMetricReader) -> dict[str, int]:
+    """callsense.asr.speculations by outcome, as the process's metric reader holds it (cumulative)."""
+    counts: dict[str, int] = {}
+    data = reader.get_metrics_data()
+    for resource in data.resource_metrics if data else ():
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name == "callsense.asr.speculations":
+                    for point in metric.data.data_points:
+                        outcome = str(point.attributes["outcome"])
+                        counts[outcome] = counts.get(outcome, 0) + int(point.value)
+    return counts
+
+
+async def test_speculative_finals_are_counted_by_outcome_when_the_stream_ends(asr: Asr) -> None:
+    telemetry = setup_telemetry("asr-test", configure_logging=False)
+    telemetry.force_flush()
+    before = speculation_counts(telemetry.metric_reader)
+    await asyncio.wait_for(transcribe(asr, interleaved_requests(*two_speakers())), timeout=90)
+    telemetry.force_flush()
+    after = speculation_counts(telemetry.metric_reader)
+    counted = {k: after.get(k, 0) - before.get(k, 0) for k in ("used", "wasted", "ended")}
+    # Each speaker's turn ends in a silence longer than the VAD's: its speculation becomes the final.
+    assert counted["used"] >= 2, counted
+    assert counted["ended"] == 0  # the speculative end is off by default
 
 
 async def test_telephone_noise_gives_no_events(asr: Asr) -> None:
