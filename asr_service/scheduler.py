@@ -13,8 +13,10 @@ stream whose next job is a partial. A final is what the rep waits for (end of sp
 that waits is replaced by a fresher one anyway. Under load partials thus come less often and finals keep
 their pace (``bench/live_audio.py``). A replaceable job submitted ``urgent`` (a speculative final: the
 segment's final decoded while its silence is still being confirmed) is served in the finals' turn too,
-though it stays replaceable: behind another call's partials it would often still wait when the final
-came, and the final would decode again from the start.
+though it stays replaceable and never joins a batch: behind another call's partials it would often still
+wait when the final came, and the final would decode again from the start. A stream is ranked by its
+next job only: a final or urgent job queued behind its own stream's partial waits for that partial's
+turn (a stream's jobs run in order).
 
 Partials are best effort: a partial job that has not started yet is replaced when a newer one for the
 same key (a channel of the stream) arrives, and dropped when that key's final arrives; its future
@@ -25,8 +27,9 @@ others (``Batch``), it also takes the partial jobs at the head of the streams af
 ``Batch.key`` is the same, up to ``max_batch`` jobs, and runs them with one call of the first job's
 ``Batch.run`` (one Whisper encode and generate for all: CTranslate2's per-step cost is shared; see
 bench/asr_batching.py). Only heads join, so a stream's order holds; only in the partials' turn, so a final
-waiting at a stream's head is never passed over for one (it waits for the batch under way, as for a single
-decode); the streams served go to the back of the ring in turn. A job alone runs its own ``fn``.
+or urgent job waiting at a stream's head is never passed over for one (it waits for the batch under way,
+as for a single decode); the streams served go to the back of the ring in turn. A job alone runs its own
+``fn``.
 
 The number of open streams is capped (``StreamLimitError`` past it): each costs memory and a share of the
 thread, and a client told RESOURCE_EXHAUSTED can go to another replica.
@@ -70,13 +73,13 @@ class _Job:
     partial_key: Hashable | None = None
     """Set for replaceable (partial) jobs: the key that a newer partial or the final shares."""
     batch: Batch | None = None
-    """Set for partial jobs that may run in a batch."""
+    """Set for partial jobs (not urgent ones) that may run in a batch."""
     urgent: bool = False
-    """A replaceable job served in the finals' turn (a speculative final)."""
+    """A replaceable job served in the finals' turn, never batched (a speculative final)."""
 
     @property
-    def waits_for_finals(self) -> bool:
-        """A partial: served only when no stream's next job is a final or an urgent one."""
+    def deferrable(self) -> bool:
+        """A partial: served only when no free stream's next job is a final or an urgent one."""
         return self.partial_key is not None and not self.urgent
 
 
@@ -155,6 +158,8 @@ class InferenceScheduler:
         batch: Batch | None,
         urgent: bool = False,
     ) -> concurrent.futures.Future[Any]:
+        if urgent and partial_key is None:
+            raise ValueError("urgent is for replaceable jobs (a partial_key); a final is served first anyway")
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         with self._lock:
             stream = self._streams.get(stream_id)
@@ -208,7 +213,7 @@ class InferenceScheduler:
                 for deferrable in (False, True):
                     for offset in range(len(self._ring)):
                         stream = self._streams[self._ring[offset]]
-                        if stream.running or not stream.jobs or stream.jobs[0].waits_for_finals != deferrable:
+                        if stream.running or not stream.jobs or stream.jobs[0].deferrable != deferrable:
                             continue
                         self._ring.rotate(-(offset + 1))  # the streams after it come first next time
                         stream.running = True
@@ -231,7 +236,7 @@ class InferenceScheduler:
                 break
             stream = self._streams[stream_id]
             head = stream.jobs[0] if stream.jobs and not stream.running else None
-            if head is None or head.batch is None or head.batch.key != key:
+            if head is None or not head.deferrable or head.batch is None or head.batch.key != key:
                 continue
             self._ring.remove(stream_id)
             self._ring.append(stream_id)

@@ -38,8 +38,10 @@ Status codes of ``Transcribe`` (events sent before an error stand):
 - INTERNAL: a decode failed.
 
 Telemetry: ``call.id`` on the server span and on everything the call's tasks log; decode time per
-kind (``callsense.asr.decode``), segments by outcome (``callsense.asr.segments``) and active streams
-(``callsense.asr.streams``).
+kind (``callsense.asr.decode``), segments by outcome (``callsense.asr.segments``), decodes per final
+(``callsense.asr.final_decodes``), active streams (``callsense.asr.streams``), and each ended stream's
+speculative finals by outcome (``callsense.asr.speculations``) and speculative ends
+(``callsense.asr.speculative_ends``).
 """
 
 from __future__ import annotations
@@ -123,6 +125,7 @@ class _Metrics:
     decodes_per_final: metrics.Histogram
     streams: metrics.UpDownCounter
     speculations: metrics.Counter
+    speculative_ends: metrics.Counter
 
 
 def _metrics() -> _Metrics:
@@ -142,9 +145,12 @@ def _metrics() -> _Metrics:
         streams=telemetry.up_down_counter("callsense.asr.streams", description="Open Transcribe streams"),
         speculations=telemetry.counter(
             "callsense.asr.speculations",
-            description="Speculative finals of ended streams by outcome: used (the segment ended where it "
-            "was made), wasted (a pause: decoded for nothing), ended (used, and the speculative end ended "
-            "the segment)",
+            description="Speculative finals of ended streams by outcome: used (a final took its decode), "
+            "wasted (decoded for nothing: a pause), replaced (never decoded: dropped or skipped)",
+        ),
+        speculative_ends=telemetry.counter(
+            "callsense.asr.speculative_ends",
+            description="Segments of ended streams that the speculative end ended (speculative_end_ms)",
         ),
     )
 
@@ -286,9 +292,11 @@ class AsrServicer(asr_pb2_grpc.AsrServicer):
     def stream_closed(self, speculations: SpeculationCounts) -> None:
         self._metrics.streams.add(-1)
         counter = self._metrics.speculations
-        counter.add(speculations.matched, {"outcome": "used"})
-        counter.add(speculations.made - speculations.matched, {"outcome": "wasted"})
-        counter.add(speculations.ended, {"outcome": "ended"})
+        counter.add(speculations.adopted, {"outcome": "used"})
+        counter.add(speculations.decoded - speculations.adopted, {"outcome": "wasted"})
+        # Read after the call closed, made >= decoded; the floor guards a read taken while it still ran.
+        counter.add(max(speculations.made - speculations.decoded, 0), {"outcome": "replaced"})
+        self._metrics.speculative_ends.add(speculations.ended)
 
     def shutdown(self) -> None:
         """Stop the inference and front-end threads (after the server has stopped)."""

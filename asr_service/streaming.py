@@ -14,15 +14,16 @@ and ask for its final; a probe of the early end is not sent as an event when par
 
 A speculative final (``channel``: the final asked for once the silence has lasted the VAD's pad) is
 queued as a replaceable job with its channel's partials' key, served in the finals' turn
-(``scheduler``: urgent), and never becomes an event itself. When
-the VAD ends the segment, the final's job takes the speculation's result if that was decoded alike
-(``decoding.same_decode``) and has run, which it has unless the final's arrival replaced it while it
-waited (a call's jobs run one at a time, in order); else it decodes. With ``speculative_end_ms`` the
-speculation's text also goes back to its channel (``ChannelDecoder.note_speculation``), which may end
-the segment there and then (``channel``: the speculative end). A speculation whose segment went
-on is replaced by the channel's next partial, speculation or final while queued, and skips itself if
-it comes up first. It is never batched with other calls' partials (its result must be the final's, as
-decoded alone); partials and probes are (``scheduler.Batch``; ``decoding.run_partial_batch``).
+(``scheduler``: urgent), and never becomes an event itself. When the VAD ends the segment, the final's
+job takes the speculation's result if that was decoded alike (``decoding.same_decode``) and has run,
+which it has unless the final's arrival replaced it while it waited (a call's jobs run one at a time, in
+order); else it decodes. With ``speculative_end_ms`` the speculation's text also goes back to its
+channel (``ChannelDecoder.note_speculation``), which may end the segment there and then (``channel``:
+the speculative end). A speculation whose segment went on is replaced by the channel's next partial,
+speculation or final while queued, and skips itself if it comes up first. It is never batched with
+other calls' partials (its result must be the final's, as decoded alone); partials and probes are
+(``scheduler.Batch``; ``decoding.run_partial_batch``). ``speculation_counts`` says how many were made,
+decoded and taken by their final (the ASR's ``callsense.asr.speculations`` metric).
 
 Segment ids are public per channel and given out when a segment first yields text (a partial or its
 final), so they run 0, 1, 2, ... with no gaps for segments that turned out to hold nothing. Exactly one
@@ -79,13 +80,15 @@ __all__ = [
 
 @dataclass(frozen=True)
 class SpeculationCounts:
-    """A call's speculative finals so far, all channels together (``channel``'s counters)."""
+    """A call's speculative finals so far, all channels together."""
 
     made: int
-    """Speculative finals asked for."""
-    matched: int
-    """Of those, the ones whose segment ended where they were made (the rest were pauses: a decode
-    for nothing)."""
+    """Speculative finals asked for (``ChannelDecoder.speculations``)."""
+    decoded: int
+    """Of those, the ones Whisper decoded (the others were replaced or skipped before their turn: the
+    speaker went on, or the final came first)."""
+    adopted: int
+    """Of those, the ones a final took instead of decoding (the others were pauses: decoded for nothing)."""
     ended: int
     """Segments ended by the speculative end (``speculative_end_ms``)."""
 
@@ -209,6 +212,8 @@ class CallTranscriber:
         self._on_result = on_result
         # Each channel's latest speculative final and its job (event loop only).
         self._speculations: dict[int, tuple[DecodeRequest, ThreadFuture[DecodeResult | None]]] = {}
+        self._speculations_decoded = 0  # inference thread only (SpeculationCounts)
+        self._speculations_adopted = 0
         # The channels are fed on the front-end thread and told partials' texts on the event loop.
         self._channels_lock = threading.Lock()
         self._finished = False
@@ -219,13 +224,13 @@ class CallTranscriber:
         return len(self._channels)
 
     def speculation_counts(self) -> SpeculationCounts:
-        """The call's speculative finals so far (read on the event loop; the counters are ints that the
-        front-end thread only increments)."""
-        return SpeculationCounts(
-            made=sum(c.speculations for c in self._channels),
-            matched=sum(c.speculations_matched for c in self._channels),
-            ended=sum(c.speculative_ends for c in self._channels),
-        )
+        """The call's speculative finals so far (made under the channels' lock, decoded and adopted on
+        the inference thread, one job of the call at a time: read once the call is closed, the three
+        agree)."""
+        with self._channels_lock:
+            made = sum(c.speculations for c in self._channels)
+            ended = sum(c.speculative_ends for c in self._channels)
+        return SpeculationCounts(made, self._speculations_decoded, self._speculations_adopted, ended)
 
     async def feed(self, data: bytes, *, channel: int | None = None, timestamp_ms: int | None = None) -> None:
         """Decode a chunk (off the event loop) and queue the decodes it makes due."""
@@ -403,6 +408,7 @@ class CallTranscriber:
         attribute read races only with that: at worst one decode for nothing, or one made again)."""
         if self._channels[request.channel].speculation is not request:
             return None
+        self._speculations_decoded += 1
         return self._decode(request)
 
     def _final(
@@ -416,6 +422,7 @@ class CallTranscriber:
             if job.done() and not job.cancelled() and job.exception() is None:
                 result = job.result()
                 if result is not None and same_decode(speculative, request):
+                    self._speculations_adopted += 1
                     return adopt(result, request, self._channel_texts[request.channel])
         return self._decode(request)
 

@@ -39,29 +39,47 @@ def test_a_final_goes_before_the_partials_of_other_streams() -> None:
     assert order == ["c final", "a partial", "b partial", "b final"]
 
 
-def test_an_urgent_replaceable_job_goes_before_partials_yet_is_still_replaced() -> None:
-    """A speculative final (urgent) is served in the finals' turn, never batched with partials, and
-    a newer job of its key still drops it while it waits."""
+def test_an_urgent_replaceable_job_goes_before_partials_yet_is_still_replaced_and_never_batched() -> None:
+    """A speculative final (urgent) is served in the finals' turn, never batched with partials though it
+    says how it could be, and a newer job of its key still drops it while it waits."""
     scheduler = InferenceScheduler(max_streams=3, max_batch=4)
-    gate = threading.Event()
+    started, gate = threading.Event(), threading.Event()
     order: list[str] = []
+
+    def hold() -> None:
+        started.set()
+        gate.wait()
+
+    def batch(item: str) -> Batch:
+        return Batch("partials", item, lambda items: [order.append(f"batch {items}") for _ in items])
+
     try:
         a, b, c = scheduler.open_stream(), scheduler.open_stream(), scheduler.open_stream()
-        blocker = c.submit(gate.wait)
-        batch = Batch("partials", "a partial", lambda items: [order.append(f"batch {items}") for _ in items])
-        a_partial = a.submit(lambda: order.append("a partial alone"), partial_key="a0", batch=batch)
-        dropped = b.submit(lambda: order.append("b stale"), partial_key="b0", urgent=True)
-        b_urgent = b.submit(lambda: order.append("b urgent"), partial_key="b0", urgent=True)
-        c_partial = c.submit(lambda: order.append("c partial"), partial_key="c0")
+        blocker = c.submit(hold)
+        assert started.wait(TIMEOUT_S)  # the ring is now a, b, c with c's job on the thread
+        a_partial = a.submit(lambda: order.append("a partial"), partial_key="a0", batch=batch("a partial"))
+        stale = b.submit(lambda: order.append("b stale"), partial_key="b0", urgent=True, batch=batch("b"))
+        b_urgent = b.submit(lambda: order.append("b urgent"), partial_key="b0", urgent=True, batch=batch("b"))
+        c_partial = c.submit(lambda: order.append("c partial"), partial_key="c0", batch=batch("c partial"))
         gate.set()
         for job in [blocker, a_partial, b_urgent, c_partial]:
             job.result(timeout=TIMEOUT_S)
-        assert dropped.result(timeout=TIMEOUT_S) is None  # replaced by the newer one of its key
+        assert stale.result(timeout=TIMEOUT_S) is None
     finally:
         scheduler.shutdown()
-    # b's urgent job first though a's partial waited longer; a's partial runs alone (its one batch mate,
-    # c's head, has no Batch), then c's partial.
-    assert order == ["b urgent", "a partial alone", "c partial"]
+    # b's urgent job first, alone, though a's partial waited longer; then the two partials as one batch,
+    # c's first (the ring went on from b).
+    assert order == ["b urgent", "batch ['c partial', 'a partial']", "batch ['c partial', 'a partial']"]
+    assert scheduler.partials_dropped == 1  # the stale urgent job, replaced unrun
+
+
+def test_urgent_is_only_for_replaceable_jobs() -> None:
+    scheduler = InferenceScheduler(max_streams=1)
+    try:
+        with pytest.raises(ValueError, match="replaceable"):
+            scheduler.open_stream().submit(lambda: None, urgent=True)
+    finally:
+        scheduler.shutdown()
 
 
 def test_two_workers_decode_two_streams_at_once_but_one_stream_in_order() -> None:

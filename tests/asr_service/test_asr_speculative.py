@@ -8,10 +8,12 @@ recogniser (instant, counting its calls) unless they say Whisper.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -21,7 +23,13 @@ from asr_service.channel import ChannelDecoder
 from asr_service.decoding import DecodeRequest, same_decode
 from asr_service.recognizer import Recognition, RecognizedWord, WhisperRecognizer
 from asr_service.scheduler import InferenceScheduler, StreamHandle
-from asr_service.streaming import CallTranscriber, StreamingConfig, Transcript, pcm16_spec
+from asr_service.streaming import (
+    CallTranscriber,
+    SpeculationCounts,
+    StreamingConfig,
+    Transcript,
+    pcm16_spec,
+)
 from asr_service.vad import StreamingVad, VadConfig, shared_model
 from tests.support.audio import SENTENCE_A, SENTENCE_B, silence, speak, to_pcm16_bytes, word_error_rate
 
@@ -248,6 +256,8 @@ async def test_the_final_takes_the_speculative_decode(sentence: np.ndarray) -> N
             await c.feed(silence(0.4))  # the VAD ends the segment
             await asyncio.wait_for(c.final, timeout=30)
             finals_after_end[name] = fake.finals() - before
+            made = int(name == "on")
+            assert c.call.speculation_counts() == SpeculationCounts(made, made, made, 0)
 
         events = await with_call(fake, config, body)
         finals = [e for e in events if e.is_final]
@@ -255,6 +265,39 @@ async def test_the_final_takes_the_speculative_decode(sentence: np.ndarray) -> N
         assert fake.finals() == 1  # decoded once, speculation or not
     # With the speculation, nothing is left to decode once the VAD has ended the segment.
     assert finals_after_end == {"on": 0, "off": 1}
+
+
+async def test_a_speculation_is_queued_urgent_replaceable_and_without_a_batch(sentence: np.ndarray) -> None:
+    """So that the scheduler serves it before other calls' partials (``scheduler``: urgent)."""
+    submitted: list[dict[str, object]] = []
+
+    @dataclass(frozen=True)
+    class RecordingHandle(StreamHandle):
+        def submit(self, fn: Callable[[], Any], **options: Any) -> concurrent.futures.Future[Any]:
+            submitted.append(options)
+            return super().submit(fn, **options)
+
+    scheduler, stream, _ = open_call(FakeRecognizer(), ON)
+    handle = RecordingHandle(scheduler, stream.id)
+    call = CallTranscriber(
+        recognizer=FakeRecognizer(),  # type: ignore[arg-type]
+        stream=handle,
+        spec=pcm16_spec(),
+        vad_model=shared_model(),
+        config=ON,
+    )
+    try:
+        data = to_pcm16_bytes(np.concatenate([silence(0.5), sentence, silence(0.3)]))
+        for i in range(0, len(data), 2 * FRAME):
+            await call.feed(data[i : i + 2 * FRAME])
+        await asyncio.wrap_future(stream.submit(lambda: None))
+        assert call.speculation_counts().made == 1
+    finally:
+        call.close()
+        scheduler.shutdown()
+    urgent = [o for o in submitted if o.get("urgent")]
+    assert urgent == [{"partial_key": ("channel", 0), "urgent": True}]
+    assert len(submitted) > 1  # partials too, none of them urgent
 
 
 @pytest.mark.parametrize("partials", [True, False], ids=["partials-on", "partials-off"])
@@ -276,6 +319,7 @@ async def test_a_thrown_away_speculation_is_never_decoded_nor_sent(
         gate.set()
         await c.drain()
         assert fake.finals() == 0  # the speculation was not decoded
+        assert c.call.speculation_counts() == SpeculationCounts(made=1, decoded=0, adopted=0, ended=0)
         await c.feed(paused[pause_over:])
 
     events = await with_call(fake, config, body)
