@@ -8,15 +8,15 @@ call that just started. Within a stream jobs run one at a time in submission ord
 is running is passed over), which keeps a segment's partials before its final and a call's events in
 order.
 
-Finals first: a stream whose next job is a final (or any job that is not a partial) is served before any
-stream whose next job is a partial. A final is what the rep waits for (end of speech -> score); a partial
+Finals first: a stream with a final (or any job that is not a partial) in its queue is served before any
+stream with only partials queued. A final is what the rep waits for (end of speech -> score); a partial
 that waits is replaced by a fresher one anyway. Under load partials thus come less often and finals keep
 their pace (``bench/live_audio.py``). A replaceable job submitted ``urgent`` (a speculative final: the
 segment's final decoded while its silence is still being confirmed) is served in the finals' turn too,
 though it stays replaceable and never joins a batch: behind another call's partials it would often still
-wait when the final came, and the final would decode again from the start. A stream is ranked by its
-next job only: a final or urgent job queued behind its own stream's partial waits for that partial's
-turn (a stream's jobs run in order).
+wait when the final came, and the final would decode again from the start. A partial queued ahead of
+its own stream's final or urgent job (the call's other channel) is served in the finals' turn with it,
+alone: a stream's jobs run in order, so it stands between that job and the thread.
 
 Partials are best effort: a partial job that has not started yet is replaced when a newer one for the
 same key (a channel of the stream) arrives, and dropped when that key's final arrives; its future
@@ -90,6 +90,13 @@ class _Stream:
     closed: bool = False
     running: bool = False
     """One of its jobs is on a thread: its next one waits (a stream's jobs run in order)."""
+
+    @property
+    def deferrable(self) -> bool:
+        """Only partials are queued: the stream waits for the partials' turn. A final or urgent job
+        anywhere in its queue has it served in the finals' turn, the partials ahead of it included:
+        they stand between that job and the thread."""
+        return all(job.deferrable for job in self.jobs)
 
 
 class InferenceScheduler:
@@ -204,22 +211,23 @@ class InferenceScheduler:
     # -------------------------------------------------------------------------------- thread
 
     def _next_jobs(self) -> list[tuple[_Stream, _Job]] | None:
-        """The next job: the first stream in round-robin order whose next job is a final (or urgent),
-        else the first whose next job is a partial; streams with a job running are passed over. A
-        partial with a ``Batch`` brings the matching heads of the streams after it (see the module
-        docstring). None when stopping. Holds the lock while waiting."""
+        """The next job: the next job of the first stream in round-robin order that has a final (or
+        urgent) job queued, else of the first that has a partial; streams with a job running are
+        passed over. A partial with a ``Batch`` taken in the partials' turn brings the matching heads of
+        the streams after it (see the module docstring). None when stopping. Holds the lock while
+        waiting."""
         with self._lock:
             while True:
                 for deferrable in (False, True):
                     for offset in range(len(self._ring)):
                         stream = self._streams[self._ring[offset]]
-                        if stream.running or not stream.jobs or stream.jobs[0].deferrable != deferrable:
+                        if stream.running or not stream.jobs or stream.deferrable != deferrable:
                             continue
                         self._ring.rotate(-(offset + 1))  # the streams after it come first next time
                         stream.running = True
                         taken = [(stream, stream.jobs.popleft())]
                         batch = taken[0][1].batch
-                        if batch is not None and self.max_batch > 1:
+                        if deferrable and batch is not None and self.max_batch > 1:
                             taken += self._batch_mates(batch.key)
                         return taken
                 if self._stopping:

@@ -18,11 +18,17 @@ TIMEOUT_S = 5.0
 
 def test_a_final_goes_before_the_partials_of_other_streams() -> None:
     scheduler = InferenceScheduler(max_streams=3)
-    gate = threading.Event()
+    started, gate = threading.Event(), threading.Event()
     order: list[str] = []
+
+    def hold() -> None:
+        started.set()
+        gate.wait()
+
     try:
         a, b, c = scheduler.open_stream(), scheduler.open_stream(), scheduler.open_stream()
-        blocker = c.submit(gate.wait)  # holds the one thread while the queues fill
+        blocker = c.submit(hold)  # holds the one thread while the queues fill
+        assert started.wait(TIMEOUT_S)
         jobs = [
             a.submit(lambda: order.append("a partial"), partial_key="a0"),
             b.submit(lambda: order.append("b partial"), partial_key="b0"),
@@ -34,9 +40,9 @@ def test_a_final_goes_before_the_partials_of_other_streams() -> None:
             job.result(timeout=TIMEOUT_S)
     finally:
         scheduler.shutdown()
-    # c's final first; a stream's own jobs keep their order (b's partial, then its final), and a's partial,
-    # which waited longest, goes before b's partial only because the ring came to it first.
-    assert order == ["c final", "a partial", "b partial", "b final"]
+    # The streams with a final go first, round robin from where the ring stood (a, b, c): b's partial
+    # (it stands before b's final), c's final, b's final; a's partial, which waited longest, last.
+    assert order == ["b partial", "c final", "b final", "a partial"]
 
 
 def test_an_urgent_replaceable_job_goes_before_partials_yet_is_still_replaced_and_never_batched() -> None:
@@ -71,6 +77,37 @@ def test_an_urgent_replaceable_job_goes_before_partials_yet_is_still_replaced_an
     # c's first (the ring went on from b).
     assert order == ["b urgent", "batch ['c partial', 'a partial']", "batch ['c partial', 'a partial']"]
     assert scheduler.partials_dropped == 1  # the stale urgent job, replaced unrun
+
+
+def test_a_partial_ahead_of_its_own_streams_final_runs_in_the_finals_turn_alone() -> None:
+    """A call's other channel's partial stands between its final and the thread: it goes with the final
+    before other calls' partials, and without batch mates."""
+    scheduler = InferenceScheduler(max_streams=3, max_batch=4)
+    started, gate = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def hold() -> None:
+        started.set()
+        gate.wait()
+
+    def batch(item: str) -> Batch:
+        return Batch("partials", item, lambda items: [order.append(f"batch {items}") for _ in items])
+
+    try:
+        other, call, holder = scheduler.open_stream(), scheduler.open_stream(), scheduler.open_stream()
+        blocker = holder.submit(hold)
+        assert started.wait(TIMEOUT_S)
+        jobs = [
+            other.submit(lambda: order.append("other partial"), partial_key="o0", batch=batch("other")),
+            call.submit(lambda: order.append("agent partial"), partial_key="ch1", batch=batch("agent")),
+            call.submit(lambda: order.append("customer final"), final_key="ch0"),
+        ]
+        gate.set()
+        for job in [blocker, *jobs]:
+            job.result(timeout=TIMEOUT_S)
+    finally:
+        scheduler.shutdown()
+    assert order == ["agent partial", "customer final", "other partial"]
 
 
 def test_urgent_is_only_for_replaceable_jobs() -> None:
@@ -275,12 +312,12 @@ def test_a_failed_batch_fails_each_of_its_jobs_and_the_streams_go_on() -> None:
             s.submit(functools.partial(alone, n), partial_key=n, batch=Batch("w", n, broken))
             for n, s in [("a", a), ("b", b)]
         ]
-        after = a.submit(functools.partial(alone, "later"), final_key="a final")
         hold.release()
         blocker.result(timeout=TIMEOUT_S)
         for job in jobs:
             with pytest.raises(RuntimeError, match="fell over"):
                 job.result(timeout=TIMEOUT_S)
+        after = a.submit(functools.partial(alone, "later"), final_key="a final")
         assert after.result(timeout=TIMEOUT_S) == "alone later"
     finally:
         scheduler.shutdown()
