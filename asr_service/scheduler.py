@@ -15,8 +15,10 @@ their pace (``bench/live_audio.py``). A replaceable job submitted ``urgent`` (a 
 segment's final decoded while its silence is still being confirmed) is served in the finals' turn too,
 though it stays replaceable and never joins a batch: behind another call's partials it would often still
 wait when the final came, and the final would decode again from the start. A partial queued ahead of
-its own stream's final or urgent job (the call's other channel) is served in the finals' turn with it,
-alone: a stream's jobs run in order, so it stands between that job and the thread.
+its own stream's final or urgent job (the call's other channel) is served in the finals' turn, alone: a
+stream's jobs run in order, so it stands between that job and the thread. It ranks level with other
+streams' finals (which may wait for it), and its stream then goes to the back of the ring like any
+other, so its own final comes after one job of each other stream with a final queued.
 
 Partials are best effort: a partial job that has not started yet is replaced when a newer one for the
 same key (a channel of the stream) arrives, and dropped when that key's final arrives; its future
@@ -27,9 +29,9 @@ others (``Batch``), it also takes the partial jobs at the head of the streams af
 ``Batch.key`` is the same, up to ``max_batch`` jobs, and runs them with one call of the first job's
 ``Batch.run`` (one Whisper encode and generate for all: CTranslate2's per-step cost is shared; see
 bench/asr_batching.py). Only heads join, so a stream's order holds; only in the partials' turn, so a final
-or urgent job waiting at a stream's head is never passed over for one (it waits for the batch under way,
-as for a single decode); the streams served go to the back of the ring in turn. A job alone runs its own
-``fn``.
+or urgent job queued in a stream is never passed over for one (it waits for the batch under way, as for a
+single decode), and a partial taken in the finals' turn runs alone; the streams served go to the back of
+the ring in turn. A job alone runs its own ``fn``.
 
 The number of open streams is capped (``StreamLimitError`` past it): each costs memory and a share of the
 thread, and a client told RESOURCE_EXHAUSTED can go to another replica.
@@ -79,7 +81,7 @@ class _Job:
 
     @property
     def deferrable(self) -> bool:
-        """A partial: served only when no free stream's next job is a final or an urgent one."""
+        """A partial: on its own it never puts its stream in the finals' turn (``_Stream.deferrable``)."""
         return self.partial_key is not None and not self.urgent
 
 

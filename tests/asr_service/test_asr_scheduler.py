@@ -79,9 +79,10 @@ def test_an_urgent_replaceable_job_goes_before_partials_yet_is_still_replaced_an
     assert scheduler.partials_dropped == 1  # the stale urgent job, replaced unrun
 
 
-def test_a_partial_ahead_of_its_own_streams_final_runs_in_the_finals_turn_alone() -> None:
-    """A call's other channel's partial stands between its final and the thread: it goes with the final
-    before other calls' partials, and without batch mates."""
+@pytest.mark.parametrize("behind", ["final", "speculation"])
+def test_a_partial_ahead_of_its_own_streams_final_runs_in_the_finals_turn_alone(behind: str) -> None:
+    """A call's other channel's partial stands between its final (or its speculation, urgent) and the
+    thread: it goes before other calls' partials, and without batch mates."""
     scheduler = InferenceScheduler(max_streams=3, max_batch=4)
     started, gate = threading.Event(), threading.Event()
     order: list[str] = []
@@ -100,14 +101,16 @@ def test_a_partial_ahead_of_its_own_streams_final_runs_in_the_finals_turn_alone(
         jobs = [
             other.submit(lambda: order.append("other partial"), partial_key="o0", batch=batch("other")),
             call.submit(lambda: order.append("agent partial"), partial_key="ch1", batch=batch("agent")),
-            call.submit(lambda: order.append("customer final"), final_key="ch0"),
+            call.submit(lambda: order.append(f"customer {behind}"), final_key="ch0")
+            if behind == "final"
+            else call.submit(lambda: order.append(f"customer {behind}"), partial_key="ch0", urgent=True),
         ]
         gate.set()
         for job in [blocker, *jobs]:
             job.result(timeout=TIMEOUT_S)
     finally:
         scheduler.shutdown()
-    assert order == ["agent partial", "customer final", "other partial"]
+    assert order == ["agent partial", f"customer {behind}", "other partial"]
 
 
 def test_urgent_is_only_for_replaceable_jobs() -> None:
@@ -235,7 +238,7 @@ def test_a_batch_takes_only_heads_of_the_same_kind_and_a_final_still_goes_first(
             a.submit(functools.partial(alone, "a1"), partial_key="a1", batch=Batch("w", "a1", run)),
             # b: a partial batched under another key (another model): not with a's.
             b.submit(functools.partial(alone, "b"), partial_key="b", batch=fake.batch("b", key="other")),
-            # c: a speculative final, replaceable but never batched: it runs alone.
+            # c: a replaceable job without a Batch (a probe-like partial): it runs alone.
             c.submit(functools.partial(alone, "c"), partial_key="c"),
             # d: a final behind nothing: it runs before any partial.
             d.submit(functools.partial(final, "d final"), final_key="d"),
