@@ -291,11 +291,8 @@ class AsrServicer(asr_pb2_grpc.AsrServicer):
 
     def stream_closed(self, speculations: SpeculationCounts) -> None:
         self._metrics.streams.add(-1)
-        counter = self._metrics.speculations
-        counter.add(speculations.adopted, {"outcome": "used"})
-        counter.add(speculations.decoded - speculations.adopted, {"outcome": "wasted"})
-        # Read after the call closed, made >= decoded; the floor guards a read taken while it still ran.
-        counter.add(max(speculations.made - speculations.decoded, 0), {"outcome": "replaced"})
+        for outcome, count in speculations.outcomes.items():
+            self._metrics.speculations.add(count, {"outcome": outcome})
         self._metrics.speculative_ends.add(speculations.ended)
 
     def shutdown(self) -> None:

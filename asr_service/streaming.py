@@ -92,6 +92,17 @@ class SpeculationCounts:
     ended: int
     """Segments ended by the speculative end (``speculative_end_ms``)."""
 
+    @property
+    def outcomes(self) -> dict[str, int]:
+        """Each speculation once: ``used`` (a final took its decode), ``wasted`` (decoded for nothing: a
+        pause), ``replaced`` (never decoded: dropped or skipped). Read after the call closed, made >=
+        decoded; the floor guards a read taken while it still ran."""
+        return {
+            "used": self.adopted,
+            "wasted": self.decoded - self.adopted,
+            "replaced": max(self.made - self.decoded, 0),
+        }
+
 
 @dataclass(frozen=True)
 class Transcript:

@@ -267,6 +267,12 @@ async def test_the_final_takes_the_speculative_decode(sentence: np.ndarray) -> N
     assert finals_after_end == {"on": 0, "off": 1}
 
 
+def test_speculation_outcomes_count_each_speculation_once() -> None:
+    # 7 made: 5 decoded, of which 3 became finals (2 were pauses); 2 were never decoded.
+    counts = SpeculationCounts(made=7, decoded=5, adopted=3, ended=2)
+    assert counts.outcomes == {"used": 3, "wasted": 2, "replaced": 2}
+
+
 async def test_a_speculation_is_queued_urgent_replaceable_and_without_a_batch(sentence: np.ndarray) -> None:
     """So that the scheduler serves it before other calls' partials (``scheduler``: urgent)."""
     submitted: list[dict[str, object]] = []
