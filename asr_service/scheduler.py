@@ -246,7 +246,7 @@ class InferenceScheduler:
                 break
             stream = self._streams[stream_id]
             head = stream.jobs[0] if stream.jobs and not stream.running else None
-            if head is None or not head.deferrable or head.batch is None or head.batch.key != key:
+            if head is None or head.batch is None or head.batch.key != key:
                 continue
             self._ring.remove(stream_id)
             self._ring.append(stream_id)

@@ -16,26 +16,46 @@ from asr_service.scheduler import Batch, InferenceScheduler, StreamHandle
 TIMEOUT_S = 5.0
 
 
+class Blocker:
+    """A job that holds the one thread until ``release``: the queues fill behind it, in a known ring."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.gate = threading.Event()
+
+    def submit(self, stream: StreamHandle) -> concurrent.futures.Future[Any]:
+        job = stream.submit(self._hold)
+        assert self.started.wait(TIMEOUT_S)
+        return job
+
+    def _hold(self) -> None:
+        self.started.set()
+        self.gate.wait(TIMEOUT_S)
+
+    def release(self) -> None:
+        self.gate.set()
+
+
+def logged_batch(order: list[str], item: str) -> Batch:
+    """A partial's Batch whose run writes the batch's items to ``order`` (once per item)."""
+    return Batch("partials", item, lambda items: [order.append(f"batch {items}") for _ in items])
+
+
 def test_a_final_goes_before_the_partials_of_other_streams() -> None:
     scheduler = InferenceScheduler(max_streams=3)
-    started, gate = threading.Event(), threading.Event()
+    hold = Blocker()
     order: list[str] = []
-
-    def hold() -> None:
-        started.set()
-        gate.wait()
 
     try:
         a, b, c = scheduler.open_stream(), scheduler.open_stream(), scheduler.open_stream()
-        blocker = c.submit(hold)  # holds the one thread while the queues fill
-        assert started.wait(TIMEOUT_S)
+        blocker = hold.submit(c)  # holds the one thread while the queues fill
         jobs = [
             a.submit(lambda: order.append("a partial"), partial_key="a0"),
             b.submit(lambda: order.append("b partial"), partial_key="b0"),
             b.submit(lambda: order.append("b final"), final_key="b1"),  # behind b's own partial
             c.submit(lambda: order.append("c final"), final_key="c0"),
         ]
-        gate.set()
+        hold.release()
         for job in [blocker, *jobs]:
             job.result(timeout=TIMEOUT_S)
     finally:
@@ -49,25 +69,25 @@ def test_an_urgent_replaceable_job_goes_before_partials_yet_is_still_replaced_an
     """A speculative final (urgent) is served in the finals' turn, never batched with partials though it
     says how it could be, and a newer job of its key still drops it while it waits."""
     scheduler = InferenceScheduler(max_streams=3, max_batch=4)
-    started, gate = threading.Event(), threading.Event()
+    hold = Blocker()
     order: list[str] = []
-
-    def hold() -> None:
-        started.set()
-        gate.wait()
-
-    def batch(item: str) -> Batch:
-        return Batch("partials", item, lambda items: [order.append(f"batch {items}") for _ in items])
 
     try:
         a, b, c = scheduler.open_stream(), scheduler.open_stream(), scheduler.open_stream()
-        blocker = c.submit(hold)
-        assert started.wait(TIMEOUT_S)  # the ring is now a, b, c with c's job on the thread
-        a_partial = a.submit(lambda: order.append("a partial"), partial_key="a0", batch=batch("a partial"))
-        stale = b.submit(lambda: order.append("b stale"), partial_key="b0", urgent=True, batch=batch("b"))
-        b_urgent = b.submit(lambda: order.append("b urgent"), partial_key="b0", urgent=True, batch=batch("b"))
-        c_partial = c.submit(lambda: order.append("c partial"), partial_key="c0", batch=batch("c partial"))
-        gate.set()
+        blocker = hold.submit(c)  # the ring is now a, b, c with c's job on the thread
+        a_partial = a.submit(
+            lambda: order.append("a partial"), partial_key="a0", batch=logged_batch(order, "a partial")
+        )
+        stale = b.submit(
+            lambda: order.append("b stale"), partial_key="b0", urgent=True, batch=logged_batch(order, "b")
+        )
+        b_urgent = b.submit(
+            lambda: order.append("b urgent"), partial_key="b0", urgent=True, batch=logged_batch(order, "b")
+        )
+        c_partial = c.submit(
+            lambda: order.append("c partial"), partial_key="c0", batch=logged_batch(order, "c partial")
+        )
+        hold.release()
         for job in [blocker, a_partial, b_urgent, c_partial]:
             job.result(timeout=TIMEOUT_S)
         assert stale.result(timeout=TIMEOUT_S) is None
@@ -84,28 +104,24 @@ def test_a_partial_ahead_of_its_own_streams_final_runs_in_the_finals_turn_alone(
     """A call's other channel's partial stands between its final (or its speculation, urgent) and the
     thread: it goes before other calls' partials, and without batch mates."""
     scheduler = InferenceScheduler(max_streams=3, max_batch=4)
-    started, gate = threading.Event(), threading.Event()
+    hold = Blocker()
     order: list[str] = []
-
-    def hold() -> None:
-        started.set()
-        gate.wait()
-
-    def batch(item: str) -> Batch:
-        return Batch("partials", item, lambda items: [order.append(f"batch {items}") for _ in items])
 
     try:
         other, call, holder = scheduler.open_stream(), scheduler.open_stream(), scheduler.open_stream()
-        blocker = holder.submit(hold)
-        assert started.wait(TIMEOUT_S)
+        blocker = hold.submit(holder)
         jobs = [
-            other.submit(lambda: order.append("other partial"), partial_key="o0", batch=batch("other")),
-            call.submit(lambda: order.append("agent partial"), partial_key="ch1", batch=batch("agent")),
+            other.submit(
+                lambda: order.append("other partial"), partial_key="o0", batch=logged_batch(order, "other")
+            ),
+            call.submit(
+                lambda: order.append("agent partial"), partial_key="ch1", batch=logged_batch(order, "agent")
+            ),
             call.submit(lambda: order.append(f"customer {behind}"), final_key="ch0")
             if behind == "final"
             else call.submit(lambda: order.append(f"customer {behind}"), partial_key="ch0", urgent=True),
         ]
-        gate.set()
+        hold.release()
         for job in [blocker, *jobs]:
             job.result(timeout=TIMEOUT_S)
     finally:
@@ -172,26 +188,6 @@ class FakeBatches:
 
 def alone(item: str) -> str:
     return f"alone {item}"
-
-
-class Blocker:
-    """A job that holds the one thread until ``release``: the queues fill behind it, in a known ring."""
-
-    def __init__(self) -> None:
-        self.started = threading.Event()
-        self.gate = threading.Event()
-
-    def submit(self, stream: StreamHandle) -> concurrent.futures.Future[Any]:
-        job = stream.submit(self._hold)
-        assert self.started.wait(TIMEOUT_S)
-        return job
-
-    def _hold(self) -> None:
-        self.started.set()
-        self.gate.wait(TIMEOUT_S)
-
-    def release(self) -> None:
-        self.gate.set()
 
 
 def test_partials_at_the_heads_of_streams_run_as_one_batch_each_with_its_own_result() -> None:

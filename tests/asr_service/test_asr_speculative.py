@@ -201,14 +201,17 @@ class Call:
 
 
 def open_call(
-    recognizer: object, config: StreamingConfig
+    recognizer: object,
+    config: StreamingConfig,
+    handle: Callable[[StreamHandle], StreamHandle] | None = None,
 ) -> tuple[InferenceScheduler, StreamHandle, CallTranscriber]:
-    """A call of one channel (16 kHz PCM) on an inference thread of its own; the caller shuts both down."""
+    """A call of one channel (16 kHz PCM) on an inference thread of its own; the caller shuts both down.
+    ``handle`` wraps the stream the call submits to (the stream returned is the plain one)."""
     scheduler = InferenceScheduler(max_streams=1)
     stream = scheduler.open_stream()
     call = CallTranscriber(
         recognizer=recognizer,  # type: ignore[arg-type]
-        stream=stream,
+        stream=handle(stream) if handle else stream,
         spec=pcm16_spec(),
         vad_model=shared_model(),
         config=config,
@@ -283,20 +286,11 @@ async def test_a_speculation_is_queued_urgent_replaceable_and_without_a_batch(se
             submitted.append(options)
             return super().submit(fn, **options)
 
-    scheduler, stream, _ = open_call(FakeRecognizer(), ON)
-    handle = RecordingHandle(scheduler, stream.id)
-    call = CallTranscriber(
-        recognizer=FakeRecognizer(),  # type: ignore[arg-type]
-        stream=handle,
-        spec=pcm16_spec(),
-        vad_model=shared_model(),
-        config=ON,
-    )
+    scheduler, stream, call = open_call(FakeRecognizer(), ON, lambda s: RecordingHandle(s.scheduler, s.id))
+    c = Call(call, stream, [], asyncio.get_running_loop().create_future())
     try:
-        data = to_pcm16_bytes(np.concatenate([silence(0.5), sentence, silence(0.3)]))
-        for i in range(0, len(data), 2 * FRAME):
-            await call.feed(data[i : i + 2 * FRAME])
-        await asyncio.wrap_future(stream.submit(lambda: None))
+        await c.feed(np.concatenate([silence(0.5), sentence, silence(0.3)]))
+        await c.drain()
         assert call.speculation_counts().made == 1
     finally:
         call.close()
