@@ -115,6 +115,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "without waiting for the VAD's 500 ms; 0: off (default %(default)d; bench/endpointing.py "
         "--speculative-end-ms measures WER, cuts and end of speech -> final for each)",
     )
+    parser.add_argument(
+        "--no-commit-at-pauses",
+        dest="commit_at_pauses",
+        action="store_false",
+        help="decode every partial and final of a segment from its start, even after a pause whose "
+        "speculative final read as a finished sentence (default: such a pause commits the sentences before "
+        "it; bench/endpointing.py --commits measures both)",
+    )
     args = parser.parse_args(argv)
     if args.max_streams < 1:
         parser.error("--max-streams must be at least 1")
@@ -136,7 +144,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def streaming_config(args: argparse.Namespace) -> StreamingConfig:
     """How each call's channels are decoded, from the command line (partials, their batches, finals' beam)."""
     config = StreamingConfig(
-        decoding=DecodingConfig(final_beam_size=args.final_beam), speculative_end_ms=args.speculative_end_ms
+        decoding=DecodingConfig(final_beam_size=args.final_beam),
+        speculative_end_ms=args.speculative_end_ms,
+        commit_at_pauses=args.commit_at_pauses,
     )
     if args.partial_interval == 0:
         return replace(config, partials=False)

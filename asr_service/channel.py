@@ -44,6 +44,18 @@ pad), so the final is the speculation's request and takes its decode: no decode 
 A speculation that does not read as a finished sentence ("We would need a discount to", "...") leaves
 the segment to the VAD. A speaker who goes on after such a sentence starts a new segment, whose final
 hears the end of this one as its context.
+
+**Commits at pauses** (``commit_at_pauses``, on by default): a speaker who pauses between sentences for
+more than the pad but less than ``min_silence_ms`` keeps one segment going; every such pause costs a
+speculative final that is then thrown away, and each partial after it decodes the segment from its
+start again, so a long turn's partials cost its length squared. When the speaker goes on after a pause
+whose speculation came back (``note_speculation``, before or after the speech resumed) reading as a
+finished sentence, that result becomes the segment's committed prefix: the partials after it decode
+only the audio after it, carrying it along (``DecodeRequest.committed``), and their results are joined
+to it (``decoding.join``), so they still show the whole segment, its first sentences as a final reads
+them. Finals and speculations still decode the whole segment: splitting a final's decode at such a
+pause read 16 kHz speech better but lost words at 8 kHz, where read speech pauses at its commas and
+Whisper writes a full stop there (bench/endpointing.py --commits, README: Latency and capacity).
 """
 
 from __future__ import annotations
@@ -54,7 +66,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import numpy.typing as npt
 
-from asr_service.decoding import DecodeRequest, DecodingConfig, same_decode
+from asr_service.decoding import DecodeRequest, DecodeResult, DecodingConfig, same_decode
 from asr_service.hallucination import FilterConfig, normalise
 from asr_service.recognizer import MAX_AUDIO_S
 from asr_service.vad import SAMPLE_RATE, SpeechEnd, SpeechStart, StreamingVad, VadConfig
@@ -109,6 +121,11 @@ class StreamingConfig:
     clip sooner, the same text for all 24 clips, for 10 % more decodes (speculations made in pauses);
     at 8 kHz mu-law p50 1128 -> 772 ms, p95 1603 -> 997 ms, again the same text. 300 ms saved less."""
 
+    commit_at_pauses: bool = True
+    """A speculative final decoded in a pause that reads as a finished sentence becomes the segment's
+    committed prefix when the speaker goes on (see the module docstring): later partials decode only the
+    audio after it. Finals are not changed by it."""
+
     partial_batch: int = 1
     """Most partials of different calls decoded as one batch (``scheduler.Batch``); 1: each alone. Set by
     ``python -m asr_service --partial-batch N`` (``callsense up --asr-partial-batch N``). Off by default:
@@ -159,6 +176,11 @@ def ends_sentence(text: str) -> bool:
     """``text`` ends like a finished sentence: . ? or ! (closing quotes aside), not an ellipsis."""
     t = text.strip().rstrip(_CLOSING)
     return t.endswith((".", "?", "!")) and not t.endswith("..")
+
+
+def end_sample(request: DecodeRequest) -> int:
+    """The channel position just after ``request``'s audio."""
+    return request.start_sample + len(request.audio)
 
 
 class _AudioBuffer:
@@ -238,6 +260,11 @@ class ChannelDecoder:
         self._finished_speculation: DecodeRequest | None = None  # a speculation whose text ends a sentence
         self.speculative_ends = 0
         """Segments ended by their speculation's finished sentence (see the module docstring)."""
+        self._speculation_result: DecodeResult | None = None  # the standing speculation's, once back
+        self._dropped: DecodeRequest | None = None  # thrown away (the speaker went on), result awaited
+        self._committed: DecodeResult | None = None  # the open segment's committed prefix
+        self.commits = 0
+        """Speculations that became their segment's committed prefix (see the module docstring)."""
 
     @property
     def position(self) -> int:
@@ -251,13 +278,20 @@ class ChannelDecoder:
         attribute read) to skip a speculation thrown away while its decode waited."""
         return self._speculation
 
+    @property
+    def _decode_start(self) -> int | None:
+        """Where the open segment's partials start: after its committed prefix, if any."""
+        if self._committed is not None:
+            return end_sample(self._committed.request)
+        return self._open_start
+
     def push(self, samples: npt.ArrayLike) -> list[DecodeRequest]:
         """Take the next samples; the decodes they make due."""
         x = np.asarray(samples, dtype=np.float32).reshape(-1)
         self._buffer.append(x)
         requests = self._apply(self.vad.feed(x))
         if self._speculation is not None and self.vad.silence_start != self._speculated_silence:
-            self._speculation = None  # the speaker went on: that silence was a pause
+            self._went_on()
         requests += self._speculative_end_due()
         requests += self._speculation_due()
         requests += self._partial_due()
@@ -298,14 +332,46 @@ class ChannelDecoder:
         self.early_ends += 1
         return self._apply([end])
 
-    def note_speculation(self, request: DecodeRequest, text: str | None) -> list[DecodeRequest]:
-        """The text a speculative final of this channel came back with ("" when the filter rejected it,
-        None when it was skipped); the final of a speculative end when that text decides one."""
-        if request is not self._speculation or not self.config.speculative_end_ms:
-            return []  # the segment has ended since, or the speaker went on
-        if text and normalise(text) and ends_sentence(text):
+    def note_speculation(self, request: DecodeRequest, result: DecodeResult | None) -> list[DecodeRequest]:
+        """What a speculative final of this channel came back with (None when it was skipped): the final
+        of a speculative end when its text decides one; the segment's committed prefix when the speaker
+        has gone on since and its text ends a sentence (see the module docstring)."""
+        if request is self._dropped:
+            self._dropped = None
+            self._commit(request, result)
+            return []
+        if request is not self._speculation:
+            return []  # the segment has ended since
+        self._speculation_result = result
+        text = "" if result is None else result.accepted_text
+        if self.config.speculative_end_ms and text and normalise(text) and ends_sentence(text):
             self._finished_speculation = request
         return self._speculative_end_due()
+
+    def _went_on(self) -> None:
+        """The speaker went on after the standing speculation's silence: that silence was a pause. The
+        speculation is thrown away, or committed (its result back, or when it comes)."""
+        dropped, result = self._speculation, self._speculation_result
+        self._speculation, self._speculation_result = None, None
+        if result is not None:
+            self._commit(dropped, result)
+        else:
+            self._dropped = dropped
+
+    def _commit(self, request: DecodeRequest | None, result: DecodeResult | None) -> None:
+        """``result`` (of ``request``, a speculation thrown away because the speaker went on) becomes the
+        open segment's committed prefix if it reads as a finished sentence and the segment is still open."""
+        if not self.config.commit_at_pauses or request is None or result is None:
+            return
+        if self._open_start is None or request.segment != self._segment:
+            return  # that segment has ended
+        if self._committed is not None and end_sample(self._committed.request) >= end_sample(request):
+            return  # a later pause was committed first
+        text = result.accepted_text
+        if not (text and normalise(text) and ends_sentence(text)):
+            return
+        self._committed = result
+        self.commits += 1
 
     def _speculative_end_due(self) -> list[DecodeRequest]:
         """The final of a speculative end, once its sentence is finished and the silence long enough."""
@@ -330,28 +396,31 @@ class ChannelDecoder:
             self._probe, self._probed_silence, self._partial_text = None, None, ""
             self._finished_speculation = None
             speculation, self._speculation, self._speculated_silence = self._speculation, None, None
+            self._speculation_result = None
             if isinstance(event, SpeechStart):
                 self._open_start = event.sample
                 self._last_partial = event.sample
+                self._committed, self._dropped = None, None
             elif self._open_start is not None:
-                final = self._request(self._open_start, event.sample, is_final=True)
+                final = self._request(event.sample, is_final=True)
                 if speculation is not None and same_decode(speculation, final):
                     self.speculations_matched += 1
                 requests.append(final)
                 self.speech_s += (event.sample - self._open_start) / SAMPLE_RATE
                 self._open_start = None
+                self._committed, self._dropped = None, None
                 self._previous_end = event.sample
                 self._segment += 1
         return requests
 
     def _partial_due(self) -> list[DecodeRequest]:
         c = self.config
-        start = self._open_start
+        start = self._decode_start
         if start is None:
             return []
         now = self.position
         if c.early_end_ms and self._probe is None:
-            early = self._early_end_partial(start, now)
+            early = self._early_end_partial(now)
             if early is not None:
                 return [early]
         # While the probe waits, no partial: a newer partial would replace it in the scheduler's queue.
@@ -363,7 +432,7 @@ class ChannelDecoder:
         ):
             return []
         self._last_partial = now
-        return [self._request(start, now, is_final=False)]
+        return [self._request(now, is_final=False)]
 
     def _speculation_due(self) -> list[DecodeRequest]:
         """The speculative final, once the open segment's silence has lasted long enough (see the module
@@ -377,11 +446,11 @@ class ChannelDecoder:
         if end > self.position:  # a pad longer than the silence so far: the audio is not all here
             return []
         self._speculated_silence = silence
-        self._speculation = replace(self._request(self._open_start, end, is_final=True), speculative=True)
+        self._speculation = replace(self._request(end, is_final=True), speculative=True)
         self.speculations += 1
         return [self._speculation]
 
-    def _early_end_partial(self, start: int, now: int) -> DecodeRequest | None:
+    def _early_end_partial(self, now: int) -> DecodeRequest | None:
         """The settling partial or the probe, when the silence at the end of the segment makes one due."""
         silence = self.vad.silence_start
         if silence is None or silence == self._probed_silence:
@@ -390,21 +459,29 @@ class ChannelDecoder:
         if silent_ms >= self.config.early_end_ms:
             self._probed_silence = silence
             self._last_partial = now
-            self._probe = self._request(start, now, is_final=False, probe=True)
+            self._probe = self._request(now, is_final=False, probe=True)
             return self._probe
         # The probe is compared with the partial before it, so that one must have heard all the
         # speech too (the cadence's last partial is up to a second old); the wait of half the early
         # end keeps the short gaps between words from asking for one.
         if silent_ms >= self.config.early_end_ms // 2 and self._last_partial < silence:
             self._last_partial = now
-            return self._request(start, now, is_final=False, probe=True)
+            return self._request(now, is_final=False, probe=True)
         return None
 
-    def _request(self, start: int, end: int, *, is_final: bool, probe: bool = False) -> DecodeRequest:
+    def _request(self, end: int, *, is_final: bool, probe: bool = False) -> DecodeRequest:
+        """The open segment's audio up to ``end``: a final's (or speculation's) all of it, a partial's
+        what follows the committed prefix, if any (carried along)."""
+        committed = None if is_final else self._committed
+        start = self._open_start if committed is None else self._decode_start
+        if start is None:
+            raise RuntimeError("a decode was asked for with no segment open")
         audio = self._buffer.slice(start, end)
         start = max(start, end - len(audio))  # the buffer may hold less than asked right after a gap
         if not is_final or self.config.context_s <= 0:
-            return DecodeRequest(self.channel, self._segment, is_final, start, audio, probe=probe)
+            return DecodeRequest(
+                self.channel, self._segment, is_final, start, audio, probe=probe, committed=committed
+            )
         # Context and segment together fit the recogniser's window.
         context_samples = min(int(self.config.context_s * SAMPLE_RATE), MAX_AUDIO_SAMPLES - len(audio))
         context = self._buffer.slice(start - max(context_samples, 0), start)

@@ -28,6 +28,11 @@ A final is what the chopper cuts and the scorer scores, so it gets what offline 
   audio silent): sampled again at rising temperatures, the prompt left out above 0.5 (as
   faster-whisper's ``prompt_reset_on_temperature``), until the filter accepts one.
 
+**A committed prefix** (``DecodeRequest.committed``; ``channel``: commits at pauses): a partial of a segment
+whose first sentences were already decoded as a final would decode them (a speculation in a pause)
+decodes only the audio after them, and its result is joined to theirs (``join``). Finals always decode
+their whole segment.
+
 **No silent loss**: a final whose every decode is rejected although the VAD heard at least
 ``unheard_min_speech_s`` of speech is still sent, with empty text and the reason (``unheard_reason``),
 so that a turn nobody could transcribe is visible (and counted) rather than gone.
@@ -45,7 +50,7 @@ import numpy.typing as npt
 
 from asr_service.hallucination import FilterConfig, judge
 from asr_service.prosody import ProsodyFeatures, analyze
-from asr_service.recognizer import Recognition, WhisperRecognizer
+from asr_service.recognizer import Recognition, WhisperRecognizer, compression_ratio
 from asr_service.vad import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -92,6 +97,10 @@ class DecodeRequest:
     """A final decoded before the VAD has ended its segment (``channel``'s speculative final): it is sent
     only as the final it turns out to be (``adopt``), or thrown away; it adds nothing to ``ChannelText``
     itself."""
+    committed: DecodeResult | None = None
+    """A partial's: the open segment's committed prefix (``channel``: commits at pauses), the result of its
+    speech before ``start_sample``, decoded as a final would decode it. This request's audio is the rest
+    of the segment, and its result is joined to that prefix (``join``)."""
 
     @property
     def start_ms(self) -> int:
@@ -171,6 +180,7 @@ def same_decode(a: DecodeRequest, b: DecodeRequest) -> bool:
     return (
         (a.channel, a.segment, a.is_final, a.start_sample, a.context_transcribed)
         == (b.channel, b.segment, b.is_final, b.start_sample, b.context_transcribed)
+        and a.committed is b.committed
         and np.array_equal(a.audio, b.audio)
         and np.array_equal(a.context, b.context)
     )
@@ -185,6 +195,36 @@ def adopt(
     if speculative.rejected is None and channel_text is not None:
         channel_text.add(speculative.recognition.text)
     return replace(speculative, request=final)
+
+
+def join(committed: DecodeResult, rest: DecodeResult) -> DecodeResult:
+    """A partial of the audio after the segment's committed prefix, joined to that prefix: a partial of the
+    whole segment (its request from the segment's start, the texts one after the other). A rejected
+    ``rest`` (the filter dropped what followed the pause, or nothing was said yet) leaves the prefix's
+    text."""
+    if rest.request.is_final:
+        raise ValueError("only partials carry a committed prefix: a final decodes its whole segment")
+    first, last = committed.request, rest.request
+    whole = replace(
+        last, start_sample=first.start_sample, audio=np.concatenate([first.audio, last.audio]), committed=None
+    )
+    a = committed.recognition
+    if rest.rejected is not None:
+        recognition = replace(a, words=(), audio_s=whole.duration_s)
+    else:
+        b = rest.recognition
+        text = f"{a.text} {b.text}".strip()
+        n_a, n_b = len(a.text.split()), len(b.text.split())
+        recognition = Recognition(
+            text=text,
+            words=(),
+            no_speech_prob=min(a.no_speech_prob, b.no_speech_prob),
+            avg_logprob=(a.avg_logprob * n_a + b.avg_logprob * n_b) / max(n_a + n_b, 1),
+            compression_ratio=compression_ratio(text),
+            audio_s=whole.duration_s,
+            loop_trimmed=a.loop_trimmed or b.loop_trimmed,
+        )
+    return DecodeResult(whole, recognition, None, (), None, rest.decode_ms, rest.attempts)
 
 
 def needs_fallback(recognition: Recognition, config: FilterConfig | None = None) -> bool:
@@ -245,7 +285,8 @@ def _result(
     decoding: DecodingConfig | None = None,
     channel_text: ChannelText | None = None,
 ) -> DecodeResult:
-    """The request's result from its recognition: words in call time, prosody of an accepted final."""
+    """The request's result from its recognition: words in call time, prosody of an accepted final; a
+    partial after a committed prefix joined to it (``join``)."""
     # Within the segment: word alignment stretches the first word over the silence heard before it.
     words = _clip_words(
         tuple(
@@ -271,7 +312,6 @@ def _result(
         and rejected
         and request.duration_s >= (decoding or DecodingConfig()).unheard_min_speech_s
     )
-    decode_ms = (time.perf_counter() - started) * 1000.0
     if rejected:
         log.debug(
             "segment %d.%d dropped after %d decodes: %s (%r)",
@@ -281,7 +321,9 @@ def _result(
             rejected,
             recognition.text,
         )
-    return DecodeResult(request, recognition, rejected, words, prosody, decode_ms, attempts, unheard)
+    decode_ms = (time.perf_counter() - started) * 1000.0
+    result = DecodeResult(request, recognition, rejected, words, prosody, decode_ms, attempts, unheard)
+    return result if request.committed is None else join(request.committed, result)
 
 
 def _decode_final(

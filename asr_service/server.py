@@ -146,6 +146,7 @@ def _metrics() -> _Metrics:
         speculations=telemetry.counter(
             "callsense.asr.speculations",
             description="Speculative finals of ended streams by outcome: used (a final took its decode), "
+            "committed (a pause after a finished sentence: the partials after it start from there), "
             "wasted (decoded for nothing: a pause), replaced (never decoded: dropped or skipped)",
         ),
         speculative_ends=telemetry.counter(

@@ -17,13 +17,16 @@ queued as a replaceable job with its channel's partials' key, served in the fina
 (``scheduler``: urgent), and never becomes an event itself. When the VAD ends the segment, the final's
 job takes the speculation's result if that was decoded alike (``decoding.same_decode``) and has run,
 which it has unless the final's arrival replaced it while it waited (a call's jobs run one at a time, in
-order); else it decodes. With ``speculative_end_ms`` the speculation's text also goes back to its
-channel (``ChannelDecoder.note_speculation``), which may end the segment there and then (``channel``:
-the speculative end). A speculation whose segment went on is replaced by the channel's next partial,
-speculation or final while queued, and skips itself if it comes up first. It is never batched with
-other calls' partials (its result must be the final's, as decoded alone); partials and probes are
-(``scheduler.Batch``; ``decoding.run_partial_batch``). ``speculation_counts`` says how many were made,
-decoded and taken by their final (the ASR's ``callsense.asr.speculations`` metric).
+order); else it decodes. The speculation's result also goes back to its channel
+(``ChannelDecoder.note_speculation``): with ``speculative_end_ms`` it may end the segment there and then
+(``channel``: the speculative end); when the speaker went on after that pause, it may become the
+segment's committed prefix (``channel``: commits at pauses), which later requests carry and their
+results are joined to (``decoding.join``), so events always show whole segments. A speculation whose
+segment went on is replaced by the channel's next partial, speculation or final while queued, and skips
+itself if it comes up first. It is never batched with other calls' partials (its result must be the
+final's, as decoded alone); partials and probes are (``scheduler.Batch``;
+``decoding.run_partial_batch``). ``speculation_counts`` says how many were made, decoded, taken by their
+final and committed (the ASR's ``callsense.asr.speculations`` metric).
 
 Segment ids are public per channel and given out when a segment first yields text (a partial or its
 final), so they run 0, 1, 2, ... with no gaps for segments that turned out to hold nothing. Exactly one
@@ -91,15 +94,20 @@ class SpeculationCounts:
     """Of those, the ones a final took instead of decoding (the others were pauses: decoded for nothing)."""
     ended: int
     """Segments ended by the speculative end (``speculative_end_ms``)."""
+    committed: int = 0
+    """Of the decoded ones, those made their segment's committed prefix when the speaker went on
+    (``channel``: commits at pauses)."""
 
     @property
     def outcomes(self) -> dict[str, int]:
-        """Each speculation once: ``used`` (a final took its decode), ``wasted`` (decoded for nothing: a
-        pause), ``replaced`` (never decoded: dropped or skipped). Read after the call closed, made >=
-        decoded; the floor guards a read taken while it still ran."""
+        """Each speculation once: ``used`` (a final took its decode), ``committed`` (the speaker went on,
+        and its text became the segment's committed prefix), ``wasted`` (decoded for nothing: a pause),
+        ``replaced`` (never decoded: dropped or skipped). Read after the call closed, made >= decoded;
+        the floors guard a read taken while it still ran."""
         return {
             "used": self.adopted,
-            "wasted": self.decoded - self.adopted,
+            "committed": self.committed,
+            "wasted": max(self.decoded - self.adopted - self.committed, 0),
             "replaced": max(self.made - self.decoded, 0),
         }
 
@@ -241,7 +249,9 @@ class CallTranscriber:
         with self._channels_lock:
             made = sum(c.speculations for c in self._channels)
             ended = sum(c.speculative_ends for c in self._channels)
-        return SpeculationCounts(made, self._speculations_decoded, self._speculations_adopted, ended)
+            committed = sum(c.commits for c in self._channels)
+        decoded, adopted = self._speculations_decoded, self._speculations_adopted
+        return SpeculationCounts(made, decoded, adopted, ended, committed)
 
     async def feed(self, data: bytes, *, channel: int | None = None, timestamp_ms: int | None = None) -> None:
         """Decode a chunk (off the event loop) and queue the decodes it makes due."""
@@ -367,14 +377,12 @@ class CallTranscriber:
             loop.call_soon_threadsafe(self._note_speculation, request, job)
 
     def _note_speculation(self, request: DecodeRequest, job: ThreadFuture[DecodeResult | None]) -> None:
-        """A speculation's text back to its channel; submits the final of a speculative end it decides
-        (on the event loop, as ``_note`` does and for the same reason)."""
+        """A speculation's result back to its channel (a commit at a pause); submits the final of a
+        speculative end it decides (on the event loop, as ``_note`` does and for the same reason)."""
         if self._closed or job.cancelled() or job.exception() is not None:
             return
-        result = job.result()
-        text = None if result is None else result.accepted_text
         with self._channels_lock:
-            requests = self._channels[request.channel].note_speculation(request, text)
+            requests = self._channels[request.channel].note_speculation(request, job.result())
         self._submit(requests)
 
     def _submit(self, requests: Sequence[DecodeRequest]) -> None:
@@ -385,7 +393,7 @@ class CallTranscriber:
                     functools.partial(self._speculate, request), partial_key=key, urgent=True
                 )
                 self._speculations[request.channel] = (request, job)
-                if self.config.speculative_end_ms:
+                if self.config.speculative_end_ms or self.config.commit_at_pauses:
                     loop = asyncio.get_running_loop()
                     job.add_done_callback(functools.partial(self._speculation_done, loop, request))
                 continue

@@ -99,6 +99,10 @@ class ClipRun:
     """Speculative finals decoded."""
     used: int = 0
     """Finals answered by their speculation."""
+    busy_s: float = 0.0
+    """Seconds the inference thread spent decoding (every decode's real wall time)."""
+    commits: int = 0
+    """Speculations made their segment's committed prefix (``StreamingConfig.commit_at_pauses``)."""
 
 
 @dataclass
@@ -135,6 +139,7 @@ class Simulation:
         self.advance(end)
         self.submit(self.channel.flush(), end)
         self.advance(float("inf"))
+        self.run.commits = self.channel.commits
         return self.run
 
     def submit(self, requests: Sequence[DecodeRequest], now: float) -> None:
@@ -184,14 +189,16 @@ class Simulation:
             started = time.perf_counter()
             c = self.config
             result = run_decode(self.recognizer, job.request, c.filter, c.decoding)
-            self.running = (start_s + time.perf_counter() - started, job, result)
+            took = time.perf_counter() - started
+            self.running = (start_s + took, job, result)
+            self.run.busy_s += took
             self.run.decodes += 1
             self.run.speculations += job.request.speculative
 
     def _deliver(self, job: _Job, result: DecodeResult, done_s: float) -> None:
         if job.request.speculative:
             job.result = result
-            self.submit(self.channel.note_speculation(job.request, result.accepted_text), done_s)
+            self.submit(self.channel.note_speculation(job.request, result), done_s)
             return
         if job.request.is_final:
             self.run.finals.append(Final(job.request, result, done_s, job.early))
@@ -218,6 +225,10 @@ class Row:
     decodes_per_min: float
     speculations: int
     used: int
+    commit: bool
+    commits: int
+    busy_pct: float
+    """The inference thread's decoding time per second of audio, in per cent."""
     texts: tuple[str, ...]
     """Each clip's finals, joined (compared across configurations)."""
     latencies_ms: tuple[float, ...]
@@ -238,12 +249,14 @@ def measure(
     cut_ms: int,
 ) -> Row:
     pad_s = config.vad.pad_ms / 1000
-    errors = words = early = cuts = turn_early = decodes = speculations = used = 0
+    errors = words = early = cuts = turn_early = decodes = speculations = used = commits = 0
+    busy_s = 0.0
     latencies: list[float] = []
     texts: list[str] = []
     for clip, x in zip(clips, streams, strict=True):
         run = Simulation(recognizer, config).play(x)
         decodes, speculations, used = decodes + run.decodes, speculations + run.speculations, used + run.used
+        commits, busy_s = commits + run.commits, busy_s + run.busy_s
         text = " ".join(f.result.recognition.text.strip() for f in run.finals if f.result.rejected is None)
         texts.append(text)
         e, n = word_errors(clip.reference, text)
@@ -279,6 +292,9 @@ def measure(
         decodes / minutes,
         speculations,
         used,
+        config.commit_at_pauses,
+        commits,
+        100 * busy_s / (minutes * 60),
         tuple(texts),
         tuple(latencies),
     )
@@ -294,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--speculative-ms", nargs="+", type=int, default=[0, 200], help="0: off")
     parser.add_argument("--beams", nargs="+", type=int, default=[5], help="finals' beam widths")
+    parser.add_argument(
+        "--commits", nargs="+", choices=["on", "off"], default=["on"], help="commits at pauses (channel)"
+    )
     parser.add_argument(
         "--pad-ms",
         nargs="+",
@@ -321,12 +340,14 @@ def main(argv: list[str] | None = None) -> int:
             speculative_end_ms=spec_end,
             speculative_final_ms=speculative,
             decoding=replace(base.decoding, final_beam_size=beam),
+            commit_at_pauses=commit == "on",
         )
         for pad in args.pad_ms
         for early in args.early_end_ms
         for speculative in args.speculative_ms
         for spec_end in args.speculative_end_ms
         for beam in args.beams
+        for commit in args.commits
     ]
     # The channel's own rules decide which combinations exist (a speculation or an end before the pad,
     # a speculative end without speculation, ...): the others are left out, and said so.
@@ -348,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{'set':<8} {'rate':<9} {'pad_ms':>6} {'early_ms':>8} {'spec_ms':>7} {'s_end':>5} {'beam':>4} "
         f"{'clips':>5} "
         f"{'WER_%':>6} {'same':>4} {'early':>5} {'cuts':>4} {'turn_early':>10} {'spec':>4} {'used':>4} "
-        f"{'p50_ms':>7} {'p95_ms':>7} {'dec/min':>7} {'p50_x':>6} {'p95_x':>6}"
+        f"{'commit':>6} {'commits':>7} {'p50_ms':>7} {'p95_ms':>7} {'dec/min':>7} {'busy_%':>6} {'p50_x':>6} "
+        f"{'p95_x':>6}"
     )
     print(header, flush=True)
     started = time.perf_counter()
@@ -368,17 +390,20 @@ def main(argv: list[str] | None = None) -> int:
                     f"{set_name:<8} {rate:<9} {row.pad_ms:>6} {row.early_end_ms:>8} {row.speculative_ms:>7} "
                     f"{row.speculative_end_ms:>5} {row.beam:>4} "
                     f"{row.clips:>5} {row.wer:6.2f} {same:>4} {row.early:>5} {row.cuts:>4} "
-                    f"{row.turn_early:>10} {row.speculations:>4} {row.used:>4} {row.p50_ms:7.0f} "
-                    f"{row.p95_ms:7.0f} {row.decodes_per_min:7.1f} {p50_x:6.2f} {p95_x:6.2f}",
+                    f"{row.turn_early:>10} {row.speculations:>4} {row.used:>4} "
+                    f"{'on' if row.commit else 'off':>6} {row.commits:>7} {row.p50_ms:7.0f} "
+                    f"{row.p95_ms:7.0f} {row.decodes_per_min:7.1f} {row.busy_pct:6.1f} "
+                    f"{p50_x:6.2f} {p95_x:6.2f}",
                     flush=True,
                 )
                 if args.per_clip:
                     print("  per clip (ms): " + " ".join(f"{ms:.0f}" for ms in row.latencies_ms), flush=True)
                 summary.append(
                     f"{set_name}/{rate}/pad{row.pad_ms}/{row.early_end_ms}/{row.speculative_ms}ms/"
-                    f"end{row.speculative_end_ms}/b{row.beam} "
-                    f"wer={row.wer:.2f} same={same}/{row.clips} cuts={row.cuts} p50={row.p50_ms:.0f} "
-                    f"p95={row.p95_ms:.0f} dec/min={row.decodes_per_min:.1f}"
+                    f"end{row.speculative_end_ms}/b{row.beam}/commit-{'on' if row.commit else 'off'} "
+                    f"wer={row.wer:.2f} same={same}/{row.clips} cuts={row.cuts} commits={row.commits} "
+                    f"p50={row.p50_ms:.0f} p95={row.p95_ms:.0f} dec/min={row.decodes_per_min:.1f} "
+                    f"busy={row.busy_pct:.1f}%"
                 )
     print(f"wall {time.perf_counter() - started:.0f} s")
     print("endpointing " + "; ".join(summary))

@@ -348,6 +348,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 asr_partial_batch=args.partial_batch,
                 asr_final_beam=args.final_beam,
                 asr_speculative_end_ms=args.speculative_end_ms,
+                asr_commit_at_pauses=args.commits == "on",
             )
             try:
                 ws_url = mesh.url.replace("http", "ws", 1) + "/v1/sentiment/stream"
@@ -371,6 +372,7 @@ async def main_async(args: argparse.Namespace) -> int:
         f"partial_interval={args.partial_interval or 'default'} partial_batch={args.partial_batch} "
         f"final_beam={args.final_beam or 'default'} "
         f"speculative_end_ms={'default' if args.speculative_end_ms is None else args.speculative_end_ms} "
+        f"commits={args.commits} "
         f"end_to_score_p95_ms_{GOAL_CALLS}calls={p95:.0f} end_to_final_p95_ms_{GOAL_CALLS}calls="
         f"{final_p95:.0f} asr_rtf_{GOAL_CALLS}calls={rtf:.3f} "
         f"start_to_provisional_p50_ms_{GOAL_CALLS}calls={provisional_p50:.0f} "
@@ -406,9 +408,17 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="silence after which a finished sentence ends its turn (default: the ASR's own; 0: off)",
     )
+    parser.add_argument(
+        "--commits",
+        choices=["on", "off"],
+        default="on",
+        help="the ASR's commits at pauses (default on, as it ships; off: --asr-no-commit-at-pauses)",
+    )
     args = parser.parse_args(argv)
     if min(args.calls) < 1 or args.turns < 1 or args.gap < 0:
         parser.error("need --calls >= 1, --turns >= 1 and --gap >= 0")
+    if args.commits == "off" and args.url:
+        parser.error("--commits sets the mesh the bench starts (not one at --url)")
     if args.final_beam is not None and (args.final_beam < 1 or args.url):
         parser.error("--final-beam is at least 1, and sets the mesh the bench starts (not one at --url)")
     if args.speculative_end_ms is not None:

@@ -118,6 +118,7 @@ async def start_mesh(
     asr_partial_batch: int = 1,
     asr_final_beam: int | None = None,
     asr_speculative_end_ms: int | None = None,
+    asr_commit_at_pauses: bool = True,
     key_rate_limit: bool = True,
 ) -> Mesh:
     envoy_port = free_port()
@@ -156,6 +157,8 @@ async def start_mesh(
         argv += ["--asr-final-beam", str(asr_final_beam)]
     if asr_speculative_end_ms is not None:
         argv += ["--asr-speculative-end-ms", str(asr_speculative_end_ms)]
+    if not asr_commit_at_pauses:
+        argv += ["--asr-no-commit-at-pauses"]
     if not key_rate_limit:  # every simulated call sends the one bench key: hundreds of calls are one tenant
         argv += ["--rate-limit-per-key", "0"]
     with log.open("wb") as out:

@@ -395,6 +395,13 @@ def _add_up(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "own; 0: wait for the VAD's 500 ms)",
     )
     p.add_argument(
+        "--asr-no-commit-at-pauses",
+        dest="asr_commit_at_pauses",
+        action="store_false",
+        help="the ASR decodes a turn from its start for every partial and its final, even after a pause "
+        "that ended a sentence (default: it commits the sentences before such a pause)",
+    )
+    p.add_argument(
         "--tone",
         action="store_true",
         help="fuse the voice's tone with the words in the scorers (the shipped fusion head; "
@@ -481,6 +488,7 @@ def _run_up(args: argparse.Namespace) -> int:
         asr_partial_batch=args.asr_partial_batch,
         asr_final_beam=args.asr_final_beam,
         asr_speculative_end_ms=args.asr_speculative_end_ms,
+        asr_commit_at_pauses=args.asr_commit_at_pauses,
         tone_fusion=args.tone,
     )
     return main(options)

@@ -69,6 +69,9 @@ class UpOptions:
     asr_speculative_end_ms: int | None = None
     """Silence after which a finished sentence ends its segment (None: the ASR's default,
     ``python -m asr_service --speculative-end-ms``; 0: off)."""
+    asr_commit_at_pauses: bool = True
+    """The ASR commits the sentences before a pause (``python -m asr_service --no-commit-at-pauses`` when
+    False)."""
     tone_fusion: bool = False
     """Start the scorers with ``--fusion``: the voice's tone fused with the words (opt-in, FUSION_CARD.md)."""
 
@@ -314,7 +317,8 @@ def mesh_specs(
                 ["--speculative-end-ms", str(options.asr_speculative_end_ms)]
                 if options.asr_speculative_end_ms is not None
                 else []
-            ),
+            )
+            + ([] if options.asr_commit_at_pauses else ["--no-commit-at-pauses"]),
             ready=GrpcReady(config.asr_addr),
         )
     )

@@ -32,6 +32,7 @@ from asr_service.streaming import (
 )
 from asr_service.vad import StreamingVad, VadConfig, shared_model
 from tests.support.audio import SENTENCE_A, SENTENCE_B, silence, speak, to_pcm16_bytes, word_error_rate
+from tests.support.decodes import result_reading
 
 FRAME = 320  # 20 ms
 PAD = 200 * 16  # the VAD's pad_ms, in samples
@@ -271,9 +272,9 @@ async def test_the_final_takes_the_speculative_decode(sentence: np.ndarray) -> N
 
 
 def test_speculation_outcomes_count_each_speculation_once() -> None:
-    # 7 made: 5 decoded, of which 3 became finals (2 were pauses); 2 were never decoded.
-    counts = SpeculationCounts(made=7, decoded=5, adopted=3, ended=2)
-    assert counts.outcomes == {"used": 3, "wasted": 2, "replaced": 2}
+    # 8 made: 6 decoded, of which 3 became finals, 1 a committed prefix (2 were pauses); 2 never decoded.
+    counts = SpeculationCounts(made=8, decoded=6, adopted=3, ended=2, committed=1)
+    assert counts.outcomes == {"used": 3, "committed": 1, "wasted": 2, "replaced": 2}
 
 
 async def test_a_speculation_is_queued_urgent_replaceable_and_without_a_batch(sentence: np.ndarray) -> None:
@@ -487,7 +488,7 @@ def play_answering(
         for request in requests:
             made.append((decoder.position, request))
             if request.speculative:
-                take(decoder.note_speculation(request, answer(request)))
+                take(decoder.note_speculation(request, result_reading(request, answer(request))))
 
     for i in range(0, len(x), FRAME):
         take(decoder.push(x[i : i + FRAME]))
@@ -554,7 +555,9 @@ def test_an_answer_that_comes_after_the_speaker_went_on_ends_nothing(paused: np.
     held = [r for _, r in play(decoder, paused[:pause_over], flush=False) if r.speculative]
     assert len(held) == 1  # asked for in the pause, not yet answered
     assert decoder.speculation is None  # the speaker went on: the channel no longer names it
-    assert decoder.note_speculation(held[0], "I think the price is way too high.") == []
+    assert (
+        decoder.note_speculation(held[0], result_reading(held[0], "I think the price is way too high.")) == []
+    )
     rest = play(decoder, paused[pause_over:])
     assert decoder.speculative_ends == 0 and len(finals_made(rest)) == 1
     (final,) = [r for _, r in finals_made(rest)]
