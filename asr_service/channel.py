@@ -50,10 +50,12 @@ more than the pad but less than ``min_silence_ms`` keeps one segment going; ever
 speculative final that is then thrown away, and each partial after it decodes the segment from its
 start again, so a long turn's partials cost its length squared. When the speaker goes on after a pause
 whose speculation came back (``note_speculation``, before or after the speech resumed) reading as a
-finished sentence, that result becomes the segment's committed prefix: the partials after it decode
-only the audio after it, carrying it along (``DecodeRequest.committed``), and their results are joined
-to it (``decoding.join``), so they still show the whole segment, its first sentences as a final reads
-them. Finals and speculations still decode the whole segment: splitting a final's decode at such a
+finished sentence, that result becomes the segment's committed prefix: the partials after it (on the
+same cadence as before) decode only the audio after it, with no context, carrying it along
+(``DecodeRequest.committed``), and their results are joined to it (``decoding.join``), so they show
+the whole segment, its first sentences as a final reads them. A speculation still queued when the
+speaker goes on is skipped or replaced (``streaming``), not committed: under load fewer pauses commit.
+Finals and speculations still decode the whole segment: splitting a final's decode at such a
 pause read 16 kHz speech better but lost words at 8 kHz, where read speech pauses at its commas and
 Whisper writes a full stop there (bench/endpointing.py --commits, README: Latency and capacity).
 """
@@ -361,8 +363,8 @@ class ChannelDecoder:
     def _commit(self, request: DecodeRequest | None, result: DecodeResult | None) -> None:
         """``result`` (of ``request``, a speculation thrown away because the speaker went on) becomes the
         open segment's committed prefix if it reads as a finished sentence and the segment is still open."""
-        if not self.config.commit_at_pauses or request is None or result is None:
-            return
+        if not (self.config.commit_at_pauses and self.config.partials) or request is None or result is None:
+            return  # (without partials a prefix would serve nothing)
         if self._open_start is None or request.segment != self._segment:
             return  # that segment has ended
         if self._committed is not None and end_sample(self._committed.request) >= end_sample(request):
@@ -415,7 +417,7 @@ class ChannelDecoder:
 
     def _partial_due(self) -> list[DecodeRequest]:
         c = self.config
-        start = self._decode_start
+        start = self._open_start  # the cadence is the segment's, committed prefix or not
         if start is None:
             return []
         now = self.position

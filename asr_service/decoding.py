@@ -200,30 +200,28 @@ def adopt(
 def join(committed: DecodeResult, rest: DecodeResult) -> DecodeResult:
     """A partial of the audio after the segment's committed prefix, joined to that prefix: a partial of the
     whole segment (its request from the segment's start, the texts one after the other). A rejected
-    ``rest`` (the filter dropped what followed the pause, or nothing was said yet) leaves the prefix's
-    text."""
+    ``rest`` (the filter dropped what followed the pause, or nothing was said yet) stays rejected: like
+    any rejected partial it is not shown, and decides no early end."""
     if rest.request.is_final:
         raise ValueError("only partials carry a committed prefix: a final decodes its whole segment")
     first, last = committed.request, rest.request
     whole = replace(
         last, start_sample=first.start_sample, audio=np.concatenate([first.audio, last.audio]), committed=None
     )
-    a = committed.recognition
     if rest.rejected is not None:
-        recognition = replace(a, words=(), audio_s=whole.duration_s)
-    else:
-        b = rest.recognition
-        text = f"{a.text} {b.text}".strip()
-        n_a, n_b = len(a.text.split()), len(b.text.split())
-        recognition = Recognition(
-            text=text,
-            words=(),
-            no_speech_prob=min(a.no_speech_prob, b.no_speech_prob),
-            avg_logprob=(a.avg_logprob * n_a + b.avg_logprob * n_b) / max(n_a + n_b, 1),
-            compression_ratio=compression_ratio(text),
-            audio_s=whole.duration_s,
-            loop_trimmed=a.loop_trimmed or b.loop_trimmed,
-        )
+        return replace(rest, request=whole)
+    a, b = committed.recognition, rest.recognition
+    text = f"{a.text} {b.text}".strip()
+    n_a, n_b = len(a.text.split()), len(b.text.split())
+    recognition = Recognition(
+        text=text,
+        words=(),
+        no_speech_prob=min(a.no_speech_prob, b.no_speech_prob),
+        avg_logprob=(a.avg_logprob * n_a + b.avg_logprob * n_b) / max(n_a + n_b, 1),  # by words, not tokens
+        compression_ratio=compression_ratio(text),
+        audio_s=whole.duration_s,
+        loop_trimmed=a.loop_trimmed or b.loop_trimmed,
+    )
     return DecodeResult(whole, recognition, None, (), None, rest.decode_ms, rest.attempts)
 
 

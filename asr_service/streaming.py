@@ -20,8 +20,8 @@ which it has unless the final's arrival replaced it while it waited (a call's jo
 order); else it decodes. The speculation's result also goes back to its channel
 (``ChannelDecoder.note_speculation``): with ``speculative_end_ms`` it may end the segment there and then
 (``channel``: the speculative end); when the speaker went on after that pause, it may become the
-segment's committed prefix (``channel``: commits at pauses), which later requests carry and their
-results are joined to (``decoding.join``), so events always show whole segments. A speculation whose
+segment's committed prefix (``channel``: commits at pauses), which the later partials carry and their
+results are joined to (``decoding.join``), so their events show the whole segment. A speculation whose
 segment went on is replaced by the channel's next partial, speculation or final while queued, and skips
 itself if it comes up first. It is never batched with other calls' partials (its result must be the
 final's, as decoded alone); partials and probes are (``scheduler.Batch``;
@@ -244,7 +244,7 @@ class CallTranscriber:
 
     def speculation_counts(self) -> SpeculationCounts:
         """The call's speculative finals so far (made under the channels' lock, decoded and adopted on
-        the inference thread, one job of the call at a time: read once the call is closed, the three
+        the inference thread, one job of the call at a time: read once the call is closed, the counts
         agree)."""
         with self._channels_lock:
             made = sum(c.speculations for c in self._channels)

@@ -9,13 +9,14 @@ test decodes with Whisper. The lines are a buyer's, as buyers say them.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
-from asr_service.channel import ChannelDecoder
+from asr_service.channel import ChannelDecoder, end_sample
 from asr_service.decoding import DecodeRequest, DecodeResult, join, same_decode
 from asr_service.recognizer import Recognition, WhisperRecognizer
 from asr_service.streaming import Transcript
@@ -53,16 +54,17 @@ def resumed(first: np.ndarray) -> int:
     return int(0.5 * 16000) + len(first) + int((PAUSE_S + 0.3) * 16000)
 
 
-def answers(request: DecodeRequest) -> str:
-    """The speculation in the pause reads the first sentence; the one at the end the second."""
-    return FIRST if request.committed is None else SECOND
+def reading(*texts: str) -> Callable[[DecodeRequest], str]:
+    """Answers for the speculations in the order they are made: the first reads ``texts[0]``, and so on."""
+    left = list(texts)
+    return lambda request: left.pop(0) if left else texts[-1]
 
 
 def test_a_finished_sentence_decoded_in_the_pause_is_committed_when_the_speaker_goes_on(
     two_sentences: np.ndarray,
 ) -> None:
     decoder = ChannelDecoder(0, StreamingVad(), ON)
-    made = play_answering(decoder, two_sentences, answers)
+    made = play_answering(decoder, two_sentences, reading(FIRST, f"{FIRST} {SECOND}"))
     in_pause, at_end = [r for _, r in made if r.speculative]
     (final,) = [r for _, r in made if r.is_final and not r.speculative]
     assert decoder.commits == 1
@@ -121,6 +123,38 @@ def test_an_answer_after_its_segment_ended_commits_nothing(
     assert decoder.commits == 0
 
 
+THIRD = "Can you do anything on the price?"
+
+
+def test_a_late_answer_for_an_earlier_pause_does_not_undo_a_later_commit(first: np.ndarray) -> None:
+    second = voiced(SECOND)
+    x = np.concatenate(
+        [silence(0.5), first, silence(PAUSE_S), second, silence(PAUSE_S), voiced(THIRD), silence(1.0)]
+    )
+    decoder = ChannelDecoder(0, StreamingVad(), ON)
+    over_first = resumed(first)
+    (pause_one,) = [r for _, r in play(decoder, x[:over_first], flush=False) if r.speculative]
+    # Its answer is late; the second pause's speculation is answered while its silence holds.
+    in_second_pause = over_first + len(second) - int(0.3 * 16000) + int(PAUSE_S * 16000) - FRAME
+    (pause_two,) = [r for _, r in play(decoder, x[over_first:in_second_pause], flush=False) if r.speculative]
+    assert decoder.speculation is pause_two and end_sample(pause_two) > end_sample(pause_one)
+    assert decoder.note_speculation(pause_two, result_reading(pause_two, f"{FIRST} {SECOND}")) == []
+    assert decoder.commits == 0  # the speaker has not gone on yet
+    later = play(decoder, x[in_second_pause : in_second_pause + int(0.9 * 16000)], flush=False)
+    assert decoder.commits == 1
+    assert decoder.note_speculation(pause_one, result_reading(pause_one, FIRST)) == []
+    assert decoder.commits == 1  # the first pause's answer came after the second pause was committed
+    rest = later + play(decoder, x[in_second_pause + int(0.9 * 16000) :])
+    partials = [r for _, r in rest if not r.is_final]
+    assert partials and all(r.start_sample == end_sample(pause_two) for r in partials)
+
+
+def test_no_commit_without_partials(two_sentences: np.ndarray) -> None:
+    decoder = ChannelDecoder(0, StreamingVad(), replace(ON, partials=False))
+    play_answering(decoder, two_sentences, reading(FIRST, f"{FIRST} {SECOND}"))
+    assert decoder.commits == 0  # a prefix would serve nothing
+
+
 # ------------------------------------------------------------------------------- joining
 
 
@@ -151,9 +185,10 @@ def test_join_makes_a_partial_of_the_whole_segment() -> None:
     np.testing.assert_array_equal(whole.audio[32000:], partial.audio)
     assert joined.recognition.text == f"{FIRST} We would need" and joined.rejected is None
     assert joined.recognition.audio_s == pytest.approx(3.5) and joined.words == ()
-    # Nothing heard after the pause yet (or the filter dropped it): the prefix's text stands.
+    # Nothing heard after the pause yet (or the filter dropped it): rejected, as any such partial, not shown.
     dropped = join(prefix, _result(partial, "you", rejected="no speech"))
-    assert dropped.recognition.text == FIRST and dropped.rejected is None
+    assert dropped.rejected == "no speech" and dropped.accepted_text == ""
+    assert same_decode(dropped.request, whole) and not dropped.request.is_final
     with pytest.raises(ValueError, match="only partials"):
         join(prefix, _result(replace(partial, is_final=True, committed=None), SECOND))
 
@@ -183,7 +218,10 @@ async def test_with_whisper_partials_after_the_pause_decode_only_the_new_sentenc
             await c.feed(two_sentences[:pause_end])
             await c.drain()  # the speculation in the pause has been decoded, as live with the thread free
             greedy_heard.clear()
-            await c.feed(two_sentences[pause_end:])
+            into_second = pause_end + int(1.5 * 16000)
+            await c.feed(two_sentences[pause_end:into_second])
+            await c.drain()  # a partial of the second sentence has been decoded (not replaced by a newer one)
+            await c.feed(two_sentences[into_second:])
             await asyncio.wait_for(c.final, timeout=60)
             counts = c.call.speculation_counts()
             assert (counts.committed, counts.outcomes["committed"]) == ((1, 1) if commit else (0, 0)), counts
