@@ -180,9 +180,10 @@ def ends_sentence(text: str) -> bool:
     return t.endswith((".", "?", "!")) and not t.endswith("..")
 
 
-def end_sample(request: DecodeRequest) -> int:
-    """The channel position just after ``request``'s audio."""
-    return request.start_sample + len(request.audio)
+def reads_finished(result: DecodeResult | None) -> bool:
+    """A decode came back with words (accepted by the filter) that end like a finished sentence."""
+    text = "" if result is None else result.accepted_text
+    return bool(text and normalise(text) and ends_sentence(text))
 
 
 class _AudioBuffer:
@@ -280,13 +281,6 @@ class ChannelDecoder:
         attribute read) to skip a speculation thrown away while its decode waited."""
         return self._speculation
 
-    @property
-    def _decode_start(self) -> int | None:
-        """Where the open segment's partials start: after its committed prefix, if any."""
-        if self._committed is not None:
-            return end_sample(self._committed.request)
-        return self._open_start
-
     def push(self, samples: npt.ArrayLike) -> list[DecodeRequest]:
         """Take the next samples; the decodes they make due."""
         x = np.asarray(samples, dtype=np.float32).reshape(-1)
@@ -345,8 +339,7 @@ class ChannelDecoder:
         if request is not self._speculation:
             return []  # the segment has ended since
         self._speculation_result = result
-        text = "" if result is None else result.accepted_text
-        if self.config.speculative_end_ms and text and normalise(text) and ends_sentence(text):
+        if self.config.speculative_end_ms and reads_finished(result):
             self._finished_speculation = request
         return self._speculative_end_due()
 
@@ -367,10 +360,9 @@ class ChannelDecoder:
             return  # (without partials a prefix would serve nothing)
         if self._open_start is None or request.segment != self._segment:
             return  # that segment has ended
-        if self._committed is not None and end_sample(self._committed.request) >= end_sample(request):
+        if self._committed is not None and self._committed.request.end_sample >= request.end_sample:
             return  # a later pause was committed first
-        text = result.accepted_text
-        if not (text and normalise(text) and ends_sentence(text)):
+        if not reads_finished(result):
             return
         self._committed = result
         self.commits += 1
@@ -475,7 +467,7 @@ class ChannelDecoder:
         """The open segment's audio up to ``end``: a final's (or speculation's) all of it, a partial's
         what follows the committed prefix, if any (carried along)."""
         committed = None if is_final else self._committed
-        start = self._open_start if committed is None else self._decode_start
+        start = self._open_start if committed is None else committed.request.end_sample
         if start is None:
             raise RuntimeError("a decode was asked for with no segment open")
         audio = self._buffer.slice(start, end)

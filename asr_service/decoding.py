@@ -112,8 +112,13 @@ class DecodeRequest:
         return self.start_sample - len(self.context)
 
     @property
+    def end_sample(self) -> int:
+        """The channel position just after ``audio``."""
+        return self.start_sample + len(self.audio)
+
+    @property
     def end_ms(self) -> int:
-        return (self.start_sample + len(self.audio)) // SAMPLES_PER_MS
+        return self.end_sample // SAMPLES_PER_MS
 
     @property
     def duration_s(self) -> float:

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from asr_service.channel import ChannelDecoder, end_sample
+from asr_service.channel import ChannelDecoder
 from asr_service.decoding import DecodeRequest, DecodeResult, join, same_decode
 from asr_service.recognizer import Recognition, WhisperRecognizer
 from asr_service.streaming import Transcript
@@ -137,7 +137,7 @@ def test_a_late_answer_for_an_earlier_pause_does_not_undo_a_later_commit(first: 
     # Its answer is late; the second pause's speculation is answered while its silence holds.
     in_second_pause = over_first + len(second) - int(0.3 * 16000) + int(PAUSE_S * 16000) - FRAME
     (pause_two,) = [r for _, r in play(decoder, x[over_first:in_second_pause], flush=False) if r.speculative]
-    assert decoder.speculation is pause_two and end_sample(pause_two) > end_sample(pause_one)
+    assert decoder.speculation is pause_two and end_of(pause_two) > end_of(pause_one)
     assert decoder.note_speculation(pause_two, result_reading(pause_two, f"{FIRST} {SECOND}")) == []
     assert decoder.commits == 0  # the speaker has not gone on yet
     later = play(decoder, x[in_second_pause : in_second_pause + int(0.9 * 16000)], flush=False)
@@ -146,7 +146,7 @@ def test_a_late_answer_for_an_earlier_pause_does_not_undo_a_later_commit(first: 
     assert decoder.commits == 1  # the first pause's answer came after the second pause was committed
     rest = later + play(decoder, x[in_second_pause + int(0.9 * 16000) :])
     partials = [r for _, r in rest if not r.is_final]
-    assert partials and all(r.start_sample == end_sample(pause_two) for r in partials)
+    assert partials and all(r.start_sample == end_of(pause_two) for r in partials)
 
 
 def test_no_commit_without_partials(two_sentences: np.ndarray) -> None:
