@@ -45,6 +45,12 @@ class EncodedText:
         return int(self.input_ids.shape[0])
 
 
+def mark_role(text: str, role: str) -> str:
+    """The text as a model trained with speaker roles reads it: "customer: ..." or "agent: ..." (a role
+    that is not known, "", leaves it as it is: general text, as the model also learnt it)."""
+    return f"{role}: {text}" if role else text
+
+
 class SentimentTokenizer:
     """Encodes utterances (optionally after the previous one, as a sentence pair)."""
 

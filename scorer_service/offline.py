@@ -11,12 +11,21 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from callsense.v1 import chopper_pb2, scorer_pb2
+from callsense.v1 import audio_pb2, chopper_pb2, scorer_pb2
 from scorer_service.fusion.tone import Fused, ToneFuser
 from scorer_service.inference import Prediction, SentimentInput, SentimentModel
 
 MAX_PREVIOUS_CHARS = 2048
 """As the service: only the end of previous_text can fit in the 128-token context anyway."""
+
+# The speaker role a model's role prior is chosen by (inference.ROLES); a mixed or unknown channel has none.
+_ROLE_OF_CHANNEL: dict[int, str] = {audio_pb2.AGENT: "agent", audio_pb2.CUSTOMER: "customer"}
+
+
+def role_of(channel: int) -> str:
+    """The role name of an utterance's channel for the model's role prior ("" for MIXED or unknown)."""
+    return _ROLE_OF_CHANNEL.get(channel, "")
+
 
 LABELS = {
     "negative": scorer_pb2.NEGATIVE,
@@ -64,7 +73,10 @@ def score_offline(
     tokens); RuntimeError for one the model refuses."""
     started = time.perf_counter()
     predictions = model.predict(
-        [SentimentInput(u.text, u.previous_text[-MAX_PREVIOUS_CHARS:]) for u in utterances]
+        [
+            SentimentInput(u.text, u.previous_text[-MAX_PREVIOUS_CHARS:], role_of(u.channel))
+            for u in utterances
+        ]
     )
     elapsed_ms = (time.perf_counter() - started) * 1000.0
     batch_tone = tone.fresh() if tone is not None else None

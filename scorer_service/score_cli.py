@@ -1,6 +1,8 @@
 """`callsense score`: JSON Lines in, JSON Lines out, with the shipped INT8 model and no torch.
 
-Each input line is `{"id": ..., "text": ..., "previous_text": ...}` (previous_text optional). Each
+Each input line is `{"id": ..., "text": ..., "previous_text": ..., "speaker": ...}` (previous_text
+optional; speaker "agent" or "customer", optional: the model's role prior, as the scorer applies it by the
+call's channel; absent, the words alone are scored). Each
 output line has the same `id` and either the scores or an `error` that says what to fix; one bad line
 never stops the others.
 """
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from callsense.tokenization import TextRejected
-from scorer_service.inference import Prediction, SentimentInput, SentimentModel
+from scorer_service.inference import ROLES, Prediction, SentimentInput, SentimentModel
 
 
 @dataclass
@@ -37,7 +39,10 @@ def parse_line(line: str) -> tuple[Any, SentimentInput]:
     previous = record.get("previous_text") or ""
     if not isinstance(previous, str):
         raise ValueError('"previous_text" must be a string')
-    return record.get("id"), SentimentInput(text, previous)
+    speaker = record.get("speaker") or ""
+    if speaker not in ("", *ROLES):
+        raise ValueError(f'"speaker" must be one of {", ".join(ROLES)} (or absent), not {speaker!r}')
+    return record.get("id"), SentimentInput(text, previous, speaker)
 
 
 def result_line(item_id: Any, prediction: Prediction) -> dict[str, Any]:

@@ -67,11 +67,11 @@ from callsense import telemetry
 from callsense.grpc_runtime import HEALTH_SERVICE_NAME, MODEL_VERSION_TRAILER
 from callsense.tokenization import EncodedText, TextRejected
 from callsense.v1 import chopper_pb2, scorer_pb2, scorer_pb2_grpc
-from scorer_service.batcher import BatcherClosed, BatchReport, MicroBatcher, Scored
+from scorer_service.batcher import BatcherClosed, BatchReport, MicroBatcher
 from scorer_service.fusion.features import FloatArray
-from scorer_service.fusion.tone import Fused, ToneFuser
+from scorer_service.fusion.tone import ToneFuser
 from scorer_service.inference import SentimentInput, SentimentModel
-from scorer_service.offline import MAX_PREVIOUS_CHARS, score_message
+from scorer_service.offline import MAX_PREVIOUS_CHARS, role_of, score_message
 
 log = logging.getLogger(__name__)
 
@@ -392,7 +392,11 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             )
         model = self._model  # the utterance stays with this model, also if another is swapped in meanwhile
         try:
-            tokens = model.encode(SentimentInput(text, utterance.previous_text[-MAX_PREVIOUS_CHARS:]))
+            tokens = model.encode(
+                SentimentInput(
+                    text, utterance.previous_text[-MAX_PREVIOUS_CHARS:], role_of(utterance.channel)
+                )
+            )
             return _Encoded(model, tokens)
         except TextRejected as exc:
             raise Rejected(f"{where}: {exc}") from None
@@ -416,21 +420,17 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             scored = await self.batcher.submit(encoded.tokens, encoded.model)
             span.set_attribute("scorer.batch_size", scored.batch_size)
             span.set_attribute("scorer.inference_ms", scored.inference_ms)
-            fused = tone.fuse(scored.prediction, z) if tone is not None and z is not None else None
+            # The role prior is applied here, after the batch: it is per utterance, not per forward pass.
+            text = encoded.model.for_role(scored.prediction, role_of(utterance.channel))
+            fused = tone.fuse(text, z) if tone is not None and z is not None else None
             span.set_attribute("scorer.tone_fused", fused is not None)
         self._metrics.latency.record((loop.time() - started) * 1000.0)
-        return self._to_proto(call_id or utterance.call_id, utterance.utterance_id, scored, version, fused)
-
-    @staticmethod
-    def _to_proto(
-        call_id: str, utterance_id: int, scored: Scored, model_version: str, fused: Fused | None = None
-    ) -> scorer_pb2.SentimentScore:
         return score_message(
-            call_id,
-            utterance_id,
-            scored.prediction,
+            call_id or utterance.call_id,
+            utterance.utterance_id,
+            text,
             fused,
-            model_version=model_version,
+            model_version=version,
             inference_ms=scored.inference_ms,
             batch_size=scored.batch_size,
         )

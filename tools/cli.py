@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tools import (
     asr_eval_cli,
@@ -23,6 +23,7 @@ from tools import (
     objections_cli,
     recover_cli,
     retrain_cli,
+    role_priors_cli,
 )
 
 if TYPE_CHECKING:
@@ -54,6 +55,17 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="with --context: share of long lines trained with an opposite-mood previous line (0: off)",
     )
     p.add_argument(
+        "--roles",
+        action="store_true",
+        help="read a line whose speaker is known as 'customer: ...' / 'agent: ...' (the sales corpus); "
+        "the scorer does the same by the channel",
+    )
+    p.add_argument(
+        "--soft-labels-partial",
+        action="store_true",
+        help="lines the soft labels do not cover train on their labels alone (else: refused)",
+    )
+    p.add_argument(
         "--emotion-weight", type=float, default=0.0, help="weight of an auxiliary emotion loss (0: off)"
     )
     p.add_argument("--epochs", type=int, default=3)
@@ -76,6 +88,8 @@ def _run_train(args: argparse.Namespace) -> int:
         "layers",
         "context",
         "context_swap",
+        "roles",
+        "soft_labels_partial",
         "emotion_weight",
         "epochs",
         "batch_size",
@@ -202,6 +216,11 @@ def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         action="store_true",
         help="fit per-class offsets with the temperature (a prior shift toward the calibration set)",
     )
+    p.add_argument(
+        "--role-priors-on",
+        default="",
+        help="fit per speaker role priors on this set, whose lines say who speaks (e.g. sales:dev)",
+    )
     p.add_argument("--notes", default="", help="free text for the model card")
 
 
@@ -225,6 +244,7 @@ def _run_export(args: argparse.Namespace) -> int:
         calibrate=not args.no_calibrate,
         calibrate_on=args.calibrate_on,
         class_bias=args.class_bias,
+        role_priors_on=args.role_priors_on,
         notes=args.notes,
     )
     try:
@@ -267,10 +287,15 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     model_path = Path(args.model) if args.model else DEFAULT_MODEL
     tokenizer = Path(args.tokenizer) if args.tokenizer else model_path.parent / "tokenizer.json"
-    uses_context = args.context or read_model_info(model_path.parent).uses_context
+    info = read_model_info(model_path.parent)
+    uses_context = args.context or info.uses_context
+    # As served: the card's role priors apply to lines whose speaker the set knows (the sales corpus).
+    model = onnx_model(
+        model_path, tokenizer, uses_context, role_priors=info.role_priors, uses_roles=info.uses_roles
+    )
     if args.scripted_calls:
-        return _replay_scripted_calls(onnx_model(model_path, tokenizer, uses_context), model_path)
-    reports = evaluate_sets(onnx_model(model_path, tokenizer, uses_context), args.sets)
+        return _replay_scripted_calls(model, model_path)
+    reports = evaluate_sets(model, args.sets)
     for spec, report in reports.items():
         print(
             json.dumps(
@@ -288,6 +313,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             "version": model_path.stem,
             "metrics": reports,
             "uses_context": uses_context,
+            "role_priors": _role_priors_section(model_path.parent),
             "files": {model_path.name: file_entry(model_path), tokenizer.name: file_entry(tokenizer)},
         }
         Path(args.card).mkdir(parents=True, exist_ok=True)
@@ -295,13 +321,23 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _role_priors_section(model_dir: Path) -> dict[str, Any]:
+    """The role priors the metrics were measured with: the model's card's section, if it has one."""
+    import json
+
+    card = model_dir / "model_card.json"
+    return dict(json.loads(card.read_text()).get("role_priors") or {}) if card.is_file() else {}
+
+
 def _replay_scripted_calls(model: SentimentModel, model_path: Path) -> int:
     from scorer_service.inference import SentimentInput
     from tools.scripted_replay import replay_with
 
-    def score(texts: Sequence[str], previous: Sequence[str]) -> list[float]:
+    def score(texts: Sequence[str], previous: Sequence[str], role: str) -> list[float]:
         # The model reads previous_text only if it takes context (its card's uses_context, or --context).
-        predictions = model.predict([SentimentInput(t, p) for t, p in zip(texts, previous, strict=True)])
+        predictions = model.predict(
+            [SentimentInput(t, p, role) for t, p in zip(texts, previous, strict=True)]
+        )
         return [p.score if not isinstance(p, Exception) else 0.5 for p in predictions]
 
     verdicts = replay_with(score)
@@ -320,7 +356,9 @@ def _replay_scripted_calls(model: SentimentModel, model_path: Path) -> int:
 
 
 def _add_score(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("score", help="score JSON Lines {id, text[, previous_text]} with the shipped model")
+    p = sub.add_parser(
+        "score", help="score JSON Lines {id, text[, previous_text, speaker]} with the shipped model"
+    )
     p.add_argument("input", nargs="?", default="-", help="a .jsonl file, or - for stdin (default)")
     p.add_argument("--output", "-o", default="-", help="where to write JSON Lines (default stdout)")
     p.add_argument("--model", default="", help="an ONNX model (default: the shipped INT8 model)")
@@ -793,6 +831,7 @@ def build_parser() -> argparse.ArgumentParser:
     diarization_eval_cli.add_parser(sub)
     fusion_cli.add_parser(sub)
     recover_cli.add_parser(sub)
+    role_priors_cli.add_parser(sub)
     return parser
 
 
@@ -822,6 +861,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train-fusion": fusion_cli.run,
         "evaluate-fusion": fusion_cli.run,
         "recover": recover_cli.run,
+        "fit-role-priors": role_priors_cli.run,
     }
     try:
         return handlers[args.command](args)

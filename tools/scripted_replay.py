@@ -29,9 +29,10 @@ SECONDS_PER_CHAR, SECONDS_PER_SENTENCE, SECONDS_OFFSET = 0.060, 0.43, -0.24
 """espeak-ng at 150 words a minute, fitted over the scripts' lines (within 0.7 s of the real length)."""
 SENTENCE_END = re.compile(r"(?<=[.?!])\s+")
 
-ScoreLines = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
-"""Scores (p_positive + 0.5 * p_neutral) of a batch of texts, each with the call's utterance before it
-(either speaker, as the chopper's previous_text; a model that takes no context ignores it)."""
+ScoreLines = Callable[[Sequence[str], Sequence[str], str], Sequence[float]]
+"""Scores (p_positive + 0.5 * p_neutral) of a batch of texts by one speaker ("agent" or "customer": the
+model's role prior, as the scorer reads the channel), each with the call's utterance before it (either
+speaker, as the chopper's previous_text; a model that takes no context ignores it)."""
 
 
 def estimated_spans(call: ScriptedCall) -> list[Span]:
@@ -120,7 +121,7 @@ def _replay_one(call: ScriptedCall, score: ScoreLines) -> ReplayVerdict:
     lines: list[str] = []
 
     def score_lines(line: Line, texts: Sequence[str], previous: Sequence[str]) -> Sequence[float]:
-        scores = score(texts, previous)
+        scores = score(texts, previous, line.speaker)
         if line.speaker == "customer":
             lines.extend(f"{s:.2f} {line.mood:<8} {t}" for t, s in zip(texts, scores, strict=True))
         return scores

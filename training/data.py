@@ -86,6 +86,7 @@ class LabelledUtterance:
     why: str = ""
     annotator: str = ""
     emotion: int = -1  # index into EMOTIONS, -1 where the source has none
+    role: str = ""  # who said it, where the source knows: "agent" or "customer" (the model's role prior)
 
 
 def parse_emotion(raw: str | None) -> int:
@@ -432,6 +433,7 @@ def load_sales(split: str, asr: bool = False, directory: Path = SALES_DIR) -> Lo
                 source=source,
                 call_id=line["call_id"],
                 previous_text=before,
+                role=line["speaker"],
             )
         )
     return result

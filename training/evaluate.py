@@ -16,21 +16,32 @@ import numpy as np
 
 from callsense.tokenization import SentimentTokenizer, TextRejected
 from scorer_service.backends.onnx import OnnxBackend
-from scorer_service.inference import LABELS, ModelInfo, SentimentInput, SentimentModel
+from scorer_service.inference import LABELS, ModelInfo, RolePriors, SentimentInput, SentimentModel
 from training.data import LabelledUtterance, load_source
 from training.metrics import classification_report
 
 
-def onnx_model(path: Path, tokenizer: Path, uses_context: bool, threads: int = 2) -> SentimentModel:
+def onnx_model(
+    path: Path,
+    tokenizer: Path,
+    uses_context: bool,
+    threads: int = 2,
+    role_priors: RolePriors | None = None,
+    *,
+    uses_roles: bool = False,
+) -> SentimentModel:
     return SentimentModel(
-        OnnxBackend(path, threads=threads), SentimentTokenizer(tokenizer), ModelInfo("eval", uses_context)
+        OnnxBackend(path, threads=threads),
+        SentimentTokenizer(tokenizer),
+        ModelInfo("eval", uses_context, role_priors or {}, uses_roles),
     )
 
 
 def predict_examples(model: SentimentModel, examples: list[LabelledUtterance]) -> np.ndarray:
-    """Class probabilities, one row per example. Over-long texts are scored on their first 128
-    tokens' worth of words, as the chopper would have cut them."""
-    inputs = [SentimentInput(_fit(model, e.text), e.previous_text) for e in examples]
+    """Class probabilities, one row per example, with the model's role prior where the example's speaker
+    is known (as the scorer serves it). Over-long texts are scored on their first 128 tokens' worth of
+    words, as the chopper would have cut them."""
+    inputs = [SentimentInput(_fit(model, e.text), e.previous_text, e.role) for e in examples]
     results = model.predict(inputs, max_batch=64)
     probs = np.zeros((len(examples), len(LABELS)))
     for row, result in enumerate(results):
@@ -69,9 +80,24 @@ def sha256(path: Path) -> str:
 
 
 def write_model_card(destination: Path, card: dict[str, Any]) -> None:
-    """model_card.json (for machines) and MODEL_CARD.md (for people) side by side."""
+    """model_card.json (for machines) and MODEL_CARD.md (for people) side by side. A tone-fusion section
+    already in MODEL_CARD.md (written by `callsense train-fusion`, with what follows it) is kept."""
+    from training.fusion_card import BEGIN
+
+    markdown = destination / "MODEL_CARD.md"
+    kept = ""
+    if markdown.is_file() and BEGIN in (old := markdown.read_text()):
+        kept = BEGIN + old.split(BEGIN, 1)[1]
     (destination / "model_card.json").write_text(json.dumps(card, indent=1, sort_keys=True))
-    (destination / "MODEL_CARD.md").write_text(render_markdown(card))
+    markdown.write_text(render_markdown(card) + (f"\n{kept}" if kept else ""))
+
+
+ROLE_PRIORS_TEXT = (
+    "Added to the model's log-probabilities where the utterance's speaker is known (the scorer reads the "
+    "channel: agent or customer), then renormalised; text without a role (a mixed channel, a text with no "
+    "speaker) is scored by its words alone. The metrics above are with them: the sales sets know who "
+    "speaks, the general ones do not."
+)
 
 
 def render_markdown(card: dict[str, Any]) -> str:
@@ -112,6 +138,21 @@ def render_markdown(card: dict[str, Any]) -> str:
         lines.append("")
     if "quantisation" in card:
         lines += ["## Quantisation", "", "```json", json.dumps(card["quantisation"], indent=1), "```", ""]
+    if card.get("role_priors"):
+        lines += [
+            "## Role priors",
+            "",
+            ROLE_PRIORS_TEXT,
+            "",
+            "| role | lines | negative | neutral | positive |",
+        ]
+        lines.append("|---|---|---|---|---|")
+        priors = card["role_priors"]
+        for role, shift in sorted(priors["shift"].items()):
+            lines.append(
+                f"| {role} | {priors['lines'][role]} | " + " | ".join(f"{v:+.3f}" for v in shift) + " |"
+            )
+        lines += ["", f"Fitted on {priors['fitted_on']} (`callsense fit-role-priors`).", ""]
     if "serving" in card:  # how the scorer serves the file, where that differs from the file (re-measured)
         lines += ["## Serving", "", card["serving"], ""]
     if "notes" in card:

@@ -120,6 +120,8 @@ class Recipe:
     context: bool
     context_swap: float
     """With context: the share of long lines trained with an opposite-mood previous line (0: none)."""
+    roles: bool
+    """Trained with the speaker's role before the words (a retrain keeps it: the scorer reads the card)."""
     epochs: int
     learning_rate: float
     batch_size: int
@@ -127,6 +129,8 @@ class Recipe:
     calibrate_on: str | None
     """The set its temperature was fitted on; None: not calibrated."""
     class_bias: bool
+    role_priors_on: str
+    """The set its role priors were fitted on ("": it has none)."""
     keep_fp32_blocks: int
     """How many blocks its export's sensitivity sweep kept in fp32 (a retrain sweeps again)."""
     fp32_blocks: list[str]
@@ -159,12 +163,14 @@ def recipe_of(card: dict[str, Any]) -> Recipe:
         layers=int(config.get("layers") or 0),
         context=bool(card.get("uses_context", config.get("context", False))),
         context_swap=float(config.get("context_swap") or 0.0),
+        roles=bool(card.get("uses_roles", config.get("roles", False))),
         epochs=int(config.get("epochs") or defaults.epochs),
         learning_rate=float(training.get("learning_rate") or config.get("learning_rate") or 0.0),
         batch_size=int(config.get("batch_size") or defaults.batch_size),
         seed=int(config.get("seed") or defaults.seed),
         calibrate_on=str(calibration.get("fitted_on") or dev[0]) if calibrated else None,
         class_bias=calibration.get("class_bias") is not None,
+        role_priors_on=str(_section(card, "role_priors").get("fitted_on") or ""),
         keep_fp32_blocks=len(quantisation.get("fp32_blocks") or []) if swept else 0,
         fp32_blocks=[] if swept else list(quantisation.get("fp32_blocks") or []),
         int8_weights=str(quantisation.get("weights") or "s8-reduced"),
@@ -325,6 +331,7 @@ def _train(run: _Run, train_sets: list[str], init: str, init_kind: str) -> tuple
         layers=recipe.layers if init_kind == "base model" else 0,
         context=recipe.context,
         context_swap=recipe.context_swap if recipe.context else 0.0,
+        roles=recipe.roles,
         epochs=epochs,
         max_steps=config.budget_steps,
         batch_size=recipe.batch_size,
@@ -371,6 +378,7 @@ def _export(
         calibrate=recipe.calibrate_on is not None,
         calibrate_on=recipe.calibrate_on or "",
         class_bias=recipe.class_bias,
+        role_priors_on=recipe.role_priors_on if _loadable(recipe.role_priors_on) else "",
         keep_fp32_blocks=keep,
         fp32_blocks=named,
         int8_weights=recipe.int8_weights,
@@ -420,10 +428,16 @@ def _evaluate(run: _Run, sets: list[Path | str], checkpoint: Path) -> list[SetSc
         run.current.directory / "tokenizer.json",
         bool(current_card.get("uses_context", False)),
         threads=run.config.threads,
+        uses_roles=bool(current_card.get("uses_roles", False)),
     )
     tokenizer = checkpoint / "tokenizer.json"
-    candidate = onnx_model(onnx / "model.int8.onnx", tokenizer, run.recipe.context, run.config.threads)
-    candidate_fp32 = onnx_model(onnx / "model.fp32.onnx", tokenizer, run.recipe.context, run.config.threads)
+    roles = run.recipe.roles
+    candidate = onnx_model(
+        onnx / "model.int8.onnx", tokenizer, run.recipe.context, run.config.threads, uses_roles=roles
+    )
+    candidate_fp32 = onnx_model(
+        onnx / "model.fp32.onnx", tokenizer, run.recipe.context, run.config.threads, uses_roles=roles
+    )
     scores = []
     for spec in sets:
         name = HELD_OUT_SET if isinstance(spec, Path) else spec

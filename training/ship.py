@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from scorer_service.inference import parse_role_priors
 from training.data import load_source
 from training.evaluate import (
     evaluate_examples,
@@ -37,6 +38,7 @@ from training.export import (
     quantise,
 )
 from training.metrics import expected_calibration_error
+from training.role_priors import fit_role_priors
 
 
 @dataclass
@@ -53,6 +55,7 @@ class ShipConfig:
     keep_fp32_blocks: int = 0  # keep this many of the most quantisation-sensitive blocks in fp32
     fp32_blocks: list[str] = field(default_factory=list)  # or these, by name (export.quantisable_blocks)
     int8_weights: str = "s8-reduced"  # how the INT8 weights are stored (training/export.py INT8_WEIGHTS)
+    role_priors_on: str = ""  # fit per speaker role priors on this set (training/role_priors.py); "": none
     notes: str = ""
 
 
@@ -64,6 +67,7 @@ def ship(config: ShipConfig) -> dict[str, Any]:
         raise ValueError("name the blocks to keep in fp32 or let the sweep choose them, not both")
     training = json.loads((config.checkpoint / "training.json").read_text())
     uses_context = bool(training["config"].get("context", False))
+    uses_roles = bool(training["config"].get("roles", False))
     tokenizer = config.checkpoint / "tokenizer.json"
     dev = load_source(config.dev).examples
     calibration: dict[str, Any] = {"temperature": 1.0}
@@ -74,7 +78,9 @@ def ship(config: ShipConfig) -> dict[str, Any]:
         held = dev if calibration_set == config.dev else load_source(calibration_set).examples
         config.workdir.mkdir(parents=True, exist_ok=True)
         uncalibrated = export_onnx(config.checkpoint, config.workdir / "model.uncalibrated.onnx")
-        probs = predict_examples(onnx_model(uncalibrated, tokenizer, uses_context), held)
+        probs = predict_examples(
+            onnx_model(uncalibrated, tokenizer, uses_context, uses_roles=uses_roles), held
+        )
         labels = [e.label for e in held]
         log_probs = np.log(np.clip(probs, 1e-12, 1.0))
         if config.class_bias:
@@ -90,7 +96,9 @@ def ship(config: ShipConfig) -> dict[str, Any]:
     files, fusion_stats = export_all(
         config.checkpoint, config.workdir, temperature, bias, config.int8_weights
     )
-    fp32_report = evaluate_examples(onnx_model(files.fp32, tokenizer, uses_context), dev)
+    fp32_report = evaluate_examples(
+        onnx_model(files.fp32, tokenizer, uses_context, uses_roles=uses_roles), dev
+    )
     mixed: dict[str, Any] = {}
     kept_any = bool(config.fp32_blocks) or config.keep_fp32_blocks > 0
     blocks = quantisable_blocks(files.fused) if kept_any else {}
@@ -102,7 +110,11 @@ def ship(config: ShipConfig) -> dict[str, Any]:
     elif config.keep_fp32_blocks > 0:
 
         def dev_macro_f1(path: Path) -> float:
-            return float(evaluate_examples(onnx_model(path, tokenizer, uses_context), dev)["macro_f1"])
+            return float(
+                evaluate_examples(onnx_model(path, tokenizer, uses_context, uses_roles=uses_roles), dev)[
+                    "macro_f1"
+                ]
+            )
 
         kept, sensitivity = most_sensitive_blocks(
             files.fused, config.workdir, dev_macro_f1, config.keep_fp32_blocks, config.int8_weights
@@ -111,9 +123,20 @@ def ship(config: ShipConfig) -> dict[str, Any]:
     if mixed:  # export_all quantised every block: again, with the kept ones in fp32
         kept_nodes = [name for block in mixed["fp32_blocks"] for name in blocks[block]]
         quantise(files.fused, files.int8, keep_fp32=kept_nodes, weights=config.int8_weights)
-    int8_model = onnx_model(files.int8, tokenizer, uses_context)
+    int8_model = onnx_model(files.int8, tokenizer, uses_context, uses_roles=uses_roles)
     int8_report = evaluate_examples(int8_model, dev)
     drop = quantisation_gate(fp32_report, int8_report, config.max_f1_drop)  # raises when refused
+    role_priors: dict[str, Any] = {}
+    if config.role_priors_on:  # fitted on the INT8 model's own scores, after calibration: what serves
+        held_out = load_source(config.role_priors_on).examples
+        role_priors = fit_role_priors(int8_model, held_out, config.role_priors_on)
+        int8_model = onnx_model(
+            files.int8,
+            tokenizer,
+            uses_context,
+            role_priors=parse_role_priors(role_priors["shift"]),
+            uses_roles=uses_roles,
+        )
     config.destination.mkdir(parents=True, exist_ok=True)
     shutil.copy2(files.int8, config.destination / "model.int8.onnx")
     copy_tokenizer(config.checkpoint, config.destination)
@@ -125,12 +148,14 @@ def ship(config: ShipConfig) -> dict[str, Any]:
             "a fine-tuned transformer encoder exported to ONNX and quantised to INT8."
         ),
         "uses_context": uses_context,
+        "uses_roles": uses_roles,
         "max_tokens": 128,
         "labels": ["negative", "neutral", "positive"],
         "score": "p_positive + 0.5 * p_neutral",
         "training": training,
         "metrics": evaluate_sets(int8_model, config.report_sets),
         "calibration": calibration,
+        **({"role_priors": role_priors} if role_priors else {}),
         "quantisation": {
             "method": f"dynamic INT8, per-channel, {weight_words}, after ONNX Runtime BERT fusions",
             "weights": config.int8_weights,

@@ -70,6 +70,7 @@ def _served_logits(model_dir: Path, examples: Sequence[LabelledUtterance], threa
 
     (onnx,) = sorted(model_dir.glob("*.onnx"))[:1]
     model = SentimentModel.load(onnx, threads=threads)
+    # No role: a student learns what the words say; the role prior is fitted on it after, at export.
     inputs = [SentimentInput(_fitting(model.tokenizer, e.text), e.previous_text) for e in examples]
     rows = []
     for example, prediction in zip(examples, model.predict(inputs), strict=True):

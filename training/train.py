@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from callsense.tokenization import mark_role
 from training.context_swap import previous_pools, swap_contexts
 from training.data import EMOTIONS, LABELS, LabelledUtterance, load_sources
 from training.lr_finder import find_learning_rate
@@ -54,6 +55,8 @@ class TrainConfig:
     distill_temperature: float = 2.0
     context: bool = False  # the previous utterance of the same call as the first segment of a pair
     context_swap: float = 0.0  # with context: share of long lines given an opposite-mood previous line
+    roles: bool = False  # a line whose speaker is known reads "customer: ..." (as the scorer then feeds it)
+    soft_labels_partial: bool = False  # lines the soft labels do not cover train on their label alone
     emotion_weight: float = 0.0  # >0: an auxiliary 7-emotion head on the same features (not exported)
     epochs: int = 3
     max_steps: int = 0  # >0: stop after this many optimiser steps (a budget; the schedule spans it)
@@ -79,18 +82,26 @@ def seed_everything(seed: int) -> None:
 
 
 def encode(
-    tokenizer: Any, examples: Sequence[LabelledUtterance], context: bool, max_tokens: int
+    tokenizer: Any,
+    examples: Sequence[LabelledUtterance],
+    context: bool,
+    max_tokens: int,
+    roles: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Tokenise a batch, padded to its own longest item; with ``context``, each item as the scorer encodes
     it (callsense.tokenization): the previous utterance as the first segment, cut from its start so the
-    utterance fits, and none at all when there is none or no room (never an empty first segment)."""
-    texts = [e.text for e in examples]
+    utterance fits, and none at all when there is none or no room (never an empty first segment). With
+    ``roles``, a line whose speaker is known is preceded by its role (tokenization.mark_role)."""
+    texts = [mark_role(e.text, e.role) if roles else e.text for e in examples]
     if not context:
         batch: dict[str, torch.Tensor] = tokenizer(
             texts, truncation=True, max_length=max_tokens, padding=True, return_tensors="pt"
         )
         return batch
-    rows = [_encode_with_context(tokenizer, e.text, e.previous_text, max_tokens) for e in examples]
+    rows = [
+        _encode_with_context(tokenizer, text, e.previous_text, max_tokens)
+        for text, e in zip(texts, examples, strict=True)
+    ]
     features = {"input_ids": [ids for ids, _ in rows], "token_type_ids": [types for _, types in rows]}
     if "token_type_ids" not in tokenizer.model_input_names:  # MPNet and DistilBERT take none
         del features["token_type_ids"]
@@ -165,6 +176,7 @@ def predict_logits(
     context: bool,
     batch_size: int = 64,
     max_tokens: int = MAX_TOKENS,
+    roles: bool = False,
 ) -> np.ndarray:
     """The classifier's logits for each example, batched by length."""
     model.eval()
@@ -172,7 +184,7 @@ def predict_logits(
     out = np.zeros((len(examples), len(LABELS)), dtype=np.float64)
     for start in range(0, len(order), batch_size):
         index = order[start : start + batch_size]
-        batch = encode(tokenizer, [examples[i] for i in index], context, max_tokens)
+        batch = encode(tokenizer, [examples[i] for i in index], context, max_tokens, roles)
         out[index] = model(**batch).logits.double().numpy()
     return out
 
@@ -184,9 +196,10 @@ def predict_probs(
     context: bool,
     batch_size: int = 64,
     max_tokens: int = MAX_TOKENS,
+    roles: bool = False,
 ) -> np.ndarray:
     """Class probabilities for each example, batched by length."""
-    logits = predict_logits(model, tokenizer, examples, context, batch_size, max_tokens)
+    logits = predict_logits(model, tokenizer, examples, context, batch_size, max_tokens, roles)
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     return np.asarray(shifted / shifted.sum(axis=1, keepdims=True))
 
@@ -229,7 +242,7 @@ class Trainer:
         if config.soft_labels:
             self.soft_labels = read_soft_labels(Path(config.soft_labels))
             missing = [e.text for e in self.train_set if soft_key(e, config.context) not in self.soft_labels]
-            if missing:
+            if missing and not config.soft_labels_partial:
                 raise ValueError(
                     f"{config.soft_labels} has no logits for {len(missing)} training texts, "
                     f"e.g. {missing[0]!r}: write them with `callsense soft-labels` over the same sets"
@@ -283,7 +296,9 @@ class Trainer:
             # Seeded by the batch itself, so a resumed run swaps what the first run swapped.
             rng = np.random.default_rng([self.config.seed, *(int(i) for i in index)])
             encoded, swapped = swap_contexts(examples, self.swap_pools, self.config.context_swap, rng)
-        batch = encode(self.tokenizer, encoded, self.config.context, self.config.max_tokens)
+        batch = encode(
+            self.tokenizer, encoded, self.config.context, self.config.max_tokens, self.config.roles
+        )
         target = torch.tensor([e.label for e in examples])
         self._features.clear()
         logits = model(**batch).logits
@@ -296,10 +311,13 @@ class Trainer:
                 hard = hard + self.config.emotion_weight * F.cross_entropy(emotion_logits, emotions[known])
         if self.soft_labels is not None:
             table = self.soft_labels
-            teacher_logits = torch.from_numpy(
-                np.stack([table[soft_key(e, self.config.context)] for e in examples])
-            )
+            keys = [soft_key(e, self.config.context) for e in examples]
+            # --soft-labels-partial: a line the teacher did not label is trained on its label (below)
+            label_only = swapped | np.array([key not in table for key in keys])
+            uniform = np.zeros(len(LABELS))
+            teacher_logits = torch.from_numpy(np.stack([table.get(key, uniform) for key in keys]))
         elif self.teacher is not None:
+            label_only = swapped
             with torch.no_grad():
                 teacher_logits = self.teacher(**batch).logits
         else:
@@ -308,11 +326,12 @@ class Trainer:
         distill_rows = F.kl_div(
             F.log_softmax(logits / t, dim=-1), F.softmax(teacher_logits / t, dim=-1), reduction="none"
         ).sum(dim=-1) * (t * t)
-        if swapped.any():
+        if label_only.any():
             # The soft labels were written for each line with its own previous line, not the swapped one:
-            # for a swapped line they are no target, the line's label is (class-weighted, as in `hard`).
+            # for a swapped line (or one without a soft label) they are no target, the line's label is
+            # (class-weighted, as in `hard`).
             label_loss_rows = F.cross_entropy(logits, target, weight=self.class_weights, reduction="none")
-            distill_rows = torch.where(torch.from_numpy(swapped), label_loss_rows, distill_rows)
+            distill_rows = torch.where(torch.from_numpy(label_only), label_loss_rows, distill_rows)
         alpha = self.config.distill_alpha
         return alpha * distill_rows.mean() + (1 - alpha) * hard
 
@@ -339,7 +358,9 @@ class Trainer:
         return result.suggested
 
     def evaluate_dev(self) -> dict[str, Any]:
-        probs = predict_probs(self.model, self.tokenizer, self.dev_set, self.config.context)
+        probs = predict_probs(
+            self.model, self.tokenizer, self.dev_set, self.config.context, roles=self.config.roles
+        )
         return classification_report([e.label for e in self.dev_set], probs)
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:

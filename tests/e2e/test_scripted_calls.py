@@ -63,8 +63,10 @@ TWILIO_SCRIPTS = tuple(SCRIPTS)
 # recovers-after-concession and polite-but-lost are still scored above the red line (a run of 2026-12-05).
 # Strict: the day a model that hears them ships, these pass, the mark fails the run, and it must be removed.
 MODEL_GAP = frozenset({"recovers-after-concession", "polite-but-lost"})
-# Over 16 kHz PCM the happy call passes (green at 22.7 s, 0.77).
-PCM_MODEL_GAP = MODEL_GAP
+# Over 16 kHz PCM the happy call passes (green at 22.7 s, 0.77), and since the model's role priors
+# (2026-12-06: a buyer's polite no leans further from neutral) so does polite-but-lost (red at 57.3 s, 0.25,
+# need cue).
+PCM_MODEL_GAP = frozenset({"recovers-after-concession"})
 # Over 8 kHz mu-law: espeak's voice over the phone line comes back garbled ("Sound, talk, I'll find it a
 # little bit right" for "Sounds good, I'll sign it as soon as it arrives"); the happy call stays amber, and
 # sours-at-timeline's sour lines, heard less clearly, keep its rolling score above the red line, no cue.

@@ -65,15 +65,21 @@ def test_bad_lines_get_their_own_error_and_the_rest_still_score(tmp_path: Path) 
             {"id": 7, "text": "I am furious about this invoice.", "previous_text": "Here is the bill."}
         ),
         json.dumps({"id": 8, "text": "ok", "previous_text": 5}),
+        json.dumps({"id": 9, "text": "Lovely, I'll send it over.", "speaker": "agent"}),
+        json.dumps({"id": 10, "text": "Lovely, I'll send it over."}),
+        json.dumps({"id": 11, "text": "ok", "speaker": "boss"}),
     ]
     source = tmp_path / "in.jsonl"
     source.write_text("\n".join(lines) + "\n")
     out, stderr, code = _run("", str(source))
     assert code == 0, stderr
-    assert len(out) == 8
+    assert len(out) == 11
     assert out[0]["label"] == "positive" and out[6]["label"] == "negative"
     errors = {o["line"]: o["error"] for o in out if "error" in o}
-    assert set(errors) == {2, 3, 4, 5, 6, 8}
+    assert set(errors) == {2, 3, 4, 5, 6, 8, 11}
+    assert '"speaker" must be one of agent, customer' in errors[11]
+    # a speaker brings the model's role prior (a rep's warm sign-off is the rep doing the job)
+    assert out[8]["p_neutral"] > out[9]["p_neutral"]
     assert "empty text" in errors[2]
     assert "at most 128" in errors[3] and "split" in errors[3]
     assert "not valid JSON" in errors[4]
@@ -81,7 +87,7 @@ def test_bad_lines_get_their_own_error_and_the_rest_still_score(tmp_path: Path) 
     assert 'missing "text"' in errors[6]
     assert "previous_text" in errors[8]
     assert out[1]["id"] == 2 and out[2]["id"] == 3
-    assert "scored 2, rejected 6" in stderr
+    assert "scored 4, rejected 7" in stderr
 
 
 def test_batching_does_not_change_scores() -> None:

@@ -26,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from callsense import grpc_runtime
 from callsense.telemetry import read_trace_file
 from callsense.tokenization import EncodedText
-from callsense.v1 import chopper_pb2, scorer_pb2, scorer_pb2_grpc
+from callsense.v1 import audio_pb2, chopper_pb2, scorer_pb2, scorer_pb2_grpc
 from scorer_service import inference
 from scorer_service.__main__ import parse_args
 from scorer_service.batcher import BatcherClosed, BatchReport, MicroBatcher, plan_buckets
@@ -363,6 +363,65 @@ async def test_score_batch(scorer: Scorer) -> None:
     assert streamed[0].score == reply.scores[0].score  # alone or among batch-mates, the same score
     empty = await scorer.stub.ScoreBatch(scorer_pb2.ScoreBatchRequest())
     assert list(empty.scores) == []
+
+
+# Lines a rep and a buyer say on real calls; the same words scored as either speaker, and with no speaker.
+ROLE_LINES = [
+    "Wonderful, I'll get the paperwork over to you this afternoon.",
+    "Hmm. That's quite a bit more than we had pencilled in for this.",
+    "Okay. Can you walk me through how the rollout would work?",
+]
+
+
+async def test_the_channel_chooses_the_models_role_prior(scorer: Scorer, model: SentimentModel) -> None:
+    """The scorer applies the model's role prior by the utterance's channel: an AGENT's or a CUSTOMER's
+    line gets the words' probabilities shifted by that role's prior, a MIXED or unset channel the words
+    alone; streamed and batched alike."""
+    assert set(model.info.role_priors) == {"agent", "customer"}  # the shipped card carries them
+    channels = {"": audio_pb2.MIXED, "agent": audio_pb2.AGENT, "customer": audio_pb2.CUSTOMER}
+    utterances = [
+        chopper_pb2.Utterance(call_id="roles", utterance_id=i, text=text, channel=channel)
+        for i, (text, channel) in enumerate((t, c) for t in ROLE_LINES for c in channels.values())
+    ]
+    batched = (await scorer.stub.ScoreBatch(scorer_pb2.ScoreBatchRequest(utterances=utterances))).scores
+    streamed = [
+        s
+        async for s in scorer.stub.Score(
+            stream_of([scorer_pb2.ScoreRequest(call_id="roles", utterance=u) for u in utterances])
+        )
+    ]
+    for u, one, other in zip(utterances, batched, streamed, strict=True):
+        role = next(r for r, c in channels.items() if c == u.channel)
+        words = model.predict([inference.SentimentInput(u.text)])[0]
+        expected = model.for_role(words, role) if role else words
+        for s in (one, other):
+            got = (s.p_negative, s.p_neutral, s.p_positive)
+            want = (expected.p_negative, expected.p_neutral, expected.p_positive)
+            assert got == pytest.approx(want, abs=1e-5), (u.text, role)
+            assert (s.text_p_negative, s.text_p_neutral, s.text_p_positive) == pytest.approx(want, abs=1e-5)
+    by_role = {
+        next(r for r, c in channels.items() if c == u.channel): s
+        for u, s in zip(utterances, batched, strict=True)
+        if u.text == ROLE_LINES[0]
+    }
+    # a rep's warm sign-off is the rep doing the job (neutral in the rubric); from no one, it reads warm
+    assert by_role["agent"].p_neutral > by_role[""].p_neutral + 0.2
+
+
+def test_role_priors_shift_log_probabilities_and_refuse_what_they_cannot_read() -> None:
+    p = inference.Prediction(0.2, 0.5, 0.3)
+    assert inference.with_role_prior(p, None) is p
+    shifted = inference.with_role_prior(p, (np.log(2.0), 0.0, 0.0))  # twice the negative odds
+    assert shifted.p_negative / shifted.p_neutral == pytest.approx(2 * 0.2 / 0.5)
+    assert shifted.p_positive / shifted.p_neutral == pytest.approx(0.3 / 0.5)
+    assert sum((shifted.p_negative, shifted.p_neutral, shifted.p_positive)) == pytest.approx(1.0)
+    assert inference.parse_role_priors({"agent": [-3, 0, -2.5]}) == {"agent": (-3.0, 0.0, -2.5)}
+    with pytest.raises(ValueError, match="unknown role 'boss'"):
+        inference.parse_role_priors({"boss": [0, 0, 0]})
+    with pytest.raises(ValueError, match="needs 3 numbers"):
+        inference.parse_role_priors({"agent": [0, 0]})
+    with pytest.raises(ValueError, match="not finite"):
+        inference.parse_role_priors({"customer": [float("nan"), 0, 0]})
 
 
 @pytest.mark.parametrize(

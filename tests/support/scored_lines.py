@@ -11,8 +11,9 @@ from scorer_service.inference import SentimentInput, SentimentModel
 def score_lines(
     model: SentimentModel, lines: Sequence[tuple[str, int, str]], *, call_id: str, utterance_ms: int
 ) -> list[UtteranceScore]:
-    """(channel, start second, text) lines, each lasting ``utterance_ms``, with the model's scores."""
-    predictions = model.predict([SentimentInput(text) for _, _, text in lines])
+    """(channel, start second, text) lines, each lasting ``utterance_ms``, with the model's scores (its
+    role prior by channel, as the scorer reads it)."""
+    predictions = model.predict([SentimentInput(text, role=channel) for channel, _, text in lines])
     events = []
     for utterance_id, ((channel, start_s, text), p) in enumerate(zip(lines, predictions, strict=True)):
         assert not isinstance(p, Exception), p

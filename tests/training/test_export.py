@@ -10,7 +10,7 @@ import pytest
 from onnx import numpy_helper
 
 from callsense.tokenization import SHIPPED_MODEL_DIR
-from scorer_service.inference import DEFAULT_MODEL, SentimentModel
+from scorer_service.inference import DEFAULT_MODEL, SentimentModel, read_model_info
 from training.data import load_jsonl
 from training.evaluate import evaluate_examples, onnx_model
 from training.export import QuantisationRejected, quantisation_gate
@@ -195,9 +195,15 @@ def test_an_export_keeps_the_blocks_it_is_told_to_in_fp32(tiny_checkpoint: Path,
             max_f1_drop=100,  # an untrained tiny model: the gate is not what this test is about
             calibrate=False,
             fp32_blocks=blocks,
+            role_priors_on="sales:dev",
         )
 
     card = ship(config("ship", ["layer0.ffn_out", "layer1.ffn_out"]))
+    # The role priors are fitted on the shipped INT8 file's scores and served from its card.
+    served = read_model_info(tmp_path / "ship")
+    assert card["role_priors"]["fitted_on"] == "sales:dev"
+    assert set(served.role_priors) == {"agent", "customer"}
+    assert served.role_priors["agent"] == tuple(card["role_priors"]["shift"]["agent"])
     assert card["quantisation"]["fp32_blocks"] == ["layer0.ffn_out", "layer1.ffn_out"]
     assert "dev_macro_f1_with_block_kept_fp32" not in card["quantisation"]  # named, not swept
     ops = {

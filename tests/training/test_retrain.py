@@ -59,6 +59,9 @@ def test_a_card_without_a_recipe_gets_train_pys_defaults() -> None:
     assert (swept.fp32_blocks, swept.keep_fp32_blocks) == ([], 1)  # a retrain sweeps again
     assert recipe_of({"training": {"config": {"context": True, "context_swap": 0.3}}}).context_swap == 0.3
     assert recipe_of({"quantisation": {"weights": "u8"}}).int8_weights == "u8"  # a retrain stores as served
+    # a model with role priors: its retrain fits them again on the same set; one without gets none
+    assert recipe_of({"role_priors": {"fitted_on": "sales:dev", "shift": {}}}).role_priors_on == "sales:dev"
+    assert recipe_of({}).role_priors_on == ""
 
 
 def test_a_candidates_fp32_blocks_follow_the_current_model_unless_a_sweep_is_asked_for() -> None:

@@ -246,3 +246,75 @@ def test_a_line_given_a_swapped_context_learns_from_its_label_not_the_teacher(
             setattr(config, name, value)
         with pytest.raises(ValueError, match=message):
             Trainer(config)
+
+
+def test_roles_are_encoded_for_training_as_the_scorer_encodes_them() -> None:
+    """With --roles, a line whose speaker is known reads "customer: ..." at training exactly as the scorer
+    feeds a model whose card says uses_roles; a line with no speaker (the general corpora) is unmarked."""
+    from scorer_service.inference import ModelInfo, SentimentInput, SentimentModel
+    from training.data import LabelledUtterance
+    from training.train import encode
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(default_base_model())
+    served = SentimentModel.load(threads=1)
+    roles_model = SentimentModel(
+        served.backend, served.tokenizer, ModelInfo("t", uses_context=True, uses_roles=True)
+    )
+    examples = [
+        LabelledUtterance(
+            "Still. Get it under five and we'll talk.", 0, "t", previous_text="It's 5.4.", role="customer"
+        ),
+        LabelledUtterance(
+            "Happy to walk you through it.", 1, "t", previous_text="How does it work?", role="agent"
+        ),
+        LabelledUtterance("I loved that episode.", 2, "t", previous_text="Did you watch it?"),
+    ]
+    batch = encode(tokenizer, examples, True, 128, roles=True)
+    for row, example in enumerate(examples):
+        expected = roles_model.encode(SentimentInput(example.text, example.previous_text, example.role))
+        n = int(batch["attention_mask"][row].sum())
+        assert batch["input_ids"][row, :n].tolist() == expected.input_ids.tolist()
+    marked = tokenizer.decode(batch["input_ids"][0]).split("[SEP]")[1]
+    assert marked.strip().startswith("customer :")
+    unmarked = encode(tokenizer, examples, True, 128, roles=False)
+    n = int(batch["attention_mask"][2].sum())
+    assert unmarked["input_ids"][2, :n].tolist() == batch["input_ids"][2, :n].tolist()  # no role: as before
+    # a line that fits only without its marker is scored unmarked, not refused
+    full = " ".join(["fine"] * 126)
+    assert len(roles_model.encode(SentimentInput(full, role="customer"))) == 128
+
+
+def test_partial_soft_labels_train_uncovered_lines_on_their_labels(tiny_base: Path, tmp_path: Path) -> None:
+    """--soft-labels-partial: the general lines keep the served model's soft labels, the sales lines
+    (which it would only teach its own mistakes) train on their gold labels; without the flag a missing
+    line is refused. A line without a soft label does not move with any teacher."""
+    from training.data import load_sources
+    from training.soft_labels import soft_key
+
+    examples = load_sources([str(TEST_SET)]).examples
+    covered = examples[: len(examples) // 2]
+
+    def trainer(sign: float, partial: bool) -> Trainer:
+        soft = tmp_path / f"soft{sign}.jsonl"
+        rows = [
+            {"key": soft_key(e, False), "logits": [sign * 4.0 * (k == e.label) for k in range(3)]}
+            for e in covered
+        ]
+        soft.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        config = _config(tiny_base, tmp_path / "run", epochs=1)
+        config.soft_labels, config.soft_labels_partial = str(soft), partial
+        made = Trainer(config)
+        made.model.eval()
+        return made
+
+    with pytest.raises(ValueError, match="no logits for"):
+        trainer(1.0, False)
+    up, down = trainer(1.0, True), trainer(-1.0, True)
+
+    def loss(made: Trainer, index: np.ndarray) -> float:
+        with torch.no_grad():
+            return float(made.loss_of(made.model, index))
+
+    uncovered = np.arange(len(covered), len(examples))
+    assert loss(up, uncovered) == pytest.approx(loss(down, uncovered))
+    assert loss(up, np.arange(len(covered))) != pytest.approx(loss(down, np.arange(len(covered))))
