@@ -47,8 +47,9 @@ class EncodedText:
 
 def mark_role(text: str, role: str) -> str:
     """The text as a model trained with speaker roles reads it: "customer: ..." or "agent: ..." (a role
-    that is not known, "", leaves it as it is: general text, as the model also learnt it)."""
-    return f"{role}: {text}" if role else text
+    that is not known, "", leaves it as it is: general text, as the model also learnt it). Blank text stays
+    blank, so that it is still refused as empty."""
+    return f"{role}: {text}" if role and text.strip() else text
 
 
 class SentimentTokenizer:

@@ -140,11 +140,12 @@ class SentimentModel:
         """Raises TextRejected with a message that says what to fix."""
         previous = item.previous_text if self.info.uses_context else ""
         if self.info.uses_roles and item.role in ROLES:
-            marked = mark_role(item.text, item.role)
-            # The chopper cuts utterances to fit 128 tokens; one that fits only without the marker is
-            # still scored (as text whose speaker is not known) rather than refused.
-            if self.tokenizer.count(marked) <= self.tokenizer.max_tokens:
-                return self.tokenizer.encode(marked, previous)
+            try:
+                return self.tokenizer.encode(mark_role(item.text, item.role), previous)
+            except TextRejected:
+                # The chopper cuts utterances to fit 128 tokens; one that fits only without the marker is
+                # still scored (as text whose speaker is not known) below, or refused for what it is.
+                pass
         return self.tokenizer.encode(item.text, previous)
 
     def for_role(self, prediction: Prediction, role: str) -> Prediction:

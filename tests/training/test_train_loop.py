@@ -6,6 +6,7 @@ import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -47,6 +48,23 @@ def _config(base: Path, output: Path, epochs: int) -> TrainConfig:
         checkpoint_every=1000,
         threads=1,
     )
+
+
+def _write_teacher(path: Path, examples: list[Any], sign: float, context: bool) -> str:
+    """A soft-label file whose logits point each example at its own label (sign 1) or away from it (-1)."""
+    from training.soft_labels import soft_key
+
+    rows = [
+        {"key": soft_key(e, context), "logits": [sign * 4.0 * (k == e.label) for k in range(3)]}
+        for e in examples
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def _loss(made: Trainer, index: np.ndarray) -> float:
+    with torch.no_grad():
+        return float(made.loss_of(made.model, index))
 
 
 def test_learns_saves_best_and_resumes(tiny_base: Path, tmp_path: Path) -> None:
@@ -190,7 +208,6 @@ def test_a_line_given_a_swapped_context_learns_from_its_label_not_the_teacher(
     keeps its context and its teacher."""
     from training.context_swap import MIN_WORDS
     from training.data import load_sources
-    from training.soft_labels import soft_key
 
     reactions = [{"text": "Okay.", "label": "neutral"}, {"text": "Sounds good.", "label": "positive"}]
     rows = [json.loads(line) for line in TEST_SET.read_text().splitlines()]
@@ -203,42 +220,33 @@ def test_a_line_given_a_swapped_context_learns_from_its_label_not_the_teacher(
     examples = load_sources([str(calls)]).examples
 
     def trainer(swap: float, teacher_sign: float) -> Trainer:
-        soft = tmp_path / f"soft{teacher_sign}.jsonl"
-        logits = [
-            {"key": soft_key(e, True), "logits": [teacher_sign * 4.0 * (k == e.label) for k in range(3)]}
-            for e in examples
-        ]
-        soft.write_text("".join(json.dumps(row) + "\n" for row in logits))
+        soft = _write_teacher(tmp_path / f"soft{teacher_sign}.jsonl", examples, teacher_sign, context=True)
         config = _config(tiny_base, tmp_path / "run", epochs=1)
         config.train, config.context, config.context_swap, config.soft_labels = (
             [str(calls)],
             True,
             swap,
-            str(soft),
+            soft,
         )
         made = Trainer(config)
         made.model.eval()
         return made
 
-    def loss(made: Trainer, index: np.ndarray) -> float:
-        with torch.no_grad():
-            return float(made.loss_of(made.model, index))
-
     with_context = np.array([i for i, e in enumerate(examples) if e.previous_text])
     short = np.array([i for i in with_context if len(examples[i].text.split()) < MIN_WORDS])
     assert len(with_context) == len(examples) - 3 and len(short) == 6
     plain = trainer(0.0, 1.0), trainer(0.0, -1.0)
-    assert loss(plain[0], with_context) != pytest.approx(loss(plain[1], with_context))  # the teacher counts
+    assert _loss(plain[0], with_context) != pytest.approx(_loss(plain[1], with_context))  # the teacher counts
     swapping = trainer(1.0, 1.0), trainer(1.0, -1.0)
     # Every long line is swapped: only the short reactions' teacher moves the loss, by what it moves
     # theirs alone (the loss is a mean over the rows).
-    moved = loss(swapping[0], with_context) - loss(swapping[1], with_context)
-    moved_short = loss(swapping[0], short) - loss(swapping[1], short)
+    moved = _loss(swapping[0], with_context) - _loss(swapping[1], with_context)
+    moved_short = _loss(swapping[0], short) - _loss(swapping[1], short)
     assert moved != pytest.approx(0.0, abs=1e-6)
     assert moved * len(with_context) == pytest.approx(moved_short * len(short), rel=1e-3)
     # Which lines are swapped is fixed by the batch (a resumed run swaps the same), not by a running state.
     half = trainer(0.5, 1.0)
-    assert loss(half, with_context) == loss(half, with_context)
+    assert _loss(half, with_context) == _loss(half, with_context)
     for wrong, message in (({"context": False}, "needs --context"), ({"context_swap": 1.5}, "0 to 1")):
         config = _config(tiny_base, tmp_path / "refused", epochs=1)
         config.context, config.context_swap = True, 0.3
@@ -251,6 +259,7 @@ def test_a_line_given_a_swapped_context_learns_from_its_label_not_the_teacher(
 def test_roles_are_encoded_for_training_as_the_scorer_encodes_them() -> None:
     """With --roles, a line whose speaker is known reads "customer: ..." at training exactly as the scorer
     feeds a model whose card says uses_roles; a line with no speaker (the general corpora) is unmarked."""
+    from callsense.tokenization import TextRejected
     from scorer_service.inference import ModelInfo, SentimentInput, SentimentModel
     from training.data import LabelledUtterance
     from training.train import encode
@@ -282,6 +291,8 @@ def test_roles_are_encoded_for_training_as_the_scorer_encodes_them() -> None:
     # a line that fits only without its marker is scored unmarked, not refused
     full = " ".join(["fine"] * 126)
     assert len(roles_model.encode(SentimentInput(full, role="customer"))) == 128
+    with pytest.raises(TextRejected, match="empty text"):  # a marker is no words
+        roles_model.encode(SentimentInput("   ", role="customer"))
 
 
 def test_partial_soft_labels_train_uncovered_lines_on_their_labels(tiny_base: Path, tmp_path: Path) -> None:
@@ -289,20 +300,14 @@ def test_partial_soft_labels_train_uncovered_lines_on_their_labels(tiny_base: Pa
     (which it would only teach its own mistakes) train on their gold labels; without the flag a missing
     line is refused. A line without a soft label does not move with any teacher."""
     from training.data import load_sources
-    from training.soft_labels import soft_key
 
     examples = load_sources([str(TEST_SET)]).examples
     covered = examples[: len(examples) // 2]
 
     def trainer(sign: float, partial: bool) -> Trainer:
-        soft = tmp_path / f"soft{sign}.jsonl"
-        rows = [
-            {"key": soft_key(e, False), "logits": [sign * 4.0 * (k == e.label) for k in range(3)]}
-            for e in covered
-        ]
-        soft.write_text("".join(json.dumps(row) + "\n" for row in rows))
         config = _config(tiny_base, tmp_path / "run", epochs=1)
-        config.soft_labels, config.soft_labels_partial = str(soft), partial
+        config.soft_labels = _write_teacher(tmp_path / f"soft{sign}.jsonl", covered, sign, context=False)
+        config.soft_labels_partial = partial
         made = Trainer(config)
         made.model.eval()
         return made
@@ -311,10 +316,6 @@ def test_partial_soft_labels_train_uncovered_lines_on_their_labels(tiny_base: Pa
         trainer(1.0, False)
     up, down = trainer(1.0, True), trainer(-1.0, True)
 
-    def loss(made: Trainer, index: np.ndarray) -> float:
-        with torch.no_grad():
-            return float(made.loss_of(made.model, index))
-
     uncovered = np.arange(len(covered), len(examples))
-    assert loss(up, uncovered) == pytest.approx(loss(down, uncovered))
-    assert loss(up, np.arange(len(covered))) != pytest.approx(loss(down, np.arange(len(covered))))
+    assert _loss(up, uncovered) == pytest.approx(_loss(down, uncovered))
+    assert _loss(up, np.arange(len(covered))) != pytest.approx(_loss(down, np.arange(len(covered))))
