@@ -16,11 +16,13 @@ rules are testable with scripted score sequences.
 - ``LiveCoach`` is the per-call facade the ``CallSession`` holds: one ``observe`` per scored utterance,
   a list of events back.
 
-A single low sentence can neither turn the badge red nor fire a cue: the average is time-weighted over
-the window (one sentence is a few seconds of thirty), the state needs ``min_evidence_s`` of customer
-speech first, the condition must hold across observations for the sustain period, and a slump also needs
-``min_low_utterances`` separate low customer utterances in the window (which makes the guarantee hold
-even for one very long rant).
+A single low sentence can neither turn the badge red, nor take it off green, nor fire a cue: the average
+is time-weighted over the window (one sentence is a few seconds of thirty), the state needs
+``min_evidence_s`` of customer speech first, the condition must hold across observations for the sustain
+period, and a slump (or leaving green) also needs ``min_low_utterances`` separate customer utterances in
+the window under its line (which makes the guarantee hold even for one very long rant, or one sharp worry
+in a happy call: "three weeks is a bit longer than I'd hoped" between warm lines, which a model that hears
+polite negativity scores near 0.1).
 
 Agent utterances never move the badge and never start a cue; their text still counts for the topic.
 
@@ -209,7 +211,10 @@ class BadgeTracker:
         elif state is BadgeState.RED:
             if self._above_red_exit.held_over(now_ms, _ms(s.red_exit_sustain_s)):
                 return BadgeState.AMBER
-        elif self._below_green_exit.held_over(now_ms, _ms(s.green_exit_sustain_s)):
+        elif (
+            self._below_green_exit.held_over(now_ms, _ms(s.green_exit_sustain_s))
+            and self._rolling.count_below(s.green_exit) >= s.min_low_utterances
+        ):
             return BadgeState.AMBER
         return None
 

@@ -181,6 +181,25 @@ def test_a_clearly_positive_call_turns_green_and_leaves_it_with_hysteresis() -> 
     assert badges(run(script)) == [(GREEN, 14_000), (AMBER, 62_000)]
 
 
+def test_one_sharp_worry_in_a_happy_call_does_not_take_the_badge_off_green() -> None:
+    # Warm lines at 0.7 (green from 14 s), then at 40 s one 8 s worry at 0.0 ("three weeks is a bit longer
+    # than I'd hoped, to be honest, ..."): from 48 s the window holds 22 s at 0.7 and 8 s at 0.0, an
+    # average of 0.51, under the 0.55 exit line for well over its 3 s sustain, but from one utterance.
+    def call(worries: int) -> Script:
+        return (
+            Script()
+            .say(2, 0.7, times=20)
+            .say(8, 0.0, "a bit longer than I'd hoped", times=worries)
+            .say(2, 0.7, times=10)
+        )
+
+    assert badges(run(call(1))) == [(GREEN, 14_000)]
+    # Without the rule (one utterance may decide), the same worry takes it off green at 52 s (4 s under).
+    assert badges(run(call(1), BadgeSettings(min_low_utterances=1)))[:2] == [(GREEN, 14_000), (AMBER, 52_000)]
+    # Two such lines are a change of mood, not a worry.
+    assert [state for state, _ in badges(run(call(2)))][:2] == [GREEN, AMBER]
+
+
 def test_falling_from_green_through_amber_to_red_reports_one_change() -> None:
     # A slow green exit (15 s) lets the red condition ripen first. 40 s at 0.9, then 3 s at 0.0: below
     # 0.55 from 52 s, below 0.30 from 61 s (RED due at 67 s but still GREEN), the green exit at 70 s
