@@ -66,6 +66,13 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="lines the soft labels do not cover train on their labels alone (else: refused)",
     )
     p.add_argument(
+        "--distill-alpha",
+        type=float,
+        default=0.7,
+        help="weight of the teacher's soft labels against the gold labels on the lines they cover "
+        "(1: those lines copy the teacher)",
+    )
+    p.add_argument(
         "--emotion-weight", type=float, default=0.0, help="weight of an auxiliary emotion loss (0: off)"
     )
     p.add_argument("--epochs", type=int, default=3)
@@ -90,6 +97,7 @@ def _run_train(args: argparse.Namespace) -> int:
         "context_swap",
         "roles",
         "soft_labels_partial",
+        "distill_alpha",
         "emotion_weight",
         "epochs",
         "batch_size",
@@ -139,6 +147,12 @@ def _add_soup(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("soup", help="average fine-tuned runs of one base model (greedy model soup on dev)")
     p.add_argument("checkpoints", nargs="+", help="train outputs' best/ folders")
     p.add_argument("--output", required=True)
+    p.add_argument(
+        "--weights",
+        nargs="+",
+        type=float,
+        help="one per checkpoint: their fixed weighted average instead of the greedy soup (no dev run)",
+    )
     p.add_argument("--dev", nargs="+", default=["meld:dev"])
     p.add_argument("--threads", type=int, default=2)
 
@@ -151,10 +165,17 @@ def _run_soup(args: argparse.Namespace) -> int:
 
     from training.data import load_sources
     from training.metrics import classification_report
-    from training.soup import greedy_soup
+    from training.soup import greedy_soup, weighted_average
     from training.train import predict_probs
 
     torch.set_num_threads(args.threads)
+    if args.weights:
+        if len(args.weights) != len(args.checkpoints) or min(args.weights) < 0 or sum(args.weights) <= 0:
+            print("callsense soup: --weights takes one non-negative weight per checkpoint", file=sys.stderr)
+            return 2
+        weighted_average([Path(c) for c in args.checkpoints], args.weights, Path(args.output))
+        print(f"weighted average ({' / '.join(f'{w:g}' for w in args.weights)}) saved to {args.output}")
+        return 0
     dev = load_sources(args.dev).examples
     tokenizer = AutoTokenizer.from_pretrained(args.checkpoints[0])
 
