@@ -57,20 +57,17 @@ TIME_TOLERANCE_MS = 1_000
 SUMMARY_TIMEOUT_S = 90.0
 """After the last frame: the ASR catching up on a call sent faster than it was spoken, then the report."""
 TWILIO_SCRIPTS = tuple(SCRIPTS)
-# Calls the shipped model cannot yet hear right (issue 12). The model of 2026-12-05 06:37 (context, sales
-# corpus, mismatched-context training) turns sours-at-price red over both transports (73.2 s, rolling 0.16 /
-# 0.09, pricing cue) and sours-at-timeline red over PCM (67.0 s, 0.26, timeline cue); the polite no's of
-# recovers-after-concession and polite-but-lost are still scored above the red line (a run of 2026-12-05).
-# Strict: the day a model that hears them ships, these pass, the mark fails the run, and it must be removed.
-MODEL_GAP = frozenset({"recovers-after-concession", "polite-but-lost"})
-# Over 16 kHz PCM the happy call passes (green at 22.7 s, 0.77), and since the model's role priors
-# (2026-12-06: a buyer's polite no leans further from neutral) so does polite-but-lost (red at 57.3 s, 0.25,
-# need cue).
-PCM_MODEL_GAP = frozenset({"recovers-after-concession"})
+# Calls the shipped model cannot yet hear right (issue 12). The speaker-aware model of 2026-12-07 (a run of
+# 2026-12-07) turns sours-at-price, sours-at-timeline and polite-but-lost red over both transports (73.2 /
+# 67.0 / 57.3 s over PCM, each with its cue); recovers-after-concession is never red: its first objection
+# ("The product looks good, but the price is well over what we budgeted") still reads 0.53, so only two of
+# its lines are low. Strict: the day a model that hears a call ships, it passes, the mark fails the run,
+# and it must be removed.
+MODEL_GAP = frozenset({"recovers-after-concession"})
+PCM_MODEL_GAP = MODEL_GAP
 # Over 8 kHz mu-law: espeak's voice over the phone line comes back garbled ("Sound, talk, I'll find it a
-# little bit right" for "Sounds good, I'll sign it as soon as it arrives"); the happy call stays amber, and
-# sours-at-timeline's sour lines, heard less clearly, keep its rolling score above the red line, no cue.
-MULAW_MODEL_GAP = MODEL_GAP | {"happy-close", "sours-at-timeline"}
+# little bit right" for "Sounds good, I'll sign it as soon as it arrives"); the happy call stays amber.
+MULAW_MODEL_GAP = MODEL_GAP | {"happy-close"}
 
 
 def scripts(names: tuple[str, ...], known_gap: frozenset[str] = MODEL_GAP) -> list[Any]:

@@ -374,10 +374,11 @@ ROLE_LINES = [
 
 
 async def test_the_channel_chooses_the_models_role_prior(scorer: Scorer, model: SentimentModel) -> None:
-    """The scorer applies the model's role prior by the utterance's channel: an AGENT's or a CUSTOMER's
-    line gets the words' probabilities shifted by that role's prior, a MIXED or unset channel the words
-    alone; streamed and batched alike."""
+    """The scorer reads an utterance as the model reads that speaker's lines, by its channel: an AGENT's or
+    a CUSTOMER's line is marked with its role (the shipped card says uses_roles) and gets that role's prior,
+    a MIXED or unset channel the words alone; streamed and batched alike."""
     assert set(model.info.role_priors) == {"agent", "customer"}  # the shipped card carries them
+    assert model.info.uses_roles
     channels = {"": audio_pb2.MIXED, "agent": audio_pb2.AGENT, "customer": audio_pb2.CUSTOMER}
     utterances = [
         chopper_pb2.Utterance(call_id="roles", utterance_id=i, text=text, channel=channel)
@@ -392,8 +393,7 @@ async def test_the_channel_chooses_the_models_role_prior(scorer: Scorer, model: 
     ]
     for u, one, other in zip(utterances, batched, streamed, strict=True):
         role = next(r for r, c in channels.items() if c == u.channel)
-        words = model.predict([inference.SentimentInput(u.text)])[0]
-        expected = model.for_role(words, role) if role else words
+        expected = model.predict([inference.SentimentInput(u.text, role=role)])[0]  # marked, then its prior
         for s in (one, other):
             got = (s.p_negative, s.p_neutral, s.p_positive)
             want = (expected.p_negative, expected.p_neutral, expected.p_positive)

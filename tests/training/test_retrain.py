@@ -27,8 +27,8 @@ def test_the_recipe_is_the_shipped_cards_own() -> None:
     named = ["meld:train", "dailydialog:train", "sales:train", "sales:train", "sales-asr:train"]
     assert recipe.train == named
     assert recipe.dev == ["sales:dev", "meld:dev"]
-    assert (recipe.learning_rate, recipe.batch_size, recipe.seed, recipe.context) == (2e-05, 32, 31, True)
-    assert recipe.context_swap == 0.3
+    assert (recipe.learning_rate, recipe.batch_size, recipe.seed, recipe.context) == (3e-05, 32, 29, True)
+    assert recipe.context_swap == 0.3 and recipe.roles  # a speaker-aware model retrains speaker-aware
     assert recipe.base_model == "" and recipe.layers == 0  # the default base model, every layer
     assert (recipe.calibrate_on, recipe.class_bias) == ("sales:dev", False)
     assert (recipe.keep_fp32_blocks, recipe.int8_weights) == (0, "u8")
