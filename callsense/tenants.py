@@ -115,8 +115,9 @@ class BadgeSettings:
     # that all is well and should stop saying so soon once it is no longer true.
     green_exit: float = 0.55
     green_exit_sustain_s: float = 3.0
-    # A slump (RED, or a cue), and leaving GREEN, also need at least this many separate customer utterances
-    # in the window under the line, so one sentence, however long or low, never decides them.
+    # A slump (RED, or a cue) also needs at least this many separate customer utterances in the window under
+    # the line, so one sentence, however long, never decides it; so does leaving GREEN, unless the average
+    # is under the red line (one sharp worry in a happy call keeps it green, one long rant does not).
     min_low_utterances: int = 2
     # On a mono ("mixed") line the customer's voice is only there, in the mix: ignoring it would leave the
     # badge AMBER for the whole call. Tenants whose mixed lines are mostly the agent can turn this off.

@@ -16,13 +16,14 @@ rules are testable with scripted score sequences.
 - ``LiveCoach`` is the per-call facade the ``CallSession`` holds: one ``observe`` per scored utterance,
   a list of events back.
 
-A single low sentence can neither turn the badge red, nor take it off green, nor fire a cue: the average
-is time-weighted over the window (one sentence is a few seconds of thirty), the state needs
-``min_evidence_s`` of customer speech first, the condition must hold across observations for the sustain
-period, and a slump (or leaving green) also needs ``min_low_utterances`` separate customer utterances in
-the window under its line (which makes the guarantee hold even for one very long rant, or one sharp worry
-in a happy call: "three weeks is a bit longer than I'd hoped" between warm lines, which a model that hears
-polite negativity scores near 0.1).
+A single low sentence can neither turn the badge red nor fire a cue: the average is time-weighted over
+the window (one sentence is a few seconds of thirty), the state needs ``min_evidence_s`` of customer
+speech first, the condition must hold across observations for the sustain period, and a slump also needs
+``min_low_utterances`` separate low customer utterances in the window (which makes the guarantee hold
+even for one very long rant). Leaving green needs the same count under its exit line, unless the average
+has fallen under the red line: one sharp worry in a happy call ("three weeks is a bit longer than I'd
+hoped" between warm lines, which a model that hears polite negativity scores near 0.1) keeps it green, one
+long rant does not.
 
 Agent utterances never move the badge and never start a cue; their text still counts for the topic.
 
@@ -213,7 +214,12 @@ class BadgeTracker:
                 return BadgeState.AMBER
         elif (
             self._below_green_exit.held_over(now_ms, _ms(s.green_exit_sustain_s))
-            and self._rolling.count_below(s.green_exit) >= s.min_low_utterances
+            # one worry in a happy call is not a change of mood; an average under the red line is, even
+            # from one long utterance (it cannot turn the badge red alone, but it must not stay green)
+            and (
+                self._rolling.count_below(s.green_exit) >= s.min_low_utterances
+                or (self._rolling.value or 0.0) < s.red_enter
+            )
         ):
             return BadgeState.AMBER
         return None

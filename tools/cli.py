@@ -67,7 +67,7 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument(
         "--distill-alpha",
-        type=float,
+        type=_unit_interval,
         default=0.7,
         help="weight of the teacher's soft labels against the gold labels on the lines they cover "
         "(1: those lines copy the teacher)",
@@ -82,6 +82,13 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--resume", action="store_true", help="continue from output/checkpoint.pt")
+
+
+def _unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1]")
+    return value
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -144,14 +151,17 @@ def _run_soft_labels(args: argparse.Namespace) -> int:
 
 
 def _add_soup(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("soup", help="average fine-tuned runs of one base model (greedy model soup on dev)")
+    p = sub.add_parser(
+        "soup", help="average fine-tuned runs of one base model (greedy soup on dev, or --weights)"
+    )
     p.add_argument("checkpoints", nargs="+", help="train outputs' best/ folders")
     p.add_argument("--output", required=True)
     p.add_argument(
         "--weights",
         nargs="+",
         type=float,
-        help="one per checkpoint: their fixed weighted average instead of the greedy soup (no dev run)",
+        help="one per checkpoint: their fixed weighted average instead of the greedy soup (no dev run; "
+        "the first checkpoint's training.json, which says how the model reads its input, is kept)",
     )
     p.add_argument("--dev", nargs="+", default=["meld:dev"])
     p.add_argument("--threads", type=int, default=2)
@@ -170,10 +180,11 @@ def _run_soup(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     if args.weights:
-        if len(args.weights) != len(args.checkpoints) or min(args.weights) < 0 or sum(args.weights) <= 0:
-            print("callsense soup: --weights takes one non-negative weight per checkpoint", file=sys.stderr)
+        try:
+            weighted_average([Path(c) for c in args.checkpoints], args.weights, Path(args.output))
+        except ValueError as exc:
+            print(f"callsense soup: --weights: {exc}", file=sys.stderr)
             return 2
-        weighted_average([Path(c) for c in args.checkpoints], args.weights, Path(args.output))
         print(f"weighted average ({' / '.join(f'{w:g}' for w in args.weights)}) saved to {args.output}")
         return 0
     dev = load_sources(args.dev).examples

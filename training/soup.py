@@ -8,6 +8,7 @@ their average is often better than any one of them and costs nothing at inferenc
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,8 +45,8 @@ def _shares(count: int, weights: Sequence[float] | None) -> list[float]:
         return [1.0 / count] * count
     if len(weights) != count:
         raise ValueError(f"{len(weights)} weights for {count} checkpoints")
-    if any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise ValueError("weights must be non-negative and not all zero")
+    if not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError("weights must be finite, non-negative and not all zero")
     total = float(sum(weights))
     return [w / total for w in weights]
 
@@ -55,6 +56,7 @@ def weighted_average(checkpoints: Sequence[Path], weights: Sequence[float], outp
     a new domain and 0.55 of the model it started from, which keeps more of what that model knew."""
     from transformers import AutoModelForSequenceClassification
 
+    _shares(len(checkpoints), weights)  # refuse weights that do not fit before loading anything
     models = [
         AutoModelForSequenceClassification.from_pretrained(p, attn_implementation="eager")
         for p in checkpoints

@@ -195,9 +195,19 @@ def test_one_sharp_worry_in_a_happy_call_does_not_take_the_badge_off_green() -> 
 
     assert badges(run(call(1))) == [(GREEN, 14_000)]
     # Without the rule (one utterance may decide), the same worry takes it off green at 52 s (4 s under).
-    assert badges(run(call(1), BadgeSettings(min_low_utterances=1)))[:2] == [(GREEN, 14_000), (AMBER, 52_000)]
-    # Two such lines are a change of mood, not a worry.
-    assert [state for state, _ in badges(run(call(2)))][:2] == [GREEN, AMBER]
+    assert badges(run(call(1), BadgeSettings(min_low_utterances=1))) == [(GREEN, 14_000), (AMBER, 52_000)]
+    # Two such lines are a change of mood, not a worry: off green as the second ends (under 0.55 since 48 s).
+    assert badges(run(call(2)))[:2] == [(GREEN, 14_000), (AMBER, 56_000)]
+
+
+def test_one_long_rant_takes_the_badge_off_green_but_not_to_red() -> None:
+    # Green from 14 s at 0.9; from 40 s one 25 s utterance at 0.0, then two warm lines: at 67 s and 69 s the
+    # window (3 or 1 s at 0.9, the rant, 2 or 4 s at 0.9) averages 0.15, under the red line since 65 s. One
+    # utterance cannot make it RED, but it must not stay GREEN: off at 69 s (4 s under the exit line).
+    script = (
+        Script().say(2, 0.9, times=20).say(25, 0.0, "this is not what we were promised").say(2, 0.9, times=2)
+    )
+    assert badges(run(script)) == [(GREEN, 14_000), (AMBER, 69_000)]
 
 
 def test_falling_from_green_through_amber_to_red_reports_one_change() -> None:

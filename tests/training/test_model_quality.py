@@ -29,9 +29,9 @@ pytestmark = [pytest.mark.evaluation, pytest.mark.slow]  # reads the corpora: mi
 FLOORS = {
     "meld:dev": {"macro_f1": 0.652, "weighted_f1": 0.672},
     "dailydialog:valid": {"macro_f1": 0.679},
-    "tweeteval:val": {"macro_f1": 0.5855},  # issue 12's line: not lower than the model of 2026-12-05
+    "tweeteval:val": {"macro_f1": 0.5855},  # issue 12's line: not lower than the model of 2026-11-26
     # with the role priors (0.6650 and 56.1 % for the model of 2026-12-05 on the same four-batch split)
-    "sales:test": {"macro_f1": 0.690, "negative_below_red": 0.60},
+    "sales:test": {"macro_f1": 0.690, "negative_below_red": 0.59},  # 143 of 237
     "sales-asr:test": {"macro_f1": 0.688},
 }
 

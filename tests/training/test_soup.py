@@ -24,7 +24,7 @@ def test_weights_are_normalised_and_integer_buffers_come_from_the_first() -> Non
     torch.testing.assert_close(average_state_dicts([first, second])["w"], torch.tensor([2.0, 4.0]))
 
 
-@pytest.mark.parametrize("weights", [[1.0], [1.0, -0.5], [0.0, 0.0]])
+@pytest.mark.parametrize("weights", [[1.0], [1.0, -0.5], [0.0, 0.0], [float("nan"), 1.0]])
 def test_weights_that_do_not_fit_are_refused(weights: list[float]) -> None:
     states = [{"w": torch.zeros(1)}, {"w": torch.ones(1)}]
     with pytest.raises(ValueError):
@@ -57,3 +57,17 @@ def test_a_weighted_average_is_saved_with_its_recipe(tmp_path: Path) -> None:
     assert training["config"] == {"roles": True}  # the first run's recipe: how it reads its input
     assert training["soup"] == {"members": [str(new), str(old)], "weights": [0.45, 0.55]}
     assert (tmp_path / "soup" / "tokenizer.json").is_file()
+
+
+def test_the_command_refuses_weights_that_do_not_fit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tools.cli import main as callsense
+
+    new = _tiny_run(tmp_path / "new", 1)
+    assert callsense(["soup", str(new), str(new), "--weights", "1", "--output", str(tmp_path / "s")]) == 2
+    assert "1 weights for 2 checkpoints" in capsys.readouterr().err and not (tmp_path / "s").exists()
+    assert (
+        callsense(["soup", str(new), str(new), "--weights", "3", "1", "--output", str(tmp_path / "s")]) == 0
+    )
+    assert json.loads((tmp_path / "s" / "training.json").read_text())["soup"]["weights"] == [0.75, 0.25]
