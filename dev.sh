@@ -4,7 +4,7 @@
 #   ./dev.sh test   installs what is missing, then runs the whole test suite (what CI runs)
 #   ./dev.sh fast   the quick run while you work: the tests not marked slow (no mesh processes)
 #   ./dev.sh check  ruff, mypy (strict), the import-layer contracts, generated code up to date
-#   ./dev.sh lock   rewrite requirements.lock from the environment after a dependency change
+#   ./dev.sh lock   rewrite requirements.lock (and Label Studio's) from the environments after a dependency change
 # Anything after the verb is passed on (to `callsense up` or to pytest).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -56,11 +56,13 @@ LS_VERSION=1.23.2
 label_studio_env() {
     # A real Label Studio server for tests/training/test_label_studio.py, in its own .venv-labelstudio/:
     # its pins clash with ours. Installed only when its stamp is missing (the version is in the name).
+    # Its dependencies are pinned by requirements-labelstudio.lock: Label Studio sets no upper bounds, and a
+    # new major release of one of them (sentry-sdk 3.0 dropped an option it passes) stops it from starting.
     local stamp="$LS_VENV/.callsense-label-studio-$LS_VERSION"
-    [[ -f $stamp ]] && return 0
+    [[ -f $stamp && ! requirements-labelstudio.lock -nt $stamp ]] && return 0
     [[ -x $LS_VENV/bin/python ]] || "$PY" -m venv "$LS_VENV"
     "$LS_VENV/bin/pip" install -q --upgrade pip wheel
-    "$LS_VENV/bin/pip" install -q "label-studio==$LS_VERSION" label-studio-sdk
+    "$LS_VENV/bin/pip" install -q -c requirements-labelstudio.lock "label-studio==$LS_VERSION" label-studio-sdk
     touch "$stamp"
 }
 
@@ -109,6 +111,13 @@ case "$verb" in
             "$VENV/bin/pip" freeze --exclude-editable --all | grep -v -E '^(pip|setuptools|wheel)=='
         } >requirements.lock
         echo "dev.sh: wrote requirements.lock" >&2
+        label_studio_env
+        {
+            echo "# Every package of .venv-labelstudio (Label Studio $LS_VERSION, for its round-trip test) at the"
+            echo "# versions the suite passed with. Used as pip constraints by dev.sh; rewrite with ./dev.sh lock."
+            "$LS_VENV/bin/pip" freeze --all | grep -v -E '^(pip|setuptools|wheel)=='
+        } >requirements-labelstudio.lock
+        echo "dev.sh: wrote requirements-labelstudio.lock" >&2
         ;;
     *)
         echo "usage: ./dev.sh up|test|fast|check|lock [options]" >&2

@@ -344,16 +344,28 @@ def _tweets(directory: Path, split: str) -> Iterator[tuple[int, str, str]]:
         yield number, repair_text(text), label
 
 
+# TweetEval's validation split in two fixed halves, so that a model can learn from one half (neutral tweets
+# anchor it against reading plain statements as positive) and still be measured on tweets it never saw:
+# "val-fit" is the odd-numbered tweets, "val-held" the even-numbered ones.
+_TWEET_HALVES = {"val-fit": ("val", 1), "val-held": ("val", 0)}
+
+
 def load_tweeteval(directory: Path, split: str = "val") -> LoadResult:
-    """TweetEval sentiment: `{split}_text.txt` and `{split}_labels.txt`, one tweet a call."""
+    """TweetEval sentiment: `{split}_text.txt` and `{split}_labels.txt`, one tweet a call; "val-fit" and
+    "val-held" are the two halves of "val" (odd- and even-numbered tweets)."""
     result = LoadResult()
-    for number, clean, label in _tweets(directory, split):
+    file_split, parity = _TWEET_HALVES.get(split, (split, None))
+    for number, clean, label in _tweets(directory, file_split):
+        if parity is not None and number % 2 != parity:
+            continue
         if not clean:
             result.errors.append(RowError(str(directory), number, "empty tweet"))
             continue
         duration = len(clean.split()) / _WORDS_PER_SECOND
         result.examples.append(
-            LabelledUtterance(clean, parse_label(label), "tweeteval", f"tweet-{split}-{number}", duration)
+            LabelledUtterance(
+                clean, parse_label(label), "tweeteval", f"tweet-{file_split}-{number}", duration
+            )
         )
     return result
 
@@ -393,6 +405,8 @@ CORPORA: dict[str, tuple[str, str]] = {
     "dailydialog:train": ("dailydialog", "sentiment/dailydialog/train.tsv"),
     "dailydialog:valid": ("dailydialog", "sentiment/dailydialog/valid.tsv"),
     "tweeteval:val": ("tweeteval", "sentiment/tweeteval"),
+    "tweeteval:val-fit": ("tweeteval", "sentiment/tweeteval"),
+    "tweeteval:val-held": ("tweeteval", "sentiment/tweeteval"),
     "tweeteval-emotion:train": ("tweeteval-emotion", "sentiment/tweeteval_emotion"),
     "tweeteval-emotion:val": ("tweeteval-emotion", "sentiment/tweeteval_emotion"),
 }

@@ -113,11 +113,26 @@ def test_shared_corpora_load_cleanly(shared_data: Path) -> None:
         ("meld:dev", 1000),
         ("dailydialog:valid", 400),
         ("tweeteval:val", 2000),
+        ("tweeteval:val-fit", 1000),
+        ("tweeteval:val-held", 1000),
     ):
         result = load_source(spec, shared_data)
         assert len(result.examples) >= minimum, spec
         assert not result.errors, result.errors[:3]
         assert {e.label for e in result.examples} == {0, 1, 2}
+
+
+def test_tweeteval_halves_split_the_validation_tweets_between_them(tmp_path: Path) -> None:
+    from training.data import load_tweeteval
+
+    (tmp_path / "val_text.txt").write_text("one\ntwo\nthree\nfour\nfive\n", encoding="utf-8")
+    (tmp_path / "val_labels.txt").write_text("0\n1\n2\n1\n0\n", encoding="utf-8")
+    whole = load_tweeteval(tmp_path, "val").examples
+    fit = load_tweeteval(tmp_path, "val-fit").examples
+    held = load_tweeteval(tmp_path, "val-held").examples
+    assert [e.text for e in fit] == ["one", "three", "five"] and [e.text for e in held] == ["two", "four"]
+    # The same tweet keeps its id whichever half it is read from, so reports can be joined on it.
+    assert {e.call_id for e in fit} | {e.call_id for e in held} == {e.call_id for e in whole}
 
 
 def test_tweeteval_emotion_becomes_valence_without_neutral(tmp_path: Path) -> None:
