@@ -29,7 +29,10 @@ TOPIC_RULES: Mapping[Topic, tuple[str, ...]] = {
         r"costs?",
         r"costly",
         r"expensive",
-        r"budgets?",
+        r"budget(?:s|ed)?",
+        # A price said as an amount over time ("five thousand a month", "forty dollars per seat").
+        r"(?:thousand|hundred|grand|dollars?|euros?|pounds?|bucks) (?:a|per) "
+        r"(?:month|year|seat|user|licen[cs]e)",
         r"discount(?:s|ed)?",
         r"quot(?:e|es|ed)",
         r"too much",

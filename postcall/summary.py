@@ -7,8 +7,11 @@ objection tags and finds:
   1. it is clearly negative: score below ``SPIKE_MAX_SCORE`` (0.30, the badge's red line), and
   2. it fell at least ``SPIKE_MIN_DROP`` (0.25) below the customer's recent level: the mean of their last
      ``BASELINE_UTTERANCES`` utterances within ``BASELINE_WINDOW_MS`` (a neutral 0.5 when there are none), and
-  3. it starts a low stretch: the customer's previous utterance was not itself below the line, and no spike
-     was reported in the ``SPIKE_MIN_GAP_MS`` before it.
+  3. it is the first line of its low stretch (the customer's utterances below the line in a row) to fall
+     that far below the level before the stretch, and no spike was reported in the ``SPIKE_MIN_GAP_MS``
+     before it. A stretch that slides down in steps ("Five thousand a month?" 0.29, then "That's well over
+     what we budgeted" 0.04) is named by the step that makes the drop, not lost because its first step
+     was too small.
   Why not every low sentence: a customer who is sour for ten minutes has one story (told by the averages,
   the quarters and the turning points), not thirty spike lines; and a dip from 0.9 to 0.6 is not negative.
   What the manager needs is *when* it broke and *what* was being discussed then.
@@ -119,19 +122,28 @@ def _spike_line(at_ms: int, topic: str | None, score: float) -> str:
 
 def find_spikes(customer: Sequence[UtteranceScore], topics: TopicFinder) -> list[Spike]:
     spikes: list[Spike] = []
+    stretch_start: int | None = None  # index of the first utterance of the current low stretch
+    stretch_named = False
     for index, event in enumerate(customer):
         if event.score >= SPIKE_MAX_SCORE:
+            stretch_start = None
             continue
-        window_start = event.start_ms - BASELINE_WINDOW_MS
+        if stretch_start is None:
+            stretch_start, stretch_named = index, False
+        elif stretch_named:
+            continue  # already low: the stretch was named by its break
+        # The level the customer fell from: their utterances before the stretch began.
+        window_start = customer[stretch_start].start_ms - BASELINE_WINDOW_MS
         earlier = [
-            e for e in customer[max(0, index - BASELINE_UTTERANCES) : index] if e.end_ms >= window_start
+            e
+            for e in customer[max(0, stretch_start - BASELINE_UTTERANCES) : stretch_start]
+            if e.end_ms >= window_start
         ]
-        if earlier and earlier[-1].score < SPIKE_MAX_SCORE:
-            continue  # already low: the stretch started earlier
         recent_level = _mean([e.score for e in earlier])
         drop = (NEUTRAL_SCORE if recent_level is None else recent_level) - event.score
         if drop < SPIKE_MIN_DROP:
             continue
+        stretch_named = True
         close_to_last = bool(spikes) and event.start_ms - spikes[-1].at_ms < SPIKE_MIN_GAP_MS
         if close_to_last and event.score >= spikes[-1].score:
             continue

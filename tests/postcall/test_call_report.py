@@ -281,6 +281,25 @@ def test_a_deeper_break_soon_after_names_the_moment() -> None:
     assert report.spikes[0].drop == pytest.approx((0.8 + 0.25 + 0.7) / 3 - 0.1, abs=1e-4)
 
 
+def test_a_stretch_that_slides_down_in_steps_is_named_by_the_step_that_breaks() -> None:
+    # The buyer echoes the price a hair under the line, not far enough below their level to be a break,
+    # then says what it means: the second line is the spike, named after the price (the model of
+    # 2026-12-07 04:55 scores these two lines 0.30 and 0.04 in the scripted call sours-at-price; the first
+    # falls 0.242 below the level before it, the second 0.50).
+    events = [
+        utterance(0, 0.18, 0, text="We lose a lot of time on it, and we miss things."),
+        utterance(1, 0.92, 10, text="That sounds really useful."),
+        utterance(2, 0.52, 20, text="How quickly could we get started?"),
+        utterance(3, 0.5, 30, channel="agent", text="For twenty seats it comes to five thousand a month."),
+        utterance(4, 0.298, 40, text="Five thousand a month?"),
+        utterance(5, 0.04, 45, text="That's well over what we budgeted for this, I'm afraid."),
+        utterance(6, 0.05, 50, text="Honestly, that's not where we need to be."),
+    ]
+    spikes = report_of(events).spikes
+    assert [(s.utterance_id, s.topic) for s in spikes] == [(0, None), (5, "pricing")]
+    assert spikes[1].drop == pytest.approx((0.18 + 0.92 + 0.52) / 3 - 0.04, abs=1e-4)
+
+
 def test_spike_topic_comes_from_the_moment_before() -> None:
     events = [
         utterance(0, 0.8, 0, text="Morning! Good to hear from you."),
