@@ -25,6 +25,7 @@ def test_the_recipe_is_the_shipped_cards_own() -> None:
     recipe = recipe_of(card)
     # The named sets only: the run's local files (its replayed lines) are in training.config.as_run.
     named = ["meld:train", "dailydialog:train", "sales:train", "sales:train", "sales-asr:train"]
+    named += ["tweeteval-emotion:train", "tweeteval:val-fit", "tweeteval:val-fit"]  # TweetEval's fit half
     assert recipe.train == named
     assert recipe.dev == ["sales:dev", "meld:dev"]
     assert (recipe.learning_rate, recipe.batch_size, recipe.seed, recipe.context) == (3e-05, 32, 29, True)
@@ -38,6 +39,7 @@ def test_the_recipe_is_the_shipped_cards_own() -> None:
         "meld:dev",
         "dailydialog:valid",
         "tweeteval:val",
+        "tweeteval:val-held",
         "sales:dev",
         "sales:test",
         "sales-asr:test",
