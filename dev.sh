@@ -4,7 +4,7 @@
 #   ./dev.sh test   installs what is missing, then runs the whole test suite (what CI runs)
 #   ./dev.sh fast   the quick run while you work: the tests not marked slow (no mesh processes)
 #   ./dev.sh check  ruff, mypy (strict), the import-layer contracts, generated code up to date
-#   ./dev.sh lock   rewrite requirements.lock (and Label Studio's) from the environments after a dependency change
+#   ./dev.sh lock   rewrite requirements.lock (and Label Studio's) after a dependency change
 # Anything after the verb is passed on (to `callsense up` or to pytest).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -62,8 +62,29 @@ label_studio_env() {
     [[ -f $stamp && ! requirements-labelstudio.lock -nt $stamp ]] && return 0
     [[ -x $LS_VENV/bin/python ]] || "$PY" -m venv "$LS_VENV"
     "$LS_VENV/bin/pip" install -q --upgrade pip wheel
-    "$LS_VENV/bin/pip" install -q -c requirements-labelstudio.lock "label-studio==$LS_VERSION" label-studio-sdk
+    "$LS_VENV/bin/pip" install -q -c requirements-labelstudio.lock \
+        "label-studio==$LS_VERSION" label-studio-sdk
     touch "$stamp"
+}
+
+# Upper bounds Label Studio should have set itself, for `./dev.sh lock` to resolve within.
+LS_BOUNDS=("sentry-sdk<3")
+
+label_studio_lock() {
+    # Resolve Label Studio afresh (a new LS_VERSION, newer dependencies) in a clean venv, without the old
+    # pins, then write them: the test command installs from them.
+    rm -rf "$LS_VENV"
+    "$PY" -m venv "$LS_VENV"
+    "$LS_VENV/bin/pip" install -q --upgrade pip wheel
+    "$LS_VENV/bin/pip" install -q "label-studio==$LS_VERSION" label-studio-sdk "${LS_BOUNDS[@]}"
+    {
+        echo "# Every package of .venv-labelstudio (Label Studio $LS_VERSION, for its round-trip test) at"
+        echo "# the versions the suite passed with. Used as pip constraints by dev.sh; rewrite with"
+        echo "# ./dev.sh lock."
+        "$LS_VENV/bin/pip" freeze --all | grep -v -E '^(pip|setuptools|wheel)=='
+    } >requirements-labelstudio.lock
+    touch "$LS_VENV/.callsense-label-studio-$LS_VERSION"
+    echo "dev.sh: wrote requirements-labelstudio.lock" >&2
 }
 
 verb=${1:-}
@@ -111,13 +132,7 @@ case "$verb" in
             "$VENV/bin/pip" freeze --exclude-editable --all | grep -v -E '^(pip|setuptools|wheel)=='
         } >requirements.lock
         echo "dev.sh: wrote requirements.lock" >&2
-        label_studio_env
-        {
-            echo "# Every package of .venv-labelstudio (Label Studio $LS_VERSION, for its round-trip test) at the"
-            echo "# versions the suite passed with. Used as pip constraints by dev.sh; rewrite with ./dev.sh lock."
-            "$LS_VENV/bin/pip" freeze --all | grep -v -E '^(pip|setuptools|wheel)=='
-        } >requirements-labelstudio.lock
-        echo "dev.sh: wrote requirements-labelstudio.lock" >&2
+        label_studio_lock
         ;;
     *)
         echo "usage: ./dev.sh up|test|fast|check|lock [options]" >&2

@@ -30,8 +30,9 @@ TOPIC_RULES: Mapping[Topic, tuple[str, ...]] = {
         r"costly",
         r"expensive",
         r"budget(?:s|ed)?",
-        # A price said as an amount over time ("five thousand a month", "forty dollars per seat").
-        r"(?:thousand|hundred|grand|dollars?|euros?|pounds?|bucks) (?:a|per) "
+        # A price said as an amount over time ("five thousand a month", "forty dollars per seat", "$5,000 a
+        # month", "5k a year"). Not "two hundred a month": that is as often a volume (calls, tickets).
+        r"(?:thousand|grand|dollars?|euros?|pounds?|bucks|(?<=[$€£])\d[\d,.]*k?|\d[\d,.]*k) (?:a|per) "
         r"(?:month|year|seat|user|licen[cs]e)",
         r"discount(?:s|ed)?",
         r"quot(?:e|es|ed)",

@@ -5,13 +5,15 @@ objection tags and finds:
 
 - Negative spikes: moments where the customer's mood broke. A customer utterance is a spike when
   1. it is clearly negative: score below ``SPIKE_MAX_SCORE`` (0.30, the badge's red line), and
-  2. it fell at least ``SPIKE_MIN_DROP`` (0.25) below the customer's recent level: the mean of their last
-     ``BASELINE_UTTERANCES`` utterances within ``BASELINE_WINDOW_MS`` (a neutral 0.5 when there are none), and
-  3. it is the first line of its low stretch (the customer's utterances below the line in a row) to fall
-     that far below the level before the stretch, and no spike was reported in the ``SPIKE_MIN_GAP_MS``
-     before it. A stretch that slides down in steps ("Five thousand a month?" 0.29, then "That's well over
-     what we budgeted" 0.04) is named by the step that makes the drop, not lost because its first step
-     was too small.
+  2. it fell at least ``SPIKE_MIN_DROP`` (0.25) below the customer's level before its low stretch (the
+     customer's utterances below the line in a row): the mean of their last ``BASELINE_UTTERANCES``
+     utterances before the stretch, within ``BASELINE_WINDOW_MS`` of its start (a neutral 0.5 when there
+     are none), and
+  3. it is the first line of its stretch to fall that far, within ``BASELINE_WINDOW_MS`` of the stretch's
+     start (later, that level is stale), and no spike was reported in the ``SPIKE_MIN_GAP_MS`` before it.
+     A stretch that slides down in steps ("Five thousand a month?" just under 0.30, then "That's well
+     over what we budgeted" 0.04) is named by the step that makes the drop, not lost because its first
+     step was too small.
   Why not every low sentence: a customer who is sour for ten minutes has one story (told by the averages,
   the quarters and the turning points), not thirty spike lines; and a dip from 0.9 to 0.6 is not negative.
   What the manager needs is *when* it broke and *what* was being discussed then.
@@ -130,8 +132,8 @@ def find_spikes(customer: Sequence[UtteranceScore], topics: TopicFinder) -> list
             continue
         if stretch_start is None:
             stretch_start, stretch_named = index, False
-        elif stretch_named:
-            continue  # already low: the stretch was named by its break
+        elif stretch_named or event.start_ms - customer[stretch_start].start_ms > BASELINE_WINDOW_MS:
+            continue  # already low: the stretch was named by its break, or the level before it is stale
         # The level the customer fell from: their utterances before the stretch began.
         window_start = customer[stretch_start].start_ms - BASELINE_WINDOW_MS
         earlier = [
@@ -143,10 +145,10 @@ def find_spikes(customer: Sequence[UtteranceScore], topics: TopicFinder) -> list
         drop = (NEUTRAL_SCORE if recent_level is None else recent_level) - event.score
         if drop < SPIKE_MIN_DROP:
             continue
-        stretch_named = True
         close_to_last = bool(spikes) and event.start_ms - spikes[-1].at_ms < SPIKE_MIN_GAP_MS
         if close_to_last and event.score >= spikes[-1].score:
-            continue
+            continue  # the moment is named already, by a deeper line; a deeper one later may still take it
+        stretch_named = True
         if close_to_last:
             # One moment is named once, by its deepest point: a dip at a pain point followed by the
             # customer's reaction to the price a few seconds later is the price's spike.

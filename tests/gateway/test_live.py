@@ -301,6 +301,11 @@ def test_utterance_view_rejects_bad_input(channel: str, start_ms: int, end_ms: i
         ("Honestly that price is ridiculous.", {"pricing"}),
         ("That's way too much for us, is there a discount?", {"pricing"}),
         ("It's not in this year's budget, the quote was expensive.", {"pricing"}),
+        ("That's well over what we budgeted.", {"pricing"}),
+        ("For twenty seats it comes to five thousand a month.", {"pricing"}),  # an amount over time
+        ("So $5,000 a month, or 50k a year.", {"pricing"}),  # as Whisper writes amounts
+        ("We do about two hundred a month.", set()),  # a volume, not a price
+        ("We log 200 calls per month.", set()),
         ("We have a hard deadline, maybe next quarter.", {"timeline"}),
         ("Not now, the rollout would clash with our migration.", {"timeline"}),
         ("Timing is bad, let's talk in Q3.", {"timeline"}),

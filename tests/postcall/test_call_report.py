@@ -284,8 +284,8 @@ def test_a_deeper_break_soon_after_names_the_moment() -> None:
 def test_a_stretch_that_slides_down_in_steps_is_named_by_the_step_that_breaks() -> None:
     # The buyer echoes the price a hair under the line, not far enough below their level to be a break,
     # then says what it means: the second line is the spike, named after the price (the model of
-    # 2026-12-07 04:55 scores these two lines 0.30 and 0.04 in the scripted call sours-at-price; the first
-    # falls 0.242 below the level before it, the second 0.50).
+    # 2026-12-07 04:55 scores these two lines just under 0.30 and 0.04 in the scripted call sours-at-price;
+    # here the first falls 0.242 below the level before it, the second 0.50).
     events = [
         utterance(0, 0.18, 0, text="We lose a lot of time on it, and we miss things."),
         utterance(1, 0.92, 10, text="That sounds really useful."),
@@ -298,6 +298,25 @@ def test_a_stretch_that_slides_down_in_steps_is_named_by_the_step_that_breaks() 
     spikes = report_of(events).spikes
     assert [(s.utterance_id, s.topic) for s in spikes] == [(0, None), (5, "pricing")]
     assert spikes[1].drop == pytest.approx((0.18 + 0.92 + 0.52) / 3 - 0.04, abs=1e-4)
+
+
+def test_a_stretch_is_measured_against_its_level_for_two_minutes_only() -> None:
+    # Low from the start, but only 0.22 under a neutral start; a deep line within two minutes of the
+    # stretch's start is its break, one later is not (the level before the stretch is stale by then).
+    assert [s.utterance_id for s in report_of(customer_run([0.28, 0.28, 0.05], every_s=30)).spikes] == [2]
+    assert report_of(customer_run([0.28, 0.28, 0.28, 0.28, 0.28, 0.05], every_s=30)).spikes == ()
+
+
+def test_a_line_passed_over_for_a_deeper_spike_leaves_its_stretch_open_for_a_deeper_one() -> None:
+    events = [
+        utterance(0, 0.8, 0),
+        utterance(1, 0.8, 10),
+        utterance(2, 0.1, 20),  # the break
+        utterance(3, 0.8, 30),
+        utterance(4, 0.2, 40),  # 20 s after the break and not as deep: the same moment, passed over
+        utterance(5, 0.05, 45),  # deeper, in the same stretch: it names the moment
+    ]
+    assert [s.utterance_id for s in report_of(events).spikes] == [5]
 
 
 def test_spike_topic_comes_from_the_moment_before() -> None:

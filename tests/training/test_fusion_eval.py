@@ -93,6 +93,8 @@ def ravdess(
 def test_ravdess_13_18_the_voice_lifts_what_the_words_cannot(ravdess: tuple[dict[str, float], str]) -> None:
     numbers, message = ravdess
     assert numbers["text_macro_f1"] < 0.3 and numbers["text_negative_recall"] < 0.2, message  # words: nothing
+    # 0.25 here, 0.30 in the strict xfail below: the head lifts the words by 0.27 with the text model of
+    # 2026-12-07 04:55 (0.34 with 01:30), and this test keeps what still holds.
     assert numbers["fused_macro_f1"] >= numbers["text_macro_f1"] + 0.25, message
     assert numbers["prosody_macro_f1"] >= 0.6, message
 
