@@ -37,7 +37,10 @@ CALM_TURNS = (
     "Right, that makes sense to me.",
 )
 HARD_TURNS = (
-    "I understand, but I would like to see the price again.",
+    # Was "I understand, but I would like to see the price again.": under the sales rubric a buyer's "I
+    # understand, but" before the price is a polite objection, and the model of 2026-12-07 04:55 reads it so
+    # (0.31, negative); this test needs words with no stance at all, so the voice alone can move them.
+    "Could you show me the price once more?",
     "Okay, I will need to check that with my team.",
     "Please send me the details by Friday.",
 )

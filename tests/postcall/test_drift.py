@@ -117,12 +117,17 @@ async def test_a_day_of_new_jargon_alerts_once_and_ordinary_days_never(
     # vocabulary (the model before, trained on TV dialogue alone, saw 8-20 % of them outside it every day).
     assert acme.oov_rate is not None and acme.oov_rate < 0.05
 
-    # The jargon day: acme drifts on its words (out-of-vocabulary rate and tokens per utterance); globex,
-    # an ordinary day, does not.
+    # The jargon day: acme drifts on its words (the out-of-vocabulary rate, 15 spreads away); globex, an
+    # ordinary day, does not. Its tokens per utterance move 5 spreads too, but by 19 % of the training
+    # text's 17.2 tokens a line, under the practical bar of 20 % (the model of 2026-12-07 04:55 also
+    # learnt from tweets, longer lines than the sales and TV dialogue before: 16.1 tokens, where the move
+    # was 20.4 %).
     jargon = month[JARGON_DAY]
     assert jargon.drift is not None
     acme_statuses = _statuses(jargon, "acme")
-    assert acme_statuses["oov_rate"] == "drift" and acme_statuses["token_length"] == "drift"
+    assert acme_statuses["oov_rate"] == "drift"
+    [tokens] = [c for c in _row(jargon, "acme").checks if c["name"] == "token_length"]
+    assert tokens["z"] > 3 and 0.15 < tokens["baseline_change"] < 0.2 and tokens["status"] == "usual"
     assert "drift" not in _statuses(jargon, "globex").values()
     assert [a.dedupe_key for a in jargon.drift.alerts] == [drift_dedupe_key(JARGON_DAY, "acme")]
     assert jargon.drift.alerts_enqueued == 1
@@ -156,7 +161,8 @@ async def test_a_day_of_new_jargon_alerts_once_and_ordinary_days_never(
     assert post.path == "/slack/acme" and post.answered == 200
     text = post.json()["text"]
     assert "*acme*" in text and JARGON_DAY.isoformat() in text
-    assert "words outside the training vocabulary" in text and "tokens per utterance" in text
+    # The post names what drifted, and only that (tokens per utterance stayed under the practical bar).
+    assert "words outside the training vocabulary" in text and "tokens per utterance" not in text
     assert "globex" not in text
 
     # The indicators per tenant, as metrics (OpenTelemetry, exported to Prometheus as callsense_drift_*).
