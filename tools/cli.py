@@ -238,6 +238,14 @@ def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="INT8 weight storage: signed 7-bit (default) or unsigned 8-bit (a context model loses less)",
     )
     p.add_argument(
+        "--smooth-ffn-out",
+        type=float,
+        default=0.0,
+        metavar="ALPHA",
+        help="SmoothQuant every feed-forward output projection with this alpha (e.g. 0.5), measured on "
+        "the calibration set, so they quantise well without fp32 blocks (0: off)",
+    )
+    p.add_argument(
         "--no-calibrate",
         action="store_true",
         help="skip fitting a temperature on dev (probabilities as trained)",
@@ -273,6 +281,7 @@ def _run_export(args: argparse.Namespace) -> int:
         keep_fp32_blocks=args.keep_fp32_blocks,
         fp32_blocks=args.fp32_blocks,
         int8_weights=args.int8_weights,
+        smooth_ffn_out=args.smooth_ffn_out,
         calibrate=not args.no_calibrate,
         calibrate_on=args.calibrate_on,
         class_bias=args.class_bias,

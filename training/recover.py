@@ -9,7 +9,9 @@ recovered model scores as the served one does (measured on MELD dev: 0.6726 reco
 
 Reads the graph that the export writes for a BERT encoder (the fused ``Attention`` / ``QAttention``,
 ``MatMulInteger`` or fp32 ``MatMul`` per dense layer, ``(Q)EmbedLayerNormalization``) and the card's
-temperature, which the export folds into the classifier (``fold_temperature``) and this unfolds. The
+temperature, which the export folds into the classifier (``fold_temperature``) and this unfolds, and
+the SmoothQuant scales of projections the export smoothed (``training/smooth_quant.py``), which it divides
+back out. The
 architecture and tokenizer come from a template checkpoint of the same shape (e.g. any `train` output
 from the same base model); every parameter must be found in the graph, else it refuses.
 """
@@ -68,6 +70,8 @@ def recover_weights(
     from google.protobuf.message import DecodeError
     from onnx import numpy_helper
 
+    from training.smooth_quant import smoothing_scales
+
     try:
         graph = onnx.load(str(onnx_path)).graph
     except (OSError, DecodeError) as exc:
@@ -83,6 +87,7 @@ def recover_weights(
         result: np.ndarray = (q - arrays[f"{stem}_zero_point"].astype(np.float32)) * arrays[f"{stem}_scale"]
         return result
 
+    smoothed = smoothing_scales(graph)  # projections stored as s * W (training/smooth_quant.py)
     state: dict[str, np.ndarray] = {}
     # The fuser emits these in graph order: per layer one attention, two skip-layer-norms (after the
     # attention and after the feed-forward) and one BiasGelu (as training/export.py's quantisable_blocks
@@ -101,7 +106,10 @@ def recover_weights(
             module = match.group(1).replace("/", ".") if match else _HEADS.get(name)
             if module is None:
                 raise RecoveryError(f"a weight of unknown place in the graph: {node.name}")
-            state[f"{module}.weight"] = value(inputs[1]).T  # ONNX computes x @ W; torch keeps W transposed
+            weight = value(inputs[1])
+            if name in smoothed:  # the Mul before it divides the input by s: W = (s * W) / s
+                weight = weight / smoothed[name][:, None]
+            state[f"{module}.weight"] = weight.T  # ONNX computes x @ W; torch keeps W transposed
         elif node.op_type == "Add" and node.name.removesuffix("_Add") + "_MatMul" in _HEADS:
             module = _HEADS[node.name.removesuffix("_Add") + "_MatMul"]
             state[f"{module}.bias"] = next(arrays[i] for i in inputs if i in arrays)

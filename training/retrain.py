@@ -136,6 +136,8 @@ class Recipe:
     fp32_blocks: list[str]
     """The blocks its export kept in fp32 by name (no sweep): a retrain keeps the same."""
     int8_weights: str
+    smooth_ffn_out: float
+    """SmoothQuant's alpha on its feed-forward output projections (0: not smoothed): a retrain does alike."""
     quantisation_dev: str
     """The set its INT8 export was checked on (the export's own check; the gate measures every set)."""
     report_sets: list[str]
@@ -174,6 +176,7 @@ def recipe_of(card: dict[str, Any]) -> Recipe:
         keep_fp32_blocks=len(quantisation.get("fp32_blocks") or []) if swept else 0,
         fp32_blocks=[] if swept else list(quantisation.get("fp32_blocks") or []),
         int8_weights=str(quantisation.get("weights") or "s8-reduced"),
+        smooth_ffn_out=float(_section(quantisation, "smooth_quant").get("alpha") or 0.0),
         quantisation_dev=str(quantisation.get("dev_set") or dev[0]),
         report_sets=[name for name, m in (card.get("metrics") or {}).items() if isinstance(m, dict)],
     )
@@ -382,6 +385,7 @@ def _export(
         keep_fp32_blocks=keep,
         fp32_blocks=named,
         int8_weights=recipe.int8_weights,
+        smooth_ffn_out=recipe.smooth_ffn_out,
         notes=(
             f"Retrained by `callsense retrain` from {run.current.version} ({init_kind}) on the recipe's sets "
             f"plus {len(split.train)} of the tenant's labelled lines ({labels.kind}); "

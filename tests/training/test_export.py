@@ -216,3 +216,40 @@ def test_an_export_keeps_the_blocks_it_is_told_to_in_fp32(tiny_checkpoint: Path,
         )  # its neighbour quantised
     with pytest.raises(ValueError, match="no block layer7.ffn_out"):
         ship(config("bad", ["layer7.ffn_out"]))
+
+
+def test_an_export_smooths_the_feed_forward_outputs_when_asked(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from training.ship import ShipConfig, ship
+
+    checkpoint = shutil.copytree(tiny_checkpoint, tmp_path / "checkpoint")
+    (checkpoint / "training.json").write_text(json.dumps({"config": {"context": False}}))
+    card = ship(
+        ShipConfig(
+            checkpoint,
+            tmp_path / "ship",
+            tmp_path / "work",
+            dev=str(TEST_SET),
+            report_sets=[str(TEST_SET)],
+            max_f1_drop=100,  # an untrained tiny model: the gate is not what this test is about
+            calibrate=False,
+            smooth_ffn_out=0.9,
+        )
+    )
+    smoothing = card["quantisation"]["smooth_quant"]
+    lines = len(load_jsonl(TEST_SET).examples)
+    assert smoothing == {
+        "alpha": 0.9,
+        "projections": 2,
+        "calibrated_on": str(TEST_SET),
+        "calibration_passes": lines,
+    }
+    assert "fp32_blocks" not in card["quantisation"]
+    ops = {
+        node.name: node.op_type for node in onnx.load(str(tmp_path / "ship" / "model.int8.onnx")).graph.node
+    }
+    for layer in (0, 1):  # every feed-forward output INT8, behind its smoothing Mul
+        assert ops[f"/bert/encoder/layer.{layer}/output/dense/MatMul/Smooth"] == "Mul"
+        assert f"/bert/encoder/layer.{layer}/output/dense/MatMul_quant" in ops

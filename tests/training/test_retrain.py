@@ -33,7 +33,8 @@ def test_the_recipe_is_the_shipped_cards_own() -> None:
     assert recipe.base_model == "" and recipe.layers == 0  # the default base model, every layer
     assert (recipe.calibrate_on, recipe.class_bias) == ("sales:dev", False)
     assert (recipe.keep_fp32_blocks, recipe.int8_weights) == (0, "u8")
-    assert recipe.fp32_blocks == ["layer0.ffn_out", "layer1.ffn_out", "layer2.ffn_out"]
+    # every block INT8, the feed-forward output projections smoothed (2026.12.07-0807): a retrain alike
+    assert recipe.fp32_blocks == [] and recipe.smooth_ffn_out == 0.95
     assert recipe.quantisation_dev == "meld:dev"  # its export's INT8 check; the gate measures every set
     assert set(recipe.report_sets) == {
         "meld:dev",
@@ -52,6 +53,7 @@ def test_a_card_without_a_recipe_gets_train_pys_defaults() -> None:
     assert recipe.learning_rate == 0.0  # the range test chooses, as `callsense train` does
     assert recipe.calibrate_on is None and recipe.keep_fp32_blocks == 0 and recipe.report_sets == []
     assert recipe.int8_weights == "s8-reduced"  # a card from before the choice existed
+    assert recipe.smooth_ffn_out == 0.0  # nor smoothed
     assert recipe.context_swap == 0.0 and recipe.fp32_blocks == []
     named = recipe_of({"quantisation": {"fp32_blocks": ["layer0.ffn_out"]}})  # a retrain keeps the same
     assert (named.fp32_blocks, named.keep_fp32_blocks) == (["layer0.ffn_out"], 0)
@@ -61,6 +63,8 @@ def test_a_card_without_a_recipe_gets_train_pys_defaults() -> None:
     assert (swept.fp32_blocks, swept.keep_fp32_blocks) == ([], 1)  # a retrain sweeps again
     assert recipe_of({"training": {"config": {"context": True, "context_swap": 0.3}}}).context_swap == 0.3
     assert recipe_of({"quantisation": {"weights": "u8"}}).int8_weights == "u8"  # a retrain stores as served
+    smoothed = recipe_of({"quantisation": {"smooth_quant": {"alpha": 0.5, "calibrated_on": "sales:dev"}}})
+    assert smoothed.smooth_ffn_out == 0.5  # and smooths as served
     # a model with role priors: its retrain fits them again on the same set; one without gets none
     assert recipe_of({"role_priors": {"fitted_on": "sales:dev", "shift": {}}}).role_priors_on == "sales:dev"
     assert recipe_of({}).role_priors_on == ""
