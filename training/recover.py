@@ -11,9 +11,8 @@ Reads the graph that the export writes for a BERT encoder (the fused ``Attention
 ``MatMulInteger`` or fp32 ``MatMul`` per dense layer, ``(Q)EmbedLayerNormalization``) and the card's
 temperature, which the export folds into the classifier (``fold_temperature``) and this unfolds, and
 the SmoothQuant scales of projections the export smoothed (``training/smooth_quant.py``), which it divides
-back out. The
-architecture and tokenizer come from a template checkpoint of the same shape (e.g. any `train` output
-from the same base model); every parameter must be found in the graph, else it refuses.
+back out. The architecture and tokenizer come from a template checkpoint of the same shape (e.g. any
+`train` output from the same base model); every parameter must be found in the graph, else it refuses.
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ class ShipConfig:
 _WEIGHT_WORDS = {"s8-reduced": "reduced range", "u8": "unsigned 8-bit weights"}
 
 
-def _smoothed(
+def _smooth_and_requantise(
     files: ExportedFiles,
     config: ShipConfig,
     tokenizer: Path,
@@ -79,10 +79,10 @@ def _smoothed(
     """The export with every feed-forward output projection smoothed on the calibration set's text, as
     the scorer encodes it (training/smooth_quant.py), and quantised again."""
     calibration_set = config.calibrate_on or config.dev
-    text = dev if calibration_set == config.dev else load_source(calibration_set).examples
+    examples = dev if calibration_set == config.dev else load_source(calibration_set).examples
     encoder = onnx_model(files.fused, tokenizer, uses_context, uses_roles=uses_roles)
     feeds = []
-    for example in text:
+    for example in examples:
         try:
             feeds.append(
                 pad_batch([encoder.encode(SentimentInput(example.text, example.previous_text, example.role))])
@@ -108,6 +108,8 @@ def _smoothed(
 
 
 def ship(config: ShipConfig) -> dict[str, Any]:
+    if not 0.0 <= config.smooth_ffn_out < 1.0:
+        raise ValueError(f"SmoothQuant's alpha is {config.smooth_ffn_out}: between 0 (off) and 1, 1 excluded")
     if config.fp32_blocks and config.keep_fp32_blocks > 0:
         raise ValueError("name the blocks to keep in fp32 or let the sweep choose them, not both")
     training = json.loads((config.checkpoint / "training.json").read_text())
@@ -146,7 +148,7 @@ def ship(config: ShipConfig) -> dict[str, Any]:
     )
     smoothing: dict[str, Any] = {}
     if config.smooth_ffn_out > 0:  # the fused graph smoothed, then quantised again (and below if mixed)
-        files, smoothing = _smoothed(files, config, tokenizer, uses_context, uses_roles, dev)
+        files, smoothing = _smooth_and_requantise(files, config, tokenizer, uses_context, uses_roles, dev)
     mixed: dict[str, Any] = {}
     kept_any = bool(config.fp32_blocks) or config.keep_fp32_blocks > 0
     blocks = quantisable_blocks(files.fused) if kept_any else {}

@@ -97,6 +97,37 @@ def test_recovery_divides_the_scales_back_out(with_outliers: Path, tmp_path: Pat
     original, recovered = recover_weights(fused), recover_weights(smoothed)
     for name, weight in original.items():
         np.testing.assert_allclose(recovered[name], weight, rtol=1e-5, atol=1e-6, err_msg=name)
+    # From the INT8 file too, where the projections are MatMulInteger nodes named "..._quant": the scales
+    # come out to within the quantisation's rounding, far closer than the stored s * W.
+    int8 = recover_weights(quantise(smoothed, tmp_path / "smoothed.int8.onnx", weights="u8"))
+    scales = smoothing_scales(onnx.load(str(smoothed)).graph)
+    for layer in (0, 1):
+        name = f"bert.encoder.layer.{layer}.output.dense.weight"
+        stored = original[name] * scales[f"/bert/encoder/layer.{layer}/output/dense/MatMul"][None, :]
+        error = np.abs(int8[name] - original[name]).mean()
+        assert error < 0.05 * np.abs(stored - original[name]).mean(), name
+
+
+def test_padding_does_not_count_in_the_measured_ranges(with_outliers: Path, tmp_path: Path) -> None:
+    files, _ = export_all(with_outliers, tmp_path)
+    projections = [
+        n for b, nodes in quantisable_blocks(files.fused).items() if b.endswith("ffn_out") for n in nodes
+    ]
+    short, long = _feeds(seed=4, count=2)
+    width = max(short["input_ids"].shape[1], long["input_ids"].shape[1]) + 8
+    rng = np.random.default_rng(5)
+    batch = {key: np.zeros((2, width), np.int64) for key in short}
+    for row, feed in enumerate((short, long)):
+        n = feed["input_ids"].shape[1]
+        batch["input_ids"][row] = rng.integers(1000, 20000, size=width)  # junk where the mask is 0
+        batch["input_ids"][row, :n] = feed["input_ids"][0]
+        batch["attention_mask"][row, :n] = 1
+    apart = [input_ranges(files.fused, projections, [feed]) for feed in (short, long)]
+    together = input_ranges(files.fused, projections, [batch])
+    for name in projections:
+        np.testing.assert_allclose(
+            together[name], np.maximum(apart[0][name], apart[1][name]), rtol=1e-4, atol=1e-5
+        )
 
 
 def test_alpha_must_lie_between_zero_and_one(with_outliers: Path, tmp_path: Path) -> None:
