@@ -68,18 +68,23 @@ class ShipConfig:
 _WEIGHT_WORDS = {"s8-reduced": "reduced range", "u8": "unsigned 8-bit weights"}
 
 
+def _calibration_set(config: ShipConfig, dev: list[LabelledUtterance]) -> tuple[str, list[LabelledUtterance]]:
+    """The set the temperature is fitted on and SmoothQuant measures on (default: dev), and its lines."""
+    name = config.calibrate_on or config.dev
+    return name, dev if name == config.dev else load_source(name).examples
+
+
 def _smooth_and_requantise(
     files: ExportedFiles,
     config: ShipConfig,
     tokenizer: Path,
     uses_context: bool,
     uses_roles: bool,
-    dev: list[LabelledUtterance],
+    calibration: tuple[str, list[LabelledUtterance]],
 ) -> tuple[ExportedFiles, dict[str, Any]]:
     """The export with every feed-forward output projection smoothed on the calibration set's text, as
     the scorer encodes it (training/smooth_quant.py), and quantised again."""
-    calibration_set = config.calibrate_on or config.dev
-    examples = dev if calibration_set == config.dev else load_source(calibration_set).examples
+    calibration_set, examples = calibration
     encoder = onnx_model(files.fused, tokenizer, uses_context, uses_roles=uses_roles)
     feeds = []
     for example in examples:
@@ -117,12 +122,12 @@ def ship(config: ShipConfig) -> dict[str, Any]:
     uses_roles = bool(training["config"].get("roles", False))
     tokenizer = config.checkpoint / "tokenizer.json"
     dev = load_source(config.dev).examples
+    calibration_lines = _calibration_set(config, dev)
     calibration: dict[str, Any] = {"temperature": 1.0}
     temperature, bias = 1.0, None
     if config.calibrate:
         # Fitted on the plain fp32 export; fusion and quantisation run once, after.
-        calibration_set = config.calibrate_on or config.dev
-        held = dev if calibration_set == config.dev else load_source(calibration_set).examples
+        calibration_set, held = calibration_lines
         config.workdir.mkdir(parents=True, exist_ok=True)
         uncalibrated = export_onnx(config.checkpoint, config.workdir / "model.uncalibrated.onnx")
         probs = predict_examples(
@@ -148,7 +153,9 @@ def ship(config: ShipConfig) -> dict[str, Any]:
     )
     smoothing: dict[str, Any] = {}
     if config.smooth_ffn_out > 0:  # the fused graph smoothed, then quantised again (and below if mixed)
-        files, smoothing = _smooth_and_requantise(files, config, tokenizer, uses_context, uses_roles, dev)
+        files, smoothing = _smooth_and_requantise(
+            files, config, tokenizer, uses_context, uses_roles, calibration_lines
+        )
     mixed: dict[str, Any] = {}
     kept_any = bool(config.fp32_blocks) or config.keep_fp32_blocks > 0
     blocks = quantisable_blocks(files.fused) if kept_any else {}

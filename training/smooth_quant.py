@@ -67,7 +67,7 @@ def input_ranges(
     return {name: np.asarray(values, np.float32) for name, values in zip(projections, largest, strict=True)}
 
 
-def smooth(fused: Path, out: Path, ranges: Mapping[str, np.ndarray], alpha: float = 0.5) -> Path:
+def smooth(fused: Path, out: Path, ranges: Mapping[str, np.ndarray], alpha: float) -> Path:
     """Write ``fused`` with each projection in ``ranges`` smoothed (module docstring); returns ``out``.
 
     ``alpha`` moves the difficulty: 0 leaves the activations as they are, 1 moves all of it to the weights.
