@@ -122,7 +122,9 @@ def ship(config: ShipConfig) -> dict[str, Any]:
     uses_roles = bool(training["config"].get("roles", False))
     tokenizer = config.checkpoint / "tokenizer.json"
     dev = load_source(config.dev).examples
-    calibration_lines = _calibration_set(config, dev)
+    # Read once, for the temperature and SmoothQuant alike, and only where one of them runs.
+    uses_calibration_set = config.calibrate or config.smooth_ffn_out > 0
+    calibration_lines = _calibration_set(config, dev) if uses_calibration_set else (config.dev, dev)
     calibration: dict[str, Any] = {"temperature": 1.0}
     temperature, bias = 1.0, None
     if config.calibrate:
