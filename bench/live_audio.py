@@ -110,8 +110,9 @@ async def play_call(url: str, audio: CallAudio, delay_s: float) -> CallRecord:
 
     async with open_call(url, call_id, start_message(call_id, audio.rate_hz), BENCH_KEY) as ws:
         receiver = asyncio.create_task(receive())
-        record.sent_at = await send_audio(ws, audio.frames(), FRAME_MS / 1000)
-        await ws.send(json.dumps({"type": "stop"}))
+        record.sent_at = await send_audio(ws, audio.frames(), FRAME_MS / 1000, until=receiver)
+        if not receiver.done():  # else the call ended early (refused, failed): its turns count as missed
+            await ws.send(json.dumps({"type": "stop"}))
         await asyncio.wait_for(receiver, SUMMARY_TIMEOUT_S)
     return record
 
@@ -137,8 +138,12 @@ def measure(record: CallRecord, samples: Samples) -> None:
     frame_samples = record.audio.frame_samples()
     events = record.events
     for placed in record.audio.turns:
-        speech_end = record.sent_at[(placed.end_sample - 1) // frame_samples]
         channel = placed.turn.speaker
+        end_frame = (placed.end_sample - 1) // frame_samples
+        if end_frame >= len(record.sent_at):  # the call ended before this turn was sent
+            samples.missed.append(f"{channel}: {placed.turn.text!r}")
+            continue
+        speech_end = record.sent_at[end_frame]
         finals = [
             (at, e)
             for at, e in events
@@ -257,9 +262,10 @@ async def run_load(url: str, calls: Sequence[CallAudio], root_pid: int | None) -
     after = cpu_seconds(processes)
     memory_after = resident_mb(processes) if processes else float("nan")
     samples = Samples()
-    for record in records:
+    for audio, record in zip(calls, records, strict=True):
         if isinstance(record, BaseException):
             samples.errors.append(f"call failed: {record!r}")
+            samples.missed += [f"{placed.turn.speaker}: {placed.turn.text!r}" for placed in audio.turns]
         else:
             measure(record, samples)
     return RunResult(

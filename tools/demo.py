@@ -231,13 +231,23 @@ def start_message(call_id: str, rate_hz: int = RATE_HZ) -> Event:
 
 
 async def send_audio(
-    ws: ClientConnection, frames: Sequence[bytes], frame_s: float, *, speed: float = 1.0
+    ws: ClientConnection,
+    frames: Sequence[bytes],
+    frame_s: float,
+    *,
+    speed: float = 1.0,
+    until: asyncio.Future[Any] | None = None,
 ) -> list[float]:
     """Send ``frames`` at the pace of a live call (``speed`` times faster); each frame's send time
-    (``time.perf_counter``), for measuring from the moment a piece of speech was out."""
+    (``time.perf_counter``), for measuring from the moment a piece of speech was out. Stops early once
+    ``until`` (the task reading the call's events) is done: the call has ended (its summary came, after
+    a fatal error such as an ASR that refused it), and every further frame would only be answered with
+    ``call_ended``, answers nobody reads, until the connection's buffers fill and its pings time out."""
     sent_at: list[float] = []
     begin = time.perf_counter()
     for index, frame in enumerate(frames):
+        if until is not None and until.done():
+            break
         delay = begin + index * frame_s / speed - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
@@ -299,8 +309,9 @@ async def play(
     async with open_call(url, call_id, start_message(call_id, audio.rate_hz), key) as ws:
         receiver = asyncio.create_task(receive(ws))
         try:
-            await send_audio(ws, audio.frames(), FRAME_MS / 1000, speed=speed)
-            await ws.send(json.dumps({"type": "stop"}))
+            await send_audio(ws, audio.frames(), FRAME_MS / 1000, speed=speed, until=receiver)
+            if not receiver.done():
+                await ws.send(json.dumps({"type": "stop"}))
             await asyncio.wait_for(receiver, SUMMARY_TIMEOUT_S)
         except ConnectionClosed as exc:
             raise DemoError(f"the mesh closed the connection mid-call: {exc}") from None

@@ -9,7 +9,9 @@ says what to do.
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
 import socket
 import wave
 from pathlib import Path
@@ -30,7 +32,10 @@ from tools.demo import (
     DemoError,
     DemoOptions,
     espeak_path,
+    open_call,
     run_demo,
+    send_audio,
+    start_message,
     synthesize_call,
     write_wav,
 )
@@ -124,6 +129,34 @@ async def test_a_short_demo_shows_finals_and_scores(audio_gateway: RunningGatewa
     assert [(e.utterance_id, e.channel) for e in stored] == [
         (s["utterance_id"], s["channel"]) for s in scores
     ]
+
+
+@pytest.mark.slow  # the real ASR, chopper and scorer processes
+async def test_the_demo_stops_sending_when_its_call_ends(audio_gateway: RunningGateway) -> None:
+    """A call the mesh ends (here: the gateway shutting it down; under load: an ASR replica refusing it)
+    ends the playback too. Before, the demo sent the rest of its audio into a call that had ended, each
+    frame answered with call_ended and none of it read, until the connection's pings timed out."""
+    gw, call_id = audio_gateway, "demo-test-ended"
+    frames = [bytes(RATE_HZ * 2 * 2 * FRAME_MS // 1000)] * 1500  # 30 s of stereo silence
+    events: list[dict[str, object]] = []
+
+    async def receive() -> None:
+        async for raw in ws:
+            events.append(json.loads(raw))
+            if events[-1]["type"] == "summary":
+                return
+
+    async with open_call(gw.ws_url, call_id, start_message(call_id), gw.key) as ws:
+        receiver = asyncio.create_task(receive())
+        sender = asyncio.create_task(send_audio(ws, frames, FRAME_MS / 1000, until=receiver))
+        session = gw.gateway.registry.get(call_id)
+        assert session is not None
+        await session.stop("shutdown")
+        sent_at = await asyncio.wait_for(sender, 10)
+        await asyncio.wait_for(receiver, 10)
+
+    assert events[-1]["type"] == "summary" and events[-1]["reason"] == "shutdown", events[-1]
+    assert len(sent_at) < len(frames) // 10, len(sent_at)
 
 
 def test_without_a_mesh_the_demo_says_to_start_one(capsys: pytest.CaptureFixture[str]) -> None:
