@@ -353,6 +353,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 asr_partial_interval_s=args.partial_interval,
                 asr_partial_batch=args.partial_batch,
                 asr_final_beam=args.final_beam,
+                asr_max_streams=args.max_streams,
                 asr_speculative_end_ms=args.speculative_end_ms,
                 asr_commit_at_pauses=args.commits == "on",
             )
@@ -376,7 +377,7 @@ async def main_async(args: argparse.Namespace) -> int:
     print(
         f"live_audio asr_model={args.asr_model or 'default'} asr_workers={args.asr_workers} "
         f"partial_interval={args.partial_interval or 'default'} partial_batch={args.partial_batch} "
-        f"final_beam={args.final_beam or 'default'} "
+        f"final_beam={args.final_beam or 'default'} max_streams={args.max_streams or 'default'} "
         f"speculative_end_ms={'default' if args.speculative_end_ms is None else args.speculative_end_ms} "
         f"commits={args.commits} "
         f"end_to_score_p95_ms_{GOAL_CALLS}calls={p95:.0f} end_to_final_p95_ms_{GOAL_CALLS}calls="
@@ -410,6 +411,11 @@ def main(argv: list[str] | None = None) -> int:
         "--final-beam", type=int, help="beam width of the ASR's finals (default: its own; 1: greedy)"
     )
     parser.add_argument(
+        "--max-streams",
+        type=int,
+        help="calls the ASR serves at once before it refuses more (default: its own, 8)",
+    )
+    parser.add_argument(
         "--speculative-end-ms",
         type=int,
         help="silence after which a finished sentence ends its turn (default: the ASR's own; 0: off)",
@@ -427,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--commits sets the mesh the bench starts (not one at --url)")
     if args.final_beam is not None and (args.final_beam < 1 or args.url):
         parser.error("--final-beam is at least 1, and sets the mesh the bench starts (not one at --url)")
+    if args.max_streams is not None and (args.max_streams < 1 or args.url):
+        parser.error("--max-streams is at least 1, and sets the mesh the bench starts (not one at --url)")
     if args.speculative_end_ms is not None:
         if args.url:
             parser.error("--speculative-end-ms sets the mesh the bench starts (not one at --url)")

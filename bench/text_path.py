@@ -117,6 +117,7 @@ async def start_mesh(
     asr_partial_interval_s: float | None = None,
     asr_partial_batch: int = 1,
     asr_final_beam: int | None = None,
+    asr_max_streams: int | None = None,
     asr_speculative_end_ms: int | None = None,
     asr_commit_at_pauses: bool = True,
     key_rate_limit: bool = True,
@@ -155,6 +156,8 @@ async def start_mesh(
         argv += ["--asr-partial-batch", str(asr_partial_batch)]
     if asr_final_beam is not None:
         argv += ["--asr-final-beam", str(asr_final_beam)]
+    if asr_max_streams is not None:
+        argv += ["--asr-max-streams", str(asr_max_streams)]
     if asr_speculative_end_ms is not None:
         argv += ["--asr-speculative-end-ms", str(asr_speculative_end_ms)]
     if not asr_commit_at_pauses:

@@ -467,6 +467,12 @@ def _add_up(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="beam width of the ASR's final transcripts (default: the ASR's own; 1: greedy)",
     )
     p.add_argument(
+        "--asr-max-streams",
+        type=int,
+        metavar="N",
+        help="calls the ASR serves at once; it refuses more with RESOURCE_EXHAUSTED (default: its own, 8)",
+    )
+    p.add_argument(
         "--asr-speculative-end-ms",
         type=int,
         metavar="MS",
@@ -532,6 +538,7 @@ def _run_up(args: argparse.Namespace) -> int:
         ("--asr-workers", args.asr_workers),
         ("--asr-partial-batch", args.asr_partial_batch),
         ("--asr-final-beam", args.asr_final_beam),
+        ("--asr-max-streams", args.asr_max_streams),
     ):
         if value is not None and value < 1:  # else the ASR would refuse it after the mesh had started
             print(f"{flag} must be at least 1", file=sys.stderr)
@@ -566,6 +573,7 @@ def _run_up(args: argparse.Namespace) -> int:
         asr_partial_interval_s=args.asr_partial_interval,
         asr_partial_batch=args.asr_partial_batch,
         asr_final_beam=args.asr_final_beam,
+        asr_max_streams=args.asr_max_streams,
         asr_speculative_end_ms=args.asr_speculative_end_ms,
         asr_commit_at_pauses=args.asr_commit_at_pauses,
         tone_fusion=args.tone,

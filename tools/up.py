@@ -66,6 +66,9 @@ class UpOptions:
     """Most partials of different calls the ASR decodes as one batch (1: each alone, its default)."""
     asr_final_beam: int | None = None
     """Beam width of the ASR's final decodes (None: its default, ``python -m asr_service --final-beam``)."""
+    asr_max_streams: int | None = None
+    """Calls the ASR serves at once before it refuses more (None: its default, 8,
+    ``python -m asr_service --max-streams``; docs/capacity.md sizes it per CPU)."""
     asr_speculative_end_ms: int | None = None
     """Silence after which a finished sentence ends its segment (None: the ASR's default,
     ``python -m asr_service --speculative-end-ms``; 0: off)."""
@@ -313,6 +316,7 @@ def mesh_specs(
             )
             + (["--partial-batch", str(options.asr_partial_batch)] if options.asr_partial_batch != 1 else [])
             + (["--final-beam", str(options.asr_final_beam)] if options.asr_final_beam is not None else [])
+            + (["--max-streams", str(options.asr_max_streams)] if options.asr_max_streams is not None else [])
             + (
                 ["--speculative-end-ms", str(options.asr_speculative_end_ms)]
                 if options.asr_speculative_end_ms is not None

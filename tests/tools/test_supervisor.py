@@ -241,9 +241,9 @@ def test_callsense_up_fuses_tone_only_when_asked(tmp_path: Path) -> None:
 
 def test_callsense_up_passes_the_asr_capacity_settings_and_the_asr_takes_them(tmp_path: Path) -> None:
     """`--asr-workers`, `--asr-partial-interval`, `--asr-partial-batch`, `--asr-final-beam`,
-    `--asr-speculative-end-ms` and `--asr-no-commit-at-pauses` reach the ASR's command line, which its own
-    parser takes into the channels' StreamingConfig (0: no partials); the defaults add nothing; a setting
-    the channels refuse is refused by the parser."""
+    `--asr-max-streams`, `--asr-speculative-end-ms` and `--asr-no-commit-at-pauses` reach the ASR's
+    command line, which its own parser takes into the channels' StreamingConfig (0: no partials); the
+    defaults add nothing; a setting the channels refuse is refused by the parser."""
     from asr_service.__main__ import parse_args, streaming_config
     from asr_service.channel import StreamingConfig
 
@@ -258,6 +258,7 @@ def test_callsense_up_passes_the_asr_capacity_settings_and_the_asr_takes_them(tm
         "--partial-interval",
         "--partial-batch",
         "--final-beam",
+        "--max-streams",
         "--speculative-end-ms",
         "--no-commit-at-pauses",
     } & set(default)
@@ -267,11 +268,13 @@ def test_callsense_up_passes_the_asr_capacity_settings_and_the_asr_takes_them(tm
         asr_partial_interval_s=2.0,
         asr_partial_batch=4,
         asr_final_beam=1,
+        asr_max_streams=12,
         asr_speculative_end_ms=300,
         asr_commit_at_pauses=False,
     )
     args = parse_args(asr_argv(options))
     assert (args.workers, args.partial_interval, args.partial_batch, args.final_beam) == (2, 2.0, 4, 1)
+    assert args.max_streams == 12 and parse_args(default).max_streams == 8
     streaming = streaming_config(args)
     assert (streaming.partial_interval_s, streaming.partial_batch) == (2.0, 4)
     assert streaming.speculative_end_ms == 300 and StreamingConfig().speculative_end_ms == 0
@@ -300,20 +303,22 @@ def test_callsense_up_takes_the_asr_settings_into_its_options_and_refuses_bad_on
     started: list[UpOptions] = []
     monkeypatch.setattr(tools.up, "main", lambda options: started.append(options) or 0)
     argv = ["up", "--asr-workers", "2", "--asr-partial-batch", "4", "--asr-final-beam", "1"]
+    argv += ["--asr-max-streams", "12"]
     assert main([*argv, "--asr-speculative-end-ms", "300", "--asr-no-commit-at-pauses"]) == 0
     assert [
         (
             o.asr_workers,
             o.asr_partial_batch,
             o.asr_final_beam,
+            o.asr_max_streams,
             o.asr_speculative_end_ms,
             o.asr_commit_at_pauses,
         )
         for o in started
-    ] == [(2, 4, 1, 300, False)]
-    assert main(["up"]) == 0 and started[-1].asr_final_beam is None
+    ] == [(2, 4, 1, 12, 300, False)]
+    assert main(["up"]) == 0 and started[-1].asr_final_beam is None and started[-1].asr_max_streams is None
     assert started[-1].asr_speculative_end_ms is None and started[-1].asr_commit_at_pauses
-    for flag in ("--asr-workers", "--asr-partial-batch", "--asr-final-beam"):
+    for flag in ("--asr-workers", "--asr-partial-batch", "--asr-final-beam", "--asr-max-streams"):
         assert main(["up", flag, "0"]) == 2
         assert f"{flag} must be at least 1" in capsys.readouterr().err
     for refused in ("-1", "100", "500"):  # the ASR's own rule: after the speculation, before the VAD's end
