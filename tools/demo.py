@@ -246,11 +246,11 @@ async def send_audio(
     sent_at: list[float] = []
     begin = time.perf_counter()
     for index, frame in enumerate(frames):
-        if until is not None and until.done():
-            break
         delay = begin + index * frame_s / speed - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
+        if until is not None and until.done():
+            break
         await ws.send(frame)
         sent_at.append(time.perf_counter())
     return sent_at

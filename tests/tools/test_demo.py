@@ -156,7 +156,7 @@ async def test_the_demo_stops_sending_when_its_call_ends(audio_gateway: RunningG
         await asyncio.wait_for(receiver, 10)
 
     assert events[-1]["type"] == "summary" and events[-1]["reason"] == "shutdown", events[-1]
-    assert len(sent_at) < len(frames) // 10, len(sent_at)
+    assert len(sent_at) < len(frames) // 3, len(sent_at)  # of 30 s: it ended at the start
 
 
 def test_without_a_mesh_the_demo_says_to_start_one(capsys: pytest.CaptureFixture[str]) -> None:

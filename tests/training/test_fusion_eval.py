@@ -94,23 +94,13 @@ def ravdess(
 def test_ravdess_13_18_the_voice_lifts_what_the_words_cannot(ravdess: tuple[dict[str, float], str]) -> None:
     numbers, message = ravdess
     assert numbers["text_macro_f1"] < 0.3 and numbers["text_negative_recall"] < 0.2, message  # words: nothing
-    # 0.25 here, 0.30 in the strict xfail below: the head lifts the words by 0.27 with the text model of
-    # 2026-12-07 04:55 (0.34 with 01:30), and this test keeps what still holds.
+    # 0.25: the head lifts the words by 0.27 with the text model of 2026-12-07 04:55 (0.34 with 01:30) on
+    # the AVX-512 VNNI box, and by 0.30 (text 0.243, fused 0.544) on the newer EPYC of that afternoon, whose
+    # Whisper kernels hear the clips a little differently. A strict xfail at 0.30 stood here until then; it
+    # sat on that edge, passing on one box and failing on the other, so it went: issue 15's own goals are
+    # the strict xfail below.
     assert numbers["fused_macro_f1"] >= numbers["text_macro_f1"] + 0.25, message
     assert numbers["prosody_macro_f1"] >= 0.6, message
-
-
-@pytest.mark.xfail(
-    reason="issue 15: with the text model of 2026-12-07 04:55 the shipped head (fitted with the model of "
-    "2026-11-26) lifts the words by 0.27, not 0.30 (fused 0.539 against text 0.268; 0.595 against 0.257 with "
-    "the model of 01:30); a refit on 04:55 by train-fusion's rule costs flat voices in every shape",
-    strict=True,
-)
-def test_ravdess_13_18_the_voice_lifts_the_words_by_thirty_points(
-    ravdess: tuple[dict[str, float], str],
-) -> None:
-    numbers, message = ravdess
-    assert numbers["fused_macro_f1"] >= numbers["text_macro_f1"] + 0.3, message
 
 
 # 0.667 with the text model the head was fitted on (2026-11-26) and with the one of 2026-12-05 03:17;
