@@ -54,6 +54,7 @@ from tools.demo import (
     lay_out,
     natural_gaps,
     open_call,
+    read_events,
     send_audio,
     start_message,
     synthesize,
@@ -101,15 +102,11 @@ async def play_call(url: str, audio: CallAudio, delay_s: float) -> CallRecord:
     call_id = f"bench-audio-{uuid.uuid4().hex[:10]}"
     record = CallRecord(audio)
 
-    async def receive() -> None:
-        async for raw in ws:
-            event: Event = json.loads(raw)
-            record.events.append((time.perf_counter(), event))
-            if event.get("type") == "summary":
-                return
+    def take(event: Event) -> None:
+        record.events.append((time.perf_counter(), event))
 
     async with open_call(url, call_id, start_message(call_id, audio.rate_hz), BENCH_KEY) as ws:
-        receiver = asyncio.create_task(receive())
+        receiver = asyncio.create_task(read_events(ws, take))
         record.sent_at = await send_audio(ws, audio.frames(), FRAME_MS / 1000, until=receiver)
         if not receiver.done():  # else the call ended early (refused, failed): its turns count as missed
             await ws.send(json.dumps({"type": "stop"}))

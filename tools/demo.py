@@ -256,6 +256,15 @@ async def send_audio(
     return sent_at
 
 
+async def read_events(ws: ClientConnection, on_event: Callable[[Event], None]) -> None:
+    """Hand each event of the call on ``ws`` to ``on_event``, in arrival order, up to its summary."""
+    async for raw in ws:
+        event: Event = json.loads(raw)
+        on_event(event)
+        if event.get("type") == "summary":
+            return
+
+
 @contextlib.asynccontextmanager
 async def open_call(url: str, call_id: str, start: Event, key: str) -> AsyncIterator[ClientConnection]:
     """A WebSocket with the call started on it; a DemoError saying what to do when that fails."""
@@ -298,16 +307,12 @@ async def play(
     each also handed to ``on_event`` as it arrives."""
     events: list[Event] = []
 
-    async def receive(ws: ClientConnection) -> None:
-        async for raw in ws:
-            event: Event = json.loads(raw)
-            events.append(event)
-            on_event(event)
-            if event.get("type") == "summary":
-                return
+    def take(event: Event) -> None:
+        events.append(event)
+        on_event(event)
 
     async with open_call(url, call_id, start_message(call_id, audio.rate_hz), key) as ws:
-        receiver = asyncio.create_task(receive(ws))
+        receiver = asyncio.create_task(read_events(ws, take))
         try:
             await send_audio(ws, audio.frames(), FRAME_MS / 1000, speed=speed, until=receiver)
             if not receiver.done():

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import socket
 import wave
 from pathlib import Path
@@ -31,8 +30,10 @@ from tools.demo import (
     CallAudio,
     DemoError,
     DemoOptions,
+    Event,
     espeak_path,
     open_call,
+    read_events,
     run_demo,
     send_audio,
     start_message,
@@ -138,16 +139,10 @@ async def test_the_demo_stops_sending_when_its_call_ends(audio_gateway: RunningG
     frame answered with call_ended and none of it read, until the connection's pings timed out."""
     gw, call_id = audio_gateway, "demo-test-ended"
     frames = [bytes(RATE_HZ * 2 * 2 * FRAME_MS // 1000)] * 1500  # 30 s of stereo silence
-    events: list[dict[str, object]] = []
-
-    async def receive() -> None:
-        async for raw in ws:
-            events.append(json.loads(raw))
-            if events[-1]["type"] == "summary":
-                return
+    events: list[Event] = []
 
     async with open_call(gw.ws_url, call_id, start_message(call_id), gw.key) as ws:
-        receiver = asyncio.create_task(receive())
+        receiver = asyncio.create_task(read_events(ws, events.append))
         sender = asyncio.create_task(send_audio(ws, frames, FRAME_MS / 1000, until=receiver))
         session = gw.gateway.registry.get(call_id)
         assert session is not None
