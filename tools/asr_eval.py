@@ -114,13 +114,29 @@ def reference_words(reference: str) -> list[str]:
 
 def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
     """Substitutions + deletions + insertions between the normalised texts, and the reference's words."""
+    ref = reference_words(reference)
+    return _edit_distance(ref, normalised_words(hypothesis)), len(ref)
+
+
+def errors_after(reference: str, hypothesis: str, first_words: int) -> int:
+    """The word errors of ``hypothesis`` on ``reference`` past its first ``first_words`` words (a phrase
+    measured apart, such as one only heard right with the speech after it). The hypothesis is split where
+    the two parts' errors sum least, which is ``word_errors``; of equal splits, the one charging the later
+    part least, so the opening's own mistakes stay with it."""
     ref, hyp = reference_words(reference), normalised_words(hypothesis)
+    opening, rest = ref[:first_words], ref[first_words:]
+    splits = [(_edit_distance(opening, hyp[:k]), _edit_distance(rest, hyp[k:])) for k in range(len(hyp) + 1)]
+    return min(splits, key=lambda s: (s[0] + s[1], s[1]))[1]
+
+
+def _edit_distance(ref: Sequence[str], hyp: Sequence[str]) -> int:
+    """Substitutions + deletions + insertions turning ``ref`` into ``hyp`` (one row of the table kept)."""
     row = list(range(len(hyp) + 1))
     for i, r in enumerate(ref, 1):
         previous, row[0] = row[0], i
         for j, h in enumerate(hyp, 1):
             previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (r != h))
-    return row[len(hyp)], len(ref)
+    return row[len(hyp)]
 
 
 def corpus_wer(references: Sequence[str], hypotheses: Sequence[str]) -> float:

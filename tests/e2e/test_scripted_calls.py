@@ -66,9 +66,31 @@ TWILIO_SCRIPTS = tuple(SCRIPTS)
 # run, and it must be removed.
 MODEL_GAP = frozenset({"recovers-after-concession"})
 PCM_MODEL_GAP = MODEL_GAP
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """This CPU's feature flags as the kernel lists them; none where they cannot be read (not Linux)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return frozenset()
+    flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return frozenset(flags.partition(":")[2].split())
+
+
+# On the newer 2-core EPYC (CPU family 26, the only one of our boxes with AVX-VNNI), Whisper's kernels round
+# polite-but-lost's 8 kHz lines otherwise, and its first no, heard there and on the Zen 4 box of the same
+# day as "We talked below and we decided to stay with what we have for now", reads 0.42 there against 0.25.
+# The scorer reads it after the agent's pitch, which the kernels garble differently: after the pitch as
+# written it reads 0.46, after the Zen 4 box's garbled one 0.25, with none 0.31 (as served). The rolling
+# average after the second no is then 0.305, just over the red line, and red comes at 67.6 s, 8 s after it
+# is due (three CI runs of 2026-12-07); the Zen 4 box turns it red at 57.2 s (0.18), as the boxes of 12-05
+# did. The root is issue 12's: a polite no that a warm pitch before it lifts to neutral.
+# Strict where it applies: passing there fails the run, and the mark must go.
+NEWER_EPYC_MULAW_GAP = frozenset({"polite-but-lost"} if "avx_vnni" in cpu_flags() else ())
 # Over 8 kHz mu-law: espeak's voice over the phone line comes back garbled ("Sound, talk, I'll find it a
 # little bit right" for "Sounds good, I'll sign it as soon as it arrives"); the happy call stays amber.
-MULAW_MODEL_GAP = MODEL_GAP | {"happy-close"}
+MULAW_MODEL_GAP = MODEL_GAP | {"happy-close"} | NEWER_EPYC_MULAW_GAP
 
 
 def scripts(names: tuple[str, ...], known_gap: frozenset[str] = MODEL_GAP) -> list[Any]:
