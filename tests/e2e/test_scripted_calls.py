@@ -68,17 +68,21 @@ MODEL_GAP = frozenset({"recovers-after-concession"})
 PCM_MODEL_GAP = MODEL_GAP
 
 
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
-    """This CPU's feature flags as the kernel lists them; none where they cannot be read (not Linux)."""
+def cpu_field(name: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The first CPU's ``name`` line of /proc/cpuinfo ("vendor_id", "cpu family"); "" where it cannot be
+    read (not Linux)."""
     try:
         text = cpuinfo.read_text()
     except OSError:
-        return frozenset()
-    flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
-    return frozenset(flags.partition(":")[2].split())
+        return ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == name:
+            return value.strip()
+    return ""
 
 
-# On the newer 2-core EPYC (CPU family 26, the only one of our boxes with AVX-VNNI), Whisper's kernels round
+# On the newer 2-core EPYC (AMD, CPU family 26: Zen 5), Whisper's kernels round
 # polite-but-lost's 8 kHz lines otherwise, and its first no, heard there and on the Zen 4 box of the same
 # day as "We talked below and we decided to stay with what we have for now", reads 0.42 there against 0.25.
 # The scorer reads it after the agent's pitch, which the kernels garble differently: after the pitch as
@@ -87,7 +91,8 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
 # is due (three CI runs of 2026-12-07); the Zen 4 box turns it red at 57.2 s (0.18), as the boxes of 12-05
 # did. The root is issue 12's: a polite no that a warm pitch before it lifts to neutral.
 # Strict where it applies: passing there fails the run, and the mark must go.
-NEWER_EPYC_MULAW_GAP = frozenset({"polite-but-lost"} if "avx_vnni" in cpu_flags() else ())
+NEWER_EPYC = cpu_field("vendor_id") == "AuthenticAMD" and cpu_field("cpu family") == "26"
+NEWER_EPYC_MULAW_GAP = frozenset({"polite-but-lost"} if NEWER_EPYC else ())
 # Over 8 kHz mu-law: espeak's voice over the phone line comes back garbled ("Sound, talk, I'll find it a
 # little bit right" for "Sounds good, I'll sign it as soon as it arrives"); the happy call stays amber.
 MULAW_MODEL_GAP = MODEL_GAP | {"happy-close"} | NEWER_EPYC_MULAW_GAP
