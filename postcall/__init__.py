@@ -3,9 +3,9 @@
 - ``server``: the ``PostCall`` gRPC service (``Report``: the report of a finished call, built in a thread).
 - ``reports``: tags plus summary into one report, and the sweep that completes the reports a gateway could
   not get when its call ended.
-- ``objections`` + ``objection_encoder`` + ``encoder`` (+ ``objection_adapter.safetensors``, what fine-tuning
-  changed in MiniLM, and ``objection_examples.json``, training sentences): objection tags (phrase rules and
-  a fine-tuned MiniLM classifier, in NumPy; or an LLM endpoint).
+- ``objections`` + ``objection_encoder`` + ``encoder`` (+ ``objection_adapters/``, what fine-tuning
+  changed in MiniLM, a file per fit, and ``objection_examples.json``, training sentences):
+  objection tags (phrase rules and a fine-tuned MiniLM classifier, in NumPy; or an LLM endpoint).
 - ``summary``: the manager's report (spikes, turning points, quarters, lines).
 - ``webhooks``: the outbox dispatcher (signing, delivery, retries) and ``callsense webhooks requeue``.
 - ``rollup``: the daily roll-ups, their Slack alerts, the nightly scheduler and ``callsense rollup``.

@@ -9,10 +9,10 @@ Only the customer's side is tagged (``customer`` and, on a mono line, ``mixed`` 
      segment is clearly positive ("not now, we're ready!"). No rule names a rival: "we use HubSpot today"
      is a fact, not an objection; the classifier tells the two apart.
   2. A fine-tuned classifier (``postcall/objection_encoder.py``: MiniLM with adapters trained end to end,
-     in ``objection_adapter.safetensors``, run in NumPy) reads each customer segment with the rep's
-     segments before and after it (what the rep said and answered) and gives six probabilities, "none" and the
-     tags; a tag is given where its probability reaches the file's threshold (chosen on a held-out split
-     for precision).
+     in ``objection_adapters/``, its fits averaged, run in NumPy) reads each customer segment with
+     the rep's segments before and after it (what the rep said and answered) and gives six probabilities,
+     "none" and the tags; a tag is given where its probability reaches the fits' threshold (chosen on a
+     held-out split for precision).
      Trained by ``callsense objections train`` (training/objection_finetune.py) on the sales corpus's
      labelled customer lines and the hand-written sentences of ``objection_examples.json``.
   Figures: ``callsense objections evaluate`` and docs/objections.md.
@@ -67,6 +67,9 @@ ENV_LLM_URL = "CALLSENSE_OBJECTIONS_LLM_URL"
 ENV_LLM_MODEL = "CALLSENSE_OBJECTIONS_LLM_MODEL"
 ENV_LLM_API_KEY = "CALLSENSE_OBJECTIONS_LLM_API_KEY"
 ENV_LLM_TIMEOUT = "CALLSENSE_OBJECTIONS_LLM_TIMEOUT_S"
+# The local tagger's adapters instead of the shipped folder: another folder of fits (averaged) or one fit's
+# file, e.g. your own `callsense objections train --out` (docs/objections.md).
+ENV_MODEL = "CALLSENSE_OBJECTIONS_MODEL"
 
 
 class ObjectionTagger(Protocol):
@@ -395,10 +398,13 @@ def parse_llm_reply(reply: Any, segments: Sequence[UtteranceScore]) -> list[Obje
 
 def tagger_from_env(env: Mapping[str, str] = os.environ) -> ObjectionTagger:
     """The LLM tagger (with the local one as fallback) when ``CALLSENSE_OBJECTIONS_LLM_URL`` is set;
-    otherwise the local tagger. A half-configured LLM is an error that says what to set."""
+    otherwise the local tagger, reading ``CALLSENSE_OBJECTIONS_MODEL`` where set (a fit's file or a folder of
+    fits). A half-configured LLM is an error that says what to set; a broken model path fails here."""
+    model = env.get(ENV_MODEL, "").strip()
+    local = LocalObjectionTagger(model_path=Path(model)) if model else LocalObjectionTagger()
     url = env.get(ENV_LLM_URL, "").strip()
     if not url:
-        return LocalObjectionTagger()
+        return local
     timeout = env.get(ENV_LLM_TIMEOUT, "").strip()
     try:
         timeout_s = float(timeout) if timeout else LlmSettings.timeout_s
@@ -410,4 +416,4 @@ def tagger_from_env(env: Mapping[str, str] = os.environ) -> ObjectionTagger:
         api_key=env.get(ENV_LLM_API_KEY, "").strip() or None,
         timeout_s=timeout_s,
     )
-    return LlmObjectionTagger(settings)
+    return LlmObjectionTagger(settings, fallback=local)

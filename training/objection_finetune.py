@@ -59,7 +59,12 @@ from postcall.objection_encoder import (
 from postcall.objections import load_examples
 from training.objection_eval import SALES_DIR, GoldLine, by_call, load_gold_lines, mentions
 
-DEFAULT_OUT = ADAPTER_PATH
+
+def default_out(seed: int) -> Path:
+    """Where a fit goes unless told: one file of the shipped folder per seed (the tagger averages them)."""
+    return ADAPTER_PATH / f"seed{seed}.safetensors"
+
+
 FIT_SPLITS = ("train", "dev")
 RANK = 16
 LORA_ALPHA = 32.0

@@ -1,5 +1,6 @@
-"""The objection tagger's fine-tuned classifier: the shipped adapters read in NumPy give the probabilities
-the training code's torch model gives, and a broken or mismatched adapter file fails at start-up."""
+"""The objection tagger's fine-tuned classifier: the shipped fits read in NumPy give, averaged, the
+probabilities the training code's torch models give; a folder of fits averages them under one threshold;
+a broken or mismatched adapter file fails at start-up."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from postcall.objection_encoder import (
     AdapterFile,
     ObjectionClassifier,
     ObjectionModelError,
+    adapter_files,
     merge_adapters,
     segment_contexts,
     shared_classifier,
@@ -55,12 +57,16 @@ def classifier() -> ObjectionClassifier:
 def test_probabilities_are_the_training_models(classifier: ObjectionClassifier) -> None:
     pytest.importorskip("torch", reason="the training side (torch) is the reference")
     finetune = pytest.importorskip("training.objection_finetune")
-    net = finetune.TaggerNet(default_model_dir())
-    finetune.load_adapter_tensors(net, AdapterFile.read().tensors)
-    net.eval()
     examples = [finetune.Example(context, text, 0) for context, text in PAIRS]
-    reference = finetune.probabilities(net, examples, default_model_dir())
+    each = []
+    for path in adapter_files():
+        net = finetune.TaggerNet(default_model_dir())
+        finetune.load_adapter_tensors(net, AdapterFile.read(path).tensors)
+        net.eval()
+        each.append(finetune.probabilities(net, examples, default_model_dir()))
+    reference = np.mean(each, axis=0)
     ours = classifier.probabilities(PAIRS)
+    assert classifier.fits == len(each)
     assert ours.shape == (len(PAIRS), len(CLASSES))
     assert np.allclose(ours.sum(axis=1), 1.0)
     assert np.abs(ours - reference).max() < 1e-4
@@ -100,9 +106,20 @@ def test_merge_folds_each_adapter_into_its_projection() -> None:
         merge_adapters(base, {"layer.norm.weight": np.ones(3, np.float32)}, 1.0)
 
 
-def _rewrite(tmp_path: Path, metadata: dict[str, str] | None = None, drop: str = "") -> Path:
-    adapter = AdapterFile.read()
-    tensors = {name: value for name, value in load_file(str(ADAPTER_PATH)).items() if name != drop}
+def _rewrite(
+    tmp_path: Path,
+    metadata: dict[str, str] | None = None,
+    drop: str = "",
+    name: str = "adapter.safetensors",
+    head_bias_shift: float = 0.0,
+) -> Path:
+    """A copy of the first shipped fit with its metadata changed, a tensor dropped, or its head's bias for
+    "none" moved (another fit, as far as the average can tell)."""
+    shipped = adapter_files()[0]
+    adapter = AdapterFile.read(shipped)
+    tensors = {name: value for name, value in load_file(str(shipped)).items() if name != drop}
+    if "head.bias" in tensors:
+        tensors["head.bias"] = tensors["head.bias"] + np.array([head_bias_shift, 0, 0, 0, 0, 0], np.float32)
     base = {
         "format": "callsense-objection-adapter/1",
         "classes": json.dumps(list(CLASSES)),
@@ -111,7 +128,7 @@ def _rewrite(tmp_path: Path, metadata: dict[str, str] | None = None, drop: str =
         "base_sha256": adapter.base_sha256,
         "card": json.dumps(adapter.card),
     }
-    path = tmp_path / "adapter.safetensors"
+    path = tmp_path / name
     save_file(tensors, str(path), metadata={**base, **(metadata or {})})
     return path
 
@@ -142,11 +159,41 @@ def test_an_unreadable_file_is_named(tmp_path: Path) -> None:
         ObjectionClassifier(tmp_path / "junk.safetensors")
 
 
-def test_the_shipped_file_is_small_and_says_what_it_is() -> None:
-    assert ADAPTER_PATH.stat().st_size < 2_000_000  # adapters, not a copy of the encoder
-    adapter = AdapterFile.read()
-    assert adapter.card["fitted_on"]["splits"] == ["train", "dev"]
-    assert "test" not in adapter.card["command"]
+def test_the_shipped_files_are_small_and_say_what_they_are() -> None:
+    files = adapter_files()
+    assert files == sorted(ADAPTER_PATH.glob("*.safetensors")) and files
+    seeds = set()
+    for path in files:
+        assert path.stat().st_size < 2_000_000  # adapters, not a copy of the encoder
+        adapter = AdapterFile.read(path)
+        assert adapter.card["fitted_on"]["splits"] == ["train", "dev"]
+        assert "test" not in adapter.card["command"]
+        seeds.add(adapter.card["training"]["seed"])
+    assert len(seeds) == len(files)  # each fit its own seed: the same one twice would average nothing
+
+
+def test_a_folder_of_fits_averages_their_probabilities(tmp_path: Path) -> None:
+    folder = tmp_path / "fits"
+    folder.mkdir()
+    first = _rewrite(folder, name="a.safetensors")
+    second = _rewrite(folder, name="b.safetensors", head_bias_shift=2.0)  # "none" likelier: fewer tags
+    both = ObjectionClassifier(folder)
+    alone = [
+        ObjectionClassifier(first).probabilities(PAIRS),
+        ObjectionClassifier(second).probabilities(PAIRS),
+    ]
+    assert both.fits == 2 and not np.allclose(alone[0], alone[1])
+    assert np.allclose(both.probabilities(PAIRS), (alone[0] + alone[1]) / 2, atol=1e-6)
+
+
+def test_fits_with_different_thresholds_or_an_empty_folder_fail_at_start_up(tmp_path: Path) -> None:
+    _rewrite(tmp_path, {"threshold": "0.6"}, name="a.safetensors")
+    _rewrite(tmp_path, {"threshold": "0.75"}, name="b.safetensors")
+    with pytest.raises(ObjectionModelError, match=r"different thresholds \[0.6, 0.75\]"):
+        ObjectionClassifier(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ObjectionModelError, match="empty: no adapter files"):
+        ObjectionClassifier(tmp_path / "empty")
 
 
 def test_the_shared_classifier_loads_once_across_threads(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from callsense.domain import UtteranceScore
 from callsense.report import TAGS, ObjectionTag
-from postcall.objection_encoder import ObjectionModelError
+from postcall.objection_encoder import ADAPTER_PATH, ObjectionModelError, adapter_files
 from postcall.objections import (
     EXAMPLES_PATH,
     LlmObjectionTagger,
@@ -621,3 +621,25 @@ def test_tagger_from_env() -> None:
                 "CALLSENSE_OBJECTIONS_LLM_TIMEOUT_S": "soon",
             }
         )
+
+
+def test_tagger_from_env_reads_the_model_it_is_pointed_at(tmp_path: Path) -> None:
+    shipped = tagger_from_env({})
+    assert isinstance(shipped, LocalObjectionTagger) and shipped.model.path == ADAPTER_PATH
+    assert shipped.model.fits == len(adapter_files())
+    one_fit = adapter_files()[0]
+    single = tagger_from_env({"CALLSENSE_OBJECTIONS_MODEL": str(one_fit)})
+    assert (
+        isinstance(single, LocalObjectionTagger) and single.model.fits == 1 and single.model.path == one_fit
+    )
+    llm = tagger_from_env(
+        {
+            "CALLSENSE_OBJECTIONS_MODEL": str(one_fit),
+            "CALLSENSE_OBJECTIONS_LLM_URL": "http://127.0.0.1:8000/v1",
+            "CALLSENSE_OBJECTIONS_LLM_MODEL": "qwen",
+        }
+    )
+    assert isinstance(llm, LlmObjectionTagger) and isinstance(llm.fallback, LocalObjectionTagger)
+    assert llm.fallback.model.path == one_fit
+    with pytest.raises(ObjectionModelError, match="absent.safetensors: cannot read"):
+        tagger_from_env({"CALLSENSE_OBJECTIONS_MODEL": str(tmp_path / "absent.safetensors")})

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from postcall.objection_encoder import AdapterFile
+from postcall.objection_encoder import AdapterFile, adapter_files
 from postcall.objections import LocalObjectionTagger
 from scorer_service.inference import DEFAULT_MODEL, SentimentModel
 from tools.cli import build_parser
@@ -111,11 +111,14 @@ def test_the_command_is_registered() -> None:
 
 
 def test_the_shipped_adapters_never_saw_the_test_split() -> None:
-    adapter = AdapterFile.read()
-    fitted = adapter.card["fitted_on"]
-    assert fitted["splits"] == ["train", "dev"] and fitted["asr_copies"]
-    assert adapter.card["command"].startswith("callsense objections train --splits train dev --threshold ")
-    assert float(adapter.card["command"].split("--threshold ")[1].split()[0]) == adapter.threshold
+    for path in adapter_files():
+        adapter = AdapterFile.read(path)
+        fitted = adapter.card["fitted_on"]
+        assert fitted["splits"] == ["train", "dev"] and fitted["asr_copies"], path
+        assert adapter.card["command"].startswith(
+            "callsense objections train --splits train dev --threshold "
+        )
+        assert float(adapter.card["command"].split("--threshold ")[1].split()[0]) == adapter.threshold
     customer = [g for g in load_gold_lines(split="test") if g.speaker == "customer"]
     # The test split of the corpus's four batches (739 and 169 on batches 1-3, 528 and 116 on batches 1-2).
     assert len(customer) == 829 and sum(g.objection is not None for g in customer) == 190
