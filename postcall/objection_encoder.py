@@ -10,12 +10,13 @@ package's, which the post-call worker already installs; each file records their 
 refuses other base weights (the adapters mean nothing on them).
 
 A tagger is a folder of fits, their probabilities averaged, or one fit's file; the shipped folder
-``objection_adapters/`` holds one fit today (the same recipe with three seeds averaged beat each seed on dev
-and gained micro-F1 on test, but tagged more lines without an objection than the ship gate allows:
-docs/objections.md "Seeds averaged"). Loading merges each fit's adapters into its own copy of the
-projections once (W + scale * B @ A, float32, about 90 MB a fit), so a segment costs one pass of a plain
-MiniLM (postcall/encoder.py) per fit. The likeliest tag is given where its (averaged) probability reaches
-the ``threshold`` every file of the folder carries (chosen once, for the average).
+``objection_adapters/`` holds one fit today (three seeds of the four-batch recipe averaged beat each seed on
+dev, and on test the shipped fit's micro-F1, but tagged more lines without an objection than the ship gate
+allows: docs/objections.md "Seeds averaged"). Loading merges each fit's adapters into its own copy of the
+projections once (W + scale * B @ A, float32; ~160 MB for one fit, ~55 MB more a fit, the embeddings
+shared), so a segment costs one pass of a plain MiniLM (postcall/encoder.py) per fit. The likeliest tag is
+given where its (averaged) probability reaches the ``threshold`` every file of the folder carries (chosen
+for the folder's fits together).
 """
 
 from __future__ import annotations
@@ -187,8 +188,10 @@ class AdapterFile:
 class _Fit:
     """One adapter file made ready: its adapters merged into a copy of the encoder, and its head."""
 
-    def __init__(self, path: Path, adapter: AdapterFile, base_dir: Path) -> None:
-        weights = merge_adapters(load_file(str(base_dir / BASE_WEIGHTS)), adapter.tensors, adapter.lora_scale)
+    def __init__(
+        self, path: Path, adapter: AdapterFile, base: Mapping[str, NDArray[np.generic]], base_dir: Path
+    ) -> None:
+        weights = merge_adapters(base, adapter.tensors, adapter.lora_scale)
         self.encoder = MiniLMEncoder(base_dir, weights=weights)
         head = np.asarray(adapter.tensors[HEAD_WEIGHT], dtype=np.float32)
         if head.shape[1] != self.encoder.dimension:
@@ -236,7 +239,12 @@ class ObjectionClassifier:
             )
         self.threshold = thresholds[0]
         self.cards = [adapter.card for adapter in adapters]
-        self._fits = [_Fit(file, adapter, base_dir) for file, adapter in zip(files, adapters, strict=True)]
+        # merge_adapters never writes into the base weights: one read serves every fit, and the weights no
+        # adapter touches (the embeddings) are shared between them.
+        base = load_file(str(base_dir / BASE_WEIGHTS))
+        self._fits = [
+            _Fit(file, adapter, base, base_dir) for file, adapter in zip(files, adapters, strict=True)
+        ]
 
     @property
     def fits(self) -> int:

@@ -401,7 +401,8 @@ def tagger_from_env(env: Mapping[str, str] = os.environ) -> ObjectionTagger:
     otherwise the local tagger, reading ``CALLSENSE_OBJECTIONS_MODEL`` where set (a fit's file or a folder of
     fits). A half-configured LLM is an error that says what to set; a broken model path fails here."""
     model = env.get(ENV_MODEL, "").strip()
-    local = LocalObjectionTagger(model_path=Path(model)) if model else LocalObjectionTagger()
+    # Resolved: the process's classifier is cached by path, and a relative one names the same files twice.
+    local = LocalObjectionTagger(model_path=Path(model).resolve()) if model else LocalObjectionTagger()
     url = env.get(ENV_LLM_URL, "").strip()
     if not url:
         return local

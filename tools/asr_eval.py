@@ -124,6 +124,8 @@ def errors_after(reference: str, hypothesis: str, first_words: int) -> int:
     the two parts' errors sum least, which is ``word_errors``; of equal splits, the one charging the later
     part least, so the opening's own mistakes stay with it."""
     ref, hyp = reference_words(reference), normalised_words(hypothesis)
+    if first_words <= 0:  # nothing set apart: words made up before the first one are errors too
+        return _edit_distance(ref, hyp)
     opening, rest = ref[:first_words], ref[first_words:]
     splits = [(_edit_distance(opening, hyp[:k]), _edit_distance(rest, hyp[k:])) for k in range(len(hyp) + 1)]
     return min(splits, key=lambda s: (s[0] + s[1], s[1]))[1]

@@ -9,10 +9,11 @@
                                [--epochs N] [--seed S]
         fine-tunes the tagger's encoder (adapters on MiniLM, training/objection_finetune.py) on the sales
         splits named (never test) and the hand-written examples, and writes the adapters of one fit
-        (postcall/objection_adapters/seed<S>.safetensors unless --out: the shipped tagger averages the
-        folder's fits). The threshold: chosen on a split it was not fitted on (``--splits train --choose-on
-        dev``), or given (``--splits train dev --threshold T``, the shipped fits, the same T in each). Needs
-        the ``train`` extra; 12-15 minutes a fit on two cores
+        (runs/objections/seed<S>.safetensors unless --out; shipping it is copying it into
+        postcall/objection_adapters/, whose every file the tagger averages). The threshold: chosen on a
+        split it was not fitted on (``--splits train --choose-on dev``), or given (``--splits train dev
+        --threshold T``, the shipped fits, the same T in each). Needs the ``train`` extra; 12-13 minutes
+        for train alone, 21-22 for train + dev, on two cores
 
 Exit codes: 0 done, 2 bad input. The test split is for the model card: read it once per shipped model.
 """
@@ -42,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--data", default="", help="the corpus folder (default: the repository's data/sales)"
     )
     train = verbs.add_parser("train", help="fine-tune the tagger's classifier and write its adapters")
-    train.add_argument("--out", default="", help="default: postcall/objection_adapters/seed<S>.safetensors")
+    train.add_argument("--out", default="", help="default: runs/objections/seed<S>.safetensors")
     train.add_argument(
         "--splits", nargs="+", default=["train", "dev"], help="the splits to fit on (default train dev)"
     )

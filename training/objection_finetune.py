@@ -44,7 +44,6 @@ from transformers import AutoTokenizer, BertModel
 from callsense.model_files import file_sha256
 from postcall.encoder import MAX_TOKENS, default_model_dir
 from postcall.objection_encoder import (
-    ADAPTER_PATH,
     BASE_WEIGHTS,
     CLASSES,
     FORMAT,
@@ -61,8 +60,9 @@ from training.objection_eval import SALES_DIR, GoldLine, by_call, load_gold_line
 
 
 def default_out(seed: int) -> Path:
-    """Where a fit goes unless told: one file of the shipped folder per seed (the tagger averages them)."""
-    return ADAPTER_PATH / f"seed{seed}.safetensors"
+    """Where a fit goes unless told: a run folder, never the shipped one (the tagger averages every file of
+    ``ADAPTER_PATH``, so shipping a fit is copying it there, on purpose)."""
+    return Path("runs") / "objections" / f"seed{seed}.safetensors"
 
 
 FIT_SPLITS = ("train", "dev")
@@ -360,6 +360,9 @@ def train_and_write(
         raise ValueError(f"the threshold must be chosen on a split not fitted on, not {choose_on}")
     if threshold is not None and not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    if out.is_dir():  # found now, not after the fit's minutes
+        raise ValueError(f"--out names a file to write, and {out} is a folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
     say = progress or (lambda _: None)
     base_dir = default_model_dir()
     lines = load_gold_lines(directory)

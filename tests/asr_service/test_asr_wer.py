@@ -100,7 +100,9 @@ def test_streaming_on_asr_dev_is_within_a_point_of_offline_and_under_the_goal(
 # too (4.5 s). A final, due as the speech ends, cannot hear that. At 16 kHz it is a coin the CPU's kernels
 # toss: right on the AVX2 and VNNI boxes of 12-05, "And so am I fellow Americans" on the newer EPYC of
 # 12-07 (2 errors). Whisper base streams it right (issue 14's ladder). So the small set's bound counts the
-# clip from "ask not" on, and the opening is printed, not bounded.
+# clip from "ask not" on, and the opening is printed, not bounded. Past the opening, on the Zen 4 box of
+# 12-07 under each oneDNN cap, streaming made 2-3 errors and offline 0-2: 2 against 0 under the service's
+# cap, 3 against 0 (on the bound) capped at AVX2; on the Zen 5 CI box at 16 kHz, 2 against 0.
 NEEDS_LOOKAHEAD = {"jfk": 5}
 SMALL_SET_MAX_EXTRA_WORDS = 3
 

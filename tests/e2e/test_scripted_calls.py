@@ -86,24 +86,34 @@ def cpu_field(name: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
 # polite-but-lost's 8 kHz lines otherwise, and its first no, heard there and on the Zen 4 box of the same
 # day as "We talked below and we decided to stay with what we have for now", reads 0.42 there against 0.25.
 # The scorer reads it after the agent's pitch, which the kernels garble differently: after the pitch as
-# written it reads 0.46, after the Zen 4 box's garbled one 0.25, with none 0.31 (as served). The rolling
+# written it reads 0.46, after the Zen 4 box's garbled one 0.25, alone 0.31. The rolling
 # average after the second no is then 0.305, just over the red line, and red comes at 67.6 s, 8 s after it
 # is due (three CI runs of 2026-12-07); the Zen 4 box turns it red at 57.2 s (0.18), as the boxes of 12-05
 # did. The root is issue 12's: a polite no that a warm pitch before it lifts to neutral.
-# Strict where it applies: passing there fails the run, and the mark must go.
+# Strict on that CPU family (every Zen 5, measured on the CI's 2-core EPYC only): passing there fails the
+# run, and the mark must go or narrow.
 NEWER_EPYC = cpu_field("vendor_id") == "AuthenticAMD" and cpu_field("cpu family") == "26"
 NEWER_EPYC_MULAW_GAP = frozenset({"polite-but-lost"} if NEWER_EPYC else ())
 # Over 8 kHz mu-law: espeak's voice over the phone line comes back garbled ("Sound, talk, I'll find it a
 # little bit right" for "Sounds good, I'll sign it as soon as it arrives"); the happy call stays amber.
-MULAW_MODEL_GAP = MODEL_GAP | {"happy-close"} | NEWER_EPYC_MULAW_GAP
+MULAW_MODEL_GAP = MODEL_GAP | {"happy-close"}
 
 
-def scripts(names: tuple[str, ...], known_gap: frozenset[str] = MODEL_GAP) -> list[Any]:
-    """The scripts as test parameters, those of ``known_gap`` marked as the known gap they are."""
+def scripts(
+    names: tuple[str, ...], known_gap: frozenset[str] = MODEL_GAP, cpu_gap: frozenset[str] = frozenset()
+) -> list[Any]:
+    """The scripts as test parameters, those of ``known_gap`` (or ``cpu_gap``, a gap of this CPU's
+    kernels) marked as the known gap they are."""
     gap = pytest.mark.xfail(
         strict=True, reason="issue 12: the shipped model does not yet hear this call as scripted (MODEL_GAP)"
     )
-    return [pytest.param(name, marks=gap) if name in known_gap else name for name in names]
+    on_this_cpu = pytest.mark.xfail(
+        strict=True,
+        reason="issue 12, on AMD CPU family 26 only: its Whisper kernels garble the agent's pitch otherwise, "
+        "and the polite first no after it reads neutral (NEWER_EPYC_MULAW_GAP)",
+    )
+    marks = {**{name: on_this_cpu for name in cpu_gap}, **{name: gap for name in known_gap}}
+    return [pytest.param(name, marks=marks[name]) if name in marks else name for name in names]
 
 
 ARTIFACTS = ROOT / "test-artifacts" / "scripted-calls"
@@ -350,7 +360,7 @@ async def twilio_call(mesh: RunningMesh, call_id: str, audio: CallAudio) -> list
     return events
 
 
-@pytest.mark.parametrize("name", scripts(TWILIO_SCRIPTS, MULAW_MODEL_GAP))
+@pytest.mark.parametrize("name", scripts(TWILIO_SCRIPTS, MULAW_MODEL_GAP, NEWER_EPYC_MULAW_GAP))
 async def test_scripted_call_through_twilio_at_8_khz_mulaw(mesh: RunningMesh, name: str) -> None:
     call = SCRIPTS[name]
     audio = await spoken(call, 8_000)

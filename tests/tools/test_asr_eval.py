@@ -31,6 +31,7 @@ def test_errors_after_an_opening_leave_the_openings_own_mistakes_to_it() -> None
     assert errors_after(ref, "And so am I fell in America. Ask not what your country can do", 5) == 2
     assert errors_after(ref, "ask not what your country can do for you", 5) == 0  # the opening unheard
     assert errors_after(ref, heard, 0) == 5  # nothing set apart: every error counts
+    assert errors_after("ask not what your country", "thank you ask not what your country", 0) == 2
 
 
 def test_corpus_wer_weighs_clips_by_their_words() -> None:

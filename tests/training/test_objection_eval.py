@@ -169,11 +169,12 @@ def _small_corpus(directory: Path) -> None:
 
 @pytest.mark.slow
 def test_training_is_deterministic_and_never_fits_on_test(tmp_path: Path) -> None:
-    from training.objection_finetune import THRESHOLDS, train_and_write
+    from training.objection_finetune import THRESHOLDS, default_out, train_and_write
 
+    assert default_out(14) == Path("runs/objections/seed14.safetensors")  # never the shipped folder
     corpus = tmp_path / "sales"
     _small_corpus(corpus)
-    first, second = tmp_path / "first.safetensors", tmp_path / "second.safetensors"
+    first, second = tmp_path / "fits" / "first.safetensors", tmp_path / "second.safetensors"  # fits/ made
     summary = train_and_write(first, corpus, ["train"], choose_on="dev", epochs=1)
     assert summary["fitted_on"]["splits"] == ["train"] and summary["fitted_on"]["hand_written"] > 200
     assert (
@@ -196,3 +197,5 @@ def test_training_is_deterministic_and_never_fits_on_test(tmp_path: Path) -> Non
         with pytest.raises(ValueError, match=message):
             train_and_write(tmp_path / "never.safetensors", corpus, splits, choose_on, threshold, epochs=1)
     assert not (tmp_path / "never.safetensors").exists()
+    with pytest.raises(ValueError, match="is a folder"):  # before the fit, not after its minutes
+        train_and_write(tmp_path, corpus, ["train"], threshold=0.6, epochs=1)
