@@ -126,19 +126,27 @@ def errors_after(reference: str, hypothesis: str, first_words: int) -> int:
     ref, hyp = reference_words(reference), normalised_words(hypothesis)
     if first_words <= 0:  # nothing set apart: words made up before the first one are errors too
         return _edit_distance(ref, hyp)
-    opening, rest = ref[:first_words], ref[first_words:]
-    splits = [(_edit_distance(opening, hyp[:k]), _edit_distance(rest, hyp[k:])) for k in range(len(hyp) + 1)]
-    return min(splits, key=lambda s: (s[0] + s[1], s[1]))[1]
+    # Every split at once, in two passes: the opening against each prefix of the hypothesis, and the rest
+    # against each suffix (both read backwards, the same table).
+    opening = _distances_to_prefixes(ref[:first_words], hyp)
+    rest = _distances_to_prefixes(ref[first_words:][::-1], hyp[::-1])[::-1]
+    return min(zip(opening, rest, strict=True), key=lambda split: (split[0] + split[1], split[1]))[1]
 
 
 def _edit_distance(ref: Sequence[str], hyp: Sequence[str]) -> int:
-    """Substitutions + deletions + insertions turning ``ref`` into ``hyp`` (one row of the table kept)."""
+    """Substitutions + deletions + insertions turning ``ref`` into ``hyp``."""
+    return _distances_to_prefixes(ref, hyp)[-1]
+
+
+def _distances_to_prefixes(ref: Sequence[str], hyp: Sequence[str]) -> list[int]:
+    """The edit distance from ``ref`` to each prefix of ``hyp`` (``hyp[:0]`` to all of it): the last row of
+    the table, one row kept."""
     row = list(range(len(hyp) + 1))
     for i, r in enumerate(ref, 1):
         previous, row[0] = row[0], i
         for j, h in enumerate(hyp, 1):
             previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (r != h))
-    return row[len(hyp)]
+    return row
 
 
 def corpus_wer(references: Sequence[str], hypotheses: Sequence[str]) -> float:

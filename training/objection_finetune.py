@@ -58,13 +58,6 @@ from postcall.objection_encoder import (
 from postcall.objections import load_examples
 from training.objection_eval import SALES_DIR, GoldLine, by_call, load_gold_lines, mentions
 
-
-def default_out(seed: int) -> Path:
-    """Where a fit goes unless told: a run folder, never the shipped one (the tagger averages every file of
-    ``ADAPTER_PATH``, so shipping a fit is copying it there, on purpose)."""
-    return Path("runs") / "objections" / f"seed{seed}.safetensors"
-
-
 FIT_SPLITS = ("train", "dev")
 RANK = 16
 LORA_ALPHA = 32.0
@@ -86,6 +79,12 @@ ADAPTED = (
     "output.dense",
 )
 LAYER_NORMS = ("attention.output.LayerNorm", "output.LayerNorm")
+
+
+def default_out(seed: int) -> Path:
+    """Where a fit goes unless told: a run folder, never the shipped one (the tagger averages every file of
+    ``postcall/objection_adapters/``, so shipping a fit is copying it there, on purpose)."""
+    return Path("runs") / "objections" / f"seed{seed}.safetensors"
 
 
 @dataclass(frozen=True)
