@@ -11,8 +11,11 @@ as the ASR writes it 0.7275 (0.7289), 65.8 % of the negative lines under the red
 0.6507 (0.6512; issue 12's goal 0.69 is not met), DailyDialog valid 0.6561 (0.6581; the issue's line
 0.6525), and TweetEval validation's held half, which its last run never read, 0.6146 (0.6178; the line
 0.5855). The whole TweetEval validation split is no longer a floor: half of it is training data now. The
-floors sit a hair under what the shipped model measures (a single flipped prediction moves macro-F1 by about
-0.001, and thread counts can flip one), or at the issue's line, so a retrain that does worse fails here.
+sales figures above are on the four batches' splits; since the corpus's fifth batch (2026-12-07, written for
+the shapes this model misread on dev) the splits are larger and harder: sales test 0.7139, as the ASR writes
+it 0.7092, 62.0 % of the negatives under the red line (171 of 276). The floors sit a hair under what the
+shipped model measures (a single flipped prediction moves macro-F1 by about 0.001, and thread counts can
+flip one), or at the issue's line, so a retrain that does worse fails here.
 """
 
 from __future__ import annotations
@@ -34,9 +37,10 @@ FLOORS = {
     # a hair under 0.6146, on the half J5 never read (issue 12's line, 0.5855, is the whole split's; the
     # model of 01:30 read 0.5913 on this half)
     "tweeteval:val-held": {"macro_f1": 0.614},
-    # with the role priors (0.6935 and 60.3 % for the model of 2026-12-07 01:30 on the same split)
-    "sales:test": {"macro_f1": 0.733, "negative_below_red": 0.658},  # 156 of 237
-    "sales-asr:test": {"macro_f1": 0.726},
+    # with the role priors, on the five batches' test split (1,911 lines; on the four batches' 1,624: 0.7339,
+    # 65.8 %, 156 of 237)
+    "sales:test": {"macro_f1": 0.713, "negative_below_red": 0.619},  # 171 of 276
+    "sales-asr:test": {"macro_f1": 0.708},
 }
 
 

@@ -30,7 +30,8 @@ from training.objection_eval import (
 # The shipped tagger (its classifier fine-tuned end to end on the three batches' train + dev, 2026-12-06) on
 # the sales test split of the four batches (docs/objections.md, 2026-12-07, with the sentiment model of that
 # day reading the phrase rules' veto): micro-F1 0.642, false-tag rate 0.036 (23 of 639), on mentions 0.061
-# (on the three batches' test split: 0.664, 0.032, 0.056). A tagger that does worse than the shipped one,
+# (on the three batches' test split: 0.664, 0.032, 0.056); on the five batches' test split (975 customer
+# lines, 2026-12-07): 0.645, 0.037 (28 of 762), 0.067. A tagger that does worse than the shipped one,
 # less a few lines of slack, does not ship; one that meets the goals turns the xfail below into a failure
 # to remove.
 FLOOR_MICRO_F1 = 0.635
@@ -120,8 +121,8 @@ def test_the_shipped_adapters_never_saw_the_test_split() -> None:
         )
         assert float(adapter.card["command"].split("--threshold ")[1].split()[0]) == adapter.threshold
     customer = [g for g in load_gold_lines(split="test") if g.speaker == "customer"]
-    # The test split of the corpus's four batches (739 and 169 on batches 1-3, 528 and 116 on batches 1-2).
-    assert len(customer) == 829 and sum(g.objection is not None for g in customer) == 190
+    # The test split of the corpus's five batches (829 and 190 on batches 1-4, 739 and 169 on batches 1-3).
+    assert len(customer) == 975 and sum(g.objection is not None for g in customer) == 213
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +135,7 @@ def test_split() -> ObjectionEvaluation:
 @pytest.mark.slow
 def test_the_shipped_tagger_is_no_worse_than_when_it_shipped(test_split: ObjectionEvaluation) -> None:
     report = render_text(test_split)
-    assert test_split.lines == 829, report
+    assert test_split.lines == 975, report
     assert test_split.micro.f1 >= FLOOR_MICRO_F1, report
     assert test_split.false_tag_rate <= CEILING_FALSE_TAG_RATE, report
     assert test_split.mention_false_tag_rate <= CEILING_MENTION_FALSE_TAG_RATE, report
@@ -143,8 +144,8 @@ def test_the_shipped_tagger_is_no_worse_than_when_it_shipped(test_split: Objecti
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 12's goals are not met: the shipped tagger measured micro-F1 0.642 and a false-tag rate "
-    "of 0.036 on the test split of the corpus's four batches (docs/objections.md)",
+    reason="issue 12's goals are not met: the shipped tagger measured micro-F1 0.645 and a false-tag rate "
+    "of 0.037 on the test split of the corpus's five batches (docs/objections.md)",
 )
 def test_the_shipped_tagger_meets_the_goals(test_split: ObjectionEvaluation) -> None:
     report = render_text(test_split)
