@@ -190,6 +190,8 @@ def flat_voices(
 # 2.04 (text 0.6384, fused 0.6180 from the hearing cache, no Whisper noise in it): over the two-point bound,
 # which this export fails. The text reading gained 0.7 and the fused one lost 0.3 (0.6212 with 04:55): the
 # bound is loosened to 2.5 points for the opt-in head, and issue 15 keeps its goal of none (README, Tone).
+# On the five batches' test split (2026-12-07, later; 1,911 lines, 1,738 fused, heard afresh): 1.73 (text
+# 0.6232, fused 0.6059).
 def test_sales_lines_in_flat_voices_lose_at_most_two_and_a_half_points_to_fusion(
     flat_voices: tuple[float, float, str],
 ) -> None:
@@ -203,7 +205,7 @@ def test_sales_lines_in_flat_voices_lose_at_most_two_and_a_half_points_to_fusion
     # of 2026-12-07 it passed by 0.003 (0.5945 against 0.5914), inside that noise: one run is no proof.
     reason="issue 15's goal: missed by 0.003 with the text model of 2026-11-26, by 2.7 with 2026-12-05 "
     "06:37; met by 0.003 with 2026-12-07 01:30, within run-to-run noise; missed by 1.0 with 04:55, "
-    "2.04 with 08:07",
+    "2.04 with 08:07 (1.73 on the five batches' test split)",
     strict=False,
 )
 def test_sales_lines_in_flat_voices_lose_nothing_to_fusion(flat_voices: tuple[float, float, str]) -> None:
